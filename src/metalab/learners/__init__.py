@@ -1,0 +1,1 @@
+"""LightningModules: meta-learners (``meta/``) and continual learners (``continual/``)."""

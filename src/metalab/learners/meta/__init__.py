@@ -1,0 +1,1 @@
+"""Meta-learners over episodes: Prototypical Networks; the MAML family over ``metalab.adapt``."""

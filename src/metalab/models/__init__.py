@@ -1,0 +1,1 @@
+"""Backbones and heads: plain nn.Modules, free of any training logic."""

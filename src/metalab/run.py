@@ -1,0 +1,104 @@
+"""One training run: compose objects from the config, fit, test, and write the run's record.
+
+``train.py`` is a thin Hydra entry point around :func:`train`. Everything here is instantiated from
+config (``_target_``); this module holds no algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from metalab.callbacks import TrainThroughput
+from metalab.errors import ConfigError
+
+
+def _wandb_mode() -> str:
+    """``online`` only if the user has logged in (API key in the environment or in ~/.netrc)."""
+    netrc = Path.home() / ".netrc"
+    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (netrc.is_file() and "api.wandb.ai" in netrc.read_text())
+    return "online" if logged_in else "offline"
+
+
+OmegaConf.register_new_resolver("metalab_wandb_offline", lambda: _wandb_mode() == "offline", replace=True)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit and test the learner described by ``cfg``; return ``cfg.optimized_metric`` (for sweeps)."""
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+
+    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
+    learner: L.LightningModule = hydra.utils.instantiate(cfg.learner, backbone=hydra.utils.instantiate(cfg.model))
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    metrics: dict[str, Any] = {}
+    if cfg.get("train", True):
+        start = time.perf_counter()
+        trainer.fit(learner, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        metrics["train/wall_seconds"] = time.perf_counter() - start
+        metrics.update(_scalars(trainer.callback_metrics))
+    if throughput is not None:
+        metrics["train/episodes_per_s"] = throughput.episodes_per_second
+    if cfg.get("test", True):
+        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else resolve_ckpt_path(cfg))
+        metrics.update(_scalars(trainer.callback_metrics))
+
+    record = {"metrics": metrics, "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
+              "global_step": trainer.global_step, "seed": cfg.seed}
+    (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
+    _print_summary(metrics, record["targets"], output_dir)
+    key = cfg.get("optimized_metric")
+    if key and key not in metrics:
+        raise ConfigError(f"optimized_metric={key!r} was not produced; the run logged: {', '.join(sorted(metrics))}")
+    return metrics.get(key) if key else None
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """``ckpt_path=last``: the newest ``last.ckpt`` among this task's runs; otherwise the path as given."""
+    path = cfg.get("ckpt_path")
+    if path != "last":
+        if path and not Path(path).is_file():
+            raise ConfigError(f"ckpt_path={path!r} is not allowed: no such checkpoint file")
+        return path
+    runs = Path(cfg.paths.log_dir) / cfg.task_name
+    found = sorted(runs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"ckpt_path=last found no checkpoints/last.ckpt under {runs}; start the run without it")
+    print(f"[metalab] resuming from {found[-1]}")
+    return str(found[-1])
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, float)}
+
+
+def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_dir: Path) -> None:
+    """Print test accuracies with their 95% CI beside the paper's figure, one line each."""
+    lines = []
+    for key in sorted(k for k in metrics if k.startswith("test/") and k.endswith("/acc")):
+        name = key.split("/")[1]
+        ci = metrics.get(key.replace("/acc", "/acc_ci95"), float("nan"))
+        paper = targets.get(name, {}).get("paper") if isinstance(targets.get(name), dict) else None
+        extra = f"   (paper: {paper})" if paper is not None else ""
+        lines.append(f"  {name:>8}: {metrics[key]:.2f} +- {ci:.2f} %{extra}")
+    if "train/episodes_per_s" in metrics:
+        lines.append(f"  training speed: {metrics['train/episodes_per_s']:.2f} episodes/s")
+    print("[metalab] results (mean +- 95% CI over test episodes)\n" + "\n".join(lines) + f"\n  run dir: {output_dir}")
