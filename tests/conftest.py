@@ -1,0 +1,26 @@
+"""Test settings shared by every test: Triton's CPU interpreter, offline W&B, few threads."""
+
+import os
+
+# Must be set before triton is imported anywhere: without a GPU, triton only runs interpreted.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from metalab.data.files import candidate_dirs, CHECKSUMS  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
+
+
+def data_available(relpath: str = "omniglot/omniglot.npz") -> bool:
+    return any((d / relpath).is_file() for d in candidate_dirs())
+
+
+needs_omniglot = pytest.mark.skipif(not data_available(), reason="shared/data/omniglot not found")
+assert "omniglot/omniglot.npz" in CHECKSUMS
