@@ -1,0 +1,29 @@
+"""Triton kernels for metalab's two hot paths, each beside its torch reference and a dispatcher.
+
+Inner loop (meta-learning):
+  :func:`inner_update`      theta_t = theta - lr * g_t for T tasks (Meta-SGD lr), any-order autograd
+  :func:`anil_head_adapt`   K softmax-regression steps of a linear head, one program per task
+
+Fisher information (continual learning, EWC):
+  :func:`fisher_accumulate`   F <- gamma * F + mean_n g_n^2 (online EWC), fused
+  :func:`linear_fisher`       sum_n (delta_n^2)^T (a_n^2), exact per-sample Fisher of a linear layer
+  :func:`linear_fisher_bias`  sum_n delta_n^2, the bias part of the same
+  :func:`ewc_penalty`         sum F * (theta - theta_star)^2 and its gradient in one pass
+
+Backend: ``set_backend("auto"|"torch"|"triton")``, ``get_backend()``, ``with backend(name):``.
+"auto" runs Triton on CUDA tensors and the torch references elsewhere. The references are the
+specification: tests hold every kernel (and backward) against them under ``TRITON_INTERPRET=1``.
+"""
+
+from kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend
+from kernels.inner_update import inner_update, inner_update_reference
+
+__all__ = [
+    "BACKENDS",
+    "backend",
+    "get_backend",
+    "set_backend",
+    "interpreter_active",
+    "inner_update",
+    "inner_update_reference",
+]
