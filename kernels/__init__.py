@@ -16,6 +16,16 @@ specification: tests hold every kernel (and backward) against them under ``TRITO
 """
 
 from kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend
+from kernels.anil import anil_head_adapt, anil_head_adapt_reference
+from kernels.ewc import ewc_penalty, ewc_penalty_reference
+from kernels.fisher import (
+    fisher_accumulate,
+    fisher_accumulate_reference,
+    linear_fisher,
+    linear_fisher_bias,
+    linear_fisher_bias_reference,
+    linear_fisher_reference,
+)
 from kernels.inner_update import inner_update, inner_update_reference
 
 __all__ = [
@@ -26,4 +36,14 @@ __all__ = [
     "interpreter_active",
     "inner_update",
     "inner_update_reference",
+    "anil_head_adapt",
+    "anil_head_adapt_reference",
+    "fisher_accumulate",
+    "fisher_accumulate_reference",
+    "linear_fisher",
+    "linear_fisher_reference",
+    "linear_fisher_bias",
+    "linear_fisher_bias_reference",
+    "ewc_penalty",
+    "ewc_penalty_reference",
 ]
