@@ -26,7 +26,7 @@ from kernels.fisher import (
     linear_fisher_bias_reference,
     linear_fisher_reference,
 )
-from kernels.inner_update import inner_update, inner_update_reference
+from kernels.inner_step import inner_update, inner_update_reference
 
 __all__ = [
     "BACKENDS",
