@@ -1,0 +1,228 @@
+"""The one continual training loop; methods (``methods.py``, ``progressive.py``) plug into its hooks.
+
+One ``Trainer.fit`` covers the whole stream: ``n_tasks * epochs_per_task`` epochs, the data module
+serving the current task's loader (reloaded every epoch). At the first epoch of a task the method's
+``before_task`` runs; at the last, its ``after_task``, then every task of the stream is evaluated and
+becomes one row of the accuracy matrix ``R`` (class-IL and task-IL). Row 0 is the initial model, for
+forward transfer. ``Trainer.test`` evaluates the final model on every task and logs average accuracy,
+forgetting, BWT and FWT, writes ``continual_metrics.json`` and a heatmap of ``R`` per scenario.
+
+The loop does one forward per step over ``[current batch; replayed examples]``, so replay costs what
+the extra examples cost and nothing more; penalties are computed with foreach ops. A benchmark
+(``benchmarks/continual/loop_overhead.py``) holds the loop against a plain PyTorch loop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalab.data.streams import SplitStreamDataModule, task_il_mask
+from metalab.errors import ConfigError, NumericalError
+from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method
+from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
+
+SCENARIOS = ("class_il", "task_il")
+
+
+class ContinualLearner(L.LightningModule):
+    """Trains ``backbone`` on a :class:`SplitStreamDataModule` task after task with ``method``.
+
+    ``optimizer``: a partial optimiser (e.g. SGD, lr 0.03, no momentum as in Mammoth), built once for the
+    whole stream. ``evaluate_initial``: evaluate the untrained model (row 0 of R, needed for FWT).
+    """
+
+    def __init__(self, backbone: nn.Module, method: ContinualMethod,
+                 optimizer: Callable[..., torch.optim.Optimizer], channels_last: bool = True,
+                 evaluate_initial: bool = True, plot: bool = True) -> None:
+        super().__init__()
+        self.net = backbone
+        self.method = check_method(method)
+        self.optimizer_factory = optimizer
+        self.channels_last, self.evaluate_initial, self.plot = channels_last, evaluate_initial, plot
+        self.stream_info: StreamInfo | None = None
+        self.accuracy: nn.ModuleDict | None = None  # R during training: row 0 initial, row i+1 after task i
+        self.final: nn.ModuleDict | None = None     # the test pass (one row)
+        self._param_index: dict[str, nn.Parameter] = {}
+
+    # -- set-up ------------------------------------------------------------------------------------------------
+    @property
+    def stream(self) -> SplitStreamDataModule:
+        stream = self.trainer.datamodule if self._trainer is not None else None
+        if not isinstance(stream, SplitStreamDataModule):
+            raise ConfigError("the continual learner needs data=split_cifar10 or data=split_mnist "
+                              f"(a metalab.data.streams.SplitStreamDataModule); got {type(stream).__name__}")
+        return stream
+
+    def setup(self, stage: str) -> None:
+        stream = self.stream
+        stream.setup(stage)
+        if self.stream_info is None:
+            example = stream.train_tasks[0].x[:1]
+            self.stream_info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), example)
+            self.method.setup(self.stream_info)
+            self.net = self.method.build_network(self.net, self.stream_info)
+            if self.channels_last and example.dim() == 4:
+                self.net.to(memory_format=torch.channels_last)
+            self._param_index = dict(self.net.named_parameters())
+            self.accuracy = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in SCENARIOS})
+            self.final = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in SCENARIOS})
+        stream.cumulative = self.method.trains_on_all_seen_tasks
+        if stage == "fit":
+            epochs = stream.n_tasks * stream.epochs_per_task
+            if self.trainer.max_epochs not in (None, -1, epochs):
+                print(f"[metalab] trainer.max_epochs={self.trainer.max_epochs} replaced by "
+                      f"data.n_tasks * data.epochs_per_task = {epochs}")
+            self.trainer.fit_loop.max_epochs = epochs
+            self.trainer.reload_dataloaders_every_n_epochs = 1  # the loader follows the current task
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(params=self.net.parameters())
+
+    # -- what methods use --------------------------------------------------------------------------------------
+    @property
+    def current_task(self) -> int:
+        return min(self.current_epoch // self.stream.epochs_per_task, self.stream.n_tasks - 1)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in the memory format the network was converted to (channels-last is ~1.5x on CPU)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def trainable_parameters(self, names: list[str]) -> list[nn.Parameter]:
+        return [self._param_index[n] for n in names]
+
+    def task_training_data(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All training inputs ``[n, ...]`` and labels ``[n]`` of ``task`` alone."""
+        part = self.stream.train_tasks[task]
+        return part.x, part.y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.prepare(x))
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        if self.evaluate_initial and self.accuracy["class_il"].rows_done() == 0:
+            self.evaluate_all_tasks(row=0)
+
+    def on_train_epoch_start(self) -> None:
+        if self.current_epoch % self.stream.epochs_per_task == 0:
+            self.method.before_task(self.current_task, self)
+            self.net.train()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        x, y = batch["x"], batch["y"]
+        n = len(y)
+        replay = self.method.replay_batch(n)
+        inputs = x if replay is None else torch.cat([x, replay["x"]])
+        logits_all = self.net(self.prepare(inputs))  # "(n + m) classes"
+        logits = logits_all[:n]
+        loss = self._current_task_loss(logits, y)
+        if replay is not None:
+            loss = loss + self.method.replay_loss(logits_all[n:], replay)
+        penalty = self.method.penalty(self, batch, logits)
+        if penalty is not None:
+            if not torch.isfinite(penalty):
+                raise NumericalError(
+                    f"the {self.method.name} penalty became {penalty.item()} at step {self.global_step} "
+                    f"(task {self.current_task}, epoch {self.current_epoch}); check learner.method settings "
+                    "(e.g. ewc_lambda) and lower learner.optimizer.lr")
+            self.log("train/penalty", penalty.detach())
+            loss = loss + penalty
+        if not torch.isfinite(loss):
+            raise NumericalError(f"training loss became {loss.item()} at step {self.global_step} (task "
+                                 f"{self.current_task}, epoch {self.current_epoch}); lower learner.optimizer.lr")
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.method.after_step(batch, logits.detach())
+        return loss
+
+    def _current_task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not self.method.masks_training_logits_to_task:
+            return F.cross_entropy(logits, y)
+        c = self.stream.classes_per_task
+        lo = self.current_task * c
+        return F.cross_entropy(logits[:, lo:lo + c], y - lo)
+
+    def on_train_epoch_end(self) -> None:
+        if (self.current_epoch + 1) % self.stream.epochs_per_task:
+            return
+        task = self.current_task
+        self.method.after_task(task, self)
+        self.evaluate_all_tasks(row=task + 1)
+        for scenario in SCENARIOS:
+            row = self.accuracy[scenario].compute()[task + 1, : task + 1]
+            self.log(f"task_end/{scenario}/seen_acc", row.mean().float())
+
+    @torch.no_grad()
+    def evaluate_all_tasks(self, row: int, target: nn.ModuleDict | None = None) -> None:
+        """Accuracy on every task of the stream (class-IL and task-IL) into row ``row`` of ``target``."""
+        target = self.accuracy if target is None else target
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            for task in range(self.stream.n_tasks):
+                for batch in self.stream.task_test_loader(task):
+                    with self.trainer.precision_plugin.forward_context():
+                        logits = self.net(self.prepare(batch["x"])).float()
+                    self._update(target, row, task, logits, batch)
+        finally:
+            self.net.train(was_training)
+
+    def _update(self, target: nn.ModuleDict, row: int, task: int, logits: torch.Tensor, batch: Batch) -> None:
+        y = batch["y"]
+        target["class_il"].update(row, task, logits.argmax(-1), y)
+        mask = task_il_mask(batch.get("task"), logits.shape[-1], self.stream.classes_per_task)
+        target["task_il"].update(row, task, logits.masked_fill(~mask, float("-inf")).argmax(-1), y)
+
+    # -- test: the final model on every task, and the stream's summary -----------------------------------------
+    def on_test_epoch_start(self) -> None:
+        for metric in self.final.values():
+            metric.reset()
+
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update(self.final, 0, dataloader_idx, self.net(self.prepare(batch["x"])).float(), batch)
+
+    def on_test_epoch_end(self) -> None:
+        n = self.stream.n_tasks
+        record: dict[str, Any] = {"method": self.method.name, "class_order": self.stream.class_order}
+        for scenario in SCENARIOS:
+            final = self.final[scenario].compute()[0]  # "task"
+            self.log(f"test/{scenario}/acc", final.mean().float())
+            matrix = self.accuracy[scenario].compute()
+            evaluated = self.accuracy[scenario].total > 0  # "row task"
+            entry: dict[str, Any] = {"final": final.tolist(), "acc": float(final.mean())}
+            if bool(evaluated[1:].all()):  # every task-end row exists: the run trained the whole stream
+                r = matrix[1:].clone()
+                r[-1] = final  # the test pass is the authoritative last row (same weights)
+                initial = matrix[0] if bool(evaluated[0].all()) else None
+                summary = summarise(r, initial)
+                for key, value in summary.items():
+                    if key != "acc":
+                        self.log(f"test/{scenario}/{key}", torch.tensor(value, dtype=torch.float32))
+                for i in range(n):
+                    for j in range(n):
+                        self.log(f"R/{scenario}/{i}_{j}", r[i, j].float())
+                entry.update(summary, R=r.tolist(), initial=None if initial is None else initial.tolist())
+                if self.plot:
+                    path = Path(self.trainer.default_root_dir) / f"accuracy_matrix_{scenario}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    plot_accuracy_matrix(r, path, f"{self.method.name}: {scenario} R[i, j] (%)")
+            record[scenario] = entry
+        out = Path(self.trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "continual_metrics.json").write_text(json.dumps(record, indent=2))
+
+    # -- checkpoints: method state (buffer, Fisher, old model, active column) ---------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["continual_method"] = self.method.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "continual_method" in checkpoint:
+            self.method.load_state_dict(checkpoint["continual_method"], self)
