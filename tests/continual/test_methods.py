@@ -1,0 +1,116 @@
+"""Every method runs through the one loop on a tiny stream and does what it promises."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from metalab.learners.continual import (EWC, DERPlusPlus, ExperienceReplay, Finetune, Joint, LwF, Progressive)
+from metalab.learners.continual.methods import StreamInfo
+
+from continual.helpers import run_stream, tiny_stream
+
+METHODS = {
+    "finetune": lambda: Finetune(),
+    "joint": lambda: Joint(),
+    "ewc": lambda: EWC(ewc_lambda=5.0),
+    "online_ewc_sampled": lambda: EWC(ewc_lambda=5.0, online=True, gamma=0.8, sampled_labels=True),
+    "er": lambda: ExperienceReplay(buffer_size=40, replay_batch_size=10),
+    "derpp": lambda: DERPlusPlus(buffer_size=40, replay_batch_size=10),
+    "lwf": lambda: LwF(),
+    "progressive": lambda: Progressive(),
+}
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_each_method_trains_the_whole_stream(name, tmp_path):
+    learner, metrics = run_stream(METHODS[name](), tmp_path)
+    for key in ("test/class_il/acc", "test/task_il/acc", "test/class_il/forgetting", "test/task_il/bwt",
+                "test/task_il/fwt"):
+        assert math.isfinite(metrics[key]), key
+    assert learner.accuracy["class_il"].rows_done() == 6  # initial model + one row per task
+    assert metrics["test/task_il/acc"] > 60.0  # the synthetic tasks are easy: every method learns something
+    assert (tmp_path / "continual_metrics.json").is_file()
+
+
+def test_progressive_networks_never_forget_in_task_il(tmp_path):
+    learner, metrics = run_stream(Progressive(), tmp_path)
+    assert metrics["test/task_il/forgetting"] == 0.0
+    assert metrics["test/task_il/bwt"] == 0.0
+
+
+def test_replay_and_joint_beat_finetune_in_class_il(tmp_path):
+    # 3 epochs per task: enough for fine-tuning to forget the earlier tasks' classes
+    _, finetune = run_stream(Finetune(), tmp_path, stream=tiny_stream(epochs_per_task=3))
+    _, replay = run_stream(ExperienceReplay(buffer_size=100, replay_batch_size=10), tmp_path,
+                           stream=tiny_stream(epochs_per_task=3))
+    _, joint = run_stream(Joint(), tmp_path, stream=tiny_stream(epochs_per_task=3))
+    assert joint["test/class_il/acc"] >= replay["test/class_il/acc"] > finetune["test/class_il/acc"] + 20
+
+
+def _info() -> StreamInfo:
+    return StreamInfo(n_tasks=3, classes_per_task=2, train_examples=100, example_x=torch.zeros(1, 4))
+
+
+class _FakeLearner:
+    """Just enough of ContinualLearner for EWC.after_task and EWC.penalty."""
+
+    def __init__(self, net: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.net, self.data = net, data
+        self.index = dict(net.named_parameters())
+
+    def task_training_data(self, task):
+        return self.data[task]
+
+    def prepare(self, x):
+        return x
+
+    def trainable_parameters(self, names):
+        return [self.index[n] for n in names]
+
+
+def test_offline_ewc_constant_memory_form_equals_the_sum_of_per_task_penalties():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 6)).double()
+    data = [(torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 6, (12,))) for _ in range(3)]
+    fake = _FakeLearner(net, data)
+    ewc = EWC(ewc_lambda=3.0)
+    anchors, fishers = [], []
+    from metalab.learners.continual.fisher import diagonal_fisher
+    for task in range(3):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        fishers.append(diagonal_fisher(net, [data[task]]))
+        anchors.append({n: p.detach().clone() for n, p in net.named_parameters()})
+        ewc.after_task(task, fake)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    expected = sum(1.5 * (f[n] * (p - a[n]) ** 2).sum() for f, a in zip(fishers, anchors)
+                   for n, p in net.named_parameters())
+    got = ewc.penalty(fake, {}, torch.zeros(1))
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
+    # the gradient too (what training actually uses)
+    g_got = torch.autograd.grad(got, list(net.parameters()))
+    g_exp = torch.autograd.grad(expected, list(net.parameters()))
+    for a, b in zip(g_got, g_exp):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_online_ewc_decays_old_importance():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 6).double()
+    data = [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,))) for _ in range(2)]
+    fake = _FakeLearner(net, data)
+    ewc = EWC(ewc_lambda=1.0, online=True, gamma=0.5)
+    from metalab.learners.continual.fisher import diagonal_fisher
+    f0 = diagonal_fisher(net, [data[0]])
+    ewc.after_task(0, fake)
+    f1 = diagonal_fisher(net, [data[1]])
+    ewc.after_task(1, fake)
+    for n in f0:
+        torch.testing.assert_close(ewc.importance[n], 0.5 * f0[n] + f1[n])
+        torch.testing.assert_close(ewc.anchor[n], dict(net.named_parameters())[n].detach())
