@@ -155,6 +155,7 @@ def _launch(
     _anil_kernel[(T,)](
         features, labels, weight, bias, coef, w_out, b_out, N, D, Wn, steps,
         ACC=tl_acc(acc), BLOCK_N=BN, BLOCK_D=BD, BLOCK_W=BW,
+        num_warps=4 if max(BN * BD, BD * BW) <= 4096 else 8,  # spread large tiles over more threads
     )
     return w_out, b_out
 
