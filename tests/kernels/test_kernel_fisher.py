@@ -156,3 +156,26 @@ def test_linear_fisher_is_not_the_squared_mean_gradient():
         fisher = kernels.linear_fisher(a, delta) / 9
     mean_grad = (delta.T @ a) / 9
     assert (fisher - mean_grad.square()).abs().max() > 1e-3 * fisher.abs().max()
+
+
+def test_drop_in_for_the_continual_learners_linear_fisher():
+    # The continual learner's exact Fisher (metalab.learners.continual.fisher) computes the same
+    # identity in torch; the Triton kernels must give the same numbers for its Linear layers, so
+    # that it can call kernels.linear_fisher / linear_fisher_bias there (see kernels/README.md).
+    fisher_mod = pytest.importorskip("metalab.learners.continual.fisher")
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 4)).eval()
+    x, y = torch.randn(11, 6), torch.randint(0, 4, (11,))
+    theirs = fisher_mod.per_sample_squared_grads(net, x, y)
+    saved = {}
+    hooks = [net[i].register_forward_hook(lambda m, inp, out, i=i: saved.__setitem__(i, (inp[0], out)))
+             for i in (0, 2)]
+    loss = F.cross_entropy(net(x), y, reduction="sum")
+    for h in hooks:
+        h.remove()
+    deltas = torch.autograd.grad(loss, [saved[0][1], saved[2][1]])
+    with kernels.backend("triton"):
+        for i, delta in zip((0, 2), deltas):
+            a = saved[i][0].detach()
+            torch.testing.assert_close(kernels.linear_fisher(a, delta), theirs[f"{i}.weight"], rtol=1e-5, atol=1e-7)
+            torch.testing.assert_close(kernels.linear_fisher_bias(delta), theirs[f"{i}.bias"], rtol=1e-5, atol=1e-7)
