@@ -1,0 +1,171 @@
+"""Ours vs Avalanche (avalanche-lib 0.6.0) on exactly the same work, in one run.
+
+For each seed and each shared method (ours <-> Avalanche: finetune <-> Naive, ewc <-> EWC(separate),
+er_500 <-> Replay(mem 500), lwf <-> LwF) both sides get the same stream tensors (our data module, same
+subsets), the same backbone built from the same config right after the same ``seed_everything``, the
+same SGD learning rate, batch size and epochs per task. Both are evaluated by the same function after
+every task (class-IL argmax; task-IL masking to the task's classes). Penalty weights are converted so
+the formulas match: Avalanche's EWC adds ``lambda * sum F (theta - theta*)^2`` (ours ``lambda/2``) and
+its LwF ``alpha * KL`` (ours ``alpha * T^2 * KL``). What still differs is each library's own design:
+Avalanche's EWC importance is the squared mini-batch mean gradient (ours the exact per-sample Fisher),
+its Replay buffer is experience-balanced (ours reservoir) and interleaves a memory mini-batch.
+
+    python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
+    python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0
+
+Writes ``<out>/<suite>_seed<k>.json`` per seed and prints a table (mean +- std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+
+from common import RUNS, EpochTimer, evaluate_row, experiment_config, summary_from_rows, write_json
+
+PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
+
+
+def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, Any]:
+    cfg = experiment_config(f"{suite}/{name}", [f"seed={seed}", *extra])
+    L.seed_everything(seed, workers=True)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+    stream = hydra.utils.instantiate(cfg.data)
+    learner = hydra.utils.instantiate(cfg.learner, backbone=hydra.utils.instantiate(cfg.model), plot=False)
+    timer = EpochTimer()
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
+                                      enable_progress_bar=False)
+    start = time.perf_counter()
+    trainer.fit(learner, datamodule=stream)
+    wall = time.perf_counter() - start
+    matrices = {s: learner.accuracy[s].compute() for s in ("class_il", "task_il")}
+    rows = [{s: matrices[s][i + 1].tolist() for s in matrices} for i in range(stream.n_tasks)]
+    initial = {s: matrices[s][0].tolist() for s in matrices}
+    return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds,
+            "batches_per_epoch": timer.batches, "wall_seconds": wall}
+
+
+def run_avalanche(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, Any]:
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.supervised import EWC, LwF, Naive, Replay
+
+    cfg = experiment_config(f"{suite}/{name}", [f"seed={seed}", *extra])
+    L.seed_everything(seed, workers=True)
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+    stream = hydra.utils.instantiate(cfg.data)
+    stream.setup("fit")
+    model = hydra.utils.instantiate(cfg.model)  # same RNG state as ours: same initial weights
+
+    def dataset(part):
+        return _make_taskaware_tensor_classification_dataset(part.x, part.y, task_labels=0, targets=part.y)
+
+    bench = benchmark_from_datasets(train=[dataset(p) for p in stream.train_tasks],
+                                    test=[dataset(p) for p in stream.test_tasks])
+
+    class Timer(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seconds: list[float] = []
+            self._start = 0.0
+
+        def before_training_epoch(self, strategy, *args, **kwargs):
+            self._start = time.perf_counter()
+
+        def after_training_epoch(self, strategy, *args, **kwargs):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    timer = Timer()
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
+    common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
+                  train_mb_size=int(cfg.data.batch_size), train_epochs=int(cfg.data.epochs_per_task),
+                  eval_mb_size=int(cfg.data.eval_batch_size), device="cpu", plugins=[timer],
+                  evaluator=EvaluationPlugin(loggers=[]))
+    method = cfg.learner.method
+    if name == "finetune":
+        strategy = Naive(**common)
+    elif name == "ewc":
+        strategy = EWC(ewc_lambda=float(method.ewc_lambda) / 2, mode="separate", **common)
+    elif name == "er_500":
+        strategy = Replay(mem_size=int(method.buffer_size), **common)
+    elif name == "lwf":
+        strategy = LwF(alpha=float(method.alpha) * float(method.temperature) ** 2,
+                       temperature=float(method.temperature), **common)
+    else:
+        raise ValueError(name)
+    initial = evaluate_row(model, stream)
+    rows = []
+    start = time.perf_counter()
+    for experience in bench.train_stream:
+        strategy.train(experience, num_workers=0)
+        rows.append(evaluate_row(model, stream))
+    wall = time.perf_counter() - start
+    return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds, "wall_seconds": wall}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--suite", default="split_mnist", choices=["split_mnist", "split_cifar10"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RUNS / "avalanche_side_by_side")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides, e.g. data.epochs_per_task=2")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    extra = [f"cpu_threads={args.threads}", *args.overrides]
+    for seed in args.seeds:
+        path = args.out / f"{args.suite}_seed{seed}.json"
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        for name in args.methods:
+            for side, runner in (("ours", run_ours), ("avalanche", run_avalanche)):
+                key = f"{name}/{side}"
+                if key in record:
+                    continue
+                result = runner(args.suite, name, seed, extra)
+                record[key] = result
+                write_json(path, record)
+                s = result["summary"]
+                print(f"[seed {seed}] {name:>8} {side:>9}: class-IL {s['class_il']['acc']:6.2f}  task-IL "
+                      f"{s['task_il']['acc']:6.2f}  forgetting(cil) {s['class_il']['forgetting']:6.2f}  "
+                      f"epoch {statistics.mean(result['epoch_seconds']):7.2f}s", flush=True)
+    report(args.out, args.suite, args.seeds, args.methods)
+
+
+def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> None:
+    records = [json.loads((out / f"{suite}_seed{s}.json").read_text()) for s in seeds]
+
+    def stat(values: list[float]) -> str:
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):6.2f} +- {sd:5.2f}"
+
+    print(f"\n{suite}, seeds {seeds} (mean +- std over seeds)")
+    print("| method | side | class-IL acc | task-IL acc | class-IL forgetting | task-IL forgetting | s / epoch |")
+    print("|---|---|---|---|---|---|---|")
+    for name in methods:
+        for side in ("ours", "avalanche"):
+            rs = [r[f"{name}/{side}"] for r in records]
+            cells = [stat([r["summary"][sc][k] for r in rs]) for sc, k in
+                     (("class_il", "acc"), ("task_il", "acc"), ("class_il", "forgetting"), ("task_il", "forgetting"))]
+            epoch = stat([statistics.mean(r["epoch_seconds"]) for r in rs])
+            label = name if side == "ours" else PAIRS[name]
+            print(f"| {label} | {side} | " + " | ".join(cells) + f" | {epoch} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Shared by the continual benchmarks: compose our experiment configs, time epochs, evaluate a model.
+
+Every benchmark builds its stream, backbone and optimiser from the same Hydra experiment files the
+training runs use (``conf/experiment/split_*/``), so "the same work" is the same config, not a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from metalab.data.streams import SplitStreamDataModule, task_il_mask
+from metalab.metrics.continual import summarise
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = Path(os.environ.get("METALAB_CONTINUAL_RUNS", "/work/runs/continual"))
+
+
+def experiment_config(name: str, overrides: list[str] | None = None) -> DictConfig:
+    """The composed config of ``+experiment=<name>`` (e.g. ``split_mnist/ewc``) with ``overrides``."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        # paths.output_dir normally comes from Hydra's run dir, which compose() does not create.
+        return compose(config_name="train", overrides=[f"+experiment={name}", f"paths.output_dir={RUNS / 'scratch'}",
+                                                       *(overrides or [])])
+
+
+class EpochTimer(L.Callback):
+    """Wall time of each training epoch (batches, replay and penalties; not the task-end Fisher or evaluation)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.batches: list[int] = []
+        self._start = 0.0
+        self._n = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start, self._n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._n += 1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+        self.batches.append(self._n)
+
+
+@torch.no_grad()
+def evaluate_row(model: torch.nn.Module, stream: SplitStreamDataModule, channels_last: bool = False
+                 ) -> dict[str, list[float]]:
+    """Class-IL and task-IL accuracy (%) of ``model`` on every task of ``stream`` (ours and peers alike)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, list[float]] = {"class_il": [], "task_il": []}
+    for task in range(stream.n_tasks):
+        correct = {"class_il": 0, "task_il": 0}
+        total = 0
+        for batch in stream.task_test_loader(task):
+            x = batch["x"].contiguous(memory_format=torch.channels_last) if channels_last and batch["x"].dim() == 4 \
+                else batch["x"]
+            logits = model(x).float()
+            mask = task_il_mask(batch["task"], logits.shape[-1], stream.classes_per_task)
+            correct["class_il"] += int((logits.argmax(-1) == batch["y"]).sum())
+            correct["task_il"] += int((logits.masked_fill(~mask, float("-inf")).argmax(-1) == batch["y"]).sum())
+            total += len(batch["y"])
+        for key in out:
+            out[key].append(100.0 * correct[key] / total)
+    model.train(was_training)
+    return out
+
+
+def summary_from_rows(rows: list[dict[str, list[float]]], initial: dict[str, list[float]] | None) -> dict[str, Any]:
+    """``{scenario: {acc, forgetting, bwt, fwt, R}}`` from the rows after each task."""
+    result: dict[str, Any] = {}
+    for scenario in ("class_il", "task_il"):
+        r = torch.tensor([row[scenario] for row in rows], dtype=torch.float64)
+        b = torch.tensor(initial[scenario], dtype=torch.float64) if initial else None
+        result[scenario] = {**summarise(r, b), "R": r.tolist()}
+    return result
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
