@@ -2,9 +2,10 @@
 
 In ANIL only the head is adapted in the inner loop, on features that do not change during
 adaptation. Each task's problem is tiny (N support samples x D features x W ways), so launching
-2K small torch ops per step for every step is pure overhead on a GPU. The kernel loads a task's
-features, labels and the initial head once, runs all K steps with the head in registers, and
-writes only the adapted head.
+several small torch ops per step is pure overhead on a GPU. The kernel keeps the task's head in
+registers for all K steps and writes only the adapted head; the support features and labels are
+loaded once and kept in registers too when they fit one tile (e.g. 5-way 5-shot on 64-d
+features), otherwise each step streams them in chunks (re-read from L2; e.g. 20-way 5-shot).
 
 Math (identical in the torch reference and the kernel), per task t, starting from W, b:
     logits = X_t W + b                    [N, W]
@@ -19,9 +20,12 @@ through the adaptation (they still receive one through the caller's query loss).
 implement exactly this, so switching backends never changes a training run; double backward
 raises. Exact second-order ANIL must differentiate the torch inner loop instead.
 
-Size limit of the kernel: a task's features ([N, D] padded to powers of two >= 16) and head
-([D, W] padded likewise) must each fit in ``MAX_TILE`` elements (on-chip). Larger problems run the
-torch reference under backend "auto" and raise ``ValueError`` under a forced "triton".
+Size limit of the kernel: the head ([D, W] padded to powers of two >= 16) must fit
+``MAX_HEAD_TILE`` elements: D <= 128 for up to 16 ways, D <= 64 for up to 32 ways (Conv4 on
+Omniglot: D = 64). Any N works (features resident up to ``MAX_X_TILE`` padded elements, else
+streamed in chunks of ``MAX_STREAM_TILE``). Larger heads (e.g. 1600-d
+miniImageNet Conv4 features) run the torch reference under backend "auto" and raise
+``ValueError`` under a forced "triton".
 """
 
 from __future__ import annotations
@@ -43,7 +47,11 @@ from kernels._dispatch import (
 from kernels._tl import pow2_at_least, tl_acc
 
 OP = "anil_head_adapt"
-MAX_TILE = 16384  # elements per on-chip tile (64 KiB in fp32)
+# Register budget per program (8 warps), chosen so that sm_80/sm_90 builds do not spill
+# (benchmarks/kernels/compile_check.py prints registers and stack per variant):
+MAX_X_TILE = 2048  # resident features [BLOCK_N, BLOCK_D] (else streamed)
+MAX_STREAM_TILE = 1024  # streamed features chunk (the head's gradient is in registers as well)
+MAX_HEAD_TILE = 2048  # head [BLOCK_D, BLOCK_W]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,6 +103,7 @@ def _anil_kernel(
     W,
     steps,
     ACC: tl.constexpr,
+    X_RESIDENT: tl.constexpr,  # the whole support set fits one [BLOCK_N, BLOCK_D] tile
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     BLOCK_W: tl.constexpr,
@@ -103,42 +112,78 @@ def _anil_kernel(
     rn = tl.arange(0, BLOCK_N)
     rd = tl.arange(0, BLOCK_D)
     rw = tl.arange(0, BLOCK_W)
-    n_mask = rn < N
     d_mask = rd < D
     w_mask = rw < W
-    x = tl.load(
-        x_ptr + t * N * D + rn[:, None] * D + rd[None, :],
-        mask=n_mask[:, None] & d_mask[None, :], other=0.0,
-    ).to(ACC)  # [BLOCK_N, BLOCK_D]; padding is zero so it adds nothing to X^T G
-    y = tl.load(y_ptr + t * N + rn, mask=n_mask, other=-1)  # [BLOCK_N]
-    onehot = (y[:, None] == rw[None, :]).to(ACC)  # [BLOCK_N, BLOCK_W]
+    x_task = x_ptr + t * N * D
+    y_task = y_ptr + t * N
     hw_mask = d_mask[:, None] & w_mask[None, :]
-    w = tl.load(w0_ptr + rd[:, None] * W + rw[None, :], mask=hw_mask, other=0.0).to(ACC)
+    # The head and its gradient live in registers for all steps.
+    w = tl.load(w0_ptr + rd[:, None] * W + rw[None, :], mask=hw_mask, other=0.0).to(ACC)  # [BD, BW]
     b = tl.load(b0_ptr + rw, mask=w_mask, other=0.0).to(ACC)  # [BLOCK_W]
     lr = tl.load(coef_ptr)
     inv_n = tl.load(coef_ptr + 1)
-    for _k in range(steps):
-        logits = tl.dot(x, w, input_precision="ieee") + b[None, :]  # [BLOCK_N, BLOCK_W]
-        logits = tl.where(w_mask[None, :], logits, float("-inf"))  # padded classes: p = 0
-        e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
-        p = e / tl.sum(e, axis=1)[:, None]
-        g = tl.where(n_mask[:, None], (p - onehot) * inv_n, 0.0)  # padded samples: no gradient
-        w -= lr * tl.dot(tl.trans(x), g, input_precision="ieee")  # [BLOCK_D, BLOCK_W]
-        b -= lr * tl.sum(g, axis=0)
+    if X_RESIDENT:
+        # Small support set: features and one-hot labels are loaded once, kept in registers.
+        n_mask = rn < N
+        x = tl.load(x_task + rn[:, None] * D + rd[None, :],
+                    mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)  # [BN, BD], zero padded
+        y = tl.load(y_task + rn, mask=n_mask, other=-1)  # [BLOCK_N]
+        onehot = (y[:, None] == rw[None, :]).to(ACC)  # [BLOCK_N, BLOCK_W]
+        for _k in range(steps):
+            logits = tl.dot(x, w, input_precision="ieee") + b[None, :]  # [BLOCK_N, BLOCK_W]
+            logits = tl.where(w_mask[None, :], logits, float("-inf"))  # padded classes: p = 0
+            e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+            p = e / tl.sum(e, axis=1)[:, None]
+            g = tl.where(n_mask[:, None], (p - onehot) * inv_n, 0.0)  # padded samples: no gradient
+            w -= lr * tl.dot(tl.trans(x), g, input_precision="ieee")  # [BLOCK_D, BLOCK_W]
+            b -= lr * tl.sum(g, axis=0)
+    else:
+        # Large support set: each step streams the task's features in [BLOCK_N, BLOCK_D] chunks
+        # (re-read from L2, they are small) and accumulates the head's gradient in registers.
+        for _k in range(steps):
+            gw = tl.zeros([BLOCK_D, BLOCK_W], dtype=ACC)
+            gb = tl.zeros([BLOCK_W], dtype=ACC)
+            for n0 in range(0, N, BLOCK_N):
+                rows = n0 + rn
+                n_mask = rows < N
+                x = tl.load(x_task + rows[:, None] * D + rd[None, :],
+                            mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+                y = tl.load(y_task + rows, mask=n_mask, other=-1)
+                onehot = (y[:, None] == rw[None, :]).to(ACC)
+                logits = tl.dot(x, w, input_precision="ieee") + b[None, :]
+                logits = tl.where(w_mask[None, :], logits, float("-inf"))
+                e = tl.exp(logits - tl.max(logits, axis=1)[:, None])
+                p = e / tl.sum(e, axis=1)[:, None]
+                g = tl.where(n_mask[:, None], (p - onehot) * inv_n, 0.0)
+                gw += tl.dot(tl.trans(x), g, input_precision="ieee")
+                gb += tl.sum(g, axis=0)
+            w -= lr * gw
+            b -= lr * gb
     tl.store(w_out_ptr + t * D * W + rd[:, None] * W + rw[None, :],
              w.to(w_out_ptr.dtype.element_ty), mask=hw_mask)
     tl.store(b_out_ptr + t * W + rw, b.to(b_out_ptr.dtype.element_ty), mask=w_mask)
 
 
 def _tiles(N: int, D: int, W: int) -> tuple[int, int, int]:
-    # tl.dot requires every dimension >= 16.
-    return pow2_at_least(N, 16), pow2_at_least(D, 16), pow2_at_least(W, 16)
+    """(BLOCK_N, BLOCK_D, BLOCK_W) as launched; ``N <= BLOCK_N`` means features stay resident.
+
+    tl.dot requires every dimension >= 16. The limits were measured spill-free with 8 warps on
+    sm_80/sm_90 (benchmarks/kernels/compile_check.py).
+    """
+    BD, BW = pow2_at_least(D, 16), pow2_at_least(W, 16)
+    BN = pow2_at_least(N, 16)
+    if BN * BD > MAX_X_TILE:
+        BN = max(16, MAX_STREAM_TILE // BD)  # stream the support set in chunks of BN rows
+    return BN, BD, BW
 
 
 def fits_kernel(N: int, D: int, W: int) -> bool:
-    """Whether one task's features and head fit the kernel's on-chip tiles (see ``MAX_TILE``)."""
+    """Whether the head (and its gradient) of one task fit in registers (see ``MAX_HEAD_TILE``).
+
+    N is unbounded: support sets larger than one resident tile are streamed.
+    """
     BN, BD, BW = _tiles(N, D, W)
-    return BN * BD <= MAX_TILE and BD * BW <= MAX_TILE and BN * BW <= MAX_TILE
+    return BD * BW <= MAX_HEAD_TILE and BN * BD <= MAX_X_TILE
 
 
 def _launch(
@@ -154,8 +199,8 @@ def _launch(
     BN, BD, BW = _tiles(N, D, Wn)
     _anil_kernel[(T,)](
         features, labels, weight, bias, coef, w_out, b_out, N, D, Wn, steps,
-        ACC=tl_acc(acc), BLOCK_N=BN, BLOCK_D=BD, BLOCK_W=BW,
-        num_warps=4 if max(BN * BD, BD * BW) <= 4096 else 8,  # spread large tiles over more threads
+        ACC=tl_acc(acc), X_RESIDENT=N <= BN, BLOCK_N=BN, BLOCK_D=BD, BLOCK_W=BW,
+        num_warps=8,  # measured spill-free up to the tile limits (benchmarks/kernels/compile_check.py)
     )
     return w_out, b_out
 
@@ -226,7 +271,8 @@ def anil_head_adapt(
         if get_backend() == "triton":
             raise ValueError(
                 f"{OP}: a task of N={N} samples, D={D} features, W={Wn} ways exceeds the kernel's "
-                f"on-chip tile limit ({MAX_TILE} elements per padded tile); use backend 'auto' or "
+                f"register tile limit (padded head <= {MAX_HEAD_TILE} elements, features chunk <= "
+                f"{MAX_X_TILE}); use backend 'auto' or "
                 "'torch' for this size"
             )
         triton_path = False  # same math in torch

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch.autograd import gradcheck
 
 import kernels
-from kernels.anil import MAX_TILE, anil_head_adapt_reference, fits_kernel
+from kernels.anil import MAX_HEAD_TILE, _tiles, anil_head_adapt_reference, fits_kernel
 
 # (T, N, D, W): odd everything, a single task, a single support sample, 20-way 5-shot on
 # Conv4-Omniglot features (D = 64), and a padded-to-16 head of 2 ways.
-SIZES = [(3, 7, 10, 5), (1, 5, 64, 5), (2, 1, 3, 2), (2, 100, 64, 20), (4, 17, 33, 3)]
+SIZES = [(3, 7, 10, 5), (1, 5, 64, 5), (2, 1, 3, 2), (2, 100, 64, 20), (4, 17, 33, 3), (2, 77, 128, 3)]
 
 
 def _problem(T, N, D, W, feat_dtype=torch.float32, head_dtype=torch.float32):
@@ -62,6 +62,14 @@ def test_kernel_bf16_features_fp32_accumulation(T, N, D, W, close):
     close(w, w_ref, torch.bfloat16, "weight")
     close(w, w_f, torch.bfloat16, "weight vs fp32")
     close(b, b_f, torch.bfloat16, "bias vs fp32")
+
+
+def test_streamed_support_set_is_chunked():
+    # (2, 100, 64, 20) and (2, 77, 128, 3) above exceed one features tile: they take the
+    # streaming path with several chunks (a partial last one); the small sizes take the resident one.
+    assert _tiles(100, 64, 20)[0] < 100 and 100 % _tiles(100, 64, 20)[0] != 0
+    assert _tiles(77, 128, 3)[0] < 77
+    assert _tiles(7, 10, 5)[0] >= 7
 
 
 def test_kernel_float64(close):
@@ -135,10 +143,10 @@ def test_backends_identical_on_tiny_anil_meta_training():
 
 
 def test_oversize_task_forced_triton_raises_auto_falls_back(monkeypatch):
-    D = MAX_TILE // 16 * 2  # a padded [16, D] features tile exceeds MAX_TILE
-    assert not fits_kernel(4, D, 5) and fits_kernel(25, 64, 5)
+    D = MAX_HEAD_TILE // 16 * 2  # a padded [D, 16] head exceeds MAX_HEAD_TILE
+    assert not fits_kernel(4, D, 5) and fits_kernel(25, 64, 5) and fits_kernel(500, 64, 20)
     x, y, w0, b0 = _problem(1, 4, D, 5)
-    with kernels.backend("triton"), pytest.raises(ValueError, match="tile limit"):
+    with kernels.backend("triton"), pytest.raises(ValueError, match="register tile limit"):
         kernels.anil_head_adapt(x, y, w0, b0, 0.5, 1)
     # "auto" on a GPU would pick Triton; pretend it did, and check the torch fallback runs.
     import kernels.anil as anil_mod
