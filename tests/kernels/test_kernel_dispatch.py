@@ -17,7 +17,16 @@ import kernels.inner_step as iu
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_backend_names_and_context_manager():
+@pytest.fixture
+def auto_backend():
+    """Run with the global backend at "auto" (whatever $METALAB_KERNELS_BACKEND said), restore it."""
+    previous = kernels.get_backend()
+    kernels.set_backend("auto")
+    yield
+    kernels.set_backend(previous)
+
+
+def test_backend_names_and_context_manager(auto_backend):
     assert kernels.get_backend() == "auto"
     with kernels.backend("torch"):
         assert kernels.get_backend() == "torch"
@@ -32,19 +41,27 @@ def test_backend_names_and_context_manager():
             pass
 
 
-def test_set_backend_is_global():
-    try:
-        kernels.set_backend("torch")
-        assert kernels.get_backend() == "torch"
-    finally:
-        kernels.set_backend("auto")
+def test_set_backend_is_global(auto_backend):
+    import threading
+
+    kernels.set_backend("torch")
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(kernels.get_backend()))
+    worker.start()
+    worker.join()
+    assert kernels.get_backend() == "torch" and seen == ["torch"]
+    with kernels.backend("triton"):  # a context override is per thread
+        worker = threading.Thread(target=lambda: seen.append(kernels.get_backend()))
+        worker.start()
+        worker.join()
+    assert seen == ["torch", "torch"]
 
 
 def _sentinel(*args, **kwargs):
     raise RuntimeError("triton kernel launched")
 
 
-def test_auto_uses_torch_on_cpu_and_triton_when_forced(monkeypatch):
+def test_auto_uses_torch_on_cpu_and_triton_when_forced(monkeypatch, auto_backend):
     monkeypatch.setattr(iu, "_launch_fwd", _sentinel)
     theta, grads = torch.randn(5), torch.randn(2, 5)
     for name in ("auto", "torch"):
