@@ -2,6 +2,7 @@
 
 Inner loop (meta-learning):
   :func:`inner_update`      theta_t = theta - lr * g_t for T tasks (Meta-SGD lr), any-order autograd
+  :func:`inner_update_params`  the same over a dict {name: tensor} of parameters
   :func:`anil_head_adapt`   K softmax-regression steps of a linear head, one program per task
 
 Fisher information (continual learning, EWC):
@@ -26,7 +27,7 @@ from kernels.fisher import (
     linear_fisher_bias_reference,
     linear_fisher_reference,
 )
-from kernels.inner_step import inner_update, inner_update_reference
+from kernels.inner_step import inner_update, inner_update_params, inner_update_reference
 
 __all__ = [
     "BACKENDS",
@@ -36,6 +37,7 @@ __all__ = [
     "interpreter_active",
     "inner_update",
     "inner_update_reference",
+    "inner_update_params",
     "anil_head_adapt",
     "anil_head_adapt_reference",
     "fisher_accumulate",

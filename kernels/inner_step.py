@@ -322,3 +322,41 @@ def inner_update(
         # floats as fp32, which would silently lose precision for fp64 (gradcheck) inputs.
         lr = torch.full((), lr, dtype=acc_dtype(grads.dtype), device=grads.device)
     return _InnerUpdateFn.apply(theta, grads, lr, block_size)
+
+
+def inner_update_params(
+    params: dict[str, torch.Tensor],
+    grads: dict[str, torch.Tensor],
+    lr: float | torch.Tensor | dict[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """:func:`inner_update` over a dict of parameters, the form the MAML engine holds them in.
+
+    Args:
+      params: ``{name: [*S]}`` shared initial parameters or ``{name: [T, *S]}`` per-task ones.
+      grads: ``{name: [T, *S]}`` inner-loop gradients (same keys).
+      lr: a float or 0-d tensor for all, or ``{name: [*S]}`` per-parameter (Meta-SGD).
+    Returns ``{name: [T, *S]}``. One kernel launch per tensor through views (no concatenation
+    copy); every call is validated like :func:`inner_update`, and errors name the parameter.
+    """
+    if params.keys() != grads.keys():
+        raise ValueError(
+            f"{OP}: `params` and `grads` have different keys: {sorted(params.keys() ^ grads.keys())}"
+        )
+    if isinstance(lr, dict) and lr.keys() != params.keys():
+        raise ValueError(f"{OP}: `lr` has different keys from `params`: {sorted(lr.keys() ^ params.keys())}")
+    out = {}
+    for name, p in params.items():
+        g = grads[name]
+        if not isinstance(g, torch.Tensor) or g.dim() < 1:
+            raise ValueError(f"{OP}: grads[{name!r}] must be a [T, ...] tensor")
+        T = g.shape[0]
+        shared = p.dim() == g.dim() - 1
+        lr_n = lr[name] if isinstance(lr, dict) else lr
+        try:
+            theta = p.reshape(-1) if shared else p.reshape(T, -1)
+            lr_flat = lr_n.reshape(-1) if isinstance(lr_n, torch.Tensor) and lr_n.dim() > 0 else lr_n
+            adapted = inner_update(theta, g.reshape(T, -1), lr_flat)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise type(exc)(f"parameter {name!r}: {exc}") from exc
+        out[name] = adapted.view(g.shape)
+    return out
