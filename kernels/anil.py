@@ -217,8 +217,12 @@ class _AnilHeadFn(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_w, g_b):  # type: ignore[override]
-        d_weight = g_w.sum(dim=0) if (ctx.needs_input_grad[2] and g_w is not None) else None
-        d_bias = g_b.sum(dim=0) if (ctx.needs_input_grad[3] and g_b is not None) else None
+        # Sum over tasks in the accumulation dtype (bf16 heads: fp32), returned in the head's dtype.
+        d_weight = d_bias = None
+        if ctx.needs_input_grad[2] and g_w is not None:
+            d_weight = g_w.sum(dim=0, dtype=acc_dtype(g_w.dtype)).to(g_w.dtype)
+        if ctx.needs_input_grad[3] and g_b is not None:
+            d_bias = g_b.sum(dim=0, dtype=acc_dtype(g_b.dtype)).to(g_b.dtype)
         return None, None, d_weight, d_bias, None, None, None
 
 

@@ -203,7 +203,6 @@ class _InnerUpdateFn(torch.autograd.Function):
     def forward(ctx, theta, grads, lr, block):  # type: ignore[override]
         ctx.save_for_backward(grads, lr)
         ctx.theta_shared = theta.dim() == 1
-        ctx.theta_dtype = theta.dtype
         ctx.block = block
         return _launch_fwd(theta, grads, lr, block)
 
