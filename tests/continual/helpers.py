@@ -44,3 +44,5 @@ def run_stream(method: ContinualMethod, tmp_path: Path, seed: int = 0, lr: float
     trainer.test(learner, datamodule=stream, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return learner, metrics
+
+REPO = Path(__file__).resolve().parents[2]
