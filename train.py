@@ -1,7 +1,8 @@
 """Train and test one configuration: ``python train.py +experiment=omniglot/protonet_5w1s``.
 
 Thin on purpose: Hydra composes ``conf/``, :func:`metalab.run.train` does the work and returns the
-metric a sweep optimises. Mistakes in the input end with one ``error:`` line and exit status 2.
+metric a sweep optimises. Mistakes in the input (an unknown experiment or key, a value out of range,
+a missing or corrupt data file) end with one ``error:`` line and exit status 2, not a traceback.
 """
 
 import sys
@@ -9,11 +10,14 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from metalab.cli_errors import exit_on_bad_overrides
 from metalab.errors import MetalabError
 from metalab.run import train
 
+CONFIG_DIR, CONFIG_NAME = "conf", "train"
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=CONFIG_NAME)
 def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)
@@ -23,4 +27,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides(CONFIG_DIR, CONFIG_NAME, sys.argv[1:])
     main()

@@ -1,0 +1,61 @@
+"""Turn Hydra's multi-line composition errors into one ``error:`` line before the run starts.
+
+Hydra reports an unknown experiment or a misspelt key with a search-path listing and a hint about
+HYDRA_FULL_ERROR. We compose the config once up front and, if that fails, print the gist: the key or
+option that is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
+
+def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) -> None:
+    """Compose ``config_name`` with the command-line overrides; on failure print one line and exit 2.
+
+    Skipped when Hydra flags are given (``-m`` sweeps, whose overrides only the sweeper parses,
+    ``--cfg``, ``--help``, ...): Hydra then reports as usual.
+    """
+    if any(a.startswith("-") for a in argv):
+        return
+    overrides = list(argv)
+    conf_dir = Path(sys.argv[0]).resolve().parent / config_dir
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as error:
+        print(f"error: {_missing_option(error, conf_dir)}", file=sys.stderr)
+        sys.exit(2)
+    except (HydraException, OmegaConfBaseException) as error:
+        cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
+        print(f"error: {_gist(str(error))}{cause}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:
+    """``unknown experiment 'omniglot/x'; available: ...`` for a config group option that does not exist."""
+    missing = str(error.missing_cfg_file or "")
+    group, _, name = missing.rpartition("/")
+    top = group.split("/")[0] if group else ""
+    options = sorted(
+        str(p.relative_to(conf_dir / top).with_suffix("")) for p in (conf_dir / top).rglob("*.yaml")
+    ) if top and (conf_dir / top).is_dir() else []
+    label = top or "config"
+    what = missing.removeprefix(f"{top}/") if top else missing
+    return f"unknown {label} {what!r}; available: {', '.join(options) or 'none'}"
+
+
+def _gist(message: str) -> str:
+    """The informative lines of a Hydra/OmegaConf message, joined on one line."""
+    lines = []
+    for line in message.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("full_key", "object_type", "reference_type", "Set the environment")):
+            continue
+        lines.append(line)
+    return " ".join(lines)

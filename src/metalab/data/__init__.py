@@ -1,0 +1,1 @@
+"""Data sets (compact .npz files), episodic task samplers and continual task streams."""

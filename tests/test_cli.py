@@ -1,0 +1,36 @@
+"""Bad input on the command line ends with one clear `error:` line and exit status 2."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_train(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "train.py", *args, "hydra.run.dir=/tmp/metalab-cli-test"],
+                          cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["+experiment=omniglot/no_such"], "error: unknown experiment 'omniglot/no_such'; available: "),
+        (["data.n_wya=3"], "error: Could not override 'data.n_wya'"),
+        (["data.train.way=5000"], "error: data.train.way=5000 is not allowed: must be <= 4112"),
+        (["data.test=[5w0s]"], "error: data.test[5w0s].shot=0 is not allowed: must be >= 1"),
+        (["data.val.shot=-1"], "error: data.val.shot=-1 is not allowed: must be >= 1"),
+        (["paths.data_dir=/nonexistent/place"], "error: data file 'omniglot/omniglot.npz' not found; looked in: /nonexistent/place"),
+    ],
+)
+def test_bad_input_gives_one_error_line(args, expected):
+    result = run_train(*args)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
