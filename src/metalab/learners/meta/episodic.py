@@ -66,14 +66,18 @@ class EpisodicLearner(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss, acc = self.training_loss(batch)
+        self.check_finite(loss)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", acc.mean() * 100, prog_bar=True)
+        return loss
+
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Stop with a message naming the step instead of training on (and logging) NaN."""
         if not torch.isfinite(loss):
             raise NumericalError(
                 f"training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                 "lower learner.optimizer.lr or check the data"
             )
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", acc.mean() * 100, prog_bar=True)
-        return loss
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.val_acc.update(self._eval_accuracy(batch))

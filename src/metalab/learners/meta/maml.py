@@ -1,0 +1,98 @@
+"""MAML and its kin on the batched inner loop (``metalab.adapt``).
+
+One module, options instead of copies (Finn et al. 2017; Raghu et al. 2020; Li et al. 2017):
+
+- MAML: ``first_order=False``: the meta-gradient flows through the inner updates;
+- first-order MAML: ``first_order=True``;
+- ANIL: ``adapt="head"``: only the linear head is adapted, on features the body computes once;
+- Meta-SGD: ``learn_inner_lr=True``: one learnable inner rate per parameter entry, meta-learned
+  with the initialisation.
+
+At validation and test the inner loop runs ``eval_inner_steps`` first-order steps (no meta-gradient
+is needed there) and batch norm uses each task's own batch statistics, as in MAML's reference code.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from metalab.adapt import InnerLoop, TaskBatchedModel
+from metalab.errors import ConfigError
+from metalab.learners.meta.episodic import Batch, EpisodicLearner
+
+
+class MAML(EpisodicLearner):
+    """Meta-learns an initialisation (and optionally per-parameter inner rates) by K-step adaptation."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        inner_steps: int = 1,
+        inner_lr: float = 0.4,
+        eval_inner_steps: int = 3,
+        first_order: bool = False,
+        adapt: str = "all",
+        learn_inner_lr: bool = False,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__(backbone, optimizer, scheduler, channels_last=channels_last)
+        if adapt not in ("all", "head"):
+            raise ConfigError(f"learner.adapt={adapt!r} is not allowed: must be 'all' or 'head' (ANIL)")
+        if eval_inner_steps < 0:
+            raise ConfigError(f"learner.eval_inner_steps={eval_inner_steps} is not allowed: must be >= 0")
+        self.model = TaskBatchedModel(backbone, channels_last=channels_last)
+        names = [n for n, _ in backbone.named_parameters()]
+        if adapt == "head":
+            if not self.model.head_names:
+                raise ConfigError("learner.adapt='head' (ANIL) needs a model with a linear head (model.out_features > 0)")
+            names = sorted(self.model.head_names)
+        self.adapt_head_only = adapt == "head"
+        self.inner_lrs = nn.ParameterDict(
+            {_key(n): nn.Parameter(torch.full_like(p, inner_lr)) for n, p in backbone.named_parameters() if n in names}
+        ) if learn_inner_lr else None
+        self.inner = InnerLoop(steps=inner_steps, lr=inner_lr, first_order=first_order, names=names)
+        self.eval_inner_steps = eval_inner_steps
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        head = getattr(self.backbone, "head", None)
+        dm = self.trainer.datamodule if self._trainer else None
+        if isinstance(head, nn.Linear) and dm is not None and hasattr(dm, "train_spec"):
+            shapes = {"data.train": dm.train_spec, "data.val": dm.val_spec,
+                      **{f"data.test[{k}]": s for k, s in dm.test_specs.items()}}
+            for key, spec in shapes.items():
+                if spec.way != head.out_features:
+                    raise ConfigError(f"{key} way={spec.way} is not allowed: the model's head has "
+                                      f"model.out_features={head.out_features} outputs; they must be equal")
+
+    def query_logits(self, batch: Batch) -> torch.Tensor:
+        support, query = self.prepare_episode(batch["support"]), self.prepare_episode(batch["query"])
+        steps = self.inner.steps if self.training else self.eval_inner_steps
+        first_order = self.inner.first_order if self.training else True
+        self.inner.learned_lr = {n: self.inner_lrs[_key(n)] for n in self.inner.names} if self.inner_lrs else None
+        params = dict(self.backbone.named_parameters())
+        with torch.enable_grad():  # adaptation needs gradients in validation and test too
+            if self.adapt_head_only:
+                tasks = support.shape[0]
+                stacked = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
+                feats_s, feats_q = self.model.body(stacked, support), self.model.body(stacked, query)
+                head = {n: params[n] for n in self.inner.names}
+                fast = self.inner.adapt(self.model.head, head, feats_s, batch["support_labels"], steps, first_order)
+                logits = self.model.head(fast, feats_q)
+            else:
+                fast = self.inner.adapt(self.model, params, support, batch["support_labels"], steps, first_order)
+                logits = self.model(fast, query)
+        return logits if self.training else logits.detach()
+
+    def prepare_episode(self, images: torch.Tensor) -> torch.Tensor:
+        return images  # the grouped forward converts memory format itself
+
+
+def _key(name: str) -> str:
+    """nn.ParameterDict keys may not contain dots."""
+    return name.replace(".", "__")

@@ -1,0 +1,43 @@
+"""Reptile (Nichol, Achiam & Schulman 2018) on the batched inner loop.
+
+Each task of the meta-batch is adapted with ``inner_steps`` SGD steps on its support set (all tasks
+at once, first order); the initialisation then moves toward the mean of the adapted weights:
+``theta <- theta + eps * mean_t(theta_t - theta)``. This is done by handing the optimiser the
+"gradient" ``theta - mean_t(theta_t)``: with SGD(lr=eps) it is exactly that interpolation.
+A meta-batch of 1 is serial Reptile; more tasks is batched Reptile.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metalab.learners.meta.episodic import Batch
+from metalab.learners.meta.maml import MAML
+
+
+class Reptile(MAML):
+    """Same adaptation as first-order MAML; a different outer update (manual optimisation)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["first_order"] = True
+        super().__init__(*args, **kwargs)
+        self.automatic_optimization = False
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        params = dict(self.backbone.named_parameters())
+        fast = self.inner.adapt(self.model, params, batch["support"], batch["support_labels"])
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        with torch.no_grad():
+            for name, p in params.items():
+                p.grad = p - fast[name].mean(0)
+            logits = self.model(fast, batch["query"])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["query_labels"].flatten())
+        self.check_finite(loss)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", (logits.argmax(-1) == batch["query_labels"]).float().mean() * 100, prog_bar=True)
+        return loss
