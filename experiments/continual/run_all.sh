@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Everything behind experiments/continual/README.md, in two niced one-thread streams (2 shared cores).
-# Stream A: the Split CIFAR-10 sweep. Stream B: Split MNIST, the benchmarks and the bf16 runs.
-# Logs: /work/runs/continual/*.log. Re-running skips finished runs (run_suite.py) or overwrites benchmarks.
+# Everything behind experiments/continual/README.md, in two niced one-thread streams (2 shared cores),
+# seed 0 of everything first, then more seeds while time allows. Logs: /work/runs/continual/*.log.
+# Re-running skips finished runs (run_suite.py) and finished side-by-side pairs; benchmarks are redone.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source .venv/bin/activate
@@ -9,23 +9,26 @@ export OMP_NUM_THREADS=1
 R=/work/runs/continual
 mkdir -p $R
 
-(
-  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2
+(  # stream A: Split CIFAR-10 (budget in conf/experiment/split_cifar10/base.yaml)
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 --methods finetune er_500 \
+      --root $R/bf16 trainer.precision=bf16-mixed
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 1 2
 ) > $R/stream_a.log 2>&1 &
 
-(
+(  # stream B: Split MNIST, Avalanche side by side, speed benchmarks
+  python experiments/continual/run_suite.py --suite split_mnist --seeds 0
   cd benchmarks/continual
+  nice -n 10 python avalanche_side_by_side.py --suite split_mnist --seeds 0 > $R/avalanche_split_mnist.log 2>&1
+  nice -n 10 python avalanche_side_by_side.py --suite split_cifar10 --seeds 0 data.train_examples_per_task=1000 \
+      > $R/avalanche_split_cifar10.log 2>&1
+  nice -n 10 python loop_overhead.py --batches 16 --repeats 2 > $R/loop_overhead_fp32.log 2>&1
   nice -n 10 python fisher_speed.py --images 1000 --repeats 5 > $R/fisher_speed.log 2>&1
+  nice -n 10 python loop_overhead.py --batches 16 --repeats 2 --methods finetune --precision bf16-mixed \
+      --out $R/loop_overhead_bf16.json > $R/loop_overhead_bf16.log 2>&1
   cd ../..
-  python experiments/continual/run_suite.py --suite split_mnist --seeds 0 1 2
+  python experiments/continual/run_suite.py --suite split_mnist --seeds 1 2
   cd benchmarks/continual
   nice -n 10 python avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2 > $R/avalanche_split_mnist.log 2>&1
-  nice -n 10 python loop_overhead.py --batches 30 --repeats 2 > $R/loop_overhead_fp32.log 2>&1
-  nice -n 10 python loop_overhead.py --batches 30 --repeats 2 --methods finetune ewc er_500 derpp_500 \
-      --precision bf16-mixed --out $R/loop_overhead_bf16.json > $R/loop_overhead_bf16.log 2>&1
-  nice -n 10 python avalanche_side_by_side.py --suite split_cifar10 --seeds 0 > $R/avalanche_split_cifar10.log 2>&1
-  cd ../..
-  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods finetune er_500 \
-      --root $R/bf16 trainer.precision=bf16-mixed
 ) > $R/stream_b.log 2>&1 &
 wait
