@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import kernels
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +38,8 @@ def train(cfg: DictConfig) -> float | None:
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("kernels"):
+        kernels.set_backend(cfg.kernels.backend)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     if cfg.get("float32_matmul_precision"):
@@ -93,12 +96,13 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_dir: Path) -> None:
     """Print test accuracies with their 95% CI beside the paper's figure, one line each."""
     lines = []
-    for key in sorted(k for k in metrics if k.startswith("test/") and k.endswith("/acc")):
-        name = key.split("/")[1]
-        ci = metrics.get(key.replace("/acc", "/acc_ci95"), float("nan"))
-        paper = targets.get(name, {}).get("paper") if isinstance(targets.get(name), dict) else None
-        extra = f"   (paper: {paper})" if paper is not None else ""
-        lines.append(f"  {name:>8}: {metrics[key]:.2f} +- {ci:.2f} %{extra}")
+    for key in sorted(k for k in metrics if k.startswith("test/") and k.endswith(("/acc", "/mse"))):
+        name, score = key.split("/")[1:3]
+        ci = metrics.get(f"{key}_ci95", float("nan"))
+        target = targets.get(name) if isinstance(targets.get(name), dict) else {}
+        extra = f"   (paper: {target['paper']})" if target.get("paper") is not None else ""
+        unit = " %" if score == "acc" else f" {score}"
+        lines.append(f"  {name:>8}: {metrics[key]:.4g} +- {ci:.2g}{unit}{extra}")
     if "train/episodes_per_s" in metrics:
         lines.append(f"  training speed: {metrics['train/episodes_per_s']:.2f} episodes/s")
     print("[metalab] results (mean +- 95% CI over test episodes)\n" + "\n".join(lines) + f"\n  run dir: {output_dir}")

@@ -25,10 +25,13 @@ from metalab.errors import ConfigError, NumericalError
 Params = dict[str, torch.Tensor]
 
 
-def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of each task: ``logits "t n way"``, ``labels "t n"`` -> ``"t"``."""
-    per_example = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="none")
-    return per_example.view(labels.shape).mean(1)
+def task_losses(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean loss of each task ``"t"``: cross-entropy for class labels ``"t n"`` (long) against logits
+    ``"t n way"``, squared error for real targets ``"t n d"`` (regression, e.g. sine waves)."""
+    if targets.is_floating_point():
+        return (outputs - targets).pow(2).flatten(1).mean(1)
+    per_example = F.cross_entropy(outputs.flatten(0, 1), targets.flatten(), reduction="none")
+    return per_example.view(targets.shape).mean(1)
 
 
 @dataclass

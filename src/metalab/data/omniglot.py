@@ -105,12 +105,17 @@ def _load_characters(npz_path: str, image_size: int) -> tuple[torch.Tensor, dict
     with np.load(npz_path) as z:
         packed, alphabet, character = z["images_packed"], z["alphabet"], z["character"]
         names = [str(n) for n in z["alphabet_names"]]
-    ink = 1.0 - np.unpackbits(packed, axis=-1, count=105).astype(np.float32)  # "n 105 105", ink = 1
-    x = torch.from_numpy(ink).unsqueeze(1)
-    if image_size != 105:
-        x = F.interpolate(x, size=(image_size, image_size), mode="area")
+    # Unpack and shrink in chunks: the full 105x105 float copy would take 1.4 GB at once.
+    chunks = []
+    for start in range(0, len(packed), 2048):
+        ink = 1.0 - np.unpackbits(packed[start : start + 2048], axis=-1, count=105).astype(np.float32)
+        x = torch.from_numpy(ink).unsqueeze(1)  # "n 1 105 105", ink = 1
+        if image_size != 105:
+            x = F.interpolate(x, size=(image_size, image_size), mode="area")
+        chunks.append(x[:, 0])
+    x = torch.cat(chunks)
     # Rows are sorted by (split, alphabet, character, drawer): exactly 20 drawings per character.
-    x = x.view(-1, DRAWERS, image_size, image_size).contiguous()
+    x = x.reshape(-1, DRAWERS, image_size, image_size).contiguous()
     firsts = np.arange(0, len(alphabet), DRAWERS)
     index = {(names[alphabet[i]], int(character[i]) + 1): k for k, i in enumerate(firsts)}
     return x, index

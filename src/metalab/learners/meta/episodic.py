@@ -12,9 +12,9 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from metalab.adapt.engine import task_losses
 from metalab.errors import NumericalError
 from metalab.metrics.fewshot import MeanWithCI, episode_accuracy
 
@@ -45,9 +45,8 @@ class EpisodicLearner(L.LightningModule):
 
     def training_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss to minimise and the per-task accuracy; default: cross-entropy on the query logits."""
-        logits = self.query_logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch["query_labels"].flatten())
-        return loss, episode_accuracy(logits, batch["query_labels"])
+        outputs = self.query_logits(batch)
+        return task_losses(outputs, batch["query_labels"]).mean(), self.episode_score(outputs, batch["query_labels"])
 
     # -- shared machinery --------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -68,7 +67,7 @@ class EpisodicLearner(L.LightningModule):
         loss, acc = self.training_loss(batch)
         self.check_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", acc.mean() * 100, prog_bar=True)
+        self.log(f"train/{self.score_name}", acc.mean() * self.score_scale, prog_bar=True)
         return loss
 
     def check_finite(self, loss: torch.Tensor) -> None:
@@ -84,8 +83,8 @@ class EpisodicLearner(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         stats = self.val_acc.compute()
-        self.log("val/acc", stats["mean"] * 100, prog_bar=True)
-        self.log("val/acc_ci95", stats["ci95"] * 100)
+        self.log(f"val/{self.score_name}", stats["mean"] * self.score_scale, prog_bar=True)
+        self.log(f"val/{self.score_name}_ci95", stats["ci95"] * self.score_scale)
         self.val_acc.reset()
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -94,13 +93,29 @@ class EpisodicLearner(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         for name, metric in zip(self.test_names, self.test_acc):
             stats = metric.compute()
-            self.log(f"test/{name}/acc", stats["mean"] * 100, add_dataloader_idx=False)
-            self.log(f"test/{name}/acc_ci95", stats["ci95"] * 100, add_dataloader_idx=False)
+            self.log(f"test/{name}/{self.score_name}", stats["mean"] * self.score_scale, add_dataloader_idx=False)
+            self.log(f"test/{name}/{self.score_name}_ci95", stats["ci95"] * self.score_scale, add_dataloader_idx=False)
             self.log(f"test/{name}/episodes", stats["n"], add_dataloader_idx=False)
             metric.reset()
 
+    def episode_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-task score: accuracy for classification, mean squared error for regression."""
+        self.regression = targets.is_floating_point()
+        if self.regression:
+            return task_losses(outputs, targets).detach()
+        return episode_accuracy(outputs, targets)
+
+    @property
+    def score_name(self) -> str:
+        return "mse" if getattr(self, "regression", False) else "acc"
+
+    @property
+    def score_scale(self) -> float:
+        """Accuracies are reported in percent, errors as they are."""
+        return 1.0 if getattr(self, "regression", False) else 100.0
+
     def _eval_accuracy(self, batch: Batch) -> torch.Tensor:
-        return episode_accuracy(self.query_logits(batch), batch["query_labels"])
+        return self.episode_score(self.query_logits(batch), batch["query_labels"])
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters())

@@ -5,7 +5,7 @@ data module; the plain loop is the floor (DataLoader -> forward -> backward -> A
 else). Rounds alternate between the two so that machine noise hits both alike; the table reports
 the median episodes/s of each and their ratio.
 
-    python benchmarks/protonet_loop_speed.py --way 60 --shot 5 --steps 40 --rounds 3
+    python benchmarks/meta/protonet_loop_speed.py --way 60 --shot 5 --steps 40 --rounds 3
 """
 
 from __future__ import annotations

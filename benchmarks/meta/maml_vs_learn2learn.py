@@ -1,0 +1,205 @@
+"""Our batched MAML meta-step against learn2learn's MAML wrapper, side by side in one run.
+
+Same Conv4 (64 filters, batch norm, 5-way head), same Omniglot episodes (5-way 1-shot, 15 queries
+per class, meta-batch 32), same hyper-parameters (inner lr 0.4, Adam 1e-3), for first and second
+order with 1 and 5 inner steps. For each setting the table gives:
+
+- meta-steps per second (median over alternating rounds, so machine noise hits both alike);
+- peak memory of the meta-step: CUDA ``max_memory_allocated`` on a GPU; on the CPU the growth of
+  the process's peak resident set during the steps, each (implementation, setting) measured in a
+  fresh subprocess so earlier runs do not hide it;
+- the largest difference between the two meta-gradients, relative to the largest gradient entry,
+  from the same initialisation and episodes (float32).
+
+    python benchmarks/meta/maml_vs_learn2learn.py                 # the full table
+    python benchmarks/meta/maml_vs_learn2learn.py --steps 5 --rounds 2 --settings fo1,so1
+
+Runs unchanged on a GPU (``--device cuda``), where learn2learn's per-task loop rather than
+arithmetic is the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+SETTINGS = {"fo1": (True, 1), "so1": (False, 1), "fo5": (True, 5), "so5": (False, 5)}
+WAY, SHOT, QUERY, TASKS, INNER_LR, META_LR = 5, 1, 15, 32, 0.4, 1e-3
+TASK_CHUNK = int(os.environ.get("METALAB_TASK_CHUNK", "0"))  # set by --task-chunk (subprocesses inherit it)
+
+
+def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
+    from metalab.data.fewshot import FewShotDataModule
+    from metalab.data.omniglot import load_omniglot_splits
+
+    spec = {"way": WAY, "shot": SHOT, "query": QUERY}
+    dm = FewShotDataModule(pools=load_omniglot_splits, train=spec, val=spec, test=["5w1s"],
+                           train_episodes=n, tasks_per_batch=TASKS)
+    dm.setup("fit")
+    return [{k: v.to(device) for k, v in b.items()} for b in dm.train_dataloader()]
+
+
+def make_model(device: str) -> torch.nn.Module:
+    from metalab.models.conv4 import Conv4
+
+    torch.manual_seed(0)
+    return Conv4(out_features=WAY).to(device)
+
+
+class Ours:
+    def __init__(self, model, first_order, steps):
+        from metalab.learners.meta.maml import MAML
+
+        self.learner = MAML(model, optimizer=torch.optim.Adam, inner_steps=steps, inner_lr=INNER_LR,
+                            first_order=first_order, task_chunk=TASK_CHUNK)
+        self.learner.backbone.to(memory_format=torch.channels_last)
+        self.opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+
+    def loss(self, batch):
+        return self.learner.training_loss(batch)[0]
+
+
+class Learn2Learn:
+    def __init__(self, model, first_order, steps):
+        import learn2learn as l2l
+
+        self.maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
+        self.steps = steps
+        self.opt = torch.optim.Adam(model.parameters(), lr=META_LR)
+
+    def loss(self, batch):
+        losses = []
+        for t in range(batch["support"].shape[0]):
+            learner = self.maml.clone()
+            for _ in range(self.steps):
+                learner.adapt(F.cross_entropy(learner(batch["support"][t]), batch["support_labels"][t]))
+            losses.append(F.cross_entropy(learner(batch["query"][t]), batch["query_labels"][t]))
+        return torch.stack(losses).mean()
+
+
+IMPLS = {"metalab": Ours, "learn2learn": Learn2Learn}
+
+
+def meta_step(impl, batch) -> None:
+    impl.opt.zero_grad(set_to_none=True)
+    impl.loss(batch).backward()
+    impl.opt.step()
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(name: str, setting: str, batches, device: str) -> float:
+    first_order, steps = SETTINGS[setting]
+    impl = IMPLS[name](make_model(device), first_order, steps)
+    meta_step(impl, batches[0])  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for b in batches[1:]:
+        meta_step(impl, b)
+    sync(device)
+    return (len(batches) - 1) / (time.perf_counter() - start)
+
+
+def memory_worker(name: str, setting: str, steps: int, device: str) -> None:
+    """Runs in a subprocess: prints the peak memory growth (MB) of ``steps`` meta-steps as JSON.
+
+    The episodes are random images of the benchmark's shapes, so loading Omniglot does not set the peak.
+    """
+    g = torch.Generator().manual_seed(0)
+    batches = [{
+        "support": torch.rand(TASKS, WAY * SHOT, 1, 28, 28, generator=g),
+        "support_labels": torch.arange(WAY).repeat_interleave(SHOT).expand(TASKS, -1).clone(),
+        "query": torch.rand(TASKS, WAY * QUERY, 1, 28, 28, generator=g),
+        "query_labels": torch.arange(WAY).repeat_interleave(QUERY).expand(TASKS, -1).clone(),
+    } for _ in range(steps)]  # random images of the episodes' shapes: memory depends on shapes only
+    batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
+    first_order, inner = SETTINGS[setting]
+    impl = IMPLS[name](make_model(device), first_order, inner)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for b in batches:
+        meta_step(impl, b)
+    if device == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    print(json.dumps({"peak_mb": peak}))
+
+
+def peak_memory(name: str, setting: str, device: str) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-worker", name, setting, "--device", device],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+
+def gradient_difference(setting: str, batch, device: str) -> float:
+    first_order, steps = SETTINGS[setting]
+    grads = {}
+    for name, cls in IMPLS.items():
+        model = make_model(device)
+        impl = cls(model, first_order, steps)
+        impl.loss(batch).backward()
+        grads[name] = [p.grad.detach().clone() for p in model.parameters()]
+    scale = max(g.abs().max().item() for g in grads["learn2learn"])
+    return max((a - b).abs().max().item() for a, b in zip(grads["metalab"], grads["learn2learn"])) / scale
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8, help="timed meta-steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--settings", default="fo1,so1,fo5,so5")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--task-chunk", type=int, default=None, help="metalab: tasks per grouped convolution (0: all)")
+    parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
+    args = parser.parse_args()
+    global TASK_CHUNK
+    if args.task_chunk is not None:
+        TASK_CHUNK = args.task_chunk
+        os.environ["METALAB_TASK_CHUNK"] = str(args.task_chunk)
+    if args.memory_worker:
+        memory_worker(*args.memory_worker, steps=3, device=args.device)
+        return
+    batches = episodes(args.steps + 1, args.device)
+    rows = []
+    for setting in args.settings.split(","):
+        speed = {name: [] for name in IMPLS}
+        for _ in range(args.rounds):
+            for name in IMPLS:
+                speed[name].append(time_steps(name, setting, batches, args.device))
+        med = {name: statistics.median(v) for name, v in speed.items()}
+        mem = {name: peak_memory(name, setting, args.device) for name in IMPLS}
+        diff = gradient_difference(setting, batches[0], args.device)
+        rows.append((setting, med, mem, diff))
+        print(f"{setting}: {med} {mem} {diff:.1e}", file=sys.stderr)
+    print(f"\nMAML meta-step, Conv4, Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
+          f"{args.device}, {torch.get_num_threads()} threads, metalab task_chunk={TASK_CHUNK}, "
+          f"median of {args.rounds} rounds x {args.steps} steps")
+    print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
+          "metalab peak MB | memory ratio | max rel. grad. diff |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for setting, med, mem, diff in rows:
+        first_order, steps = SETTINGS[setting]
+        l, o = med["learn2learn"], med["metalab"]
+        ml, mo = mem["learn2learn"], mem["metalab"]
+        print(f"| {'first' if first_order else 'second'} | {steps} | {l:.2f} | {o:.2f} | {o / l:.2f}x | "
+              f"{ml:.0f} | {mo:.0f} | {mo / max(ml, 1e-9):.2f} | {diff:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
