@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 SETTINGS = {"fo1": (True, 1), "so1": (False, 1), "fo5": (True, 5), "so5": (False, 5)}
 WAY, SHOT, QUERY, TASKS, INNER_LR, META_LR = 5, 1, 15, 32, 0.4, 1e-3
-TASK_CHUNK = int(os.environ.get("METALAB_TASK_CHUNK", "0"))  # set by --task-chunk (subprocesses inherit it)
+CHUNK_IMAGES = int(os.environ.get("METALAB_CHUNK_IMAGES", "0"))  # set by --chunk-images (subprocesses inherit it)
 
 
 def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
@@ -60,7 +60,7 @@ class Ours:
         from metalab.learners.meta.maml import MAML
 
         self.learner = MAML(model, optimizer=torch.optim.Adam, inner_steps=steps, inner_lr=INNER_LR,
-                            first_order=first_order, task_chunk=TASK_CHUNK)
+                            first_order=first_order, chunk_images=CHUNK_IMAGES)
         self.learner.backbone.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(model.parameters(), lr=META_LR)
 
@@ -165,13 +165,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", default="fo1,so1,fo5,so5")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--task-chunk", type=int, default=None, help="metalab: tasks per grouped convolution (0: all)")
+    parser.add_argument("--chunk-images", type=int, default=None, help="metalab: images per grouped convolution call (0: the whole meta-batch)")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
-    global TASK_CHUNK
-    if args.task_chunk is not None:
-        TASK_CHUNK = args.task_chunk
-        os.environ["METALAB_TASK_CHUNK"] = str(args.task_chunk)
+    global CHUNK_IMAGES
+    if args.chunk_images is not None:
+        CHUNK_IMAGES = args.chunk_images
+        os.environ["METALAB_CHUNK_IMAGES"] = str(args.chunk_images)
     if args.memory_worker:
         memory_worker(*args.memory_worker, steps=3, device=args.device)
         return
@@ -188,7 +188,7 @@ def main() -> None:
         rows.append((setting, med, mem, diff))
         print(f"{setting}: {med} {mem} {diff:.1e}", file=sys.stderr)
     print(f"\nMAML meta-step, Conv4, Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
-          f"{args.device}, {torch.get_num_threads()} threads, metalab task_chunk={TASK_CHUNK}, "
+          f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES}, "
           f"median of {args.rounds} rounds x {args.steps} steps")
     print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
           "metalab peak MB | memory ratio | max rel. grad. diff |")

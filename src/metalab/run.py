@@ -16,10 +16,11 @@ import hydra
 import kernels
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import TrainThroughput
-from metalab.errors import ConfigError
+from metalab.errors import ConfigError, MetalabError
 
 
 def _wandb_mode() -> str:
@@ -45,12 +46,12 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-    datamodule: L.LightningDataModule = hydra.utils.instantiate(cfg.data)
-    learner: L.LightningModule = hydra.utils.instantiate(cfg.learner, backbone=hydra.utils.instantiate(cfg.model))
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    learner: L.LightningModule = instantiate(cfg.learner, backbone=instantiate(cfg.model))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):
@@ -72,6 +73,20 @@ def train(cfg: DictConfig) -> float | None:
     if key and key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not produced; the run logged: {', '.join(sorted(metrics))}")
     return metrics.get(key) if key else None
+
+
+def instantiate(node: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, but a :class:`MetalabError` raised by a constructor comes out as
+    itself (Hydra wraps it in an InstantiationException, which would end in a traceback)."""
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while cause is not None and not isinstance(cause, MetalabError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:

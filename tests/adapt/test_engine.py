@@ -57,7 +57,7 @@ def test_task_chunks_give_the_same_features():
     params = {n: p.detach() + 0.01 * torch.randn(5, *p.shape, dtype=torch.float64) for n, p in model.named_parameters()}
     x = torch.randn(5, 4, 1, 8, 8, dtype=torch.float64)
     whole = TaskBatchedModel(model, channels_last=False)(params, x)
-    chunked = TaskBatchedModel(model, channels_last=False, task_chunk=2)(params, x)
+    chunked = TaskBatchedModel(model, channels_last=False, chunk_images=8)(params, x)
     assert torch.allclose(whole, chunked, atol=1e-12)
 
 

@@ -14,9 +14,9 @@ Two implementations, chosen by the module:
   norm *under vmap* was measured to give second-order meta-gradients wrong by ~6% in torch 2.13).
   Running statistics are not tracked: like MAML (Finn et al. 2017), test tasks also use their own
   batch statistics (transductive batch norm).
-  ``task_chunk`` > 0 runs the tasks in chunks of that many (one grouped convolution per chunk): on
-  CPUs a whole meta-batch's activations overflow the caches and the memory-bound element-wise
-  layers dominate.
+  ``chunk_images`` > 0 runs the tasks in chunks of at most that many images (one grouped
+  convolution per chunk): on CPUs a whole meta-batch's activations overflow the caches and the
+  memory-bound element-wise layers dominate.
 - **Any other module (vmap)**: ``torch.func.vmap`` over ``functional_call``. Modules that cannot be
   vmapped (e.g. batch norm with running statistics) raise a :class:`ConfigError` naming the layer.
 """
@@ -44,10 +44,10 @@ class TaskBatchedModel:
     is adapted. For Conv4 the head is ``head.*``; for other modules everything is body.
     """
 
-    def __init__(self, module: nn.Module, channels_last: bool = True, task_chunk: int = 0) -> None:
+    def __init__(self, module: nn.Module, channels_last: bool = True, chunk_images: int = 0) -> None:
         self.module = module
         self.channels_last = channels_last
-        self.task_chunk = task_chunk
+        self.chunk_images = chunk_images
         self.grouped = isinstance(module, Conv4)
         self.head_names = {n for n, _ in module.named_parameters() if n.startswith("head.")} if self.grouped else set()
 
@@ -58,10 +58,11 @@ class TaskBatchedModel:
         """``"t n ... -> t n d"`` features (everything but the head)."""
         if not self.grouped:
             return _vmapped(self.module, params, x)
-        blocks, tasks = len(self.module.features), x.shape[0]
-        chunk = self.task_chunk if 0 < self.task_chunk < tasks else tasks
+        blocks, (tasks, n) = len(self.module.features), x.shape[:2]
         # Chunks of tasks keep each grouped convolution's activations small enough for the CPU caches
-        # (the element-wise batch norm / ReLU / pooling are memory-bound on a whole meta-batch).
+        # (the element-wise batch norm / ReLU / pooling are memory-bound on a whole meta-batch): the
+        # 5-image support sets of 32 tasks go in one call, their 75-image query sets in several.
+        chunk = max(1, self.chunk_images // n) if self.chunk_images > 0 else tasks
         parts = [
             grouped_conv4_features({n: p[i : i + chunk] for n, p in params.items()}, x[i : i + chunk], blocks,
                                    self.channels_last)

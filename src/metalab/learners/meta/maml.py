@@ -39,14 +39,14 @@ class MAML(EpisodicLearner):
         adapt: str = "all",
         learn_inner_lr: bool = False,
         channels_last: bool = True,
-        task_chunk: int = 0,
+        chunk_images: int = 0,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last=channels_last)
         if adapt not in ("all", "head"):
             raise ConfigError(f"learner.adapt={adapt!r} is not allowed: must be 'all' or 'head' (ANIL)")
         if eval_inner_steps < 0:
             raise ConfigError(f"learner.eval_inner_steps={eval_inner_steps} is not allowed: must be >= 0")
-        self.model = TaskBatchedModel(backbone, channels_last=channels_last, task_chunk=task_chunk)
+        self.model = TaskBatchedModel(backbone, channels_last=channels_last, chunk_images=chunk_images)
         names = [n for n, _ in backbone.named_parameters()]
         if adapt == "head":
             if not self.model.head_names:
