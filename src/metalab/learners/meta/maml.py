@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+import kernels
 from metalab.adapt import InnerLoop, TaskBatchedModel
 from metalab.errors import ConfigError
 from metalab.learners.meta.episodic import Batch, EpisodicLearner
@@ -82,13 +83,30 @@ class MAML(EpisodicLearner):
                 tasks = support.shape[0]
                 stacked = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
                 feats_s, feats_q = self.model.body(stacked, support), self.model.body(stacked, query)
-                head = {n: params[n] for n in self.inner.names}
-                fast = self.inner.adapt(self.model.head, head, feats_s, batch["support_labels"], steps, first_order)
-                logits = self.model.head(fast, feats_q)
+                if self._fused_head_loop(feats_s, first_order):
+                    logits = self._fused_head_logits(feats_s, batch["support_labels"], feats_q, params, steps)
+                else:
+                    head = {n: params[n] for n in self.inner.names}
+                    fast = self.inner.adapt(self.model.head, head, feats_s, batch["support_labels"], steps, first_order)
+                    logits = self.model.head(fast, feats_q)
             else:
                 fast = self.inner.adapt(self.model, params, support, batch["support_labels"], steps, first_order)
                 logits = self.model(fast, query)
         return logits if self.training else logits.detach()
+
+    def _fused_head_loop(self, features: torch.Tensor, first_order: bool) -> bool:
+        """First-order ANIL with one inner rate runs in one Triton program per task where Triton runs
+        (CUDA, or ``kernels.backend=triton``); elsewhere the engine's torch loop does the same math."""
+        triton_here = features.is_cuda or kernels.get_backend() == "triton"
+        return triton_here and first_order and self.inner_lrs is None
+
+    def _fused_head_logits(self, feats_s: torch.Tensor, labels: torch.Tensor, feats_q: torch.Tensor,
+                           params: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
+        weight, bias = kernels.anil_head_adapt(  # "t d w", "t w"
+            feats_s.contiguous(), labels.contiguous(), params["head.weight"].t().contiguous(), params["head.bias"],
+            self.inner.lr, steps,
+        )
+        return torch.einsum("tnd,tdw->tnw", feats_q, weight) + bias.unsqueeze(1)
 
     def prepare_episode(self, images: torch.Tensor) -> torch.Tensor:
         return images  # the grouped forward converts memory format itself
