@@ -131,14 +131,24 @@ def memory_worker(name: str, setting: str, steps: int, device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base = _peak_rss_kb()
     for b in batches:
         meta_step(impl, b)
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+        peak = (_peak_rss_kb() - base) / 1024
     print(json.dumps({"peak_mb": peak}))
+
+
+def _peak_rss_kb() -> int:
+    """This process's peak resident set in kB: VmHWM, which (unlike ru_maxrss) is not inherited
+    from the parent across fork + exec and so measures this worker alone."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def peak_memory(name: str, setting: str, device: str) -> float:

@@ -23,8 +23,6 @@ from metalab.data.fewshot import FewShotDataModule
 from metalab.data.omniglot import load_omniglot_splits
 from metalab.learners.meta.protonet import ProtoNet
 from metalab.models.conv4 import Conv4
-import os
-DETERMINISTIC = os.environ.get("DET", "1") == "1"
 
 
 def make_learner() -> ProtoNet:
@@ -57,7 +55,8 @@ def lightning_loop(dm: FewShotDataModule, steps: int) -> float:
     meter = TrainThroughput(warmup_steps=5)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps + 5, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[meter], deterministic=DETERMINISTIC, inference_mode=False)
+                        callbacks=[meter], deterministic=torch.are_deterministic_algorithms_enabled(),
+                        inference_mode=False)
     trainer.fit(make_learner(), datamodule=dm)
     return meter.episodes_per_second
 
@@ -70,7 +69,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="both loops without torch.use_deterministic_algorithms (runs use it by default)")
     args = parser.parse_args()
+    torch.use_deterministic_algorithms(not args.nondeterministic)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = {"way": args.way, "shot": args.shot, "query": args.query}
