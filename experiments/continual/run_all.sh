@@ -20,8 +20,8 @@ mkdir -p $R
   python experiments/continual/run_suite.py --suite split_mnist --seeds 0
   cd benchmarks/continual
   nice -n 10 python fisher_speed.py --images 1000 --repeats 5 > $R/fisher_speed.log 2>&1
-  nice -n 10 python avalanche_side_by_side.py --suite split_cifar10 --seeds 0 data.train_examples_per_task=1000 \
-      data.test_examples_per_task=200 > $R/avalanche_split_cifar10.log 2>&1
+  nice -n 10 python avalanche_side_by_side.py --suite split_cifar10 data.train_examples_per_task=1000 \
+      data.test_examples_per_task=200 --seeds 0 > $R/avalanche_split_cifar10.log 2>&1
   nice -n 10 python loop_overhead.py --batches 16 --repeats 2 --methods finetune ewc er_500 derpp_500 lwf progressive \
       > $R/loop_overhead_fp32.log 2>&1
   nice -n 10 python loop_overhead.py --batches 16 --repeats 2 --methods finetune --precision bf16-mixed \
