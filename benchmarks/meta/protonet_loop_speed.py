@@ -76,7 +76,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = {"way": args.way, "shot": args.shot, "query": args.query}
-    dm = FewShotDataModule(pools=load_omniglot_splits, train=spec, val=spec, test={"x": spec},
+    dm = FewShotDataModule(pools=load_omniglot_splits, train=spec, val=spec, test=["5w5s"],
                            train_episodes=args.steps + 10)
     dm.setup("fit")
     plain, lightning = [], []

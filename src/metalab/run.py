@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 import kernels
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 import torch
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
@@ -50,6 +51,8 @@ def train(cfg: DictConfig) -> float | None:
     learner: L.LightningModule = instantiate(cfg.learner, backbone=instantiate(cfg.model))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
