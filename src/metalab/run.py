@@ -7,6 +7,7 @@ config (``_target_``); this module holds no algorithm.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -121,6 +122,6 @@ def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_di
         extra = f"   (paper: {target['paper']})" if target.get("paper") is not None else ""
         unit = " %" if score == "acc" else f" {score}"
         lines.append(f"  {name:>8}: {metrics[key]:.4g} +- {ci:.2g}{unit}{extra}")
-    if "train/episodes_per_s" in metrics:
+    if math.isfinite(metrics.get("train/episodes_per_s", float("nan"))):
         lines.append(f"  training speed: {metrics['train/episodes_per_s']:.2f} episodes/s")
     print("[metalab] results (mean +- 95% CI over test episodes)\n" + "\n".join(lines) + f"\n  run dir: {output_dir}")

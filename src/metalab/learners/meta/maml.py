@@ -73,7 +73,7 @@ class MAML(EpisodicLearner):
                                       f"model.out_features={head.out_features} outputs; they must be equal")
 
     def query_logits(self, batch: Batch) -> torch.Tensor:
-        support, query = self.prepare_episode(batch["support"]), self.prepare_episode(batch["query"])
+        support, query = batch["support"], batch["query"]  # the grouped forward sets the memory format
         steps = self.inner.steps if self.training else self.eval_inner_steps
         first_order = self.inner.first_order if self.training else True
         self.inner.learned_lr = {n: self.inner_lrs[_key(n)] for n in self.inner.names} if self.inner_lrs else None
@@ -107,9 +107,6 @@ class MAML(EpisodicLearner):
             self.inner.lr, steps,
         )
         return torch.einsum("tnd,tdw->tnw", feats_q, weight) + bias.unsqueeze(1)
-
-    def prepare_episode(self, images: torch.Tensor) -> torch.Tensor:
-        return images  # the grouped forward converts memory format itself
 
 
 def _key(name: str) -> str:
