@@ -35,6 +35,9 @@ import torch.nn.functional as F
 SETTINGS = {"fo1": (True, 1), "so1": (False, 1), "fo5": (True, 5), "so5": (False, 5)}
 WAY, SHOT, QUERY, TASKS, INNER_LR, META_LR = 5, 1, 15, 32, 0.4, 1e-3
 CHUNK_IMAGES = int(os.environ.get("METALAB_CHUNK_IMAGES", "0"))  # set by --chunk-images (subprocesses inherit it)
+# "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
+PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
+             "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32")}
 
 
 def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
@@ -56,6 +59,8 @@ def make_model(device: str) -> torch.nn.Module:
 
 
 class Ours:
+    name = "metalab"
+
     def __init__(self, model, first_order, steps):
         from metalab.learners.meta.maml import MAML
 
@@ -69,6 +74,8 @@ class Ours:
 
 
 class Learn2Learn:
+    name = "learn2learn"
+
     def __init__(self, model, first_order, steps):
         import learn2learn as l2l
 
@@ -89,9 +96,16 @@ class Learn2Learn:
 IMPLS = {"metalab": Ours, "learn2learn": Learn2Learn}
 
 
+def autocast(name: str, device: str):
+    """bf16 autocast for ``name`` if asked (what ``trainer.precision=bf16-mixed`` does in training)."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=PRECISION[name] == "bf16")
+
+
 def meta_step(impl, batch) -> None:
     impl.opt.zero_grad(set_to_none=True)
-    impl.loss(batch).backward()
+    with autocast(impl.name, batch["support"].device.type):
+        loss = impl.loss(batch)
+    loss.backward()
     impl.opt.step()
 
 
@@ -163,7 +177,9 @@ def gradient_difference(setting: str, batch, device: str) -> float:
     for name, cls in IMPLS.items():
         model = make_model(device)
         impl = cls(model, first_order, steps)
-        impl.loss(batch).backward()
+        with autocast(name, device):  # each at its benchmarked precision: bf16 error shows here
+            loss = impl.loss(batch)
+        loss.backward()
         grads[name] = [p.grad.detach().clone() for p in model.parameters()]
     scale = max(g.abs().max().item() for g in grads["learn2learn"])
     return max((a - b).abs().max().item() for a, b in zip(grads["metalab"], grads["learn2learn"])) / scale
@@ -176,12 +192,19 @@ def main() -> None:
     parser.add_argument("--settings", default="fo1,so1,fo5,so5")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chunk-images", type=int, default=None, help="metalab: images per grouped convolution call (0: the whole meta-batch)")
+    parser.add_argument("--precision", choices=["32", "bf16"], default=None, help="metalab: fp32 or bf16 autocast")
+    parser.add_argument("--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
     global CHUNK_IMAGES
     if args.chunk_images is not None:
         CHUNK_IMAGES = args.chunk_images
         os.environ["METALAB_CHUNK_IMAGES"] = str(args.chunk_images)
+    for flag, name, var in ((args.precision, "metalab", "METALAB_PRECISION"),
+                            (args.peer_precision, "learn2learn", "METALAB_PEER_PRECISION")):
+        if flag is not None:
+            PRECISION[name] = flag
+            os.environ[var] = flag
     if args.memory_worker:
         memory_worker(*args.memory_worker, steps=3, device=args.device)
         return
@@ -199,6 +222,7 @@ def main() -> None:
         print(f"{setting}: {med} {mem} {diff:.1e}", file=sys.stderr)
     print(f"\nMAML meta-step, Conv4, Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
           f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES}, "
+          f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
           f"median of {args.rounds} rounds x {args.steps} steps")
     print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
           "metalab peak MB | memory ratio | max rel. grad. diff |")

@@ -1,6 +1,7 @@
 """The inner-loop engine: bad input gives clear errors; the vmap path; Meta-SGD; tiny end-to-end runs."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -91,6 +92,27 @@ def test_tiny_omniglot_runs_are_reproducible(tmp_path, learner):
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text())["metrics"] for n in "ab")
     assert a["test/5w1s/acc"] == b["test/5w1s/acc"] and a["train/loss"] == b["train/loss"]
     assert 0 <= a["test/5w1s/acc"] <= 100
+
+
+@pytest.mark.parametrize("learner", ["maml", "fomaml"])
+def test_tiny_bf16_mixed_runs(tmp_path, learner):
+    """``trainer.precision=bf16-mixed``: the inner loop (and for MAML its double backward) runs under
+    bf16 autocast; the run trains and tests with finite metrics."""
+    overrides = [o if not o.startswith("learner=") else f"learner={learner}" for o in TINY_MAML]
+    train(compose_run(tmp_path, overrides + ["trainer.precision=bf16-mixed"]))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
+    assert math.isfinite(metrics["train/loss"]) and 0 <= metrics["test/5w1s/acc"] <= 100
+
+
+def test_grouped_features_under_bf16_are_close_to_fp32():
+    torch.manual_seed(0)
+    model = TaskBatchedModel(Conv4(hidden=16, out_features=5))
+    params = {n: p.expand(3, *p.shape) for n, p in model.module.named_parameters()}
+    x = torch.rand(3, 10, 1, 28, 28)
+    exact = model(params, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(params, x).float()
+    assert (mixed - exact).abs().max() <= 0.05 * exact.abs().max()
 
 
 def test_head_and_episode_way_must_agree(tmp_path):

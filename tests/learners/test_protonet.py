@@ -85,3 +85,28 @@ def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setattr(ProtoNet, "query_logits", lambda self, batch: torch.full((1, 10, 5), float("nan")))
     with pytest.raises(NumericalError, match=r"training loss became nan at step 0"):
         train(compose_run(tmp_path, TINY_PROTONET))
+
+
+def test_bf16_autocast_keeps_distances_in_fp32():
+    """Under bf16 autocast only the backbone runs in bf16: the logits come out fp32, and near the
+    fp32 logits (a bf16 matmul for the distances would be off by whole units at these norms)."""
+    torch.manual_seed(0)
+    from metalab.models.conv4 import Conv4
+
+    learner = ProtoNet(Conv4(hidden=16), optimizer=torch.optim.Adam)
+    learner.backbone.train()
+    batch = {"support": torch.rand(2, 5, 1, 28, 28), "support_labels": torch.arange(5).expand(2, -1),
+             "query": torch.rand(2, 10, 1, 28, 28), "query_labels": torch.arange(5).repeat(2).expand(2, -1)}
+    exact = learner.query_logits(batch)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = learner.query_logits(batch)
+    assert mixed.dtype == torch.float32
+    assert (mixed - exact).abs().max() <= 0.05 * exact.abs().max()
+    assert (mixed.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.9
+
+
+def test_tiny_bf16_mixed_run_is_reproducible(tmp_path):
+    overrides = TINY_PROTONET + ["trainer.precision=bf16-mixed"]
+    train(compose_run(tmp_path / "a", overrides))
+    train(compose_run(tmp_path / "b", overrides))
+    assert _metrics(tmp_path / "a")["test/5w1s/acc"] == _metrics(tmp_path / "b")["test/5w1s/acc"]

@@ -90,7 +90,7 @@ def grouped_conv4_features(params: Params, x: torch.Tensor, blocks: int, channel
         # Per-task batch statistics: channel (t, o) is normalised over (n, h, w) of its own task only.
         h = F.batch_norm(h, None, None, params[f"features.{i}.1.weight"].flatten(),
                          params[f"features.{i}.1.bias"].flatten(), training=True, eps=1e-5)
-        h = F.max_pool2d(F.relu(h), 2)
+        h = F.relu(F.max_pool2d(h, 2))  # pool first: same values and gradients, 4x less ReLU work
     return rearrange(h, "n (t c) h w -> t n (c h w)", t=tasks)
 
 

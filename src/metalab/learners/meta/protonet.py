@@ -27,8 +27,15 @@ class ProtoNet(EpisodicLearner):
         support, query = batch["support"], batch["query"]  # "task n c h w"
         tasks, n_support = support.shape[:2]
         images = torch.cat([support.flatten(0, 1), query.flatten(0, 1)])
-        z = self.backbone(self.prepare(images))  # "(task n) d" for support then query
-        z_support = rearrange(z[: tasks * n_support], "(t w s) d -> t w s d", t=tasks, w=way_of(batch))
+        # Distances are differences of large squared norms: under bf16 autocast they would lose
+        # most of their digits, so the embeddings leave the backbone as fp32 and the rest runs fp32.
+        z = self.backbone(self.prepare(images)).float()  # "(task n) d" for support then query
+        with torch.autocast(z.device.type, enabled=False):
+            return self._logits_from_embeddings(z, tasks, n_support, way_of(batch))
+
+    @staticmethod
+    def _logits_from_embeddings(z: torch.Tensor, tasks: int, n_support: int, way: int) -> torch.Tensor:
+        z_support = rearrange(z[: tasks * n_support], "(t w s) d -> t w s d", t=tasks, w=way)
         prototypes = reduce(z_support, "t w s d -> t w d", "mean")
         z_query = rearrange(z[tasks * n_support :], "(t q) d -> t q d", t=tasks)
         return -squared_euclidean(z_query, prototypes)
