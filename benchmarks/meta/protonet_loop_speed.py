@@ -6,6 +6,7 @@ else). Rounds alternate between the two so that machine noise hits both alike; t
 the median episodes/s of each and their ratio.
 
     python benchmarks/meta/protonet_loop_speed.py --way 60 --shot 5 --steps 40 --rounds 3
+    python benchmarks/meta/protonet_loop_speed.py --precision bf16-mixed   # both loops under bf16 autocast
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def make_learner() -> ProtoNet:
     return ProtoNet(Conv4(), optimizer=lambda params: torch.optim.Adam(params, lr=1e-3))
 
 
-def plain_loop(dm: FewShotDataModule, steps: int) -> float:
+def plain_loop(dm: FewShotDataModule, steps: int, precision: str) -> float:
     """Episodes/s of the bare loop (first 5 steps are warm-up)."""
     learner = make_learner()
     learner.backbone.to(memory_format=torch.channels_last)
@@ -42,7 +43,8 @@ def plain_loop(dm: FewShotDataModule, steps: int) -> float:
             start = time.perf_counter()
         if i == steps + 5:
             break
-        logits = learner.query_logits(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            logits = learner.query_logits(batch)
         loss = F.cross_entropy(logits.flatten(0, 1), batch["query_labels"].flatten())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -50,13 +52,13 @@ def plain_loop(dm: FewShotDataModule, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def lightning_loop(dm: FewShotDataModule, steps: int) -> float:
+def lightning_loop(dm: FewShotDataModule, steps: int, precision: str) -> float:
     """Episodes/s of Trainer.fit with the run's default callbacks' throughput clock (5 warm-up steps)."""
     meter = TrainThroughput(warmup_steps=5)
     trainer = L.Trainer(accelerator="cpu", max_steps=steps + 5, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         callbacks=[meter], deterministic=torch.are_deterministic_algorithms_enabled(),
-                        inference_mode=False)
+                        inference_mode=False, precision=precision)
     trainer.fit(make_learner(), datamodule=dm)
     return meter.episodes_per_second
 
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--nondeterministic", action="store_true",
                         help="both loops without torch.use_deterministic_algorithms (runs use it by default)")
     args = parser.parse_args()
@@ -81,10 +84,10 @@ def main() -> None:
     dm.setup("fit")
     plain, lightning = [], []
     for _ in range(args.rounds):
-        plain.append(plain_loop(dm, args.steps))
-        lightning.append(lightning_loop(dm, args.steps))
+        plain.append(plain_loop(dm, args.steps, args.precision))
+        lightning.append(lightning_loop(dm, args.steps, args.precision))
     p, l = statistics.median(plain), statistics.median(lightning)
-    print(f"\nProtoNet {args.way}-way {args.shot}-shot {args.query}-query, Conv4 channels-last, "
+    print(f"\nProtoNet {args.way}-way {args.shot}-shot {args.query}-query, Conv4 channels-last, {args.precision}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.steps} steps")
     print("| loop | episodes/s | relative |\n|---|---|---|")
     print(f"| plain PyTorch | {p:.2f} | 1.00 |")
