@@ -16,7 +16,7 @@ Backend: ``set_backend("auto"|"torch"|"triton")``, ``get_backend()``, ``with bac
 specification: tests hold every kernel (and backward) against them under ``TRITON_INTERPRET=1``.
 """
 
-from kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend
+from kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend, triton_runs
 from kernels.anil import anil_head_adapt, anil_head_adapt_reference
 from kernels.ewc import ewc_penalty, ewc_penalty_reference
 from kernels.fisher import (
@@ -33,6 +33,7 @@ __all__ = [
     "BACKENDS",
     "backend",
     "get_backend",
+    "triton_runs",
     "set_backend",
     "interpreter_active",
     "inner_update",

@@ -86,6 +86,15 @@ def interpreter_active() -> bool:
     return isinstance(probe_kernel, InterpretedFunction)
 
 
+def triton_runs(device: torch.device) -> bool:
+    """Whether ops on ``device`` take their Triton path under the backend in force: for callers that
+    choose between a fused kernel and their own torch code (never raises; the op validates later)."""
+    name = get_backend()
+    if name == "torch":
+        return False
+    return name == "triton" or (device.type == "cuda" and _triton_importable())
+
+
 def use_triton(op: str, tensors: dict[str, torch.Tensor]) -> bool:
     """Decide whether ``op`` runs its Triton kernel on these (already validated) tensors.
 

@@ -7,7 +7,7 @@ from torch import nn
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 conv (padding 1) -> batch norm -> ReLU -> 2x2 max pool: halves the spatial size.
+    """3x3 conv (padding 1) -> batch norm -> 2x2 max pool -> ReLU: halves the spatial size.
 
     The pool runs before the ReLU: ``relu(max(x)) == max(relu(x))`` exactly (ReLU is monotone), with
     the same gradients, and the ReLU then touches a quarter of the elements.

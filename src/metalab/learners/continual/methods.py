@@ -142,7 +142,7 @@ class EWC(ContinualMethod):
             return None
         names = list(self.importance)
         params = learner.trainable_parameters(names)
-        if params[0].is_cuda or kernels.get_backend() == "triton":
+        if kernels.triton_runs(params[0].device):
             # Fused Triton kernel: value and gradient of sum F (theta - theta*)^2 in one pass per tensor.
             quad = sum(kernels.ewc_penalty(self.importance[n].contiguous(), p.contiguous(), self.anchor[n].contiguous())
                        for n, p in zip(names, params))

@@ -97,8 +97,7 @@ class MAML(EpisodicLearner):
     def _fused_head_loop(self, features: torch.Tensor, first_order: bool) -> bool:
         """First-order ANIL with one inner rate runs in one Triton program per task where Triton runs
         (CUDA, or ``kernels.backend=triton``); elsewhere the engine's torch loop does the same math."""
-        triton_here = features.is_cuda or kernels.get_backend() == "triton"
-        return triton_here and first_order and self.inner_lrs is None
+        return kernels.triton_runs(features.device) and first_order and self.inner_lrs is None
 
     def _fused_head_logits(self, feats_s: torch.Tensor, labels: torch.Tensor, feats_q: torch.Tensor,
                            params: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
