@@ -35,6 +35,8 @@ import torch.nn.functional as F
 SETTINGS = {"fo1": (True, 1), "so1": (False, 1), "fo5": (True, 5), "so5": (False, 5)}
 WAY, SHOT, QUERY, TASKS, INNER_LR, META_LR = 5, 1, 15, 32, 0.4, 1e-3
 CHUNK_IMAGES = int(os.environ.get("METALAB_CHUNK_IMAGES", "0"))  # set by --chunk-images (subprocesses inherit it)
+_SUPPORT = os.environ.get("METALAB_SUPPORT_CHUNK_IMAGES", "")  # set by --support-chunk-images, likewise
+SUPPORT_CHUNK_IMAGES = int(_SUPPORT) if _SUPPORT else None
 # "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
 PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
              "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32")}
@@ -65,7 +67,8 @@ class Ours:
         from metalab.learners.meta.maml import MAML
 
         self.learner = MAML(model, optimizer=torch.optim.Adam, inner_steps=steps, inner_lr=INNER_LR,
-                            first_order=first_order, chunk_images=CHUNK_IMAGES)
+                            first_order=first_order, chunk_images=CHUNK_IMAGES,
+                            support_chunk_images=SUPPORT_CHUNK_IMAGES)
         self.learner.backbone.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(model.parameters(), lr=META_LR)
 
@@ -192,14 +195,19 @@ def main() -> None:
     parser.add_argument("--settings", default="fo1,so1,fo5,so5")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--chunk-images", type=int, default=None, help="metalab: images per grouped convolution call (0: the whole meta-batch)")
+    parser.add_argument("--support-chunk-images", type=int, default=None,
+                        help="metalab: the same for the inner loop's support sets (default: --chunk-images)")
     parser.add_argument("--precision", choices=["32", "bf16"], default=None, help="metalab: fp32 or bf16 autocast")
     parser.add_argument("--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
-    global CHUNK_IMAGES
+    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES
     if args.chunk_images is not None:
         CHUNK_IMAGES = args.chunk_images
         os.environ["METALAB_CHUNK_IMAGES"] = str(args.chunk_images)
+    if args.support_chunk_images is not None:
+        SUPPORT_CHUNK_IMAGES = args.support_chunk_images
+        os.environ["METALAB_SUPPORT_CHUNK_IMAGES"] = str(args.support_chunk_images)
     for flag, name, var in ((args.precision, "metalab", "METALAB_PRECISION"),
                             (args.peer_precision, "learn2learn", "METALAB_PEER_PRECISION")):
         if flag is not None:
@@ -221,7 +229,8 @@ def main() -> None:
         rows.append((setting, med, mem, diff))
         print(f"{setting}: {med} {mem} {diff:.1e}", file=sys.stderr)
     print(f"\nMAML meta-step, Conv4, Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
-          f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES}, "
+          f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
+          f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
           f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
           f"median of {args.rounds} rounds x {args.steps} steps")
     print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "

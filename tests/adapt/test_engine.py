@@ -62,6 +62,26 @@ def test_task_chunks_give_the_same_features():
     assert torch.allclose(whole, chunked, atol=1e-12)
 
 
+def test_support_chunking_leaves_second_order_meta_gradients_unchanged():
+    """Chunking the support sets apart from the query sets is a schedule, not a different model."""
+    torch.manual_seed(0)
+    batch = {"support": torch.randn(4, 3, 1, 8, 8, dtype=torch.float64), "support_labels": torch.arange(3).expand(4, -1),
+             "query": torch.randn(4, 6, 1, 8, 8, dtype=torch.float64),
+             "query_labels": torch.arange(3).repeat_interleave(2).expand(4, -1)}
+    grads = []
+    for support_chunk in (None, 3, 6):
+        model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8).double()
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.data.normal_(0, 0.3)
+        learner = MAML(model, optimizer=torch.optim.SGD, inner_steps=2, inner_lr=0.1, channels_last=False,
+                       chunk_images=12, support_chunk_images=support_chunk)
+        learner.training_loss(batch)[0].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    for g in grads[1:]:
+        assert torch.allclose(g, grads[0], rtol=1e-10, atol=1e-13)
+
+
 def test_meta_sgd_learns_inner_rates():
     model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8)
     learner = MAML(model, optimizer=torch.optim.SGD, inner_steps=1, inner_lr=0.1, learn_inner_lr=True,

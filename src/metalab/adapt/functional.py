@@ -16,7 +16,9 @@ Two implementations, chosen by the module:
   batch statistics (transductive batch norm).
   ``chunk_images`` > 0 runs the tasks in chunks of at most that many images (one grouped
   convolution per chunk): on CPUs a whole meta-batch's activations overflow the caches and the
-  memory-bound element-wise layers dominate.
+  memory-bound element-wise layers dominate. A call may override it (``chunk_images=``): the
+  inner loop's support sets (5 images a task) want smaller chunks than the query sets, because the
+  double backward of a grouped convolution is slower per image than that of a few plain ones.
 - **Any other module (vmap)**: ``torch.func.vmap`` over ``functional_call``. Modules that cannot be
   vmapped (e.g. batch norm with running statistics) raise a :class:`ConfigError` naming the layer.
 """
@@ -51,18 +53,20 @@ class TaskBatchedModel:
         self.grouped = isinstance(module, Conv4)
         self.head_names = {n for n, _ in module.named_parameters() if n.startswith("head.")} if self.grouped else set()
 
-    def __call__(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        return self.head(params, self.body(params, x))
+    def __call__(self, params: Params, x: torch.Tensor, chunk_images: int | None = None) -> torch.Tensor:
+        return self.head(params, self.body(params, x, chunk_images))
 
-    def body(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """``"t n ... -> t n d"`` features (everything but the head)."""
+    def body(self, params: Params, x: torch.Tensor, chunk_images: int | None = None) -> torch.Tensor:
+        """``"t n ... -> t n d"`` features (everything but the head); ``chunk_images`` overrides the
+        model's setting for this call."""
         if not self.grouped:
             return _vmapped(self.module, params, x)
         blocks, (tasks, n) = len(self.module.features), x.shape[:2]
+        limit = self.chunk_images if chunk_images is None else chunk_images
         # Chunks of tasks keep each grouped convolution's activations small enough for the CPU caches
-        # (the element-wise batch norm / ReLU / pooling are memory-bound on a whole meta-batch): the
-        # 5-image support sets of 32 tasks go in one call, their 75-image query sets in several.
-        chunk = max(1, self.chunk_images // n) if self.chunk_images > 0 else tasks
+        # (the element-wise batch norm / ReLU / pooling are memory-bound on a whole meta-batch): with
+        # 400, the 5-image support sets of 32 tasks go in one call, their 75-image query sets in several.
+        chunk = max(1, limit // n) if limit > 0 else tasks
         parts = [
             grouped_conv4_features({n: p[i : i + chunk] for n, p in params.items()}, x[i : i + chunk], blocks,
                                    self.channels_last)

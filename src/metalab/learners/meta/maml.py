@@ -14,6 +14,7 @@ is needed there) and batch norm uses each task's own batch statistics, as in MAM
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import torch
@@ -41,13 +42,19 @@ class MAML(EpisodicLearner):
         learn_inner_lr: bool = False,
         channels_last: bool = True,
         chunk_images: int = 0,
+        support_chunk_images: int | None = None,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last=channels_last)
         if adapt not in ("all", "head"):
             raise ConfigError(f"learner.adapt={adapt!r} is not allowed: must be 'all' or 'head' (ANIL)")
         if eval_inner_steps < 0:
             raise ConfigError(f"learner.eval_inner_steps={eval_inner_steps} is not allowed: must be >= 0")
+        if chunk_images < 0 or (support_chunk_images is not None and support_chunk_images < 0):
+            raise ConfigError(f"learner.chunk_images={chunk_images} / learner.support_chunk_images="
+                              f"{support_chunk_images} is not allowed: must be >= 0 (0: all tasks in one call)")
         self.model = TaskBatchedModel(backbone, channels_last=channels_last, chunk_images=chunk_images)
+        self.support_chunk_images = support_chunk_images
+        self.on_support = partial(self.model, chunk_images=support_chunk_images)  # the inner loop's forward
         names = [n for n, _ in backbone.named_parameters()]
         if adapt == "head":
             if not self.model.head_names:
@@ -82,7 +89,8 @@ class MAML(EpisodicLearner):
             if self.adapt_head_only:
                 tasks = support.shape[0]
                 stacked = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
-                feats_s, feats_q = self.model.body(stacked, support), self.model.body(stacked, query)
+                feats_s = self.model.body(stacked, support, self.support_chunk_images)
+                feats_q = self.model.body(stacked, query)
                 if self._fused_head_loop(feats_s, first_order):
                     logits = self._fused_head_logits(feats_s, batch["support_labels"], feats_q, params, steps)
                 else:
@@ -90,7 +98,7 @@ class MAML(EpisodicLearner):
                     fast = self.inner.adapt(self.model.head, head, feats_s, batch["support_labels"], steps, first_order)
                     logits = self.model.head(fast, feats_q)
             else:
-                fast = self.inner.adapt(self.model, params, support, batch["support_labels"], steps, first_order)
+                fast = self.inner.adapt(self.on_support, params, support, batch["support_labels"], steps, first_order)
                 logits = self.model(fast, query)
         return logits if self.training else logits.detach()
 
