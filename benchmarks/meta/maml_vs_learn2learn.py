@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 SETTINGS = {"fo1": (True, 1), "so1": (False, 1), "fo5": (True, 5), "so5": (False, 5)}
-WAY, SHOT, QUERY, TASKS, INNER_LR, META_LR = 5, 1, 15, 32, 0.4, 1e-3
+WAY, SHOT, TASKS, INNER_LR, META_LR = 5, 1, 32, 0.4, 1e-3
+QUERY = int(os.environ.get("METALAB_BENCH_QUERY", "15"))  # queries per class; set by --query, inherited likewise
 CHUNK_IMAGES = int(os.environ.get("METALAB_CHUNK_IMAGES", "0"))  # set by --chunk-images (subprocesses inherit it)
 _SUPPORT = os.environ.get("METALAB_SUPPORT_CHUNK_IMAGES", "")  # set by --support-chunk-images, likewise
 SUPPORT_CHUNK_IMAGES = int(_SUPPORT) if _SUPPORT else None
@@ -194,6 +195,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--settings", default="fo1,so1,fo5,so5")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--query", type=int, default=None, help="queries per class (default 15, as the issue asks)")
     parser.add_argument("--chunk-images", type=int, default=None, help="metalab: images per grouped convolution call (0: the whole meta-batch)")
     parser.add_argument("--support-chunk-images", type=int, default=None,
                         help="metalab: the same for the inner loop's support sets (default: --chunk-images)")
@@ -201,7 +203,10 @@ def main() -> None:
     parser.add_argument("--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
-    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES
+    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY
+    if args.query is not None:
+        QUERY = args.query
+        os.environ["METALAB_BENCH_QUERY"] = str(args.query)
     if args.chunk_images is not None:
         CHUNK_IMAGES = args.chunk_images
         os.environ["METALAB_CHUNK_IMAGES"] = str(args.chunk_images)

@@ -114,3 +114,52 @@ def test_online_ewc_decays_old_importance():
     for n in f0:
         torch.testing.assert_close(ewc.importance[n], 0.5 * f0[n] + f1[n])
         torch.testing.assert_close(ewc.anchor[n], dict(net.named_parameters())[n].detach())
+
+
+def test_proximal_ewc_step_is_the_exact_minimiser_and_matches_the_gradient_step_for_small_rates():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 6).double()
+    data = [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,)))]
+    fake = _FakeLearner(net, data)
+    ewc = EWC(ewc_lambda=50.0, update="proximal")
+    ewc.after_task(0, fake)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    moved = {n: p.detach().clone() for n, p in net.named_parameters()}
+    for lr in (0.3, 1e-6):
+        for n, p in net.named_parameters():
+            p.data.copy_(moved[n])
+        fake.optimizers = lambda lr=lr: torch.optim.SGD(net.parameters(), lr=lr)
+        ewc.after_optimizer_step(fake)
+        for n, p in net.named_parameters():
+            a, m = ewc.importance[n], ewc.anchor[n]
+            # stationary point of |theta - moved|^2 / (2 lr) + lambda/2 A (theta - m)^2
+            torch.testing.assert_close((p - moved[n]) / lr + 50.0 * a * (p - m), torch.zeros_like(p), atol=1e-9, rtol=0)
+            if lr < 1e-3:  # for small steps it is the explicit gradient step on the penalty
+                explicit = moved[n] - lr * 50.0 * a * (moved[n] - m)
+                torch.testing.assert_close(p.detach(), explicit, rtol=0, atol=1e-9)
+    assert any((ewc.importance[n] > 0).any() for n in ewc.importance)
+
+
+def test_proximal_ewc_is_stable_where_the_gradient_penalty_diverges(tmp_path):
+    from metalab.errors import NumericalError
+    with pytest.raises(NumericalError, match="ewc penalty"):
+        run_stream(EWC(ewc_lambda=1e5), tmp_path, stream=tiny_stream(epochs_per_task=2))
+    _, finetune = run_stream(Finetune(), tmp_path, stream=tiny_stream(epochs_per_task=2))
+    _, proximal = run_stream(EWC(ewc_lambda=1e5, update="proximal"), tmp_path, stream=tiny_stream(epochs_per_task=2))
+    assert math.isfinite(proximal["test/task_il/acc"])
+    assert proximal["test/task_il/forgetting"] < finetune["test/task_il/forgetting"]
+
+
+def test_proximal_ewc_refuses_optimisers_it_is_not_exact_for():
+    from metalab.errors import ConfigError
+    net = torch.nn.Linear(4, 6).double()
+    fake = _FakeLearner(net, [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,)))])
+    ewc = EWC(ewc_lambda=1.0, update="proximal")
+    ewc.after_task(0, fake)
+    fake.optimizers = lambda: torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ConfigError, match="plain SGD"):
+        ewc.after_optimizer_step(fake)
+    with pytest.raises(ConfigError, match="learner.method.update"):
+        EWC(update="implicit")

@@ -143,6 +143,9 @@ class ContinualLearner(L.LightningModule):
         self.method.after_step(batch, logits.detach())
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        self.method.after_optimizer_step(self)
+
     def _current_task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if not self.method.masks_training_logits_to_task:
             return F.cross_entropy(logits, y)
