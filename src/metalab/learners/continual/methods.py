@@ -122,8 +122,7 @@ class EWC(ContinualMethod):
     all), empirical (true labels) or with labels sampled from the model (``sampled_labels``).
 
     ``update``: how SGD treats the penalty. ``"gradient"`` adds it to the loss (the usual way). Its
-    curvature ``lambda * A`` is very uneven (on reduced ResNet-18 the largest Fisher entry is ~1000x
-    the mean), and plain SGD diverges once ``lr * lambda * A > 2`` for any entry, so lambda must stay
+    curvature ``lambda * A`` is very uneven across entries (a few Fisher entries dwarf the rest), and plain SGD diverges once ``lr * lambda * A > 2`` for any entry, so lambda must stay
     small enough for the stiffest entry and then barely holds the rest. ``"proximal"`` minimises the same
     objective with a proximal step instead: after the optimiser's step on the task loss, each entry moves
     to the exact minimiser of ``|theta - theta'|^2 / (2 lr) + lambda/2 A (theta - m)^2``, i.e.
