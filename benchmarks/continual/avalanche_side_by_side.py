@@ -8,7 +8,10 @@ every task (class-IL argmax; task-IL masking to the task's classes). Penalty wei
 the formulas match: Avalanche's EWC adds ``lambda * sum F (theta - theta*)^2`` (ours ``lambda/2``) and
 its LwF ``alpha * KL`` (ours ``alpha * T^2 * KL``). What still differs is each library's own design:
 Avalanche's EWC importance is the squared mini-batch mean gradient (ours the exact per-sample Fisher),
-its Replay buffer is experience-balanced (ours reservoir) and interleaves a memory mini-batch.
+its Replay buffer is experience-balanced (ours reservoir) and interleaves a memory mini-batch; and where
+an experiment sets ``learner.method.update: proximal`` (Split CIFAR-10 EWC), our EWC applies its penalty
+as the exact proximal step after each SGD step while Avalanche adds it to the loss (same objective,
+different update rule; see ``metalab.learners.continual.methods.EWC``).
 
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0
