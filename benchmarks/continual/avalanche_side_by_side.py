@@ -16,6 +16,9 @@ different update rule; see ``metalab.learners.continual.methods.EWC``).
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0
 
+``er_500_task_end`` is our ER with Avalanche's buffer policy (``learner.method.fill=task_end``), shown
+beside our default reservoir ER against the same Avalanche Replay run.
+
 Writes ``<out>/<suite>_seed<k>.json`` per seed and prints a table (mean +- std over seeds).
 """
 
@@ -37,10 +40,20 @@ import torch
 from common import RUNS, EpochTimer, evaluate_row, experiment_config, summary_from_rows, write_json
 
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
+# Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
+# er_500 with Avalanche's buffer policy (task-balanced subsets stored at task ends, not a reservoir).
+VARIANTS = {"er_500_task_end": ("er_500", ["learner.method.fill=task_end"])}
+METHODS = [*PAIRS, *VARIANTS]
+
+
+def experiment_of(name: str) -> tuple[str, list[str]]:
+    """Our experiment name and extra overrides for a method of this benchmark."""
+    return VARIANTS.get(name, (name, []))
 
 
 def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, Any]:
-    cfg = experiment_config(f"{suite}/{name}", [f"seed={seed}", *extra])
+    experiment, overrides = experiment_of(name)
+    cfg = experiment_config(f"{suite}/{experiment}", [f"seed={seed}", *overrides, *extra])
     L.seed_everything(seed, workers=True)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
@@ -124,7 +137,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", default="split_mnist", choices=["split_mnist", "split_cifar10"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RUNS / "avalanche_side_by_side")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides, e.g. data.epochs_per_task=2")
@@ -136,11 +149,12 @@ def main() -> None:
         path = args.out / f"{args.suite}_seed{seed}.json"
         record = json.loads(path.read_text()) if path.is_file() else {}
         for name in args.methods:
-            for side, runner in (("ours", run_ours), ("avalanche", run_avalanche)):
-                key = f"{name}/{side}"
+            base = experiment_of(name)[0]
+            for side, runner, method, key in (("ours", run_ours, name, f"{name}/ours"),
+                                              ("avalanche", run_avalanche, base, f"{base}/avalanche")):
                 if key in record:
                     continue
-                result = runner(args.suite, name, seed, extra)
+                result = runner(args.suite, method, seed, extra)
                 record[key] = result
                 write_json(path, record)
                 s = result["summary"]
@@ -161,12 +175,14 @@ def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> None:
     print("| method | side | class-IL acc | task-IL acc | class-IL forgetting | task-IL forgetting | s / epoch |")
     print("|---|---|---|---|---|---|---|")
     for name in methods:
-        for side in ("ours", "avalanche"):
-            rs = [r[f"{name}/{side}"] for r in records]
+        base = experiment_of(name)[0]
+        shown_with_base = name != base and base in methods  # the shared Avalanche row is printed once
+        for side in ("ours",) if shown_with_base else ("ours", "avalanche"):
+            rs = [r[f"{name if side == 'ours' else base}/{side}"] for r in records]
             cells = [stat([r["summary"][sc][k] for r in rs]) for sc, k in
                      (("class_il", "acc"), ("task_il", "acc"), ("class_il", "forgetting"), ("task_il", "forgetting"))]
             epoch = stat([statistics.mean(r["epoch_seconds"]) for r in rs])
-            label = name if side == "ours" else PAIRS[name]
+            label = name if side == "ours" else PAIRS[base]
             print(f"| {label} | {side} | " + " | ".join(cells) + f" | {epoch} |")
 
 

@@ -1,10 +1,14 @@
-"""Reservoir sampling keeps every streamed example with the same probability."""
+"""Replay buffers: reservoir sampling keeps every streamed example with the same probability; the
+task-balanced buffer splits its slots evenly over finished tasks."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from metalab.learners.continual.buffer import ReservoirBuffer
+from metalab.errors import ConfigError
+from metalab.learners.continual.buffer import ReservoirBuffer, TaskBalancedBuffer
+from metalab.learners.continual.methods import ExperienceReplay
 
 
 def test_fills_in_order_then_keeps_a_uniform_share():
@@ -32,3 +36,39 @@ def test_same_seed_same_content_and_samples():
 
     assert fill(1) == fill(1)
     assert fill(1) != fill(2)
+
+
+def test_task_balanced_buffer_shares_slots_evenly_and_only_shrinks_old_subsets():
+    buffer = TaskBalancedBuffer(size=10, seed=0)
+    assert len(buffer) == 0
+    kept_before: set[int] = set()
+    for task, expected in enumerate([[10], [5, 5], [4, 3, 3]]):
+        buffer.add_task({"y": torch.arange(100) + 100 * task})
+        ys = buffer.data["y"].tolist()
+        assert len(ys) == 10 == len(set(ys))
+        assert [sum(1 for y in ys if y // 100 == t) for t in range(task + 1)] == expected
+        old = {y for y in ys if y < 100 * task}
+        assert old <= kept_before  # earlier tasks' samples are a subset of what they had, not a redraw
+        kept_before = set(ys)
+
+
+def test_task_end_replay_holds_only_finished_tasks():
+    class Learner:  # the one call ER makes on the learner at a task end
+        def task_training_data(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.randn(40, 3), torch.full((40,), 2 * task)
+
+    er = ExperienceReplay(buffer_size=16, replay_batch_size=8, fill="task_end")
+    batch = {"x": torch.randn(8, 3), "y": torch.zeros(8, dtype=torch.long), "task": torch.zeros(8, dtype=torch.long)}
+    er.after_step(batch, torch.zeros(8, 2))
+    assert er.replay_batch(8) is None  # nothing replayed while the first task trains
+    er.after_task(0, Learner())
+    er.after_step({**batch, "y": torch.full((8,), 2), "task": torch.ones(8, dtype=torch.long)}, torch.zeros(8, 2))
+    replay = er.replay_batch(8)
+    assert replay["task"].eq(0).all() and replay["y"].eq(0).all()  # task 1's batches never enter the buffer
+    er.after_task(1, Learner())
+    assert er.buffer.data["task"].bincount().tolist() == [8, 8]
+
+
+def test_unknown_fill_policy_is_a_config_error():
+    with pytest.raises(ConfigError, match="learner.method.fill"):
+        ExperienceReplay(fill="fifo")

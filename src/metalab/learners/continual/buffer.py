@@ -1,6 +1,6 @@
-"""Reservoir replay buffer (Vitter 1985, as in Chaudhry et al. 2019 and Buzzega et al. 2020).
+"""Replay buffers: reservoir (the default of ER and DER++) and task-balanced (filled at task ends).
 
-After ``n`` examples have streamed past, every one of them is in the buffer with probability
+Reservoir (Vitter 1985, as in Chaudhry et al. 2019 and Buzzega et al. 2020): after ``n`` examples have streamed past, every one of them is in the buffer with probability
 ``size / n``: no task boundaries are needed and old tasks keep their share. Tensors are allocated on
 the first insertion from the example shapes, so one class serves images, labels, task ids and logits.
 The buffer owns its random generator (seeded), so its content and its samples depend only on the seed.
@@ -64,3 +64,43 @@ class ReservoirBuffer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.seen, self.data = state["seen"], state["data"]
         self.generator.set_state(state["generator"])
+
+
+class TaskBalancedBuffer(ReservoirBuffer):
+    """``size`` slots shared evenly by the tasks seen so far, refilled only when a task ends.
+
+    This is how Avalanche's ``Replay`` keeps its memory (experience-balanced, updated after each
+    experience). The difference from the reservoir matters: while task ``t`` trains, this buffer holds
+    tasks ``< t`` only, whereas a reservoir filled during training also replays task ``t`` itself, so
+    less of each replayed batch rehearses old tasks. Each task keeps a random subset, shrunk (never
+    redrawn) as later tasks claim their share.
+    """
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        super().__init__(size, seed)
+        self.groups: list[dict[str, torch.Tensor]] = []
+
+    def __len__(self) -> int:
+        return len(self.data["y"]) if self.data else 0
+
+    def add(self, examples: dict[str, torch.Tensor]) -> None:
+        raise RuntimeError("TaskBalancedBuffer is filled at task ends: call add_task with the whole task")
+
+    @torch.no_grad()
+    def add_task(self, examples: dict[str, torch.Tensor]) -> None:
+        """Store a random subset of one finished task (``{"x": [n, ...], "y": [n], ...}``) and rebalance."""
+        n = len(examples["y"])
+        keep = torch.randperm(n, generator=self.generator)[: self.size]
+        self.groups.append({k: v[keep].detach().clone() for k, v in examples.items()})
+        tasks = len(self.groups)
+        quotas = [self.size // tasks + (i < self.size % tasks) for i in range(tasks)]  # earlier tasks get the rest
+        self.groups = [{k: v[:q] for k, v in g.items()} for g, q in zip(self.groups, quotas)]
+        self.data = {k: torch.cat([g[k] for g in self.groups]) for k in self.groups[0]}
+        self.seen += n
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "groups": self.groups}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.groups = state["groups"]

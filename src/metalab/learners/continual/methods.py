@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalab.errors import ConfigError, require
-from metalab.learners.continual.buffer import ReservoirBuffer
+from metalab.learners.continual.buffer import ReservoirBuffer, TaskBalancedBuffer
 from metalab.learners.continual.fisher import diagonal_fisher
 
 if TYPE_CHECKING:
@@ -122,8 +122,9 @@ class EWC(ContinualMethod):
     all), empirical (true labels) or with labels sampled from the model (``sampled_labels``).
 
     ``update``: how SGD treats the penalty. ``"gradient"`` adds it to the loss (the usual way). Its
-    curvature ``lambda * A`` is very uneven across entries (a few Fisher entries dwarf the rest), and plain SGD diverges once ``lr * lambda * A > 2`` for any entry, so lambda must stay
-    small enough for the stiffest entry and then barely holds the rest. ``"proximal"`` minimises the same
+    curvature ``lambda * A`` is very uneven across entries (a few Fisher entries dwarf the rest), and
+    plain SGD diverges once ``lr * lambda * A > 2`` for any entry, so lambda must stay small enough for
+    the stiffest entry and then barely holds the rest. ``"proximal"`` minimises the same
     objective with a proximal step instead: after the optimiser's step on the task loss, each entry moves
     to the exact minimiser of ``|theta - theta'|^2 / (2 lr) + lambda/2 A (theta - m)^2``, i.e.
     ``theta = m + (theta' - m) / (1 + lr lambda A)``: stable for any lambda (stiff entries are pinned,
@@ -223,14 +224,22 @@ def _plain_sgd_step_size(optimizer: Any) -> float:
 
 
 class ExperienceReplay(ContinualMethod):
-    """Experience replay with a reservoir buffer: each step also trains on ``replay_batch_size`` stored samples."""
+    """Experience replay: each step also trains on ``replay_batch_size`` stored samples.
+
+    ``fill``: ``"reservoir"`` (Chaudhry et al. 2019, as in DER/Mammoth) offers every training batch to a
+    reservoir, so the buffer also holds the current task; ``"task_end"`` stores a task-balanced random
+    subset of each task when it ends (as Avalanche's ``Replay``), so only earlier tasks are replayed.
+    """
 
     name = "er"
 
-    def __init__(self, buffer_size: int = 500, replay_batch_size: int = 32, seed: int = 0) -> None:
+    def __init__(self, buffer_size: int = 500, replay_batch_size: int = 32, seed: int = 0,
+                 fill: str = "reservoir") -> None:
         require(buffer_size >= 1, "learner.method.buffer_size", "at least 1", buffer_size)
         require(replay_batch_size >= 1, "learner.method.replay_batch_size", "at least 1", replay_batch_size)
-        self.buffer = ReservoirBuffer(buffer_size, seed)
+        require(fill in ("reservoir", "task_end"), "learner.method.fill", "'reservoir' or 'task_end'", fill)
+        self.fill_at_task_end = fill == "task_end"
+        self.buffer = TaskBalancedBuffer(buffer_size, seed) if self.fill_at_task_end else ReservoirBuffer(buffer_size, seed)
         self.replay_batch_size = replay_batch_size
 
     def setup(self, stream: StreamInfo) -> None:
@@ -244,7 +253,13 @@ class ExperienceReplay(ContinualMethod):
         return F.cross_entropy(logits, replay["y"])
 
     def after_step(self, batch: Batch, logits: torch.Tensor) -> None:
-        self.buffer.add({"x": batch["x"], "y": batch["y"], "task": batch["task"]})
+        if not self.fill_at_task_end:
+            self.buffer.add({"x": batch["x"], "y": batch["y"], "task": batch["task"]})
+
+    def after_task(self, task: int, learner: "ContinualLearner") -> None:
+        if self.fill_at_task_end:
+            x, y = learner.task_training_data(task)
+            self.buffer.add_task({"x": x, "y": y, "task": torch.full_like(y, task)})
 
     def state_dict(self) -> dict[str, Any]:
         return {"buffer": self.buffer.state_dict()}
