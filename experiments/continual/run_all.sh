@@ -11,22 +11,26 @@ mkdir -p $R
 
 (  # stream A: Split CIFAR-10 (budget in conf/experiment/split_cifar10/base.yaml)
   python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0
-  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 --methods finetune er_500 \
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods finetune er_500 \
       --root $R/bf16 trainer.precision=bf16-mixed
   python experiments/continual/run_suite.py --suite split_cifar10 --seeds 1 2
+  # EWC vs fine-tune at five epochs per task (bf16-mixed, lambda 100)
+  E5="data.epochs_per_task=5 trainer.precision=bf16-mixed"
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods finetune --root $R/e5bf16 $E5
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods ewc --root $R/e5bf16 $E5 \
+      learner.method.ewc_lambda=100
 ) > $R/stream_a.log 2>&1 &
 
 (  # stream B: Split MNIST, speed benchmarks, Avalanche side by side
   python experiments/continual/run_suite.py --suite split_mnist --seeds 0
   cd benchmarks/continual
   nice -n 10 python fisher_speed.py --images 1000 --repeats 5 > $R/fisher_speed.log 2>&1
-  nice -n 10 python avalanche_side_by_side.py --suite split_cifar10 data.train_examples_per_task=1000 \
-      data.test_examples_per_task=200 --seeds 0 > $R/avalanche_split_cifar10.log 2>&1
+  nice -n 10 python avalanche_side_by_side.py --suite split_cifar10 --seeds 0 1 2 > $R/avalanche_split_cifar10.log 2>&1
   nice -n 10 python loop_overhead.py --batches 16 --repeats 2 --methods finetune ewc er_500 derpp_500 lwf progressive \
       > $R/loop_overhead_fp32.log 2>&1
   nice -n 10 python loop_overhead.py --batches 16 --repeats 2 --methods finetune --precision bf16-mixed \
       --out $R/loop_overhead_bf16.json > $R/loop_overhead_bf16.log 2>&1
-  nice -n 10 python avalanche_side_by_side.py --suite split_mnist --seeds 0 > $R/avalanche_split_mnist.log 2>&1
+  nice -n 10 python avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2 > $R/avalanche_split_mnist.log 2>&1
   cd ../..
   python experiments/continual/run_suite.py --suite split_mnist --seeds 1 2
 ) > $R/stream_b.log 2>&1 &
