@@ -1,7 +1,8 @@
 """Replay buffers: reservoir (the default of ER and DER++) and task-balanced (filled at task ends).
 
-Reservoir (Vitter 1985, as in Chaudhry et al. 2019 and Buzzega et al. 2020): after ``n`` examples have streamed past, every one of them is in the buffer with probability
-``size / n``: no task boundaries are needed and old tasks keep their share. Tensors are allocated on
+Reservoir (Vitter 1985, as in Chaudhry et al. 2019 and Buzzega et al. 2020): after ``n`` examples
+have streamed past, every one of them is in the buffer with probability ``size / n``: no task
+boundaries are needed and old tasks keep their share. Tensors are allocated on
 the first insertion from the example shapes, so one class serves images, labels, task ids and logits.
 The buffer owns its random generator (seeded), so its content and its samples depend only on the seed.
 """
