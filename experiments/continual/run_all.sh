@@ -14,11 +14,13 @@ mkdir -p $R
   python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods finetune er_500 \
       --root $R/bf16 trainer.precision=bf16-mixed
   python experiments/continual/run_suite.py --suite split_cifar10 --seeds 1 2
-  # EWC vs fine-tune at five epochs per task (bf16-mixed, lambda 100)
+  # every method at five epochs per task (bf16-mixed; EWC and online EWC with lambda 100)
   E5="data.epochs_per_task=5 trainer.precision=bf16-mixed"
   python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods finetune --root $R/e5bf16 $E5
-  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods ewc --root $R/e5bf16 $E5 \
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --methods ewc online_ewc --root $R/e5bf16 $E5 \
       learner.method.ewc_lambda=100
+  python experiments/continual/run_suite.py --suite split_cifar10 --seeds 0 1 2 --root $R/e5bf16 $E5 \
+      --methods joint er_200 er_500 derpp_500 lwf progressive
 ) > $R/stream_a.log 2>&1 &
 
 (  # stream B: Split MNIST, speed benchmarks, Avalanche side by side
