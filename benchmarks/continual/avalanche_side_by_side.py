@@ -11,10 +11,14 @@ Avalanche's EWC importance is the squared mini-batch mean gradient (ours the exa
 its Replay buffer is experience-balanced (ours reservoir) and interleaves a memory mini-batch; and where
 an experiment sets ``learner.method.update: proximal`` (Split CIFAR-10 EWC), our EWC applies its penalty
 as the exact proximal step after each SGD step while Avalanche adds it to the loss (same objective,
-different update rule; see ``metalab.learners.continual.methods.EWC``).
+different update rule; see ``metalab.learners.continual.methods.EWC``). With ``trainer.precision=bf16-mixed``
+ours runs under Lightning's bf16 autocast and Avalanche's training and evaluation run inside the same
+``torch.autocast("cpu", dtype=torch.bfloat16)`` (Avalanche has no CPU mixed-precision option of its own).
 
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0
+    python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 1 2 \
+        --out /work/runs/continual/avalanche_side_by_side_cifar_e5 data.epochs_per_task=5 trainer.precision=bf16-mixed
 
 ``er_500_task_end`` is our ER with Avalanche's buffer policy (``learner.method.fill=task_end``), shown
 beside our default reservoir ER against the same Avalanche Replay run.
@@ -123,12 +127,15 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str]) -> dict[st
                        temperature=float(method.temperature), **common)
     else:
         raise ValueError(name)
-    initial = evaluate_row(model, stream)
-    rows = []
-    start = time.perf_counter()
-    for experience in bench.train_stream:
-        strategy.train(experience, num_workers=0)
-        rows.append(evaluate_row(model, stream))
+    # the same mixed precision as Lightning's bf16-mixed plugin gives ours (forward passes under autocast)
+    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        initial = evaluate_row(model, stream)
+        rows = []
+        start = time.perf_counter()
+        for experience in bench.train_stream:
+            strategy.train(experience, num_workers=0)
+            rows.append(evaluate_row(model, stream))
     wall = time.perf_counter() - start
     return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds, "wall_seconds": wall}
 
