@@ -13,6 +13,7 @@ order with 1 and 5 inner steps. For each setting the table gives:
 
     python benchmarks/meta/maml_vs_learn2learn.py                 # the full table
     python benchmarks/meta/maml_vs_learn2learn.py --steps 5 --rounds 2 --settings fo1,so1
+    python benchmarks/meta/maml_vs_learn2learn.py --allocator default   # glibc's malloc as is
 
 Runs unchanged on a GPU (``--device cuda``), where learn2learn's per-task loop rather than
 arithmetic is the bottleneck.
@@ -39,6 +40,9 @@ CHUNK_IMAGES = int(os.environ.get("METALAB_CHUNK_IMAGES", "0"))  # set by --chun
 _SUPPORT = os.environ.get("METALAB_SUPPORT_CHUNK_IMAGES", "")  # set by --support-chunk-images, likewise
 SUPPORT_CHUNK_IMAGES = int(_SUPPORT) if _SUPPORT else None
 # "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
+# "1": glibc keeps freed memory (what train.py does, retain_freed_memory: true) for both sides of the
+# process alike; "0": glibc's default. Set by --allocator, inherited by the memory subprocesses.
+RETAIN_FREED = os.environ.get("METALAB_RETAIN_FREED", "1") == "1"
 PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
              "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32")}
 
@@ -201,9 +205,18 @@ def main() -> None:
                         help="metalab: the same for the inner loop's support sets (default: --chunk-images)")
     parser.add_argument("--precision", choices=["32", "bf16"], default=None, help="metalab: fp32 or bf16 autocast")
     parser.add_argument("--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast")
+    parser.add_argument("--allocator", choices=["retain", "default"], default=None,
+                        help="retain (default, as train.py): glibc keeps freed memory for reuse; default: glibc as is")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
-    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY
+    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY, RETAIN_FREED
+    if args.allocator is not None:
+        RETAIN_FREED = args.allocator == "retain"
+        os.environ["METALAB_RETAIN_FREED"] = "1" if RETAIN_FREED else "0"
+    if RETAIN_FREED:
+        from metalab.runtime import retain_freed_memory
+
+        RETAIN_FREED = retain_freed_memory()  # process-wide: learn2learn's side gets it too
     if args.query is not None:
         QUERY = args.query
         os.environ["METALAB_BENCH_QUERY"] = str(args.query)
@@ -237,6 +250,7 @@ def main() -> None:
           f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
           f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
           f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
+          f"allocator {'retain' if RETAIN_FREED else 'glibc default'}, "
           f"median of {args.rounds} rounds x {args.steps} steps")
     print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
           "metalab peak MB | memory ratio | max rel. grad. diff |")

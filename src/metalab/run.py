@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import TrainThroughput
+from metalab.runtime import retain_freed_memory
 from metalab.errors import ConfigError, MetalabError
 
 
@@ -45,6 +46,8 @@ def train(cfg: DictConfig) -> float | None:
         kernels.set_backend(cfg.kernels.backend)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
+    if cfg.get("retain_freed_memory"):
+        retain_freed_memory()
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 

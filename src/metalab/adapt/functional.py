@@ -67,10 +67,12 @@ class TaskBatchedModel:
         # (the element-wise batch norm / ReLU / pooling are memory-bound on a whole meta-batch): with
         # 400, the 5-image support sets of 32 tasks go in one call, their 75-image query sets in several.
         chunk = max(1, limit // n) if limit > 0 else tasks
+        # torch.split, not slicing: the backward of a split is one concatenation of the chunks'
+        # gradients, while each slice's backward writes a zero-filled full-size gradient (O(chunks^2)).
+        pieces = {name: p.split(chunk) for name, p in params.items()}
         parts = [
-            grouped_conv4_features({n: p[i : i + chunk] for n, p in params.items()}, x[i : i + chunk], blocks,
-                                   self.channels_last)
-            for i in range(0, tasks, chunk)
+            grouped_conv4_features({name: pieces[name][k] for name in params}, xk, blocks, self.channels_last)
+            for k, xk in enumerate(x.split(chunk))
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
