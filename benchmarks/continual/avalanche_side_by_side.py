@@ -16,9 +16,10 @@ ours runs under Lightning's bf16 autocast and Avalanche's training and evaluatio
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (Avalanche has no CPU mixed-precision option of its own).
 
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
-    python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 1 2 \
-        --out /work/runs/continual/avalanche_side_by_side_cifar_e5 data.epochs_per_task=5 trainer.precision=bf16-mixed
+        --out /work/runs/continual/avalanche_side_by_side_cifar_e5      # the suite's budget (base.yaml)
+    python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 --methods finetune lwf \
+        --out /work/runs/continual/avalanche_side_by_side_cifar data.epochs_per_task=1 trainer.precision=32-true
 
 ``er_500_task_end`` is our ER with Avalanche's buffer policy (``learner.method.fill=task_end``), shown
 beside our default reservoir ER against the same Avalanche Replay run.

@@ -32,7 +32,7 @@ METHODS = ["finetune", "joint", "ewc", "online_ewc", "er_500", "derpp_500", "lwf
 
 
 def build(name: str, batches: int, batch_size: int, precision: str, threads: int):
-    overrides = [f"data.n_tasks=2", f"data.train_examples_per_task={batches * batch_size}",
+    overrides = [f"data.n_tasks=2", "data.epochs_per_task=1", f"data.train_examples_per_task={batches * batch_size}",
                  f"data.batch_size={batch_size}", "data.test_examples_per_task=50", "learner.evaluate_initial=false",
                  f"trainer.precision={precision}", f"cpu_threads={threads}"]
     if name in ("ewc", "online_ewc"):
