@@ -128,9 +128,11 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str]) -> dict[st
                        temperature=float(method.temperature), **common)
     else:
         raise ValueError(name)
-    # the same mixed precision as Lightning's bf16-mixed plugin gives ours (forward passes under autocast)
+    # The same mixed precision as Lightning's bf16-mixed plugin gives ours. One context spans many
+    # optimiser steps here, so autocast's cache of bf16 weight copies must be off: with it, every
+    # forward after the first reuses the first step's weights (the model then never learns).
     bf16 = str(cfg.trainer.precision).startswith("bf16")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
         initial = evaluate_row(model, stream)
         rows = []
         start = time.perf_counter()
