@@ -39,10 +39,10 @@ QUERY = int(os.environ.get("METALAB_BENCH_QUERY", "15"))  # queries per class; s
 CHUNK_IMAGES = int(os.environ.get("METALAB_CHUNK_IMAGES", "0"))  # set by --chunk-images (subprocesses inherit it)
 _SUPPORT = os.environ.get("METALAB_SUPPORT_CHUNK_IMAGES", "")  # set by --support-chunk-images, likewise
 SUPPORT_CHUNK_IMAGES = int(_SUPPORT) if _SUPPORT else None
-# "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
 # "1": glibc keeps freed memory (what train.py does, retain_freed_memory: true) for both sides of the
 # process alike; "0": glibc's default. Set by --allocator, inherited by the memory subprocesses.
 RETAIN_FREED = os.environ.get("METALAB_RETAIN_FREED", "1") == "1"
+# "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
 PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
              "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32")}
 
