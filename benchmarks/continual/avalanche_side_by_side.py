@@ -22,7 +22,9 @@ ours runs under Lightning's bf16 autocast and Avalanche's training and evaluatio
         --out /work/runs/continual/avalanche_side_by_side_cifar data.epochs_per_task=1 trainer.precision=32-true
 
 ``er_500_task_end`` is our ER with Avalanche's buffer policy (``learner.method.fill=task_end``), shown
-beside our default reservoir ER against the same Avalanche Replay run.
+beside our default reservoir ER against the same Avalanche Replay run; ``lwf_batch_teacher`` is our LwF
+with Avalanche's teacher (``learner.method.teacher_bn=batch``: its copy of the previous model stays in
+training mode, so its batch norm uses each batch's statistics), against the same Avalanche LwF run.
 
 Writes ``<out>/<suite>_seed<k>.json`` per seed and prints a table (mean +- std over seeds).
 """
@@ -47,7 +49,9 @@ from common import RUNS, EpochTimer, evaluate_row, experiment_config, summary_fr
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
 # Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
 # er_500 with Avalanche's buffer policy (task-balanced subsets stored at task ends, not a reservoir).
-VARIANTS = {"er_500_task_end": ("er_500", ["learner.method.fill=task_end"])}
+VARIANTS = {"er_500_task_end": ("er_500", ["learner.method.fill=task_end"]),
+            # lwf whose frozen teacher normalises with the batch's statistics, as Avalanche's LwF does
+            "lwf_batch_teacher": ("lwf", ["learner.method.teacher_bn=batch"])}
 METHODS = [*PAIRS, *VARIANTS]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -163,3 +164,30 @@ def test_proximal_ewc_refuses_optimisers_it_is_not_exact_for():
         ewc.after_optimizer_step(fake)
     with pytest.raises(ConfigError, match="learner.method.update"):
         EWC(update="implicit")
+
+
+@pytest.mark.parametrize("teacher_bn", ["running", "batch"])
+def test_lwf_teacher_normalises_with_the_statistics_asked_for(teacher_bn):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 6))
+    net.train()
+    net(torch.randn(64, 4) * 3 + 1)  # running statistics that differ from the next batch's
+    stored = net[1].running_mean.clone()
+    lwf = LwF(teacher_bn=teacher_bn)
+    teacher = lwf._teacher(net)
+    x = torch.randn(16, 4)
+    reference = copy.deepcopy(net)
+    reference.train(teacher_bn == "batch")
+    with torch.no_grad():
+        assert torch.allclose(teacher(x), reference(x), atol=1e-6)
+        other = reference.train(teacher_bn != "batch")(x)
+        assert not torch.allclose(teacher(x), other, atol=1e-3)  # the two choices really differ
+    assert torch.equal(teacher[1].running_mean, stored)  # the teacher's stored statistics stay as they were
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_lwf_refuses_an_unknown_teacher_mode():
+    from metalab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="teacher_bn"):
+        LwF(teacher_bn="eval")

@@ -307,22 +307,37 @@ class LwF(ContinualMethod):
 
     From the second task on, a frozen copy of the network from the end of the previous task gives soft
     targets for the old classes on the current batch: ``alpha * T^2 * KL(old/T || new/T)`` over them.
+
+    ``teacher_bn`` says which batch-norm statistics the frozen copy normalises with: ``running`` (its
+    stored statistics, i.e. evaluation mode, as Mammoth computes LwF's targets) or ``batch`` (the
+    current batch's own, as Avalanche's LwF, whose copy stays in training mode). They differ because
+    the current task's images shift the statistics away from the ones the old network was trained with.
     """
 
     name = "lwf"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0) -> None:
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, teacher_bn: str = "running") -> None:
         require(alpha >= 0, "learner.method.alpha", ">= 0", alpha)
         require(temperature > 0, "learner.method.temperature", "> 0", temperature)
-        self.alpha, self.temperature = alpha, temperature
+        require(teacher_bn in ("running", "batch"), "learner.method.teacher_bn", "running or batch", teacher_bn)
+        self.alpha, self.temperature, self.teacher_bn = alpha, temperature, teacher_bn
         self.previous: nn.Module | None = None
         self.old_classes = 0
 
     def before_task(self, task: int, learner: "ContinualLearner") -> None:
         if task == 0:
             return
-        self.previous = _frozen_copy(learner.net)
+        self.previous = self._teacher(learner.net)
         self.old_classes = task * learner.stream_info.classes_per_task
+
+    def _teacher(self, net: nn.Module) -> nn.Module:
+        teacher = _frozen_copy(net)
+        if self.teacher_bn == "batch":
+            for module in teacher.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.train()  # normalise with the batch's statistics...
+                    module.momentum = 0.0  # ...and leave the stored ones as they are
+        return teacher
 
     def penalty(self, learner: "ContinualLearner", batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
         if self.previous is None:
@@ -340,7 +355,7 @@ class LwF(ContinualMethod):
     def load_state_dict(self, state: dict[str, Any], learner: "ContinualLearner") -> None:
         self.old_classes = state["old_classes"]
         if state["previous"] is not None:
-            self.previous = _frozen_copy(learner.net)
+            self.previous = self._teacher(learner.net)
             self.previous.load_state_dict(state["previous"])
 
 
