@@ -75,7 +75,7 @@ def train(cfg: DictConfig) -> float | None:
     record = {"metrics": metrics, "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
               "global_step": trainer.global_step, "seed": cfg.seed}
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
-    _print_summary(metrics, record["targets"], output_dir)
+    _print_summary(metrics, record["targets"], output_dir, throughput.unit if throughput else "episodes")
     key = cfg.get("optimized_metric")
     if key and key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not produced; the run logged: {', '.join(sorted(metrics))}")
@@ -115,8 +115,9 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, float)}
 
 
-def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_dir: Path) -> None:
-    """Print test accuracies with their 95% CI beside the paper's figure, one line each."""
+def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_dir: Path, speed_unit: str) -> None:
+    """Print test scores beside the paper's figure, one line each; few-shot scores with their 95% CI
+    over test episodes (continual runs have one score per scenario and no CI)."""
     lines = []
     for key in sorted(k for k in metrics if k.startswith("test/") and k.endswith(("/acc", "/mse"))):
         name, score = key.split("/")[1:3]
@@ -124,7 +125,8 @@ def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_di
         target = targets.get(name) if isinstance(targets.get(name), dict) else {}
         extra = f"   (paper: {target['paper']})" if target.get("paper") is not None else ""
         unit = " %" if score == "acc" else f" {score}"
-        lines.append(f"  {name:>8}: {metrics[key]:.4g} +- {ci:.2g}{unit}{extra}")
+        spread = f" +- {ci:.2g}" if math.isfinite(ci) else ""
+        lines.append(f"  {name:>8}: {metrics[key]:.4g}{spread}{unit}{extra}")
     if math.isfinite(metrics.get("train/episodes_per_s", float("nan"))):
-        lines.append(f"  training speed: {metrics['train/episodes_per_s']:.2f} episodes/s")
-    print("[metalab] results (mean +- 95% CI over test episodes)\n" + "\n".join(lines) + f"\n  run dir: {output_dir}")
+        lines.append(f"  training speed: {metrics['train/episodes_per_s']:.2f} {speed_unit}/s")
+    print("[metalab] results\n" + "\n".join(lines) + f"\n  run dir: {output_dir}")

@@ -19,6 +19,7 @@ class TrainThroughput(L.Callback):
     def __init__(self, warmup_steps: int = 5) -> None:
         self.warmup_steps = warmup_steps
         self.seconds, self.tasks, self._last = 0.0, 0, 0.0
+        self.unit = "episodes"  # "batches" when the batches are not episodes (continual learning)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = time.perf_counter()
@@ -29,6 +30,7 @@ class TrainThroughput(L.Callback):
         if trainer.global_step > self.warmup_steps:
             self.seconds += now - self._last
             self.tasks += _tasks_in(batch)
+            self.unit = "episodes" if _is_episodic(batch) else "batches"
         self._last = now
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -40,7 +42,11 @@ class TrainThroughput(L.Callback):
         return self.tasks / self.seconds if self.seconds else float("nan")
 
 
+def _is_episodic(batch: Any) -> bool:
+    return isinstance(batch, dict) and "support" in batch
+
+
 def _tasks_in(batch: Any) -> int:
-    if isinstance(batch, dict) and "support" in batch:
+    if _is_episodic(batch):
         return int(batch["support"].shape[0])
     return 1
