@@ -6,7 +6,8 @@ full buffer (500 of the 1,280 examples seen), LwF with the previous model, progr
 columns. Our side is ``Trainer.fit`` exactly as ``train.py`` builds it from ``+experiment=split_cifar10/<m>``
 (timed by a callback over the whole epoch: data loading, hooks and logging included). The plain side is a
 ``for`` loop over the same pre-loaded tensors: slice, forward on ``[batch; replay]``, loss, backward,
-SGD step, using the *same* method objects for the method's own math (buffer, penalty, distillation).
+SGD step, the method's after-step hooks (e.g. proximal EWC's step), using the *same* method objects for
+the method's own math (buffer, penalty, distillation).
 The two sides alternate ``--repeats`` times; the table gives the minimum of each side (the machine is
 shared, so the least-disturbed repeat is the best estimate) and the ratio ours/plain.
 
@@ -58,6 +59,7 @@ def time_plain(learner, stream, lr: float, batch_size: int, precision: str) -> f
     net, method = learner.net, learner.method
     net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    view = _PlainLoopView(learner, optimizer)
     part = stream.task_train_dataset(1)
     order = torch.randperm(len(part), generator=torch.Generator().manual_seed(1))
     c = stream.classes_per_task
@@ -84,8 +86,22 @@ def time_plain(learner, stream, lr: float, batch_size: int, precision: str) -> f
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        method.after_optimizer_step(view)  # e.g. proximal EWC's step, as our loop's on_train_batch_end
         method.after_step(batch, logits.detach())
     return (time.perf_counter() - start) / n_batches
+
+
+class _PlainLoopView:
+    """What a method's ``after_optimizer_step`` reads from the learner, with the plain loop's optimiser."""
+
+    def __init__(self, learner, optimizer: torch.optim.Optimizer) -> None:
+        self._learner, self._optimizer = learner, optimizer
+
+    def optimizers(self) -> torch.optim.Optimizer:
+        return self._optimizer
+
+    def trainable_parameters(self, names: list[str]):
+        return self._learner.trainable_parameters(names)
 
 
 def main() -> None:
