@@ -22,8 +22,8 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import TrainThroughput
-from metalab.runtime import retain_freed_memory
 from metalab.errors import ConfigError, MetalabError
+from metalab.runtime import retain_freed_memory
 
 
 def _wandb_mode() -> str:

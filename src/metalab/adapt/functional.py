@@ -65,7 +65,7 @@ class TaskBatchedModel:
         limit = self.chunk_images if chunk_images is None else chunk_images
         # Chunks of tasks keep each grouped convolution's activations small enough for the CPU caches
         # (the element-wise batch norm / ReLU / pooling are memory-bound on a whole meta-batch): with
-        # 400, the 5-image support sets of 32 tasks go in one call, their 75-image query sets in several.
+        # 150, the 75-image query sets of two tasks go in one call.
         chunk = max(1, limit // n) if limit > 0 else tasks
         # torch.split, not slicing: the backward of a split is one concatenation of the chunks'
         # gradients, while each slice's backward writes a zero-filled full-size gradient (O(chunks^2)).
