@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from metalab.errors import ConfigError
 from metalab.learners.continual import (EWC, DERPlusPlus, ExperienceReplay, Finetune, Joint, LwF, Progressive)
 from metalab.learners.continual.methods import StreamInfo
 
@@ -154,7 +155,6 @@ def test_proximal_ewc_is_stable_where_the_gradient_penalty_diverges(tmp_path):
 
 
 def test_proximal_ewc_refuses_optimisers_it_is_not_exact_for():
-    from metalab.errors import ConfigError
     net = torch.nn.Linear(4, 6).double()
     fake = _FakeLearner(net, [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,)))])
     ewc = EWC(ewc_lambda=1.0, update="proximal")
@@ -187,7 +187,5 @@ def test_lwf_teacher_normalises_with_the_statistics_asked_for(teacher_bn):
 
 
 def test_lwf_refuses_an_unknown_teacher_mode():
-    from metalab.errors import ConfigError
-
     with pytest.raises(ConfigError, match="teacher_bn"):
         LwF(teacher_bn="eval")

@@ -29,8 +29,9 @@ class TrainThroughput(L.Callback):
         now = time.perf_counter()
         if trainer.global_step > self.warmup_steps:
             self.seconds += now - self._last
-            self.tasks += _tasks_in(batch)
-            self.unit = "episodes" if _is_episodic(batch) else "batches"
+            episodic = isinstance(batch, dict) and "support" in batch
+            self.tasks += int(batch["support"].shape[0]) if episodic else 1  # a continual batch counts once
+            self.unit = "episodes" if episodic else "batches"
         self._last = now
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -41,12 +42,3 @@ class TrainThroughput(L.Callback):
     def episodes_per_second(self) -> float:
         return self.tasks / self.seconds if self.seconds else float("nan")
 
-
-def _is_episodic(batch: Any) -> bool:
-    return isinstance(batch, dict) and "support" in batch
-
-
-def _tasks_in(batch: Any) -> int:
-    if _is_episodic(batch):
-        return int(batch["support"].shape[0])
-    return 1
