@@ -14,6 +14,10 @@ as the exact proximal step after each SGD step while Avalanche adds it to the lo
 different update rule; see ``metalab.learners.continual.methods.EWC``). With ``trainer.precision=bf16-mixed``
 ours runs under Lightning's bf16 autocast and Avalanche's training and evaluation run inside the same
 ``torch.autocast("cpu", dtype=torch.bfloat16)`` (Avalanche has no CPU mixed-precision option of its own).
+By default (``--batch-order ours``) Avalanche's Naive, EWC and LwF train on the very mini-batches ours
+sees, in the same order (a plugin hands its epoch loop our stream's seeded batches), so shuffling noise
+drops out of the comparison; Replay keeps its own loader, whose interleaved memory batches are part of
+the method. ``--batch-order avalanche`` lets Avalanche shuffle with its own generator.
 
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 1 2 \
@@ -22,9 +26,10 @@ ours runs under Lightning's bf16 autocast and Avalanche's training and evaluatio
         --out /work/runs/continual/avalanche_side_by_side_cifar data.epochs_per_task=1 trainer.precision=32-true
 
 ``er_500_task_end`` is our ER with Avalanche's buffer policy (``learner.method.fill=task_end``), shown
-beside our default reservoir ER against the same Avalanche Replay run; ``lwf_batch_teacher`` is our LwF
-with Avalanche's teacher (``learner.method.teacher_bn=batch``: its copy of the previous model stays in
-training mode, so its batch norm uses each batch's statistics), against the same Avalanche LwF run.
+beside our default reservoir ER against the same Avalanche Replay run; ``lwf_running_teacher`` is our LwF
+with Mammoth's teacher (``learner.method.teacher_bn=running``: the copy of the previous model normalises
+with its stored batch-norm statistics; our default and Avalanche's copy use each batch's statistics),
+against the same Avalanche LwF run.
 
 Writes ``<out>/<suite>_seed<k>.json`` per seed and prints a table (mean +- std over seeds).
 """
@@ -44,14 +49,15 @@ import hydra
 import lightning as L
 import torch
 
-from common import RUNS, EpochTimer, evaluate_row, experiment_config, summary_from_rows, write_json
+from common import (RUNS, EpochTimer, avalanche_benchmark, evaluate_row, experiment_config, our_batch_order,
+                    summary_from_rows, write_json)
 
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
 # Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
 # er_500 with Avalanche's buffer policy (task-balanced subsets stored at task ends, not a reservoir).
 VARIANTS = {"er_500_task_end": ("er_500", ["learner.method.fill=task_end"]),
-            # lwf whose frozen teacher normalises with the batch's statistics, as Avalanche's LwF does
-            "lwf_batch_teacher": ("lwf", ["learner.method.teacher_bn=batch"])}
+            # lwf whose frozen teacher normalises with its stored statistics, as Mammoth's LwF does
+            "lwf_running_teacher": ("lwf", ["learner.method.teacher_bn=running"])}
 METHODS = [*PAIRS, *VARIANTS]
 
 
@@ -81,9 +87,7 @@ def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, An
             "batches_per_epoch": timer.batches, "wall_seconds": wall}
 
 
-def run_avalanche(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, Any]:
-    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_order: str = "ours") -> dict[str, Any]:
     from avalanche.core import SupervisedPlugin
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import EWC, LwF, Naive, Replay
@@ -95,12 +99,7 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str]) -> dict[st
     stream = hydra.utils.instantiate(cfg.data)
     stream.setup("fit")
     model = hydra.utils.instantiate(cfg.model)  # same RNG state as ours: same initial weights
-
-    def dataset(part):
-        return _make_taskaware_tensor_classification_dataset(part.x, part.y, task_labels=0, targets=part.y)
-
-    bench = benchmark_from_datasets(train=[dataset(p) for p in stream.train_tasks],
-                                    test=[dataset(p) for p in stream.test_tasks])
+    bench = avalanche_benchmark(stream)
 
     class Timer(SupervisedPlugin):
         def __init__(self) -> None:
@@ -115,10 +114,11 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str]) -> dict[st
             self.seconds.append(time.perf_counter() - self._start)
 
     timer = Timer()
+    plugins = [timer, our_batch_order(stream)] if batch_order == "ours" and name != "er_500" else [timer]
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
     common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                   train_mb_size=int(cfg.data.batch_size), train_epochs=int(cfg.data.epochs_per_task),
-                  eval_mb_size=int(cfg.data.eval_batch_size), device="cpu", plugins=[timer],
+                  eval_mb_size=int(cfg.data.eval_batch_size), device="cpu", plugins=plugins,
                   evaluator=EvaluationPlugin(loggers=[]))
     method = cfg.learner.method
     if name == "finetune":
@@ -153,6 +153,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-order", choices=["ours", "avalanche"], default="ours",
+                        help="Avalanche's Naive/EWC/LwF train on our batches in our order, or shuffle their own")
     parser.add_argument("--out", type=Path, default=RUNS / "avalanche_side_by_side")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides, e.g. data.epochs_per_task=2")
     args = parser.parse_args()
@@ -168,7 +170,8 @@ def main() -> None:
                                               ("avalanche", run_avalanche, base, f"{base}/avalanche")):
                 if key in record:
                     continue
-                result = runner(args.suite, method, seed, extra)
+                result = (runner(args.suite, method, seed, extra) if side == "ours"
+                          else runner(args.suite, method, seed, extra, args.batch_order))
                 record[key] = result
                 write_json(path, record)
                 s = result["summary"]

@@ -89,3 +89,39 @@ def summary_from_rows(rows: list[dict[str, list[float]]], initial: dict[str, lis
 def write_json(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))
+
+
+def avalanche_benchmark(stream: SplitStreamDataModule):
+    """Avalanche's view of our stream: one experience per task, over the very tensors ours trains on."""
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
+
+    stream.setup("fit")
+
+    def dataset(part):
+        return _make_taskaware_tensor_classification_dataset(part.x, part.y, task_labels=0, targets=part.y)
+
+    return benchmark_from_datasets(train=[dataset(p) for p in stream.train_tasks],
+                                   test=[dataset(p) for p in stream.test_tasks])
+
+
+def our_batch_order(stream: SplitStreamDataModule):
+    """An Avalanche plugin that replaces each training epoch's loader by our stream's batches.
+
+    Ours draws the batch order from the seed and the stream-wide epoch index (Lightning's
+    ``current_epoch``); the plugin counts epochs the same way, so both libraries see identical
+    mini-batches in identical order and shuffling noise drops out of a side-by-side comparison.
+    """
+    from avalanche.core import SupervisedPlugin
+
+    class OurBatchOrder(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.epoch = 0
+
+        def before_training_epoch(self, strategy, *args, **kwargs):
+            loader = stream.task_train_loader(strategy.experience.current_experience, epoch=self.epoch)
+            strategy.dataloader = ([b["x"], b["y"], torch.zeros_like(b["y"])] for b in loader)  # x, y, task 0
+            self.epoch += 1
+
+    return OurBatchOrder()

@@ -254,9 +254,13 @@ class SplitStreamDataModule(L.LightningDataModule):
         parts = self.train_tasks[: task + 1] if self.cumulative else [self.train_tasks[task]]
         return TaskDataset(parts)
 
-    def task_train_loader(self, task: int, shuffle: bool = True, batch_size: int | None = None) -> DataLoader:
+    def task_train_loader(self, task: int, shuffle: bool = True, batch_size: int | None = None,
+                          epoch: int | None = None) -> DataLoader:
+        """Batches of ``task``; their order is fixed by the seed and ``epoch`` (the stream-wide epoch index,
+        by default the trainer's), so another training loop can replay exactly the batches ours saw."""
         data = self.task_train_dataset(task)
-        epoch = self.trainer.current_epoch if self._has_trainer() else 0
+        if epoch is None:
+            epoch = self.trainer.current_epoch if self._has_trainer() else 0
         sampler = SeededBatchSampler(len(data), batch_size or self.batch_size, shuffle, self.seed, epoch)
         return DataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
 

@@ -311,12 +311,13 @@ class LwF(ContinualMethod):
     ``teacher_bn`` says which batch-norm statistics the frozen copy normalises with: ``running`` (its
     stored statistics, i.e. evaluation mode, as Mammoth computes LwF's targets) or ``batch`` (the
     current batch's own, as Avalanche's LwF, whose copy stays in training mode). They differ because
-    the current task's images shift the statistics away from the ones the old network was trained with.
+    the current task's images shift the statistics away from the ones the old network was trained with;
+    ``batch`` is the default because it kept more of the old tasks on Split CIFAR-10 at our budget.
     """
 
     name = "lwf"
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, teacher_bn: str = "running") -> None:
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0, teacher_bn: str = "batch") -> None:
         require(alpha >= 0, "learner.method.alpha", ">= 0", alpha)
         require(temperature > 0, "learner.method.temperature", "> 0", temperature)
         require(teacher_bn in ("running", "batch"), "learner.method.teacher_bn", "running or batch", teacher_bn)
