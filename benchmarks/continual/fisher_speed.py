@@ -1,9 +1,8 @@
 """Exact diagonal Fisher vs the squared mini-batch mean gradient (Avalanche's EWC importance): time and error.
 
 Reduced ResNet-18 (nf=20) on the first ``--images`` training images of Split CIFAR-10's first task, in
-eval mode (as Avalanche computes its importances). Timed, each the median of ``--repeats``:
-
-Each timing is the minimum over ``--repeats`` interleaved repeats (the machine is shared).
+eval mode (as Avalanche computes its importances). Each timing is the minimum over ``--repeats``
+interleaved repeats (the machine is shared):
 
 - ``avalanche``: Avalanche 0.6.0's own ``EWCPlugin.compute_importances`` (batch ``--batch-size``);
 - ``batch_mean``: our re-statement of the same formula (``fisher.squared_batch_mean_gradient``);
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from common import RUNS, write_json
 from metalab.data.streams import SplitStreamDataModule
+from metalab.learners.continual import fisher as fisher_module
 from metalab.learners.continual.fisher import diagonal_fisher, fisher_by_sample_loop, squared_batch_mean_gradient
 from metalab.models.resnet import ResNet18
 
@@ -50,11 +50,18 @@ def main() -> None:
                         help="SGD epochs on the images before measuring (a Fisher is taken after training a task)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true", help="model and inputs channels-last (all methods)")
+    parser.add_argument("--block-elements", type=int, default=fisher_module.BLOCK_ELEMENTS,
+                        help="elements of one block of per-sample conv gradients (fisher.BLOCK_ELEMENTS)")
+    parser.add_argument("--grouped-min-positions", type=int, default=fisher_module.GROUPED_MIN_POSITIONS,
+                        help="output positions from which a conv's per-sample gradients use the grouped backward")
+    parser.add_argument("--profile", action="store_true", help="also print where one exact Fisher spends its time")
     parser.add_argument("--out", type=Path, default=RUNS / "fisher_speed.json")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    # Tuning knobs of the exact Fisher, read by fisher.py at call time.
+    fisher_module.BLOCK_ELEMENTS, fisher_module.GROUPED_MIN_POSITIONS = args.block_elements, args.grouped_min_positions
 
     stream = SplitStreamDataModule(dataset="cifar10", train_examples_per_task=args.images, test_examples_per_task=10)
     stream.setup("fit")
@@ -96,6 +103,10 @@ def main() -> None:
         results["exact"] = diagonal_fisher(model, batches(args.chunk))
         timings["exact"].append(time.perf_counter() - start)
     model.zero_grad(set_to_none=True)
+    if args.profile:
+        with torch.profiler.profile() as prof:
+            diagonal_fisher(model, batches(args.chunk))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
     avalanche = {n: d.data for n, d in importances.items()}
     start = time.perf_counter()
     loop = fisher_by_sample_loop(model, x[: args.loop_images], y[: args.loop_images])
@@ -106,6 +117,7 @@ def main() -> None:
     med = {k: min(v) for k, v in timings.items()}
     record = {
         "images": len(y), "train_epochs": args.train_epochs, "batch_size": args.batch_size, "chunk": args.chunk, "threads": args.threads,
+        "block_elements": args.block_elements, "grouped_min_positions": args.grouped_min_positions,
         "channels_last": args.channels_last, "seconds": timings, "min_seconds": med,
         "per_sample_loop_seconds_scaled": loop_seconds,
         "exact_over_avalanche": med["exact"] / med["avalanche"],
@@ -117,7 +129,8 @@ def main() -> None:
     }
     write_json(args.out, record)
     print(f"reduced ResNet-18 trained {args.train_epochs} epoch(s), {len(y)} CIFAR-10 images, {args.threads} thread(s), "
-          f"{'channels-last' if args.channels_last else 'NCHW'}, min of {args.repeats} interleaved repeats")
+          f"{'channels-last' if args.channels_last else 'NCHW'}, min of {args.repeats} interleaved repeats, "
+          f"block {args.block_elements} elements, grouped from {args.grouped_min_positions} positions")
     print("| importance | seconds | x Avalanche |")
     print("|---|---|---|")
     for key, label in (("avalanche", f"Avalanche EWCPlugin.compute_importances (batch {args.batch_size})"),

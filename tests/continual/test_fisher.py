@@ -42,8 +42,8 @@ class OddConvNet(nn.Module):
 @pytest.mark.parametrize("build, shape, classes", [
     (lambda: MLP(36, (12, 9), n_classes=10), (11, 1, 6, 6), 10),
     (lambda: ResNet18(n_classes=10, nf=4), (7, 3, 8, 8), 10),
-    (OddConvNet, (6, 2, 9, 9), 7),
-    (OddConvNet, (5, 2, 40, 36), 7),  # >= 256 output positions: the grouped weight-backward path
+    (OddConvNet, (6, 2, 9, 9), 7),  # few output positions: the unfold path
+    (OddConvNet, (5, 2, 40, 36), 7),  # many output positions: the grouped weight-backward path
 ])
 def test_layerwise_fisher_matches_per_sample_loop_float64(build, shape, classes):
     torch.manual_seed(0)

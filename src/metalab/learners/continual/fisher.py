@@ -33,10 +33,13 @@ from torch import nn
 from metalab.errors import ConfigError
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
-# Elements of one block of per-sample conv weight gradients ("n o k"): 16 MB in float32, cache-friendly.
-BLOCK_ELEMENTS = 4 * 1024 * 1024
+# Elements of one block of per-sample conv weight gradients ("n o k"): 2 MB in float32, so a block is
+# still in cache when it is squared. Both constants were tuned with benchmarks/continual/fisher_speed.py
+# (--block-elements, --grouped-min-positions) on reduced ResNet-18; 16 MB blocks and 256 positions,
+# the earlier setting, were about 10% slower on the AMD EPYC of 2026-11-30.
+BLOCK_ELEMENTS = 512 * 1024
 # From this many output positions on, per-sample conv gradients come from a grouped weight backward.
-GROUPED_MIN_POSITIONS = 256
+GROUPED_MIN_POSITIONS = 64
 
 
 @dataclass
@@ -138,7 +141,7 @@ def _conv2d_squared_grads(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor)
 
     Per-sample weight gradients are as many numbers as ``n * out * in*k*k`` (118 MB for 128 images in the
     last stage of reduced ResNet-18), so they are made and squared block by block (``BLOCK_ELEMENTS``),
-    each block accumulated with ``addcmul_`` while it is still in cache (5x faster than one big block).
+    each block accumulated with ``addcmul_`` while it is still in cache.
     Large feature maps (>= ``GROUPED_MIN_POSITIONS`` output positions) use the convolution's own weight
     backward with the block's samples as groups, which beats unfold + bmm there; small ones unfold.
     """
