@@ -49,8 +49,8 @@ import hydra
 import lightning as L
 import torch
 
-from common import (RUNS, EpochTimer, avalanche_benchmark, evaluate_row, experiment_config, our_batch_order,
-                    summary_from_rows, write_json)
+from common import (RUNS, EpochTimer, avalanche_benchmark, avalanche_strategy, evaluate_row, experiment_config,
+                    our_batch_order, summary_from_rows, write_json)
 
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
 # Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
@@ -90,7 +90,6 @@ def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, An
 def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_order: str = "ours") -> dict[str, Any]:
     from avalanche.core import SupervisedPlugin
     from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.supervised import EWC, LwF, Naive, Replay
 
     cfg = experiment_config(f"{suite}/{name}", [f"seed={seed}", *extra])
     L.seed_everything(seed, workers=True)
@@ -120,18 +119,7 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
                   train_mb_size=int(cfg.data.batch_size), train_epochs=int(cfg.data.epochs_per_task),
                   eval_mb_size=int(cfg.data.eval_batch_size), device="cpu", plugins=plugins,
                   evaluator=EvaluationPlugin(loggers=[]))
-    method = cfg.learner.method
-    if name == "finetune":
-        strategy = Naive(**common)
-    elif name == "ewc":
-        strategy = EWC(ewc_lambda=float(method.ewc_lambda) / 2, mode="separate", **common)
-    elif name == "er_500":
-        strategy = Replay(mem_size=int(method.buffer_size), **common)
-    elif name == "lwf":
-        strategy = LwF(alpha=float(method.alpha) * float(method.temperature) ** 2,
-                       temperature=float(method.temperature), **common)
-    else:
-        raise ValueError(name)
+    strategy = avalanche_strategy(name, cfg.learner.method, **common)
     # The same mixed precision as Lightning's bf16-mixed plugin gives ours. One context spans many
     # optimiser steps here, so autocast's cache of bf16 weight copies must be off: with it, every
     # forward after the first reuses the first step's weights (the model then never learns).

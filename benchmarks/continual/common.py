@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import lightning as L
 import torch
@@ -103,6 +103,26 @@ def avalanche_benchmark(stream: SplitStreamDataModule):
 
     return benchmark_from_datasets(train=[dataset(p) for p in stream.train_tasks],
                                    test=[dataset(p) for p in stream.test_tasks])
+
+
+def avalanche_strategy(name: str, method: Mapping[str, Any], **common: Any):
+    """Avalanche's strategy for our method ``name`` (configured as ``method``, our ``learner.method``).
+
+    Penalty weights are converted so the objectives match: Avalanche's EWC adds ``lambda * sum F d^2``
+    (ours ``lambda / 2``), its LwF ``alpha * KL`` (ours ``alpha * T^2 * KL``).
+    """
+    from avalanche.training.supervised import EWC, LwF, Naive, Replay
+
+    if name == "finetune":
+        return Naive(**common)
+    if name == "ewc":
+        return EWC(ewc_lambda=float(method["ewc_lambda"]) / 2, mode="separate", **common)
+    if name == "er_500":
+        return Replay(mem_size=int(method["buffer_size"]), **common)
+    if name == "lwf":
+        t = float(method["temperature"])
+        return LwF(alpha=float(method["alpha"]) * t ** 2, temperature=t, **common)
+    raise ValueError(f"no Avalanche counterpart for {name!r}")
 
 
 def our_batch_order(stream: SplitStreamDataModule):

@@ -21,7 +21,7 @@ from torch import nn
 
 pytest.importorskip("avalanche")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "continual"))
-from common import avalanche_benchmark, our_batch_order  # noqa: E402
+from common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
 
 from continual.helpers import tiny_stream  # noqa: E402
 from metalab.learners.continual import ContinualLearner, ContinualMethod, Finetune, LwF  # noqa: E402
@@ -43,17 +43,14 @@ def train_ours(method: ContinualMethod, net: nn.Module, tmp_path: Path) -> nn.Mo
     return learner.net
 
 
-def train_avalanche(name: str, net: nn.Module) -> nn.Module:
+def train_avalanche(name: str, ours: ContinualMethod, net: nn.Module) -> nn.Module:
     from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.supervised import LwF as AvalancheLwF
-    from avalanche.training.supervised import Naive
 
     stream = tiny_stream()
-    common = dict(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=LR), criterion=nn.CrossEntropyLoss(),
-                  train_mb_size=stream.batch_size, train_epochs=stream.epochs_per_task, device="cpu",
-                  plugins=[our_batch_order(stream)], evaluator=EvaluationPlugin(loggers=[]))
-    # Avalanche's LwF adds alpha * KL; ours alpha * T^2 * KL (alpha 1, T 2 here).
-    strategy = Naive(**common) if name == "finetune" else AvalancheLwF(alpha=4.0, temperature=2.0, **common)
+    strategy = avalanche_strategy(name, vars(ours), model=net, optimizer=torch.optim.SGD(net.parameters(), lr=LR),
+                                  criterion=nn.CrossEntropyLoss(), train_mb_size=stream.batch_size,
+                                  train_epochs=stream.epochs_per_task, device="cpu",
+                                  plugins=[our_batch_order(stream)], evaluator=EvaluationPlugin(loggers=[]))
     for experience in avalanche_benchmark(stream).train_stream:
         strategy.train(experience, num_workers=0)
     return net
@@ -72,7 +69,7 @@ def test_same_batches_give_avalanches_weights(ours, theirs, same, tmp_path):
     torch.manual_seed(0)
     initial = tiny_cnn()
     ours_net = train_ours(ours, copy.deepcopy(initial), tmp_path)
-    theirs_net = train_avalanche(theirs, copy.deepcopy(initial))
+    theirs_net = train_avalanche(theirs, ours, copy.deepcopy(initial))
     gap = max_weight_gap(ours_net, theirs_net)
     assert max_weight_gap(ours_net, initial) > 0.05  # both trained...
     if same:
