@@ -54,7 +54,6 @@ class MAML(EpisodicLearner):
                               f"{support_chunk_images} is not allowed: must be >= 0 (0: all tasks in one call)")
         self.model = TaskBatchedModel(backbone, channels_last=channels_last, chunk_images=chunk_images)
         self.support_chunk_images = support_chunk_images
-        self.on_support = partial(self.model, chunk_images=support_chunk_images)  # the inner loop's forward
         names = [n for n, _ in backbone.named_parameters()]
         if adapt == "head":
             if not self.model.head_names:
@@ -98,9 +97,15 @@ class MAML(EpisodicLearner):
                     fast = self.inner.adapt(self.model.head, head, feats_s, batch["support_labels"], steps, first_order)
                     logits = self.model.head(fast, feats_q)
             else:
-                fast = self.inner.adapt(self.on_support, params, support, batch["support_labels"], steps, first_order)
+                fast = self.inner.adapt(self.support_forward(first_order), params, support, batch["support_labels"],
+                                        steps, first_order)
                 logits = self.model(fast, query)
         return logits if self.training else logits.detach()
+
+    def support_forward(self, first_order: bool) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+        """The inner loop's forward: support-set chunks, and for second order the block form whose
+        double backward is cheap (the meta-gradient differentiates the inner gradients once more)."""
+        return partial(self.model, chunk_images=self.support_chunk_images, twice_differentiable=not first_order)
 
     def _fused_head_loop(self, features: torch.Tensor, first_order: bool) -> bool:
         """First-order ANIL with one inner rate runs in one Triton program per task where Triton runs

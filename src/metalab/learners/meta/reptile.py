@@ -25,7 +25,7 @@ class Reptile(MAML):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         params = dict(self.backbone.named_parameters())
-        fast = self.inner.adapt(self.on_support, params, batch["support"], batch["support_labels"])
+        fast = self.inner.adapt(self.support_forward(first_order=True), params, batch["support"], batch["support_labels"])
         optimizer = self.optimizers()
         optimizer.zero_grad()
         with torch.no_grad():

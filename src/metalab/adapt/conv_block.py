@@ -1,0 +1,227 @@
+"""One Conv4 block for tasks folded into channel groups, exact to every derivative order, cheaper.
+
+The block is ``relu(maxpool2(batchnorm(conv3x3(x))))`` with batch statistics per channel (MAML's batch
+norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Written with the plain layers,
+MAML's second order spends most of its time outside the convolutions: batch norm's double backward is
+some twenty element-wise passes over the full-resolution maps, and PyTorch's double backward of a
+grouped convolution runs one small convolution per group. Three rewrites remove that work; each gives
+the same values and the same derivatives of every order (tests/adapt/test_conv_block.py, float64):
+
+1. **Normalise after pooling.** In training mode batch norm maps each channel by ``y = a z + b`` with
+   ``a = gamma / sigma``. Max-pooling commutes with an increasing map, and turns into min-pooling for a
+   decreasing one (``gamma < 0``). Multiplying the channel's convolution weights and bias by
+   ``s = sign(gamma)`` (piecewise constant, so its derivative is zero) makes every channel's map
+   increasing: the block equals ``relu(|a| * maxpool(z') + beta - gamma * mu / sigma)`` with
+   ``z' = conv(x; s W, s b)``. The statistics still come from the full-resolution ``z'``, but the
+   normalisation, the ReLU and all their derivatives run on the 4x smaller pooled maps.
+2. **First block: statistics from patch moments.** When ``x`` is data (no gradient wanted), the
+   output of a channel is ``z = W . p + b`` over the 3x3 input patches ``p``, so its batch mean and
+   variance are ``W . m + b`` and ``W C W^T`` with ``m`` and ``C`` the mean and covariance of the patches
+   (``k x k``, ``k = 9 c``). No full-resolution tensor then stays in the autograd graph: the
+   convolution and the pooling run inside :class:`_ConvMaxPool`, which keeps the pooling's argmax
+   and differentiates through it by hand (the pooled value is linear in ``W``, ``b`` at a fixed argmax).
+3. **Grouped convolution, double backward by native calls.** :class:`_GroupedConv`'s backward is a
+   function (:class:`_GroupedConvBackward`) whose own backward uses ``convolution`` and
+   ``convolution_backward`` with ``groups`` as is, instead of the per-group loop of
+   PyTorch's generic double backward.
+
+Ties in the max-pool go to the first position of the window, as in ``max_pool2d``. Under autocast the
+convolutions run in the autocast dtype and the statistics in float32, as native batch norm does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_STRIDE, _PAD, _DIL = [1, 1], [1, 1], [1, 1]
+
+
+def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
+                      beta: torch.Tensor, groups: int, eps: float = 1e-5, *, patch_moments: bool = False,
+                      twice_differentiable: bool = False) -> torch.Tensor:
+    """``"n (t c) h w -> n (t o) h/2 w/2"``: conv 3x3 (padding 1, ``groups``), batch norm with batch
+    statistics, 2x2 max-pool, ReLU. ``weight "(t o) c 3 3"``; ``bias``, ``gamma``, ``beta`` ``"(t o)"``.
+
+    Which form runs (all give the same values and derivatives):
+
+    - ``patch_moments`` and ``x`` needs no gradient (the first block, on data): rewrites 1 and 2;
+    - else ``twice_differentiable`` (the caller will differentiate the result twice, as MAML's
+      support pass is): rewrites 1 and 3;
+    - else the plain layers, whose fused native batch-norm backward is the cheapest when
+      differentiated only once.
+    """
+    if not (patch_moments and not x.requires_grad) and not twice_differentiable:
+        z = F.batch_norm(F.conv2d(x, weight, bias, padding=1, groups=groups), None, None, gamma, beta,
+                         training=True, eps=eps)
+        return F.relu(F.max_pool2d(z, 2))  # pool first: same values and gradients, 4x less ReLU work
+    sign = torch.where(gamma.detach() >= 0, 1.0, -1.0).to(gamma.dtype)
+    signed_w, signed_b = weight * sign.view(-1, 1, 1, 1), bias * sign
+    if patch_moments and not x.requires_grad:
+        mean, var = _moments_from_patches(x, signed_w, signed_b, groups)
+        pooled = _conv_max_pool(x, signed_w, signed_b, groups)
+    else:
+        z = _grouped_conv(x, signed_w, signed_b, groups)  # z' = s * conv(x): "n (t o) h w"
+        mean, var = _channel_moments(z)
+        pooled = F.max_pool2d(z, 2)
+    inv_std = torch.rsqrt(var + eps)
+    scale, shift = gamma * sign * inv_std, beta - gamma * sign * mean * inv_std  # mean is of z' = s z
+    out = torch.addcmul(shift.view(1, -1, 1, 1), pooled, scale.view(1, -1, 1, 1))
+    return torch.relu(out).to(pooled.dtype)
+
+
+def _channel_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``"n C h w"`` over ``n h w``, in float32 at least."""
+    z = z if z.dtype in (torch.float32, torch.float64) else z.float()
+    mean = z.mean((0, 2, 3))
+    return mean, (z - mean.view(1, -1, 1, 1)).square().mean((0, 2, 3))
+
+
+def _moments_from_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                          groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and variance of ``conv(x; weight, bias)`` per output channel, from the patches' moments."""
+    n, tc, h, w = x.shape
+    k = tc // groups * 9
+    with torch.autocast(x.device.type, enabled=False):
+        patches = F.unfold(x.to(weight.dtype), 3, padding=1).view(n, groups, k, h * w)  # "n t k (h w)"
+        patches = patches.permute(1, 2, 0, 3).reshape(groups, k, n * h * w)
+        m = patches.mean(-1)  # "t k"
+        centred = patches - m.unsqueeze(-1)
+        cov = torch.bmm(centred, centred.transpose(1, 2)) / patches.shape[-1]  # "t k k"
+        w_tok = weight.reshape(groups, -1, k)  # "t o k"
+        mean = torch.einsum("tok,tk->to", w_tok, m).flatten() + bias
+        var = torch.einsum("tok,tkl,tol->to", w_tok, cov, w_tok).flatten()
+    return mean, var
+
+
+def _autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The inputs in the autocast dtype when autocast is on (custom functions are not autocast)."""
+    device = tensors[0].device.type
+    if not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    return _GroupedConv.apply(*_autocast_inputs(x, weight, bias), groups)
+
+
+def _conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    return _ConvMaxPool.apply(*_autocast_inputs(x, weight, bias), groups)
+
+
+def _conv(x, weight, bias, groups):
+    return F.conv2d(x, weight, bias, padding=1, groups=groups)
+
+
+def _conv_grads(grad, x, weight, groups, mask):
+    """``convolution_backward`` of ``conv(x, weight)`` for output gradient ``grad``: (dx, dW, db) per mask."""
+    return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], _STRIDE, _PAD, _DIL, False,
+                                               [0, 0], groups, mask)
+
+
+class _GroupedConv(torch.autograd.Function):
+    """``conv(x, weight, bias)`` whose backward is :class:`_GroupedConvBackward` (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, weight)
+        ctx.groups = groups
+        return _conv(x, weight, bias, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None
+        x, weight = ctx.saved_tensors
+        gx, gw, gb = _GroupedConvBackward.apply(grad, x, weight, ctx.groups, ctx.needs_input_grad[0])
+        return gx, gw, gb, None
+
+
+class _GroupedConvBackward(torch.autograd.Function):
+    """``(dx, dW, db)`` of a grouped convolution for output gradient ``grad``.
+
+    All three are linear in ``grad``; ``dx`` is linear in ``W`` and ``dW`` in ``x``. So for adjoints
+    ``(hx, hW, hb)``: ``d/dgrad = conv(hx, W) + conv(x, hW) + hb``, ``d/dx`` is the input gradient of
+    ``conv(x, hW)`` and ``d/dW`` the weight gradient of ``conv(hx, W)``, both for output gradient ``grad``.
+    """
+
+    @staticmethod
+    def forward(ctx, grad, x, weight, groups, input_grad):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(grad, x, weight)
+        ctx.groups = groups
+        gx, gw, gb = _conv_grads(grad, x, weight, groups, [input_grad, True, True])
+        return gx, gw, gb
+
+    @staticmethod
+    def backward(ctx, hx, hw, hb):
+        grad, x, weight = ctx.saved_tensors
+        groups = ctx.groups
+        terms = []
+        if hx is not None:
+            terms.append(_conv(hx, weight, None, groups))
+        if hw is not None:
+            terms.append(_conv(x, hw, None, groups))
+        if hb is not None:
+            terms.append(hb.view(1, -1, 1, 1).expand_as(grad))
+        d_grad = sum(terms[1:], terms[0]) if terms else None
+        d_x = _conv_grads(grad, x, hw, groups, [True, False, False])[0] \
+            if hw is not None and ctx.needs_input_grad[1] else None
+        d_w = _conv_grads(grad, hx, weight, groups, [False, True, False])[1] \
+            if hx is not None and ctx.needs_input_grad[2] else None
+        return d_grad, d_x, d_w, None, None
+
+
+class _ConvMaxPool(torch.autograd.Function):
+    """``maxpool2(conv(x, weight, bias))`` for data ``x`` (no gradient): keeps the argmax, not the maps."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups):
+        ctx.set_materialize_grads(False)
+        full = _conv(x, weight, bias, groups)
+        pooled, argmax = F.max_pool2d(full, 2, return_indices=True)
+        ctx.save_for_backward(x, argmax)
+        ctx.groups, ctx.full_shape = groups, full.shape
+        ctx.channels_last = full.is_contiguous(memory_format=torch.channels_last) and not full.is_contiguous()
+        return pooled
+
+    @staticmethod
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None
+        x, argmax = ctx.saved_tensors
+        gw, gb = _ConvMaxPoolBackward.apply(grad, x, argmax, ctx.groups, ctx.full_shape, ctx.channels_last)
+        return None, gw, gb, None
+
+
+class _ConvMaxPoolBackward(torch.autograd.Function):
+    """``(dW, db)`` of :class:`_ConvMaxPool`: the gradient goes to each window's argmax, then through the
+    convolution. Linear in ``grad``; its adjoint maps ``(hW, hb)`` to ``conv(x, hW, hb)`` at the argmax."""
+
+    @staticmethod
+    def forward(ctx, grad, x, argmax, groups, full_shape, channels_last):
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(x, argmax)
+        ctx.groups = groups
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        like_full = torch.empty(full_shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
+        spread = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad.contiguous(memory_format=layout), like_full, [2, 2], [2, 2], [0, 0], [1, 1], False, argmax)
+        weight_shape = [full_shape[1], x.shape[1] // groups, 3, 3]
+        like_weight = torch.empty(weight_shape, dtype=grad.dtype, device=grad.device)
+        _, gw, gb = _conv_grads(spread, x, like_weight, groups, [False, True, True])
+        return gw, gb
+
+    @staticmethod
+    def backward(ctx, hw, hb):
+        if hw is None and hb is None:
+            return None, None, None, None, None, None
+        x, argmax = ctx.saved_tensors
+        if hw is None:
+            hw = torch.zeros(argmax.shape[1], x.shape[1] // ctx.groups, 3, 3, dtype=hb.dtype, device=hb.device)
+        full = _conv(x, hw, hb, ctx.groups)
+        d_grad = full.flatten(2).gather(2, argmax.flatten(2)).view(argmax.shape)
+        return d_grad, None, None, None, None, None
