@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metalab.adapt import conv_block
 from metalab.adapt.conv_block import conv_bn_pool_relu
 
 TASKS, IN_CH, OUT_CH = 3, 2, 4
@@ -111,3 +112,16 @@ def test_block_under_bf16_autocast_is_as_close_as_native_layers(form):
                 assert torch.isfinite(second).all() and second.abs().max() > 0
     for ours, native in zip(errors["ours"], errors["native"]):
         assert ours <= 2 * native + 1e-3, errors
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 2])
+def test_first_block_in_cache_sized_chunks_is_exact(monkeypatch, images_per_chunk):
+    """The patch form runs its full-resolution maps in chunks of images (5 = 2 + 2 + 1 here)."""
+    x, params = block_inputs(8, True, x_grad=False, flat=True)
+    monkeypatch.setattr(conv_block, "_CACHE_ELEMENTS", images_per_chunk * TASKS * OUT_CH * 8 * 8)
+    assert conv_block._image_chunk((5, TASKS * OUT_CH, 8, 8)) == images_per_chunk
+    ours = conv_bn_pool_relu(x, *params, groups=TASKS, patch_moments=True)
+    ref = plain_block(x, *params, groups=TASKS)
+    assert (ours - ref).abs().max() < 1e-12
+    for k, (a, b) in enumerate(zip(derivatives(ours, params, 3), derivatives(ref, params, 3)), start=1):
+        assert relative(a, b) < 1e-10, f"order {k}"

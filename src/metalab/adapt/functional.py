@@ -8,17 +8,18 @@ Two implementations, chosen by the module:
 - **Conv4 (grouped)**: the tasks are folded into the channel axis and every convolution runs once
   with ``groups=task``: ``"t n c h w -> n (t c) h w"``. One large grouped convolution keeps the
   CPU's matmul units busier than ``task`` small ones (learn2learn's loop) or ``vmap`` (which lowers
-  to similar per-task work). Batch norm then is *ordinary* training-mode batch norm over
-  ``[n, (t c), h, w]``: each channel of each task is normalised with that task's own batch
-  statistics, exactly what MAML does, and its double backward is native and exact (native batch
-  norm *under vmap* was measured to give second-order meta-gradients wrong by ~6% in torch 2.13).
+  to similar per-task work). Batch norm then normalises over ``[n, (t c), h, w]``: each channel of
+  each task with that task's own batch statistics, exactly what MAML does (native batch norm *under
+  vmap* was measured to give second-order meta-gradients wrong by ~6% in torch 2.13; this form is
+  exact, tests/adapt). Each block is :func:`metalab.adapt.conv_block.conv_bn_pool_relu`, which
+  rewrites conv -> batch norm -> pool -> ReLU into a form with the same values and derivatives but a
+  cheap double backward for MAML's support pass (``twice_differentiable=True``), and takes the first
+  block's statistics from the input patches.
   Running statistics are not tracked: like MAML (Finn et al. 2017), test tasks also use their own
   batch statistics (transductive batch norm).
   ``chunk_images`` > 0 runs the tasks in chunks of at most that many images (one grouped
-  convolution per chunk): on CPUs a whole meta-batch's activations overflow the caches and the
-  memory-bound element-wise layers dominate. A call may override it (``chunk_images=``): the
-  inner loop's support sets (5 images a task) want smaller chunks than the query sets, because the
-  double backward of a grouped convolution is slower per image than that of a few plain ones.
+  convolution per chunk): on CPUs a whole meta-batch's activations overflow the caches.
+  A call may override it (``chunk_images=``), e.g. for the inner loop's small support sets.
 - **Any other module (vmap)**: ``torch.func.vmap`` over ``functional_call``. Modules that cannot be
   vmapped (e.g. batch norm with running statistics) raise a :class:`ConfigError` naming the layer.
 """
