@@ -107,10 +107,14 @@ def _moments_from_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
                           groups: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of ``conv(x; weight, bias)`` per output channel, from the patches' moments."""
     n, tc, h, w = x.shape
-    k = tc // groups * 9
+    c = tc // groups
     with torch.autocast(x.device.type, enabled=False):
-        patches = F.unfold(x.to(weight.dtype), 3, padding=1).view(n, groups, k, h * w)  # "n t k (h w)"
-        patches = patches.permute(1, 2, 0, 3).reshape(groups, k, n * h * w)
+        # The nine shifted copies of the zero-padded input, stacked in the order of the conv weights'
+        # (c, dy, dx): "t c 9 n h w" -> "t (c 9) (n h w)" (several times faster than F.unfold here).
+        padded = F.pad(x.to(weight.dtype), (1, 1, 1, 1)).transpose(0, 1).reshape(groups, c, n, h + 2, w + 2)
+        taps = [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+        patches = torch.stack(taps, dim=2).reshape(groups, c * 9, n * h * w)
+        k = c * 9
         m = patches.mean(-1)  # "t k"
         centred = patches - m.unsqueeze(-1)
         cov = torch.bmm(centred, centred.transpose(1, 2)) / patches.shape[-1]  # "t k k"
