@@ -212,6 +212,11 @@ class _GroupedConvBackward(torch.autograd.Function):
 _CACHE_ELEMENTS = 2**21
 
 
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
+        else torch.contiguous_format
+
+
 def _image_chunk(full_shape) -> int:
     """Images per chunk for full-resolution maps of shape ``"n C h w"``."""
     per_image = full_shape[1] * full_shape[2] * full_shape[3]
@@ -225,15 +230,22 @@ class _ConvMaxPool(torch.autograd.Function):
     def forward(ctx, x, weight, bias, groups):
         ctx.set_materialize_grads(False)
         full_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
-        pooled, argmax = [], []
-        for xc in x.split(_image_chunk(full_shape)):
-            p, i = F.max_pool2d(_conv(xc, weight, bias, groups), 2, return_indices=True)
-            pooled.append(p)
-            argmax.append(i)
-        pooled, argmax = torch.cat(pooled), torch.cat(argmax)
+        step = _image_chunk(full_shape)
+        if step >= x.shape[0]:
+            pooled, argmax = F.max_pool2d(_conv(x, weight, bias, groups), 2, return_indices=True)
+        else:  # chunks of images written into one output (slices along n keep either memory layout)
+            first = F.max_pool2d(_conv(x[:step], weight, bias, groups), 2, return_indices=True)
+            shape, layout = (x.shape[0], *first[0].shape[1:]), _layout(first[0])
+            pooled = torch.empty(shape, dtype=first[0].dtype, device=x.device, memory_format=layout)
+            argmax = torch.empty(shape, dtype=first[1].dtype, device=x.device, memory_format=layout)
+            pooled[:step], argmax[:step] = first
+            for start in range(step, x.shape[0], step):
+                torch.ops.aten.max_pool2d_with_indices.out(
+                    _conv(x[start:start + step], weight, bias, groups), [2, 2], [2, 2], [0, 0], [1, 1], False,
+                    out=pooled[start:start + step], indices=argmax[start:start + step])
         ctx.save_for_backward(x, argmax)
         ctx.groups = groups
-        ctx.channels_last = pooled.is_contiguous(memory_format=torch.channels_last) and not pooled.is_contiguous()
+        ctx.channels_last = _layout(pooled) == torch.channels_last
         return pooled
 
     @staticmethod
@@ -279,4 +291,4 @@ class _ConvMaxPoolBackward(torch.autograd.Function):
         step = _image_chunk((x.shape[0], argmax.shape[1], x.shape[2], x.shape[3]))
         parts = [_conv(xc, hw, hb, ctx.groups).flatten(2).gather(2, ic.flatten(2)).view(ic.shape)
                  for xc, ic in zip(x.split(step), argmax.split(step))]
-        return torch.cat(parts), None, None, None, None
+        return parts[0] if len(parts) == 1 else torch.cat(parts), None, None, None, None
