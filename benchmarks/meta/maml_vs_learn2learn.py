@@ -14,6 +14,7 @@ order with 1 and 5 inner steps. For each setting the table gives:
     python benchmarks/meta/maml_vs_learn2learn.py                 # the full table
     python benchmarks/meta/maml_vs_learn2learn.py --steps 5 --rounds 2 --settings fo1,so1
     python benchmarks/meta/maml_vs_learn2learn.py --allocator default   # glibc's malloc as is
+    python benchmarks/meta/maml_vs_learn2learn.py --profile so5 --chunk-images 150 --support-chunk-images 40
 
 Runs unchanged on a GPU (``--device cuda``), where learn2learn's per-task loop rather than
 arithmetic is the bottleneck.
@@ -193,6 +194,49 @@ def gradient_difference(setting: str, batch, device: str) -> float:
     return max((a - b).abs().max().item() for a, b in zip(grads["metalab"], grads["learn2learn"])) / scale
 
 
+def profile(name: str, setting: str, batches, device: str, top: int) -> None:
+    """Where one meta-step's time goes: wall time of every ATen op, summed by op and first input's shape.
+
+    Timed around each op in a ``TorchDispatchMode`` after a warm-up step (the Python timing adds a few
+    microseconds per op; ``torch.profiler`` was found to inflate memory-bound ops several-fold here).
+    """
+    from collections import defaultdict
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    totals: dict[tuple[str, tuple], list[float]] = defaultdict(lambda: [0, 0.0])
+
+    class OpTimer(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            start = time.perf_counter()
+            out = func(*args, **(kwargs or {}))
+            sync(device)
+            first = args[0] if args else None
+            key = (str(func.overloadpacket).removeprefix("aten."),
+                   tuple(first.shape) if isinstance(first, torch.Tensor) else ())
+            totals[key][0] += 1
+            totals[key][1] += time.perf_counter() - start
+            return out
+
+    first_order, steps = SETTINGS[setting]
+    impl = IMPLS[name](make_model(device), first_order, steps)
+    meta_step(impl, batches[0])
+    sync(device)
+    start = time.perf_counter()
+    meta_step(impl, batches[1])
+    sync(device)
+    plain = time.perf_counter() - start
+    with OpTimer():
+        meta_step(impl, batches[2 % len(batches)])
+    timed = sum(t for _, t in totals.values())
+    conv = sum(t for (op, _), (_, t) in totals.items() if op.startswith("convolution"))
+    print(f"\n{name} {setting}: meta-step {plain:.3f} s untimed; {timed:.3f} s inside {sum(c for c, _ in totals.values())} "
+          f"ops, of which convolutions (forward and backward) {conv:.3f} s ({conv / timed:.0%})")
+    print("| op | first input shape | calls | ms | share |\n|---|---|---|---|---|")
+    for (op, shape), (calls, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
+        print(f"| {op} | {list(shape)} | {calls} | {t * 1e3:.1f} | {t / timed:.1%} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="timed meta-steps per round")
@@ -207,6 +251,9 @@ def main() -> None:
     parser.add_argument("--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast")
     parser.add_argument("--allocator", choices=["retain", "default"], default=None,
                         help="retain (default, as train.py): glibc keeps freed memory for reuse; default: glibc as is")
+    parser.add_argument("--profile", metavar="SETTING", default=None,
+                        help="instead of the table: per-op wall time of one meta-step of each implementation")
+    parser.add_argument("--top", type=int, default=25, help="--profile: rows per implementation")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
     global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY, RETAIN_FREED
@@ -233,6 +280,16 @@ def main() -> None:
             os.environ[var] = flag
     if args.memory_worker:
         memory_worker(*args.memory_worker, steps=3, device=args.device)
+        return
+    unknown = [x for x in args.settings.split(",") if x not in SETTINGS]
+    if unknown:
+        parser.error(f"--settings {','.join(unknown)}: not a setting; choose from {', '.join(SETTINGS)}")
+    if args.profile:
+        if args.profile not in SETTINGS:
+            parser.error(f"--profile {args.profile!r}: choose one of {', '.join(SETTINGS)}")
+        batches = episodes(3, args.device)
+        for name in IMPLS:
+            profile(name, args.profile, batches, args.device, args.top)
         return
     batches = episodes(args.steps + 1, args.device)
     rows = []
