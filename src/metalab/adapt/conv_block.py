@@ -2,9 +2,10 @@
 
 The block is ``relu(maxpool2(batchnorm(conv3x3(x))))`` with batch statistics per channel (MAML's batch
 norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Written with the plain layers,
-MAML's second order spends most of its time outside the convolutions: batch norm's double backward is
-some twenty element-wise passes over the full-resolution maps, and PyTorch's double backward of a
-grouped convolution runs one small convolution per group. Three rewrites remove that work; each gives
+MAML's second order spends much of its time outside the convolutions: batch norm's double backward
+makes many element-wise passes over the full-resolution maps, and PyTorch's double backward of a
+grouped convolution runs one small convolution per group (what timing the ops of a second-order
+meta-step showed before this rewrite). Three rewrites remove that work; each gives
 the same values and the same derivatives of every order (tests/adapt/test_conv_block.py, float64):
 
 1. **Normalise after pooling.** In training mode batch norm maps each channel by ``y = a z + b`` with
@@ -87,9 +88,9 @@ def _channel_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class _Moments(torch.autograd.Function):
-    """Column mean and biased variance of ``"m C"``: two passes forward (``var_mean``'s kernel is 5-9x
-    slower on this layout), and a backward of plain ops that recompute the mean, so that the double
-    backward is one short graph instead of a second trip through this function."""
+    """Column mean and biased variance of ``"m C"``: two passes forward (``var_mean``'s kernel is
+    several times slower on this layout), and a backward of plain ops that recompute the mean, so that
+    the double backward is one short graph instead of a second trip through this function."""
 
     @staticmethod
     def forward(ctx, z):
