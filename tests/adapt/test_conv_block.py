@@ -119,7 +119,7 @@ def test_first_block_in_cache_sized_chunks_is_exact(monkeypatch, images_per_chun
     """The patch form runs its full-resolution maps in chunks of images (5 = 2 + 2 + 1 here)."""
     x, params = block_inputs(8, True, x_grad=False, flat=True)
     monkeypatch.setattr(conv_block, "_CACHE_ELEMENTS", images_per_chunk * TASKS * OUT_CH * 8 * 8)
-    assert conv_block._image_chunk((5, TASKS * OUT_CH, 8, 8)) == images_per_chunk
+    assert conv_block._images_per_chunk(TASKS * OUT_CH, 8, 8) == images_per_chunk
     ours = conv_bn_pool_relu(x, *params, groups=TASKS, patch_moments=True)
     ref = plain_block(x, *params, groups=TASKS)
     assert (ours - ref).abs().max() < 1e-12

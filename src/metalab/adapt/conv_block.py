@@ -55,13 +55,14 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     - else the plain layers, whose fused native batch-norm backward is the cheapest when
       differentiated only once.
     """
-    if not (patch_moments and not x.requires_grad) and not twice_differentiable:
+    from_patches = patch_moments and not x.requires_grad
+    if not from_patches and not twice_differentiable:
         z = F.batch_norm(F.conv2d(x, weight, bias, padding=1, groups=groups), None, None, gamma, beta,
                          training=True, eps=eps)
         return F.relu(F.max_pool2d(z, 2))  # pool first: same values and gradients, 4x less ReLU work
     sign = torch.where(gamma.detach() >= 0, 1.0, -1.0).to(gamma.dtype)
     signed_w, signed_b = weight * sign.view(-1, 1, 1, 1), bias * sign
-    if patch_moments and not x.requires_grad:
+    if from_patches:
         mean, var = _moments_from_patches(x, signed_w, signed_b, groups)
         pooled = _conv_max_pool(x, signed_w, signed_b, groups)
     else:
@@ -81,7 +82,7 @@ def _channel_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     matrix than over dims (0, 2, 3).
     """
     z = z if z.dtype in (torch.float32, torch.float64) else z.float()
-    if z.is_contiguous(memory_format=torch.channels_last):
+    if _layout(z) == torch.channels_last:
         return _Moments.apply(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
     var, mean = torch.var_mean(z, (0, 2, 3), correction=0)
     return mean, var
@@ -218,10 +219,9 @@ def _layout(t: torch.Tensor) -> torch.memory_format:
         else torch.contiguous_format
 
 
-def _image_chunk(full_shape) -> int:
-    """Images per chunk for full-resolution maps of shape ``"n C h w"``."""
-    per_image = full_shape[1] * full_shape[2] * full_shape[3]
-    return max(1, _CACHE_ELEMENTS // per_image)
+def _images_per_chunk(channels: int, height: int, width: int) -> int:
+    """Images per chunk of full-resolution maps ``"n channels height width"`` (``_CACHE_ELEMENTS``)."""
+    return max(1, _CACHE_ELEMENTS // (channels * height * width))
 
 
 class _ConvMaxPool(torch.autograd.Function):
@@ -230,23 +230,20 @@ class _ConvMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, groups):
         ctx.set_materialize_grads(False)
-        full_shape = (x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
-        step = _image_chunk(full_shape)
-        if step >= x.shape[0]:
-            pooled, argmax = F.max_pool2d(_conv(x, weight, bias, groups), 2, return_indices=True)
-        else:  # chunks of images written into one output (slices along n keep either memory layout)
-            first = F.max_pool2d(_conv(x[:step], weight, bias, groups), 2, return_indices=True)
-            shape, layout = (x.shape[0], *first[0].shape[1:]), _layout(first[0])
-            pooled = torch.empty(shape, dtype=first[0].dtype, device=x.device, memory_format=layout)
-            argmax = torch.empty(shape, dtype=first[1].dtype, device=x.device, memory_format=layout)
-            pooled[:step], argmax[:step] = first
-            for start in range(step, x.shape[0], step):
-                torch.ops.aten.max_pool2d_with_indices.out(
-                    _conv(x[start:start + step], weight, bias, groups), [2, 2], [2, 2], [0, 0], [1, 1], False,
-                    out=pooled[start:start + step], indices=argmax[start:start + step])
+        n, _, h, w = x.shape
+        step = _images_per_chunk(weight.shape[0], h, w)
+        pooled = argmax = None
+        for start in range(0, n, step):  # chunks of images, pooled into one output (n-slices keep the layout)
+            full = _conv(x[start:start + step], weight, bias, groups)
+            if pooled is None:
+                shape, layout = (n, full.shape[1], h // 2, w // 2), _layout(full)
+                pooled = torch.empty(shape, dtype=full.dtype, device=x.device, memory_format=layout)
+                argmax = torch.empty(shape, dtype=torch.long, device=x.device, memory_format=layout)
+            torch.ops.aten.max_pool2d_with_indices.out(full, [2, 2], [2, 2], [0, 0], [1, 1], False,
+                                                       out=pooled[start:start + step],
+                                                       indices=argmax[start:start + step])
         ctx.save_for_backward(x, argmax)
         ctx.groups = groups
-        ctx.channels_last = _layout(pooled) == torch.channels_last
         return pooled
 
     @staticmethod
@@ -254,7 +251,7 @@ class _ConvMaxPool(torch.autograd.Function):
         if grad is None:
             return None, None, None, None
         x, argmax = ctx.saved_tensors
-        gw, gb = _ConvMaxPoolBackward.apply(grad, x, argmax, ctx.groups, ctx.channels_last)
+        gw, gb = _ConvMaxPoolBackward.apply(grad, x, argmax, ctx.groups)
         return None, gw, gb, None
 
 
@@ -263,15 +260,15 @@ class _ConvMaxPoolBackward(torch.autograd.Function):
     convolution. Linear in ``grad``; its adjoint maps ``(hW, hb)`` to ``conv(x, hW, hb)`` at the argmax."""
 
     @staticmethod
-    def forward(ctx, grad, x, argmax, groups, channels_last):
+    def forward(ctx, grad, x, argmax, groups):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, argmax)
         ctx.groups = groups
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        layout = _layout(argmax)  # the forward's maps' layout
         grad = grad.contiguous(memory_format=layout)
         channels = argmax.shape[1]
         like_weight = torch.empty(channels, x.shape[1] // groups, 3, 3, dtype=grad.dtype, device=grad.device)
-        step = _image_chunk((x.shape[0], channels, x.shape[2], x.shape[3]))
+        step = _images_per_chunk(channels, x.shape[2], x.shape[3])
         gw = gb = None
         for gc, xc, ic in zip(grad.split(step), x.split(step), argmax.split(step)):
             like_full = torch.empty((xc.shape[0], channels, *xc.shape[2:]), dtype=grad.dtype, device=grad.device,
@@ -285,11 +282,11 @@ class _ConvMaxPoolBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, hw, hb):
         if hw is None and hb is None:
-            return None, None, None, None, None
+            return None, None, None, None
         x, argmax = ctx.saved_tensors
         if hw is None:
             hw = torch.zeros(argmax.shape[1], x.shape[1] // ctx.groups, 3, 3, dtype=hb.dtype, device=hb.device)
-        step = _image_chunk((x.shape[0], argmax.shape[1], x.shape[2], x.shape[3]))
+        step = _images_per_chunk(argmax.shape[1], x.shape[2], x.shape[3])
         parts = [_conv(xc, hw, hb, ctx.groups).flatten(2).gather(2, ic.flatten(2)).view(ic.shape)
                  for xc, ic in zip(x.split(step), argmax.split(step))]
-        return parts[0] if len(parts) == 1 else torch.cat(parts), None, None, None, None
+        return parts[0] if len(parts) == 1 else torch.cat(parts), None, None, None
