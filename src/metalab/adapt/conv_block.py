@@ -67,42 +67,102 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         pooled = _conv_max_pool(x, signed_w, signed_b, groups)
     else:
         z = _grouped_conv(x, signed_w, signed_b, groups)  # z' = s * conv(x): "n (t o) h w"
-        mean, var = _channel_moments(z)
-        pooled = F.max_pool2d(z, 2)
+        pooled, mean, var = _PoolMoments.apply(z)
     scale = gamma * sign * torch.rsqrt(var + eps)  # |gamma| / sigma
     shift = torch.addcmul(beta, scale, mean, value=-1)  # mean is of z' = s z
     out = torch.addcmul(shift.view(1, -1, 1, 1), pooled, scale.view(1, -1, 1, 1))
     return torch.relu(out).to(pooled.dtype)
 
 
-def _channel_moments(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``"n C h w"`` over ``n h w``, in float32 at least.
-
-    Over a ``"(n h w) C"`` view when channels are last: PyTorch reduces that layout much faster as a
-    matrix than over dims (0, 2, 3).
-    """
-    z = z if z.dtype in (torch.float32, torch.float64) else z.float()
-    if _layout(z) == torch.channels_last:
-        return _Moments.apply(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
-    var, mean = torch.var_mean(z, (0, 2, 3), correction=0)
-    return mean, var
-
-
-class _Moments(torch.autograd.Function):
-    """Column mean and biased variance of ``"m C"``: two passes forward (``var_mean``'s kernel is
-    several times slower on this layout), and a backward of plain ops that recompute the mean, so that
-    the double backward is one short graph instead of a second trip through this function."""
+class _PoolMoments(torch.autograd.Function):
+    """``(maxpool2(z), mean, var)`` of ``z "n C h w"``; mean and biased variance per channel over
+    ``n h w``, in float32 at least. Written by hand because its derivatives are MAML's hot path: the
+    inner gradient into ``z`` is one full-resolution pass here (:class:`_PoolMomentsBackward`), and
+    the meta-gradient's pass back through it four, where the same math in plain ops makes a graph of
+    about ten full-resolution element-wise ops each way."""
 
     @staticmethod
     def forward(ctx, z):
-        mean = z.mean(0)
-        ctx.save_for_backward(z)
-        return mean, (z - mean).square().mean(0)
+        ctx.set_materialize_grads(False)
+        pooled, argmax = F.max_pool2d(z, 2, return_indices=True)
+        zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
+        if _layout(zf) == torch.channels_last:  # reduced as a "(n h w) C" matrix: much faster than over dims
+            rows = _rows(zf)
+            mean = rows.mean(0)
+            var = (rows - mean).square_().mean(0)
+        else:
+            var, mean = torch.var_mean(zf, (0, 2, 3), correction=0)
+        ctx.save_for_backward(z, argmax, mean)
+        return pooled, mean, var
 
     @staticmethod
-    def backward(ctx, grad_mean, grad_var):
-        (z,) = ctx.saved_tensors
-        return (grad_mean + 2 * grad_var * (z - z.mean(0))) / z.shape[0]
+    def backward(ctx, grad_pooled, grad_mean, grad_var):
+        z, argmax, mean = ctx.saved_tensors
+        return _PoolMomentsBackward.apply(grad_pooled, grad_mean, grad_var, z, argmax, mean)
+
+
+class _PoolMomentsBackward(torch.autograd.Function):
+    """The gradient into ``z`` of :class:`_PoolMoments`: ``spread(g_pooled) + (g_mean + 2 g_var (z - mean)) / m``
+    with ``spread`` putting each pooled gradient at its window's argmax and ``m = n h w``.
+
+    Linear in the three gradients; in ``z`` only through ``z - mean(z)`` (the argmax is piecewise
+    constant). ``mean`` comes in as an input only to keep its graph for higher orders: its derivative
+    is folded into ``z``'s (``c (h - mean(h))`` for adjoint ``h`` and ``c = 2 g_var / m``), so none is
+    returned for it.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_pooled, grad_mean, grad_var, z, argmax, mean):
+        ctx.set_materialize_grads(False)
+        m, work = z.numel() // z.shape[1], mean.dtype  # statistics' dtype: float32 under bf16 autocast
+        like_z = z if z.dtype == work else torch.empty_like(z, dtype=work)
+        if grad_pooled is None:
+            grad_z = torch.zeros_like(like_z)
+        else:
+            grad_z = torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled.to(work), like_z, [2, 2], [2, 2],
+                                                                     [0, 0], [1, 1], False, argmax)
+        offset = grad_mean / m if grad_mean is not None else None
+        if grad_var is not None:
+            slope = 2 * grad_var / m
+            grad_z.addcmul_(z, slope.view(1, -1, 1, 1))
+            offset = -slope * mean if offset is None else offset - slope * mean
+        if offset is not None:
+            grad_z.add_(offset.view(1, -1, 1, 1))
+        ctx.save_for_backward(z, argmax, mean, grad_var)
+        return grad_z.to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, h):
+        if h is None:
+            return None, None, None, None, None, None
+        z, argmax, mean, grad_var = ctx.saved_tensors
+        m, needs = z.numel() // z.shape[1], ctx.needs_input_grad
+        h = h.to(mean.dtype)
+        h_sum = _channel_sum(h)
+        d_pooled = h.flatten(2).gather(2, argmax.flatten(2)).view(argmax.shape) if needs[0] else None
+        d_mean = h_sum / m if needs[1] else None
+        d_var = 2 / m * (_channel_dot(h, z.to(h.dtype)) - mean * h_sum) if needs[2] else None
+        d_z = None
+        if needs[3] and grad_var is not None:
+            slope = 2 * grad_var / m
+            d_z = torch.addcmul((-slope * h_sum / m).view(1, -1, 1, 1), h, slope.view(1, -1, 1, 1))
+        return d_pooled, d_mean, d_var, d_z, None, None
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``"n C h w -> (n h w) C"``: a view when ``t`` is channels-last."""
+    return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+
+
+def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+    return _rows(t).sum(0) if _layout(t) == torch.channels_last else t.sum((0, 2, 3))
+
+
+def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum over n h w of a * b`` per channel."""
+    if _layout(a) == torch.channels_last and _layout(b) == torch.channels_last:
+        return torch.linalg.vecdot(_rows(a), _rows(b), dim=0)
+    return (a * b).sum((0, 2, 3))
 
 
 def _moments_from_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
