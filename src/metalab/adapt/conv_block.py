@@ -70,8 +70,7 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         pooled, mean, var = _PoolMoments.apply(z)
     scale = gamma * sign * torch.rsqrt(var + eps)  # |gamma| / sigma
     shift = torch.addcmul(beta, scale, mean, value=-1)  # mean is of z' = s z
-    out = torch.addcmul(shift.view(1, -1, 1, 1), pooled, scale.view(1, -1, 1, 1))
-    return torch.relu(out).to(pooled.dtype)
+    return _ScaleShiftRelu.apply(pooled, scale, shift).to(pooled.dtype)
 
 
 class _PoolMoments(torch.autograd.Function):
@@ -147,6 +146,59 @@ class _PoolMomentsBackward(torch.autograd.Function):
             slope = 2 * grad_var / m
             d_z = torch.addcmul((-slope * h_sum / m).view(1, -1, 1, 1), h, slope.view(1, -1, 1, 1))
         return d_pooled, d_mean, d_var, d_z, None, None
+
+
+class _ScaleShiftRelu(torch.autograd.Function):
+    """``relu(p * a + b)`` per channel (``p "n C h w"``, ``a``, ``b`` ``"C"``), with the backward of
+    :class:`_ScaleShiftReluBackward`: written by hand for the same reason as :class:`_PoolMoments`."""
+
+    @staticmethod
+    def forward(ctx, p, a, b):
+        ctx.set_materialize_grads(False)
+        y = torch.addcmul(b.view(1, -1, 1, 1), p, a.view(1, -1, 1, 1)).relu_()
+        ctx.save_for_backward(p, a, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        if g is None:
+            return None, None, None
+        p, a, y = ctx.saved_tensors
+        return _ScaleShiftReluBackward.apply(g, p, a, y)
+
+
+class _ScaleShiftReluBackward(torch.autograd.Function):
+    """``(dp, da, db)`` of :class:`_ScaleShiftRelu` for output gradient ``g``: with ``gm = g * (y > 0)``,
+    ``dp = gm a``, ``da = sum(gm p)``, ``db = sum(gm)``. Linear in ``g``; ``dp`` linear in ``a``, ``da`` in
+    ``p``; the mask is piecewise constant. ``gm`` is recomputed in the backward rather than saved, so the
+    graph stays differentiable to any order."""
+
+    @staticmethod
+    def forward(ctx, g, p, a, y):
+        ctx.set_materialize_grads(False)
+        gm = torch.ops.aten.threshold_backward(g.to(y.dtype), y, 0)
+        ctx.save_for_backward(g, p, a, y)
+        return gm * a.view(1, -1, 1, 1), _channel_dot(gm, p.to(gm.dtype)), _channel_sum(gm)
+
+    @staticmethod
+    def backward(ctx, hp, ha, hb):
+        g, p, a, y = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        gm = torch.ops.aten.threshold_backward(g.to(y.dtype), y, 0) if needs[1] or needs[2] else None
+        d_g = d_p = d_a = None
+        if needs[0] and (hp is not None or ha is not None or hb is not None):
+            # the adjoint of (gm a, sum(gm p), sum(gm)) for gm, then masked: "n C h w"
+            d_gm = torch.zeros_like(y) if hb is None else hb.view(1, -1, 1, 1).expand_as(y)
+            if ha is not None:
+                d_gm = torch.addcmul(d_gm, p.to(y.dtype), ha.view(1, -1, 1, 1))
+            if hp is not None:
+                d_gm = torch.addcmul(d_gm, hp, a.view(1, -1, 1, 1))
+            d_g = torch.ops.aten.threshold_backward(d_gm.to(y.dtype), y, 0)
+        if needs[1] and ha is not None:
+            d_p = gm * ha.view(1, -1, 1, 1)
+        if needs[2] and hp is not None:
+            d_a = _channel_dot(gm, hp.to(gm.dtype))
+        return d_g, d_p, d_a, None
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
