@@ -2,9 +2,9 @@
 
 Float64 against ``relu(maxpool(batch_norm(conv(x))))`` written with plain functional layers, for
 every form the block can take (patch moments for data input; pooling before normalising with the
-grouped convolution's own double backward), with negative batch-norm scales (the sign fold),
-odd map sizes (the pool drops the last row and column but the statistics keep them), both memory
-layouts, and images with flat regions (exact ties inside pooling windows).
+grouped convolution's own double backward), with negative batch-norm scales (the sign fold) and
+without (its fast path), odd map sizes (the pool drops the last row and column but the statistics
+keep them), both memory layouts, and images with flat regions (exact ties inside pooling windows).
 """
 
 import pytest
@@ -28,7 +28,7 @@ def plain_block(x, weight, bias, gamma, beta, groups):
     return F.relu(F.max_pool2d(z, 2))
 
 
-def block_inputs(side: int, channels_last: bool, x_grad: bool, flat: bool):
+def block_inputs(side: int, channels_last: bool, x_grad: bool, flat: bool, positive_scales: bool = False):
     g = torch.Generator().manual_seed(side + 10 * channels_last + 100 * x_grad + 1000 * flat)
     x = torch.rand(5, TASKS * IN_CH, side, side, generator=g, dtype=torch.float64)
     if flat:  # Omniglot-like: a blank background, so windows hold exactly equal values
@@ -40,6 +40,8 @@ def block_inputs(side: int, channels_last: bool, x_grad: bool, flat: bool):
     bias = torch.randn(TASKS * OUT_CH, generator=g, dtype=torch.float64)
     gamma = torch.randn(TASKS * OUT_CH, generator=g, dtype=torch.float64)
     gamma[:2] = torch.tensor([-1.5, 2.0], dtype=torch.float64)  # both signs for sure (gamma = 0: a kink, see module)
+    if positive_scales:  # the block's fast path: no sign to fold into the convolution
+        gamma = gamma.abs()
     beta = torch.randn(TASKS * OUT_CH, generator=g, dtype=torch.float64)
     params = [p.requires_grad_() for p in (weight, bias, gamma, beta)]
     return x, params
@@ -68,8 +70,10 @@ def relative(a, b) -> float:
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("form", ["patch_moments", "pool_first", "plain"])
 @pytest.mark.parametrize("flat", [False, True])
-def test_block_equals_plain_layers_to_third_order(side, channels_last, form, flat):
-    x, params = block_inputs(side, channels_last, x_grad=form == "pool_first", flat=flat)
+@pytest.mark.parametrize("positive_scales", [False, True])
+def test_block_equals_plain_layers_to_third_order(side, channels_last, form, flat, positive_scales):
+    x, params = block_inputs(side, channels_last, x_grad=form == "pool_first", flat=flat,
+                             positive_scales=positive_scales)
     wrt = params + ([x] if x.requires_grad else [])
     ours = conv_bn_pool_relu(x, *params, groups=TASKS, patch_moments=form == "patch_moments",
                              twice_differentiable=form != "plain")

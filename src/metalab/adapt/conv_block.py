@@ -14,7 +14,8 @@ the same values and the same derivatives of every order (tests/adapt/test_conv_b
    ``s = sign(gamma)`` (piecewise constant, so its derivative is zero) makes every channel's map
    increasing: the block equals ``relu(|a| * maxpool(z') + beta - gamma * mu / sigma)`` with
    ``z' = conv(x; s W, s b)``. The statistics still come from the full-resolution ``z'``, but the
-   normalisation, the ReLU and all their derivatives run on the 4x smaller pooled maps.
+   normalisation, the ReLU and all their derivatives run on the 4x smaller pooled maps. When no scale
+   is negative (the usual case: they start at 1) there is nothing to fold.
 2. **First block: statistics from patch moments.** When ``x`` is data (no gradient wanted), the
    output of a channel is ``z = W . p + b`` over the 3x3 input patches ``p``, so its batch mean and
    variance are ``W . m + b`` and ``W C W^T`` with ``m`` and ``C`` the mean and covariance of the patches
@@ -60,15 +61,18 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         z = F.batch_norm(F.conv2d(x, weight, bias, padding=1, groups=groups), None, None, gamma, beta,
                          training=True, eps=eps)
         return F.relu(F.max_pool2d(z, 2))  # pool first: same values and gradients, 4x less ReLU work
-    sign = torch.where(gamma.detach() >= 0, 1.0, -1.0).to(gamma.dtype)
-    signed_w, signed_b = weight * sign.view(-1, 1, 1, 1), bias * sign
+    if bool((gamma.detach() >= 0).all()):  # the usual case (scales start at 1): nothing to fold
+        signed_w, signed_b, abs_gamma = weight, bias, gamma
+    else:
+        sign = torch.where(gamma.detach() >= 0, 1.0, -1.0).to(gamma.dtype)
+        signed_w, signed_b, abs_gamma = weight * sign.view(-1, 1, 1, 1), bias * sign, gamma * sign
     if from_patches:
         mean, var = _moments_from_patches(x, signed_w, signed_b, groups)
         pooled = _conv_max_pool(x, signed_w, signed_b, groups)
     else:
         z = _grouped_conv(x, signed_w, signed_b, groups)  # z' = s * conv(x): "n (t o) h w"
         pooled, mean, var = _PoolMoments.apply(z)
-    scale = gamma * sign * torch.rsqrt(var + eps)  # |gamma| / sigma
+    scale = abs_gamma * torch.rsqrt(var + eps)  # |gamma| / sigma
     shift = torch.addcmul(beta, scale, mean, value=-1)  # mean is of z' = s z
     return _ScaleShiftRelu.apply(pooled, scale, shift).to(pooled.dtype)
 
