@@ -308,14 +308,16 @@ class _GroupedConvBackward(torch.autograd.Function):
     def backward(ctx, hx, hw, hb):
         grad, x, weight = ctx.saved_tensors
         groups = ctx.groups
-        terms = []
+        terms, bias = [], hb  # hb rides as the bias of the first convolution
         if hx is not None:
-            terms.append(_conv(hx, weight, None, groups))
+            terms.append(_conv(hx, weight, bias, groups))
+            bias = None
         if hw is not None:
-            terms.append(_conv(x, hw, None, groups))
-        if hb is not None:
-            terms.append(hb.view(1, -1, 1, 1).expand_as(grad))
-        d_grad = sum(terms[1:], terms[0]) if terms else None
+            terms.append(_conv(x, hw, bias, groups))
+            bias = None
+        if bias is not None:
+            terms.append(bias.view(1, -1, 1, 1).expand_as(grad))
+        d_grad = terms[0].add_(terms[1]) if len(terms) == 2 else terms[0] if terms else None  # 2: both fresh
         d_x = _conv_grads(grad, x, hw, groups, [True, False, False])[0] \
             if hw is not None and ctx.needs_input_grad[1] else None
         d_w = _conv_grads(grad, hx, weight, groups, [False, True, False])[1] \
