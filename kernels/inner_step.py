@@ -53,8 +53,10 @@ def inner_update_reference(
     Computed in the accumulation dtype (fp32 for half types) and cast back, like the kernel.
     """
     acc = acc_dtype(grads.dtype)
-    lr_acc = lr.to(acc) if isinstance(lr, torch.Tensor) else lr
-    out = theta.to(acc) - lr_acc * grads.to(acc)  # [T, P] (theta [P] broadcasts over tasks)
+    if isinstance(lr, torch.Tensor):
+        out = theta.to(acc) - lr.to(acc) * grads.to(acc)  # [T, P] (theta [P] broadcasts over tasks)
+    else:  # one op, and one op in its backward, instead of two each
+        out = torch.add(theta.to(acc), grads.to(acc), alpha=-lr)
     return out.to(grads.dtype).contiguous()
 
 
