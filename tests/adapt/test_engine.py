@@ -62,6 +62,26 @@ def test_task_chunks_give_the_same_features():
     assert torch.allclose(whole, chunked, atol=1e-12)
 
 
+def test_one_grayscale_task_per_call_still_runs_channels_last(monkeypatch):
+    """One task per call gives the first block a one-channel input, for which
+    ``contiguous(memory_format=channels_last)`` keeps NCHW strides; the convolutions would then take
+    their slow NCHW path. Every block must see channels-last strides."""
+    from metalab.adapt import functional
+
+    seen = []
+    block = functional.conv_bn_pool_relu
+
+    def spy(x, *args, **kwargs):
+        seen.append(x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last))
+        return block(x, *args, **kwargs)
+
+    monkeypatch.setattr(functional, "conv_bn_pool_relu", spy)
+    model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8)
+    params = {n: p.detach().expand(2, *p.shape) for n, p in model.named_parameters()}
+    TaskBatchedModel(model, channels_last=True, chunk_images=4)(params, torch.randn(2, 4, 1, 8, 8))
+    assert len(seen) == 4 and all(seen)  # 2 chunks of one task x 2 blocks
+
+
 def test_support_chunking_leaves_second_order_meta_gradients_unchanged():
     """Chunking the support sets apart from the query sets is a schedule, not a different model."""
     torch.manual_seed(0)

@@ -95,7 +95,7 @@ def grouped_conv4_features(params: Params, x: torch.Tensor, blocks: int, channel
     tasks, n = x.shape[:2]
     h = rearrange(x, "t n c h w -> n (t c) h w")
     if channels_last:
-        h = h.contiguous(memory_format=torch.channels_last)
+        h = _channels_last(h)
     for i in range(blocks):
         # Per-task batch statistics: channel (t, o) is normalised over (n, h, w) of its own task only.
         h = conv_bn_pool_relu(h, params[f"features.{i}.0.weight"].flatten(0, 1),  # "t o c k k" -> "(t o) c k k"
@@ -103,6 +103,17 @@ def grouped_conv4_features(params: Params, x: torch.Tensor, blocks: int, channel
                               params[f"features.{i}.1.bias"].flatten(), groups=tasks, eps=1e-5, patch_moments=i == 0,
                               twice_differentiable=twice_differentiable)
     return rearrange(h, "n (t c) h w -> t n (c h w)", t=tasks)
+
+
+def _channels_last(h: torch.Tensor) -> torch.Tensor:
+    """A channels-last copy of ``h "n C h w"``, with channels-last strides even when ``C`` is 1.
+
+    ``contiguous(memory_format=torch.channels_last)`` returns a one-channel tensor as it is (both
+    layouts then order the elements alike), and its NCHW strides send the first convolution, and
+    with it the whole network, down the slow NCHW path: one grayscale task per call (a 20-way query
+    set or a 5-shot support set in a chunk of its own).
+    """
+    return torch.empty_like(h, memory_format=torch.channels_last).copy_(h)
 
 
 def _vmapped(module: nn.Module, params: Params, x: torch.Tensor) -> torch.Tensor:
