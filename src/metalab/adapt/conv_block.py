@@ -5,7 +5,7 @@ norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Written 
 MAML's second order spends much of its time outside the convolutions: batch norm's double backward
 makes many element-wise passes over the full-resolution maps, and PyTorch's double backward of a
 grouped convolution runs one small convolution per group (what timing the ops of a second-order
-meta-step showed before this rewrite). Three rewrites remove that work; each gives
+meta-step showed before this rewrite). Four rewrites remove that work; each gives
 the same values and the same derivatives of every order (tests/adapt/test_conv_block.py, float64):
 
 1. **Normalise after pooling.** In training mode batch norm maps each channel by ``y = a z + b`` with
@@ -26,6 +26,12 @@ the same values and the same derivatives of every order (tests/adapt/test_conv_b
    function (:class:`_GroupedConvBackward`) whose own backward uses ``convolution`` and
    ``convolution_backward`` with ``groups`` as is, instead of the per-group loop of
    PyTorch's generic double backward.
+4. **Element-wise work with hand-written derivatives.** Pooling with the batch moments
+   (:class:`_PoolMoments`) and the scale, shift and ReLU (:class:`_ScaleShiftRelu`) are functions whose
+   backward is again a function with a hand-written backward, written in plain ops so that it can
+   be differentiated further: each makes a few passes over its maps where the same math left to
+   autograd builds a graph of many small element-wise ops, once for the inner gradient and again
+   for the meta-gradient.
 
 Ties in the max-pool go to the first position of the window, as in ``max_pool2d``. At ``gamma = 0``
 exactly the block has a kink in ``gamma`` (max-pooling on one side, min-pooling on the other): the
@@ -80,9 +86,10 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 class _PoolMoments(torch.autograd.Function):
     """``(maxpool2(z), mean, var)`` of ``z "n C h w"``; mean and biased variance per channel over
     ``n h w``, in float32 at least. Written by hand because its derivatives are MAML's hot path: the
-    inner gradient into ``z`` is one full-resolution pass here (:class:`_PoolMomentsBackward`), and
-    the meta-gradient's pass back through it four, where the same math in plain ops makes a graph of
-    about ten full-resolution element-wise ops each way."""
+    inner gradient into ``z`` is the pooling's scatter and two in-place passes here
+    (:class:`_PoolMomentsBackward`), and the meta-gradient's way back through it a gather, two
+    reductions and one pass, where the same math in plain ops builds a graph of many full-resolution
+    element-wise ops each way."""
 
     @staticmethod
     def forward(ctx, z):
