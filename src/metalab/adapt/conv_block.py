@@ -333,10 +333,10 @@ class _GroupedConvBackward(torch.autograd.Function):
 
 
 # Full-resolution maps of the first block are produced and consumed in chunks of about this many
-# elements (8 MB in float32), so they stay in the CPU caches: on the 2-core EPYC (32 MB L3) the block's
-# forward and backward ran about 2x faster in chunks of 15-25 Omniglot query images than on all 75 at
-# once, and 8 MB keeps a 5-way 1-shot support chunk of 8 tasks in one piece.
-_CACHE_ELEMENTS = 2**21
+# elements (4 MB in float32), so they stay in the CPU caches: on the 2-core EPYC the whole MAML
+# meta-step ran faster with 4 MB chunks (10 Omniglot query images of two tasks) than with 8 MB, and
+# 8 MB faster than one chunk of 75 images (benchmarks/meta/results.md).
+_CACHE_ELEMENTS = 2**20
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
