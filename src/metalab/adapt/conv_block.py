@@ -334,8 +334,8 @@ class _GroupedConvBackward(torch.autograd.Function):
 
 # Full-resolution maps of the first block are produced and consumed in chunks of about this many
 # elements (4 MB in float32), so they stay in the CPU caches: on the 2-core EPYC the whole MAML
-# meta-step ran faster with 4 MB chunks (10 Omniglot query images of two tasks) than with 8 MB, and
-# 8 MB faster than one chunk of 75 images (benchmarks/meta/results.md).
+# meta-step ran faster with 4 MB chunks (10 Omniglot query images of two tasks) than with 8 MB
+# (benchmarks/meta/conv_block_ab.py, figures in benchmarks/meta/results.md).
 _CACHE_ELEMENTS = 2**20
 
 
