@@ -56,9 +56,9 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 
     Which form runs (all give the same values and derivatives):
 
-    - ``patch_moments`` and ``x`` needs no gradient (the first block, on data): rewrites 1 and 2;
+    - ``patch_moments`` and ``x`` needs no gradient (the first block, on data): rewrites 1, 2 and 4;
     - else ``twice_differentiable`` (the caller will differentiate the result twice, as MAML's
-      support pass is): rewrites 1 and 3;
+      support pass is): rewrites 1, 3 and 4;
     - else the plain layers, whose fused native batch-norm backward is the cheapest when
       differentiated only once.
     """
@@ -67,10 +67,11 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         z = F.batch_norm(F.conv2d(x, weight, bias, padding=1, groups=groups), None, None, gamma, beta,
                          training=True, eps=eps)
         return F.relu(F.max_pool2d(z, 2))  # pool first: same values and gradients, 4x less ReLU work
-    if bool((gamma.detach() >= 0).all()):  # the usual case (scales start at 1): nothing to fold
+    nonnegative = gamma.detach() >= 0
+    if bool(nonnegative.all()):  # the usual case (scales start at 1): nothing to fold
         signed_w, signed_b, abs_gamma = weight, bias, gamma
     else:
-        sign = torch.where(gamma.detach() >= 0, 1.0, -1.0).to(gamma.dtype)
+        sign = torch.where(nonnegative, 1.0, -1.0).to(gamma.dtype)
         signed_w, signed_b, abs_gamma = weight * sign.view(-1, 1, 1, 1), bias * sign, gamma * sign
     if from_patches:
         mean, var = _moments_from_patches(x, signed_w, signed_b, groups)
