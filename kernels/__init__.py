@@ -16,10 +16,10 @@ Backend: ``set_backend("auto"|"torch"|"triton")``, ``get_backend()``, ``with bac
 specification: tests hold every kernel (and backward) against them under ``TRITON_INTERPRET=1``.
 """
 
-from kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend, triton_runs
-from kernels.anil import anil_head_adapt, anil_head_adapt_reference
-from kernels.ewc import ewc_penalty, ewc_penalty_reference
-from kernels.fisher import (
+from metalab.kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend, triton_runs
+from metalab.kernels.anil import anil_head_adapt, anil_head_adapt_reference
+from metalab.kernels.ewc import ewc_penalty, ewc_penalty_reference
+from metalab.kernels.fisher import (
     fisher_accumulate,
     fisher_accumulate_reference,
     linear_fisher,
@@ -27,7 +27,7 @@ from kernels.fisher import (
     linear_fisher_bias_reference,
     linear_fisher_reference,
 )
-from kernels.inner_step import inner_update, inner_update_params, inner_update_reference
+from metalab.kernels.inner_step import inner_update, inner_update_params, inner_update_reference
 
 __all__ = [
     "BACKENDS",

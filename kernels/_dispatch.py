@@ -77,7 +77,7 @@ def interpreter_active() -> bool:
     imported, so we ask a kernel object rather than re-reading the environment variable (setting
     ``TRITON_INTERPRET=1`` after import has no effect, and we must not pretend it does).
     """
-    from kernels._triton_probe import probe_kernel
+    from metalab.kernels._triton_probe import probe_kernel
 
     try:
         from triton.runtime.interpreter import InterpretedFunction

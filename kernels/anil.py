@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels._dispatch import (
+from metalab.kernels._dispatch import (
     acc_dtype,
     check_float,
     check_same_device,
@@ -44,7 +44,7 @@ from kernels._dispatch import (
     get_backend,
     use_triton,
 )
-from kernels._tl import pow2_at_least, tl_acc
+from metalab.kernels._tl import pow2_at_least, tl_acc
 
 OP = "anil_head_adapt"
 # Register budget per program (8 warps), chosen so that sm_80/sm_90 builds do not spill

@@ -20,14 +20,14 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels._dispatch import (
+from metalab.kernels._dispatch import (
     acc_dtype,
     check_same_device,
     check_same_dtype,
     check_tensor,
     use_triton,
 )
-from kernels._tl import pow2_at_least, tl_acc
+from metalab.kernels._tl import pow2_at_least, tl_acc
 
 OP = "ewc_penalty"
 DEFAULT_BLOCK = 1024

@@ -30,13 +30,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import (
+from metalab.kernels._dispatch import (
     check_float,
     check_same_device,
     check_tensor,
     use_triton,
 )
-from kernels._tl import pow2_at_least, tl_acc
+from metalab.kernels._tl import pow2_at_least, tl_acc
 
 
 def _acc(*dtypes: torch.dtype) -> torch.dtype:

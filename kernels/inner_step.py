@@ -26,7 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._dispatch import (
+from metalab.kernels._dispatch import (
     acc_dtype,
     check_float,
     check_same_device,
@@ -34,7 +34,7 @@ from kernels._dispatch import (
     check_tensor,
     use_triton,
 )
-from kernels._tl import pow2_at_least, tl_acc
+from metalab.kernels._tl import pow2_at_least, tl_acc
 
 OP = "inner_update"
 DEFAULT_BLOCK = 1024

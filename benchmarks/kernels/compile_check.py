@@ -31,10 +31,10 @@ def _variants():
     """(label, kernel, signature, constexprs) for every combination the launchers can produce."""
     import triton.language as tl
 
-    from kernels.anil import _anil_kernel, _tiles
-    from kernels.ewc import _ewc_fwd_kernel
-    from kernels.fisher import _linear_fisher_kernel, _square_accumulate_kernel
-    from kernels.inner_step import _inner_update_bwd_kernel, _inner_update_fwd_kernel
+    from metalab.kernels.anil import _anil_kernel, _tiles
+    from metalab.kernels.ewc import _ewc_fwd_kernel
+    from metalab.kernels.fisher import _linear_fisher_kernel, _square_accumulate_kernel
+    from metalab.kernels.inner_step import _inner_update_bwd_kernel, _inner_update_fwd_kernel
 
     acc = {"fp32": tl.float32, "bf16": tl.float32, "fp16": tl.float32, "fp64": tl.float64}
     out = []

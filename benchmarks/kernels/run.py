@@ -35,15 +35,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the checkout
 
-import kernels  # noqa: E402
-from kernels.anil import anil_head_adapt_reference  # noqa: E402
-from kernels.ewc import ewc_penalty_reference  # noqa: E402
-from kernels.fisher import (  # noqa: E402
+from metalab import kernels  # noqa: E402
+from metalab.kernels.anil import anil_head_adapt_reference  # noqa: E402
+from metalab.kernels.ewc import ewc_penalty_reference  # noqa: E402
+from metalab.kernels.fisher import (  # noqa: E402
     fisher_accumulate_reference,
     linear_fisher_bias_reference,
     linear_fisher_reference,
 )
-from kernels.inner_step import inner_update_reference  # noqa: E402
+from metalab.kernels.inner_step import inner_update_reference  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import kernels
+from metalab import kernels
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor
 import torch

@@ -178,7 +178,7 @@ def test_tiny_sine_run(tmp_path):
 def test_torch_and_triton_backends_agree(adapt):
     """The learner gives the same loss and meta-gradient with kernels.backend=torch and =triton
     (interpreted here: the fused inner update, and the fused ANIL head loop for adapt=head)."""
-    import kernels
+    from metalab import kernels
 
     if not kernels.interpreter_active():
         pytest.skip("Triton runs on CPU only with TRITON_INTERPRET=1 set before import")

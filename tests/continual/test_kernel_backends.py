@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-import kernels
+from metalab import kernels
 from metalab.learners.continual import EWC
 
 from continual.helpers import run_stream

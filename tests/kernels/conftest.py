@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from metalab import kernels
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float64: 1e-12}
 

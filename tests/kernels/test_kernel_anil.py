@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import gradcheck
 
-import kernels
-from kernels.anil import MAX_HEAD_TILE, _tiles, anil_head_adapt_reference, fits_kernel
+from metalab import kernels
+from metalab.kernels.anil import MAX_HEAD_TILE, _tiles, anil_head_adapt_reference, fits_kernel
 
 # (T, N, D, W): odd everything, a single task, a single support sample, 20-way 5-shot on
 # Conv4-Omniglot features (D = 64), and a padded-to-16 head of 2 ways.
@@ -149,7 +149,7 @@ def test_oversize_task_forced_triton_raises_auto_falls_back(monkeypatch):
     with kernels.backend("triton"), pytest.raises(ValueError, match="register tile limit"):
         kernels.anil_head_adapt(x, y, w0, b0, 0.5, 1)
     # "auto" on a GPU would pick Triton; pretend it did, and check the torch fallback runs.
-    import kernels.anil as anil_mod
+    import metalab.kernels.anil as anil_mod
 
     def no_kernel(*args, **kwargs):
         raise AssertionError("the kernel must not be launched for an oversize task")

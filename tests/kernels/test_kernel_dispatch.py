@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-import kernels._dispatch as dispatch
-import kernels.inner_step as iu
+from metalab import kernels
+import metalab.kernels._dispatch as dispatch
+import metalab.kernels.inner_step as iu
 
 REPO = Path(__file__).resolve().parents[2]
 

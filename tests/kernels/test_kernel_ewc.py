@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-import kernels
-from kernels.ewc import ewc_penalty_reference
+from metalab import kernels
+from metalab.kernels.ewc import ewc_penalty_reference
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

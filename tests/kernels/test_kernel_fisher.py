@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from kernels.fisher import (
+from metalab import kernels
+from metalab.kernels.fisher import (
     fisher_accumulate_reference,
     linear_fisher_bias_reference,
     linear_fisher_reference,

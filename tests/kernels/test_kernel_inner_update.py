@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
 
-import kernels
-from kernels.inner_step import inner_update_reference
+from metalab import kernels
+from metalab.kernels.inner_step import inner_update_reference
 
 # (T, P, block): odd P with several partial blocks, a single task, a single parameter,
 # an exact multiple of the block, and a "large P" that is still quick interpreted.

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-import kernels
+from metalab import kernels
 from metalab.errors import ConfigError, NumericalError
 
 Params = dict[str, torch.Tensor]

@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import kernels
+from metalab import kernels
 import torch
 import torch.nn.functional as F
 from torch import nn

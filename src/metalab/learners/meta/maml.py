@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-import kernels
+from metalab import kernels
 from metalab.adapt import InnerLoop, TaskBatchedModel
 from metalab.errors import ConfigError
 from metalab.learners.meta.episodic import Batch, EpisodicLearner
