@@ -18,6 +18,7 @@ from metalab.errors import MetalabError
 # ``metalab env`` does not pay for FastAPI or matplotlib.
 SUBCOMMAND_MODULES: list[str] = [
     "metalab.environment",
+    "metalab.report.cli",
 ]
 
 

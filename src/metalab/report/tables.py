@@ -1,0 +1,173 @@
+"""Markdown tables generated from benchmark records, inside the prose of any results file.
+
+A results file keeps its prose and marks where a generated table goes::
+
+    <!-- metalab:table records=benchmarks/meta/records/maml_vs_learn2learn.jsonl last=1 columns=order,inner_steps,speedup -->
+    (the table; rewritten by `metalab tables`)
+    <!-- metalab:end -->
+
+Options of the opening marker (``key=value``, no spaces inside a value):
+
+- ``records``: the JSON Lines file (:mod:`metalab.report.records`), relative to the repository root;
+- ``where``: keep records whose field equals a value, ``benchmark:maml_vs_learn2learn`` or a setting,
+  ``settings.rounds:3``; several conditions separated by ``,``;
+- ``last``: only the newest N records that pass ``where``;
+- ``columns``: figure keys to show, in order, each optionally renamed, ``speedup:speed-up``; default
+  every key in order of first appearance;
+- ``context``: record fields shown before the figures (default ``date,commit,cpu,threads``; ``none``);
+- ``format``: a Python format spec for floats (default ``.4g``).
+
+``metalab tables`` rewrites every marked block in the repository's Markdown files; ``metalab tables
+--check`` exits 1 if any differs from what the records give (a test runs the same check), so a table
+typed by hand or left behind by a new record is caught.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metalab.errors import MetalabError
+from metalab.report.records import read_records, repo_root
+
+OPEN = re.compile(r"^<!-- metalab:table (?P<options>.*?) -->\n", re.MULTILINE)
+CLOSE = "<!-- metalab:end -->"
+CONTEXT_FIELDS = {"date": lambda r: r.get("date", "")[:10], "commit": lambda r: r.get("commit") or "",
+                  "cpu": lambda r: _short_cpu(r.get("cpu", "")), "threads": lambda r: r.get("torch_threads", ""),
+                  "benchmark": lambda r: r.get("benchmark", ""), "command": lambda r: f"`{r.get('command', '')}`"}
+SKIPPED_FOLDERS = {".venv", ".git", "logs", "node_modules", "metalab.egg-info"}
+
+
+@dataclass
+class TableSpec:
+    """The parsed options of one ``<!-- metalab:table ... -->`` marker."""
+
+    records: str
+    where: list[tuple[str, str]] = field(default_factory=list)
+    last: int | None = None
+    columns: list[tuple[str, str]] | None = None
+    context: list[str] = field(default_factory=lambda: ["date", "commit", "cpu", "threads"])
+    number_format: str = ".4g"
+
+    @classmethod
+    def parse(cls, options: str, where_found: str) -> "TableSpec":
+        values: dict[str, str] = {}
+        for word in options.split():
+            key, sep, value = word.partition("=")
+            if not sep or key not in {"records", "where", "last", "columns", "context", "format"}:
+                raise MetalabError(f"{where_found}: table option {word!r} is not allowed: use records=, where=, "
+                                   "last=, columns=, context=, format=")
+            values[key] = value
+        if "records" not in values:
+            raise MetalabError(f"{where_found}: a metalab:table marker needs records=<file.jsonl>")
+        spec = cls(records=values["records"])
+        if "where" in values:
+            spec.where = [tuple(c.split(":", 1)) for c in values["where"].split(",")]  # type: ignore[misc]
+            if any(len(c) != 2 for c in spec.where):
+                raise MetalabError(f"{where_found}: where= takes field:value pairs separated by commas")
+        if "last" in values:
+            spec.last = int(values["last"])
+        if "columns" in values:
+            spec.columns = [tuple((c.split(":", 1) + [c])[:2]) for c in values["columns"].split(",")]  # type: ignore[misc]
+        if "context" in values:
+            spec.context = [] if values["context"] == "none" else values["context"].split(",")
+            unknown = [c for c in spec.context if c not in CONTEXT_FIELDS]
+            if unknown:
+                raise MetalabError(f"{where_found}: context field {unknown[0]!r} is not allowed: use "
+                                   + ", ".join(CONTEXT_FIELDS))
+        spec.number_format = values.get("format", spec.number_format)
+        return spec
+
+
+def _short_cpu(model: str) -> str:
+    """``AMD EPYC 7B13 64-Core Processor`` -> ``AMD EPYC 7B13``: enough to tell machines apart."""
+    return re.sub(r"\s+(\d+-Core )?Processor.*$", "", model).replace("(R)", "").replace("(TM)", "").strip()
+
+
+def _field(record: dict[str, Any], dotted: str) -> Any:
+    value: Any = record
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def select(records: list[dict[str, Any]], spec: TableSpec) -> list[dict[str, Any]]:
+    kept = [r for r in records if all(str(_field(r, k)) == v for k, v in spec.where)]
+    return kept[-spec.last:] if spec.last else kept
+
+
+def format_value(value: Any, number_format: str = ".4g") -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "yes", False: "no", None: ""}[value]
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else format(value, number_format)
+    return str(value).replace("|", "\\|")
+
+
+def render_table(records: list[dict[str, Any]], spec: TableSpec) -> str:
+    """The Markdown table (header, rule, one line per figure row) of the selected records."""
+    chosen = select(records, spec)
+    if spec.columns is None:
+        keys: list[str] = []
+        for record in chosen:
+            for row in record["figures"]:
+                keys += [k for k in row if k not in keys]
+        columns = [(k, k) for k in keys]
+    else:
+        columns = spec.columns
+    header = [*spec.context, *(label for _, label in columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for record in chosen:
+        context = [format_value(CONTEXT_FIELDS[c](record)) for c in spec.context]
+        for row in record["figures"]:
+            cells = [format_value(row.get(key), spec.number_format) for key, _ in columns]
+            lines.append("| " + " | ".join(context + cells) + " |")
+    if not chosen:
+        lines.append("| " + " | ".join(["(no record yet)"] + [""] * (len(header) - 1)) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(text: str, root: Path, where_found: str = "<text>") -> str:
+    """``text`` with every marked block replaced by the table its records give now."""
+    out, position = [], 0
+    for match in OPEN.finditer(text):
+        if match.start() < position:
+            continue
+        end = text.find(CLOSE, match.end())
+        if end < 0:
+            raise MetalabError(f"{where_found}: a metalab:table marker has no closing {CLOSE}")
+        spec = TableSpec.parse(match.group("options"), where_found)
+        table = render_table(read_records(root / spec.records), spec)
+        out += [text[position:match.end()], table, "\n"]
+        position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
+def marked_files(root: Path) -> list[Path]:
+    """Markdown files under ``root`` that hold at least one table marker."""
+    found = []
+    for path in sorted(root.rglob("*.md")):
+        if SKIPPED_FOLDERS.intersection(path.relative_to(root).parts):
+            continue
+        if "<!-- metalab:table " in path.read_text(errors="replace"):
+            found.append(path)
+    return found
+
+
+def refresh(paths: list[Path] | None = None, root: Path | None = None, check: bool = False) -> list[Path]:
+    """Regenerate the marked tables of ``paths`` (default: every marked file); return the files whose
+    text changed (with ``check``, report them and write nothing)."""
+    root = root or repo_root()
+    changed = []
+    for path in paths or marked_files(root):
+        old = path.read_text()
+        new = render_markdown(old, root, str(path.relative_to(root) if path.is_relative_to(root) else path))
+        if new != old:
+            changed.append(path)
+            if not check:
+                path.write_text(new)
+    return changed

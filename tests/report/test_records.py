@@ -1,0 +1,94 @@
+"""Benchmark records: what append_record writes, and the tables generated from records."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metalab.errors import MetalabError
+from metalab.report.records import append_record, read_records, relative_command, repo_root
+from metalab.report.tables import TableSpec, marked_files, refresh, render_markdown, render_table
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_append_record_writes_one_line_with_its_context(tmp_path):
+    path = tmp_path / "records" / "speed.jsonl"
+    append_record(path, {"setting": "a", "steps_per_s": 1.5}, benchmark="speed", settings={"rounds": 3})
+    append_record(path, [{"setting": "a", "steps_per_s": 1.7}, {"setting": "b", "steps_per_s": 0.9}], benchmark="speed")
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert first["figures"] == [{"setting": "a", "steps_per_s": 1.5}] and first["settings"] == {"rounds": 3}
+    for key in ("command", "commit", "dirty", "cpu", "cpu_features", "torch_threads", "date", "packages"):
+        assert key in first, key
+    assert first["command"].startswith("python ") and first["cpu"]
+    assert [len(r["figures"]) for r in read_records(path)] == [1, 2]
+
+
+def test_commands_are_recorded_without_machine_paths():
+    root = repo_root()
+    command = relative_command([str(root / "benchmarks/meta/x.py"), "--out", f"--dir={root / 'logs'}", "/tmp/else"], root)
+    assert command == "python benchmarks/meta/x.py --out --dir=logs /tmp/else"
+
+
+def test_unreadable_records_give_one_clear_error(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"figures": []}\nnot json\n')
+    with pytest.raises(MetalabError, match=r"bad.jsonl:2 is not a JSON record"):
+        read_records(path)
+    with pytest.raises(MetalabError, match="no figures"):
+        append_record(tmp_path / "x.jsonl", [])
+
+
+def _records(tmp_path: Path) -> Path:
+    path = tmp_path / "r.jsonl"
+    for speed, rounds in ((1.23456, 3), (2.5, 5)):
+        append_record(path, [{"order": "first", "speedup": speed}, {"order": "second", "speedup": speed * 2}],
+                      benchmark="maml", settings={"rounds": rounds})
+    append_record(path, {"other": 1}, benchmark="else")
+    return path
+
+
+def test_table_selects_filters_and_formats(tmp_path):
+    records = read_records(_records(tmp_path))
+    spec = TableSpec.parse("records=r.jsonl where=benchmark:maml last=1 columns=order,speedup:speed-up context=none", "t")
+    assert render_table(records, spec) == "| order | speed-up |\n|---|---|\n| first | 2.5 |\n| second | 5 |"
+    spec = TableSpec.parse("records=r.jsonl where=settings.rounds:3 columns=speedup format=.2f context=none", "t")
+    assert render_table(records, spec).splitlines()[2:] == ["| 1.23 |", "| 2.47 |"]
+
+
+def test_marked_blocks_are_regenerated_and_prose_kept(tmp_path):
+    _records(tmp_path)
+    text = ("# Results\nprose before\n<!-- metalab:table records=r.jsonl where=benchmark:else context=none -->\n"
+            "| typed by hand | 9.99 |\n<!-- metalab:end -->\nprose after\n")
+    out = render_markdown(text, tmp_path)
+    assert out == ("# Results\nprose before\n<!-- metalab:table records=r.jsonl where=benchmark:else context=none -->\n"
+                   "| other |\n|---|\n| 1 |\n<!-- metalab:end -->\nprose after\n")
+    assert render_markdown(out, tmp_path) == out
+    with pytest.raises(MetalabError, match="not allowed"):
+        render_markdown("<!-- metalab:table records=r.jsonl colums=a -->\n<!-- metalab:end -->", tmp_path)
+
+
+def test_committed_tables_equal_what_the_committed_records_give():
+    """Every table marked in the repository's Markdown is exactly what its committed records generate."""
+    assert not [str(p.relative_to(ROOT)) for p in refresh(root=ROOT, check=True)]
+
+
+def test_metalab_tables_check_command(tmp_path):
+    _records(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    (tmp_path / "conf").mkdir()
+    doc = tmp_path / "results.md"
+    doc.write_text("<!-- metalab:table records=r.jsonl context=none where=benchmark:else -->\n<!-- metalab:end -->\n")
+    assert marked_files(tmp_path) == [doc]
+    command = [sys.executable, "-m", "metalab", "tables", "--check"]
+    stale = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert stale.returncode == 1 and "stale: results.md" in stale.stderr
+    assert subprocess.run([sys.executable, "-m", "metalab", "tables"], cwd=tmp_path).returncode == 0
+    assert subprocess.run(command, cwd=tmp_path).returncode == 0
+    assert "| 1 |" in doc.read_text()
