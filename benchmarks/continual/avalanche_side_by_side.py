@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--batch-order", choices=["ours", "avalanche"], default="ours",
                         help="Avalanche's Naive/EWC/LwF train on our batches in our order, or shuffle their own")
     parser.add_argument("--out", type=Path, default=RUNS / "avalanche_side_by_side")
+    parser.add_argument("--sides", nargs="+", choices=["ours", "avalanche"], default=["ours", "avalanche"],
+                        help="run only one side (a study runs our side through train.py and Avalanche's here)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides, e.g. data.epochs_per_task=2")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -156,7 +158,7 @@ def main() -> None:
             base = experiment_of(name)[0]
             for side, runner, method, key in (("ours", run_ours, name, f"{name}/ours"),
                                               ("avalanche", run_avalanche, base, f"{base}/avalanche")):
-                if key in record:
+                if key in record or side not in args.sides:
                     continue
                 result = (runner(args.suite, method, seed, extra) if side == "ours"
                           else runner(args.suite, method, seed, extra, args.batch_order))
@@ -166,7 +168,8 @@ def main() -> None:
                 print(f"[seed {seed}] {name:>8} {side:>9}: class-IL {s['class_il']['acc']:6.2f}  task-IL "
                       f"{s['task_il']['acc']:6.2f}  forgetting(cil) {s['class_il']['forgetting']:6.2f}  "
                       f"epoch {statistics.mean(result['epoch_seconds']):7.2f}s", flush=True)
-    report(args.out, args.suite, args.seeds, args.methods)
+    if args.sides == ["ours", "avalanche"]:
+        report(args.out, args.suite, args.seeds, args.methods)
 
 
 def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> None:

@@ -21,7 +21,7 @@ from metalab.data.streams import SplitStreamDataModule, task_il_mask
 from metalab.metrics.continual import summarise
 
 REPO = Path(__file__).resolve().parents[2]
-RUNS = Path(os.environ.get("METALAB_CONTINUAL_RUNS", "/work/runs/continual"))
+RUNS = Path(os.environ.get("METALAB_CONTINUAL_RUNS", REPO / "logs" / "continual"))  # git-ignored
 
 
 def experiment_config(name: str, overrides: list[str] | None = None) -> DictConfig:

@@ -6,11 +6,29 @@ import argparse
 import sys
 from pathlib import Path
 
+from metalab.errors import ConfigError
 from metalab.report import tables
 from metalab.report.records import repo_root
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report", help="run a study's missing runs and write experiments/<study>/report.md with figures",
+        description="Run what a study file lists and has not run yet (resumable), then write its report from the "
+                    "run records. Example: metalab report experiments/omniglot_fewshot.yaml --jobs 2 --threads 1")
+    parser.add_argument("study", help="the study file, experiments/<study>.yaml (or just <study>)")
+    parser.add_argument("--budget", help="one of the study's budgets (default: its first; `full`: the papers' budgets)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: the study's `threads`, else 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: the budget's)")
+    parser.add_argument("--runs-dir", type=Path,
+                        help="where runs are made (default: $METALAB_STUDY_RUNS, else the repository's logs/studies)")
+    parser.add_argument("--no-run", action="store_true", help="run nothing: write the report from the records there are")
+    parser.add_argument("--adopt", type=Path, nargs="+", default=[], metavar="RUN_DIR",
+                        help="finished train.py run folders to take as this study's runs of the same experiment, "
+                             "seed and overrides")
+    parser.set_defaults(func=run_report)
+
     table_parser = subparsers.add_parser(
         "tables", help="regenerate the tables marked in Markdown files from benchmark records",
         description=tables.__doc__.split("\n\n")[0])
@@ -28,3 +46,42 @@ def run_tables(args: argparse.Namespace) -> int:
         print(f"{verb}: {path.relative_to(root) if path.is_relative_to(root) else path}",
               file=sys.stderr if args.check else sys.stdout)
     return 1 if args.check and changed else 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Check the study, run what is missing, write the report; exit 2 on bad input or unreadable records,
+    1 if a run failed, else 0."""
+    from dataclasses import replace
+
+    from metalab.report import collect, render, study as studies
+
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError(f"--jobs and --threads must be >= 1 (got {args.jobs}, {args.threads})")
+    plan = studies.load_study(args.study, args.budget, args.seeds)
+    if args.threads:
+        plan.runs = [replace(run, threads=args.threads) for run in plan.runs]
+    studies.check_runs(plan)
+    runs_root = (args.runs_dir or studies.default_runs_root(plan.root)).resolve()
+    for folder in args.adopt:
+        adopted = studies.adopt(plan, folder.resolve(), runs_root)
+        print(f"[{plan.name}] adopted {folder} as {adopted.label} seed {adopted.seed}")
+    failed = [] if args.no_run else studies.run_study(plan, runs_root, jobs=args.jobs)
+    collected = collect.collect(plan)
+    command = f"metalab report {_shown(plan.path, plan.root)}" + (f" --budget {plan.budget}" if plan.budget != plan.budgets[0] else "")
+    path = render.write_report(plan, collected, command)
+    print(f"[{plan.name}] report: {_shown(path, plan.root)} ({sum(map(len, collected.records.values()))} runs, "
+          f"{len(collected.missing)} missing)")
+    for message in collected.errors:
+        print(f"error: {message}", file=sys.stderr)
+    if collected.errors:
+        return 2
+    for run in failed:
+        print(f"failed: {run.label} seed {run.seed} (see its console.log)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,459 @@
+"""A study: experiments x variants x seeds under one budget, each run a ``train.py`` process.
+
+A study file (``experiments/<study>.yaml``) says what to run; this module turns it into a plan of
+runs with deterministic directories, checks every run's config before anything starts (an unknown
+experiment or override key is one clear error and nothing runs), runs what has not run (in ``jobs``
+parallel processes of ``threads`` threads each), resumes a run that was interrupted from its last
+checkpoint, and copies each finished run's small record files (``metrics.json``,
+``config_resolved.yaml``, ``metrics.csv``, ``run.json``; never checkpoints) into the study's folder,
+where the report is generated from and where they are committed.
+
+Study file keys::
+
+    description: one paragraph for the report
+    seeds: [0, 1, 2]                   # default seeds of every budget
+    threads: 1                         # torch threads per run (cpu_threads and OMP_NUM_THREADS)
+    overrides: [...]                   # Hydra overrides of every run
+    experiments:                       # conf/experiment/<name>.yaml, optionally with their own overrides
+      - omniglot/protonet_5w1s
+      - {experiment: omniglot/maml_5w1s, label: maml, overrides: [learner.inner_steps=1]}
+      - {avalanche: ewc, suite: split_mnist}   # Avalanche's counterpart of our method, same stream and budget
+    variants: {name: [overrides]}      # optional: every experiment is run once per variant
+    budgets:                           # the first is the default; `metalab report ... --budget full`
+      tiny: {seeds: [0, 1], overrides: [...], experiment_overrides: {omniglot/maml_5w1s: [...]}}
+      full: {overrides: []}
+    compare: [...]                     # optional checks on the means, see metalab.report.collect
+
+A run's directory is ``<runs>/<study>/<budget>/<label>[-<variant>]/seed<k>``, and its ``run.json``
+keeps the full override list; a run whose overrides no longer match the study is run again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metalab.errors import ConfigError, MetalabError
+from metalab.report.records import git_commit, machine, repo_root
+
+STUDY_KEYS = {"description", "seeds", "threads", "overrides", "experiments", "variants", "budgets", "compare",
+              "title", "notes"}
+ENTRY_KEYS = {"experiment", "label", "overrides", "avalanche", "suite"}
+BUDGET_KEYS = {"seeds", "overrides", "experiment_overrides", "threads", "description"}
+RECORD_FILES = ("metrics.json", "config_resolved.yaml", "run.json", "continual_metrics.json")
+AVALANCHE_SCRIPT = "benchmarks/continual/avalanche_side_by_side.py"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One process of a study: an experiment (or an Avalanche counterpart) at one seed."""
+
+    label: str                  # row name in the report: the experiment's label plus its variant
+    experiment: str             # conf/experiment/<experiment>.yaml, or ``avalanche:<suite>/<method>``
+    seed: int
+    overrides: tuple[str, ...]  # everything beyond +experiment and seed, in order
+    threads: int
+
+    @property
+    def is_avalanche(self) -> bool:
+        return self.experiment.startswith("avalanche:")
+
+    @property
+    def key(self) -> str:
+        """Short digest of what the run computes (experiment, seed, overrides; not the thread count)."""
+        text = json.dumps([self.experiment, self.seed, list(self.overrides)])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def relative_dir(self, study: str, budget: str) -> Path:
+        return Path(study) / budget / self.label.replace("/", "_") / f"seed{self.seed}"
+
+
+@dataclass
+class Study:
+    """A parsed study file at one budget: the plan of runs and where its records and report go."""
+
+    name: str
+    path: Path
+    root: Path                  # the repository (train.py, conf/)
+    budget: str
+    budgets: list[str]
+    description: str
+    runs: list[Run]
+    labels: list[str]           # report rows, in the file's order
+    compare: list[dict[str, Any]] = field(default_factory=list)
+    notes: str = ""
+
+    @property
+    def folder(self) -> Path:
+        """``experiments/<study>/``: report.md, figures, and the committed run records."""
+        return self.path.parent / self.name
+
+    def records_dir(self, run: Run) -> Path:
+        return self.folder / "runs" / self.budget / run.label.replace("/", "_") / f"seed{run.seed}"
+
+
+def _as_list(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ConfigError(f"{where} must be a list of Hydra overrides such as [trainer.max_epochs=2]")
+    return [str(v) for v in value]
+
+
+def _check_keys(node: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(node) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def load_study(path: str | Path, budget: str | None = None, seeds: list[int] | None = None) -> Study:
+    """Parse ``path`` into the plan of runs at ``budget`` (default: the file's first budget)."""
+    path = Path(path)
+    if not path.is_file() and not path.suffix and (Path("experiments") / f"{path}.yaml").is_file():
+        path = Path("experiments") / f"{path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"study file {str(path)!r} not found (give experiments/<study>.yaml)")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"study file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"study file {path} must be a mapping of keys such as experiments:, seeds:, budgets:")
+    name = path.stem
+    _check_keys(spec, STUDY_KEYS, f"study {name}")
+    budgets = spec.get("budgets") or {"default": {}}
+    if budget is None:
+        budget = next(iter(budgets))
+    if budget not in budgets:
+        raise ConfigError(f"--budget {budget!r} is not allowed: study {name} has budgets {', '.join(budgets)}")
+    chosen = budgets[budget] or {}
+    _check_keys(chosen, BUDGET_KEYS, f"study {name}, budget {budget}")
+    threads = int(chosen.get("threads", spec.get("threads", 1)))
+    run_seeds = seeds if seeds is not None else list(chosen.get("seeds", spec.get("seeds", [0])))
+    common = _as_list(spec.get("overrides"), f"study {name}: overrides") + _as_list(
+        chosen.get("overrides"), f"study {name}, budget {budget}: overrides")
+    per_experiment = chosen.get("experiment_overrides") or {}
+    variants = spec.get("variants") or {"": []}
+    entries = spec.get("experiments")
+    if not entries:
+        raise ConfigError(f"study {name} lists no experiments (experiments: [<suite>/<name>, ...])")
+    runs, labels = [], []
+    for entry in entries:
+        entry = {"experiment": entry} if isinstance(entry, str) else dict(entry)
+        _check_keys(entry, ENTRY_KEYS, f"study {name}, experiment {entry}")
+        if "avalanche" in entry:
+            method, suite = entry["avalanche"], entry.get("suite")
+            if not suite:
+                raise ConfigError(f"study {name}: an avalanche entry needs suite: (split_mnist or split_cifar10)")
+            experiment = f"avalanche:{suite}/{method}"
+            label = entry.get("label", f"{AVALANCHE_NAMES.get(method, method)} (Avalanche)")
+            extra = per_experiment.get(f"{suite}/{method}", [])
+        else:
+            experiment = str(entry.get("experiment", ""))
+            label = entry.get("label", experiment.split("/")[-1])
+            extra = per_experiment.get(experiment, [])
+        for variant, variant_overrides in variants.items():
+            row = f"{label} ({variant})" if variant else label
+            overrides = tuple(common + _as_list(variant_overrides, f"variant {variant}")
+                              + _as_list(entry.get("overrides"), f"experiment {label}: overrides")
+                              + _as_list(extra, f"budget {budget}: experiment_overrides"))
+            labels.append(row)
+            runs += [Run(row, experiment, int(seed), overrides, threads) for seed in run_seeds]
+    unknown_overrides = sorted(set(per_experiment) - {r.experiment.removeprefix("avalanche:") for r in runs})
+    if unknown_overrides:
+        raise ConfigError(f"study {name}, budget {budget}: experiment_overrides names {unknown_overrides[0]!r}, "
+                          "which is not in experiments:")
+    return Study(name=name, path=path.resolve(), root=repo_root(path.resolve()), budget=budget,
+                 budgets=list(budgets), description=str(spec.get("description", "")).strip(), runs=runs,
+                 labels=labels, compare=list(spec.get("compare") or []), notes=str(spec.get("notes", "")).strip())
+
+
+# ----------------------------------------------------------------------------------------------------- checks
+
+
+def check_runs(study: Study) -> None:
+    """Compose every distinct run's config now, so a wrong experiment name or override key stops the
+    study with one message before any run starts (and before any finished run is touched)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from metalab.cli_errors import _gist, _missing_option
+
+    conf = study.root / "conf"
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for run in study.runs:
+        if (run.experiment, run.overrides) in seen:
+            continue
+        seen.add((run.experiment, run.overrides))
+        experiment = run.experiment.removeprefix("avalanche:")
+        if run.is_avalanche:
+            suite, _, method = experiment.partition("/")
+            experiment = f"{suite}/{_AVALANCHE_BASE.get(method, method)}"
+        try:
+            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                compose(config_name="train", overrides=[f"+experiment={experiment}", *run.overrides])
+        except MissingConfigException as error:
+            raise ConfigError(f"study {study.name}, run {run.label}: {_missing_option(error, conf)}") from None
+        except (HydraException, OmegaConfBaseException) as error:
+            cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
+            raise ConfigError(f"study {study.name}, run {run.label}: {_gist(str(error))}{cause}") from None
+
+
+# Avalanche's side of benchmarks/continual/avalanche_side_by_side.py: our method -> the strategy it is paired with
+_AVALANCHE_BASE = {"finetune": "finetune", "ewc": "ewc", "er_500": "er_500", "lwf": "lwf"}
+AVALANCHE_NAMES = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
+
+
+# -------------------------------------------------------------------------------------------------- running
+
+
+def run_state(study: Study, run: Run, runs_root: Path) -> str:
+    """``recorded`` (its records are in the study folder), ``done`` (finished in the runs folder, not
+    yet copied), ``interrupted`` (a checkpoint but no metrics), or ``new``."""
+    if _matches(study.records_dir(run) / "run.json", run) and (study.records_dir(run) / "metrics.json").is_file():
+        return "recorded"
+    run_dir = runs_root / run.relative_dir(study.name, study.budget)
+    if not _matches(run_dir / "run.json", run):
+        return "new"
+    if (run_dir / "metrics.json").is_file():
+        return "done"
+    if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "interrupted"
+    return "new"
+
+
+def _matches(path: Path, run: Run) -> bool:
+    try:
+        return json.loads(path.read_text()).get("key") == run.key
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def command_of(run: Run, run_dir: Path, resume: bool, root: Path) -> list[str]:
+    """The ``train.py`` (or Avalanche side-by-side) command of ``run`` writing into ``run_dir``."""
+    if run.is_avalanche:
+        suite, _, method = run.experiment.removeprefix("avalanche:").partition("/")
+        return [sys.executable, str(root / AVALANCHE_SCRIPT), "--suite", suite, "--seeds", str(run.seed),
+                "--methods", method, "--sides", "avalanche", "--threads", str(run.threads), "--out", str(run_dir),
+                *run.overrides]
+    resume_args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] if resume else []
+    return [sys.executable, str(root / "train.py"), f"+experiment={run.experiment}", f"seed={run.seed}",
+            f"cpu_threads={run.threads}", f"hydra.run.dir={run_dir}", "callbacks.progress_bar.refresh_rate=0",
+            *run.overrides, *resume_args]
+
+
+def display_command(run: Run) -> str:
+    """The command a user types to repeat this run by hand (no machine paths)."""
+    if run.is_avalanche:
+        suite, _, method = run.experiment.removeprefix("avalanche:").partition("/")
+        return (f"python {AVALANCHE_SCRIPT} --suite {suite} --seeds {run.seed} --methods {method} --sides avalanche "
+                f"--threads {run.threads} " + " ".join(run.overrides)).strip()
+    return " ".join(["python train.py", f"+experiment={run.experiment}", f"seed={run.seed}",
+                     f"cpu_threads={run.threads}", *run.overrides])
+
+
+def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
+    """Run (or resume) one run in its directory; write its ``run.json``; True if it finished."""
+    run_dir = runs_root / run.relative_dir(study.name, study.budget)
+    resume = run_state(study, run, runs_root) == "interrupted"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    info = {"key": run.key, "label": run.label, "experiment": run.experiment, "seed": run.seed,
+            "overrides": list(run.overrides), "threads": run.threads, "command": display_command(run),
+            "study": study.name, "budget": study.budget, "status": "running"}
+    previous = _read_json(run_dir / "run.json") if resume else {}
+    (run_dir / "run.json").write_text(json.dumps({**info, "resumed_from_checkpoint": resume}, indent=2))
+    log(f"[{study.name}] {'resuming' if resume else 'starting'} {run.label} seed {run.seed} -> "
+        f"{_shown(run_dir, study.root)}")
+    env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads),
+           "WANDB_RUN_GROUP": f"{study.name}-{study.budget}"}
+    start = time.time()
+    with (run_dir / "console.log").open("a") as console:
+        console.write(f"$ {display_command(run)}{' (resumed)' if resume else ''}\n")
+        console.flush()
+        process = subprocess.Popen(command_of(run, run_dir, resume, study.root), cwd=study.root, env=env,
+                                   stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = process.wait()
+        except BaseException:  # Ctrl-C or kill of the study: stop this run too, its checkpoint stays
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+            raise
+    wall = time.time() - start + float(previous.get("wall_seconds", 0.0))
+    finished = code == 0 and (_avalanche_result(run_dir, run) is not None if run.is_avalanche
+                              else (run_dir / "metrics.json").is_file())
+    if run.is_avalanche and finished:
+        _write_avalanche_metrics(run_dir, run)
+    info.update(status="finished" if finished else f"failed (exit {code})", wall_seconds=round(wall, 1),
+                resumed_from_checkpoint=resume or bool(previous.get("resumed_from_checkpoint")),
+                finished_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                **git_commit(study.root), **_machine_summary())
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    if not finished:
+        log(f"[{study.name}] {run.label} seed {run.seed} failed (exit {code}): {_last_error(run_dir / 'console.log')}")
+    return finished
+
+
+def _machine_summary() -> dict[str, Any]:
+    facts = machine()
+    return {"cpu": facts["cpu"], "cpu_features": facts["cpu_features"], "packages": facts["packages"],
+            "python": facts["python"]}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _last_error(console: Path) -> str:
+    lines = [line for line in console.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:") or "Error" in line]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+def _avalanche_result(run_dir: Path, run: Run) -> dict[str, Any] | None:
+    suite, _, method = run.experiment.removeprefix("avalanche:").partition("/")
+    record = _read_json(run_dir / f"{suite}_seed{run.seed}.json")
+    return record.get(f"{_AVALANCHE_BASE.get(method, method)}/avalanche")
+
+
+def _write_avalanche_metrics(run_dir: Path, run: Run) -> None:
+    """The side-by-side script's result in the shape train.py writes, so one collector reads both."""
+    result = _avalanche_result(run_dir, run) or {}
+    metrics: dict[str, float] = {}
+    for scenario, summary in result.get("summary", {}).items():
+        for key in ("acc", "forgetting", "bwt", "fwt"):
+            if key in summary:
+                metrics[f"test/{scenario}/{key}"] = float(summary[key])
+        for i, row in enumerate(summary.get("R", [])):
+            for j, value in enumerate(row):
+                metrics[f"R/{scenario}/{i}_{j}"] = float(value)
+    if result.get("epoch_seconds"):
+        metrics["train/seconds_per_epoch"] = sum(result["epoch_seconds"]) / len(result["epoch_seconds"])
+    (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "targets": {}, "seed": run.seed,
+                                                      "global_step": None}, indent=2, sort_keys=True))
+
+
+def _shown(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def sanitize(text: str, runs_root: Path, root: Path) -> str:
+    """Machine paths out of a record: the runs folder becomes ``<runs>``, the repository ``.``."""
+    for path, name in ((runs_root.resolve(), "<runs>"), (root.resolve(), ".")):
+        text = text.replace(str(path), name)
+    return text
+
+
+def copy_records(study: Study, run: Run, runs_root: Path) -> None:
+    """The small files of a finished run into the study folder (paths made machine-independent)."""
+    source = runs_root / run.relative_dir(study.name, study.budget)
+    target = study.records_dir(run)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (source / name).is_file():
+            (target / name).write_text(sanitize((source / name).read_text(), runs_root, study.root))
+    curves = source / "csv" / "metrics.csv"
+    if curves.is_file():
+        (target / "metrics.csv").write_text(curves.read_text())
+
+
+def adopt(study: Study, run_dir: Path, runs_root: Path) -> Run:
+    """Take a finished run made outside the study (e.g. ``python train.py +experiment=...``) as the
+    study run with the same experiment, seed and overrides (thread settings aside)."""
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not (run_dir / "metrics.json").is_file() or not overrides_file.is_file():
+        raise ConfigError(f"--adopt {run_dir}: not a finished train.py run (needs metrics.json and .hydra/overrides.yaml)")
+    given = [str(o) for o in yaml.safe_load(overrides_file.read_text())]
+    ignored = ("cpu_threads=", "hydra.", "callbacks.progress_bar", "seed=")
+    experiment = next((o.split("=", 1)[1] for o in given if o.startswith("+experiment=")), None)
+    seed = json.loads((run_dir / "metrics.json").read_text()).get("seed", 0)
+    rest = sorted(o for o in given if not o.startswith(("+experiment=", *ignored)))
+    for run in study.runs:
+        if run.experiment == experiment and run.seed == seed and sorted(run.overrides) == rest:
+            target = runs_root / run.relative_dir(study.name, study.budget)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in RECORD_FILES:
+                if (run_dir / name).is_file():
+                    shutil.copy(run_dir / name, target / name)
+            if (run_dir / "csv" / "metrics.csv").is_file():
+                (target / "csv").mkdir(exist_ok=True)
+                shutil.copy(run_dir / "csv" / "metrics.csv", target / "csv" / "metrics.csv")
+            metrics = _read_json(run_dir / "metrics.json").get("metrics", {})
+            info = {"key": run.key, "label": run.label, "experiment": run.experiment, "seed": run.seed,
+                    "overrides": list(run.overrides), "threads": _threads_of(given, run.threads),
+                    "command": "python train.py " + " ".join(given), "study": study.name, "budget": study.budget,
+                    "status": "finished", "adopted": True, "wall_seconds": metrics.get("train/wall_seconds"),
+                    "finished_at": dt.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime,
+                                                             dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    **_machine_summary(), **git_commit(study.root)}
+            (target / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True))
+            return run
+    raise ConfigError(f"--adopt {run_dir}: no run of study {study.name} (budget {study.budget}) has experiment "
+                      f"{experiment!r}, seed {seed} and overrides {rest}")
+
+
+def _threads_of(overrides: list[str], default: int) -> int:
+    for override in overrides:
+        if override.startswith("cpu_threads="):
+            return int(override.split("=", 1)[1])
+    return default
+
+
+def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print) -> list[Run]:
+    """Run every run not yet recorded (``jobs`` at a time), copy the records of finished ones; return
+    the runs that failed."""
+    pending = []
+    for run in study.runs:
+        state = run_state(study, run, runs_root)
+        if state == "recorded":
+            continue
+        if state == "done":
+            copy_records(study, run, runs_root)
+            continue
+        pending.append(run)
+    skipped = len(study.runs) - len(pending)
+    log(f"[{study.name}] budget {study.budget}: {len(study.runs)} runs, {skipped} already done, {len(pending)} to run"
+        f"{f' ({jobs} at a time)' if pending and jobs > 1 else ''}")
+    failed: list[Run] = []
+
+    def one(run: Run) -> None:
+        if execute(study, run, runs_root, log):
+            copy_records(study, run, runs_root)
+        else:
+            failed.append(run)
+
+    if jobs <= 1:
+        for run in pending:
+            one(run)
+    else:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(one, pending))
+    return failed
+
+
+def default_runs_root(root: Path) -> Path:
+    """``$METALAB_STUDY_RUNS`` if set, else the repository's ``logs/studies`` (git-ignored)."""
+    configured = os.environ.get("METALAB_STUDY_RUNS")
+    return Path(configured) if configured else root / "logs" / "studies"
+
+
+__all__ = ["Run", "Study", "load_study", "check_runs", "run_study", "adopt", "default_runs_root", "MetalabError"]
