@@ -49,6 +49,8 @@ import hydra
 import lightning as L
 import torch
 
+from metalab.precision import resolve_precision
+
 from common import (RUNS, EpochTimer, avalanche_benchmark, avalanche_strategy, evaluate_row, experiment_config,
                     our_batch_order, summary_from_rows, write_json)
 
@@ -75,8 +77,9 @@ def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, An
     stream = hydra.utils.instantiate(cfg.data)
     learner = hydra.utils.instantiate(cfg.learner, backbone=hydra.utils.instantiate(cfg.model), plot=False)
     timer = EpochTimer()
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                                      enable_progress_bar=False)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.get("accelerator")).precision
+    trainer = hydra.utils.instantiate(cfg.trainer, precision=precision, callbacks=[timer], logger=False,
+                                      enable_checkpointing=False, enable_progress_bar=False)
     start = time.perf_counter()
     trainer.fit(learner, datamodule=stream)
     wall = time.perf_counter() - start
@@ -123,7 +126,7 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
     # The same mixed precision as Lightning's bf16-mixed plugin gives ours. One context spans many
     # optimiser steps here, so autocast's cache of bf16 weight copies must be off: with it, every
     # forward after the first reuses the first step's weights (the model then never learns).
-    bf16 = str(cfg.trainer.precision).startswith("bf16")
+    bf16 = resolve_precision(cfg.trainer.precision, "cpu").precision.startswith("bf16")
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
         initial = evaluate_row(model, stream)
         rows = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,9 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import TrainThroughput
+from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
+from metalab.precision import PrecisionChoice, resolve_precision
 from metalab.runtime import retain_freed_memory
 
 
@@ -51,6 +54,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
+    precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
+    _announce(precision)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     learner: L.LightningModule = instantiate(cfg.learner, backbone=instantiate(cfg.model))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
@@ -58,7 +63,8 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, precision=precision.precision, callbacks=callbacks,
+                                     logger=loggers or False)
 
     metrics: dict[str, Any] = {}
     if cfg.get("train", True):
@@ -73,7 +79,8 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(_scalars(trainer.callback_metrics))
 
     record = {"metrics": metrics, "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
-              "global_step": trainer.global_step, "seed": cfg.seed}
+              "global_step": trainer.global_step, "seed": cfg.seed, "precision": precision.record(),
+              "environment": environment_report()}
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     _print_summary(metrics, record["targets"], output_dir, throughput.unit if throughput else "episodes")
     key = cfg.get("optimized_metric")
@@ -109,6 +116,13 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
         raise ConfigError(f"ckpt_path=last found no checkpoints/last.ckpt under {runs}; start the run without it")
     print(f"[metalab] resuming from {found[-1]}")
     return str(found[-1])
+
+
+def _announce(precision: PrecisionChoice) -> None:
+    """Say at the start which precision the run uses and why (it decides speed by up to 10x on CPU)."""
+    print(f"[metalab] precision: {precision.precision} ({precision.reason})")
+    if precision.warning:
+        print(f"[metalab] warning: {precision.warning}", file=sys.stderr)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
