@@ -286,12 +286,11 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
         console.flush()
         process = subprocess.Popen(command_of(run, run_dir, resume, study.root), cwd=study.root, env=env,
                                    stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        _LIVE.add(process)
         try:
             code = process.wait()
-        except BaseException:  # Ctrl-C or kill of the study: stop this run too, its checkpoint stays
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
-            raise
+        finally:
+            _LIVE.discard(process)
     wall = time.time() - start + float(previous.get("wall_seconds", 0.0))
     finished = code == 0 and (_avalanche_result(run_dir, run) is not None if run.is_avalanche
                               else (run_dir / "metrics.json").is_file())
@@ -441,13 +440,43 @@ def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print) ->
         else:
             failed.append(run)
 
-    if jobs <= 1:
-        for run in pending:
-            one(run)
-    else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(one, pending))
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
+    try:
+        if jobs <= 1:
+            for run in pending:
+                one(run)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                list(pool.map(one, pending))
+    except BaseException:  # Ctrl-C or a kill of the study: stop its runs too; their checkpoints stay for resuming
+        stop_live_runs()
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return failed
+
+
+_LIVE: set[subprocess.Popen] = set()  # the runs in progress, stopped with the study
+
+
+def stop_live_runs() -> None:
+    for process in list(_LIVE):
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+
+
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def default_runs_root(root: Path) -> Path:

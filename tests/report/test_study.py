@@ -1,0 +1,137 @@
+"""Studies: the plan, the checks before anything runs, what the report computes from records."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metalab.errors import ConfigError
+from metalab.report import collect, render
+from metalab.report.study import check_runs, load_study, run_state
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from study_helpers import TINY, write_study  # noqa: E402
+def metalab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metalab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_plan_crosses_experiments_variants_and_seeds(tmp_path):
+    path = write_study(tmp_path, ["omniglot/protonet_5w1s", {"experiment": "omniglot/maml_5w1s", "label": "maml",
+                                                             "overrides": ["learner.inner_steps=2"]}],
+                       overrides=["trainer.max_epochs=1"], variants={"a": [], "b": ["seed=5"]})
+    study = load_study(path)
+    assert study.budget == "tiny" and study.labels == ["protonet_5w1s (a)", "protonet_5w1s (b)", "maml (a)", "maml (b)"]
+    assert len(study.runs) == 8 and {r.seed for r in study.runs} == {0, 1}
+    maml = next(r for r in study.runs if r.label == "maml (b)")
+    assert maml.overrides == ("trainer.max_epochs=1", "seed=5", "learner.inner_steps=2")
+    assert len({r.key for r in study.runs}) == 8  # every run its own folder
+    assert [r.seed for r in load_study(path, "other").runs] == [3, 3, 3, 3]
+
+
+@pytest.mark.parametrize("experiments, overrides, budget, message", [
+    (["omniglot/nope"], [], None, "study tiny, run nope: unknown experiment 'omniglot/nope'; available: "),
+    (["omniglot/protonet_5w1s"], ["data.n_wya=3"], None, "study tiny, run protonet_5w1s: Could not override 'data.n_wya'"),
+    ([{"experiment": "omniglot/protonet_5w1s", "overides": []}], [], None, "unknown key 'overides'"),
+    (["omniglot/protonet_5w1s"], [], "huge", "--budget 'huge' is not allowed: study tiny has budgets tiny, other"),
+])
+def test_bad_studies_stop_before_anything_runs(tmp_path, experiments, overrides, budget, message):
+    path = write_study(tmp_path, experiments, overrides)
+    with pytest.raises(ConfigError) as error:
+        check_runs(load_study(path, budget))
+    assert str(error.value).startswith(message) or message in str(error.value), str(error.value)
+
+
+def test_bad_study_on_the_command_line_is_one_error_line_and_touches_nothing(tmp_path):
+    good = write_study(tmp_path, ["omniglot/protonet_5w1s"])
+    study = load_study(good)
+    record = study.records_dir(study.runs[0]) / "metrics.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"metrics": {"test/5w1s/acc": 50.0}}')
+    write_study(tmp_path, ["omniglot/protonet_5w1s", "omniglot/nope"])
+    result = metalab("report", str(good), "--runs-dir", str(tmp_path / "runs"))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "unknown experiment 'omniglot/nope'" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert record.read_text() == '{"metrics": {"test/5w1s/acc": 50.0}}' and not (tmp_path / "runs").exists()
+
+
+def fake_records(tmp_path: Path, values: dict[int, float | str], ci: float = 3.0) -> "object":
+    """A study whose runs have records as train.py writes them (the collector's input, made by hand)."""
+    study = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"]))
+    for run in study.runs:
+        folder = study.records_dir(run)
+        folder.mkdir(parents=True, exist_ok=True)
+        value = values[run.seed]
+        text = value if isinstance(value, str) else json.dumps({
+            "metrics": {"test/5w1s/acc": value, "test/5w1s/acc_ci95": ci, "test/5w1s/episodes": 600},
+            "targets": {"5w1s": {"paper": 98.8, "goal": 98.5, "source": "Snell"}}, "global_step": 10, "seed": run.seed})
+        (folder / "metrics.json").write_text(text)
+        (folder / "run.json").write_text(json.dumps({"key": run.key, "threads": 1, "wall_seconds": 12.0, "cpu": "X"}))
+    return study
+
+
+def test_mean_and_t_interval_over_seeds_and_goal_verdicts(tmp_path):
+    study = fake_records(tmp_path, {0: 98.0, 1: 99.2})
+    [row] = collect.rows(collect.collect(study))
+    # two seeds: t(0.975, 1) = 12.706 times the standard error |a - b| / 2
+    assert row.estimate.mean == pytest.approx(98.6) and row.estimate.ci95 == pytest.approx(12.706 * 0.6)
+    assert row.estimate.over == "2 seeds" and row.met == "met"
+    assert collect.verdict(98.49, 98.5, "acc") == "not met" and collect.verdict(0.09, 0.1, "mse") == "met"
+    assert collect.verdict(50.0, None, "acc") == "no goal"
+
+
+def test_t_quantiles_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 5, 10, 29):
+        assert collect.t975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4)
+
+
+def test_one_seed_reports_the_episode_interval(tmp_path):
+    study = fake_records(tmp_path, {0: 97.0, 1: 98.0})
+    study.runs = study.runs[:1]
+    [row] = collect.rows(collect.collect(study))
+    assert (row.estimate.mean, row.estimate.ci95, row.estimate.over) == (97.0, 3.0, "600 episodes (seed 0)")
+
+
+def test_unreadable_metrics_is_one_message_and_the_rest_is_reported(tmp_path):
+    study = fake_records(tmp_path, {0: "{not json", 1: 97.5})
+    collected = collect.collect(study)
+    assert len(collected.errors) == 1 and "seed0/metrics.json is unreadable" in collected.errors[0]
+    [row] = collect.rows(collected)
+    assert row.estimate.values == [97.5]
+    text = render.render_report(study, collected, "metalab report x")
+    assert "| protonet_5w1s | 5w1s % | 97.50 +- 3.00 |" in text
+
+
+def test_report_is_a_function_of_the_records(tmp_path):
+    study = fake_records(tmp_path, {0: 98.0, 1: 99.2})
+    first = render.render_report(study, collect.collect(study), "metalab report x")
+    again = render.render_report(load_study(study.path), collect.collect(load_study(study.path)), "metalab report x")
+    assert first == again and "98.60 +- 7.62" in first and "| met |" in first
+
+
+def test_a_run_whose_overrides_changed_is_not_done(tmp_path):
+    study = fake_records(tmp_path, {0: 98.0, 1: 99.2})
+    assert [run_state(study, r, tmp_path / "runs") for r in study.runs] == ["recorded", "recorded"]
+    changed = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], TINY + ["trainer.max_epochs=4"]))
+    assert [run_state(changed, r, tmp_path / "runs") for r in changed.runs] == ["new", "new"]
+
+
+def test_committed_study_reports_equal_what_their_records_give():
+    """experiments/<study>/report*.md are exactly what the report code makes of the committed records."""
+    for path in sorted((ROOT / "experiments").glob("*.yaml")):
+        study = load_study(path)
+        for budget in study.budgets:
+            study = load_study(path, budget)
+            report = study.folder / render.report_name(study)
+            if not report.is_file():
+                continue
+            command = f"metalab report experiments/{path.name}" + (f" --budget {budget}" if budget != study.budgets[0] else "")
+            assert report.read_text() == render.render_report(study, collect.collect(study), command), report
