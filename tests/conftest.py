@@ -5,6 +5,8 @@ import os
 # Must be set before triton is imported anywhere: without a GPU, triton only runs interpreted.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
+# Benchmarks run by tests append their records here, not to the committed benchmarks/*/records/.
+os.environ.setdefault("METALAB_RECORDS_DIR", __import__("tempfile").mkdtemp(prefix="metalab-records-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -53,6 +53,7 @@ from metalab.precision import resolve_precision
 
 from common import (RUNS, EpochTimer, avalanche_benchmark, avalanche_strategy, evaluate_row, experiment_config,
                     our_batch_order, summary_from_rows, write_json)
+from metalab.report.records import append_record
 
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
 # Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
@@ -185,6 +186,7 @@ def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> None:
     print(f"\n{suite}, seeds {seeds} (mean +- std over seeds)")
     print("| method | side | class-IL acc | task-IL acc | class-IL forgetting | task-IL forgetting | s / epoch |")
     print("|---|---|---|---|---|---|---|")
+    rows = []
     for name in methods:
         base = experiment_of(name)[0]
         shown_with_base = name != base and base in methods  # the shared Avalanche row is printed once
@@ -195,6 +197,16 @@ def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> None:
             epoch = stat([statistics.mean(r["epoch_seconds"]) for r in rs])
             label = name if side == "ours" else PAIRS[base]
             print(f"| {label} | {side} | " + " | ".join(cells) + f" | {epoch} |")
+            row = {"method": label, "side": side, "seeds": len(rs)}
+            for scenario, key in (("class_il", "acc"), ("task_il", "acc"), ("class_il", "forgetting"),
+                                  ("task_il", "forgetting")):
+                values = [r["summary"][scenario][key] for r in rs]
+                row[f"{scenario}_{key}_mean"] = statistics.mean(values)
+                row[f"{scenario}_{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            row["seconds_per_epoch"] = statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rs)
+            rows.append(row)
+    append_record(f"benchmarks/continual/records/avalanche_side_by_side_{suite}.jsonl", rows,
+                  settings={"suite": suite, "seeds": seeds, "methods": methods})
 
 
 if __name__ == "__main__":

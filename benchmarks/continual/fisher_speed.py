@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from common import RUNS, write_json
+from metalab.report.records import append_record
 from metalab.data.streams import SplitStreamDataModule
 from metalab.learners.continual import fisher as fisher_module
 from metalab.learners.continual.fisher import diagonal_fisher, fisher_by_sample_loop, squared_batch_mean_gradient
@@ -128,6 +129,9 @@ def main() -> None:
         "relative_l2_exact_vs_loop_fp32": relative_l2(exact_subset, loop),
     }
     write_json(args.out, record)
+    append_record("benchmarks/continual/records/fisher_speed.jsonl",
+                  {k: v for k, v in record.items() if k not in ("seconds", "min_seconds")}
+                  | {f"{k}_min_seconds": v for k, v in med.items()})
     print(f"reduced ResNet-18 trained {args.train_epochs} epoch(s), {len(y)} CIFAR-10 images, {args.threads} thread(s), "
           f"{'channels-last' if args.channels_last else 'NCHW'}, min of {args.repeats} interleaved repeats, "
           f"block {args.block_elements} elements, grouped from {args.grouped_min_positions} positions")

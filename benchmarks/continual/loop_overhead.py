@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from common import RUNS, EpochTimer, experiment_config, write_json
+from metalab.report.records import append_record
 
 METHODS = ["finetune", "joint", "ewc", "online_ewc", "er_500", "derpp_500", "lwf", "progressive"]
 
@@ -133,6 +134,12 @@ def main() -> None:
         print(f"| {name} | {o * 1000:.1f} | {p * 1000:.1f} | {o / p:.3f} |", flush=True)
         write_json(args.out, {"precision": args.precision, "threads": args.threads, "batches": args.batches,
                               "batch_size": args.batch_size, "results": results})
+    append_record("benchmarks/continual/records/loop_overhead.jsonl",
+                  [{"method": name, "ours_ms_per_batch": min(r["ours_s_per_batch"]) * 1000,
+                    "plain_ms_per_batch": min(r["plain_s_per_batch"]) * 1000, "ratio": r["ratio"]}
+                   for name, r in results.items()],
+                  settings={"precision": args.precision, "batches": args.batches, "batch_size": args.batch_size,
+                            "repeats": args.repeats})
 
 
 if __name__ == "__main__":

@@ -325,6 +325,13 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
         print(f"\nwrote {args.json}")
+    from metalab.report.records import append_record
+
+    rows = [{"part": "fisher_identity", **row} for row in result["fisher_identity"]]
+    rows += [{"part": "cpu_reference", **row} for row in result.get("cpu_references", [])]
+    rows += [{"part": "gpu", **row} for row in result.get("gpu", [])] if isinstance(result.get("gpu"), list) else []
+    append_record("benchmarks/kernels/records/run.jsonl", rows,
+                  settings={"quick": args.quick, "fisher_samples": n, "fisher_dim": d, "repeats": args.repeats})
 
 
 if __name__ == "__main__":

@@ -86,6 +86,13 @@ def main() -> None:
     for revision, median in zip((args.revision_a, args.revision_b), medians):
         print(f"  {revision}: {median:.3f} s per meta-step")
     print(f"  {args.revision_b} / {args.revision_a}: {medians[1] / medians[0]:.3f}")
+    from metalab.report.records import append_record
+
+    append_record("benchmarks/meta/records/conv_block_ab.jsonl",
+                  {"revision_a": args.revision_a, "revision_b": args.revision_b, "seconds_a": medians[0],
+                   "seconds_b": medians[1], "b_over_a": medians[1] / medians[0]},
+                  settings={"setting": args.setting, "rounds": args.rounds, "chunk_images": args.chunk_images,
+                            "support_chunk_images": args.support_chunk_images})
 
 
 if __name__ == "__main__":

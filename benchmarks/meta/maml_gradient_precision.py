@@ -33,6 +33,7 @@ def main() -> None:
     batch = bench.episodes(1, "cpu")[0]
     print("| order | inner steps | metalab64 vs learn2learn64 | learn2learn32 vs learn2learn64 | metalab32 vs learn2learn64 |")
     print("|---|---|---|---|---|")
+    rows = []
     for first_order, steps in CASES:
         l64 = meta_gradient(bench.Learn2Learn, batch, torch.float64, first_order, steps)
         o64 = meta_gradient(bench.Ours, batch, torch.float64, first_order, steps)
@@ -40,6 +41,12 @@ def main() -> None:
         o32 = meta_gradient(bench.Ours, batch, torch.float32, first_order, steps)
         print(f"| {'first' if first_order else 'second'} | {steps} | {relative(o64, l64):.1e} | "
               f"{relative(l32, l64):.1e} | {relative(o32, l64):.1e} |")
+        rows.append({"order": "first" if first_order else "second", "inner_steps": steps,
+                     "metalab64_vs_learn2learn64": relative(o64, l64), "learn2learn32_vs_learn2learn64": relative(l32, l64),
+                     "metalab32_vs_learn2learn64": relative(o32, l64)})
+    from metalab.report.records import append_record
+
+    append_record("benchmarks/meta/records/maml_gradient_precision.jsonl", rows)
 
 
 if __name__ == "__main__":

@@ -318,6 +318,16 @@ def main() -> None:
         ml, mo = mem["learn2learn"], mem["metalab"]
         print(f"| {'first' if first_order else 'second'} | {steps} | {l:.2f} | {o:.2f} | {o / l:.2f}x | "
               f"{ml:.0f} | {mo:.0f} | {mo / max(ml, 1e-9):.2f} | {diff:.1e} |")
+    from metalab.report.records import append_record  # one JSON line per run: the tables in results.md
+
+    append_record("benchmarks/meta/records/maml_vs_learn2learn.jsonl", [
+        {"order": "first" if SETTINGS[s][0] else "second", "inner_steps": SETTINGS[s][1],
+         "learn2learn_steps_per_s": med["learn2learn"], "metalab_steps_per_s": med["metalab"],
+         "speedup": med["metalab"] / med["learn2learn"], "learn2learn_peak_mb": mem["learn2learn"],
+         "metalab_peak_mb": mem["metalab"], "memory_ratio": mem["metalab"] / max(mem["learn2learn"], 1e-9),
+         "max_rel_grad_diff": diff} for s, med, mem, diff in rows],
+        settings={"device": args.device, "steps": args.steps, "rounds": args.rounds, "chunk_images": CHUNK_IMAGES,
+                  "support_chunk_images": SUPPORT_CHUNK_IMAGES, "precision": dict(PRECISION)})
 
 
 if __name__ == "__main__":

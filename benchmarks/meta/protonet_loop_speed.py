@@ -24,6 +24,7 @@ from metalab.data.fewshot import FewShotDataModule
 from metalab.data.omniglot import load_omniglot_splits
 from metalab.learners.meta.protonet import ProtoNet
 from metalab.models.conv4 import Conv4
+from metalab.report.records import append_record
 
 
 def make_learner() -> ProtoNet:
@@ -92,6 +93,10 @@ def main() -> None:
     print("| loop | episodes/s | relative |\n|---|---|---|")
     print(f"| plain PyTorch | {p:.2f} | 1.00 |")
     print(f"| metalab (Lightning) | {l:.2f} | {l / p:.3f} |")
+    append_record("benchmarks/meta/records/protonet_loop_speed.jsonl",
+                  {"plain_episodes_per_s": p, "lightning_episodes_per_s": l, "relative": l / p},
+                  settings={"way": args.way, "shot": args.shot, "query": args.query, "steps": args.steps,
+                            "rounds": args.rounds, "precision": args.precision})
 
 
 if __name__ == "__main__":

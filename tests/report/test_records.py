@@ -16,7 +16,8 @@ from metalab.report.tables import TableSpec, marked_files, refresh, render_markd
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_append_record_writes_one_line_with_its_context(tmp_path):
+def test_append_record_writes_one_line_with_its_context(tmp_path, monkeypatch):
+    monkeypatch.delenv("METALAB_RECORDS_DIR", raising=False)
     path = tmp_path / "records" / "speed.jsonl"
     append_record(path, {"setting": "a", "steps_per_s": 1.5}, benchmark="speed", settings={"rounds": 3})
     append_record(path, [{"setting": "a", "steps_per_s": 1.7}, {"setting": "b", "steps_per_s": 0.9}], benchmark="speed")
@@ -45,8 +46,15 @@ def test_unreadable_records_give_one_clear_error(tmp_path):
         append_record(tmp_path / "x.jsonl", [])
 
 
+def test_records_dir_redirects_trial_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("METALAB_RECORDS_DIR", str(tmp_path / "trial"))
+    append_record("benchmarks/x/records/y.jsonl", {"a": 1})
+    assert len(read_records(tmp_path / "trial" / "benchmarks/x/records/y.jsonl")) == 1
+    assert not (repo_root() / "benchmarks/x").exists()
+
+
 def _records(tmp_path: Path) -> Path:
-    path = tmp_path / "r.jsonl"
+    path = tmp_path / "r.jsonl"  # absolute and outside the repository: written as given
     for speed, rounds in ((1.23456, 3), (2.5, 5)):
         append_record(path, [{"order": "first", "speedup": speed}, {"order": "second", "speedup": speed * 2}],
                       benchmark="maml", settings={"rounds": rounds})
