@@ -60,6 +60,8 @@ def train(cfg: DictConfig) -> float | None:
     learner: L.LightningModule = instantiate(cfg.learner, backbone=instantiate(cfg.model))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    for logger in loggers:  # the whole resolved config, so a W&B run carries it (not only the module's hparams)
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)

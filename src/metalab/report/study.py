@@ -279,7 +279,8 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
     log(f"[{study.name}] {'resuming' if resume else 'starting'} {run.label} seed {run.seed} -> "
         f"{_shown(run_dir, study.root)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads),
-           "WANDB_RUN_GROUP": f"{study.name}-{study.budget}"}
+           "WANDB_RUN_GROUP": f"{study.name}-{study.budget}",  # W&B groups a study's runs and tags them
+           "WANDB_TAGS": ",".join([study.name, study.budget, run.label.split(" ")[0]])}
     start = time.time()
     with (run_dir / "console.log").open("a") as console:
         console.write(f"$ {display_command(run)}{' (resumed)' if resume else ''}\n")
