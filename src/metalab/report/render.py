@@ -90,6 +90,32 @@ def _results(collected: Collected) -> list[str]:
     return lines + [""]
 
 
+def summary_table(study: Study, collected: Collected, root: Path) -> str:
+    """The results rows for a README: ours, paper, goal, met; the CPU and threads the runs had; a link."""
+    table = rows(collected)
+    link = study.folder / report_name(study)
+    try:
+        link_text = str(link.relative_to(root))
+    except ValueError:
+        link_text = str(link)
+    lines = ["| run | test | ours (95% CI) | over | paper | goal | goal met |", "|---|---|---|---|---|---|---|"]
+    for row in table:
+        unit = " %" if row.score == "acc" else f" ({row.score})"
+        lines.append(f"| {row.label} | {row.test}{unit} | {fmt_estimate(row.estimate)} | {row.estimate.over} | "
+                     f"{row.paper if row.paper is not None else 'n/a'} | {row.goal if row.goal is not None else 'n/a'} | "
+                     f"{row.met} |")
+    if not table:
+        lines.append("| (no record yet) | | | | | | |")
+    infos = [r.info for records in collected.records.values() for r in records]
+    cpus = sorted({str(i.get("cpu", "unknown")) for i in infos}) or ["n/a"]
+    threads = sorted({str(i.get("threads", "?")) for i in infos}) or ["n/a"]
+    missing = f"; {len(collected.missing)} planned runs not recorded yet" if collected.missing else ""
+    lines += ["", f"Budget `{study.budget}`, {sum(map(len, collected.records.values()))} runs on {'; '.join(cpus)} "
+              f"({'/'.join(threads)} thread(s) each){missing}. Generated from the run records; full report with "
+              f"curves and environment: [{link_text}]({link_text})."]
+    return "\n".join(lines)
+
+
 def _environment(study: Study, collected: Collected) -> list[str]:
     runs = [r for records in collected.records.values() for r in records]
     if not runs:

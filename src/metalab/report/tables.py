@@ -17,6 +17,11 @@ Options of the opening marker (``key=value``, no spaces inside a value):
 - ``context``: record fields shown before the figures (default ``date,commit,cpu,threads``; ``none``);
 - ``format``: a Python format spec for floats (default ``.4g``).
 
+A study's results (the rows of its ``report.md``, from its committed run records) go in the same way::
+
+    <!-- metalab:study study=experiments/omniglot_fewshot.yaml budget=full -->
+    <!-- metalab:end -->
+
 ``metalab tables`` rewrites every marked block in the repository's Markdown files; ``metalab tables
 --check`` exits 1 if any differs from what the records give (a test runs the same check), so a table
 typed by hand or left behind by a new record is caught.
@@ -33,7 +38,7 @@ from typing import Any
 from metalab.errors import MetalabError
 from metalab.report.records import read_records, repo_root
 
-OPEN = re.compile(r"^<!-- metalab:table (?P<options>.*?) -->\n", re.MULTILINE)
+OPEN = re.compile(r"^<!-- metalab:(?P<kind>table|study) (?P<options>.*?) -->\n", re.MULTILINE)
 CLOSE = "<!-- metalab:end -->"
 CONTEXT_FIELDS = {"date": lambda r: r.get("date", "")[:10], "commit": lambda r: r.get("commit") or "",
                   "cpu": lambda r: _short_cpu(r.get("cpu", "")), "threads": lambda r: r.get("torch_threads", ""),
@@ -130,6 +135,21 @@ def render_table(records: list[dict[str, Any]], spec: TableSpec) -> str:
     return "\n".join(lines)
 
 
+def render_study_block(options: str, root: Path, where_found: str) -> str:
+    """The results table of a study's committed run records (``study=<file> budget=<name>``), the
+    same rows as its report, with the CPU the runs were made on and a link to the report."""
+    from metalab.report import collect, render
+    from metalab.report.study import load_study
+
+    values = dict(word.partition("=")[::2] for word in options.split())
+    unknown = sorted(set(values) - {"study", "budget"})
+    if unknown or "study" not in values:
+        raise MetalabError(f"{where_found}: a metalab:study marker takes study=<experiments/x.yaml> [budget=<name>]"
+                           + (f"; {unknown[0]!r} is not allowed" if unknown else ""))
+    study = load_study(root / values["study"], values.get("budget"))
+    return render.summary_table(study, collect.collect(study), root)
+
+
 def render_markdown(text: str, root: Path, where_found: str = "<text>") -> str:
     """``text`` with every marked block replaced by the table its records give now."""
     out, position = [], 0
@@ -138,9 +158,12 @@ def render_markdown(text: str, root: Path, where_found: str = "<text>") -> str:
             continue
         end = text.find(CLOSE, match.end())
         if end < 0:
-            raise MetalabError(f"{where_found}: a metalab:table marker has no closing {CLOSE}")
-        spec = TableSpec.parse(match.group("options"), where_found)
-        table = render_table(read_records(root / spec.records), spec)
+            raise MetalabError(f"{where_found}: a metalab:{match.group('kind')} marker has no closing {CLOSE}")
+        if match.group("kind") == "study":
+            table = render_study_block(match.group("options"), root, where_found)
+        else:
+            spec = TableSpec.parse(match.group("options"), where_found)
+            table = render_table(read_records(root / spec.records), spec)
         out += [text[position:match.end()], table, "\n"]
         position = end
     out.append(text[position:])
@@ -153,7 +176,8 @@ def marked_files(root: Path) -> list[Path]:
     for path in sorted(root.rglob("*.md")):
         if SKIPPED_FOLDERS.intersection(path.relative_to(root).parts):
             continue
-        if "<!-- metalab:table " in path.read_text(errors="replace"):
+        text = path.read_text(errors="replace")
+        if "<!-- metalab:table " in text or "<!-- metalab:study " in text:
             found.append(path)
     return found
 
