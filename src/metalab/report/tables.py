@@ -163,7 +163,8 @@ def render_markdown(text: str, root: Path, where_found: str = "<text>") -> str:
             table = render_study_block(match.group("options"), root, where_found)
         else:
             spec = TableSpec.parse(match.group("options"), where_found)
-            table = render_table(read_records(root / spec.records), spec)
+            path = root / spec.records
+            table = render_table(read_records(path) if path.exists() else [], spec)  # none yet: says so
         out += [text[position:match.end()], table, "\n"]
         position = end
     out.append(text[position:])
