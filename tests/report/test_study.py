@@ -135,3 +135,25 @@ def test_committed_study_reports_equal_what_their_records_give():
                 continue
             command = f"metalab report experiments/{path.name}" + (f" --budget {budget}" if budget != study.budgets[0] else "")
             assert report.read_text() == render.render_report(study, collect.collect(study), command), report
+
+
+def test_adopting_a_finished_run_made_outside_the_study(tmp_path):
+    study = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], ["trainer.max_epochs=1"]))
+    outside = tmp_path / "elsewhere" / "logs" / "omniglot_protonet_1shot" / "runs" / "2026-12-01_10-45-17_0"
+    (outside / ".hydra").mkdir(parents=True)
+    (outside / ".hydra" / "overrides.yaml").write_text(
+        "- +experiment=omniglot/protonet_5w1s\n- cpu_threads=1\n- trainer.max_epochs=1\n- seed=1\n")
+    (outside / "metrics.json").write_text(json.dumps({"metrics": {"test/5w1s/acc": 90.0}, "seed": 1}))
+    (outside / "config_resolved.yaml").write_text(f"paths:\n  output_dir: {outside}\n")
+    from metalab.report.study import adopt, copy_records
+
+    runs = tmp_path / "runs"
+    run = adopt(study, outside, runs)
+    copy_records(study, run, runs)
+    assert (run.seed, run_state(study, run, runs)) == (1, "recorded")
+    assert str(tmp_path) not in (study.records_dir(run) / "config_resolved.yaml").read_text()
+    info = json.loads((study.records_dir(run) / "run.json").read_text())
+    assert info["adopted"] and info["threads"] == 1 and info["command"].startswith("python train.py +experiment=")
+    (outside / ".hydra" / "overrides.yaml").write_text("- +experiment=omniglot/protonet_5w1s\n- seed=1\n")
+    with pytest.raises(ConfigError, match="no run of study tiny"):
+        adopt(study, outside, runs)

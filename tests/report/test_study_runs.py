@@ -57,7 +57,8 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
 @needs_omniglot
 @pytest.mark.slow
 def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
-    overrides = [o for o in TINY if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=8"]
+    overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "data.train_episodes"))] + [
+        "trainer.max_epochs=6", "data.train_episodes=40"]
     reference_study = write_study(tmp_path / "reference", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
     assert report(reference_study, tmp_path / "runs_a").returncode == 0
     study = write_study(tmp_path / "interrupted", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
@@ -66,11 +67,12 @@ def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = runs / "tiny" / "tiny" / "protonet_5w1s" / "seed0"
     deadline = time.time() + 900
-    while not _epochs_done(run_dir) >= 3 and time.time() < deadline:
-        time.sleep(0.5)
+    while not _epochs_done(run_dir) >= 2 and time.time() < deadline:
+        time.sleep(0.2)
     process.send_signal(signal.SIGTERM)  # the study stops its run; the checkpoint of the last epoch stays
-    process.wait(timeout=120)
-    assert not (run_dir / "metrics.json").exists() and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    output = process.communicate(timeout=120)[0]
+    assert not (run_dir / "metrics.json").exists(), output
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file(), output
     resumed = report(study, runs)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming protonet_5w1s seed 0" in resumed.stdout

@@ -64,6 +64,7 @@ def run_report(args: argparse.Namespace) -> int:
     runs_root = (args.runs_dir or studies.default_runs_root(plan.root)).resolve()
     for folder in args.adopt:
         adopted = studies.adopt(plan, folder.resolve(), runs_root)
+        studies.copy_records(plan, adopted, runs_root)
         print(f"[{plan.name}] adopted {folder} as {adopted.label} seed {adopted.seed}")
     failed = [] if args.no_run else studies.run_study(plan, runs_root, jobs=args.jobs)
     collected = collect.collect(plan)

@@ -391,9 +391,11 @@ def adopt(study: Study, run_dir: Path, runs_root: Path) -> Run:
         if run.experiment == experiment and run.seed == seed and sorted(run.overrides) == rest:
             target = runs_root / run.relative_dir(study.name, study.budget)
             target.mkdir(parents=True, exist_ok=True)
+            source_root = next((p.parent for p in run_dir.parents if p.name == "logs"), run_dir)
             for name in RECORD_FILES:
-                if (run_dir / name).is_file():
-                    shutil.copy(run_dir / name, target / name)
+                if (run_dir / name).is_file():  # its paths as if it had run in the study's folder
+                    text = (run_dir / name).read_text().replace(str(run_dir), str(target))
+                    (target / name).write_text(text.replace(str(source_root), str(study.root)))
             if (run_dir / "csv" / "metrics.csv").is_file():
                 (target / "csv").mkdir(exist_ok=True)
                 shutil.copy(run_dir / "csv" / "metrics.csv", target / "csv" / "metrics.csv")
