@@ -41,7 +41,8 @@ class Searcher(Protocol):
         """Fitness of each asked candidate, in the same order (``[n]`` or ``[n, objectives]``, higher is better)."""
 
     def best(self) -> Candidate:
-        """The best candidate told so far (for several objectives: one of the first front)."""
+        """The searcher's recommended solution: the best individual told (GA; for several objectives the most
+        isolated of the first front) or the search distribution's mean (ES)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: plain Python values and numpy arrays."""
