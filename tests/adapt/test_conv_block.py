@@ -129,3 +129,32 @@ def test_first_block_in_cache_sized_chunks_is_exact(monkeypatch, images_per_chun
     assert (ours - ref).abs().max() < 1e-12
     for k, (a, b) in enumerate(zip(derivatives(ours, params, 3), derivatives(ref, params, 3)), start=1):
         assert relative(a, b) < 1e-10, f"order {k}"
+
+
+def plain_strided_block(x, weight, bias, gamma, beta, groups, stride):
+    """``relu(batch_norm(conv(x)))`` with a strided convolution and no pooling (Finn et al.'s Omniglot
+    block), batch norm from primitive ops as in :func:`plain_block`."""
+    z = F.conv2d(x, weight, bias, stride=stride, padding=1, groups=groups)
+    mean = z.mean((0, 2, 3), keepdim=True)
+    var = (z - mean).square().mean((0, 2, 3), keepdim=True)
+    return F.relu((z - mean) * torch.rsqrt(var + 1e-5) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1))
+
+
+@pytest.mark.parametrize("side", [8, 7])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("form", ["patch_moments", "twice_differentiable", "plain"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_without_pooling_equals_plain_layers_to_third_order(side, channels_last, form, stride):
+    """No pooling, stride 1 or 2 (7 -> 4 with stride 2 and padding 1): every form equals the plain
+    layers; the patch form is not used without pooling, so ``patch_moments`` must fall back exactly."""
+    x, params = block_inputs(side, channels_last, x_grad=form == "twice_differentiable", flat=True)
+    wrt = params + ([x] if x.requires_grad else [])
+    ours = conv_bn_pool_relu(x, *params, groups=TASKS, stride=stride, pool=False,
+                             patch_moments=form == "patch_moments", twice_differentiable=form != "plain")
+    ref = plain_strided_block(x, *params, groups=TASKS, stride=stride)
+    out_side = (side - 1) // stride + 1
+    assert ours.shape == ref.shape == (5, TASKS * OUT_CH, out_side, out_side)
+    assert (ours - ref).abs().max() < 1e-12
+    orders = 2 if form in ("plain", "patch_moments") else 3  # native batch norm: no third derivative
+    for k, (a, b) in enumerate(zip(derivatives(ours, wrt, orders), derivatives(ref, wrt, orders)), start=1):
+        assert relative(a, b) < 1e-10, f"order {k}"

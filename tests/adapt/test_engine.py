@@ -201,3 +201,44 @@ def test_torch_and_triton_backends_agree(adapt):
     assert torch.allclose(l_torch, l_triton, rtol=1e-5)
     for a, b in zip(g_torch, g_triton):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer, replacement, found", [
+    ("features.1.0", nn.Conv2d(4, 4, 3, padding=2, dilation=2), r"Conv2d\(kernel_size=\(3, 3\).*dilation=\(2, 2\)"),
+    ("features.0.2", nn.MaxPool2d(2, ceil_mode=True), r"MaxPool2d\(kernel_size=2.*ceil_mode=True"),
+    ("features.1.2", nn.AvgPool2d(2), "AvgPool2d"),
+    ("features.0.1", nn.BatchNorm2d(4, affine=False), r"BatchNorm2d\(affine=False\)"),
+])
+def test_unsupported_block_geometry_is_named(layer, replacement, found):
+    """A Conv4 the grouped fast path cannot run: one ConfigError naming the layer, what it is, and what
+    the fast path supports; the serial engine still runs the model."""
+    model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8)
+    block, index = layer.rsplit(".", 1)
+    model.get_submodule(block)[int(index)] = replacement
+    with pytest.raises(ConfigError, match=rf"model layer '{layer}' is {found}.*does not support: each block must "
+                                          r"be Conv2d .* -> BatchNorm2d \(affine\) -> optional MaxPool2d\(2\) -> ReLU"):
+        MAML(model, optimizer=torch.optim.SGD)
+    learner = MAML(model, optimizer=torch.optim.SGD, channels_last=False, engine="serial")
+    batch = {"support": torch.randn(2, 3, 1, 8, 8), "support_labels": torch.arange(3).expand(2, -1),
+             "query": torch.randn(2, 3, 1, 8, 8), "query_labels": torch.arange(3).expand(2, -1)}
+    assert torch.isfinite(learner.training_loss(batch)[0])
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ConfigError, match=r"learner.engine='fast' is not allowed: must be one of \('auto', 'serial'\)"):
+        MAML(Conv4(hidden=4, blocks=2, out_features=3, image_size=8), optimizer=torch.optim.SGD, engine="fast")
+
+
+def test_strided_conv4_matches_learn2learn_omniglot_cnn():
+    """model=conv4_strided is learn2learn's OmniglotCNN layout: with its weights, the same outputs."""
+    import learn2learn as l2l
+
+    from metalab.models.conv4 import strided_conv4_like
+
+    torch.manual_seed(0)
+    theirs = l2l.vision.models.OmniglotCNN(output_size=5).double()
+    ours = strided_conv4_like(theirs)
+    assert [type(m).__name__ for m in ours.features[0]] == ["Conv2d", "BatchNorm2d", "ReLU"]
+    assert ours.embedding_dim == 64 and ours.features[0][0].stride == (2, 2)
+    x = torch.randn(6, 1, 28, 28, dtype=torch.float64)
+    assert torch.allclose(ours(x), theirs(x), rtol=0, atol=1e-12)

@@ -1,7 +1,9 @@
 """One Conv4 block for tasks folded into channel groups, exact to every derivative order, cheaper.
 
-The block is ``relu(maxpool2(batchnorm(conv3x3(x))))`` with batch statistics per channel (MAML's batch
-norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Written with the plain layers,
+The block is ``relu(maxpool2(batchnorm(conv(x))))`` with batch statistics per channel (MAML's batch
+norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Its geometry comes from the model:
+any square kernel, stride and zero padding for the convolution, and 2x2 max-pooling or none (the
+strided Omniglot network of Finn et al. 2017 has no pooling: ``relu(batchnorm(conv(x)))``). Written with the plain layers,
 MAML's second order spends much of its time outside the convolutions: batch norm's double backward
 makes many element-wise passes over the full-resolution maps, and PyTorch's double backward of a
 grouped convolution runs one small convolution per group (what timing the ops of a second-order
@@ -33,6 +35,10 @@ the same values and the same derivatives of every order (tests/adapt/test_conv_b
    autograd builds a graph of many small element-wise ops, once for the inner gradient and again
    for the meta-gradient.
 
+Without pooling, rewrite 1 has nothing to commute (the block normalises its full map) and rewrite 2 is
+not used (it exists to drop full-resolution maps that pooling would discard); rewrites 3 and 4 apply.
+Rewrite 2 also needs a 3x3 kernel with stride 1 and padding 1 (the patch layout it is written for).
+
 Ties in the max-pool go to the first position of the window, as in ``max_pool2d``. At ``gamma = 0``
 exactly the block has a kink in ``gamma`` (max-pooling on one side, min-pooling on the other): the
 rewrite takes the derivative of the ``gamma > 0`` side, the plain layers that of the window's first
@@ -45,28 +51,38 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_STRIDE, _PAD, _DIL = [1, 1], [1, 1], [1, 1]
+_DIL = [1, 1]
 
 
 def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
-                      beta: torch.Tensor, groups: int, eps: float = 1e-5, *, patch_moments: bool = False,
+                      beta: torch.Tensor, groups: int, eps: float = 1e-5, *, stride: int = 1, padding: int = 1,
+                      pool: bool = True, patch_moments: bool = False,
                       twice_differentiable: bool = False) -> torch.Tensor:
-    """``"n (t c) h w -> n (t o) h/2 w/2"``: conv 3x3 (padding 1, ``groups``), batch norm with batch
-    statistics, 2x2 max-pool, ReLU. ``weight "(t o) c 3 3"``; ``bias``, ``gamma``, ``beta`` ``"(t o)"``.
+    """``"n (t c) h w -> n (t o) h' w'"``: conv (``stride``, zero ``padding``, ``groups``), batch norm with
+    batch statistics, 2x2 max-pool if ``pool``, ReLU. ``weight "(t o) c k k"``; ``bias``, ``gamma``,
+    ``beta`` ``"(t o)"``.
 
     Which form runs (all give the same values and derivatives):
 
-    - ``patch_moments`` and ``x`` needs no gradient (the first block, on data): rewrites 1, 2 and 4;
+    - ``patch_moments`` and ``x`` needs no gradient (the first block, on data), with pooling and a
+      3x3 stride-1 padding-1 convolution: rewrites 1, 2 and 4;
     - else ``twice_differentiable`` (the caller will differentiate the result twice, as MAML's
-      support pass is): rewrites 1, 3 and 4;
+      support pass is): rewrites 1 (with pooling), 3 and 4;
     - else the plain layers, whose fused native batch-norm backward is the cheapest when
       differentiated only once.
     """
-    from_patches = patch_moments and not x.requires_grad
+    patch_layout = pool and stride == 1 and padding == 1 and tuple(weight.shape[-2:]) == (3, 3)
+    from_patches = patch_moments and patch_layout and not x.requires_grad
     if not from_patches and not twice_differentiable:
-        z = F.batch_norm(F.conv2d(x, weight, bias, padding=1, groups=groups), None, None, gamma, beta,
-                         training=True, eps=eps)
-        return F.relu(F.max_pool2d(z, 2))  # pool first: same values and gradients, 4x less ReLU work
+        z = F.batch_norm(F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups), None, None,
+                         gamma, beta, training=True, eps=eps)
+        return F.relu(F.max_pool2d(z, 2) if pool else z)  # pool first: same values and gradients, 4x less ReLU work
+    if not pool:
+        z = _grouped_conv(x, weight, bias, groups, stride, padding)
+        mean, var = _Moments.apply(z)
+        scale = gamma * torch.rsqrt(var + eps)
+        shift = torch.addcmul(beta, scale, mean, value=-1)
+        return _ScaleShiftRelu.apply(z, scale, shift).to(z.dtype)
     nonnegative = gamma.detach() >= 0
     if bool(nonnegative.all()):  # the usual case (scales start at 1): nothing to fold
         signed_w, signed_b, abs_gamma = weight, bias, gamma
@@ -77,7 +93,7 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         mean, var = _moments_from_patches(x, signed_w, signed_b, groups)
         pooled = _conv_max_pool(x, signed_w, signed_b, groups)
     else:
-        z = _grouped_conv(x, signed_w, signed_b, groups)  # z' = s * conv(x): "n (t o) h w"
+        z = _grouped_conv(x, signed_w, signed_b, groups, stride, padding)  # z' = s * conv(x): "n (t o) h w"
         pooled, mean, var = _PoolMoments.apply(z)
     scale = abs_gamma * torch.rsqrt(var + eps)  # |gamma| / sigma
     shift = torch.addcmul(beta, scale, mean, value=-1)  # mean is of z' = s z
@@ -96,13 +112,7 @@ class _PoolMoments(torch.autograd.Function):
     def forward(ctx, z):
         ctx.set_materialize_grads(False)
         pooled, argmax = F.max_pool2d(z, 2, return_indices=True)
-        zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
-        if _layout(zf) == torch.channels_last:  # reduced as a "(n h w) C" matrix: much faster than over dims
-            rows = _rows(zf)
-            mean = rows.mean(0)
-            var = (rows - mean).square_().mean(0)
-        else:
-            var, mean = torch.var_mean(zf, (0, 2, 3), correction=0)
+        mean, var = _mean_var(z)
         ctx.save_for_backward(z, argmax, mean)
         return pooled, mean, var
 
@@ -110,6 +120,36 @@ class _PoolMoments(torch.autograd.Function):
     def backward(ctx, grad_pooled, grad_mean, grad_var):
         z, argmax, mean = ctx.saved_tensors
         return _PoolMomentsBackward.apply(grad_pooled, grad_mean, grad_var, z, argmax, mean)
+
+
+def _mean_var(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and biased variance per channel of ``z "n C h w"`` over ``n h w``, in float32 at least."""
+    zf = z if z.dtype in (torch.float32, torch.float64) else z.float()
+    if _layout(zf) == torch.channels_last:  # reduced as a "(n h w) C" matrix: much faster than over dims
+        rows = _rows(zf)
+        mean = rows.mean(0)
+        return mean, (rows - mean).square_().mean(0)
+    var, mean = torch.var_mean(zf, (0, 2, 3), correction=0)
+    return mean, var
+
+
+class _Moments(torch.autograd.Function):
+    """``(mean, var)`` of ``z`` per channel (:func:`_mean_var`): the batch statistics of a block without
+    pooling, differentiated by :class:`_PoolMomentsBackward` with no pooled gradient."""
+
+    @staticmethod
+    def forward(ctx, z):
+        ctx.set_materialize_grads(False)
+        mean, var = _mean_var(z)
+        ctx.save_for_backward(z, mean)
+        return mean, var
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):
+        if grad_mean is None and grad_var is None:
+            return None
+        z, mean = ctx.saved_tensors
+        return _PoolMomentsBackward.apply(None, grad_mean, grad_var, z, None, mean)
 
 
 class _PoolMomentsBackward(torch.autograd.Function):
@@ -259,40 +299,42 @@ def _autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(dtype) for t in tensors)
 
 
-def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
-    return _GroupedConv.apply(*_autocast_inputs(x, weight, bias), groups)
+def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int = 1,
+                  padding: int = 1) -> torch.Tensor:
+    return _GroupedConv.apply(*_autocast_inputs(x, weight, bias), (groups, stride, padding))
 
 
 def _conv_max_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
     return _ConvMaxPool.apply(*_autocast_inputs(x, weight, bias), groups)
 
 
-def _conv(x, weight, bias, groups):
-    return F.conv2d(x, weight, bias, padding=1, groups=groups)
+def _conv(x, weight, bias, groups, stride=1, padding=1):
+    return F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups)
 
 
-def _conv_grads(grad, x, weight, groups, mask):
+def _conv_grads(grad, x, weight, groups, mask, stride=1, padding=1):
     """``convolution_backward`` of ``conv(x, weight)`` for output gradient ``grad``: (dx, dW, db) per mask."""
-    return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], _STRIDE, _PAD, _DIL, False,
-                                               [0, 0], groups, mask)
+    return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], [stride, stride],
+                                               [padding, padding], _DIL, False, [0, 0], groups, mask)
 
 
 class _GroupedConv(torch.autograd.Function):
-    """``conv(x, weight, bias)`` whose backward is :class:`_GroupedConvBackward` (differentiable again)."""
+    """``conv(x, weight, bias)`` whose backward is :class:`_GroupedConvBackward` (differentiable again);
+    ``geometry`` is ``(groups, stride, padding)``."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, groups):
+    def forward(ctx, x, weight, bias, geometry):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(x, weight)
-        ctx.groups = groups
-        return _conv(x, weight, bias, groups)
+        ctx.geometry = geometry
+        return _conv(x, weight, bias, *geometry)
 
     @staticmethod
     def backward(ctx, grad):
         if grad is None:
             return None, None, None, None
         x, weight = ctx.saved_tensors
-        gx, gw, gb = _GroupedConvBackward.apply(grad, x, weight, ctx.groups, ctx.needs_input_grad[0])
+        gx, gw, gb = _GroupedConvBackward.apply(grad, x, weight, ctx.geometry, ctx.needs_input_grad[0])
         return gx, gw, gb, None
 
 
@@ -305,30 +347,31 @@ class _GroupedConvBackward(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, grad, x, weight, groups, input_grad):
+    def forward(ctx, grad, x, weight, geometry, input_grad):
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(grad, x, weight)
-        ctx.groups = groups
-        gx, gw, gb = _conv_grads(grad, x, weight, groups, [input_grad, True, True])
+        ctx.geometry = geometry
+        groups, stride, padding = geometry
+        gx, gw, gb = _conv_grads(grad, x, weight, groups, [input_grad, True, True], stride, padding)
         return gx, gw, gb
 
     @staticmethod
     def backward(ctx, hx, hw, hb):
         grad, x, weight = ctx.saved_tensors
-        groups = ctx.groups
+        groups, stride, padding = geometry = ctx.geometry
         terms, bias = [], hb  # hb rides as the bias of the first convolution
         if hx is not None:
-            terms.append(_conv(hx, weight, bias, groups))
+            terms.append(_conv(hx, weight, bias, *geometry))
             bias = None
         if hw is not None:
-            terms.append(_conv(x, hw, bias, groups))
+            terms.append(_conv(x, hw, bias, *geometry))
             bias = None
         if bias is not None:
             terms.append(bias.view(1, -1, 1, 1).expand_as(grad))
         d_grad = terms[0].add_(terms[1]) if len(terms) == 2 else terms[0] if terms else None  # 2: both fresh
-        d_x = _conv_grads(grad, x, hw, groups, [True, False, False])[0] \
+        d_x = _conv_grads(grad, x, hw, groups, [True, False, False], stride, padding)[0] \
             if hw is not None and ctx.needs_input_grad[1] else None
-        d_w = _conv_grads(grad, hx, weight, groups, [False, True, False])[1] \
+        d_w = _conv_grads(grad, hx, weight, groups, [False, True, False], stride, padding)[1] \
             if hx is not None and ctx.needs_input_grad[2] else None
         return d_grad, d_x, d_w, None, None
 

@@ -8,6 +8,9 @@ One module, options instead of copies (Finn et al. 2017; Raghu et al. 2020; Li e
 - Meta-SGD: ``learn_inner_lr=True``: one learnable inner rate per parameter entry, meta-learned
   with the initialisation.
 
+``engine="serial"`` runs every task one after the other through :mod:`metalab.adapt.reference`,
+the plain statement of the same math: for models no fast path covers, or to check one.
+
 At validation and test the inner loop runs ``eval_inner_steps`` first-order steps (no meta-gradient
 is needed there) and batch norm uses each task's own batch statistics, as in MAML's reference code.
 """
@@ -21,9 +24,10 @@ import torch
 from torch import nn
 
 from metalab import kernels
-from metalab.adapt import InnerLoop, TaskBatchedModel
+from metalab.adapt import InnerLoop, TaskBatchedModel, reference
 from metalab.errors import ConfigError
 from metalab.learners.meta.episodic import Batch, EpisodicLearner
+from metalab.models.conv4 import Conv4
 
 
 class MAML(EpisodicLearner):
@@ -43,6 +47,7 @@ class MAML(EpisodicLearner):
         channels_last: bool = True,
         chunk_images: int = 0,
         support_chunk_images: int | None = None,
+        engine: str = "auto",
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last=channels_last)
         if adapt not in ("all", "head"):
@@ -52,13 +57,15 @@ class MAML(EpisodicLearner):
         if chunk_images < 0 or (support_chunk_images is not None and support_chunk_images < 0):
             raise ConfigError(f"learner.chunk_images={chunk_images} / learner.support_chunk_images="
                               f"{support_chunk_images} is not allowed: must be >= 0 (0: all tasks in one call)")
-        self.model = TaskBatchedModel(backbone, channels_last=channels_last, chunk_images=chunk_images)
+        self.model = TaskBatchedModel(backbone, channels_last=channels_last, chunk_images=chunk_images, engine=engine)
+        self.engine = engine
         self.support_chunk_images = support_chunk_images
         names = [n for n, _ in backbone.named_parameters()]
         if adapt == "head":
-            if not self.model.head_names:
+            head_names = sorted(n for n in names if n.startswith("head.") and isinstance(backbone, Conv4))
+            if not head_names:
                 raise ConfigError("learner.adapt='head' (ANIL) needs a model with a linear head (model.out_features > 0)")
-            names = sorted(self.model.head_names)
+            names = head_names
         self.adapt_head_only = adapt == "head"
         self.inner_lrs = nn.ParameterDict(
             {_key(n): nn.Parameter(torch.full_like(p, inner_lr)) for n, p in backbone.named_parameters() if n in names}
@@ -85,7 +92,10 @@ class MAML(EpisodicLearner):
         self.inner.learned_lr = {n: self.inner_lrs[_key(n)] for n in self.inner.names} if self.inner_lrs else None
         params = dict(self.backbone.named_parameters())
         with torch.enable_grad():  # adaptation needs gradients in validation and test too
-            if self.adapt_head_only:
+            if self.engine == "serial":
+                lr = self.inner.learned_lr if self.inner.learned_lr is not None else self.inner.lr
+                logits = reference.query_logits(self.backbone, params, batch, steps, lr, first_order, self.inner.names)
+            elif self.adapt_head_only:
                 tasks = support.shape[0]
                 stacked = {n: p.expand(tasks, *p.shape) for n, p in params.items()}
                 feats_s = self.model.body(stacked, support, self.support_chunk_images)
