@@ -1,6 +1,9 @@
 """Our batched MAML meta-step against learn2learn's MAML wrapper, side by side in one run.
 
-Same Conv4 (64 filters, batch norm, 5-way head), same Omniglot episodes (5-way 1-shot, 15 queries
+Same network (``--network conv4``: the pooled Conv4, 64 filters, batch norm, 5-way head;
+``--network omniglot_cnn``: learn2learn's own ``OmniglotCNN``, Finn et al. 2017's strided Omniglot
+network, which learn2learn runs as is and we run as ``model=conv4_strided`` holding its weights), same
+Omniglot episodes (5-way 1-shot, 15 queries
 per class, meta-batch 32), same hyper-parameters (inner lr 0.4, Adam 1e-3), for first and second
 order with 1 and 5 inner steps. For each setting the table gives:
 
@@ -15,6 +18,11 @@ order with 1 and 5 inner steps. For each setting the table gives:
     python benchmarks/meta/maml_vs_learn2learn.py --steps 5 --rounds 2 --settings fo1,so1
     python benchmarks/meta/maml_vs_learn2learn.py --allocator default   # glibc's malloc as is
     python benchmarks/meta/maml_vs_learn2learn.py --profile so5 --chunk-images 150 --support-chunk-images 40
+    python benchmarks/meta/maml_vs_learn2learn.py --network omniglot_cnn --peer-layout channels_last
+
+learn2learn sums (averages) the task losses and back-propagates once per meta-step; ``--peer-layout``
+chooses its memory layout (ours always runs channels-last), so each side can be timed in its fastest.
+Each run appends its table to ``benchmarks/meta/records/maml_vs_learn2learn.jsonl`` (``--note``: what else ran).
 
 Runs unchanged on a GPU (``--device cuda``), where learn2learn's per-task loop rather than
 arithmetic is the bottleneck.
@@ -46,6 +54,9 @@ RETAIN_FREED = os.environ.get("METALAB_RETAIN_FREED", "1") == "1"
 # "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
 PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
              "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32")}
+NETWORK = os.environ.get("METALAB_BENCH_NETWORK", "conv4")  # set by --network, inherited likewise
+PEER_LAYOUT = os.environ.get("METALAB_PEER_LAYOUT", "nchw")  # set by --peer-layout, inherited likewise
+NETWORKS = ("conv4", "omniglot_cnn")
 
 
 def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
@@ -59,11 +70,17 @@ def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
     return [{k: v.to(device) for k, v in b.items()} for b in dm.train_dataloader()]
 
 
-def make_model(device: str) -> torch.nn.Module:
-    from metalab.models.conv4 import Conv4
+def make_model(device: str, name: str = "metalab") -> torch.nn.Module:
+    """The benchmark's network for implementation ``name``, with the same weights on both sides."""
+    from metalab.models.conv4 import Conv4, strided_conv4_like
 
     torch.manual_seed(0)
-    return Conv4(out_features=WAY).to(device)
+    if NETWORK == "conv4":
+        return Conv4(out_features=WAY).to(device)
+    import learn2learn as l2l
+
+    theirs = l2l.vision.models.OmniglotCNN(output_size=WAY)
+    return (theirs if name == "learn2learn" else strided_conv4_like(theirs)).to(device)
 
 
 class Ours:
@@ -88,6 +105,8 @@ class Learn2Learn:
     def __init__(self, model, first_order, steps):
         import learn2learn as l2l
 
+        if PEER_LAYOUT == "channels_last":  # weights channels-last: the convolutions then run channels-last
+            model.to(memory_format=torch.channels_last)
         self.maml = l2l.algorithms.MAML(model, lr=INNER_LR, first_order=first_order)
         self.steps = steps
         self.opt = torch.optim.Adam(model.parameters(), lr=META_LR)
@@ -125,7 +144,7 @@ def sync(device: str) -> None:
 
 def time_steps(name: str, setting: str, batches, device: str) -> float:
     first_order, steps = SETTINGS[setting]
-    impl = IMPLS[name](make_model(device), first_order, steps)
+    impl = IMPLS[name](make_model(device, name), first_order, steps)
     meta_step(impl, batches[0])  # warm-up
     sync(device)
     start = time.perf_counter()
@@ -149,7 +168,7 @@ def memory_worker(name: str, setting: str, steps: int, device: str) -> None:
     } for _ in range(steps)]  # random images of the episodes' shapes: memory depends on shapes only
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     first_order, inner = SETTINGS[setting]
-    impl = IMPLS[name](make_model(device), first_order, inner)
+    impl = IMPLS[name](make_model(device, name), first_order, inner)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
@@ -184,14 +203,25 @@ def gradient_difference(setting: str, batch, device: str) -> float:
     first_order, steps = SETTINGS[setting]
     grads = {}
     for name, cls in IMPLS.items():
-        model = make_model(device)
+        model = make_model(device, name)
         impl = cls(model, first_order, steps)
         with autocast(name, device):  # each at its benchmarked precision: bf16 error shows here
             loss = impl.loss(batch)
         loss.backward()
-        grads[name] = [p.grad.detach().clone() for p in model.parameters()]
+        grads[name] = [p.grad.detach().clone() for p in _canonical_order(model)]
     scale = max(g.abs().max().item() for g in grads["learn2learn"])
     return max((a - b).abs().max().item() for a, b in zip(grads["metalab"], grads["learn2learn"])) / scale
+
+
+def _canonical_order(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Parameters in one order for both sides: learn2learn's OmniglotCNN registers each block's batch
+    norm before its convolution, our Conv4 the convolution first."""
+    params = dict(model.named_parameters())
+    if "classifier.weight" not in params:
+        return list(params.values())
+    blocks = sorted({int(n.split(".")[1]) for n in params if n.startswith("base.")})
+    return [params[f"base.{i}.{layer}.{kind}"] for i in blocks for layer in ("conv", "normalize")
+            for kind in ("weight", "bias")] + [params["classifier.weight"], params["classifier.bias"]]
 
 
 def profile(name: str, setting: str, batches, device: str, top: int) -> None:
@@ -219,7 +249,7 @@ def profile(name: str, setting: str, batches, device: str, top: int) -> None:
             return out
 
     first_order, steps = SETTINGS[setting]
-    impl = IMPLS[name](make_model(device), first_order, steps)
+    impl = IMPLS[name](make_model(device, name), first_order, steps)
     meta_step(impl, batches[0])
     sync(device)
     start = time.perf_counter()
@@ -254,9 +284,20 @@ def main() -> None:
     parser.add_argument("--profile", metavar="SETTING", default=None,
                         help="instead of the table: per-op wall time of one meta-step of each implementation")
     parser.add_argument("--top", type=int, default=25, help="--profile: rows per implementation")
+    parser.add_argument("--network", choices=NETWORKS, default=None,
+                        help="conv4 (pooled, default) or omniglot_cnn (learn2learn's OmniglotCNN on both sides)")
+    parser.add_argument("--peer-layout", choices=["nchw", "channels_last"], default=None,
+                        help="learn2learn's memory layout (default nchw)")
+    parser.add_argument("--note", default="", help="the record's notes: what else ran on the machine, pinning, etc.")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
-    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY, RETAIN_FREED
+    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY, RETAIN_FREED, NETWORK, PEER_LAYOUT
+    if args.network is not None:
+        NETWORK = args.network
+        os.environ["METALAB_BENCH_NETWORK"] = NETWORK
+    if args.peer_layout is not None:
+        PEER_LAYOUT = args.peer_layout
+        os.environ["METALAB_PEER_LAYOUT"] = PEER_LAYOUT
     if args.allocator is not None:
         RETAIN_FREED = args.allocator == "retain"
         os.environ["METALAB_RETAIN_FREED"] = "1" if RETAIN_FREED else "0"
@@ -303,7 +344,7 @@ def main() -> None:
         diff = gradient_difference(setting, batches[0], args.device)
         rows.append((setting, med, mem, diff))
         print(f"{setting}: {med} {mem} {diff:.1e}", file=sys.stderr)
-    print(f"\nMAML meta-step, Conv4, Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
+    print(f"\nMAML meta-step, {NETWORK} (learn2learn {PEER_LAYOUT}), Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
           f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
           f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
           f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
@@ -321,13 +362,14 @@ def main() -> None:
     from metalab.report.records import append_record  # one JSON line per run: the tables in results.md
 
     append_record("benchmarks/meta/records/maml_vs_learn2learn.jsonl", [
-        {"order": "first" if SETTINGS[s][0] else "second", "inner_steps": SETTINGS[s][1],
+        {"network": NETWORK, "order": "first" if SETTINGS[s][0] else "second", "inner_steps": SETTINGS[s][1],
          "learn2learn_steps_per_s": med["learn2learn"], "metalab_steps_per_s": med["metalab"],
          "speedup": med["metalab"] / med["learn2learn"], "learn2learn_peak_mb": mem["learn2learn"],
          "metalab_peak_mb": mem["metalab"], "memory_ratio": mem["metalab"] / max(mem["learn2learn"], 1e-9),
          "max_rel_grad_diff": diff} for s, med, mem, diff in rows],
         settings={"device": args.device, "steps": args.steps, "rounds": args.rounds, "chunk_images": CHUNK_IMAGES,
-                  "support_chunk_images": SUPPORT_CHUNK_IMAGES, "precision": dict(PRECISION)})
+                  "support_chunk_images": SUPPORT_CHUNK_IMAGES, "precision": dict(PRECISION), "network": NETWORK,
+                  "peer_layout": PEER_LAYOUT, "query": QUERY}, notes=args.note or None)
 
 
 if __name__ == "__main__":
