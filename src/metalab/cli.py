@@ -19,6 +19,7 @@ from metalab.errors import MetalabError
 SUBCOMMAND_MODULES: list[str] = [
     "metalab.environment",
     "metalab.report.cli",
+    "metalab.services.commands",
 ]
 
 

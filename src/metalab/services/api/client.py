@@ -1,0 +1,131 @@
+"""A small typed client of the services API (httpx); answers are the API's own pydantic models.
+
+Writes carry an ``Idempotency-Key`` (a fresh UUID unless one is given) and are retried with the same key
+on connection errors and 5xx answers, so a retry never records anything twice. A 4xx answer raises
+:class:`ApiError` with the server's message.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel
+
+from metalab.services.api import schemas as s
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(f"{status_code}: {detail}")
+        self.status_code, self.detail = status_code, detail
+
+
+class ServicesClient:
+    def __init__(self, base_url: str, workspace: str, token: str, *, timeout: float = 10.0, retries: int = 5,
+                 backoff: float = 0.2, transport: httpx.BaseTransport | None = None):
+        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
+                                 headers={"Authorization": f"Bearer {token}"})
+        self.prefix = f"/v1/workspaces/{workspace}"
+        self.retries, self.backoff = retries, backoff
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> "ServicesClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- plumbing -----------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
+                 idempotency_key: str | None = None) -> httpx.Response:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        last_error: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.http.request(method, self.prefix + path, json=json, params=params, headers=headers)
+            except httpx.TransportError as error:  # connection refused / reset / timeout: the write may or may not have landed
+                last_error = error
+            else:
+                if response.status_code < 500:
+                    if response.status_code >= 400:
+                        raise ApiError(response.status_code, response.json().get("detail", response.text))
+                    return response
+                last_error = ApiError(response.status_code, response.text)
+            if method != "GET" and idempotency_key is None:
+                break  # a write without a key cannot be retried safely
+            time.sleep(self.backoff * (2 ** min(attempt, 5)))
+        raise last_error  # type: ignore[misc]
+
+    def _write(self, path: str, body: BaseModel | None, model: type[M], idempotency_key: str | None) -> M:
+        key = idempotency_key or str(uuid.uuid4())
+        payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
+        return model.model_validate(self._request("POST", path, json=payload, idempotency_key=key).json())
+
+    def _read(self, path: str, model: type[M], **params: Any) -> M:
+        params = {k: v for k, v in params.items() if v is not None}
+        return model.model_validate(self._request("GET", path, params=params).json())
+
+    # ---- experiments --------------------------------------------------------------------------------------
+    def create_experiment(self, spec: s.ExperimentCreate, idempotency_key: str | None = None) -> s.ExperimentOut:
+        return self._write("/experiments", spec, s.ExperimentOut, idempotency_key)
+
+    def experiments(self, limit: int = 50, cursor: int = 0) -> s.Page[s.ExperimentOut]:
+        return self._read("/experiments", s.Page[s.ExperimentOut], limit=limit, cursor=cursor)
+
+    def experiment(self, experiment_id: int) -> s.ExperimentOut:
+        return self._read(f"/experiments/{experiment_id}", s.ExperimentOut)
+
+    def assign(self, experiment_id: int) -> s.AssignmentOut:
+        return s.AssignmentOut.model_validate(self._request("POST", f"/experiments/{experiment_id}/assignments").json())
+
+    def record_outcome(self, experiment_id: int, variant: str, value: float, unit: str | None = None,
+                       idempotency_key: str | None = None) -> s.OutcomeOut:
+        body = s.OutcomeCreate(variant=variant, value=value, unit=unit)
+        return self._write(f"/experiments/{experiment_id}/outcomes", body, s.OutcomeOut, idempotency_key)
+
+    def outcomes(self, experiment_id: int, limit: int = 500, cursor: int = 0) -> s.Page[s.OutcomeOut]:
+        return self._read(f"/experiments/{experiment_id}/outcomes", s.Page[s.OutcomeOut], limit=limit, cursor=cursor)
+
+    def all_outcomes(self, experiment_id: int) -> list[s.OutcomeOut]:
+        items, cursor = [], 0
+        while True:
+            page = self.outcomes(experiment_id, 500, cursor)
+            items.extend(page.items)
+            if page.next_cursor is None:
+                return items
+            cursor = page.next_cursor
+
+    def analysis(self, experiment_id: int) -> s.AnalysisOut:
+        return self._read(f"/experiments/{experiment_id}/analysis", s.AnalysisOut)
+
+    def complete(self, experiment_id: int, winner: str | None = None, reason: str | None = None) -> s.ExperimentOut:
+        return self._write(f"/experiments/{experiment_id}/complete", s.CompleteRequest(winner=winner, reason=reason),
+                           s.ExperimentOut, None)
+
+    # ---- recommendations and trust ------------------------------------------------------------------------
+    def recommend(self, recommendation: s.RecommendationCreate, idempotency_key: str | None = None) -> s.RecommendationOut:
+        return self._write("/recommendations", recommendation, s.RecommendationOut, idempotency_key)
+
+    def evaluate(self, recommendation_id: int, evaluation: s.EvaluationCreate,
+                 idempotency_key: str | None = None) -> s.EvaluationOut:
+        return self._write(f"/recommendations/{recommendation_id}/evaluation", evaluation, s.EvaluationOut, idempotency_key)
+
+    def trust(self, agent: str) -> s.TrustOut:
+        return self._read(f"/agents/{agent}/trust", s.TrustOut)
+
+    def trusted_agents(self, threshold: float | None = None) -> list[s.TrustOut]:
+        response = self._request("GET", "/trusted-agents", params={} if threshold is None else {"threshold": threshold})
+        return [s.TrustOut.model_validate(item) for item in response.json()]
+
+    def patterns(self) -> s.PatternsOut:
+        return self._read("/patterns", s.PatternsOut)
+
+    def run_job(self, job: str) -> s.JobOut:
+        return self._write(f"/jobs/{job}", None, s.JobOut, None)

@@ -1,0 +1,252 @@
+"""Request and response bodies of the HTTP API (pydantic), shared by the server and the typed client.
+
+Inputs are bounded so that no value the schema allows can fail in the database: strings have a length
+limit and no NUL character (PostgreSQL rejects it), numbers are finite, ids fit a 63-bit integer, and
+free-form JSON (content, evidence, scores) is size-limited and checked for the same.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+MAX_ID = 2**62
+MAX_JSON_BYTES = 65_536
+NO_NUL = r"^[^\x00]*$"
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+ShortName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
+Text = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _check_json(value: Any) -> Any:
+    """Free-form JSON must be small, finite and free of NUL characters (they cannot be stored everywhere)."""
+    def walk(item: Any) -> None:
+        if isinstance(item, str) and "\x00" in item:
+            raise ValueError("strings must not contain NUL characters")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite")
+        if isinstance(item, int) and not isinstance(item, bool) and abs(item) > 2**63 - 1:
+            raise ValueError("integers must fit in 64 bits")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                walk(key)
+                walk(child)
+        elif isinstance(item, list):
+            for child in item:
+                walk(child)
+    walk(value)
+    if len(json.dumps(value)) > MAX_JSON_BYTES:
+        raise ValueError(f"must serialise to at most {MAX_JSON_BYTES} bytes of JSON")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_check_json)]
+JsonList = Annotated[list[Any], AfterValidator(_check_json)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: int | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
+
+
+class ExperimentCreate(Strict):
+    name: Name
+    variants: list[ShortName] = Field(min_length=2, max_length=20, description="the first is the control")
+    outcome_type: Literal["binary", "continuous"] = "binary"
+    allocation: Literal["equal", "thompson", "ucb"] = "equal"
+    maximize: bool = True
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    mixture_scale: float = Field(0.1, gt=0.0, le=100.0)
+    min_samples_per_variant: int = Field(100, ge=1, le=1_000_000)
+    max_outcomes: int | None = Field(None, ge=2, le=10**12)
+    auto_complete: bool = True
+
+
+class VariantOut(BaseModel):
+    name: str
+    count: int
+    mean: float | None
+
+
+class ExperimentOut(BaseModel):
+    id: int
+    name: str
+    status: Literal["running", "completed"]
+    outcome_type: str
+    allocation: str
+    maximize: bool
+    alpha: float
+    mixture_scale: float
+    min_samples_per_variant: int
+    max_outcomes: int | None
+    auto_complete: bool
+    variants: list[VariantOut]
+    winner: str | None
+    decision: str | None
+    reason: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class AssignmentOut(BaseModel):
+    experiment_id: int
+    variant: str
+    experiment_status: str
+
+
+class OutcomeCreate(Strict):
+    variant: ShortName
+    value: float = Field(ge=-1e12, le=1e12)
+    unit: Name | None = Field(None, description="who or what received the variant (free text)")
+
+
+class OutcomeOut(BaseModel):
+    id: int
+    experiment_id: int
+    variant: str
+    value: float
+    unit: str | None
+    created_at: datetime
+    experiment_status: str
+    winner: str | None
+
+
+class CompleteRequest(Strict):
+    winner: ShortName | None = None
+    reason: Text | None = None
+
+
+class VariantEstimateOut(BaseModel):
+    name: str
+    count: int
+    mean: float | None
+    interval: tuple[float, float] | None = Field(description="95% interval of the mean (Wilson or Student t)")
+    probability_best: float
+
+
+class ComparisonOut(BaseModel):
+    variant: str
+    difference: float = Field(description="mean(variant) - mean(control)")
+    interval: tuple[float, float] = Field(description="always-valid confidence sequence at level alpha/(k-1)")
+    p_value_now: float
+    p_value: float = Field(description="always-valid p-value (mSPRT, running minimum over all looks)")
+    significant: bool
+
+
+class DecisionOut(BaseModel):
+    decision: str
+    winner: str | None
+    reason: str
+
+
+class AnalysisOut(BaseModel):
+    experiment_id: int
+    status: str
+    outcomes: int
+    estimates: list[VariantEstimateOut]
+    comparisons: list[ComparisonOut]
+    decision: DecisionOut
+
+
+class RecommendationCreate(Strict):
+    agent: Name
+    type: ShortName
+    content: JsonObject = Field(default_factory=dict)
+    confidence: Probability
+    reasoning: Text = ""
+    evidence: JsonList = Field(default_factory=list)
+    action: Name | None = Field(None, description="defaults to content['action'] when that is a string")
+    subject: Name | None = Field(None, description="the decision this is about (agents agreeing on it form consensus)")
+
+
+class PredictionOut(BaseModel):
+    predicts_success: bool
+    pattern: str
+    confidence: float
+
+
+class RecommendationOut(BaseModel):
+    id: int
+    agent: str
+    type: str
+    action: str | None
+    subject: str | None
+    content: dict[str, Any]
+    confidence: float
+    reasoning: str
+    evidence: list[Any]
+    created_at: datetime
+    evaluated: bool
+    agent_trust: float | None = None
+    boost: float | None = Field(None, description="decision boost from the agent's trust")
+    boosted_confidence: float | None = None
+    prediction: PredictionOut | None = None
+
+
+class EvaluationCreate(Strict):
+    overall_quality: Probability
+    scores: dict[ShortName, Probability] = Field(default_factory=dict, max_length=50,
+                                                 description="quality per dimension in [0, 1]; 'timeliness' feeds trust")
+    success: bool | None = Field(None, description="defaults to overall_quality >= 0.5")
+    feedback: Text = ""
+
+
+class EvaluationOut(BaseModel):
+    id: int
+    recommendation_id: int
+    overall_quality: float
+    scores: dict[str, float]
+    success: bool
+    feedback: str
+    created_at: datetime
+
+
+class TrustOut(BaseModel):
+    agent: str
+    trust: float
+    dimensions: dict[str, float | None]
+    confidence_factor: float
+    trend: Literal["improving", "stable", "declining"]
+    evaluations: int
+    trusted: bool
+    boost: float
+
+
+class PatternOut(BaseModel):
+    kind: str
+    condition: dict[str, Any]
+    description: str
+    predicts_success: bool
+    success_rate: float
+    frequency: float
+    support: int
+    confidence: float
+
+
+class PatternsOut(BaseModel):
+    patterns: list[PatternOut]
+    accuracy: float = Field(description="share of covered evaluated recommendations the patterns predict right")
+    coverage: float = Field(description="share of evaluated recommendations some pattern covers")
+
+
+class JobOut(BaseModel):
+    job: str
+    workspace: str
+    summary: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    detail: str

@@ -1,0 +1,163 @@
+"""Tables of the services. Every row belongs to a workspace (a tenant); queries always filter by it.
+
+Experiment variants keep running sums (count, sum, sum of squares) next to the raw outcomes, so an
+analysis after every outcome reads a handful of rows instead of scanning all outcomes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Workspace(Base):
+    __tablename__ = "workspaces"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IdempotencyRecord(Base):
+    """The response of a write, kept under its Idempotency-Key so a retry gets it back instead of writing twice."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("workspace", "key", name="uq_idempotency_workspace_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    status_code: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("workspace", "name", name="uq_experiment_workspace_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    outcome_type: Mapped[str] = mapped_column(String(16))  # binary | continuous
+    allocation: Mapped[str] = mapped_column(String(16))  # equal | thompson | ucb
+    maximize: Mapped[bool] = mapped_column(Boolean, default=True)
+    alpha: Mapped[float] = mapped_column(Float)
+    mixture_scale: Mapped[float] = mapped_column(Float)
+    min_samples_per_variant: Mapped[int] = mapped_column(Integer)
+    max_outcomes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    auto_complete: Mapped[bool] = mapped_column(Boolean, default=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running | completed
+    winner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Always-valid p-value of each treatment against the control: the running minimum over every look.
+    min_p_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    variants: Mapped[list["Variant"]] = relationship(order_by="Variant.position", cascade="all, delete-orphan",
+                                                     back_populates="experiment")
+
+
+class Variant(Base):
+    __tablename__ = "variants"
+    __table_args__ = (UniqueConstraint("experiment_id", "name", name="uq_variant_experiment_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # 0 is the control
+    name: Mapped[str] = mapped_column(String(100))
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[float] = mapped_column(Float, default=0.0)
+    total_squares: Mapped[float] = mapped_column(Float, default=0.0)
+    experiment: Mapped[Experiment] = relationship(back_populates="variants")
+
+
+class ExperimentOutcome(Base):
+    __tablename__ = "experiment_outcomes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"))
+    value: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Recommendation(Base):
+    __tablename__ = "recommendations"
+    __table_args__ = (Index("ix_recommendations_workspace_agent", "workspace", "agent"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    agent: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(100))  # the recommendation's type
+    action: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(200), nullable=True)  # what decision it is about
+    content: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    confidence: Mapped[float] = mapped_column(Float)
+    reasoning: Mapped[str] = mapped_column(Text, default="")
+    evidence: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    evaluation: Mapped["Evaluation | None"] = relationship(back_populates="recommendation", uselist=False,
+                                                          cascade="all, delete-orphan")
+
+
+class Evaluation(Base):
+    """The outcome of one recommendation: quality per dimension, overall quality, success, feedback."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    recommendation_id: Mapped[int] = mapped_column(ForeignKey("recommendations.id", ondelete="CASCADE"), unique=True)
+    scores: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    overall_quality: Mapped[float] = mapped_column(Float)
+    success: Mapped[bool] = mapped_column(Boolean)
+    feedback: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    recommendation: Mapped[Recommendation] = relationship(back_populates="evaluation")
+
+
+class TrustSnapshot(Base):
+    """The last trust computation per agent, written by the trust job (the API also computes it live)."""
+
+    __tablename__ = "trust_snapshots"
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), primary_key=True)
+    agent: Mapped[str] = mapped_column(String(200), primary_key=True)
+    trust: Mapped[float] = mapped_column(Float)
+    dimensions: Mapped[dict[str, Any]] = mapped_column(JSON)
+    confidence_factor: Mapped[float] = mapped_column(Float)
+    trend: Mapped[str] = mapped_column(String(16))
+    evaluations: Mapped[int] = mapped_column(Integer)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Pattern(Base):
+    __tablename__ = "patterns"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    condition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text)
+    predicts_success: Mapped[bool] = mapped_column(Boolean)
+    success_rate: Mapped[float] = mapped_column(Float)
+    frequency: Mapped[float] = mapped_column(Float)
+    support: Mapped[int] = mapped_column(Integer)
+    confidence: Mapped[float] = mapped_column(Float)
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobRun(Base):
+    __tablename__ = "job_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    workspace: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
