@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
-from sqlalchemy import delete, distinct, select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from metalab.services.errors import Conflict, NotFound, Unprocessable
@@ -175,7 +175,7 @@ class TrustService:
         return [EvaluatedOutcome(bool(s), float(q), float(c), _timeliness(scores)) for s, q, c, scores in reversed(rows)]
 
     def agents(self) -> list[str]:
-        return list(self.session.scalars(select(distinct(Recommendation.agent))
+        return list(self.session.scalars(select(Recommendation.agent).distinct()
                                          .where(Recommendation.workspace == self.workspace).order_by(Recommendation.agent)))
 
     def agent_trust(self, agent: str) -> TrustReport:
