@@ -157,3 +157,14 @@ def test_adopting_a_finished_run_made_outside_the_study(tmp_path):
     (outside / ".hydra" / "overrides.yaml").write_text("- +experiment=omniglot/protonet_5w1s\n- seed=1\n")
     with pytest.raises(ConfigError, match="no run of study tiny"):
         adopt(study, outside, runs)
+
+
+def test_unreadable_metrics_on_the_command_line_one_error_line_report_still_written(tmp_path):
+    study = fake_records(tmp_path, {0: "{not json", 1: 97.5})
+    result = metalab("report", str(study.path), "--no-run", "--runs-dir", str(tmp_path / "runs"))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "seed0/metrics.json is unreadable" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    report = (study.folder / "report.md").read_text()
+    assert "| protonet_5w1s | 5w1s % | 97.50 +- 3.00 | 600 episodes (seed 1) |" in report
+    assert (study.records_dir(study.runs[0]) / "metrics.json").read_text() == "{not json"  # left for the user
