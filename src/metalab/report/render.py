@@ -107,7 +107,8 @@ def summary_table(study: Study, collected: Collected, root: Path) -> str:
     if not table:
         lines.append("| (no record yet) | | | | | | |")
     infos = [r.info for records in collected.records.values() for r in records]
-    cpus = sorted({str(i.get("cpu", "unknown")) for i in infos}) or ["n/a"]
+    cpus = sorted({f"{i.get('cpu', 'unknown')} ({', '.join(i.get('cpu_features') or []) or 'features unknown'})"
+                   for i in infos}) or ["n/a"]
     threads = sorted({str(i.get("threads", "?")) for i in infos}) or ["n/a"]
     missing = f"; {len(collected.missing)} planned runs not recorded yet" if collected.missing else ""
     lines += ["", f"Budget `{study.budget}`, {sum(map(len, collected.records.values()))} runs on {'; '.join(cpus)} "

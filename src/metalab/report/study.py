@@ -406,7 +406,7 @@ def adopt(study: Study, run_dir: Path, runs_root: Path) -> Run:
                     "status": "finished", "adopted": True, "wall_seconds": metrics.get("train/wall_seconds"),
                     "finished_at": dt.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime,
                                                              dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    **_machine_summary(), **git_commit(study.root)}
+                    **_machine_summary(), **git_commit(source_root)}  # the commit of the checkout it ran in, now
             (target / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True))
             return run
     raise ConfigError(f"--adopt {run_dir}: no run of study {study.name} (budget {study.budget}) has experiment "
