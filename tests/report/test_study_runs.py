@@ -86,5 +86,10 @@ def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
 
 
 def _epochs_done(run_dir: Path) -> int:
-    checkpoints = list((run_dir / "checkpoints").glob("epoch*.ckpt"))
-    return max((int(p.stem.removeprefix("epoch")) + 1 for p in checkpoints), default=0)
+    """Epochs in the run's last.ckpt (Lightning rewrites it at every epoch's end)."""
+    import torch
+
+    try:
+        return int(torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception:  # not written yet, or being written
+        return 0
