@@ -58,7 +58,7 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "data.train_episodes"))] + [
-        "trainer.max_epochs=6", "data.train_episodes=40"]
+        "trainer.max_epochs=5", "data.train_episodes=300"]
     reference_study = write_study(tmp_path / "reference", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
     assert report(reference_study, tmp_path / "runs_a").returncode == 0
     study = write_study(tmp_path / "interrupted", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
