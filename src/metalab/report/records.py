@@ -16,8 +16,8 @@ traced to a line a command wrote, and tables in the docs are generated from thos
 ``figures`` is one row (a flat dict) or a list of rows, values JSON-serialisable (numbers, strings,
 booleans, None). The record adds, without being asked: the command (``python <script> <args>``, with
 paths relative to the repository), the git commit (and whether the worktree had uncommitted changes),
-the CPU model and its instruction-set features, torch's thread count, ``OMP_NUM_THREADS``, the package
-versions and the UTC date. Records are appended, never rewritten: a rerun adds a line, and a table
+the CPU model and its instruction-set features, torch's thread count, ``OMP_NUM_THREADS``, the load
+average when the record was written (what else was running), the package versions and the UTC date. Records are appended, never rewritten: a rerun adds a line, and a table
 chooses which lines it shows (``last=1``, ``where=...``; see :mod:`metalab.report.tables`).
 
 Files are JSON Lines (``.jsonl``): one record per line, so appends from concurrent runs and diffs stay
@@ -92,6 +92,8 @@ def machine() -> dict[str, Any]:
             "cpu_features": sorted(k for k, v in report["cpu"]["features"].items() if v),
             "usable_cores": report["usable_cores"], "torch_threads": report["torch_threads"],
             "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": report["python"],
+            # what else was running: timings on a shared machine are only comparable at similar load
+            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "packages": {k: v for k, v in report["packages"].items() if v}, "gpu": report["gpu"]}
 
 

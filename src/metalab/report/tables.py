@@ -14,7 +14,8 @@ Options of the opening marker (``key=value``, no spaces inside a value):
 - ``last``: only the newest N records that pass ``where``;
 - ``columns``: figure keys to show, in order, each optionally renamed, ``speedup:speed-up``; default
   every key in order of first appearance;
-- ``context``: record fields shown before the figures (default ``date,commit,cpu,threads``; ``none``);
+- ``context``: record fields shown before the figures (default ``date,commit,cpu,threads,load``; ``none``;
+  ``load`` is the 1/5/15-minute load average when the record was written);
 - ``format``: a Python format spec for floats (default ``.4g``).
 
 A study's results (the rows of its ``report.md``, from its committed run records) go in the same way::
@@ -42,7 +43,8 @@ OPEN = re.compile(r"^<!-- metalab:(?P<kind>table|study) (?P<options>.*?) -->\n",
 CLOSE = "<!-- metalab:end -->"
 CONTEXT_FIELDS = {"date": lambda r: r.get("date", "")[:10], "commit": lambda r: r.get("commit") or "",
                   "cpu": lambda r: _short_cpu(r.get("cpu", "")), "threads": lambda r: r.get("torch_threads", ""),
-                  "benchmark": lambda r: r.get("benchmark", ""), "command": lambda r: f"`{r.get('command', '')}`"}
+                  "benchmark": lambda r: r.get("benchmark", ""), "command": lambda r: f"`{r.get('command', '')}`",
+                  "load": lambda r: "/".join(f"{x:.1f}" for x in r.get("load_average") or []) or "n/a"}
 SKIPPED_FOLDERS = {".venv", ".git", "logs", "node_modules", "metalab.egg-info"}
 
 
@@ -54,7 +56,7 @@ class TableSpec:
     where: list[tuple[str, str]] = field(default_factory=list)
     last: int | None = None
     columns: list[tuple[str, str]] | None = None
-    context: list[str] = field(default_factory=lambda: ["date", "commit", "cpu", "threads"])
+    context: list[str] = field(default_factory=lambda: ["date", "commit", "cpu", "threads", "load"])
     number_format: str = ".4g"
 
     @classmethod
