@@ -57,6 +57,10 @@ PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
 NETWORK = os.environ.get("METALAB_BENCH_NETWORK", "conv4")  # set by --network, inherited likewise
 PEER_LAYOUT = os.environ.get("METALAB_PEER_LAYOUT", "nchw")  # set by --peer-layout, inherited likewise
 NETWORKS = ("conv4", "omniglot_cnn")
+# "wall" (perf_counter) or "cpu" (this process's CPU time: on a machine shared with other jobs, what the
+# steps cost rather than how long they waited for a core); set by --clock
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK_NAME = "wall"
 
 
 def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
@@ -147,11 +151,12 @@ def time_steps(name: str, setting: str, batches, device: str) -> float:
     impl = IMPLS[name](make_model(device, name), first_order, steps)
     meta_step(impl, batches[0])  # warm-up
     sync(device)
-    start = time.perf_counter()
+    clock = CLOCK[CLOCK_NAME]
+    start = clock()
     for b in batches[1:]:
         meta_step(impl, b)
     sync(device)
-    return (len(batches) - 1) / (time.perf_counter() - start)
+    return (len(batches) - 1) / (clock() - start)
 
 
 def memory_worker(name: str, setting: str, steps: int, device: str) -> None:
@@ -288,10 +293,13 @@ def main() -> None:
                         help="conv4 (pooled, default) or omniglot_cnn (learn2learn's OmniglotCNN on both sides)")
     parser.add_argument("--peer-layout", choices=["nchw", "channels_last"], default=None,
                         help="learn2learn's memory layout (default nchw)")
+    parser.add_argument("--clock", choices=list(CLOCK), default="wall",
+                        help="time meta-steps by wall clock (default) or by this process's CPU time (shared machine)")
     parser.add_argument("--note", default="", help="the record's notes: what else ran on the machine, pinning, etc.")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
-    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY, RETAIN_FREED, NETWORK, PEER_LAYOUT
+    global CHUNK_IMAGES, SUPPORT_CHUNK_IMAGES, QUERY, RETAIN_FREED, NETWORK, PEER_LAYOUT, CLOCK_NAME
+    CLOCK_NAME = args.clock
     if args.network is not None:
         NETWORK = args.network
         os.environ["METALAB_BENCH_NETWORK"] = NETWORK
@@ -349,7 +357,7 @@ def main() -> None:
           f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
           f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
           f"allocator {'retain' if RETAIN_FREED else 'glibc default'}, "
-          f"median of {args.rounds} rounds x {args.steps} steps")
+          f"median of {args.rounds} rounds x {args.steps} steps, {CLOCK_NAME} clock")
     print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
           "metalab peak MB | memory ratio | max rel. grad. diff |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -369,7 +377,7 @@ def main() -> None:
          "max_rel_grad_diff": diff} for s, med, mem, diff in rows],
         settings={"device": args.device, "steps": args.steps, "rounds": args.rounds, "chunk_images": CHUNK_IMAGES,
                   "support_chunk_images": SUPPORT_CHUNK_IMAGES, "precision": dict(PRECISION), "network": NETWORK,
-                  "peer_layout": PEER_LAYOUT, "query": QUERY}, notes=args.note or None)
+                  "peer_layout": PEER_LAYOUT, "query": QUERY, "clock": CLOCK_NAME}, notes=args.note or None)
 
 
 if __name__ == "__main__":
