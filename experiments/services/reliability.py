@@ -64,7 +64,7 @@ class Server:
         self.process = subprocess.Popen([*pin, sys.executable, "-m", "metalab", "serve", "--port", str(self.port),
                                          "--database-url", self.url], env=env,
                                         stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 900  # imports alone took 100 s on a core shared by ~40 processes
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.base + "/health", timeout=1).status_code == 200:
