@@ -115,13 +115,13 @@ def load(server: Server, experiment_id: int, clients: int, per_client: int, retr
             for i in range(per_client):
                 unit = f"c{index}-{i}"
                 clock = time.perf_counter()
+                variant, value = "ab"[rng.random() < 0.5], float(rng.random() < 0.3)
                 try:
-                    client.record_outcome(experiment_id, "ab"[rng.random() < 0.5], float(rng.random() < 0.3),
-                                          unit=unit, idempotency_key=unit)
+                    client.record_outcome(experiment_id, variant, value, unit=unit, idempotency_key=unit)
                     latencies[index].append(time.perf_counter() - clock)
                     acknowledged[index].add(unit)
-                    if rng.random() < retry_share:  # the answer "got lost": the client sends it again
-                        client.record_outcome(experiment_id, "ab"[0], 0.0, unit=unit, idempotency_key=unit)
+                    if rng.random() < retry_share:  # the answer "got lost": the client sends the same request again
+                        client.record_outcome(experiment_id, variant, value, unit=unit, idempotency_key=unit)
                 except Exception as error:  # noqa: BLE001 - counted and reported
                     errors.append(f"{unit}: {error!r}"[:300])
 
