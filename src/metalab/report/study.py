@@ -288,10 +288,8 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
         process = subprocess.Popen(command_of(run, run_dir, resume, study.root), cwd=study.root, env=env,
                                    stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         _LIVE.add(process)
-        try:
-            code = process.wait()
-        finally:
-            _LIVE.discard(process)
+        code = process.wait()  # if the study is stopped here, the run stays in _LIVE for stop_live_runs
+        _LIVE.discard(process)
     wall = time.time() - start + float(previous.get("wall_seconds", 0.0))
     finished = code == 0 and (_avalanche_result(run_dir, run) is not None if run.is_avalanche
                               else (run_dir / "metrics.json").is_file())
