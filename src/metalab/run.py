@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,12 +18,14 @@ from typing import Any
 import hydra
 from metalab import kernels
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
+from lightning.pytorch.trainer.states import RunningStage
 import torch
 from hydra.errors import InstantiationException
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
-from metalab.callbacks import TrainThroughput
+from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
 from metalab.precision import PrecisionChoice, resolve_precision
@@ -65,24 +68,33 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
-    trainer: L.Trainer = instantiate(cfg.trainer, precision=precision.precision, callbacks=callbacks,
+    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", precision=precision.precision, callbacks=callbacks,
                                      logger=loggers or False)
 
+    ckpt_path = resolve_ckpt_path(cfg)
     metrics: dict[str, Any] = {}
+    record: dict[str, Any] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
-        trainer.fit(learner, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg))
+        trainer.fit(learner, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics["train/wall_seconds"] = time.perf_counter() - start
         metrics.update(_scalars(trainer.callback_metrics))
+        record["stopped"] = _why_training_stopped(trainer, callbacks)
+        record["checkpoint"] = _final_checkpoint(trainer, callbacks, output_dir, ckpt_path)
+    elif ckpt_path is None:
+        raise ConfigError("train=false is not allowed without ckpt_path: give the checkpoint to test "
+                          "(ckpt_path=<run>/checkpoints/last.ckpt or ckpt_path=last)")
+    else:
+        record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
     if throughput is not None:
         metrics["train/episodes_per_s"] = throughput.episodes_per_second
     if cfg.get("test", True):
-        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else resolve_ckpt_path(cfg))
+        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
         metrics.update(_scalars(trainer.callback_metrics))
 
-    record = {"metrics": metrics, "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
-              "global_step": trainer.global_step, "seed": cfg.seed, "precision": precision.record(),
-              "environment": environment_report()}
+    record.update({"metrics": metrics, "global_step": trainer.global_step, "seed": cfg.seed,
+                   "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
+                   "precision": precision.record(), "environment": environment_report()})
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     _print_summary(metrics, record["targets"], output_dir, throughput.unit if throughput else "episodes")
     key = cfg.get("optimized_metric")
@@ -91,33 +103,110 @@ def train(cfg: DictConfig) -> float | None:
     return metrics.get(key) if key else None
 
 
-def instantiate(node: Any, **kwargs: Any) -> Any:
+def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, but a :class:`MetalabError` raised by a constructor comes out as
-    itself (Hydra wraps it in an InstantiationException, which would end in a traceback)."""
+    itself (Hydra wraps it in an InstantiationException, which would end in a traceback), and Lightning's
+    MisconfigurationException (e.g. ``max_steps=-7``) as a :class:`ConfigError` naming ``key.<field>``."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:
         cause = error.__cause__
-        while cause is not None and not isinstance(cause, MetalabError):
+        while cause is not None and not isinstance(cause, (MetalabError, MisconfigurationException)):
             cause = cause.__cause__
+        if isinstance(cause, MisconfigurationException):
+            raise ConfigError(_name_keys(str(cause), node, key)) from None
         if cause is not None:
             raise cause from None
         raise
 
 
+def _name_keys(message: str, node: Any, key: str | None) -> str:
+    """Lightning's "`max_steps` must be ..." as "trainer.max_steps must be ..." on one line."""
+    if key:
+        message = re.sub(r"`(\w+)`", lambda m: f"{key}.{m[1]}" if m[1] in node else m[0], message)
+        if f"{key}." not in message:
+            message = f"{key}: {message}"
+    return " ".join(message.split())
+
+
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
-    """``ckpt_path=last``: the newest ``last.ckpt`` among this task's runs; otherwise the path as given."""
+    """``ckpt_path=last``: the newest ``last.ckpt`` among this task's runs; otherwise the path as given.
+
+    The file is opened here, so a path that is not a Lightning checkpoint is one clear error up front.
+    """
     path = cfg.get("ckpt_path")
-    if path != "last":
-        if path and not Path(path).is_file():
-            raise ConfigError(f"ckpt_path={path!r} is not allowed: no such checkpoint file")
-        return path
-    runs = Path(cfg.paths.log_dir) / cfg.task_name
-    found = sorted(runs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"ckpt_path=last found no checkpoints/last.ckpt under {runs}; start the run without it")
-    print(f"[metalab] resuming from {found[-1]}")
-    return str(found[-1])
+    if not path:
+        return None
+    if path == "last":
+        runs = Path(cfg.paths.log_dir) / cfg.task_name
+        found = sorted(runs.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"ckpt_path=last found no checkpoints/last.ckpt under {runs}; start the run without it")
+        print(f"[metalab] resuming from {found[-1]}")
+        path = str(found[-1])
+    elif not Path(path).is_file():
+        raise ConfigError(f"ckpt_path={path!r} is not allowed: no such checkpoint file")
+    checkpoint_step(path)
+    return path
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The global step stored in a Lightning checkpoint; :class:`ConfigError` if the file is not one."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as error:  # any unpickling/zip failure means: not a checkpoint
+        raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint "
+                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint (no state_dict)")
+    return int(checkpoint.get("global_step", 0))
+
+
+def _final_checkpoint(trainer: L.Trainer, callbacks: list[Any], output_dir: Path,
+                      resumed_from: str | None) -> dict[str, Any]:
+    """Which checkpoint holds the weights the test metrics come from (the test follows fit directly).
+
+    A run resumed from a checkpoint whose training had already ended trains no step and writes none:
+    its weights are those of ``resumed_from``.
+    """
+    saver = next((c for c in callbacks if isinstance(c, FinalStateCheckpoint)), None)
+    path = saver.last_model_path if saver is not None else ""
+    if (not path or not Path(path).is_file()) and resumed_from and checkpoint_step(resumed_from) == trainer.global_step:
+        path = resumed_from
+    if not path or not Path(path).is_file():
+        return {"path": None, "global_step": None,
+                "note": "no last.ckpt was written (callbacks.model_checkpoint is not a FinalStateCheckpoint)"}
+    step = checkpoint_step(path)
+    if step != trainer.global_step:  # the invariant of issue 25; a failure here is a bug, not a user error
+        raise RuntimeError(f"{path} holds step {step} but training ended at step {trainer.global_step}")
+    return {"path": _shown_path(path, output_dir), "global_step": step}
+
+
+def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str, Any]:
+    """What ended training and where: a signal, max_time, max_steps, max_epochs or a callback (early stopping)."""
+    signal_stop = next((c.received for c in callbacks if isinstance(c, StopOnSignal) and c.received), None)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    if signal_stop:
+        reason = f"signal {signal_stop}"
+    elif timer is not None and (timer.time_remaining() or 0) <= 0:
+        reason = "max_time"
+    elif max_steps not in (None, -1) and trainer.global_step >= max_steps:
+        reason = "max_steps"
+    elif max_epochs not in (None, -1) and trainer.current_epoch >= max_epochs:
+        reason = "max_epochs"
+    else:
+        reason = "a callback (e.g. early stopping)"
+    return {"reason": reason, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
+            "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None}
+
+
+def _shown_path(path: str | Path, output_dir: Path) -> str:
+    """``path`` relative to the run directory when inside it (records carry no machine paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(output_dir.resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _announce(precision: PrecisionChoice) -> None:

@@ -1,6 +1,8 @@
-"""Lightning callbacks used by every run: training throughput and RNG state in checkpoints."""
+"""Lightning callbacks used by every run: throughput, RNG state and the final state in checkpoints, signals."""
 
+from metalab.callbacks.checkpoint import FinalStateCheckpoint
 from metalab.callbacks.rng import RNGStateInCheckpoint
+from metalab.callbacks.signals import StopOnSignal
 from metalab.callbacks.throughput import TrainThroughput
 
-__all__ = ["RNGStateInCheckpoint", "TrainThroughput"]
+__all__ = ["FinalStateCheckpoint", "RNGStateInCheckpoint", "StopOnSignal", "TrainThroughput"]

@@ -112,13 +112,18 @@ class EpochEpisodeSampler(Sampler[int]):
     """
 
     def __init__(self, n: int) -> None:
-        self.n, self.epoch = n, 0
+        self.n, self.epoch, self._skip = n, 0, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def skip_next(self, n: int) -> None:
+        """Start the next pass ``n`` episodes in (a run resumed mid-epoch, ``metalab.data.resumable``)."""
+        self._skip = n
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.epoch * self.n, (self.epoch + 1) * self.n))
+        skip, self._skip = self._skip, 0
+        return iter(range(self.epoch * self.n + skip, (self.epoch + 1) * self.n))

@@ -16,6 +16,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from metalab.data.episodes import EpisodeDataset, EpisodeSource, EpisodeSpec, EpochEpisodeSampler
+from metalab.data.resumable import ResumableDataLoader
 from metalab.errors import ConfigError
 
 TRAIN_STREAM, VAL_STREAM = 0, 1
@@ -77,7 +78,7 @@ class FewShotDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = EpisodeDataset(self.pools["train"], self.train_spec, self.train_episodes * self.tasks_per_batch,
                             self.seed, TRAIN_STREAM)
-        return self._loader(ds, self.tasks_per_batch, EpochEpisodeSampler(len(ds)))
+        return self._loader(ds, self.tasks_per_batch, EpochEpisodeSampler(len(ds)), loader=ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
         ds = EpisodeDataset(self.pools["val"], self.val_spec, self.val_episodes, self.eval_seed, VAL_STREAM)
@@ -92,9 +93,10 @@ class FewShotDataModule(L.LightningDataModule):
             for name, spec in self.test_specs.items()
         ]
 
-    def _loader(self, ds: EpisodeDataset, batch: int, sampler: Any = None) -> DataLoader:
-        return DataLoader(ds, batch_size=batch, sampler=sampler, shuffle=False, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+    def _loader(self, ds: EpisodeDataset, batch: int, sampler: Any = None,
+                loader: type[DataLoader] = DataLoader) -> DataLoader:
+        return loader(ds, batch_size=batch, sampler=sampler, shuffle=False, num_workers=self.num_workers,
+                      persistent_workers=self.num_workers > 0)
 
 
 def _spec(cfg: Mapping[str, int], key: str) -> EpisodeSpec:

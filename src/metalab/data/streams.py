@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metalab.data.files import locate
+from metalab.data.resumable import ResumableDataLoader
 from metalab.errors import ConfigError, DataError, require
 
 Batch = dict[str, torch.Tensor]
@@ -90,15 +91,20 @@ class SeededBatchSampler(Sampler[list[int]]):
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, epoch: int, drop_last: bool = False) -> None:
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
-        self.seed, self.epoch = seed, epoch
+        self.seed, self.epoch, self._skip = seed, epoch, 0
+
+    def skip_next(self, batches: int) -> None:
+        """Start the next pass ``batches`` batches in (a run resumed mid-epoch, ``metalab.data.resumable``)."""
+        self._skip = batches
 
     def __iter__(self) -> Iterator[list[int]]:
+        skip, self._skip = self._skip, 0
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
             order = torch.randperm(self.n, generator=gen)
         else:
             order = torch.arange(self.n)
-        for start in range(0, self.n, self.batch_size):
+        for start in range(skip * self.batch_size, self.n, self.batch_size):
             chunk = order[start:start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 return
@@ -262,7 +268,7 @@ class SplitStreamDataModule(L.LightningDataModule):
         if epoch is None:
             epoch = self.trainer.current_epoch if self._has_trainer() else 0
         sampler = SeededBatchSampler(len(data), batch_size or self.batch_size, shuffle, self.seed, epoch)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
+        return ResumableDataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
 
     def task_test_loader(self, task: int) -> DataLoader:
         data = TaskDataset([self.test_tasks[task]])
