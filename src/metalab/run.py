@@ -26,6 +26,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
+from metalab.budget import FitHorizonToTimeBudget
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
 from metalab.precision import PrecisionChoice, resolve_precision
@@ -192,13 +193,16 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
     elif timer is not None and (timer.time_remaining() or 0) <= 0:
         reason = "max_time"
     elif max_steps not in (None, -1) and trainer.global_step >= max_steps:
-        reason = "max_steps"
+        fitted = any(isinstance(c, FitHorizonToTimeBudget) and c.horizon == max_steps for c in callbacks)
+        reason = "max_steps (the schedule's horizon fitted to max_time)" if fitted else "max_steps"
     elif max_epochs not in (None, -1) and trainer.current_epoch >= max_epochs:
         reason = "max_epochs"
     else:
         reason = "a callback (e.g. early stopping)"
+    budget = next((c.state_dict() for c in callbacks if isinstance(c, FitHorizonToTimeBudget)), None)
     return {"reason": reason, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
-            "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None}
+            "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None,
+            "time_budget": budget}
 
 
 def _shown_path(path: str | Path, output_dir: Path) -> str:
