@@ -26,6 +26,12 @@ def run_train(*args: str, env_extra: dict | None = None) -> subprocess.Completed
         (["data.test=[5w0s]"], "error: data.test[5w0s].shot=0 is not allowed: must be >= 1"),
         (["data.val.shot=-1"], "error: data.val.shot=-1 is not allowed: must be >= 1"),
         (["paths.data_dir=/nonexistent/place"], "error: data file 'omniglot/omniglot.npz' not found; looked in: /nonexistent/place"),
+        (["learner.optimizer.lr=fast"],
+         "error: learner.optimizer.lr='fast' is not allowed: learner.optimizer.lr must be a number (the config has 0.001)"),
+        (["trainer.precision=fp7"], "error: trainer.precision='fp7' is not allowed: must be auto or one of "),
+        (["++trainer.max_steps=-7"], "error: trainer.max_steps must be a non-negative integer or -1 (infinite steps). "
+                                     "You passed in -7."),
+        (["logger=null"], "error: "),
     ],
 )
 def test_bad_input_gives_one_error_line(args, expected):
@@ -34,3 +40,15 @@ def test_bad_input_gives_one_error_line(args, expected):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_a_file_that_is_not_a_checkpoint_gives_one_error_line(tmp_path):
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"these bytes are no checkpoint\n" * 10)
+    for extra in ([], ["train=false"]):
+        result = run_train(f"ckpt_path={garbage}", *extra)
+        assert result.returncode == 2, result.stderr[-2000:]
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and errors[0].startswith(f"error: ckpt_path='{garbage}' is not allowed: not a Lightning "
+                                                         "checkpoint"), result.stderr[-2000:]
+        assert "Traceback" not in result.stderr

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -28,13 +30,39 @@ def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) ->
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
             compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+            message = _wrongly_typed_value(config_name, overrides, conf_dir)
     except MissingConfigException as error:
-        print(f"error: {_missing_option(error, conf_dir)}", file=sys.stderr)
-        sys.exit(2)
-    except (HydraException, OmegaConfBaseException) as error:
+        message = _missing_option(error, conf_dir)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
         cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
-        print(f"error: {_gist(str(error))}{cause}", file=sys.stderr)
+        message = f"{_gist(str(error))}{cause}"
+    if message:
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def _wrongly_typed_value(config_name: str, overrides: list[str], conf_dir: Path) -> str | None:
+    """A value override that puts text where the config holds a number (``learner.optimizer.lr=fast``).
+
+    The numbers are read from the config composed with the group choices alone (``+experiment=...``,
+    ``data=...``), so an experiment's own values count; the message names the key and the value it had.
+    """
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    groups = [o.input_line for o in parsed if _is_group_choice(o.key_or_group, conf_dir)]
+    base = compose(config_name=config_name, overrides=groups)
+    for override in parsed:
+        if override.is_delete() or override.is_sweep_override() or _is_group_choice(override.key_or_group, conf_dir):
+            continue
+        value, before = override.value(), OmegaConf.select(base, override.key_or_group, default=None)
+        if isinstance(before, (int, float)) and not isinstance(before, bool) and isinstance(value, str):
+            return (f"{override.key_or_group}={value!r} is not allowed: {override.key_or_group} must be a number "
+                    f"(the config has {before!r})")
+    return None
+
+
+def _is_group_choice(key: str, conf_dir: Path) -> bool:
+    """``data``, ``learner/method``, ``experiment``: keys that choose a config file, not set a value."""
+    return "/" in key or (conf_dir / key).is_dir()
 
 
 def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:

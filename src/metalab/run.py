@@ -154,10 +154,11 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
 def checkpoint_step(path: str | Path) -> int:
     """The global step stored in a Lightning checkpoint; :class:`ConfigError` if the file is not one."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # any unpickling/zip failure means: not a checkpoint
+        first_line = (str(error).splitlines() or ["unreadable"])[0]
         raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint "
-                          f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'unreadable'})") from None
+                          f"(torch.load: {type(error).__name__}: {first_line})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint (no state_dict)")
     return int(checkpoint.get("global_step", 0))
