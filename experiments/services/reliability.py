@@ -177,8 +177,6 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
                 spec = s.ExperimentCreate(name=name, variants=["a", "b"], auto_complete=False)
                 return client.create_experiment(spec).id
             load_id, kill_id = experiment("load"), experiment("kill")
-        if args.schemathesis_examples > 0:
-            result["schemathesis"] = run_schemathesis(server, args.schemathesis_examples, workdir)
         per_client = args.outcomes // args.clients
         run = load(server, load_id, args.clients, per_client, args.retry_share)
         result["load"] = {"clients": args.clients, "outcomes": per_client * args.clients, "retry_share": args.retry_share,
@@ -197,6 +195,9 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
                              "client_error_count": len(run["errors"]), "client_errors": run["errors"][:5],
                              **verify(server, kill_id, run["acknowledged"], kill_per_client * args.clients)}
         print(backend, "sigkill", result["sigkill"], flush=True)
+        # last: its generated requests complete and create experiments at random
+        if args.schemathesis_examples > 0:
+            result["schemathesis"] = run_schemathesis(server, args.schemathesis_examples, workdir)
     finally:
         server.stop()
         if pg is not None:
