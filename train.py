@@ -8,6 +8,8 @@ a missing or corrupt data file) end with one ``error:`` line and exit status 2, 
 import sys
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from metalab.cli_errors import exit_on_bad_overrides
@@ -23,6 +25,8 @@ def main(cfg: DictConfig) -> float | None:
         return train(cfg)
     except MetalabError as error:
         print(f"error: {error}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep records this trial as failed and goes on; exiting would end the sweep
         sys.exit(2)
 
 
