@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "metalab.environment",
     "metalab.report.cli",
     "metalab.services.commands",
+    "metalab.sweeps.runner",
 ]
 
 

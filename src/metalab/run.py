@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 from metalab import kernels
@@ -43,8 +43,11 @@ def _wandb_mode() -> str:
 OmegaConf.register_new_resolver("metalab_wandb_offline", lambda: _wandb_mode() == "offline", replace=True)
 
 
-def train(cfg: DictConfig) -> float | None:
-    """Fit and test the learner described by ``cfg``; return ``cfg.optimized_metric`` (for sweeps)."""
+def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float | None:
+    """Fit and test the learner described by ``cfg``; return ``cfg.optimized_metric`` (for sweeps).
+
+    ``extra_callbacks``: objects that cannot come from config, such as a sweep's pruning callback, which
+    holds its live Optuna trial."""
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -62,7 +65,7 @@ def train(cfg: DictConfig) -> float | None:
     _announce(precision)
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     learner: L.LightningModule = instantiate(cfg.learner, backbone=instantiate(cfg.model))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     for logger in loggers:  # the whole resolved config, so a W&B run carries it (not only the module's hparams)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

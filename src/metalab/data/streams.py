@@ -190,6 +190,19 @@ def _subsample(tasks: list[TaskSplit], per_task: int | None, seed: int) -> list[
     return out
 
 
+def _hold_out(tasks: list[TaskSplit], per_task: int, seed: int) -> tuple[list[TaskSplit], list[TaskSplit]]:
+    """Split each task's training examples into (kept for training, ``per_task`` held out for validation)."""
+    kept, held = [], []
+    for t in tasks:
+        require(per_task < len(t), "data.validation_examples_per_task", f"below the {len(t)} training examples "
+                f"of task {t.task}", per_task)
+        order = torch.randperm(len(t), generator=torch.Generator().manual_seed(seed * 1000 + t.task))
+        out, keep = order[:per_task].sort().values, order[per_task:].sort().values
+        kept.append(TaskSplit(t.x[keep].contiguous(), t.y[keep], t.task))
+        held.append(TaskSplit(t.x[out].contiguous(), t.y[out], t.task))
+    return kept, held
+
+
 class SplitStreamDataModule(L.LightningDataModule):
     """Split CIFAR-10 / Split MNIST as a sequence of tasks (see the module docstring).
 
@@ -197,14 +210,22 @@ class SplitStreamDataModule(L.LightningDataModule):
     every seed and method, drawn with ``subset_seed``), for CPU budgets; ``null`` keeps all.
     ``cumulative``: the training loader of task t serves tasks 0..t together (joint training, the
     ceiling); the continual learner sets it from its method.
+    ``eval_split``: ``test`` evaluates on the test set; ``validation`` holds out ``validation_examples_per_task``
+    random training examples of each task (drawn with ``subset_seed``, never trained on) and evaluates on
+    them instead, under the same metric names, so a hyperparameter sweep selects without seeing the test set.
     """
 
     def __init__(self, dataset: str = "cifar10", n_tasks: int = 5, classes_per_task: int = 2,
                  class_order_seed: int | None = None, epochs_per_task: int = 1, batch_size: int = 32,
                  eval_batch_size: int = 256, train_examples_per_task: int | None = None,
                  test_examples_per_task: int | None = None, subset_seed: int = 0, seed: int = 0,
-                 data_dir: str | None = None, num_workers: int = 0) -> None:
+                 data_dir: str | None = None, num_workers: int = 0, eval_split: str = "test",
+                 validation_examples_per_task: int = 1000) -> None:
         super().__init__()
+        require(eval_split in ("test", "validation"), "data.eval_split", "test or validation", eval_split)
+        require(validation_examples_per_task >= 1, "data.validation_examples_per_task", "at least 1",
+                validation_examples_per_task)
+        self.eval_split, self.validation_examples_per_task = eval_split, validation_examples_per_task
         require(dataset in DATASETS, "data.dataset", f"one of {', '.join(DATASETS)}", dataset)
         require(n_tasks >= 1, "data.n_tasks", "at least 1", n_tasks)
         require(classes_per_task >= 1, "data.classes_per_task", "at least 1", classes_per_task)
@@ -244,6 +265,8 @@ class SplitStreamDataModule(L.LightningDataModule):
         x_tr, y_tr, x_te, y_te = tensors
         train = split_by_task(x_tr, y_tr, self.class_order, self.classes_per_task, "train")
         test = split_by_task(x_te, y_te, self.class_order, self.classes_per_task, "test")
+        if self.eval_split == "validation":
+            train, test = _hold_out(train, self.validation_examples_per_task, self.subset_seed + 2)
         self.train_tasks = _subsample(train, self.train_examples_per_task, self.subset_seed)
         self.test_tasks = _subsample(test, self.test_examples_per_task, self.subset_seed + 1)
 
