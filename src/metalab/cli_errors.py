@@ -20,12 +20,13 @@ from omegaconf.errors import OmegaConfBaseException
 def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) -> None:
     """Compose ``config_name`` with the command-line overrides; on failure print one line and exit 2.
 
-    Skipped when Hydra flags are given (``-m`` sweeps, whose overrides only the sweeper parses,
-    ``--cfg``, ``--help``, ...): Hydra then reports as usual.
+    Skipped when Hydra flags other than ``-m`` are given (``--cfg``, ``--help``, ...): Hydra then reports
+    as usual. With ``-m``, the overrides that are not sweeps (``a=1,2``, ``choice(...)``) are checked, so
+    an unknown ``hparams_search`` or sampler is one line too.
     """
-    if any(a.startswith("-") for a in argv):
+    if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return
-    overrides = list(argv)
+    overrides = [a for a in argv if not a.startswith("-") and not _is_sweep(a)]
     conf_dir = Path(sys.argv[0]).resolve().parent / config_dir
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
@@ -65,10 +66,23 @@ def _is_group_choice(key: str, conf_dir: Path) -> bool:
     return "/" in key or (conf_dir / key).is_dir()
 
 
+def _is_sweep(override: str) -> bool:
+    """Whether an override sweeps several values (only a sweeper can read it); unparsable ones are not."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except HydraException:
+        return False
+
+
 def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:
     """``unknown experiment 'omniglot/x'; available: ...`` for a config group option that does not exist."""
     missing = str(error.missing_cfg_file or "")
     group, _, name = missing.rpartition("/")
+    listed = [line.strip() for line in str(error).splitlines() if line.startswith("\t")]
+    if group.startswith("hydra/") and listed:  # e.g. hydra/sweeper/sampler: Hydra lists plugin options too
+        return f"unknown {group} {name!r}; available: {', '.join(sorted(listed))}"
     top = group.split("/")[0] if group else ""
     options = sorted(
         str(p.relative_to(conf_dir / top).with_suffix("")) for p in (conf_dir / top).rglob("*.yaml")

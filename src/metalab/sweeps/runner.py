@@ -97,7 +97,10 @@ class SweepConfig:
             raise ConfigError("no search space: add hparams_search=<name> (conf/hparams_search/: "
                               f"{', '.join(_options(conf_dir, 'hparams_search'))})")
         self.conf_dir, self.overrides, self.pruner = conf_dir, overrides, pruner
-        self.space: SearchSpace = read_search_space(sweeper.params)
+        # as Hydra's sweeper does: command-line overrides join the params and outrank them (a sweep there,
+        # e.g. model.hidden=choice(8,16), is searched; a plain value is fixed); pruner.* only shapes the pruner
+        self.space: SearchSpace = read_search_space(
+            sweeper.params, [o for o in overrides if not o.lstrip("+~").startswith("pruner")])
         self.sampler_node = sweeper.sampler
         self.direction = _direction(sweeper.direction)
         self.study_name: str = sweeper.study_name or "metalab"
@@ -125,7 +128,7 @@ class SweepConfig:
         return self.log_dir / "sweeps" / study_name
 
     def trial_config(self, params: dict[str, Any], output_dir: Path, extra: list[str] = ()) -> DictConfig:
-        cfg = compose(self.conf_dir, self.overrides + self.space.trial_overrides(params) + list(extra))
+        cfg = compose(self.conf_dir, self.space.trial_overrides(params) + list(extra))
         with open_dict(cfg):
             cfg.paths.output_dir = str(output_dir)
         return cfg
