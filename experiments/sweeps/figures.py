@@ -155,6 +155,19 @@ def ewc_block(root: Path) -> None:
     append_record(OUT, row, benchmark="ewc_sweep", command=command_of(rec),
                   settings={"budget": "2000 train examples/task, 1 epoch/task, batch 10, 1 thread; 1000 held-out/task"})
     print(row)
+    test_rows = []
+    for label in ("defaults", "best"):
+        run = load(root, f"ewc_{label}_test")
+        m = metrics(root / f"logs/sweeps/ewc_tpe/evaluate_{label}_seed1_test/metrics.json")
+        if run and m:  # task-IL on the 5 tasks' test sets; continual runs have one score, no episode CI
+            test_rows.append({"config": label, "seed": 1, "test_task_il_acc": round(m["test/task_il/acc"], 2),
+                              "test_class_il_acc": round(m["test/class_il/acc"], 2), "cpu_s": run["cpu_seconds"],
+                              "command": command_of(run)})
+    if len(test_rows) == 2:
+        test_rows[1]["test_error_reduction_pct"] = rer(test_rows[0]["test_task_il_acc"], test_rows[1]["test_task_il_acc"])
+    if test_rows:
+        append_record(OUT, test_rows, benchmark="ewc_retrain_test", command=" ; ".join(r.pop("command") for r in test_rows))
+        print(test_rows)
 
 
 def workers_block(root: Path) -> None:

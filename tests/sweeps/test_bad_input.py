@@ -23,7 +23,8 @@ def error_lines(capsys) -> list[str]:
     (["hydra/sweeper/sampler=nosuch"], "unknown sampler 'nosuch'; available: cmaes, gp"),
     (["hparams_search=nosuch"], "unknown hparams_search 'nosuch'; available: ewc_optuna, protonet_optuna"),
     (["hydra.sweeper.params={}"], "nothing to search"),
-    (["+hydra.sweeper.params.model.hidden=choice()"], "hydra.sweeper.params.model.hidden"),
+    (["model.hidden=choice()"], "model.hidden: cannot read 'choice()'"),
+    (["model.hidden=choice(8,"], "model.hidden: cannot read"),
     (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/optuna"], "cannot be reached"),
 ])
 def test_runner_refuses_bad_input_with_one_line(extra, message, capsys, tmp_path, monkeypatch):

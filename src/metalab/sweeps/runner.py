@@ -36,7 +36,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from metalab.errors import ConfigError, MetalabError
-from metalab.sweeps.space import SearchSpace, read_search_space
+from metalab.sweeps.space import SearchSpace, is_sweep, read_search_space
 from metalab.sweeps.storage import describe, open_storage
 
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process that runs a trial
@@ -114,12 +114,9 @@ class SweepConfig:
 
     @classmethod
     def compose(cls, conf_dir: Path, overrides: list[str], pruner_name: str) -> "SweepConfig":
-        cfg = compose(conf_dir, list(overrides) + [f"+pruner={pruner_name}"], hydra_node=True)
-        try:
-            pruner = instantiate_node(cfg.pruner, "pruner")
-        except ConfigError:
-            raise
-        return cls(conf_dir, list(overrides), cfg, pruner)
+        plain = [o for o in overrides if not is_sweep(o)]  # sweeps are for the search space, not for compose
+        cfg = compose(conf_dir, plain + [f"+pruner={pruner_name}"], hydra_node=True)
+        return cls(conf_dir, list(overrides), cfg, instantiate_node(cfg.pruner, "pruner"))
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return instantiate_node(self.sampler_node, "hydra.sweeper.sampler")

@@ -65,6 +65,17 @@ def read_search_space(params: Mapping[str, Any] | None, extra_arguments: list[st
     return SearchSpace(distributions, fixed)
 
 
+def is_sweep(override: str) -> bool:
+    """Whether a command-line override sweeps (``key=choice(...)``, ``key=1,2``); a malformed one is a ConfigError."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override).is_sweep_override()
+    except HydraException as error:
+        key, _, value = override.partition("=")
+        raise ConfigError(f"{key}: cannot read {value!r} ({_first_line(error)})") from None
+
+
 def _check_distribution(key: str, distribution: BaseDistribution) -> None:
     low, high = getattr(distribution, "low", None), getattr(distribution, "high", None)
     if low is not None and high is not None and low > high:
