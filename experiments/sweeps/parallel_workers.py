@@ -8,7 +8,7 @@ Three phases, each a fresh study of ``--trials`` tiny ProtoNet trials driven by 
 3. a worker is killed with SIGKILL in the middle of a trial; a new worker then runs: the killed trial must
    be marked FAIL, its parameters re-queued and completed, and the study must still answer ``best_trial``.
 
-``postgres`` starts a throw-away server (``tests/postgres_server.py``) and stops it after. Writes a JSON
+``postgres`` starts a throw-away server (``metalab.services.store.postgres_server``) and stops it after. Writes a JSON
 record to ``experiments/sweeps/records/workers_<storage>.json``. Wall times on a shared machine depend on
 the other processes: the record keeps the load average beside them.
 """
@@ -29,7 +29,6 @@ from pathlib import Path
 import optuna
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "experiments" / "sweeps"))
 
 from record_run import commit, machine_load  # noqa: E402
@@ -99,10 +98,10 @@ def storage_url(kind: str, folder: Path):
     if kind == "journal":
         yield lambda name: f"journal:{folder / name}.log"
     else:
-        from postgres_server import running_postgres
+        from metalab.services.store.postgres_server import TemporaryPostgres
 
-        with running_postgres() as url:
-            yield lambda name: url
+        with TemporaryPostgres(database="optuna") as server:
+            yield lambda name: server.url
 
 
 def main() -> int:
