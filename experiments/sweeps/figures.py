@@ -142,23 +142,22 @@ def pruning_block(root: Path) -> None:
 
 
 def ewc_block(root: Path) -> None:
-    rec = load(root, "ewc_sweep")
-    if rec is None:
-        raise FileNotFoundError("ewc_sweep.json")
-    storage = f"sqlite:///{root}/logs/optuna/split_mnist_ewc.db"
-    sweep = study_figures(root, storage, "ewc_tpe")
-    dv = metrics(next(iter(sorted((root / "logs/sweeps").glob("ewc*/evaluate_defaults/metrics.json"))), Path("/nonexistent")))
-    row = {"what": "EWC Split MNIST sweep (validation, task-IL)", **sweep, "default_val_acc": round(dv.get("test/task_il/acc", math.nan), 2),
-           "sweep_cpu_s": rec["cpu_seconds"], "sweep_wall_s": rec["wall_seconds"]}
+    storage = f"journal:{root}/logs/optuna/ewc.journal"
+    sweep = study_figures(root, storage, "ewc")
+    cpu, wall, commands = sweep_cpu(root, "ewc")
+    default_val = load(root, "ewc_defaults_val")
+    dv = metrics(root / "logs/sweeps/ewc/evaluate_defaults/metrics.json")
+    row = {"what": "EWC Split MNIST sweep (validation, task-IL)", **sweep,
+           "default_val_acc": round(dv.get("test/task_il/acc", math.nan), 2), "sweep_cpu_s": cpu, "sweep_wall_s": wall}
     if "best_value" in sweep and dv:
         row["val_error_reduction_pct"] = rer(dv["test/task_il/acc"], sweep["best_value"])
-    append_record(OUT, row, benchmark="ewc_sweep", command=command_of(rec),
+    append_record(OUT, row, benchmark="ewc_sweep", command=" ; ".join(commands + ([command_of(default_val)] if default_val else [])),
                   settings={"budget": "2000 train examples/task, 1 epoch/task, batch 10, 1 thread; 1000 held-out/task"})
     print(row)
     test_rows = []
     for label in ("defaults", "best"):
         run = load(root, f"ewc_{label}_test")
-        m = metrics(root / f"logs/sweeps/ewc_tpe/evaluate_{label}_seed1_test/metrics.json")
+        m = metrics(root / f"logs/sweeps/ewc/evaluate_{label}_seed1_test/metrics.json")
         if run and m:  # task-IL on the 5 tasks' test sets; continual runs have one score, no episode CI
             test_rows.append({"config": label, "seed": 1, "test_task_il_acc": round(m["test/task_il/acc"], 2),
                               "test_class_il_acc": round(m["test/class_il/acc"], 2), "cpu_s": run["cpu_seconds"],
