@@ -22,7 +22,7 @@ def error_lines(capsys) -> list[str]:
     (["--pruner", "nosuch"], "unknown pruner 'nosuch'; available: hyperband, median, none"),
     (["hydra/sweeper/sampler=nosuch"], "unknown sampler 'nosuch'; available: cmaes, gp"),
     (["hparams_search=nosuch"], "unknown hparams_search 'nosuch'; available: ewc_optuna, protonet_optuna"),
-    (["hydra.sweeper.params={}"], "nothing to search"),
+    (["hydra.sweeper.params=null"], "nothing to search"),
     (["model.hidden=choice()"], "model.hidden: cannot read 'choice()'"),
     (["model.hidden=choice(8,"], "model.hidden: cannot read"),
     (["--storage", "postgresql+psycopg://postgres@127.0.0.1:1/optuna"], "cannot be reached"),
@@ -48,7 +48,7 @@ def test_no_search_space_without_hparams_search(capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra, message", [
     (["hydra/sweeper/sampler=nosuch"], "unknown hydra/sweeper/sampler 'nosuch'; available: cmaes, gp,"),
-    (["hydra.sweeper.params={}"], "hydra.sweeper.params has nothing to search"),
+    (["hydra.sweeper.params=null"], "hydra.sweeper.params has nothing to search"),
     (["hydra.sweeper.storage=postgresql+psycopg://postgres@127.0.0.1:1/optuna"], "cannot be reached"),
 ])
 def test_hydra_sweep_refuses_bad_input_with_one_line(extra, message, tmp_path):

@@ -93,7 +93,7 @@ class SweepConfig:
 
     def __init__(self, conf_dir: Path, overrides: list[str], cfg: DictConfig, pruner: optuna.pruners.BasePruner):
         sweeper = cfg.hydra.sweeper
-        if "params" not in sweeper:
+        if "sampler" not in sweeper:  # Hydra's basic sweeper (no hparams_search): nothing to sample with
             raise ConfigError("no search space: add hparams_search=<name> (conf/hparams_search/: "
                               f"{', '.join(_options(conf_dir, 'hparams_search'))})")
         self.conf_dir, self.overrides, self.pruner = conf_dir, overrides, pruner
