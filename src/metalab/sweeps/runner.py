@@ -278,17 +278,18 @@ def _options(conf_dir: Path, group: str) -> list[str]:
 
 
 def _process_alive(pid: int) -> bool:
-    """Whether ``pid`` runs on this host (a killed but not yet reaped process, a zombie, counts as gone)."""
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.is_file():
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-        except (OSError, IndexError):
-            return False
+    """Whether ``pid`` runs on this host. A killed but not yet reaped process (a zombie) counts as gone;
+    ``/proc`` is read for that only when it shows this process's own PID namespace (in a container it may
+    not, and its numbers would then name other processes)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    if Path("/proc/self").resolve().name != str(os.getpid()):
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
