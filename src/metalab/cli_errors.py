@@ -80,7 +80,8 @@ def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:
     """``unknown experiment 'omniglot/x'; available: ...`` for a config group option that does not exist."""
     missing = str(error.missing_cfg_file or "")
     group, _, name = missing.rpartition("/")
-    listed = [line.strip() for line in str(error).splitlines() if line.startswith("\t")]
+    listed = [line.strip() for line in str(error).splitlines()  # option names, not the search path's lines
+              if line.startswith("\t") and "=" not in line and " " not in line.strip()]
     if group.startswith("hydra/") and listed:  # e.g. hydra/sweeper/sampler: Hydra lists plugin options too
         return f"unknown {group} {name!r}; available: {', '.join(sorted(listed))}"
     top = group.split("/")[0] if group else ""
