@@ -113,7 +113,7 @@ def load(server: Server, experiment_id: int, clients: int, per_client: int, retr
         rng = random.Random(index)
         with _client(server) as client:
             for i in range(per_client):
-                unit = f"c{index}-{i}"
+                unit = f"e{experiment_id}-c{index}-{i}"  # keys are per workspace: unique across runs
                 clock = time.perf_counter()
                 variant, value = "ab"[rng.random() < 0.5], float(rng.random() < 0.3)
                 try:
