@@ -18,9 +18,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import data_available  # noqa: E402
 from helpers import TINY_PROTONET, compose_run  # noqa: E402
 
+from metalab.data.files import candidate_dirs  # noqa: E402
 from metalab.learners.meta.protonet import ProtoNet  # noqa: E402
 from metalab.run import train  # noqa: E402
 
@@ -129,7 +129,8 @@ SPLIT_MNIST = ["+experiment=split_mnist/ewc", "data.train_examples_per_task=40",
                "trainer.accelerator=cpu", "logger=csv", "learner.plot=false"]
 
 
-@pytest.mark.skipif(not data_available("mnist/mnist.npz"), reason="shared/data/mnist not found")
+@pytest.mark.skipif(not any((d / "mnist/mnist.npz").is_file() for d in candidate_dirs()),
+                    reason="shared/data/mnist not found")
 def test_continual_run_stopped_mid_task_is_retested_identically_from_last_ckpt(tmp_path):
     run = tmp_path / "run"
     train(compose_run(run, SPLIT_MNIST + ["trainer.max_steps=10"]))  # task 2, after 2 of its 4 batches
