@@ -17,7 +17,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from metalab.data.streams import SplitStreamDataModule, task_il_mask
+from metalab.data.streams import SplitStreamDataModule
+from metalab.learners.continual.loop import PlainLearner, evaluate_all_tasks
 from metalab.metrics.continual import summarise
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,28 +53,13 @@ class EpochTimer(L.Callback):
         self.batches.append(self._n)
 
 
-@torch.no_grad()
 def evaluate_row(model: torch.nn.Module, stream: SplitStreamDataModule, channels_last: bool = False
                  ) -> dict[str, list[float]]:
-    """Class-IL and task-IL accuracy (%) of ``model`` on every task of ``stream`` (ours and peers alike)."""
-    was_training = model.training
-    model.eval()
-    out: dict[str, list[float]] = {"class_il": [], "task_il": []}
-    for task in range(stream.n_tasks):
-        correct = {"class_il": 0, "task_il": 0}
-        total = 0
-        for batch in stream.task_test_loader(task):
-            x = batch["x"].contiguous(memory_format=torch.channels_last) if channels_last and batch["x"].dim() == 4 \
-                else batch["x"]
-            logits = model(x).float()
-            mask = task_il_mask(batch["task"], logits.shape[-1], stream.classes_per_task)
-            correct["class_il"] += int((logits.argmax(-1) == batch["y"]).sum())
-            correct["task_il"] += int((logits.masked_fill(~mask, float("-inf")).argmax(-1) == batch["y"]).sum())
-            total += len(batch["y"])
-        for key in out:
-            out[key].append(100.0 * correct[key] / total)
-    model.train(was_training)
-    return out
+    """Class-IL and task-IL accuracy (%) of ``model`` on every task of ``stream`` (ours and peers alike),
+    by the same evaluation our learner runs (:func:`metalab.learners.continual.loop.evaluate_all_tasks`)."""
+    prepare = PlainLearner(model, None, [], channels_last=channels_last).prepare
+    scores = evaluate_all_tasks(model, stream, prepare)
+    return {scenario: [score.accuracy(scenario) for score in scores] for scenario in ("class_il", "task_il")}
 
 
 def summary_from_rows(rows: list[dict[str, list[float]]], initial: dict[str, list[float]] | None) -> dict[str, Any]:

@@ -5,9 +5,10 @@ so every method runs in its expensive state: EWC with its penalty (Fisher of tas
 full buffer (500 of the 1,280 examples seen), LwF with the previous model, progressive nets with two
 columns. Our side is ``Trainer.fit`` exactly as ``train.py`` builds it from ``+experiment=split_cifar10/<m>``
 (timed by a callback over the whole epoch: data loading, hooks and logging included). The plain side is a
-``for`` loop over the same pre-loaded tensors: slice, forward on ``[batch; replay]``, loss, backward,
-SGD step, the method's after-step hooks (e.g. proximal EWC's step), using the *same* method objects for
-the method's own math (buffer, penalty, distillation).
+``for`` loop over the same pre-loaded tensors that calls the very step our learner calls
+(:func:`metalab.learners.continual.loop.continual_step`: forward on ``[batch; replay]``, loss, backward,
+SGD step, the method's hooks) with a :class:`~metalab.learners.continual.loop.PlainLearner` (the same
+network and method objects, a bare ``torch.optim.SGD``): the ratio is Lightning's cost around one step.
 The two sides alternate ``--repeats`` times; the table gives the minimum of each side (the machine is
 shared, so the least-disturbed repeat is the best estimate) and the ratio ours/plain.
 
@@ -25,8 +26,8 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
-import torch.nn.functional as F
 
+from metalab.learners.continual.loop import PlainLearner, continual_step
 from common import RUNS, EpochTimer, experiment_config, write_json
 from metalab.report.records import append_record
 
@@ -59,50 +60,19 @@ def time_plain(learner, stream, lr: float, batch_size: int, precision: str) -> f
     """Seconds per batch of a bare loop over task 1 with the learner's network and method state."""
     net, method = learner.net, learner.method
     net.train()
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
-    view = _PlainLoopView(learner, optimizer)
+    plain = PlainLearner(net, torch.optim.SGD(net.parameters(), lr=lr), [(p.x, p.y) for p in stream.train_tasks],
+                         learner.stream_info, channels_last=True)
     part = stream.task_train_dataset(1)
     order = torch.randperm(len(part), generator=torch.Generator().manual_seed(1))
-    c = stream.classes_per_task
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
     n_batches = len(part) // batch_size
     start = time.perf_counter()
     for b in range(n_batches):
         idx = order[b * batch_size:(b + 1) * batch_size]
-        batch = {"x": part.x[idx], "y": part.y[idx], "task": part.task[idx]}
-        replay = method.replay_batch(batch_size)
-        x = batch["x"] if replay is None else torch.cat([batch["x"], replay["x"]])
-        with autocast:
-            logits_all = net(x.contiguous(memory_format=torch.channels_last))
-            logits = logits_all[:batch_size]
-            if method.masks_training_logits_to_task:
-                loss = F.cross_entropy(logits[:, c:2 * c], batch["y"] - c)
-            else:
-                loss = F.cross_entropy(logits, batch["y"])
-            if replay is not None:
-                loss = loss + method.replay_loss(logits_all[batch_size:], replay)
-            penalty = method.penalty(learner, batch, logits)
-            if penalty is not None:
-                loss = loss + penalty
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        method.after_optimizer_step(view)  # e.g. proximal EWC's step, as our loop's on_train_batch_end
-        method.after_step(batch, logits.detach())
+        with autocast:  # as Lightning's precision plugin wraps training_step
+            continual_step(plain, method, {"x": part.x[idx], "y": part.y[idx], "task": part.task[idx]}, task=1,
+                           optimizer=plain.optimizer, step=b)
     return (time.perf_counter() - start) / n_batches
-
-
-class _PlainLoopView:
-    """What a method's ``after_optimizer_step`` reads from the learner, with the plain loop's optimiser."""
-
-    def __init__(self, learner, optimizer: torch.optim.Optimizer) -> None:
-        self._learner, self._optimizer = learner, optimizer
-
-    def optimizers(self) -> torch.optim.Optimizer:
-        return self._optimizer
-
-    def trainable_parameters(self, names: list[str]):
-        return self._learner.trainable_parameters(names)
 
 
 def main() -> None:

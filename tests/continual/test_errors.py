@@ -34,10 +34,11 @@ def test_an_empty_task():
 
 def test_nan_penalty_stops_training(tmp_path):
     class PoisonedEWC(EWC):
-        def after_task(self, task, learner):
-            super().after_task(task, learner)
-            name = next(iter(self.importance))
-            self.importance[name] = self.importance[name].clone().fill_(float("nan"))
+        def after_task(self, learner, task):
+            super().after_task(learner, task)
+            importance = self.quadratic.importance
+            name = next(iter(importance))
+            importance[name] = importance[name].clone().fill_(float("nan"))
 
     with pytest.raises(NumericalError, match=r"the ewc penalty became nan at step \d+ \(task 1"):
         run_stream(PoisonedEWC(ewc_lambda=1.0), tmp_path)

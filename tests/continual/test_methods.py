@@ -10,6 +10,7 @@ import torch
 
 from metalab.errors import ConfigError
 from metalab.learners.continual import (EWC, DERPlusPlus, ExperienceReplay, Finetune, Joint, LwF, Progressive)
+from metalab.learners.continual.loop import PlainLearner
 from metalab.learners.continual.methods import StreamInfo
 
 from continual.helpers import run_stream, tiny_stream
@@ -56,28 +57,11 @@ def _info() -> StreamInfo:
     return StreamInfo(n_tasks=3, classes_per_task=2, train_examples=100, example_x=torch.zeros(1, 4))
 
 
-class _FakeLearner:
-    """Just enough of ContinualLearner for EWC.after_task and EWC.penalty."""
-
-    def __init__(self, net: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        self.net, self.data = net, data
-        self.index = dict(net.named_parameters())
-
-    def task_training_data(self, task):
-        return self.data[task]
-
-    def prepare(self, x):
-        return x
-
-    def trainable_parameters(self, names):
-        return [self.index[n] for n in names]
-
-
 def test_offline_ewc_constant_memory_form_equals_the_sum_of_per_task_penalties():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 6)).double()
     data = [(torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 6, (12,))) for _ in range(3)]
-    fake = _FakeLearner(net, data)
+    fake = PlainLearner(net, None, data)
     ewc = EWC(ewc_lambda=3.0)
     anchors, fishers = [], []
     from metalab.learners.continual.fisher import diagonal_fisher
@@ -87,7 +71,7 @@ def test_offline_ewc_constant_memory_form_equals_the_sum_of_per_task_penalties()
                 p.add_(0.3 * torch.randn_like(p))
         fishers.append(diagonal_fisher(net, [data[task]]))
         anchors.append({n: p.detach().clone() for n, p in net.named_parameters()})
-        ewc.after_task(task, fake)
+        ewc.after_task(fake, task)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -106,25 +90,25 @@ def test_online_ewc_decays_old_importance():
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 6).double()
     data = [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,))) for _ in range(2)]
-    fake = _FakeLearner(net, data)
+    fake = PlainLearner(net, None, data)
     ewc = EWC(ewc_lambda=1.0, online=True, gamma=0.5)
     from metalab.learners.continual.fisher import diagonal_fisher
     f0 = diagonal_fisher(net, [data[0]])
-    ewc.after_task(0, fake)
+    ewc.after_task(fake, 0)
     f1 = diagonal_fisher(net, [data[1]])
-    ewc.after_task(1, fake)
+    ewc.after_task(fake, 1)
     for n in f0:
-        torch.testing.assert_close(ewc.importance[n], 0.5 * f0[n] + f1[n])
-        torch.testing.assert_close(ewc.anchor[n], dict(net.named_parameters())[n].detach())
+        torch.testing.assert_close(ewc.quadratic.importance[n], 0.5 * f0[n] + f1[n])
+        torch.testing.assert_close(ewc.quadratic.anchor[n], dict(net.named_parameters())[n].detach())
 
 
 def test_proximal_ewc_step_is_the_exact_minimiser_and_matches_the_gradient_step_for_small_rates():
     torch.manual_seed(0)
     net = torch.nn.Linear(4, 6).double()
     data = [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,)))]
-    fake = _FakeLearner(net, data)
+    fake = PlainLearner(net, None, data)
     ewc = EWC(ewc_lambda=50.0, update="proximal")
-    ewc.after_task(0, fake)
+    ewc.after_task(fake, 0)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.5 * torch.randn_like(p))
@@ -132,16 +116,16 @@ def test_proximal_ewc_step_is_the_exact_minimiser_and_matches_the_gradient_step_
     for lr in (0.3, 1e-6):
         for n, p in net.named_parameters():
             p.data.copy_(moved[n])
-        fake.optimizers = lambda lr=lr: torch.optim.SGD(net.parameters(), lr=lr)
+        fake.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
         ewc.after_optimizer_step(fake)
         for n, p in net.named_parameters():
-            a, m = ewc.importance[n], ewc.anchor[n]
+            a, m = ewc.quadratic.importance[n], ewc.quadratic.anchor[n]
             # stationary point of |theta - moved|^2 / (2 lr) + lambda/2 A (theta - m)^2
             torch.testing.assert_close((p - moved[n]) / lr + 50.0 * a * (p - m), torch.zeros_like(p), atol=1e-9, rtol=0)
             if lr < 1e-3:  # for small steps it is the explicit gradient step on the penalty
                 explicit = moved[n] - lr * 50.0 * a * (moved[n] - m)
                 torch.testing.assert_close(p.detach(), explicit, rtol=0, atol=1e-9)
-    assert any((ewc.importance[n] > 0).any() for n in ewc.importance)
+    assert any((ewc.quadratic.importance[n] > 0).any() for n in ewc.quadratic.importance)
 
 
 def test_proximal_ewc_is_stable_where_the_gradient_penalty_diverges(tmp_path):
@@ -156,10 +140,10 @@ def test_proximal_ewc_is_stable_where_the_gradient_penalty_diverges(tmp_path):
 
 def test_proximal_ewc_refuses_optimisers_it_is_not_exact_for():
     net = torch.nn.Linear(4, 6).double()
-    fake = _FakeLearner(net, [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,)))])
+    fake = PlainLearner(net, None, [(torch.randn(10, 4, dtype=torch.float64), torch.randint(0, 6, (10,)))])
     ewc = EWC(ewc_lambda=1.0, update="proximal")
-    ewc.after_task(0, fake)
-    fake.optimizers = lambda: torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    ewc.after_task(fake, 0)
+    fake.optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     with pytest.raises(ConfigError, match="plain SGD"):
         ewc.after_optimizer_step(fake)
     with pytest.raises(ConfigError, match="learner.method.update"):

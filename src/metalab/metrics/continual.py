@@ -39,9 +39,14 @@ class AccuracyMatrix(Metric):
         self.add_state("total", default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
                        dist_reduce_fx="sum", persistent=True)
 
-    def update(self, row: int, task: int, predictions: torch.Tensor, targets: torch.Tensor) -> None:
-        self.correct[row, task] += (predictions == targets).sum().double()
-        self.total[row, task] += targets.numel()
+    def update(self, row: int, task: int, predictions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+               *, correct: int | None = None, total: int | None = None) -> None:
+        """Count one batch's ``predictions`` against ``targets``, or add the ``correct`` of ``total`` counts of
+        an evaluation (:func:`metalab.learners.continual.loop.evaluate_task`) to entry ``(row, task)``."""
+        if predictions is not None:
+            correct, total = (predictions == targets).sum().double(), targets.numel()
+        self.correct[row, task] += correct
+        self.total[row, task] += total
 
     def compute(self) -> torch.Tensor:
         return 100.0 * self.correct / self.total  # NaN where a (row, task) was never evaluated

@@ -7,9 +7,10 @@ becomes one row of the accuracy matrix ``R`` (class-IL and task-IL). Row 0 is th
 forward transfer. ``Trainer.test`` evaluates the final model on every task and logs average accuracy,
 forgetting, BWT and FWT, writes ``continual_metrics.json`` and a heatmap of ``R`` per scenario.
 
-The loop does one forward per step over ``[current batch; replayed examples]``, so replay costs what
-the extra examples cost and nothing more; penalties are computed with foreach ops. A benchmark
-(``benchmarks/continual/loop_overhead.py``) holds the loop against a plain PyTorch loop.
+Each step is :func:`~metalab.learners.continual.loop.continual_step` (with Lightning's manual
+optimisation, so the step, the optimiser's step and the hooks after it are one plain function) and each
+evaluation :func:`~metalab.learners.continual.loop.evaluate_all_tasks`: a benchmark
+(``benchmarks/continual/loop_overhead.py``) runs the same two functions from a plain PyTorch loop.
 """
 
 from __future__ import annotations
@@ -20,15 +21,13 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from metalab.data.streams import SplitStreamDataModule, task_il_mask
-from metalab.errors import ConfigError, NumericalError
+from metalab.data.streams import SplitStreamDataModule
+from metalab.errors import ConfigError
+from metalab.learners.continual.loop import SCENARIOS, continual_step, evaluate_all_tasks, scenario_predictions
 from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method
 from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
-
-SCENARIOS = ("class_il", "task_il")
 
 
 class ContinualLearner(L.LightningModule):
@@ -42,6 +41,7 @@ class ContinualLearner(L.LightningModule):
                  optimizer: Callable[..., torch.optim.Optimizer], channels_last: bool = True,
                  evaluate_initial: bool = True, plot: bool = True) -> None:
         super().__init__()
+        self.automatic_optimization = False  # the step, optimiser step included, is continual_step
         self.net = backbone
         self.method = check_method(method)
         self.optimizer_factory = optimizer
@@ -114,36 +114,19 @@ class ContinualLearner(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         if self.current_epoch % self.stream.epochs_per_task == 0:
-            self.method.before_task(self.current_task, self)
+            self.method.before_task(self, self.current_task)
             self.net.train()
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
-        x, y = batch["x"], batch["y"]
-        n = len(y)
-        replay = self.method.replay_batch(n)
-        inputs = x if replay is None else torch.cat([x, replay["x"]])
-        logits_all = self.net(self.prepare(inputs))  # "(n + m) classes"
-        logits = logits_all[:n]
-        loss = self._current_task_loss(logits, y)
-        if replay is not None:
-            loss = loss + self.method.replay_loss(logits_all[n:], replay)
-        penalty = self.method.penalty(self, batch, logits)
-        if penalty is not None:
-            if not torch.isfinite(penalty):
-                raise NumericalError(
-                    f"the {self.method.name} penalty became {penalty.item()} at step {self.global_step} "
-                    f"(task {self.current_task}, epoch {self.current_epoch}); check learner.method settings "
-                    "(e.g. ewc_lambda) and lower learner.optimizer.lr")
-            self._log_step("train/penalty", penalty)
-            loss = loss + penalty
-        if not torch.isfinite(loss):
-            raise NumericalError(f"training loss became {loss.item()} at step {self.global_step} (task "
-                                 f"{self.current_task}, epoch {self.current_epoch}); lower learner.optimizer.lr")
-        self._log_step("train/loss", loss, prog_bar=True)
-        self.method.after_step(batch, logits.detach())
-        return loss
+        step = self.global_step
+        result = continual_step(self, self.method, batch, self.current_task, self.optimizers(),
+                                backward=self.manual_backward, step=step)
+        if result.penalty is not None:
+            self._log_step(step, "train/penalty", result.penalty)
+        self._log_step(step, "train/loss", result.loss, prog_bar=True)
+        return result.loss
 
-    def _log_step(self, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
+    def _log_step(self, step: int, name: str, value: torch.Tensor, prog_bar: bool = False) -> None:
         """``self.log`` on the steps the logger writes (every ``trainer.log_every_n_steps``) and at epoch ends.
 
         Lightning's ``log`` costs about 2.5 ms a call on this CPU (it walks its result object every
@@ -151,49 +134,25 @@ class ContinualLearner(L.LightningModule):
         n-th step, so the other calls bought nothing but a progress bar that refreshes every step.
         """
         trainer = self.trainer
-        if (self.global_step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch:
-            self.log(name, value.detach(), prog_bar=prog_bar)
-
-    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        self.method.after_optimizer_step(self)
-
-    def _current_task_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if not self.method.masks_training_logits_to_task:
-            return F.cross_entropy(logits, y)
-        c = self.stream.classes_per_task
-        lo = self.current_task * c
-        return F.cross_entropy(logits[:, lo:lo + c], y - lo)
+        if (step + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch:
+            self.log(name, value, prog_bar=prog_bar)
 
     def on_train_epoch_end(self) -> None:
         if (self.current_epoch + 1) % self.stream.epochs_per_task:
             return
         task = self.current_task
-        self.method.after_task(task, self)
+        self.method.after_task(self, task)
         self.evaluate_all_tasks(row=task + 1)
         for scenario in SCENARIOS:
             row = self.accuracy[scenario].compute()[task + 1, : task + 1]
             self.log(f"task_end/{scenario}/seen_acc", row.mean().float())
 
-    @torch.no_grad()
-    def evaluate_all_tasks(self, row: int, target: nn.ModuleDict | None = None) -> None:
-        """Accuracy on every task of the stream (class-IL and task-IL) into row ``row`` of ``target``."""
-        target = self.accuracy if target is None else target
-        was_training = self.net.training
-        self.net.eval()
-        try:
-            for task in range(self.stream.n_tasks):
-                for batch in self.stream.task_test_loader(task):
-                    with self.trainer.precision_plugin.forward_context():
-                        logits = self.net(self.prepare(batch["x"])).float()
-                    self._update(target, row, task, logits, batch)
-        finally:
-            self.net.train(was_training)
-
-    def _update(self, target: nn.ModuleDict, row: int, task: int, logits: torch.Tensor, batch: Batch) -> None:
-        y = batch["y"]
-        target["class_il"].update(row, task, logits.argmax(-1), y)
-        mask = task_il_mask(batch.get("task"), logits.shape[-1], self.stream.classes_per_task)
-        target["task_il"].update(row, task, logits.masked_fill(~mask, float("-inf")).argmax(-1), y)
+    def evaluate_all_tasks(self, row: int) -> None:
+        """Accuracy on every task of the stream (class-IL and task-IL) into row ``row`` of R."""
+        scores = evaluate_all_tasks(self.net, self.stream, self.prepare, self.trainer.precision_plugin.forward_context)
+        for task, score in enumerate(scores):
+            for scenario in SCENARIOS:
+                self.accuracy[scenario].update(row, task, correct=score.correct[scenario], total=score.total)
 
     # -- test: the final model on every task, and the stream's summary -----------------------------------------
     def on_test_epoch_start(self) -> None:
@@ -201,7 +160,10 @@ class ContinualLearner(L.LightningModule):
             metric.reset()
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._update(self.final, 0, dataloader_idx, self.net(self.prepare(batch["x"])).float(), batch)
+        logits = self.net(self.prepare(batch["x"])).float()
+        predicted = scenario_predictions(logits, batch.get("task"), self.stream.classes_per_task)
+        for scenario in SCENARIOS:
+            self.final[scenario].update(0, dataloader_idx, predicted[scenario], batch["y"])
 
     def on_test_epoch_end(self) -> None:
         n = self.stream.n_tasks
@@ -239,4 +201,4 @@ class ContinualLearner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "continual_method" in checkpoint:
-            self.method.load_state_dict(checkpoint["continual_method"], self)
+            self.method.load_state_dict(self, checkpoint["continual_method"])

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from metalab.errors import ConfigError
-from metalab.learners.continual.methods import ContinualMethod, StreamInfo
+from metalab.learners.continual.methods.base import ContinualLearnerView, ContinualMethod, StreamInfo
 
 
 def _reinitialise(module: nn.Module) -> None:
@@ -138,13 +138,13 @@ class Progressive(ContinualMethod):
                                           self.lateral_scale)
         return self.network
 
-    def before_task(self, task: int, learner) -> None:
+    def before_task(self, learner: ContinualLearnerView, task: int) -> None:
         assert self.network is not None
         self.network.set_active_column(task)
 
     def state_dict(self) -> dict:
         return {"active": self.network.active if self.network is not None else 0}
 
-    def load_state_dict(self, state: dict, learner) -> None:
+    def load_state_dict(self, learner: ContinualLearnerView, state: dict) -> None:
         if self.network is not None:
             self.network.set_active_column(int(state["active"]))

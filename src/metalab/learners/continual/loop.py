@@ -1,0 +1,155 @@
+"""The continual loop's two plain functions, and a learner without Lightning.
+
+:func:`continual_step` is the one training step and :func:`evaluate_all_tasks` the one per-task
+evaluation; :class:`~metalab.learners.continual.ContinualLearner` calls them from Lightning's hooks, and
+the plain-PyTorch floor of ``benchmarks/continual/loop_overhead.py`` calls them from a ``for`` loop with a
+:class:`PlainLearner`, so the benchmark measures Lightning's overhead around the same work, not a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metalab.data.streams import SplitStreamDataModule, task_il_mask
+from metalab.errors import NumericalError
+from metalab.learners.continual.methods.base import Batch, ContinualLearnerView, ContinualMethod, StreamInfo
+
+SCENARIOS = ("class_il", "task_il")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: torch.Tensor            # the minimised loss, detached
+    penalty: torch.Tensor | None  # the method's regulariser, detached (None: the method has none)
+    logits: torch.Tensor          # "n classes": the current batch's logits before the update, detached
+
+
+def current_task_loss(logits: torch.Tensor, y: torch.Tensor, task: int, classes_per_task: int,
+                      mask_to_task: bool) -> torch.Tensor:
+    """Cross-entropy on the current batch, over all classes or only the current task's (``mask_to_task``)."""
+    if not mask_to_task:
+        return F.cross_entropy(logits, y)
+    lo = task * classes_per_task
+    return F.cross_entropy(logits[:, lo:lo + classes_per_task], y - lo)
+
+
+def continual_step(learner: ContinualLearnerView, method: ContinualMethod, batch: Batch, task: int,
+                   optimizer: Any, backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+                   step: int = 0) -> StepResult:
+    """One training step of ``method`` on ``batch`` of ``task``, the optimiser's step included.
+
+    One forward over ``[batch; replayed examples]``, so replay costs only its extra examples; loss =
+    cross-entropy on the batch + the method's replay loss + its penalty; then ``backward`` (Lightning's
+    ``manual_backward`` or plain ``Tensor.backward``), the optimiser's step, and the method's
+    ``after_optimizer_step`` and ``after_step`` hooks in that order. ``step`` only names the step in errors.
+    """
+    x, y = batch["x"], batch["y"]
+    n = len(y)
+    replay = method.replay_batch(learner, n)
+    inputs = x if replay is None else torch.cat([x, replay.x])
+    logits_all = learner.net(learner.prepare(inputs))  # "(n + m) classes"
+    logits = logits_all[:n]
+    loss = current_task_loss(logits, y, task, learner.stream_info.classes_per_task,
+                             method.masks_training_logits_to_task)
+    if replay is not None:
+        loss = loss + method.replay_loss(learner, logits_all[n:], replay)
+    penalty = method.penalty(learner, batch, logits)
+    if penalty is not None:
+        if not torch.isfinite(penalty):
+            raise NumericalError(f"the {method.name} penalty became {penalty.item()} at step {step} (task {task}); "
+                                 "check learner.method settings (e.g. ewc_lambda) and lower learner.optimizer.lr")
+        loss = loss + penalty
+    if not torch.isfinite(loss):
+        raise NumericalError(f"training loss became {loss.item()} at step {step} (task {task}); "
+                             "lower learner.optimizer.lr")
+    optimizer.zero_grad()
+    backward(loss)
+    optimizer.step()
+    logits = logits.detach()
+    method.after_optimizer_step(learner)
+    method.after_step(learner, batch, logits)
+    return StepResult(loss.detach(), None if penalty is None else penalty.detach(), logits)
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TaskScore:
+    """Correct predictions per scenario and examples of one task."""
+
+    correct: dict[str, int]
+    total: int
+
+    def accuracy(self, scenario: str) -> float:
+        return 100.0 * self.correct[scenario] / self.total
+
+
+def scenario_predictions(logits: torch.Tensor, task_ids: torch.Tensor | None,
+                         classes_per_task: int) -> dict[str, torch.Tensor]:
+    """Predicted classes ``[n]`` per scenario: class-IL over all outputs, task-IL over the example's task's."""
+    mask = task_il_mask(task_ids, logits.shape[-1], classes_per_task)
+    return {"class_il": logits.argmax(-1), "task_il": logits.masked_fill(~mask, float("-inf")).argmax(-1)}
+
+
+@torch.no_grad()
+def evaluate_task(net: nn.Module, batches: Iterable[Batch], classes_per_task: int,
+                  prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> TaskScore:
+    """Class-IL and task-IL correct counts of ``net`` (in the mode it is in) over one task's batches."""
+    correct = dict.fromkeys(SCENARIOS, 0)
+    total = 0
+    for batch in batches:
+        with forward_context():
+            logits = net(prepare(batch["x"])).float()
+        for scenario, predicted in scenario_predictions(logits, batch.get("task"), classes_per_task).items():
+            correct[scenario] += int((predicted == batch["y"]).sum())
+        total += len(batch["y"])
+    return TaskScore(correct, total)
+
+
+def evaluate_all_tasks(net: nn.Module, stream: SplitStreamDataModule,
+                       prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+                       forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> list[TaskScore]:
+    """:func:`evaluate_task` on every task of ``stream``'s test split, in evaluation mode (restored after)."""
+    was_training = net.training
+    net.eval()
+    try:
+        return [evaluate_task(net, stream.task_test_loader(task), stream.classes_per_task, prepare, forward_context)
+                for task in range(stream.n_tasks)]
+    finally:
+        net.train(was_training)
+
+
+# -- a learner without Lightning -------------------------------------------------------------------------------
+class PlainLearner:
+    """A :class:`ContinualLearnerView` over a bare network, optimiser and the tasks' training tensors.
+
+    For unit tests of methods and for the benchmarks' plain-PyTorch floor: it holds exactly what the
+    contract names, so a method that runs here uses nothing else of the Lightning learner.
+    """
+
+    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 tasks: Sequence[tuple[torch.Tensor, torch.Tensor]], stream_info: StreamInfo | None = None,
+                 channels_last: bool = False) -> None:
+        self.net, self.optimizer, self.tasks = net, optimizer, list(tasks)
+        self.stream_info, self.channels_last = stream_info, channels_last
+        self._param_index = dict(net.named_parameters())
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def trainable_parameters(self, names: list[str]) -> list[nn.Parameter]:
+        return [self._param_index[n] for n in names]
+
+    def task_training_data(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tasks[task]
+
+    def optimizers(self) -> torch.optim.Optimizer | None:
+        return self.optimizer
