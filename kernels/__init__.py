@@ -6,14 +6,17 @@ Inner loop (meta-learning):
   :func:`anil_head_adapt`   K softmax-regression steps of a linear head, one program per task
 
 Fisher information (continual learning, EWC):
-  :func:`fisher_accumulate`   F <- gamma * F + mean_n g_n^2 (online EWC), fused
   :func:`linear_fisher`       sum_n (delta_n^2)^T (a_n^2), exact per-sample Fisher of a linear layer
+                              (the continual Fisher's linear layers where Triton runs)
   :func:`linear_fisher_bias`  sum_n delta_n^2, the bias part of the same
-  :func:`ewc_penalty`         sum F * (theta - theta_star)^2 and its gradient in one pass
+  :func:`ewc_penalty`         sum F * (theta - theta_star)^2 and its gradient in one pass (EWC's penalty)
+  :func:`fisher_accumulate`   F <- gamma * F + mean_n g_n^2 over per-sample gradient rows [N, P], fused
+                              (a standalone op: the continual Fisher never holds such rows)
 
 Backend: ``set_backend("auto"|"torch"|"triton")``, ``get_backend()``, ``with backend(name):``.
-"auto" runs Triton on CUDA tensors and the torch references elsewhere. The references are the
-specification: tests hold every kernel (and backward) against them under ``TRITON_INTERPRET=1``.
+"auto" runs Triton on CUDA tensors and the torch references elsewhere; inputs are validated
+where a kernel runs. The references are the specification: tests hold every kernel (and backward)
+against them under ``TRITON_INTERPRET=1``.
 """
 
 from metalab.kernels._dispatch import BACKENDS, backend, get_backend, interpreter_active, set_backend, triton_runs

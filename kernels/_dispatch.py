@@ -2,9 +2,14 @@
 
 Why one module: every public op (``inner_update``, ``anil_head_adapt``, ``fisher_accumulate``,
 ``linear_fisher``, ``ewc_penalty``) must make the same decision ("Triton or torch?") and reject the
-same bad inputs with the same kind of message, whatever backend ends up running. A contract that
-holds only on the GPU would let code pass CPU tests and fail on the cluster, so validation runs
-before the dispatch decision and is identical for both backends.
+same bad inputs with the same kind of message when a kernel runs.
+
+Where validation runs: only on the Triton path. A kernel indexes raw memory with row-major strides and
+fixed dtypes, so a wrong shape, stride or dtype there reads the wrong numbers silently; the checks
+below turn that into one clear error. The torch path *is* the reference math (plain torch ops with
+torch's own shape and dtype errors), so on the CPU an op reads as its formula and costs what the
+formula costs. The kernel tests force the Triton backend under ``TRITON_INTERPRET=1``, so the checks
+are exercised on CPU too.
 
 Backends:
   ``"auto"``   (default) Triton kernels on CUDA tensors, torch references everywhere else.
@@ -93,6 +98,19 @@ def triton_runs(device: torch.device) -> bool:
     if name == "torch":
         return False
     return name == "triton" or (device.type == "cuda" and _triton_importable())
+
+
+def triton_chosen(tensors: dict[str, object]) -> bool:
+    """Whether a call on these arguments goes to its Triton kernel (to be validated first) rather
+    than to the torch reference: the backend is forced to Triton, or it is "auto" and every tensor
+    argument is on CUDA. Never raises; :func:`use_triton` gives the errors of a forced backend."""
+    name = get_backend()
+    if name == "torch":
+        return False
+    if name == "triton":
+        return True
+    on_cuda = [t.is_cuda for t in tensors.values() if isinstance(t, torch.Tensor)]  # a float lr is no tensor
+    return bool(on_cuda) and all(on_cuda) and _triton_importable()
 
 
 def use_triton(op: str, tensors: dict[str, torch.Tensor]) -> bool:

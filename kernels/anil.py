@@ -42,6 +42,7 @@ from metalab.kernels._dispatch import (
     check_same_dtype,
     check_tensor,
     get_backend,
+    triton_chosen,
     use_triton,
 )
 from metalab.kernels._tl import pow2_at_least, tl_acc
@@ -243,8 +244,11 @@ def anil_head_adapt(
       bias: [W] initial head bias, same dtype as ``weight``.
       lr: inner learning rate (Python float). steps: number of steps K >= 0.
     Returns (weight [T, D, W], bias [T, W]) in ``weight``'s dtype; first-order gradients (module
-    docstring). The label range check costs one host sync per call.
+    docstring). Where the kernel does not run this is the same first-order math in torch,
+    unvalidated; where it runs, the arguments are checked first (the label range costs one host sync).
     """
+    if not triton_chosen({"features": features, "labels": labels, "weight": weight, "bias": bias}):
+        return _AnilHeadFn.apply(features, labels, weight, bias, lr, steps, False)
     check_tensor(OP, "features", features, ndims=(3,), shape_doc="[T, N, D]")
     T, N, D = features.shape
     check_tensor(OP, "labels", labels, ndims=(2,), shape_doc=f"[T, N] = [{T}, {N}]",

@@ -25,6 +25,7 @@ from metalab.kernels._dispatch import (
     check_same_device,
     check_same_dtype,
     check_tensor,
+    triton_chosen,
     use_triton,
 )
 from metalab.kernels._tl import pow2_at_least, tl_acc
@@ -122,7 +123,10 @@ def ewc_penalty(
       theta_star: anchor parameters of the previous task(s), same shape and dtype as ``theta``.
       block_size: Triton block (power of two); tests and tuning only.
     The value is fp32 (fp64 if ``theta`` or ``fisher`` is fp64); the caller applies lambda / 2.
+    Arguments are validated where the kernel runs; elsewhere this is :func:`ewc_penalty_reference`.
     """
+    if not triton_chosen({"fisher": fisher, "theta": theta, "theta_star": theta_star}):
+        return ewc_penalty_reference(fisher, theta, theta_star)
     check_tensor(OP, "theta", theta, ndims=tuple(range(0, 9)), shape_doc="[...]")
     shape_doc = f"{list(theta.shape)} (the shape of `theta`)"
     check_tensor(OP, "fisher", fisher, ndims=(theta.dim(),), shape_doc=shape_doc)
@@ -137,6 +141,5 @@ def ewc_penalty(
     tensors = {"fisher": fisher, "theta": theta, "theta_star": theta_star}
     check_same_device(OP, tensors)
     check_same_dtype(OP, {"theta": theta, "theta_star": theta_star})
-    if not use_triton(OP, tensors):
-        return ewc_penalty_reference(fisher, theta, theta_star)
+    use_triton(OP, tensors)  # a forced Triton backend on CPU tensors without the interpreter is an error
     return _EwcPenaltyFn.apply(fisher, theta, theta_star, block_size)

@@ -34,6 +34,7 @@ from metalab.kernels._dispatch import (
     check_float,
     check_same_device,
     check_tensor,
+    triton_chosen,
     use_triton,
 )
 from metalab.kernels._tl import pow2_at_least, tl_acc
@@ -220,6 +221,8 @@ def fisher_accumulate(
     Returns a new [P] tensor (not differentiable).
     """
     op = "fisher_accumulate"
+    if not triton_chosen({"fisher": fisher, "per_sample_grads": per_sample_grads}):
+        return fisher_accumulate_reference(fisher, per_sample_grads, gamma)
     check_tensor(op, "fisher", fisher, ndims=(1,), shape_doc="[P]")
     check_tensor(op, "per_sample_grads", per_sample_grads, ndims=(2,), shape_doc="[N, P]")
     N, P = per_sample_grads.shape
@@ -235,8 +238,7 @@ def fisher_accumulate(
         _check_block(op, "block_size", block_size)
     tensors = {"fisher": fisher, "per_sample_grads": per_sample_grads}
     check_same_device(op, tensors)
-    if not use_triton(op, tensors):
-        return fisher_accumulate_reference(fisher, per_sample_grads, gamma)
+    use_triton(op, tensors)
     return _launch_square_accumulate(fisher, per_sample_grads, gamma, 1.0 / N, fisher.dtype,
                                      block_size)
 
@@ -260,6 +262,8 @@ def linear_fisher(
     for E[g^2]. Matches ``W.grad``'s layout ([out_features, in_features]).
     """
     op = "linear_fisher"
+    if not triton_chosen({"activations": activations, "output_grads": output_grads}):
+        return linear_fisher_reference(activations, output_grads)
     check_tensor(op, "activations", activations, ndims=(2,), shape_doc="[N, Din]")
     check_tensor(op, "output_grads", output_grads, ndims=(2,), shape_doc="[N, Dout]")
     N, Din = activations.shape
@@ -279,8 +283,7 @@ def linear_fisher(
             _check_block(op, f"blocks.{name}", b, floor=16)
     tensors = {"activations": activations, "output_grads": output_grads}
     check_same_device(op, tensors)
-    if not use_triton(op, tensors):
-        return linear_fisher_reference(activations, output_grads)
+    use_triton(op, tensors)
     return _launch_linear_fisher(activations, output_grads, blocks)
 
 
@@ -292,6 +295,8 @@ def linear_fisher_bias(output_grads: torch.Tensor, *, block_size: int | None = N
     because it is a column reduction, not a matmul (it reuses the square-accumulate kernel).
     """
     op = "linear_fisher_bias"
+    if not triton_chosen({"output_grads": output_grads}):
+        return linear_fisher_bias_reference(output_grads)
     check_tensor(op, "output_grads", output_grads, ndims=(2,), shape_doc="[N, Dout]")
     N, Dout = output_grads.shape
     if N < 1 or Dout < 1:
@@ -299,7 +304,6 @@ def linear_fisher_bias(output_grads: torch.Tensor, *, block_size: int | None = N
     if block_size is not None:
         _check_block(op, "block_size", block_size)
     tensors = {"output_grads": output_grads}
-    if not use_triton(op, tensors):
-        return linear_fisher_bias_reference(output_grads)
+    use_triton(op, tensors)
     return _launch_square_accumulate(None, output_grads, 0.0, 1.0, _acc(output_grads.dtype),
                                      block_size)

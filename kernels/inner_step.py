@@ -28,6 +28,7 @@ import triton.language as tl
 
 from metalab.kernels._dispatch import (
     acc_dtype,
+    triton_chosen,
     check_float,
     check_same_device,
     check_same_dtype,
@@ -291,8 +292,11 @@ def inner_update(
         have the dtype of ``theta`` and receives a gradient.
       block_size: Triton block (power of two); ``None`` picks one. For tests and tuning only.
 
-    Dispatch follows :func:`kernels.get_backend`. Both backends accept and reject the same inputs.
+    Dispatch follows :func:`kernels.get_backend`; the torch path is :func:`inner_update_reference`
+    itself, and the arguments are validated where the kernel runs (``_dispatch`` says why).
     """
+    if not triton_chosen({"theta": theta, "grads": grads, "lr": lr}):
+        return inner_update_reference(theta, grads, lr)
     check_tensor(OP, "grads", grads, ndims=(2,), shape_doc="[T, P]")
     T, P = grads.shape
     if T < 1 or P < 1:
@@ -316,8 +320,7 @@ def inner_update(
     if block_size is not None and (block_size < 1 or block_size & (block_size - 1)):
         raise ValueError(f"{OP}: `block_size` must be a power of two, got {block_size}")
 
-    if not use_triton(OP, tensors):
-        return inner_update_reference(theta, grads, lr)
+    use_triton(OP, tensors)  # a forced Triton backend on CPU tensors without the interpreter is an error
     if not isinstance(lr, torch.Tensor):
         # A constant step becomes a 0-d tensor in the accumulation dtype: Triton passes Python
         # floats as fp32, which would silently lose precision for fp64 (gradcheck) inputs.
@@ -336,9 +339,14 @@ def inner_update_params(
       params: ``{name: [*S]}`` shared initial parameters or ``{name: [T, *S]}`` per-task ones.
       grads: ``{name: [T, *S]}`` inner-loop gradients (same keys).
       lr: a float or 0-d tensor for all, or ``{name: [*S]}`` per-parameter (Meta-SGD).
-    Returns ``{name: [T, *S]}``. One kernel launch per tensor through views (no concatenation
-    copy); every call is validated like :func:`inner_update`, and errors name the parameter.
+    Returns ``{name: [T, *S]}``. Where Triton does not run this is the update as written,
+    ``theta - lr * g`` per tensor (broadcasting a shared ``theta [*S]`` over tasks). Where it runs,
+    one kernel launch per tensor through flat views (no concatenation copy), every call validated
+    like :func:`inner_update`, and errors name the parameter.
     """
+    if not triton_chosen({"params": next(iter(params.values()), None), "grads": next(iter(grads.values()), None)}):
+        return {name: inner_update_reference(p, grads[name], lr[name] if isinstance(lr, dict) else lr)
+                for name, p in params.items()}
     if params.keys() != grads.keys():
         raise ValueError(
             f"{OP}: `params` and `grads` have different keys: {sorted(params.keys() ^ grads.keys())}"

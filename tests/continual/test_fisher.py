@@ -104,3 +104,28 @@ def test_frozen_parameters_are_left_out_and_unsupported_layers_are_named():
 
     with pytest.raises(ConfigError, match="emb"):
         per_sample_squared_grads(WithEmbedding(), torch.tensor([1, 2]), torch.tensor([0, 1]))
+
+
+def test_linear_layers_use_the_fused_fisher_kernels_where_triton_runs(monkeypatch):
+    """Where Triton runs (forced here, interpreted on CPU), the Fisher of linear layers comes from
+    kernels.linear_fisher / linear_fisher_bias and equals the torch path and the per-sample loop."""
+    from metalab import kernels
+    if not kernels.interpreter_active():
+        pytest.skip("Triton runs on CPU only with TRITON_INTERPRET=1 set before import")
+    calls = []
+    for op in ("linear_fisher", "linear_fisher_bias"):
+        fused = getattr(kernels, op)
+        monkeypatch.setattr(kernels, op, lambda *a, _f=fused, _op=op, **k: calls.append(_op) or _f(*a, **k))
+    torch.manual_seed(0)
+    model = MLP(36, (12, 9), n_classes=10).double()
+    x, y = torch.randn(11, 1, 6, 6, dtype=torch.float64), torch.randint(0, 10, (11,))
+    with kernels.backend("torch"):
+        torch_path = diagonal_fisher(model, [(x, y)])
+    assert not calls
+    with kernels.backend("triton"):
+        fused_path = diagonal_fisher(model, [(x, y)])
+    assert calls.count("linear_fisher") == 3 and calls.count("linear_fisher_bias") == 3  # three linear layers
+    reference = fisher_by_sample_loop(model, x, y)
+    for name in reference:
+        torch.testing.assert_close(fused_path[name], torch_path[name], rtol=1e-10, atol=1e-14, msg=name)
+        torch.testing.assert_close(fused_path[name], reference[name], rtol=1e-6, atol=1e-12, msg=name)

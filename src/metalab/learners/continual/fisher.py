@@ -8,7 +8,8 @@ layer, its input activations ``a`` and the gradient ``delta`` of the summed per-
 output. Because sample ``n`` only influences its own loss, ``delta_n`` is that sample's output gradient,
 and the per-sample weight gradient follows in closed form:
 
-- Linear: ``g_n = delta_n a_n^T`` so ``sum_n g_n^2 = (delta^2)^T (a^2)``, one matmul.
+- Linear: ``g_n = delta_n a_n^T`` so ``sum_n g_n^2 = (delta^2)^T (a^2)``, one matmul (where Triton runs,
+  the fused ``kernels.linear_fisher`` / ``linear_fisher_bias``, which square the tiles as they load them).
 - Conv2d: ``g_n = delta_n @ unfold(a_n)^T`` (``"n o l, n k l -> n o k"``), a batched matmul, or for large
   feature maps the convolution's weight backward with samples as groups; squared and accumulated in
   cache-sized blocks of samples.
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metalab import kernels
 from metalab.errors import ConfigError
 
 SUPPORTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -122,6 +124,11 @@ def _layer_squared_grads(module: nn.Module, a: torch.Tensor, delta: torch.Tensor
     """``sum_n g_n^2`` for the parameters of one layer, from its input ``a`` and output gradient ``delta``."""
     if isinstance(module, nn.Linear):
         if a.dim() == 2:  # "n i", "n o"
+            if kernels.triton_runs(a.device):  # squares the tiles as it loads them: no [n, i] or [n, o] copies
+                out = {"weight": kernels.linear_fisher(a.contiguous(), delta.contiguous()).to(delta.dtype)}
+                if module.bias is not None:
+                    out["bias"] = kernels.linear_fisher_bias(delta.contiguous()).to(delta.dtype)
+                return out
             out = {"weight": delta.square().t() @ a.square()}
             if module.bias is not None:
                 out["bias"] = delta.square().sum(0)
