@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+TIMINGS = ("wall_seconds", "per_s")  # how long a run took: machine load, not behaviour
 METHODS = ["finetune", "joint", "ewc", "online_ewc", "er_200", "er_500", "derpp_500", "lwf", "progressive"]
 
 
@@ -27,7 +28,8 @@ def collect(root: Path, suite: str, seed: int) -> dict[str, Any]:
         if not (run / "metrics.json").is_file():
             continue
         metrics = json.loads((run / "metrics.json").read_text())
-        record[method] = {"global_step": metrics.get("global_step"), "metrics": metrics["metrics"],
+        values = {k: v for k, v in metrics["metrics"].items() if not k.endswith(TIMINGS)}
+        record[method] = {"global_step": metrics.get("global_step"), "metrics": values,
                           "continual": json.loads((run / "continual_metrics.json").read_text())}
     return record
 
@@ -64,10 +66,10 @@ def main() -> None:
         print(f"{len(record['runs'])} runs -> {args.out}")
         return
     a, b = (json.loads(p.read_text())["runs"] for p in args.records)
-    diffs = differences(a, b)
+    methods = sorted(a.keys() & b.keys())
+    diffs = differences({m: a[m] for m in methods}, {m: b[m] for m in methods})
     for line in diffs[:50]:
         print(line)
-    methods = sorted(a.keys() & b.keys())
     print(f"{len(methods)} methods in both ({', '.join(methods)}); "
           f"{'bit-identical' if not diffs else f'{len(diffs)} differences'}")
     sys.exit(1 if diffs else 0)
