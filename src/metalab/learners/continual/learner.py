@@ -1,4 +1,4 @@
-"""The one continual training loop; methods (``methods.py``, ``progressive.py``) plug into its hooks.
+"""The one continual training loop; methods (the ``methods`` package) plug into its hooks.
 
 One ``Trainer.fit`` covers the whole stream: ``n_tasks * epochs_per_task`` epochs, the data module
 serving the current task's loader (reloaded every epoch). At the first epoch of a task the method's
