@@ -20,9 +20,7 @@ def _deterministic_torch():
     yield
 
 
-def data_available(relpath: str = "omniglot/omniglot.npz") -> bool:
-    return any((d / relpath).is_file() for d in candidate_dirs())
-
-
-needs_omniglot = pytest.mark.skipif(not data_available(), reason="shared/data/omniglot not found")
+# Kept in helpers.py: a test module imports them from there (``from conftest import`` would find
+# whichever conftest.py was loaded last, e.g. tests/services/conftest.py).
+from helpers import data_available, needs_omniglot  # noqa: E402,F401
 assert "omniglot/omniglot.npz" in CHECKSUMS

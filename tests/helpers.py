@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -33,3 +34,13 @@ def compose_run(output_dir: Path, overrides: list[str]) -> DictConfig:
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir.parent / "logs")
     return cfg
+
+
+def data_available(relpath: str = "omniglot/omniglot.npz") -> bool:
+    """Whether a data file is in any folder the data loaders search (tests that need it skip otherwise)."""
+    from metalab.data.files import candidate_dirs
+
+    return any((d / relpath).is_file() for d in candidate_dirs())
+
+
+needs_omniglot = pytest.mark.skipif(not data_available(), reason="shared/data/omniglot not found")
