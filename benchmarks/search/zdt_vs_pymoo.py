@@ -83,10 +83,11 @@ def main() -> None:
                      "hv_ours_ge_pymoo": median["ours_hv"] >= median["pymoo_hv"],
                      "time_ratio_ours_over_pymoo": median["ours_s"] / median["pymoo_s"]})
         print(rows[-1], flush=True)
-    append_record("benchmarks/search/records/zdt_vs_pymoo.jsonl", rows,
-                  settings={"population": args.population, "evaluations": args.evaluations, "n_variables": 30,
-                            "reference": list(REFERENCE), "seeds": args.seeds,
-                            "taskset": os.environ.get("TASKSET", "")}, notes=args.notes or None)
+        # after every problem (the rows so far): a slow run still leaves the figures it has
+        append_record("benchmarks/search/records/zdt_vs_pymoo.jsonl", rows,
+                      settings={"population": args.population, "evaluations": args.evaluations, "n_variables": 30,
+                                "reference": list(REFERENCE), "seeds": args.seeds,
+                                "taskset": os.environ.get("TASKSET", "")}, notes=args.notes or None)
 
 
 if __name__ == "__main__":
