@@ -21,9 +21,9 @@ the method. ``--batch-order avalanche`` lets Avalanche shuffle with its own gene
 
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 1 2 \
-        --out /work/runs/continual/avalanche_side_by_side_cifar_e5      # the suite's budget (base.yaml)
+        --out logs/continual/avalanche_side_by_side_cifar_e5      # the suite's budget (base.yaml)
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 --methods finetune lwf \
-        --out /work/runs/continual/avalanche_side_by_side_cifar data.epochs_per_task=1 trainer.precision=32-true
+        --out logs/continual/avalanche_side_by_side_cifar data.epochs_per_task=1 trainer.precision=32-true
 
 ``er_500_task_end`` is our ER with Avalanche's buffer policy (``learner.method.fill=task_end``), shown
 beside our default reservoir ER against the same Avalanche Replay run; ``lwf_running_teacher`` is our LwF
