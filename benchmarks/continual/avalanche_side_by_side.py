@@ -20,6 +20,8 @@ drops out of the comparison; Replay keeps its own loader, whose interleaved memo
 the method. ``--batch-order avalanche`` lets Avalanche shuffle with its own generator.
 
     python benchmarks/continual/avalanche_side_by_side.py --suite split_mnist --seeds 0 1 2
+    python benchmarks/continual/avalanche_side_by_side.py --suite permuted_mnist --seeds 0 1 2 \
+        --methods finetune ewc er_500 er_500_task_end     # Avalanche's own PermutedMNIST generator
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 1 2 \
         --out logs/continual/avalanche_side_by_side_cifar_e5      # the suite's budget (base.yaml)
     python benchmarks/continual/avalanche_side_by_side.py --suite split_cifar10 --seeds 0 --methods finetune lwf \
@@ -31,13 +33,18 @@ with Mammoth's teacher (``learner.method.teacher_bn=running``: the copy of the p
 with its stored batch-norm statistics; our default and Avalanche's copy use each batch's statistics),
 against the same Avalanche LwF run.
 
-Writes ``<out>/<suite>_seed<k>.json`` per seed and prints a table (mean +- std over seeds).
+On ``--suite permuted_mnist`` Avalanche's side trains on the experiences of its own ``PermutedMNIST``
+generator (same seed, so the same permutations; cut to our per-task subsets; every image checked equal to
+ours: ``common.avalanche_permuted_mnist``), with the same MLP, and both sides are scored domain-IL.
+
+Writes ``<out>/<suite>_seed<k>.json`` per seed, prints a table (mean +- std over seeds) and appends its
+figures to ``benchmarks/continual/records/avalanche_side_by_side_<suite>.jsonl`` (command, commit, date, machine:
+:func:`metalab.report.records.append_record`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import time
@@ -50,10 +57,10 @@ import lightning as L
 import torch
 
 from metalab.precision import resolve_precision
-
-from common import (RUNS, EpochTimer, avalanche_benchmark, avalanche_strategy, evaluate_row, experiment_config,
-                    our_batch_order, summary_from_rows, write_json)
 from metalab.report.records import append_record
+
+from common import (RUNS, EpochTimer, avalanche_benchmark, avalanche_permuted_mnist, avalanche_strategy, evaluate_row,
+                    experiment_config, our_batch_order, summary_from_rows, write_json)
 
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
 # Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
@@ -84,11 +91,11 @@ def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, An
     start = time.perf_counter()
     trainer.fit(learner, datamodule=stream)
     wall = time.perf_counter() - start
-    matrices = {s: learner.accuracy[s].compute() for s in ("class_il", "task_il")}
+    matrices = {s: learner.accuracy[s].compute() for s in learner.scenarios}
     rows = [{s: matrices[s][i + 1].tolist() for s in matrices} for i in range(stream.n_tasks)]
     initial = {s: matrices[s][0].tolist() for s in matrices}
     return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds,
-            "batches_per_epoch": timer.batches, "wall_seconds": wall}
+            "epoch_cpu_seconds": timer.cpu_seconds, "batches_per_epoch": timer.batches, "wall_seconds": wall}
 
 
 def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_order: str = "ours") -> dict[str, Any]:
@@ -102,19 +109,22 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
     stream = hydra.utils.instantiate(cfg.data)
     stream.setup("fit")
     model = hydra.utils.instantiate(cfg.model)  # same RNG state as ours: same initial weights
-    bench = avalanche_benchmark(stream)
+    bench = (avalanche_permuted_mnist(stream, seed, RUNS / "avalanche_mnist") if suite == "permuted_mnist"
+             else avalanche_benchmark(stream))
 
     class Timer(SupervisedPlugin):
         def __init__(self) -> None:
             super().__init__()
             self.seconds: list[float] = []
-            self._start = 0.0
+            self.cpu_seconds: list[float] = []
+            self._start = self._cpu_start = 0.0
 
         def before_training_epoch(self, strategy, *args, **kwargs):
-            self._start = time.perf_counter()
+            self._start, self._cpu_start = time.perf_counter(), time.process_time()
 
         def after_training_epoch(self, strategy, *args, **kwargs):
             self.seconds.append(time.perf_counter() - self._start)
+            self.cpu_seconds.append(time.process_time() - self._cpu_start)
 
     timer = Timer()
     plugins = [timer, our_batch_order(stream)] if batch_order == "ours" and name != "er_500" else [timer]
@@ -136,12 +146,13 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
             strategy.train(experience, num_workers=0)
             rows.append(evaluate_row(model, stream))
     wall = time.perf_counter() - start
-    return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds, "wall_seconds": wall}
+    return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds,
+            "epoch_cpu_seconds": timer.cpu_seconds, "wall_seconds": wall}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", default="split_mnist", choices=["split_mnist", "split_cifar10"])
+    parser.add_argument("--suite", default="split_mnist", choices=["split_mnist", "split_cifar10", "permuted_mnist"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
@@ -169,44 +180,44 @@ def main() -> None:
                 record[key] = result
                 write_json(path, record)
                 s = result["summary"]
-                print(f"[seed {seed}] {name:>8} {side:>9}: class-IL {s['class_il']['acc']:6.2f}  task-IL "
-                      f"{s['task_il']['acc']:6.2f}  forgetting(cil) {s['class_il']['forgetting']:6.2f}  "
-                      f"epoch {statistics.mean(result['epoch_seconds']):7.2f}s", flush=True)
+                figures = "  ".join(f"{sc} {s[sc]['acc']:6.2f} (forgetting {s[sc]['forgetting']:6.2f})" for sc in s)
+                print(f"[seed {seed}] {name:>8} {side:>9}: {figures}  epoch "
+                      f"{statistics.mean(result['epoch_seconds']):7.2f}s", flush=True)
     if args.sides == ["ours", "avalanche"]:
         report(args.out, args.suite, args.seeds, args.methods)
 
 
-def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> None:
+def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> dict[str, Any]:
+    """Print the table (mean +- std over seeds) and return its figures."""
     records = [json.loads((out / f"{suite}_seed{s}.json").read_text()) for s in seeds]
+    scenarios = list(records[0][next(iter(records[0]))]["summary"])
+    columns = [(sc, "acc") for sc in scenarios] + [(sc, "forgetting") for sc in scenarios]
+    labels = {"class_il": "class-IL", "task_il": "task-IL", "domain_il": "domain-IL"}
 
-    def stat(values: list[float]) -> str:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.mean(values):6.2f} +- {sd:5.2f}"
+    def stat(values: list[float]) -> tuple[float, float]:
+        return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     print(f"\n{suite}, seeds {seeds} (mean +- std over seeds)")
-    print("| method | side | class-IL acc | task-IL acc | class-IL forgetting | task-IL forgetting | s / epoch |")
-    print("|---|---|---|---|---|---|---|")
-    rows = []
+    print("| method | side | " + " | ".join(f"{labels[sc]} {k}" for sc, k in columns) + " | s / epoch | CPU s / epoch |")
+    print("|---|---|" + "---|" * len(columns) + "---|---|")
+    table: dict[str, Any] = {}
     for name in methods:
         base = experiment_of(name)[0]
         shown_with_base = name != base and base in methods  # the shared Avalanche row is printed once
         for side in ("ours",) if shown_with_base else ("ours", "avalanche"):
             rs = [r[f"{name if side == 'ours' else base}/{side}"] for r in records]
-            cells = [stat([r["summary"][sc][k] for r in rs]) for sc, k in
-                     (("class_il", "acc"), ("task_il", "acc"), ("class_il", "forgetting"), ("task_il", "forgetting"))]
-            epoch = stat([statistics.mean(r["epoch_seconds"]) for r in rs])
+            cells = {f"{sc}/{k}": stat([r["summary"][sc][k] for r in rs]) for sc, k in columns}
+            cells["epoch_seconds"] = stat([statistics.mean(r["epoch_seconds"]) for r in rs])
+            cells["epoch_cpu_seconds"] = stat([statistics.mean(r.get("epoch_cpu_seconds") or [float("nan")]) for r in rs])
             label = name if side == "ours" else PAIRS[base]
-            print(f"| {label} | {side} | " + " | ".join(cells) + f" | {epoch} |")
-            row = {"method": label, "side": side, "seeds": len(rs)}
-            for scenario, key in (("class_il", "acc"), ("task_il", "acc"), ("class_il", "forgetting"),
-                                  ("task_il", "forgetting")):
-                values = [r["summary"][scenario][key] for r in rs]
-                row[f"{scenario}_{key}_mean"] = statistics.mean(values)
-                row[f"{scenario}_{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-            row["seconds_per_epoch"] = statistics.mean(statistics.mean(r["epoch_seconds"]) for r in rs)
-            rows.append(row)
+            table[f"{label}/{side}"] = cells
+            print(f"| {label} | {side} | " + " | ".join(f"{m:6.2f} +- {s:5.2f}" for m, s in cells.values()) + " |")
+    rows = [{"method": label.split("/")[0], "side": label.split("/")[1], "seeds": len(seeds),
+             **{f"{k.replace('/', '_')}_{stat}": v[i] for k, v in cells.items() for i, stat in enumerate(("mean", "std"))}}
+            for label, cells in table.items()]
     append_record(f"benchmarks/continual/records/avalanche_side_by_side_{suite}.jsonl", rows,
                   settings={"suite": suite, "seeds": seeds, "methods": methods})
+    return table
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """Continual task streams: Split CIFAR-10 and Split MNIST (5 tasks x 2 classes) held in memory.
 
+:class:`TaskStream` is what every stream shares (tasks in memory, seeded loaders, the current task);
+the class splits below are one kind of stream, the domain-incremental streams of
+:mod:`metalab.data.domain_streams` (Permuted MNIST) another.
+
 A stream cuts a labelled data set into ``n_tasks`` tasks of ``classes_per_task`` classes each, in a
 class order fixed by ``class_order_seed`` (``null``: the natural order 0..9, as in Mammoth). Labels are
 remapped to the position of their class in that order, so task ``t`` always owns the labels
@@ -184,8 +188,7 @@ def _subsample(tasks: list[TaskSplit], per_task: int | None, seed: int) -> list[
         return tasks
     out = []
     for t in tasks:
-        gen = torch.Generator().manual_seed(seed * 1000 + t.task)
-        keep = torch.randperm(len(t), generator=gen)[:per_task].sort().values
+        keep = subset_indices(len(t), per_task, seed, t.task)
         out.append(TaskSplit(t.x[keep].contiguous(), t.y[keep], t.task))
     return out
 
@@ -203,43 +206,37 @@ def _hold_out(tasks: list[TaskSplit], per_task: int, seed: int) -> tuple[list[Ta
     return kept, held
 
 
-class SplitStreamDataModule(L.LightningDataModule):
-    """Split CIFAR-10 / Split MNIST as a sequence of tasks (see the module docstring).
+def subset_indices(n: int, per_task: int, seed: int, task: int) -> torch.Tensor:
+    """The sorted positions (of ``n``) that task ``task`` keeps: ``per_task`` of them, fixed by ``seed``."""
+    gen = torch.Generator().manual_seed(seed * 1000 + task)
+    return torch.randperm(n, generator=gen)[:per_task].sort().values
 
-    ``train_examples_per_task`` / ``test_examples_per_task``: a fixed random subset of each task (same for
-    every seed and method, drawn with ``subset_seed``), for CPU budgets; ``null`` keeps all.
-    ``cumulative``: the training loader of task t serves tasks 0..t together (joint training, the
-    ceiling); the continual learner sets it from its method.
-    ``eval_split``: ``test`` evaluates on the test set; ``validation`` holds out ``validation_examples_per_task``
-    random training examples of each task (drawn with ``subset_seed``, never trained on) and evaluates on
-    them instead, under the same metric names, so a hyperparameter sweep selects without seeing the test set.
+
+class TaskStream(L.LightningDataModule):
+    """A sequence of tasks held in memory: what the continual learner trains on, whatever made the tasks.
+
+    Subclasses fill ``train_tasks`` and ``test_tasks`` (one :class:`TaskSplit` per task) in ``setup``
+    and say which evaluation ``scenarios`` the stream supports and how many outputs (``n_classes``) the
+    single head has; everything else (loaders with seeded batch order, the current task, joint training
+    through ``cumulative``) is shared. Known scenarios: ``class_il``, ``task_il`` (class splits) and
+    ``domain_il`` (every task has the same classes; see :mod:`metalab.data.domain_streams`).
     """
 
-    def __init__(self, dataset: str = "cifar10", n_tasks: int = 5, classes_per_task: int = 2,
-                 class_order_seed: int | None = None, epochs_per_task: int = 1, batch_size: int = 32,
-                 eval_batch_size: int = 256, train_examples_per_task: int | None = None,
-                 test_examples_per_task: int | None = None, subset_seed: int = 0, seed: int = 0,
-                 data_dir: str | None = None, num_workers: int = 0, eval_split: str = "test",
-                 validation_examples_per_task: int = 1000) -> None:
+    scenarios: tuple[str, ...] = ()
+
+    def __init__(self, n_tasks: int, epochs_per_task: int = 1, batch_size: int = 32, eval_batch_size: int = 256,
+                 train_examples_per_task: int | None = None, test_examples_per_task: int | None = None,
+                 subset_seed: int = 0, seed: int = 0, data_dir: str | None = None, num_workers: int = 0) -> None:
         super().__init__()
-        require(eval_split in ("test", "validation"), "data.eval_split", "test or validation", eval_split)
-        require(validation_examples_per_task >= 1, "data.validation_examples_per_task", "at least 1",
-                validation_examples_per_task)
-        self.eval_split, self.validation_examples_per_task = eval_split, validation_examples_per_task
-        require(dataset in DATASETS, "data.dataset", f"one of {', '.join(DATASETS)}", dataset)
         require(n_tasks >= 1, "data.n_tasks", "at least 1", n_tasks)
-        require(classes_per_task >= 1, "data.classes_per_task", "at least 1", classes_per_task)
-        require(n_tasks * classes_per_task <= 10, "data.n_tasks * data.classes_per_task",
-                f"at most the 10 classes of {dataset}", n_tasks * classes_per_task)
         require(epochs_per_task >= 1, "data.epochs_per_task", "at least 1", epochs_per_task)
         require(batch_size >= 1, "data.batch_size", "at least 1", batch_size)
         require(eval_batch_size >= 1, "data.eval_batch_size", "at least 1", eval_batch_size)
         for key, value in (("train_examples_per_task", train_examples_per_task),
                            ("test_examples_per_task", test_examples_per_task)):
             require(value is None or value >= 1, f"data.{key}", "null (all) or at least 1", value)
-        self.dataset, self.n_tasks, self.classes_per_task = dataset, n_tasks, classes_per_task
-        self.class_order = make_class_order(10, class_order_seed)[: n_tasks * classes_per_task]
-        self.epochs_per_task, self.batch_size, self.eval_batch_size = epochs_per_task, batch_size, eval_batch_size
+        self.n_tasks, self.epochs_per_task = n_tasks, epochs_per_task
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.train_examples_per_task, self.test_examples_per_task = train_examples_per_task, test_examples_per_task
         self.subset_seed, self.seed, self.data_dir, self.num_workers = subset_seed, seed, data_dir, num_workers
         self.cumulative = False
@@ -248,27 +245,28 @@ class SplitStreamDataModule(L.LightningDataModule):
 
     @classmethod
     def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     **kwargs: Any) -> "SplitStreamDataModule":
+                     **kwargs: Any) -> "TaskStream":
         """A stream over given tensors (tests and notebooks): ``x [n, c, h, w]``, ``y [n]`` in 0..9."""
         module = cls(**kwargs)
         module._tensors = (x_train, y_train, x_test, y_test)
         return module
 
+    def _arrays(self, dataset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return getattr(self, "_tensors", None) or _load_arrays(dataset, self.data_dir)
+
     @property
     def n_classes(self) -> int:
-        return self.n_tasks * self.classes_per_task
+        """Outputs of the single head."""
+        raise NotImplementedError
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_tasks:
-            return
-        tensors = getattr(self, "_tensors", None) or _load_arrays(self.dataset, self.data_dir)
-        x_tr, y_tr, x_te, y_te = tensors
-        train = split_by_task(x_tr, y_tr, self.class_order, self.classes_per_task, "train")
-        test = split_by_task(x_te, y_te, self.class_order, self.classes_per_task, "test")
-        if self.eval_split == "validation":
-            train, test = _hold_out(train, self.validation_examples_per_task, self.subset_seed + 2)
-        self.train_tasks = _subsample(train, self.train_examples_per_task, self.subset_seed)
-        self.test_tasks = _subsample(test, self.test_examples_per_task, self.subset_seed + 1)
+    @property
+    def classes_per_task(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def class_order(self) -> list[int]:
+        """Original class of each label (for the run record)."""
+        return list(range(self.n_classes))
 
     # -- what the learner asks for -----------------------------------------------------------------------
     def current_task(self) -> int:
@@ -308,3 +306,60 @@ class SplitStreamDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.task_test_loader(t) for t in range(self.n_tasks)]
+
+
+class SplitStreamDataModule(TaskStream):
+    """Split CIFAR-10 / Split MNIST as a sequence of tasks (see the module docstring).
+
+    ``train_examples_per_task`` / ``test_examples_per_task``: a fixed random subset of each task (same for
+    every seed and method, drawn with ``subset_seed``), for CPU budgets; ``null`` keeps all.
+    ``cumulative``: the training loader of task t serves tasks 0..t together (joint training, the
+    ceiling); the continual learner sets it from its method.
+    ``eval_split``: ``test`` evaluates on the test set; ``validation`` holds out ``validation_examples_per_task``
+    random training examples of each task (drawn with ``subset_seed``, never trained on) and evaluates on
+    them instead, under the same metric names, so a hyperparameter sweep selects without seeing the test set.
+    """
+
+    scenarios = ("class_il", "task_il")
+
+    def __init__(self, dataset: str = "cifar10", n_tasks: int = 5, classes_per_task: int = 2,
+                 class_order_seed: int | None = None, epochs_per_task: int = 1, batch_size: int = 32,
+                 eval_batch_size: int = 256, train_examples_per_task: int | None = None,
+                 test_examples_per_task: int | None = None, subset_seed: int = 0, seed: int = 0,
+                 data_dir: str | None = None, num_workers: int = 0, eval_split: str = "test",
+                 validation_examples_per_task: int = 1000) -> None:
+        require(eval_split in ("test", "validation"), "data.eval_split", "test or validation", eval_split)
+        require(validation_examples_per_task >= 1, "data.validation_examples_per_task", "at least 1",
+                validation_examples_per_task)
+        require(dataset in DATASETS, "data.dataset", f"one of {', '.join(DATASETS)}", dataset)
+        require(classes_per_task >= 1, "data.classes_per_task", "at least 1", classes_per_task)
+        require(n_tasks * classes_per_task <= 10, "data.n_tasks * data.classes_per_task",
+                f"at most the 10 classes of {dataset}", n_tasks * classes_per_task)
+        super().__init__(n_tasks, epochs_per_task, batch_size, eval_batch_size, train_examples_per_task,
+                         test_examples_per_task, subset_seed, seed, data_dir, num_workers)
+        self.dataset, self._classes_per_task = dataset, classes_per_task
+        self.eval_split, self.validation_examples_per_task = eval_split, validation_examples_per_task
+        self._class_order = make_class_order(10, class_order_seed)[: n_tasks * classes_per_task]
+
+    @property
+    def n_classes(self) -> int:
+        return self.n_tasks * self._classes_per_task
+
+    @property
+    def classes_per_task(self) -> int:
+        return self._classes_per_task
+
+    @property
+    def class_order(self) -> list[int]:
+        return self._class_order
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_tasks:
+            return
+        x_tr, y_tr, x_te, y_te = self._arrays(self.dataset)
+        train = split_by_task(x_tr, y_tr, self.class_order, self.classes_per_task, "train")
+        test = split_by_task(x_te, y_te, self.class_order, self.classes_per_task, "test")
+        if self.eval_split == "validation":
+            train, test = _hold_out(train, self.validation_examples_per_task, self.subset_seed + 2)
+        self.train_tasks = _subsample(train, self.train_examples_per_task, self.subset_seed)
+        self.test_tasks = _subsample(test, self.test_examples_per_task, self.subset_seed + 1)

@@ -3,7 +3,8 @@
 One ``Trainer.fit`` covers the whole stream: ``n_tasks * epochs_per_task`` epochs, the data module
 serving the current task's loader (reloaded every epoch). At the first epoch of a task the method's
 ``before_task`` runs; at the last, its ``after_task``, then every task of the stream is evaluated and
-becomes one row of the accuracy matrix ``R`` (class-IL and task-IL). Row 0 is the initial model, for
+becomes one row of the accuracy matrix ``R`` (class-IL and task-IL for a class split, domain-IL for a
+domain-incremental stream). Row 0 is the initial model, for
 forward transfer. ``Trainer.test`` evaluates the final model on every task and logs average accuracy,
 forgetting, BWT and FWT, writes ``continual_metrics.json`` and a heatmap of ``R`` per scenario.
 
@@ -23,15 +24,15 @@ import lightning as L
 import torch
 from torch import nn
 
-from metalab.data.streams import SplitStreamDataModule
+from metalab.data.streams import TaskStream
 from metalab.errors import ConfigError
-from metalab.learners.continual.loop import SCENARIOS, continual_step, evaluate_all_tasks, scenario_predictions
-from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method
+from metalab.learners.continual.loop import continual_step, evaluate_all_tasks, scenario_predictions
+from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method, check_method_fits
 from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
 
 
 class ContinualLearner(L.LightningModule):
-    """Trains ``backbone`` on a :class:`SplitStreamDataModule` task after task with ``method``.
+    """Trains ``backbone`` on a :class:`~metalab.data.streams.TaskStream` task after task with ``method``.
 
     ``optimizer``: a partial optimiser (e.g. SGD, lr 0.03, no momentum as in Mammoth), built once for the
     whole stream. ``evaluate_initial``: evaluate the untrained model (row 0 of R, needed for FWT).
@@ -53,26 +54,33 @@ class ContinualLearner(L.LightningModule):
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @property
-    def stream(self) -> SplitStreamDataModule:
+    def stream(self) -> TaskStream:
         stream = self.trainer.datamodule if self._trainer is not None else None
-        if not isinstance(stream, SplitStreamDataModule):
-            raise ConfigError("the continual learner needs data=split_cifar10 or data=split_mnist "
-                              f"(a metalab.data.streams.SplitStreamDataModule); got {type(stream).__name__}")
+        if not isinstance(stream, TaskStream):
+            raise ConfigError("the continual learner needs a task stream (data=split_cifar10, split_mnist or "
+                              f"permuted_mnist: a metalab.data.streams.TaskStream); got {type(stream).__name__}")
         return stream
+
+    @property
+    def scenarios(self) -> tuple[str, ...]:
+        """The evaluation scenarios of the stream (class_il and task_il, or domain_il)."""
+        return self.stream.scenarios
 
     def setup(self, stage: str) -> None:
         stream = self.stream
         stream.setup(stage)
         if self.stream_info is None:
             example = stream.train_tasks[0].x[:1]
-            self.stream_info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), example)
+            self.stream_info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), example,
+                                          stream.n_classes, stream.scenarios)
+            check_method_fits(self.method, self.stream_info)
             self.method.setup(self.stream_info)
             self.net = self.method.build_network(self.net, self.stream_info)
             if self.channels_last and example.dim() == 4:
                 self.net.to(memory_format=torch.channels_last)
             self._param_index = dict(self.net.named_parameters())
-            self.accuracy = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in SCENARIOS})
-            self.final = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in SCENARIOS})
+            self.accuracy = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in stream.scenarios})
+            self.final = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in stream.scenarios})
         stream.cumulative = self.method.trains_on_all_seen_tasks
         if stage == "fit":
             epochs = stream.n_tasks * stream.epochs_per_task
@@ -109,7 +117,7 @@ class ContinualLearner(L.LightningModule):
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        if self.evaluate_initial and self.accuracy["class_il"].rows_done() == 0:
+        if self.evaluate_initial and self.accuracy[self.scenarios[0]].rows_done() == 0:
             self.evaluate_all_tasks(row=0)
 
     def on_train_epoch_start(self) -> None:
@@ -143,15 +151,15 @@ class ContinualLearner(L.LightningModule):
         task = self.current_task
         self.method.after_task(self, task)
         self.evaluate_all_tasks(row=task + 1)
-        for scenario in SCENARIOS:
+        for scenario in self.scenarios:
             row = self.accuracy[scenario].compute()[task + 1, : task + 1]
             self.log(f"task_end/{scenario}/seen_acc", row.mean().float())
 
     def evaluate_all_tasks(self, row: int) -> None:
-        """Accuracy on every task of the stream (class-IL and task-IL) into row ``row`` of R."""
+        """Accuracy on every task of the stream (in each of its scenarios) into row ``row`` of R."""
         scores = evaluate_all_tasks(self.net, self.stream, self.prepare, self.trainer.precision_plugin.forward_context)
         for task, score in enumerate(scores):
-            for scenario in SCENARIOS:
+            for scenario in self.scenarios:
                 self.accuracy[scenario].update(row, task, correct=score.correct[scenario], total=score.total)
 
     # -- test: the final model on every task, and the stream's summary -----------------------------------------
@@ -161,14 +169,14 @@ class ContinualLearner(L.LightningModule):
 
     def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         logits = self.net(self.prepare(batch["x"])).float()
-        predicted = scenario_predictions(logits, batch.get("task"), self.stream.classes_per_task)
-        for scenario in SCENARIOS:
+        predicted = scenario_predictions(logits, batch.get("task"), self.stream.classes_per_task, self.scenarios)
+        for scenario in self.scenarios:
             self.final[scenario].update(0, dataloader_idx, predicted[scenario], batch["y"])
 
     def on_test_epoch_end(self) -> None:
         n = self.stream.n_tasks
         record: dict[str, Any] = {"method": self.method.name, "class_order": self.stream.class_order}
-        for scenario in SCENARIOS:
+        for scenario in self.scenarios:
             final = self.final[scenario].compute()[0]  # "task"
             self.log(f"test/{scenario}/acc", final.mean().float())
             matrix = self.accuracy[scenario].compute()

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalab.data.streams import SplitStreamDataModule, task_il_mask
-from metalab.errors import NumericalError
+from metalab.data.streams import TaskStream, task_il_mask
+from metalab.errors import ConfigError, NumericalError
 from metalab.learners.continual.methods.base import Batch, ContinualLearnerView, ContinualMethod, StreamInfo
 
-SCENARIOS = ("class_il", "task_il")
+SCENARIOS = ("class_il", "task_il")                   # the class splits' scenarios
+ALL_SCENARIOS = ("class_il", "task_il", "domain_il")  # domain-IL: metalab.data.domain_streams
 
 
 @dataclass(frozen=True)
@@ -89,37 +90,53 @@ class TaskScore:
         return 100.0 * self.correct[scenario] / self.total
 
 
-def scenario_predictions(logits: torch.Tensor, task_ids: torch.Tensor | None,
-                         classes_per_task: int) -> dict[str, torch.Tensor]:
-    """Predicted classes ``[n]`` per scenario: class-IL over all outputs, task-IL over the example's task's."""
-    mask = task_il_mask(task_ids, logits.shape[-1], classes_per_task)
-    return {"class_il": logits.argmax(-1), "task_il": logits.masked_fill(~mask, float("-inf")).argmax(-1)}
+def scenario_predictions(logits: torch.Tensor, task_ids: torch.Tensor | None, classes_per_task: int,
+                         scenarios: Sequence[str] = SCENARIOS) -> dict[str, torch.Tensor]:
+    """Predicted classes ``[n]`` per scenario.
+
+    class-IL and domain-IL take the argmax over every output (domain-IL: every task has the same classes
+    and the task is not given); task-IL masks the other tasks' classes first (:func:`task_il_mask`).
+    """
+    predicted: dict[str, torch.Tensor] = {}
+    for scenario in scenarios:
+        if scenario in ("class_il", "domain_il"):
+            predicted[scenario] = logits.argmax(-1)
+        elif scenario == "task_il":
+            mask = task_il_mask(task_ids, logits.shape[-1], classes_per_task)
+            predicted[scenario] = logits.masked_fill(~mask, float("-inf")).argmax(-1)
+        else:
+            raise ConfigError(f"unknown continual scenario {scenario!r}: must be one of {', '.join(ALL_SCENARIOS)}")
+    return predicted
 
 
 @torch.no_grad()
 def evaluate_task(net: nn.Module, batches: Iterable[Batch], classes_per_task: int,
                   prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> TaskScore:
-    """Class-IL and task-IL correct counts of ``net`` (in the mode it is in) over one task's batches."""
-    correct = dict.fromkeys(SCENARIOS, 0)
+                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
+                  scenarios: Sequence[str] = SCENARIOS) -> TaskScore:
+    """Correct counts per scenario of ``net`` (in the mode it is in) over one task's batches."""
+    correct = dict.fromkeys(scenarios, 0)
     total = 0
     for batch in batches:
         with forward_context():
             logits = net(prepare(batch["x"])).float()
-        for scenario, predicted in scenario_predictions(logits, batch.get("task"), classes_per_task).items():
+        for scenario, predicted in scenario_predictions(logits, batch.get("task"), classes_per_task,
+                                                        scenarios).items():
             correct[scenario] += int((predicted == batch["y"]).sum())
         total += len(batch["y"])
     return TaskScore(correct, total)
 
 
-def evaluate_all_tasks(net: nn.Module, stream: SplitStreamDataModule,
+def evaluate_all_tasks(net: nn.Module, stream: TaskStream,
                        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
                        forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> list[TaskScore]:
-    """:func:`evaluate_task` on every task of ``stream``'s test split, in evaluation mode (restored after)."""
+    """:func:`evaluate_task` on every task of ``stream``'s test split in each of the stream's scenarios, in
+    evaluation mode (restored after)."""
     was_training = net.training
     net.eval()
     try:
-        return [evaluate_task(net, stream.task_test_loader(task), stream.classes_per_task, prepare, forward_context)
+        return [evaluate_task(net, stream.task_test_loader(task), stream.classes_per_task, prepare, forward_context,
+                              stream.scenarios)
                 for task in range(stream.n_tasks)]
     finally:
         net.train(was_training)

@@ -32,10 +32,22 @@ class StreamInfo:
     classes_per_task: int
     train_examples: int          # over all tasks (what a buffer could ever hold)
     example_x: torch.Tensor      # one input ``[1, c, h, w]``, for shape inference
+    n_classes: int | None = None  # outputs of the single head (None: n_tasks * classes_per_task, a class split)
+    scenarios: tuple[str, ...] = ("class_il", "task_il")  # how the stream is evaluated
+
+    def __post_init__(self) -> None:
+        if self.n_classes is None:
+            self.n_classes = self.n_tasks * self.classes_per_task
 
     @property
-    def n_classes(self) -> int:
-        return self.n_tasks * self.classes_per_task
+    def task_ids_at_test(self) -> bool:
+        """Whether evaluation gives the task of each example (task-IL); domain-IL and class-IL do not."""
+        return "task_il" in self.scenarios
+
+    def classes_before(self, task: int) -> int:
+        """Outputs the tasks before ``task`` trained: ``task * classes_per_task`` in a class split; in a
+        domain-incremental stream every task has all the classes, so all of them from task 1 on."""
+        return min(task * self.classes_per_task, self.n_classes)
 
 
 @runtime_checkable
@@ -97,6 +109,7 @@ class ContinualMethod:
     name = "finetune"
     trains_on_all_seen_tasks = False       # joint training: the loader of task t serves tasks 0..t
     masks_training_logits_to_task = False  # loss only over the current task's classes (task-specific heads)
+    needs_task_ids_at_test = False         # predicts through the test example's task (task heads, columns)
 
     # -- set-up (before the learner exists as a view) --------------------------------------------------------
     def build_network(self, backbone: nn.Module, stream: StreamInfo) -> nn.Module:
@@ -157,6 +170,15 @@ def frozen_copy(net: nn.Module) -> nn.Module:
     for p in copy_.parameters():
         p.requires_grad_(False)
     return copy_
+
+
+def check_method_fits(method: ContinualMethod, stream: StreamInfo) -> None:
+    """Refuse a method that needs the task id at test time on a stream that does not give it (domain-IL)."""
+    if (method.needs_task_ids_at_test or method.masks_training_logits_to_task) and not stream.task_ids_at_test:
+        raise ConfigError(f"learner.method={method.name} needs the task id of each test example (task-specific "
+                          f"heads or columns), but this stream is evaluated as {' / '.join(stream.scenarios)}, "
+                          "where the task is not given; choose a method with a single head (finetune, joint, ewc, "
+                          "online_ewc, er, derpp, lwf) or a class-split stream")
 
 
 def check_method(method: object) -> ContinualMethod:

@@ -48,7 +48,7 @@ class LwF(ContinualMethod):
         if task == 0:
             return
         self.previous = self._teacher(learner.net)
-        self.old_classes = task * learner.stream_info.classes_per_task
+        self.old_classes = learner.stream_info.classes_before(task)  # all 10 in a domain-incremental stream
 
     def _teacher(self, net: nn.Module) -> nn.Module:
         teacher = frozen_copy(net)

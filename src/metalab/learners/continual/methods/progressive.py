@@ -128,6 +128,7 @@ class Progressive(ContinualMethod):
 
     name = "progressive"
     masks_training_logits_to_task = True  # each column's head is trained on its own task's classes
+    needs_task_ids_at_test = True         # a test example's logits come from its own task's column
 
     def __init__(self, lateral_scale: float = 0.1) -> None:
         self.lateral_scale = lateral_scale

@@ -1,0 +1,173 @@
+"""Where a small model's training step spends its CPU time: our loop, Avalanche's, and a plain loop.
+
+On Split MNIST's MLP (784-100-100-10, batch 10) a step is about 0.3 ms of arithmetic, so the loop around
+it decides the speed. This script trains one task of an experiment three ways on the *same* mini-batches
+(our stream's seeded order): ``ours`` (``Trainer.fit`` as ``train.py`` builds it), ``avalanche`` (its
+``Naive`` strategy, handed our batches) and ``plain`` (a ``for`` loop: forward, cross-entropy, backward,
+SGD step). Each side is timed in CPU seconds of this process (``time.process_time``), which stays
+meaningful on a core shared with other jobs, where wall time does not; then each is run again under
+``cProfile`` with the same CPU clock, and the profile's own time is summed by package (torch's
+operators, lightning, avalanche, torch.utils.data, torchmetrics, metalab, the rest), so the table says
+what the extra time over the plain loop is made of.
+
+    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 600
+    python benchmarks/continual/step_profile.py --experiment permuted_mnist/finetune --batches 600
+
+Appends its figures to ``benchmarks/continual/records/step_profile.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+import warnings
+from collections import defaultdict
+from typing import Any, Callable
+
+import hydra
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from common import EpochTimer, experiment_config, our_batch_order
+from metalab.report.records import append_record
+
+RECORDS = "benchmarks/continual/records/step_profile.jsonl"
+PACKAGES = ("lightning", "avalanche", "torchmetrics", "torch/utils/data", "torch/optim", "torch/autograd",
+            "torch/nn", "metalab", "hydra", "omegaconf")
+
+
+def build(experiment: str, batches: int, seed: int):
+    cfg = experiment_config(experiment, [f"seed={seed}", "data.n_tasks=1", "data.epochs_per_task=1",
+                                         f"data.train_examples_per_task={batches * 10}", "data.batch_size=10",
+                                         "data.test_examples_per_task=10", "learner.evaluate_initial=false",
+                                         "cpu_threads=1"])
+    L.seed_everything(seed, workers=True)
+    stream = hydra.utils.instantiate(cfg.data)
+    stream.setup("fit")
+    model = hydra.utils.instantiate(cfg.model)
+    return cfg, stream, model
+
+
+def run_ours(experiment: str, batches: int, seed: int) -> tuple[float, int]:
+    cfg, stream, model = build(experiment, batches, seed)
+    learner = hydra.utils.instantiate(cfg.learner, backbone=model, plot=False)
+    timer = EpochTimer()
+    trainer = hydra.utils.instantiate(cfg.trainer, precision="32-true", callbacks=[timer], logger=False,
+                                      enable_checkpointing=False, enable_progress_bar=False,
+                                      enable_model_summary=False)
+    trainer.fit(learner, datamodule=stream)
+    return timer.cpu_seconds[0], timer.batches[0]
+
+
+def run_avalanche(experiment: str, batches: int, seed: int) -> tuple[float, int]:
+    from avalanche.core import SupervisedPlugin
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.supervised import Naive
+
+    from common import avalanche_benchmark
+
+    cfg, stream, model = build(experiment, batches, seed)
+    bench = avalanche_benchmark(stream)
+
+    class CpuTimer(SupervisedPlugin):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cpu_seconds, self.start, self.iterations = 0.0, 0.0, 0
+
+        def before_training_epoch(self, strategy, *args, **kwargs):
+            self.start = time.process_time()
+
+        def after_training_iteration(self, strategy, *args, **kwargs):
+            self.iterations += 1
+
+        def after_training_epoch(self, strategy, *args, **kwargs):
+            self.cpu_seconds = time.process_time() - self.start
+
+    timer = CpuTimer()
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr)),
+                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=10, train_epochs=1, eval_mb_size=100,
+                     device="cpu", plugins=[our_batch_order(stream), timer], evaluator=EvaluationPlugin(loggers=[]))
+    strategy.train(bench.train_stream[0], num_workers=0)
+    return timer.cpu_seconds, timer.iterations
+
+
+def run_plain(experiment: str, batches: int, seed: int) -> tuple[float, int]:
+    cfg, stream, model = build(experiment, batches, seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
+    model.train()
+    n = 0
+    start = time.process_time()
+    for batch in stream.task_train_loader(0, epoch=0):
+        loss = F.cross_entropy(model(batch["x"]), batch["y"])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        n += 1
+    return time.process_time() - start, n
+
+
+SIDES: dict[str, Callable[[str, int, int], tuple[float, int]]] = {
+    "ours": run_ours, "avalanche": run_avalanche, "plain": run_plain}
+
+
+def by_package(profile: cProfile.Profile) -> dict[str, float]:
+    """The profile's own (exclusive) time summed by package; C functions count as ``torch ops`` when they
+    are torch's built-ins, else ``builtins``."""
+    totals: dict[str, float] = defaultdict(float)
+    for (filename, _, name), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
+        if filename == "~":
+            key = "torch ops" if "torch" in name or "_C." in name or "method '" in name and "Tensor" in name \
+                else "builtins"
+        else:
+            path = filename.replace("\\", "/")
+            key = next((p for p in PACKAGES if f"/{p}/" in path), "other python")
+        totals[key] += tottime
+    return dict(totals)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default="split_mnist/finetune")
+    parser.add_argument("--batches", type=int, default=600, help="mini-batches of 10 in the timed task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES))
+    parser.add_argument("--top", type=int, default=12, help="functions of our side's profile to print")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(1)
+    rows: list[dict[str, Any]] = []
+    for side in args.sides:
+        cpu, steps = SIDES[side](args.experiment, args.batches, args.seed)  # unprofiled: the speed figure
+        profile = cProfile.Profile(time.process_time)
+        profile.enable()
+        SIDES[side](args.experiment, args.batches, args.seed)
+        profile.disable()
+        packages = by_package(profile)
+        total = sum(packages.values())
+        row = {"side": side, "steps": steps, "cpu_ms_per_step": round(1000 * cpu / steps, 3)}
+        row.update({f"profile_{k.replace(' ', '_').replace('/', '_')}_pct": round(100 * v / total, 1)
+                    for k, v in sorted(packages.items(), key=lambda kv: -kv[1])})
+        rows.append(row)
+        print(f"{side}: {row['cpu_ms_per_step']:.3f} CPU ms/step over {steps} steps; profile by package: "
+              + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(packages.items(), key=lambda kv: -kv[1])),
+              flush=True)
+        if side == "ours":
+            pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
+    base = {r["side"]: r["cpu_ms_per_step"] for r in rows}
+    for row in rows:
+        if "plain" in base:
+            row["x_plain"] = round(row["cpu_ms_per_step"] / base["plain"], 3)
+        if "avalanche" in base:
+            row["x_avalanche"] = round(row["cpu_ms_per_step"] / base["avalanche"], 3)
+    print("| side | CPU ms / step | x plain | x Avalanche |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['side']} | {row['cpu_ms_per_step']:.3f} | {row.get('x_plain', '')} | {row.get('x_avalanche', '')} |")
+    append_record(RECORDS, rows, settings={"experiment": args.experiment, "batches": args.batches, "seed": args.seed,
+                                           "batch_size": 10, "threads": 1, "precision": "32-true"})
+
+
+if __name__ == "__main__":
+    main()
