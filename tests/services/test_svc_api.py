@@ -15,8 +15,20 @@ def _seed(api):
     recommendation = api.post("/v1/workspaces/alpha/recommendations",
                               json={"agent": "x", "type": "ops", "confidence": 0.7}, headers=auth())
     assert experiment.status_code == 201 and recommendation.status_code == 201
-    return {"experiment_id": experiment.json()["id"], "recommendation_id": recommendation.json()["id"],
-            "agent": "x", "job": "trust"}
+    ids = {"experiment_id": experiment.json()["id"], "recommendation_id": recommendation.json()["id"],
+           "agent": "x", "job": "trust"}
+    return ids | _seed_learning_services(api)
+
+
+LEARNING_BODIES = {"/v1/workspaces/{workspace}/strategies/{strategy_id}/outcomes": {"values": {"speed": 1.0}}}
+
+
+def _seed_learning_services(api):
+    """Ids for the issue-20 routes (strategy pool, ...)."""
+    profile = api.post("/v1/workspaces/alpha/profiles", headers=auth(), json={
+        "name": "p", "genes": {"batch": {"type": "int", "low": 1, "high": 8}}, "population_size": 5})
+    evolved = api.post(f"/v1/workspaces/alpha/profiles/{profile.json()['id']}/evolve", headers=auth())
+    return {"profile_id": profile.json()["id"], "strategy_id": evolved.json()["pending"][0]["id"]}
 
 
 def _workspace_routes(api):
@@ -48,6 +60,8 @@ def test_every_workspace_route_refuses_missing_wrong_and_foreign_tokens(api):
 
 
 def _valid_body(path):
+    if path in LEARNING_BODIES:
+        return LEARNING_BODIES[path]
     if path.endswith("/outcomes"):
         return {"variant": "a", "value": 1}
     if path.endswith("/evaluation"):

@@ -312,4 +312,7 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
             return 200, s.JobOut(job=job, workspace=workspace, summary=jobs.JOBS[job](session, workspace, jobs.RetentionPolicy()))
         return idempotent_write(request, workspace, key, None, write)
 
+    from metalab.services.api import learning_routes  # issue 20's services; imports this module's helpers
+
+    learning_routes.install(app, v1)
     return app

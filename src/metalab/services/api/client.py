@@ -129,3 +129,34 @@ class ServicesClient:
 
     def run_job(self, job: str) -> s.JobOut:
         return self._write(f"/jobs/{job}", None, s.JobOut, None)
+
+    # ---- strategy pool and knowledge graph (issue 20) -------------------------------------------------------
+    def create_profile(self, profile: s.ProfileCreate, idempotency_key: str | None = None) -> s.ProfileOut:
+        return self._write("/profiles", profile, s.ProfileOut, idempotency_key)
+
+    def profile(self, profile_id: int) -> s.ProfileOut:
+        return self._read(f"/profiles/{profile_id}", s.ProfileOut)
+
+    def evolve(self, profile_id: int, idempotency_key: str | None = None) -> s.EvolveOut:
+        return self._write(f"/profiles/{profile_id}/evolve", None, s.EvolveOut, idempotency_key)
+
+    def strategies(self, profile_id: int, role: str | None = None, limit: int = 50, cursor: int = 0) -> s.Page[s.StrategyOut]:
+        return self._read(f"/profiles/{profile_id}/strategies", s.Page[s.StrategyOut], role=role, limit=limit, cursor=cursor)
+
+    def record_strategy_outcome(self, strategy_id: int, values: dict[str, float],
+                                idempotency_key: str | None = None) -> s.StrategyOut:
+        return self._write(f"/strategies/{strategy_id}/outcomes", s.StrategyOutcomeCreate(values=values), s.StrategyOut,
+                           idempotency_key)
+
+    def add_edge(self, source: str, relation: str, target: str, idempotency_key: str | None = None) -> s.EdgeOut:
+        return self._write("/graph/edges", s.EdgeCreate(source=source, relation=relation, target=target), s.EdgeOut,
+                           idempotency_key)
+
+    def ancestors(self, node: str, relation: str | None = "evolved_from") -> s.AncestorsOut:
+        return self._read("/graph/ancestors", s.AncestorsOut, node=node, relation=relation)
+
+    def path(self, source: str, target: str) -> s.PathOut:
+        return self._read("/graph/path", s.PathOut, source=source, target=target)
+
+    def export_graph(self, fmt: str = "graphml") -> str:
+        return self._request("GET", "/graph/export", params={"format": fmt}).text

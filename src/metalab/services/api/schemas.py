@@ -250,3 +250,96 @@ class JobOut(BaseModel):
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# ---- issue 20: strategy pool and knowledge graph ---------------------------------------------------------
+Finite = Annotated[float, Field(ge=-1e12, le=1e12)]
+GeneName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+NodeName = Annotated[str, StringConstraints(min_length=3, max_length=200, pattern=r"^[a-z_]+:[A-Za-z0-9_.\-]{1,150}$")]
+
+
+class GeneSpec(Strict):
+    type: Literal["float", "int", "categorical"]
+    low: Finite | None = None
+    high: Finite | None = None
+    log: bool | None = Field(None, description="float genes only: search log(value)")
+    choices: list[Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | Finite | bool] | None = Field(
+        None, min_length=1, max_length=100)
+
+    def as_config(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class ObjectiveSpec(Strict):
+    name: GeneName
+    goal: Literal["max", "min"] = "max"
+
+
+class ProfileCreate(Strict):
+    name: Name
+    genes: dict[GeneName, GeneSpec] = Field(min_length=1, max_length=50)
+    objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [ObjectiveSpec(name="speed")], min_length=1,
+                                            max_length=8)
+    population_size: int = Field(20, ge=5, le=1000)
+    survival_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the population that survives")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class StrategyOut(BaseModel):
+    id: int
+    profile_id: int
+    generation: int
+    params: dict[str, Any]
+    parents: list[int]
+    role: Literal["pending", "default", "alternative", "retired"]
+    objective_means: dict[str, float]
+    outcomes: int
+
+
+class ProfileOut(BaseModel):
+    id: int
+    name: str
+    genes: dict[str, Any]
+    objectives: list[ObjectiveSpec]
+    population_size: int
+    survival_fraction: float
+    generation: int
+    default_strategy: StrategyOut | None
+
+
+class EvolveOut(BaseModel):
+    profile: ProfileOut
+    default: StrategyOut | None
+    alternatives: list[StrategyOut]
+    pending: list[StrategyOut] = Field(description="the new generation: run each and record its outcome")
+
+
+class StrategyOutcomeCreate(Strict):
+    values: dict[GeneName, Finite] = Field(min_length=1, max_length=8, description="a value per objective")
+
+
+class EdgeCreate(Strict):
+    source: NodeName
+    relation: Literal["evolved_from", "best_strategy_of", "similar_to", "resolved_by"]
+    target: NodeName
+    attributes: JsonObject = Field(default_factory=dict)
+
+
+class EdgeOut(BaseModel):
+    source: str
+    relation: str
+    target: str
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class AncestorsOut(BaseModel):
+    node: str
+    relation: str | None
+    ancestors: list[str]
+
+
+class PathOut(BaseModel):
+    source: str
+    target: str
+    connected: bool
+    edges: list[EdgeOut]

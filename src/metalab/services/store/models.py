@@ -161,3 +161,67 @@ class JobRun(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# ---- issue 20: knowledge graph and strategy pool ---------------------------------------------------------
+class GraphEdge(Base):
+    """A typed relation between two stored things, ``source --relation--> target`` (nodes are ``kind:key``)."""
+
+    __tablename__ = "graph_edges"
+    __table_args__ = (UniqueConstraint("workspace", "source", "relation", "target", name="uq_graph_edge"),
+                      Index("ix_graph_edges_workspace_source", "workspace", "source"),
+                      Index("ix_graph_edges_workspace_target", "workspace", "target"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
+    source: Mapped[str] = mapped_column(String(200))
+    relation: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StrategyProfile(Base):
+    """A job profile whose strategies evolve: the gene space, the objectives and the genetic algorithm's state."""
+
+    __tablename__ = "strategy_profiles"
+    __table_args__ = (UniqueConstraint("workspace", "name", name="uq_strategy_profile_workspace_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    genes: Mapped[dict[str, Any]] = mapped_column(JSON)  # SearchSpace.from_config form
+    objectives: Mapped[list[Any]] = mapped_column(JSON)  # [{"name": ..., "goal": "max" | "min"}]
+    population_size: Mapped[int] = mapped_column(Integer)
+    survival_fraction: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    ga_state: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    default_strategy_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Strategy(Base):
+    """One genome of a profile; ``role`` is pending (awaiting outcomes), default, alternative or retired."""
+
+    __tablename__ = "strategies"
+    __table_args__ = (UniqueConstraint("profile_id", "candidate_id", name="uq_strategy_profile_candidate"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    profile_id: Mapped[int] = mapped_column(ForeignKey("strategy_profiles.id", ondelete="CASCADE"), index=True)
+    candidate_id: Mapped[int] = mapped_column(Integer)  # the genetic algorithm's id of this individual
+    generation: Mapped[int] = mapped_column(Integer)
+    genome: Mapped[list[Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    parents: Mapped[list[Any]] = mapped_column(JSON, default=list)  # strategy ids it evolved from
+    role: Mapped[str] = mapped_column(String(16), default="pending")
+    objective_means: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    outcomes: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StrategyOutcome(Base):
+    __tablename__ = "strategy_outcomes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
+    strategy_id: Mapped[int] = mapped_column(ForeignKey("strategies.id", ondelete="CASCADE"), index=True)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,123 @@
+"""Routes of the issue-20 services (strategy pool, knowledge graph, predictor, transfer insights, model registry,
+hyperparameter governor): the same workspace auth, idempotency keys and error handling as ``app.py``.
+
+Each route is thin: validate with the pydantic schema, call one service method, shape the answer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import Response
+
+from metalab.services.api import schemas as s
+from metalab.services.api.app import ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions, idempotent_write
+from metalab.services.graph import KnowledgeGraphService
+from metalab.services.store.models import Strategy, StrategyProfile
+from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolService
+
+ProfileId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+StrategyId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+NodeQuery = Annotated[s.NodeName, Query()]
+Relation = Literal["evolved_from", "best_strategy_of", "similar_to", "resolved_by"]
+
+
+def strategy_out(x: Strategy) -> s.StrategyOut:
+    return s.StrategyOut(id=x.id, profile_id=x.profile_id, generation=x.generation, params=x.params,
+                         parents=x.parents, role=x.role, objective_means=x.objective_means, outcomes=x.outcomes)
+
+
+def profile_out(service: StrategyPoolService, p: StrategyProfile) -> s.ProfileOut:
+    default = service.strategy(p.default_strategy_id) if p.default_strategy_id else None
+    return s.ProfileOut(id=p.id, name=p.name, genes=p.genes, objectives=p.objectives, population_size=p.population_size,
+                        survival_fraction=p.survival_fraction, generation=p.generation,
+                        default_strategy=strategy_out(default) if default else None)
+
+
+def install_strategy_and_graph_routes(app: FastAPI, v1: str) -> None:
+    tags = ["strategy pool"]
+
+    @app.post(v1 + "/profiles", status_code=201, response_model=s.ProfileOut, responses=ERRORS, tags=tags)
+    def create_profile(request: Request, workspace: Workspace_, body: s.ProfileCreate, key: IdempotencyKey = None):
+        def write(session):
+            service = StrategyPoolService(session, workspace)
+            spec = ProfileSpec(name=body.name, genes={k: g.as_config() for k, g in body.genes.items()},
+                               objectives=[Objective(o.name, o.goal) for o in body.objectives],
+                               population_size=body.population_size, survival_fraction=body.survival_fraction,
+                               seed=body.seed)
+            return 201, profile_out(service, service.create_profile(spec))
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/profiles/{profile_id}", response_model=s.ProfileOut, responses=ERRORS, tags=tags)
+    def get_profile(request: Request, workspace: Workspace_, profile_id: ProfileId):
+        with _sessions(request)() as session:
+            service = StrategyPoolService(session, workspace)
+            return profile_out(service, service.profile(profile_id))
+
+    @app.post(v1 + "/profiles/{profile_id}/evolve", response_model=s.EvolveOut, responses=ERRORS, tags=tags)
+    def evolve(request: Request, workspace: Workspace_, profile_id: ProfileId, key: IdempotencyKey = None):
+        """One generation of the core genetic algorithm: tell the pending strategies' outcomes, ask the next ones."""
+        def write(session):
+            service = StrategyPoolService(session, workspace)
+            result = service.evolve(profile_id)
+            return 200, s.EvolveOut(profile=profile_out(service, result.profile),
+                                    default=strategy_out(result.default) if result.default else None,
+                                    alternatives=[strategy_out(x) for x in result.alternatives],
+                                    pending=[strategy_out(x) for x in result.pending])
+        return idempotent_write(request, workspace, key, None, write)
+
+    @app.get(v1 + "/profiles/{profile_id}/strategies", response_model=s.Page[s.StrategyOut], responses=ERRORS, tags=tags)
+    def list_strategies(request: Request, workspace: Workspace_, profile_id: ProfileId, limit: Limit = 50,
+                        cursor: Cursor = 0,
+                        role: Annotated[Literal["pending", "default", "alternative", "retired"] | None, Query()] = None):
+        with _sessions(request)() as session:
+            found = StrategyPoolService(session, workspace).strategies(profile_id, role, limit, cursor)
+            return _page([strategy_out(x) for x in found], [x.id for x in found], limit)
+
+    @app.post(v1 + "/strategies/{strategy_id}/outcomes", status_code=201, response_model=s.StrategyOut,
+              responses=ERRORS, tags=tags)
+    def record_strategy_outcome(request: Request, workspace: Workspace_, strategy_id: StrategyId,
+                                body: s.StrategyOutcomeCreate, key: IdempotencyKey = None):
+        def write(session):
+            return 201, strategy_out(StrategyPoolService(session, workspace).record_outcome(strategy_id, body.values))
+        return idempotent_write(request, workspace, key, body, write)
+
+    # ---- knowledge graph ----------------------------------------------------------------------------------
+    tags = ["knowledge graph"]
+
+    @app.post(v1 + "/graph/edges", status_code=201, response_model=s.EdgeOut, responses=ERRORS, tags=tags)
+    def add_edge(request: Request, workspace: Workspace_, body: s.EdgeCreate, key: IdempotencyKey = None):
+        def write(session):
+            e = KnowledgeGraphService(session, workspace).add(body.source, body.relation, body.target, body.attributes)
+            return 201, s.EdgeOut(source=e.source, relation=e.relation, target=e.target, attributes=e.attributes)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/graph/ancestors", response_model=s.AncestorsOut, responses=ERRORS, tags=tags)
+    def graph_ancestors(request: Request, workspace: Workspace_, node: NodeQuery,
+                        relation: Annotated[Relation | None, Query()] = "evolved_from"):
+        """Every node reachable from ``node`` along ``relation`` edges (for evolved_from: the strategy's ancestors)."""
+        with _sessions(request)() as session:
+            found = KnowledgeGraphService(session, workspace).ancestors(node, relation)
+            return s.AncestorsOut(node=node, relation=relation, ancestors=found)
+
+    @app.get(v1 + "/graph/path", response_model=s.PathOut, responses=ERRORS, tags=tags)
+    def graph_path(request: Request, workspace: Workspace_, source: NodeQuery, target: NodeQuery):
+        """The shortest chain of relations between two nodes (either direction)."""
+        with _sessions(request)() as session:
+            chain = KnowledgeGraphService(session, workspace).path(source, target)
+            edges = [s.EdgeOut(source=e.source, relation=e.relation, target=e.target) for e in chain or []]
+            return s.PathOut(source=source, target=target, connected=chain is not None, edges=edges)
+
+    @app.get(v1 + "/graph/export", responses={**ERRORS, 200: {"content": {"application/xml": {}, "application/json": {}}}},
+             tags=tags)
+    def graph_export(request: Request, workspace: Workspace_,
+                     format: Annotated[Literal["graphml", "json"], Query()] = "graphml"):
+        """The workspace's graph as GraphML or networkx node-link JSON."""
+        with _sessions(request)() as session:
+            text = KnowledgeGraphService(session, workspace).export(format)
+        return Response(text, media_type="application/xml" if format == "graphml" else "application/json")
+
+
+def install(app: FastAPI, v1: str) -> None:
+    install_strategy_and_graph_routes(app, v1)
