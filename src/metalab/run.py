@@ -99,6 +99,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     record.update({"metrics": metrics, "global_step": trainer.global_step, "seed": cfg.seed,
                    "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
                    "precision": precision.record(), "environment": environment_report()})
+    run_record = getattr(learner, "run_record", None)  # what a learner adds beyond scalars (e.g. a NAS genotype)
+    if callable(run_record):
+        record.update(run_record())
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     _print_summary(metrics, record["targets"], output_dir, throughput.unit if throughput else "episodes")
     key = cfg.get("optimized_metric")

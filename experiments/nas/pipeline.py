@@ -1,0 +1,147 @@
+"""Issue 17's NAS study, one run at a time: searches, then retraining of every chosen cell over seeds.
+
+    python experiments/nas/pipeline.py run          # runs what has not run yet (each is `python train.py ...`)
+    python experiments/nas/pipeline.py summarise    # the retraining table's rows from the run records
+
+Every finished run appends a record (``append_record``) to ``experiments/nas/records/runs.jsonl`` with the
+figures of its ``metrics.json``; ``summarise`` appends mean +- std over seeds per cell, the search cost and
+the relative error reduction against the hand-designed ResNet cell to ``experiments/nas/records/summary.jsonl``.
+``experiments/nas/README.md`` shows both through generated tables (``python -m metalab tables``).
+Runs go to ``logs/nas/<name>`` (one thread each, in sequence: the machine is a shared 2-core CPU); a run
+directory holding a ``metrics.json`` is not run again, so the script picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from metalab.nas.space import RESNET_CELL, Genotype
+from metalab.report.records import append_record, read_records, repo_root
+
+ROOT = repo_root()
+RUNS = ROOT / "logs" / "nas"
+RUN_RECORDS = "experiments/nas/records/runs.jsonl"
+SUMMARY_RECORDS = "experiments/nas/records/summary.jsonl"
+SEARCHES = {"darts": "nas/darts", "darts_noguard": "nas/darts_noguard", "evolution": "nas/evolution",
+            "random": "nas/random"}
+SEEDS = (0, 1, 2)
+# cells retrained over every seed; darts_noguard only on seed 0 (the guard comparison)
+TABLE_CELLS = ("darts", "evolution", "random", "resnet")
+
+
+def run_train(name: str, overrides: list[str]) -> dict[str, Any] | None:
+    """``python train.py <overrides>`` into ``logs/nas/<name>``; its metrics.json (None if it failed)."""
+    out = RUNS / name
+    if (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
+    command = [sys.executable, "train.py", *overrides, f"hydra.run.dir={out.relative_to(ROOT)}"]
+    print(f"[nas pipeline] {' '.join(command[1:])}", flush=True)
+    result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if result.returncode != 0 or not (out / "metrics.json").is_file():
+        print(f"[nas pipeline] {name} failed (exit {result.returncode})", flush=True)
+        return None
+    record = json.loads((out / "metrics.json").read_text())
+    _record_run(name, overrides, record)
+    return record
+
+
+def _record_run(name: str, overrides: list[str], metrics: dict[str, Any]) -> None:
+    scalars = metrics["metrics"]
+    row = {"run": name, "genotype": metrics.get("genotype"), "seed": metrics.get("seed"),
+           "wall_seconds": round(scalars.get("train/wall_seconds", float("nan")), 1)}
+    if "search_cpu_seconds" in metrics:
+        row["search_cpu_minutes"] = round(metrics["search_cpu_seconds"] / 60, 2)
+    if "supernet_epoch_seconds" in metrics:
+        row["supernet_epoch_seconds"] = round(statistics.mean(metrics["supernet_epoch_seconds"]), 1)
+        row["derived_skips"] = Genotype.parse(metrics["genotype"]).count("skip_connect")
+        row["search_val_acc"] = round(100 * scalars.get("val/acc_epoch", float("nan")), 2)
+    if "evaluations" in metrics:
+        row["evaluations"] = len(metrics["evaluations"])
+        trained = [e["seconds"] for e in metrics["evaluations"] if e["seconds"] > 0.05]
+        row["seconds_per_trained_cell"] = round(statistics.mean(trained), 1) if trained else None
+        row["best_fitness"] = metrics.get("best_fitness")
+    if "test/cifar10/acc" in scalars:
+        row["test_acc"] = round(scalars["test/cifar10/acc"], 2)
+        row["parameters"] = metrics.get("parameters")
+        row["train_cpu_minutes"] = round(metrics.get("train_cpu_seconds", float("nan")) / 60, 2)
+    command = "python train.py " + " ".join(_quoted(o) for o in overrides)
+    append_record(RUN_RECORDS, row, benchmark="nas_run", command=command,
+                  settings={"overrides": overrides},
+                  notes="one thread per run, runs in sequence; other sessions' processes shared the 2 cores")
+
+
+def _quoted(override: str) -> str:
+    """An override as typed in a shell (the genotype's quotes kept inside double quotes)."""
+    return f'"{override}"' if "|" in override else override
+
+
+def retrain_value(genotype: str) -> str:
+    return f"'{genotype}'"  # Hydra's grammar needs the | ~ + of the string form quoted
+
+
+def run_all(seed: int = 0) -> None:
+    genotypes = {"resnet": str(RESNET_CELL)}
+    order = ["darts", "evolution", "random", "darts_noguard"]
+    for name in order:
+        metrics = run_train(name, [f"+experiment={SEARCHES[name]}", f"seed={seed}"])
+        if metrics is not None:
+            genotypes[name] = metrics["genotype"]
+    for retrain_seed in SEEDS:
+        cells = TABLE_CELLS + (("darts_noguard",) if retrain_seed == 0 else ())
+        for cell in cells:
+            if cell not in genotypes:
+                continue
+            run_train(f"retrain_{cell}_seed{retrain_seed}",
+                      ["+experiment=nas/retrain", f"genotype={retrain_value(genotypes[cell])}",
+                       f"seed={retrain_seed}"])
+
+
+def summarise() -> None:
+    """Per cell: test accuracy mean +- std over seeds, parameters, search cost; error reduction vs ResNet."""
+    rows = [r for rec in read_records(ROOT / RUN_RECORDS) for r in rec["figures"]]
+    latest: dict[str, dict[str, Any]] = {}
+    for row in rows:  # a rerun's newer record replaces the older one
+        latest[row["run"]] = row
+    searches = {name: latest.get(name, {}) for name in SEARCHES}
+    table = []
+    for cell in TABLE_CELLS + ("darts_noguard",):
+        accs = [latest[f"retrain_{cell}_seed{s}"]["test_acc"] for s in SEEDS if f"retrain_{cell}_seed{s}" in latest]
+        if not accs:
+            continue
+        any_run = next(latest[f"retrain_{cell}_seed{s}"] for s in SEEDS if f"retrain_{cell}_seed{s}" in latest)
+        table.append({"cell": cell, "genotype": any_run["genotype"], "seeds": len(accs),
+                      "test_acc_mean": round(statistics.mean(accs), 2),
+                      "test_acc_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else None,
+                      "parameters": any_run["parameters"],
+                      "search_cpu_minutes": searches.get(cell, {}).get("search_cpu_minutes", 0.0 if cell == "resnet" else None)})
+    reference = next((r for r in table if r["cell"] == "resnet"), None)
+    for row in table:
+        if reference is not None:
+            error, reference_error = 100 - row["test_acc_mean"], 100 - reference["test_acc_mean"]
+            row["error_reduction_vs_resnet_pct"] = round(100 * (reference_error - error) / reference_error, 1)
+    append_record(SUMMARY_RECORDS, table, benchmark="nas_retrain_table",
+                  settings={"seeds": list(SEEDS), "runs_file": RUN_RECORDS})
+    for row in table:
+        print(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=("run", "summarise"))
+    parser.add_argument("--search-seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.action == "run":
+        run_all(args.search_seed)
+    else:
+        summarise()
+
+
+if __name__ == "__main__":
+    main()
