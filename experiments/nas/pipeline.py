@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,9 @@ def run_train(name: str, overrides: list[str]) -> dict[str, Any] | None:
     out = RUNS / name
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
+    last = out / "checkpoints" / "last.ckpt"
+    if last.is_file():  # a run stopped part-way continues from its checkpoint (resume, as any run)
+        overrides = [*overrides, f"ckpt_path={last.relative_to(ROOT)}"]
     command = [sys.executable, "train.py", *overrides, f"hydra.run.dir={out.relative_to(ROOT)}"]
     print(f"[nas pipeline] {' '.join(command[1:])}", flush=True)
     result = subprocess.run(command, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -72,8 +76,10 @@ def _record_run(name: str, overrides: list[str], metrics: dict[str, Any]) -> Non
         row["parameters"] = metrics.get("parameters")
         row["train_cpu_minutes"] = round(metrics.get("train_cpu_seconds", float("nan")) / 60, 2)
     command = "python train.py " + " ".join(_quoted(o) for o in overrides)
+    kind = "retrain" if name.startswith("retrain_") else "search"
     append_record(RUN_RECORDS, row, benchmark="nas_run", command=command,
-                  settings={"overrides": overrides},
+                  settings={"run": name, "kind": kind, "cell": name.removeprefix("retrain_").rsplit("_seed", 1)[0],
+                            "overrides": overrides},
                   notes="one thread per run, runs in sequence; other sessions' processes shared the 2 cores")
 
 
@@ -126,10 +132,21 @@ def summarise() -> None:
         if reference is not None:
             error, reference_error = 100 - row["test_acc_mean"], 100 - reference["test_acc_mean"]
             row["error_reduction_vs_resnet_pct"] = round(100 * (reference_error - error) / reference_error, 1)
+    _copy_cell_pictures()
     append_record(SUMMARY_RECORDS, table, benchmark="nas_retrain_table",
                   settings={"seeds": list(SEEDS), "runs_file": RUN_RECORDS})
     for row in table:
         print(row)
+
+
+def _copy_cell_pictures() -> None:
+    """Each search's ``cell.png`` (and the ResNet cell's, from its retraining) into ``experiments/nas/cells/``."""
+    target = ROOT / "experiments" / "nas" / "cells"
+    target.mkdir(parents=True, exist_ok=True)
+    sources = {name: RUNS / name / "cell.png" for name in SEARCHES} | {"resnet": RUNS / "retrain_resnet_seed0" / "cell.png"}
+    for name, source in sources.items():
+        if source.is_file():
+            shutil.copyfile(source, target / f"{name}.png")
 
 
 def main() -> None:
