@@ -160,3 +160,11 @@ class ServicesClient:
 
     def export_graph(self, fmt: str = "graphml") -> str:
         return self._request("GET", "/graph/export", params={"format": fmt}).text
+
+    # ---- performance predictor ------------------------------------------------------------------------------
+    def record_completed_job(self, job: s.CompletedJobCreate, idempotency_key: str | None = None) -> s.CompletedJobOut:
+        return self._write("/completed-jobs", job, s.CompletedJobOut, idempotency_key)
+
+    def predict(self, request: s.PredictionRequest) -> s.JobPredictionOut:
+        payload = request.model_dump(mode="json")
+        return s.JobPredictionOut.model_validate(self._request("POST", "/predictions", json=payload).json())

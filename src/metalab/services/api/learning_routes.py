@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from metalab.services.api import schemas as s
 from metalab.services.api.app import ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions, idempotent_write
 from metalab.services.graph import KnowledgeGraphService
+from metalab.services.predictor import PredictorService
 from metalab.services.store.models import Strategy, StrategyProfile
 from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolService
 
@@ -119,5 +120,25 @@ def install_strategy_and_graph_routes(app: FastAPI, v1: str) -> None:
         return Response(text, media_type="application/xml" if format == "graphml" else "application/json")
 
 
+def install_predictor_routes(app: FastAPI, v1: str) -> None:
+    tags = ["performance predictor"]
+
+    @app.post(v1 + "/completed-jobs", status_code=201, response_model=s.CompletedJobOut, responses=ERRORS, tags=tags)
+    def record_completed_job(request: Request, workspace: Workspace_, body: s.CompletedJobCreate, key: IdempotencyKey = None):
+        def write(session):
+            job = PredictorService(session, workspace).record(body.features, body.duration_s, body.error_rate, body.resources)
+            return 201, s.CompletedJobOut(id=job.id, features=job.features, duration_s=job.duration_s,
+                                          error_rate=job.error_rate, resources=job.resources)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.post(v1 + "/predictions", response_model=s.JobPredictionOut, responses=ERRORS, tags=tags)
+    def predict(request: Request, workspace: Workspace_, body: s.PredictionRequest):
+        """Duration, error rate and resources of a new job from its k nearest completed jobs, with split-conformal
+        intervals, recommended resources and risk flags (writes nothing)."""
+        with _sessions(request)() as session:
+            return PredictorService(session, workspace).predict(body.features, body.k, body.confidence).__dict__
+
+
 def install(app: FastAPI, v1: str) -> None:
     install_strategy_and_graph_routes(app, v1)
+    install_predictor_routes(app, v1)

@@ -343,3 +343,39 @@ class PathOut(BaseModel):
     target: str
     connected: bool
     edges: list[EdgeOut]
+
+
+# ---- performance predictor ------------------------------------------------------------------------------
+FeatureVector = dict[GeneName, Finite]
+
+
+class CompletedJobCreate(Strict):
+    features: FeatureVector = Field(min_length=1, max_length=64, description="the job's profile vector")
+    duration_s: float = Field(gt=0.0, le=1e9)
+    error_rate: Probability
+    resources: float = Field(gt=0.0, le=1e12, description="in the workspace's unit, e.g. core-hours")
+
+
+class CompletedJobOut(BaseModel):
+    id: int
+    features: dict[str, float]
+    duration_s: float
+    error_rate: float
+    resources: float
+
+
+class PredictionRequest(Strict):
+    features: FeatureVector = Field(min_length=1, max_length=64)
+    k: int = Field(10, ge=1, le=1000, description="neighbours")
+    confidence: float = Field(0.9, ge=0.5, le=0.99, description="coverage of the split-conformal intervals")
+
+
+class JobPredictionOut(BaseModel):
+    estimate: dict[str, float]
+    interval: dict[str, tuple[float, float]]
+    recommended_resources: float = Field(description="upper end of the resources interval")
+    risk_flags: list[str]
+    neighbours: int
+    library_size: int
+    calibration_jobs: int
+    neighbour_distance: float

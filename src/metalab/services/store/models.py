@@ -225,3 +225,17 @@ class StrategyOutcome(Base):
     strategy_id: Mapped[int] = mapped_column(ForeignKey("strategies.id", ondelete="CASCADE"), index=True)
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- issue 20: performance predictor ---------------------------------------------------------------------
+class CompletedJob(Base):
+    """A finished job: its profile vector and what it took (the predictor's library)."""
+
+    __tablename__ = "completed_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)  # profile vector: {name: number}
+    duration_s: Mapped[float] = mapped_column(Float)
+    error_rate: Mapped[float] = mapped_column(Float)
+    resources: Mapped[float] = mapped_column(Float)  # e.g. core-hours or GB, one unit per workspace
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
