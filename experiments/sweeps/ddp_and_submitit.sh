@@ -13,9 +13,9 @@ COMMON=(+experiment=omniglot/protonet_5w1s data.pools.split=vinyals data.train.w
 if [[ "${1:-ddp}" == ddp ]]; then
   # global batch 2 episodes a step, 30 steps: one process draws 2 a step; two processes 1 each
   $REC ddp_1proc -- $PY train.py "${COMMON[@]}" trainer=cpu data.tasks_per_batch=2 data.train_episodes=30 \
-      test=false hydra.run.dir=logs/ddp_check/one_process
+      test=false optimized_metric=null hydra.run.dir=logs/ddp_check/one_process
   $REC ddp_2proc -- $PY train.py "${COMMON[@]}" trainer=ddp_cpu data.tasks_per_batch=1 data.train_episodes=60 \
-      test=false hydra.run.dir=logs/ddp_check/two_processes
+      test=false optimized_metric=null hydra.run.dir=logs/ddp_check/two_processes
   # both tested in one process on the same 200 test episodes, from their final checkpoints
   for run in one_process two_processes; do
     $REC ddp_test_$run -- $PY train.py "${COMMON[@]}" trainer=cpu train=false \
