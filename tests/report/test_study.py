@@ -168,3 +168,20 @@ def test_unreadable_metrics_on_the_command_line_one_error_line_report_still_writ
     report = (study.folder / "report.md").read_text()
     assert "| protonet_5w1s | 5w1s % | 97.50 +- 3.00 | 600 episodes (seed 1) |" in report
     assert (study.records_dir(study.runs[0]) / "metrics.json").read_text() == "{not json"  # left for the user
+
+
+def test_a_run_left_on_auto_precision_is_adopted_as_the_precision_it_resolved_to(tmp_path):
+    """`auto` that resolved to fp32 computed exactly what a forced `trainer.precision=32-true` run computes."""
+    study = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], ["trainer.precision=32-true"]))
+    outside = tmp_path / "logs" / "run"
+    (outside / ".hydra").mkdir(parents=True)
+    (outside / ".hydra" / "overrides.yaml").write_text("- +experiment=omniglot/protonet_5w1s\n- seed=1\n")
+    record = {"metrics": {"test/5w1s/acc": 90.0}, "seed": 1, "precision": {"requested": "auto", "used": "32-true"}}
+    (outside / "metrics.json").write_text(json.dumps(record))
+    from metalab.report.study import adopt
+
+    assert adopt(study, outside, tmp_path / "runs").overrides == ("trainer.precision=32-true",)
+    record["precision"]["used"] = "bf16-mixed"  # resolved to something else: not the same run
+    (outside / "metrics.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="no run of study tiny"):
+        adopt(study, outside, tmp_path / "runs")

@@ -383,8 +383,13 @@ def adopt(study: Study, run_dir: Path, runs_root: Path) -> Run:
     given = [str(o) for o in yaml.safe_load(overrides_file.read_text())]
     ignored = ("cpu_threads=", "hydra.", "callbacks.progress_bar", "seed=")
     experiment = next((o.split("=", 1)[1] for o in given if o.startswith("+experiment=")), None)
-    seed = json.loads((run_dir / "metrics.json").read_text()).get("seed", 0)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    seed = record.get("seed", 0)
     rest = sorted(o for o in given if not o.startswith(("+experiment=", *ignored)))
+    used_precision = (record.get("precision") or {}).get("used")
+    if used_precision and not any(o.startswith("trainer.precision=") for o in rest):
+        # a run left on `auto` computed in the precision it resolved to: the same run as one that forced it
+        rest = sorted([*rest, f"trainer.precision={used_precision}"])
     for run in study.runs:
         if run.experiment == experiment and run.seed == seed and sorted(run.overrides) == rest:
             target = runs_root / run.relative_dir(study.name, study.budget)
