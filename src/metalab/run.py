@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -61,19 +62,12 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-    precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
-    _announce(precision)
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    learner: L.LightningModule = instantiate(cfg.learner, backbone=instantiate(cfg.model))
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
-    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
-    for logger in loggers:  # the whole resolved config, so a W&B run carries it (not only the module's hparams)
+    objects = build_run(cfg, extra_callbacks)
+    precision, datamodule, learner, callbacks, trainer = (objects.precision, objects.datamodule, objects.learner,
+                                                          objects.callbacks, objects.trainer)
+    for logger in objects.loggers:  # the whole resolved config, so a W&B run carries it (not only the module's hparams)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
-    trainer: L.Trainer = instantiate(cfg.trainer, "trainer", precision=precision.precision, callbacks=callbacks,
-                                     logger=loggers or False)
 
     ckpt_path = resolve_ckpt_path(cfg)
     metrics: dict[str, Any] = {}
@@ -108,6 +102,36 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     if key and key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not produced; the run logged: {', '.join(sorted(metrics))}")
     return metrics.get(key) if key else None
+
+
+@dataclass
+class RunObjects:
+    """What one run is made of, built from its config."""
+
+    precision: PrecisionChoice
+    datamodule: L.LightningDataModule
+    learner: L.LightningModule
+    callbacks: list[Any]
+    loggers: list[Any]
+    trainer: L.Trainer
+
+
+def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunObjects:
+    """Instantiate every ``_target_`` of a run, loading no data (that happens in the data module's setup).
+
+    Apart from :func:`train` so that a test can build every experiment exactly as a run does: a typo in a
+    target or a keyword a class does not take then fails ``make test``, not a user's run."""
+    precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
+    _announce(precision)
+    datamodule = instantiate(cfg.data)
+    learner = instantiate(cfg.learner, backbone=instantiate(cfg.model))
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    trainer = instantiate(cfg.trainer, "trainer", precision=precision.precision, callbacks=callbacks,
+                          logger=loggers or False)
+    return RunObjects(precision, datamodule, learner, callbacks, loggers, trainer)
 
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
