@@ -26,8 +26,12 @@ def test_benchmark_quick(tmp_path):
 
 
 def test_gpu_table_code_path_interpreted(monkeypatch, capsys):
-    # No GPU here: run the GPU branch on CPU tensors with the interpreted kernels and CPU timers,
-    # so that its kernel thunks, rate arithmetic and table printing are exercised.
+    """The GPU branch on CPU tensors with interpreted kernels. Its timer is replaced by one that runs
+    each variant once, keeps what it returned and reports a fixed time, so the table's figures can be
+    recomputed here: every kernel thunk must return what its torch reference returns, and every rate
+    must be the work divided by that time, printed as such. Mutations tried, each fails: TFLOP/s divided
+    by 1e9 instead of 1e12; the GB/s percentage taken of the FLOP peak; the Triton thunk of inner_update
+    given 2 * lr while the reference gets lr."""
     import importlib.util
 
     import torch
@@ -35,15 +39,32 @@ def test_gpu_table_code_path_interpreted(monkeypatch, capsys):
     spec = importlib.util.spec_from_file_location("kernels_bench_run", REPO / "benchmarks/kernels/run.py")
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
-    monkeypatch.setattr(run, "gpu_time", lambda fn: run.cpu_time(fn, repeats=1, warmup=0))
-    monkeypatch.setattr(run, "gpu_peaks", lambda: {"dram_gbps": 1000.0, "fp32_tflops": 20.0})
+    seconds, peaks = 2e-3, {"dram_gbps": 1000.0, "fp32_tflops": 20.0}
+    returned = []
+    monkeypatch.setattr(run, "gpu_time", lambda fn: returned.append(fn()) or seconds)
+    monkeypatch.setattr(run, "gpu_peaks", lambda: peaks)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake")
     monkeypatch.setattr(torch, "compile", lambda fn: fn)
+    cases = {case["name"]: case for case in run.op_cases("cpu", quick=True)}
     rows = run.bench_gpu(quick=True, device="cpu")
     out = capsys.readouterr().out
-    assert len(rows) == 6
+    assert [row["op"] for row in rows] == list(cases)
+    outputs = iter(returned)
     for row in rows:
-        assert isinstance(row["triton"], dict), row  # the kernel thunk ran (no error string)
-        assert isinstance(row["torch"], dict), row
-        assert row["triton"]["pct_peak"] > 0
-    assert "| linear_fisher" in out and "TFLOP/s" in out and "GB/s" in out
+        case = cases[row["op"]]
+        variants = ["triton", "torch"] + ([] if case.get("no_compile") else ["torch.compile"])
+        results = {label: next(outputs) for label in variants}
+        flat = {label: torch.cat([t.detach().double().flatten() for t in (r if isinstance(r, tuple) else (r,))])
+                for label, r in results.items()}
+        torch.testing.assert_close(flat["triton"], flat["torch"], rtol=1e-4, atol=1e-5, msg=row["op"])
+        for label in variants:
+            cell = row[label]
+            assert cell["ms"] == seconds * 1e3
+            if case["flops"]:
+                assert cell["tflops"] == case["flops"] / seconds / 1e12
+                assert cell["pct_peak"] == 100 * cell["tflops"] / peaks["fp32_tflops"]
+            else:
+                assert cell["gbps"] == case["bytes"] / seconds / 1e9
+                assert cell["pct_peak"] == 100 * cell["gbps"] / peaks["dram_gbps"]
+            rate = f"{cell['tflops']:.2f} TFLOP/s" if case["flops"] else f"{cell['gbps']:.0f} GB/s"
+            assert f"| {row['op']} | {label} | {seconds * 1e3:.3f} | {rate} |" in out
