@@ -6,11 +6,12 @@ it decides the speed. This script trains one task of an experiment three ways on
 ``Naive`` strategy, handed our batches) and ``plain`` (a ``for`` loop: forward, cross-entropy, backward,
 SGD step). Each side is timed in CPU seconds of this process (``time.process_time``), which stays
 meaningful on a core shared with other jobs, where wall time does not; then each is run again under
-``cProfile`` with the same CPU clock, and the profile's own time is summed by package (torch's
-operators, lightning, avalanche, torch.utils.data, torchmetrics, metalab, the rest), so the table says
-what the extra time over the plain loop is made of.
+``cProfile`` with the same CPU clock, switched on for the timed epoch only (set-up, config composition
+and evaluation stay out), and the profile's own time is summed by package (torch's operators,
+lightning, avalanche, torch.utils.data, torchmetrics, metalab, the rest), so the table says what the
+extra time over the plain loop is made of.
 
-    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 600
+    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 600 --chunk 50
     python benchmarks/continual/step_profile.py --experiment permuted_mnist/finetune --batches 600
 
 Appends its figures to ``benchmarks/continual/records/step_profile.jsonl``.
@@ -39,11 +40,11 @@ PACKAGES = ("lightning", "avalanche", "torchmetrics", "torch/utils/data", "torch
             "torch/nn", "metalab", "hydra", "omegaconf")
 
 
-def build(experiment: str, batches: int, seed: int):
+def build(experiment: str, batches: int, seed: int, batches_per_step: int = 1):
     cfg = experiment_config(experiment, [f"seed={seed}", "data.n_tasks=1", "data.epochs_per_task=1",
                                          f"data.train_examples_per_task={batches * 10}", "data.batch_size=10",
                                          "data.test_examples_per_task=10", "learner.evaluate_initial=false",
-                                         "cpu_threads=1"])
+                                         "cpu_threads=1", f"learner.batches_per_step={batches_per_step}"])
     L.seed_everything(seed, workers=True)
     stream = hydra.utils.instantiate(cfg.data)
     stream.setup("fit")
@@ -51,18 +52,38 @@ def build(experiment: str, batches: int, seed: int):
     return cfg, stream, model
 
 
-def run_ours(experiment: str, batches: int, seed: int) -> tuple[float, int]:
-    cfg, stream, model = build(experiment, batches, seed)
+class ProfileEpoch(L.Callback):
+    """Switches ``profile`` on for the training epoch only."""
+
+    def __init__(self, profile: cProfile.Profile | None) -> None:
+        self.profile = profile
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.profile is not None:
+            self.profile.enable()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.profile is not None:
+            self.profile.disable()
+
+
+def run_ours(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None,
+             batches_per_step: int = 1) -> tuple[float, int]:
+    """``Trainer.fit`` as train.py builds it (its callbacks aside), ``batches_per_step`` mini-batches per
+    Lightning batch; the step count is of mini-batches (optimiser steps)."""
+    cfg, stream, model = build(experiment, batches, seed, batches_per_step)
     learner = hydra.utils.instantiate(cfg.learner, backbone=model, plot=False)
     timer = EpochTimer()
-    trainer = hydra.utils.instantiate(cfg.trainer, precision="32-true", callbacks=[timer], logger=False,
+    trainer = hydra.utils.instantiate(cfg.trainer, precision="32-true", callbacks=[ProfileEpoch(profile), timer],
+                                      logger=False,
                                       enable_checkpointing=False, enable_progress_bar=False,
                                       enable_model_summary=False)
     trainer.fit(learner, datamodule=stream)
-    return timer.cpu_seconds[0], timer.batches[0]
+    return timer.cpu_seconds[0], trainer.global_step
 
 
-def run_avalanche(experiment: str, batches: int, seed: int) -> tuple[float, int]:
+def run_avalanche(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
+                  ) -> tuple[float, int]:
     from avalanche.core import SupervisedPlugin
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive
@@ -78,6 +99,8 @@ def run_avalanche(experiment: str, batches: int, seed: int) -> tuple[float, int]
             self.cpu_seconds, self.start, self.iterations = 0.0, 0.0, 0
 
         def before_training_epoch(self, strategy, *args, **kwargs):
+            if profile is not None:
+                profile.enable()
             self.start = time.process_time()
 
         def after_training_iteration(self, strategy, *args, **kwargs):
@@ -85,6 +108,8 @@ def run_avalanche(experiment: str, batches: int, seed: int) -> tuple[float, int]
 
         def after_training_epoch(self, strategy, *args, **kwargs):
             self.cpu_seconds = time.process_time() - self.start
+            if profile is not None:
+                profile.disable()
 
     timer = CpuTimer()
     strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr)),
@@ -94,11 +119,14 @@ def run_avalanche(experiment: str, batches: int, seed: int) -> tuple[float, int]
     return timer.cpu_seconds, timer.iterations
 
 
-def run_plain(experiment: str, batches: int, seed: int) -> tuple[float, int]:
+def run_plain(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
+              ) -> tuple[float, int]:
     cfg, stream, model = build(experiment, batches, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
     model.train()
     n = 0
+    if profile is not None:
+        profile.enable()
     start = time.process_time()
     for batch in stream.task_train_loader(0, epoch=0):
         loss = F.cross_entropy(model(batch["x"]), batch["y"])
@@ -106,11 +134,14 @@ def run_plain(experiment: str, batches: int, seed: int) -> tuple[float, int]:
         loss.backward()
         optimizer.step()
         n += 1
-    return time.process_time() - start, n
+    seconds = time.process_time() - start
+    if profile is not None:
+        profile.disable()
+    return seconds, n
 
 
-SIDES: dict[str, Callable[[str, int, int], tuple[float, int]]] = {
-    "ours": run_ours, "avalanche": run_avalanche, "plain": run_plain}
+SIDES: dict[str, Callable[..., tuple[float, int]]] = {
+    "ours": run_ours, "ours_chunked": run_ours, "avalanche": run_avalanche, "plain": run_plain}
 
 
 def by_package(profile: cProfile.Profile) -> dict[str, float]:
@@ -134,17 +165,18 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=600, help="mini-batches of 10 in the timed task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES))
+    parser.add_argument("--chunk", type=int, default=50,
+                        help="learner.batches_per_step of the ours_chunked side (ours: 1, the loop before chunks)")
     parser.add_argument("--top", type=int, default=12, help="functions of our side's profile to print")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
     for side in args.sides:
-        cpu, steps = SIDES[side](args.experiment, args.batches, args.seed)  # unprofiled: the speed figure
+        extra = {"batches_per_step": args.chunk} if side == "ours_chunked" else {}
+        cpu, steps = SIDES[side](args.experiment, args.batches, args.seed, **extra)  # unprofiled: the speed figure
         profile = cProfile.Profile(time.process_time)
-        profile.enable()
-        SIDES[side](args.experiment, args.batches, args.seed)
-        profile.disable()
+        SIDES[side](args.experiment, args.batches, args.seed, profile, **extra)
         packages = by_package(profile)
         total = sum(packages.values())
         row = {"side": side, "steps": steps, "cpu_ms_per_step": round(1000 * cpu / steps, 3)}
@@ -154,7 +186,7 @@ def main() -> None:
         print(f"{side}: {row['cpu_ms_per_step']:.3f} CPU ms/step over {steps} steps; profile by package: "
               + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(packages.items(), key=lambda kv: -kv[1])),
               flush=True)
-        if side == "ours":
+        if side.startswith("ours"):
             pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
     base = {r["side"]: r["cpu_ms_per_step"] for r in rows}
     for row in rows:
@@ -166,7 +198,8 @@ def main() -> None:
     for row in rows:
         print(f"| {row['side']} | {row['cpu_ms_per_step']:.3f} | {row.get('x_plain', '')} | {row.get('x_avalanche', '')} |")
     append_record(RECORDS, rows, settings={"experiment": args.experiment, "batches": args.batches, "seed": args.seed,
-                                           "batch_size": 10, "threads": 1, "precision": "32-true"})
+                                           "batch_size": 10, "threads": 1, "precision": "32-true",
+                                           "chunk": args.chunk})
 
 
 if __name__ == "__main__":

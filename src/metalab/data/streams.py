@@ -212,6 +212,39 @@ def subset_indices(n: int, per_task: int, seed: int, task: int) -> torch.Tensor:
     return torch.randperm(n, generator=gen)[:per_task].sort().values
 
 
+class ChunkedBatchSampler(Sampler[list[int]]):
+    """``per_chunk`` consecutive mini-batches of ``batches`` joined into one list of indices.
+
+    Why: on a small model a training step costs a fraction of a millisecond and Lightning's per-batch
+    machinery (hooks, callbacks, progress tracking) costs more than that; serving a chunk of mini-batches
+    per Lightning batch pays it once per chunk. The learner cuts each chunk back into the very same
+    mini-batches (``torch.split`` by the batch size: every mini-batch is full except possibly the last of
+    the pass, which is the last of its chunk), so training is unchanged. Skipping (resume) counts chunks.
+    """
+
+    def __init__(self, batches: SeededBatchSampler, per_chunk: int) -> None:
+        require(per_chunk >= 1, "learner.batches_per_step", "at least 1", per_chunk)
+        self.batches, self.per_chunk = batches, per_chunk
+
+    def skip_next(self, chunks: int) -> None:
+        self.batches.skip_next(chunks * self.per_chunk)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        chunk: list[int] = []
+        joined = 0
+        for batch in self.batches:
+            chunk += batch
+            joined += 1
+            if joined == self.per_chunk:
+                yield chunk
+                chunk, joined = [], 0
+        if chunk:
+            yield chunk
+
+    def __len__(self) -> int:
+        return -(-len(self.batches) // self.per_chunk)
+
+
 class TaskStream(L.LightningDataModule):
     """A sequence of tasks held in memory: what the continual learner trains on, whatever made the tasks.
 
@@ -240,6 +273,7 @@ class TaskStream(L.LightningDataModule):
         self.train_examples_per_task, self.test_examples_per_task = train_examples_per_task, test_examples_per_task
         self.subset_seed, self.seed, self.data_dir, self.num_workers = subset_seed, seed, data_dir, num_workers
         self.cumulative = False
+        self.batches_per_step = 1  # mini-batches per Lightning training batch (set by the learner)
         self.train_tasks: list[TaskSplit] = []
         self.test_tasks: list[TaskSplit] = []
 
@@ -302,7 +336,13 @@ class TaskStream(L.LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self.task_train_loader(self.current_task())
+        """The current task's mini-batches, ``batches_per_step`` of them joined per Lightning batch."""
+        loader = self.task_train_loader(self.current_task())
+        if self.batches_per_step == 1:
+            return loader
+        chunks = ChunkedBatchSampler(loader.batch_sampler, self.batches_per_step)
+        return ResumableDataLoader(loader.dataset, batch_sampler=chunks, collate_fn=_identity,
+                                   num_workers=self.num_workers)
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.task_test_loader(t) for t in range(self.n_tasks)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,14 @@ def continual_step(learner: ContinualLearnerView, method: ContinualMethod, batch
     method.after_optimizer_step(learner)
     method.after_step(learner, batch, logits)
     return StepResult(loss.detach(), None if penalty is None else penalty.detach(), logits)
+
+
+def mini_batches(chunk: Batch, batch_size: int) -> Iterator[Batch]:
+    """The mini-batches of ``batch_size`` a chunk of consecutive mini-batches was joined from (views, no copy);
+    the last may be smaller, as the last mini-batch of a pass is."""
+    parts = {key: value.split(batch_size) for key, value in chunk.items()}
+    for i in range(len(parts["y"])):
+        yield {key: value[i] for key, value in parts.items()}
 
 
 # -- evaluation ------------------------------------------------------------------------------------------------
