@@ -1,18 +1,22 @@
-"""Where a small model's training step spends its CPU time: our loop, Avalanche's, and a plain loop.
+"""Where a small model's training step spends its CPU time: our loop, Avalanche's, and plain loops.
 
 On Split MNIST's MLP (784-100-100-10, batch 10) a step is about 0.3 ms of arithmetic, so the loop around
-it decides the speed. This script trains one task of an experiment three ways on the *same* mini-batches
-(our stream's seeded order): ``ours`` (``Trainer.fit`` as ``train.py`` builds it), ``avalanche`` (its
-``Naive`` strategy, handed our batches) and ``plain`` (a ``for`` loop: forward, cross-entropy, backward,
-SGD step). Each side is timed in CPU seconds of this process (``time.process_time``), which stays
-meaningful on a core shared with other jobs, where wall time does not; then each is run again under
-``cProfile`` with the same CPU clock, switched on for the timed epoch only (set-up, config composition
-and evaluation stay out), and the profile's own time is summed by package (torch's operators,
-lightning, avalanche, torch.utils.data, torchmetrics, metalab, the rest), so the table says what the
-extra time over the plain loop is made of.
+it decides the speed. This script trains one task of an experiment several ways on the *same*
+mini-batches (our stream's seeded order): ``ours`` (``Trainer.fit`` as ``train.py`` builds it, one
+mini-batch per Lightning batch: the loop before ``learner.batches_per_step``), ``ours_chunked`` (the
+same with ``--chunk`` mini-batches per Lightning batch, the configured default), ``avalanche`` (its
+``Naive`` strategy, handed our batches), ``plain_step`` (our step function,
+:func:`~metalab.learners.continual.loop.continual_step`, in a ``for`` loop: the same work without
+Lightning, the floor the issue names) and ``plain`` (a bare ``for`` loop: forward, cross-entropy,
+backward, SGD step). Each side is timed in CPU seconds of this process (``time.process_time``), which
+stays meaningful on a core shared with other jobs, where wall time does not; ``--rounds`` alternates the
+sides and keeps each side's median. Then each is run again under ``cProfile`` with the same CPU clock,
+switched on for the timed epoch only (set-up, config composition and evaluation stay out), and the
+profile's own time is summed by package (torch's operators, lightning, avalanche, torch.utils.data,
+torchmetrics, metalab, the rest), so the table says what the extra time over the plain loop is made of.
 
-    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 600 --chunk 50
-    python benchmarks/continual/step_profile.py --experiment permuted_mnist/finetune --batches 600
+    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 600 --rounds 3
+    python benchmarks/continual/step_profile.py --experiment permuted_mnist/finetune --batches 100 --rounds 3
 
 Appends its figures to ``benchmarks/continual/records/step_profile.jsonl``.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
 import time
 import warnings
 from collections import defaultdict
@@ -33,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from common import EpochTimer, experiment_config, our_batch_order
+from metalab.learners.continual.loop import PlainLearner, continual_step
+from metalab.learners.continual.methods import StreamInfo
 from metalab.report.records import append_record
 
 RECORDS = "benchmarks/continual/records/step_profile.jsonl"
@@ -140,8 +147,34 @@ def run_plain(experiment: str, batches: int, seed: int, profile: cProfile.Profil
     return seconds, n
 
 
+def run_plain_step(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
+                   ) -> tuple[float, int]:
+    """The same work as ours without Lightning: our step function in a ``for`` loop over the same batches."""
+    cfg, stream, model = build(experiment, batches, seed)
+    method = hydra.utils.instantiate(cfg.learner.method)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
+    info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), stream.train_tasks[0].x[:1],
+                      stream.n_classes, stream.scenarios)
+    learner = PlainLearner(model, optimizer, [(t.x, t.y) for t in stream.train_tasks], info)
+    method.setup(info)
+    method.before_task(learner, 0)
+    model.train()
+    n = 0
+    if profile is not None:
+        profile.enable()
+    start = time.process_time()
+    for batch in stream.task_train_loader(0, epoch=0):
+        continual_step(learner, method, batch, 0, optimizer, step=n)
+        n += 1
+    seconds = time.process_time() - start
+    if profile is not None:
+        profile.disable()
+    return seconds, n
+
+
 SIDES: dict[str, Callable[..., tuple[float, int]]] = {
-    "ours": run_ours, "ours_chunked": run_ours, "avalanche": run_avalanche, "plain": run_plain}
+    "ours": run_ours, "ours_chunked": run_ours, "avalanche": run_avalanche, "plain_step": run_plain_step,
+    "plain": run_plain}
 
 
 def by_package(profile: cProfile.Profile) -> dict[str, float]:
@@ -168,18 +201,28 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=50,
                         help="learner.batches_per_step of the ours_chunked side (ours: 1, the loop before chunks)")
     parser.add_argument("--top", type=int, default=12, help="functions of our side's profile to print")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="unprofiled timings per side, alternating sides; the median is the figure")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     rows: list[dict[str, Any]] = []
+    timings: dict[str, list[float]] = {side: [] for side in args.sides}
+    steps_of: dict[str, int] = {}
+    for _ in range(args.rounds):  # alternate the sides, so a change in the machine's load hits them alike
+        for side in args.sides:
+            extra = {"batches_per_step": args.chunk} if side == "ours_chunked" else {}
+            cpu, steps_of[side] = SIDES[side](args.experiment, args.batches, args.seed, **extra)
+            timings[side].append(cpu)
     for side in args.sides:
         extra = {"batches_per_step": args.chunk} if side == "ours_chunked" else {}
-        cpu, steps = SIDES[side](args.experiment, args.batches, args.seed, **extra)  # unprofiled: the speed figure
+        cpu, steps = statistics.median(timings[side]), steps_of[side]  # unprofiled: the speed figure
         profile = cProfile.Profile(time.process_time)
         SIDES[side](args.experiment, args.batches, args.seed, profile, **extra)
         packages = by_package(profile)
         total = sum(packages.values())
-        row = {"side": side, "steps": steps, "cpu_ms_per_step": round(1000 * cpu / steps, 3)}
+        row = {"side": side, "steps": steps, "cpu_ms_per_step": round(1000 * cpu / steps, 3),
+               "cpu_ms_per_step_rounds": [round(1000 * t / steps, 3) for t in timings[side]]}
         row.update({f"profile_{k.replace(' ', '_').replace('/', '_')}_pct": round(100 * v / total, 1)
                     for k, v in sorted(packages.items(), key=lambda kv: -kv[1])})
         rows.append(row)
@@ -199,7 +242,7 @@ def main() -> None:
         print(f"| {row['side']} | {row['cpu_ms_per_step']:.3f} | {row.get('x_plain', '')} | {row.get('x_avalanche', '')} |")
     append_record(RECORDS, rows, settings={"experiment": args.experiment, "batches": args.batches, "seed": args.seed,
                                            "batch_size": 10, "threads": 1, "precision": "32-true",
-                                           "chunk": args.chunk})
+                                           "chunk": args.chunk, "rounds": args.rounds})
 
 
 if __name__ == "__main__":

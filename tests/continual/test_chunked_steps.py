@@ -69,3 +69,24 @@ def test_bad_batches_per_step_is_one_clear_error():
 
     with pytest.raises(ConfigError, match=r"learner.batches_per_step=0 is not allowed"):
         ContinualLearner(MLP(36, (16,)), EWC(), functools.partial(torch.optim.SGD, lr=0.1), batches_per_step=0)
+
+
+class CountBackward(L.Callback):
+    """Overrides a step hook, so the learner must keep Lightning's backward (and call this every mini-batch)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.calls += 1
+
+
+def test_direct_steps_equal_lightnings_and_yield_to_a_step_hook(tmp_path):
+    factory = lambda: DERPlusPlus(buffer_size=30, replay_batch_size=10, seed=0)  # noqa: E731
+    direct, direct_trainer, _ = _fit(factory(), tmp_path / "direct", batches_per_step=3)
+    counter = CountBackward()
+    hooked, hooked_trainer, _ = _fit(factory(), tmp_path / "hooked", batches_per_step=3, callbacks=[counter])
+    assert direct._direct_steps and not hooked._direct_steps
+    assert counter.calls == hooked_trainer.global_step == direct_trainer.global_step > 0
+    for (name, a), (_, b) in zip(direct.net.state_dict().items(), hooked.net.state_dict().items()):
+        assert torch.equal(a, b), name

@@ -32,6 +32,55 @@ from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInf
 from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
 
 
+# Hooks Lightning calls around each backward and optimiser step; when no callback and not the learner
+# overrides them, calling them is all Lightning's wrappers add to a plain fp32 step on one device.
+STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+
+
+def direct_steps_allowed(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether ``loss.backward()`` and the bare optimiser's ``step()`` do exactly what Lightning's
+    ``manual_backward`` and ``LightningOptimizer.step`` would: the plain fp32 precision plugin on a single
+    device, Lightning's pass-through profiler, no ``backward`` override, and no callback or module that
+    overrides a hook of :data:`STEP_HOOKS` (so skipping the calls skips nothing)."""
+    from lightning.pytorch.plugins.precision import Precision
+    from lightning.pytorch.profilers import PassThroughProfiler
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    if type(trainer.precision_plugin) is not Precision or type(trainer.strategy) is not SingleDeviceStrategy:
+        return False
+    if not isinstance(trainer.profiler, PassThroughProfiler) or is_overridden("backward", module, L.LightningModule):
+        return False
+    return not any(is_overridden(hook, module, L.LightningModule) for hook in STEP_HOOKS) and not any(
+        is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in STEP_HOOKS)
+
+
+class DirectStep:
+    """The optimiser of Lightning's manual optimisation, stepped without the per-call hook dispatch.
+
+    ``step`` keeps Lightning's step accounting (``global_step``, the progress saved in checkpoints) by
+    calling the same ``_on_before_step``/``_on_after_step`` the manual-optimisation loop installs on
+    the ``LightningOptimizer``; only the precision plugin's wrapper (hooks nobody overrides, see
+    :func:`direct_steps_allowed`) is skipped.
+    """
+
+    def __init__(self, lightning_optimizer: Any) -> None:
+        self.optimizer = lightning_optimizer.optimizer
+        self._before, self._after = lightning_optimizer._on_before_step, lightning_optimizer._on_after_step
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+
+    def step(self) -> None:
+        self._before()
+        self.optimizer.step()
+        self._after()
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+
 class ContinualLearner(L.LightningModule):
     """Trains ``backbone`` on a :class:`~metalab.data.streams.TaskStream` task after task with ``method``.
 
@@ -43,7 +92,9 @@ class ContinualLearner(L.LightningModule):
     EPYC), and a chunk pays it once. What happens per Lightning batch (callbacks' batch hooks, the logger's
     writes every ``log_every_n_steps`` batches, a stop by signal or ``max_time``) happens per chunk; with
     ``trainer.max_steps`` set the learner takes one mini-batch per Lightning batch, so the run stops at
-    that exact step.
+    that exact step. In plain fp32 on one device, when nothing overrides Lightning's backward and
+    optimiser-step hooks, each mini-batch calls ``loss.backward()`` and the optimiser directly
+    (:func:`direct_steps_allowed`, :class:`DirectStep`): the same arithmetic without the hook dispatch.
     """
 
     def __init__(self, backbone: nn.Module, method: ContinualMethod,
@@ -58,6 +109,7 @@ class ContinualLearner(L.LightningModule):
         if not (isinstance(batches_per_step, int) and batches_per_step >= 1):
             raise ConfigError(f"learner.batches_per_step={batches_per_step!r} is not allowed: must be an integer >= 1")
         self.batches_per_step = batches_per_step
+        self._direct_steps = False
         self.stream_info: StreamInfo | None = None
         self.accuracy: nn.ModuleDict | None = None  # R during training: row 0 initial, row i+1 after task i
         self.final: nn.ModuleDict | None = None     # the test pass (one row)
@@ -130,6 +182,7 @@ class ContinualLearner(L.LightningModule):
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
+        self._direct_steps = direct_steps_allowed(self.trainer, self)
         if self.evaluate_initial and self.accuracy[self.scenarios[0]].rows_done() == 0:
             self.evaluate_all_tasks(row=0)
 
@@ -140,9 +193,11 @@ class ContinualLearner(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One :func:`continual_step` per mini-batch of the (chunked) batch; logs the last one's loss."""
-        task, optimizer = self.current_task, self.optimizers()
+        task, optimizer, backward = self.current_task, self.optimizers(), self.manual_backward
+        if self._direct_steps:
+            optimizer, backward = DirectStep(optimizer), torch.Tensor.backward
         for mini_batch in mini_batches(batch, self.stream.batch_size):
-            result = continual_step(self, self.method, mini_batch, task, optimizer, backward=self.manual_backward,
+            result = continual_step(self, self.method, mini_batch, task, optimizer, backward=backward,
                                     step=self.global_step)
         self._log_step(result)
         return result.loss
