@@ -168,3 +168,16 @@ class ServicesClient:
     def predict(self, request: s.PredictionRequest) -> s.JobPredictionOut:
         payload = request.model_dump(mode="json")
         return s.JobPredictionOut.model_validate(self._request("POST", "/predictions", json=payload).json())
+
+    # ---- transfer insights ----------------------------------------------------------------------------------
+    def publish_transfer_profile(self, profile: s.TransferProfileCreate) -> s.TransferProfileOut:
+        return self._write("/transfer/profile", profile, s.TransferProfileOut, None)
+
+    def privacy_budget(self) -> s.BudgetOut:
+        return self._read("/transfer/budget", s.BudgetOut)
+
+    def transfer_cohort(self, metric: str, min_similarity: float = 0.8) -> s.CohortOut:
+        return self._read("/transfer/cohort", s.CohortOut, metric=metric, min_similarity=min_similarity)
+
+    def insight(self, request: s.InsightRequest, idempotency_key: str | None = None) -> s.InsightOut:
+        return self._write("/transfer/insights", request, s.InsightOut, idempotency_key)

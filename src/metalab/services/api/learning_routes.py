@@ -15,6 +15,7 @@ from metalab.services.api import schemas as s
 from metalab.services.api.app import ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions, idempotent_write
 from metalab.services.graph import KnowledgeGraphService
 from metalab.services.predictor import PredictorService
+from metalab.services.transfer import TransferService
 from metalab.services.store.models import Strategy, StrategyProfile
 from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolService
 
@@ -139,6 +140,43 @@ def install_predictor_routes(app: FastAPI, v1: str) -> None:
             return PredictorService(session, workspace).predict(body.features, body.k, body.confidence).__dict__
 
 
+def install_transfer_routes(app: FastAPI, v1: str) -> None:
+    tags = ["transfer insights"]
+
+    @app.post(v1 + "/transfer/profile", response_model=s.TransferProfileOut, responses=ERRORS, tags=tags)
+    def publish_transfer_profile(request: Request, workspace: Workspace_, body: s.TransferProfileCreate,
+                                 key: IdempotencyKey = None):
+        def write(session):
+            p = TransferService(session, workspace).publish(body.features, body.metrics, body.budget_epsilon)
+            return 200, s.TransferProfileOut(workspace=p.workspace, features=p.features, metrics=p.metrics,
+                                             budget_epsilon=p.budget_epsilon)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/transfer/budget", response_model=s.BudgetOut, responses=ERRORS, tags=tags)
+    def privacy_budget(request: Request, workspace: Workspace_):
+        with _sessions(request)() as session:
+            return TransferService(session, workspace).budget()
+
+    @app.get(v1 + "/transfer/cohort", response_model=s.CohortOut, responses=ERRORS, tags=tags)
+    def transfer_cohort(request: Request, workspace: Workspace_, metric: Annotated[s.GeneName, Query()],
+                        min_similarity: Annotated[float, Query(ge=-1.0, le=1.0)] = 0.8):
+        """Whether enough similar workspaces share ``metric`` for an insight (no names, no exact count)."""
+        with _sessions(request)() as session:
+            enough = TransferService(session, workspace).enough_similar(metric, min_similarity)
+            return s.CohortOut(metric=metric, enough_for_insights=enough)
+
+    @app.post(v1 + "/transfer/insights", response_model=s.InsightOut, responses=ERRORS, tags=tags)
+    def transfer_insight(request: Request, workspace: Workspace_, body: s.InsightRequest, key: IdempotencyKey = None):
+        """A differentially private mean over similar workspaces (OpenDP Gaussian mechanism), charged to each
+        contributor's privacy budget; 403 once a contributor's budget would be exceeded."""
+        def write(session):
+            release, minimum = TransferService(session, workspace).insight(body.metric, body.lower, body.upper,
+                                                                           body.epsilon, body.min_similarity)
+            return 200, s.InsightOut(metric=body.metric, min_workspaces=minimum, **release.__dict__)
+        return idempotent_write(request, workspace, key, body, write)
+
+
 def install(app: FastAPI, v1: str) -> None:
+    install_transfer_routes(app, v1)
     install_strategy_and_graph_routes(app, v1)
     install_predictor_routes(app, v1)

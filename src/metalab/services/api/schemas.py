@@ -379,3 +379,50 @@ class JobPredictionOut(BaseModel):
     library_size: int
     calibration_jobs: int
     neighbour_distance: float
+
+
+# ---- transfer insights (differential privacy) --------------------------------------------------------------
+class TransferProfileCreate(Strict):
+    features: FeatureVector = Field(min_length=1, max_length=64, description="the workspace's profile vector")
+    metrics: dict[GeneName, Finite] = Field(default_factory=dict, max_length=64, description="values it shares")
+    budget_epsilon: float | None = Field(None, gt=0.0, le=100.0, description="total epsilon; set at the first publish")
+
+
+class TransferProfileOut(BaseModel):
+    workspace: str
+    features: dict[str, float]
+    metrics: dict[str, float]
+    budget_epsilon: float
+
+
+class BudgetOut(BaseModel):
+    budget_epsilon: float
+    spent_epsilon: float
+    remaining_epsilon: float
+    budget_delta: float
+    spent_delta: float
+
+
+class InsightRequest(Strict):
+    metric: GeneName
+    lower: Finite = Field(description="values are clipped to [lower, upper] (public bounds)")
+    upper: Finite
+    epsilon: float = Field(1.0, gt=0.0, le=10.0)
+    min_similarity: float = Field(0.8, ge=-1.0, le=1.0)
+
+
+class InsightOut(BaseModel):
+    metric: str
+    mean: float
+    noisy_sum: float
+    noisy_count: float
+    sum_scale: float = Field(description="standard deviation of the Gaussian noise on the sum")
+    count_scale: float
+    epsilon: float
+    delta: float
+    min_workspaces: int
+
+
+class CohortOut(BaseModel):
+    metric: str
+    enough_for_insights: bool

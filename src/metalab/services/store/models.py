@@ -239,3 +239,29 @@ class CompletedJob(Base):
     error_rate: Mapped[float] = mapped_column(Float)
     resources: Mapped[float] = mapped_column(Float)  # e.g. core-hours or GB, one unit per workspace
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- issue 20: transfer insights with differential privacy ----------------------------------------------
+class TransferProfile(Base):
+    """What a workspace shares for transfer insights: its profile vector, metric values and privacy budget."""
+
+    __tablename__ = "transfer_profiles"
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), primary_key=True)
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)
+    budget_epsilon: Mapped[float] = mapped_column(Float)
+    budget_delta: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PrivacyCharge(Base):
+    """One release's privacy cost, charged to one contributing workspace (the ledger the budget is summed from)."""
+
+    __tablename__ = "privacy_ledger"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    metric: Mapped[str] = mapped_column(String(64))
+    epsilon: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
