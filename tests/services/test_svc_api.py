@@ -28,7 +28,10 @@ def _seed_learning_services(api):
     profile = api.post("/v1/workspaces/alpha/profiles", headers=auth(), json={
         "name": "p", "genes": {"batch": {"type": "int", "low": 1, "high": 8}}, "population_size": 5})
     evolved = api.post(f"/v1/workspaces/alpha/profiles/{profile.json()['id']}/evolve", headers=auth())
-    return {"profile_id": profile.json()["id"], "strategy_id": evolved.json()["pending"][0]["id"]}
+    model = api.post("/v1/workspaces/alpha/models/m1/versions", headers=auth(), json={
+        "version": "v1", "artifact": "a", "reference": {"x": [float(i) for i in range(40)]}})
+    assert model.status_code == 201, model.text
+    return {"profile_id": profile.json()["id"], "strategy_id": evolved.json()["pending"][0]["id"], "model": "m1"}
 
 
 def _workspace_routes(api):

@@ -181,3 +181,21 @@ class ServicesClient:
 
     def insight(self, request: s.InsightRequest, idempotency_key: str | None = None) -> s.InsightOut:
         return self._write("/transfer/insights", request, s.InsightOut, idempotency_key)
+
+    # ---- model registry -------------------------------------------------------------------------------------
+    def register_model_version(self, model: str, version: s.ModelVersionCreate,
+                               idempotency_key: str | None = None) -> s.ModelVersionOut:
+        return self._write(f"/models/{model}/versions", version, s.ModelVersionOut, idempotency_key)
+
+    def model(self, model: str) -> s.ModelOut:
+        return self._read(f"/models/{model}", s.ModelOut)
+
+    def check_drift(self, model: str, recent: dict[str, list[float]]) -> s.DriftOut:
+        return self._write(f"/models/{model}/drift", s.DriftRequest(recent=recent), s.DriftOut, None)
+
+    def rollback(self, model: str, version: str, reason: str = "") -> s.ModelVersionOut:
+        return self._write(f"/models/{model}/rollback", s.RollbackRequest(version=version, reason=reason),
+                           s.ModelVersionOut, None)
+
+    def model_events(self, model: str, limit: int = 50, cursor: int = 0) -> s.Page[s.ModelEventOut]:
+        return self._read(f"/models/{model}/events", s.Page[s.ModelEventOut], limit=limit, cursor=cursor)

@@ -15,6 +15,7 @@ from metalab.services.api import schemas as s
 from metalab.services.api.app import ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions, idempotent_write
 from metalab.services.graph import KnowledgeGraphService
 from metalab.services.predictor import PredictorService
+from metalab.services.registry import ModelRegistryService
 from metalab.services.transfer import TransferService
 from metalab.services.store.models import Strategy, StrategyProfile
 from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolService
@@ -22,6 +23,7 @@ from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolServ
 ProfileId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 StrategyId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 NodeQuery = Annotated[s.NodeName, Query()]
+ModelPath = Annotated[s.ModelName, Path(description="model name")]
 Relation = Literal["evolved_from", "best_strategy_of", "similar_to", "resolved_by"]
 
 
@@ -176,7 +178,63 @@ def install_transfer_routes(app: FastAPI, v1: str) -> None:
         return idempotent_write(request, workspace, key, body, write)
 
 
+def version_out(v, active: str | None) -> s.ModelVersionOut:
+    return s.ModelVersionOut(model=v.model, version=v.version, metrics=v.metrics, artifact=v.artifact,
+                             active=v.version == active, created_at=v.created_at)
+
+
+def install_registry_routes(app: FastAPI, v1: str) -> None:
+    tags = ["model registry"]
+
+    @app.post(v1 + "/models/{model}/versions", status_code=201, response_model=s.ModelVersionOut, responses=ERRORS,
+              tags=tags)
+    def register_model_version(request: Request, workspace: Workspace_, model: ModelPath, body: s.ModelVersionCreate,
+                               key: IdempotencyKey = None):
+        def write(session):
+            service = ModelRegistryService(session, workspace)
+            v = service.register(model, body.version, body.metrics, body.artifact, body.reference, body.activate)
+            return 201, version_out(v, service.model(model).active_version)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/models/{model}", response_model=s.ModelOut, responses=ERRORS, tags=tags)
+    def get_model(request: Request, workspace: Workspace_, model: ModelPath):
+        with _sessions(request)() as session:
+            service = ModelRegistryService(session, workspace)
+            active = service.model(model).active_version
+            return s.ModelOut(name=model, active_version=active, versions=[version_out(v, active) for v in service.versions(model)])
+
+    @app.post(v1 + "/models/{model}/drift", response_model=s.DriftOut, responses=ERRORS, tags=tags)
+    def check_drift(request: Request, workspace: Workspace_, model: ModelPath, body: s.DriftRequest,
+                    key: IdempotencyKey = None):
+        """t-test, Kolmogorov-Smirnov and PSI of recent inputs against the active version's reference sample;
+        the level (none / warning / critical) and recommendation; a critical check requests a retrain."""
+        def write(session):
+            service = ModelRegistryService(session, workspace)
+            report = service.check_drift(model, body.recent)
+            return 200, s.DriftOut(model=model, version=service.model(model).active_version,
+                                   retrain_requested=report.level == "critical", **report.as_dict())
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.post(v1 + "/models/{model}/rollback", response_model=s.ModelVersionOut, responses=ERRORS, tags=tags)
+    def rollback_model(request: Request, workspace: Workspace_, model: ModelPath, body: s.RollbackRequest,
+                       key: IdempotencyKey = None):
+        """Make a named earlier version active again (recorded as a rollback event)."""
+        def write(session):
+            v = ModelRegistryService(session, workspace).rollback(model, body.version, body.reason)
+            return 200, version_out(v, v.version)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/models/{model}/events", response_model=s.Page[s.ModelEventOut], responses=ERRORS, tags=tags)
+    def model_events(request: Request, workspace: Workspace_, model: ModelPath, limit: Limit = 50, cursor: Cursor = 0):
+        with _sessions(request)() as session:
+            found = ModelRegistryService(session, workspace).events(model, limit, cursor)
+            items = [s.ModelEventOut(id=e.id, kind=e.kind, from_version=e.from_version, to_version=e.to_version,
+                                     details=e.details, created_at=e.created_at) for e in found]
+            return _page(items, [e.id for e in found], limit)
+
+
 def install(app: FastAPI, v1: str) -> None:
+    install_registry_routes(app, v1)
     install_transfer_routes(app, v1)
     install_strategy_and_graph_routes(app, v1)
     install_predictor_routes(app, v1)

@@ -426,3 +426,74 @@ class InsightOut(BaseModel):
 class CohortOut(BaseModel):
     metric: str
     enough_for_insights: bool
+
+
+# ---- model registry ------------------------------------------------------------------------------------------
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
+VersionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Sample = Annotated[list[Finite], Field(min_length=1, max_length=10_000)]
+
+
+class ModelVersionCreate(Strict):
+    version: VersionName
+    metrics: dict[GeneName, Finite] = Field(default_factory=dict, max_length=64)
+    artifact: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)] = Field(
+        description="where the artifact lives (a path or URI; the registry stores the reference only)")
+    reference: dict[GeneName, Sample] = Field(min_length=1, max_length=64,
+                                              description="a sample of each input feature, for drift checks")
+    activate: bool = True
+
+
+class ModelVersionOut(BaseModel):
+    model: str
+    version: str
+    metrics: dict[str, float]
+    artifact: str
+    active: bool
+    created_at: datetime
+
+
+class ModelOut(BaseModel):
+    name: str
+    active_version: str | None
+    versions: list[ModelVersionOut]
+
+
+class DriftRequest(Strict):
+    recent: dict[GeneName, Sample] = Field(min_length=1, max_length=64, description="recent values of each feature")
+
+
+class FeatureDriftOut(BaseModel):
+    feature: str
+    mean_shift: float
+    t_statistic: float
+    t_p_value: float
+    ks_statistic: float
+    ks_p_value: float
+    psi: float
+    score: float
+
+
+class DriftOut(BaseModel):
+    model: str
+    version: str
+    score: float = Field(description="normalised drift score of the worst feature, max(KS D, 1 - exp(-PSI))")
+    level: Literal["none", "warning", "critical"]
+    significant: bool
+    recommendation: str
+    retrain_requested: bool
+    features: list[FeatureDriftOut]
+
+
+class RollbackRequest(Strict):
+    version: VersionName
+    reason: Text = ""
+
+
+class ModelEventOut(BaseModel):
+    id: int
+    kind: str
+    from_version: str | None
+    to_version: str | None
+    details: dict[str, Any]
+    created_at: datetime
