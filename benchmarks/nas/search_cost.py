@@ -9,6 +9,11 @@ hand-designed ResNet cell's network and of the all-3x3-conv cell's (the most exp
 Per-epoch figures multiply by the steps of one nas/darts epoch (15); per-architecture figures by the
 short-training fitness's 40 steps plus its 1,000-image validation pass (measured). The figures are
 medians over rounds; a record goes to benchmarks/nas/records/search_cost.jsonl.
+
+Clock: the process's CPU time (``time.process_time``), not wall time: on this shared 2-core machine other
+sessions' runs take most of each core, and a single-threaded process's CPU time is the compute it needed
+(wall time was 3-10x longer under the load we ran at). Cache and memory-bandwidth contention still
+show in CPU time, so figures taken at different load averages differ by more than their rounds do.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ def darts_step_seconds(supernet: SuperNetwork, batch: tuple[torch.Tensor, ...], 
     weights = torch.optim.SGD(supernet.weight_parameters(), lr=0.025, momentum=0.9)
     arch = torch.optim.Adam([supernet.arch_logits], lr=3e-3, betas=(0.5, 0.999))
     x, y, x_val, y_val = batch
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         arch.zero_grad()
         classification_loss(supernet, x_val, y_val, 0.5)[0].backward(inputs=[supernet.arch_logits])
@@ -42,25 +47,25 @@ def darts_step_seconds(supernet: SuperNetwork, batch: tuple[torch.Tensor, ...], 
         weights.zero_grad()
         classification_loss(supernet, x, y, 0.5)[0].backward(inputs=supernet.weight_parameters())
         weights.step()
-    return (time.perf_counter() - start) / steps
+    return (time.process_time() - start) / steps
 
 
 def cell_step_seconds(network: CellNetwork, batch: tuple[torch.Tensor, ...], steps: int) -> float:
     optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
     x, y = batch[:2]
     network.train()
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         optimizer.zero_grad()
         F.cross_entropy(network(x), y).backward()
         optimizer.step()
-    return (time.perf_counter() - start) / steps
+    return (time.process_time() - start) / steps
 
 
 def validation_seconds(network: CellNetwork, images: torch.Tensor, labels: torch.Tensor) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     accuracy(network, (images, labels))
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def main() -> None:

@@ -28,12 +28,16 @@ def run(tmp: Path, overrides: list[str]) -> dict:
 
 @needs_cifar
 @pytest.mark.slow
-def test_a_resumed_darts_search_ends_where_the_uninterrupted_one_does(tmp_path):
+def test_a_killed_darts_search_resumes_to_the_uninterrupted_result(tmp_path):
+    """2 epochs of 3 steps; each step is 2 optimiser steps (architecture, weights), so global step 8 is inside
+    the second epoch, after the checkpoint that ended the first."""
     whole = run(tmp_path / "whole", [*TINY_DARTS, "trainer.max_epochs=2"])
     assert (tmp_path / "whole" / "cell.png").is_file() and whole["genotype"].count("~") == 6
-    run(tmp_path / "first", [*TINY_DARTS, "trainer.max_epochs=1"])
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run(tmp_path / "killed", [*TINY_DARTS, "trainer.max_epochs=2", "+callbacks.crash._target_=nas_helpers.CrashAtStep",
+                                  "+callbacks.crash.step=8"])
     resumed = run(tmp_path / "resumed", [*TINY_DARTS, "trainer.max_epochs=2",
-                                         f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"])
+                                         f"ckpt_path={tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}"])
     assert resumed["operation_weights"] == whole["operation_weights"]
     assert resumed["genotype"] == whole["genotype"] and resumed["genotype_history"] == whole["genotype_history"]
     final = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
