@@ -20,7 +20,10 @@ def _seed(api):
     return ids | _seed_learning_services(api)
 
 
-LEARNING_BODIES = {"/v1/workspaces/{workspace}/strategies/{strategy_id}/outcomes": {"values": {"speed": 1.0}}}
+LEARNING_BODIES = {"/v1/workspaces/{workspace}/strategies/{strategy_id}/outcomes": {"values": {"speed": 1.0}},
+                   "/v1/workspaces/{workspace}/governors/{governor_id}/changes": {"values": {"lr": 0.5}},
+                   "/v1/workspaces/{workspace}/governors/{governor_id}/telemetry": {"gain": 1, "stability": 1,
+                                                                                    "resource": 0}}
 
 
 def _seed_learning_services(api):
@@ -31,7 +34,11 @@ def _seed_learning_services(api):
     model = api.post("/v1/workspaces/alpha/models/m1/versions", headers=auth(), json={
         "version": "v1", "artifact": "a", "reference": {"x": [float(i) for i in range(40)]}})
     assert model.status_code == 201, model.text
-    return {"profile_id": profile.json()["id"], "strategy_id": evolved.json()["pending"][0]["id"], "model": "m1"}
+    governor = api.post("/v1/workspaces/alpha/governors", headers=auth(), json={
+        "name": "g1", "domain": "d1", "knobs": {"lr": {"low": 0.0, "high": 1.0}}})
+    assert governor.status_code == 201, governor.text
+    return {"profile_id": profile.json()["id"], "strategy_id": evolved.json()["pending"][0]["id"], "model": "m1",
+            "governor_id": governor.json()["id"], "domain": "d1"}
 
 
 def _workspace_routes(api):

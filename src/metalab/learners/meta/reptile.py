@@ -3,7 +3,9 @@
 Each task of the meta-batch is adapted with ``inner_steps`` SGD steps on its support set (all tasks
 at once, first order); the initialisation then moves toward the mean of the adapted weights:
 ``theta <- theta + eps * mean_t(theta_t - theta)``. This is done by handing the optimiser the
-"gradient" ``theta - mean_t(theta_t)``: with SGD(lr=eps) it is exactly that interpolation.
+"gradient" ``theta - mean_t(theta_t)`` (the negated :func:`~metalab.learners.meta.outer_update.reptile_direction`,
+the one copy of the interpolation, shared with the services' governor): with SGD(lr=eps) it is exactly
+``reptile_update(theta, theta_t, eps)``.
 A meta-batch of 1 is serial Reptile; more tasks is batched Reptile.
 """
 
@@ -13,6 +15,7 @@ import torch
 
 from metalab.learners.meta.episodic import Batch
 from metalab.learners.meta.maml import MAML
+from metalab.learners.meta.outer_update import reptile_direction
 
 
 class Reptile(MAML):
@@ -30,7 +33,7 @@ class Reptile(MAML):
         optimizer.zero_grad()
         with torch.no_grad():
             for name, p in params.items():
-                p.grad = p - fast[name].mean(0)
+                p.grad = -reptile_direction(p, fast[name])
             logits = self.model(fast, batch["query"])
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["query_labels"].flatten())
         self.check_finite(loss)

@@ -199,3 +199,34 @@ class ServicesClient:
 
     def model_events(self, model: str, limit: int = 50, cursor: int = 0) -> s.Page[s.ModelEventOut]:
         return self._read(f"/models/{model}/events", s.Page[s.ModelEventOut], limit=limit, cursor=cursor)
+
+    # ---- hyperparameter governor ----------------------------------------------------------------------------
+    def create_governor(self, governor: s.GovernorCreate, idempotency_key: str | None = None) -> s.GovernorOut:
+        return self._write("/governors", governor, s.GovernorOut, idempotency_key)
+
+    def governor(self, governor_id: int) -> s.GovernorOut:
+        return self._read(f"/governors/{governor_id}", s.GovernorOut)
+
+    def change_knobs(self, governor_id: int, values: dict[str, Any], reason: str = "",
+                     idempotency_key: str | None = None) -> s.ChangeOut:
+        return self._write(f"/governors/{governor_id}/changes", s.KnobChange(values=values, reason=reason), s.ChangeOut,
+                           idempotency_key)
+
+    def governor_telemetry(self, governor_id: int, gain: float, stability: float, resource: float,
+                           idempotency_key: str | None = None) -> s.TelemetryOut:
+        body = s.TelemetryCreate(gain=gain, stability=stability, resource=resource)
+        return self._write(f"/governors/{governor_id}/telemetry", body, s.TelemetryOut, idempotency_key)
+
+    def governor_events(self, governor_id: int, limit: int = 50, cursor: int = 0) -> s.Page[s.GovernorEventOut]:
+        return self._read(f"/governors/{governor_id}/events", s.Page[s.GovernorEventOut], limit=limit, cursor=cursor)
+
+    def priors(self) -> list[s.PriorOut]:
+        return [s.PriorOut.model_validate(p) for p in self._request("GET", "/priors").json()]
+
+    def set_prior(self, domain: str, prior: s.PriorCreate) -> s.PriorOut:
+        payload = prior.model_dump(mode="json")
+        return s.PriorOut.model_validate(self._request("PUT", f"/priors/{domain}", json=payload,
+                                                       idempotency_key=str(uuid.uuid4())).json())
+
+    def combine_priors(self, step_size: float = 1.0) -> s.CombinationOut:
+        return self._write("/priors/combine", s.CombineRequest(step_size=step_size), s.CombinationOut, None)

@@ -15,6 +15,7 @@ from metalab.services.api import schemas as s
 from metalab.services.api.app import ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions, idempotent_write
 from metalab.services.graph import KnowledgeGraphService
 from metalab.services.predictor import PredictorService
+from metalab.services.governor import GovernorService, GovernorSettings, GovernorState, Knob
 from metalab.services.registry import ModelRegistryService
 from metalab.services.transfer import TransferService
 from metalab.services.store.models import Strategy, StrategyProfile
@@ -24,6 +25,8 @@ ProfileId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 StrategyId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 NodeQuery = Annotated[s.NodeName, Query()]
 ModelPath = Annotated[s.ModelName, Path(description="model name")]
+GovernorId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
+DomainPath = Annotated[s.ModelName, Path(description="domain name")]
 Relation = Literal["evolved_from", "best_strategy_of", "similar_to", "resolved_by"]
 
 
@@ -233,7 +236,92 @@ def install_registry_routes(app: FastAPI, v1: str) -> None:
             return _page(items, [e.id for e in found], limit)
 
 
+def governor_out(governor, state: GovernorState) -> s.GovernorOut:
+    return s.GovernorOut(id=governor.id, name=governor.name, domain=governor.domain, values=state.values,
+                         good_values=state.good_values, ema=state.ema, updates=state.updates,
+                         cooldown_remaining=max(0, state.cooldown_until - state.updates),
+                         under_evaluation=state.change_at is not None)
+
+
+def knobs_of(spec: dict[str, s.KnobSpec]) -> list[Knob]:
+    return [Knob(name, k.type, k.low, k.high, k.default) for name, k in spec.items()]
+
+
+def install_governor_routes(app: FastAPI, v1: str) -> None:
+    tags = ["hyperparameter governor"]
+
+    @app.post(v1 + "/governors", status_code=201, response_model=s.GovernorOut, responses=ERRORS, tags=tags)
+    def create_governor(request: Request, workspace: Workspace_, body: s.GovernorCreate, key: IdempotencyKey = None):
+        def write(session):
+            settings = GovernorSettings(weights=body.weights.model_dump(), ema_alpha=body.ema_alpha, cooldown=body.cooldown,
+                                        rollback_cooldown=body.rollback_cooldown, evaluation_window=body.evaluation_window,
+                                        drop_z=body.drop_z, min_drop=body.min_drop)
+            service = GovernorService(session, workspace)
+            governor = service.create(body.name, body.domain, knobs_of(body.knobs), settings, body.values)
+            return 201, governor_out(governor, GovernorState.from_dict(governor.state))
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/governors/{governor_id}", response_model=s.GovernorOut, responses=ERRORS, tags=tags)
+    def get_governor(request: Request, workspace: Workspace_, governor_id: GovernorId):
+        with _sessions(request)() as session:
+            return governor_out(*GovernorService(session, workspace).get(governor_id))
+
+    @app.post(v1 + "/governors/{governor_id}/changes", response_model=s.ChangeOut, responses=ERRORS, tags=tags)
+    def change_knobs(request: Request, workspace: Workspace_, governor_id: GovernorId, body: s.KnobChange,
+                     key: IdempotencyKey = None):
+        """Set knobs (clamped into their bounds); 409 while a cooldown runs."""
+        def write(session):
+            service = GovernorService(session, workspace)
+            state, clamped = service.change(governor_id, body.values, body.reason)
+            return 200, s.ChangeOut(governor=governor_out(service.get(governor_id)[0], state), clamped=clamped)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.post(v1 + "/governors/{governor_id}/telemetry", response_model=s.TelemetryOut, responses=ERRORS, tags=tags)
+    def governor_telemetry(request: Request, workspace: Workspace_, governor_id: GovernorId, body: s.TelemetryCreate,
+                           key: IdempotencyKey = None):
+        """One telemetry update: the meta-reward, its EMA, and a rollback or acceptance of the last change."""
+        def write(session):
+            service = GovernorService(session, workspace)
+            state, reward, event = service.telemetry(governor_id, body.model_dump())
+            return 200, s.TelemetryOut(governor=governor_out(service.get(governor_id)[0], state), reward=reward, event=event)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.get(v1 + "/governors/{governor_id}/events", response_model=s.Page[s.GovernorEventOut], responses=ERRORS,
+             tags=tags)
+    def governor_events(request: Request, workspace: Workspace_, governor_id: GovernorId, limit: Limit = 50,
+                        cursor: Cursor = 0):
+        with _sessions(request)() as session:
+            found = GovernorService(session, workspace).events(governor_id, limit, cursor)
+            items = [s.GovernorEventOut(id=e.id, update_index=e.update_index, kind=e.kind, values=e.values,
+                                        details=e.details) for e in found]
+            return _page(items, [e.id for e in found], limit)
+
+    @app.get(v1 + "/priors", response_model=list[s.PriorOut], responses=ERRORS, tags=tags)
+    def list_priors(request: Request, workspace: Workspace_):
+        """Every domain's prior and the combined one (domain ``*``)."""
+        with _sessions(request)() as session:
+            return [s.PriorOut(domain=p.domain, values=p.values, updates=p.updates)
+                    for p in GovernorService(session, workspace).priors()]
+
+    @app.put(v1 + "/priors/{domain}", response_model=s.PriorOut, responses=ERRORS, tags=tags)
+    def set_prior(request: Request, workspace: Workspace_, domain: DomainPath, body: s.PriorCreate,
+                  key: IdempotencyKey = None):
+        def write(session):
+            p = GovernorService(session, workspace).set_prior(domain, knobs_of(body.knobs), body.values)
+            return 200, s.PriorOut(domain=p.domain, values=p.values, updates=p.updates)
+        return idempotent_write(request, workspace, key, body, write)
+
+    @app.post(v1 + "/priors/combine", response_model=s.CombinationOut, responses=ERRORS, tags=tags)
+    def combine_priors(request: Request, workspace: Workspace_, body: s.CombineRequest, key: IdempotencyKey = None):
+        """One Reptile step of the combined prior toward the diversity-weighted domains, outliers left out."""
+        def write(session):
+            result = GovernorService(session, workspace).combine(body.step_size)
+            return 200, s.CombinationOut(values=result.values, weights=result.weights, outliers=result.outliers)
+        return idempotent_write(request, workspace, key, body, write)
+
+
 def install(app: FastAPI, v1: str) -> None:
+    install_governor_routes(app, v1)
     install_registry_routes(app, v1)
     install_transfer_routes(app, v1)
     install_strategy_and_graph_routes(app, v1)

@@ -497,3 +497,97 @@ class ModelEventOut(BaseModel):
     to_version: str | None
     details: dict[str, Any]
     created_at: datetime
+
+
+# ---- hyperparameter governor ----------------------------------------------------------------------------
+KnobValue = bool | Finite
+
+
+class KnobSpec(Strict):
+    type: Literal["float", "int", "bool"] = "float"
+    low: Finite = 0.0
+    high: Finite = 1.0
+    default: KnobValue | None = None
+
+
+class RewardWeights(Strict):
+    gain: float = Field(1.0, ge=0.0, le=1000.0)
+    stability: float = Field(0.5, ge=0.0, le=1000.0)
+    resource: float = Field(0.3, ge=0.0, le=1000.0)
+
+
+class GovernorCreate(Strict):
+    name: ModelName
+    domain: ModelName
+    knobs: dict[GeneName, KnobSpec] = Field(min_length=1, max_length=64)
+    values: dict[GeneName, KnobValue] = Field(default_factory=dict, description="start here instead of the priors")
+    weights: RewardWeights = Field(default_factory=RewardWeights)
+    ema_alpha: float = Field(0.3, gt=0.0, le=1.0)
+    cooldown: int = Field(5, ge=0, le=10_000)
+    rollback_cooldown: int = Field(20, ge=0, le=10_000)
+    evaluation_window: int = Field(10, ge=1, le=10_000)
+    drop_z: float = Field(3.0, ge=0.0, le=100.0)
+    min_drop: float = Field(0.05, ge=0.0, le=1e6)
+
+
+class GovernorOut(BaseModel):
+    id: int
+    name: str
+    domain: str
+    values: dict[str, Any]
+    good_values: dict[str, Any]
+    ema: float | None
+    updates: int
+    cooldown_remaining: int
+    under_evaluation: bool
+
+
+class KnobChange(Strict):
+    values: dict[GeneName, KnobValue] = Field(min_length=1, max_length=64)
+    reason: Text = ""
+
+
+class ChangeOut(BaseModel):
+    governor: GovernorOut
+    clamped: list[str] = Field(description="knobs whose proposed value was outside its bounds and was clamped")
+
+
+class TelemetryCreate(Strict):
+    gain: Finite
+    stability: Finite
+    resource: Finite
+
+
+class TelemetryOut(BaseModel):
+    governor: GovernorOut
+    reward: float
+    event: Literal["none", "accepted", "rollback"]
+
+
+class GovernorEventOut(BaseModel):
+    id: int
+    update_index: int
+    kind: str
+    values: dict[str, Any]
+    details: dict[str, Any]
+
+
+class PriorCreate(Strict):
+    knobs: dict[GeneName, KnobSpec] = Field(min_length=1, max_length=64)
+    values: dict[GeneName, KnobValue] = Field(min_length=1, max_length=64)
+
+
+class PriorOut(BaseModel):
+    domain: str
+    values: dict[str, Any]
+    updates: int
+
+
+class CombineRequest(Strict):
+    step_size: float = Field(1.0, gt=0.0, le=1.0, description="Reptile step toward the weighted mean of the domains")
+
+
+class CombinationOut(BaseModel):
+    values: dict[str, Any]
+    weights: dict[str, float]
+    outliers: list[str]

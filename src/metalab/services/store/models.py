@@ -303,3 +303,41 @@ class ModelEvent(Base):
     to_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- issue 20: hyperparameter governor -----------------------------------------------------------------
+class Governor(Base):
+    """Bounded knobs of one running system, the reward's running average and the last good snapshot."""
+
+    __tablename__ = "governors"
+    __table_args__ = (UniqueConstraint("workspace", "name", name="uq_governor_workspace_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    domain: Mapped[str] = mapped_column(String(100))
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)  # metalab.services.governor.GovernorState as a dict
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GovernorEvent(Base):
+    __tablename__ = "governor_events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    governor_id: Mapped[int] = mapped_column(ForeignKey("governors.id", ondelete="CASCADE"), index=True)
+    update_index: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # change | refused | accepted | rollback
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DomainPrior(Base):
+    """Knob values that worked in a domain (``*`` is the prior combined across domains)."""
+
+    __tablename__ = "domain_priors"
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), primary_key=True)
+    domain: Mapped[str] = mapped_column(String(100), primary_key=True)
+    knobs: Mapped[list[Any]] = mapped_column(JSON)  # the knob specs the values belong to (bounds normalise them)
+    values: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updates: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
