@@ -9,11 +9,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_train(*args: str, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def run_train(*args: str, run_dir: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "train.py", *args, "hydra.run.dir=/tmp/metalab-cli-test"],
+    return subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"],
                           cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
 
 
@@ -34,8 +34,8 @@ def run_train(*args: str, env_extra: dict | None = None) -> subprocess.Completed
         (["logger=null"], "error: "),
     ],
 )
-def test_bad_input_gives_one_error_line(args, expected):
-    result = run_train(*args)
+def test_bad_input_gives_one_error_line(args, expected, tmp_path):
+    result = run_train(*args, run_dir=tmp_path / "run")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
@@ -46,7 +46,7 @@ def test_a_file_that_is_not_a_checkpoint_gives_one_error_line(tmp_path):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"these bytes are no checkpoint\n" * 10)
     for extra in ([], ["train=false"]):
-        result = run_train(f"ckpt_path={garbage}", *extra)
+        result = run_train(f"ckpt_path={garbage}", *extra, run_dir=tmp_path / "run")
         assert result.returncode == 2, result.stderr[-2000:]
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and errors[0].startswith(f"error: ckpt_path='{garbage}' is not allowed: not a Lightning "
