@@ -64,3 +64,10 @@ def test_derived_experiments_keep_their_base():
     assert fomaml.learner.first_order and fomaml.data.tasks_per_batch == 32
     assert anil.learner.adapt == "head" and anil.model.out_features == 20
     assert proto20.optimized_metric == "test/20w1s/acc" and proto20.data.train.shot == 1
+
+
+def test_debug_group_holds_under_an_experiment(tmp_path):
+    """``+experiment`` is applied after ``debug``: the debug keys are ones no experiment sets."""
+    cfg = _compose(["+experiment=omniglot/maml_5w1s", "debug=fdr"])
+    assert cfg.trainer.fast_dev_run == 1 and cfg.trainer.detect_anomaly and cfg.trainer.accelerator == "cpu"
+    assert "local" not in cfg  # conf/local/default.yaml is optional (gitignored) and holds no key of its own
