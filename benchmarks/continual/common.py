@@ -142,7 +142,8 @@ def avalanche_permuted_mnist(stream: TaskStream, seed: int, mnist_root: Path):
 
     Its permutations come from the same numpy draws as ours (``metalab.data.domain_streams.PixelPermutation``)
     and its images are MNIST in [0, 1] (its ``TensorMNIST``; the default normalising transform is turned off
-    so both sides see the same pixels). Every stored image of every task is checked equal to ours, so an
+    so both sides see the same pixels). Our subsets are found in its experiences by
+    :func:`positions_by_class`. Every stored image of every task is checked equal to ours, so an
     accuracy gap cannot come from the data. MNIST is read from ``mnist_root`` in torchvision's raw format,
     written there once from our offline copy (nothing is downloaded).
     """
@@ -157,12 +158,9 @@ def avalanche_permuted_mnist(stream: TaskStream, seed: int, mnist_root: Path):
                            dataset_root=str(mnist_root))
 
     def cut(experiences, ours_tasks, labels, per_task, subset_seed):
-        # Avalanche's scenario groups each experience's examples by class (stably): MNIST example i sits at
-        # position where[i]. Our subset (original indices) is taken at those positions, in our order.
-        where = torch.empty_like(labels)
-        where[torch.argsort(labels, stable=True)] = torch.arange(len(labels))
         parts = []
         for task, (experience, ours) in enumerate(zip(experiences, ours_tasks)):
+            where = positions_by_class(torch.as_tensor(list(experience.dataset.targets)), labels)
             keep = subset_indices(len(labels), per_task, subset_seed, task) if per_task else torch.arange(len(labels))
             data = experience.dataset.subset(where[keep].tolist())
             x = torch.stack([data[i][0] for i in range(len(data))])
@@ -176,6 +174,21 @@ def avalanche_permuted_mnist(stream: TaskStream, seed: int, mnist_root: Path):
     train = cut(theirs.train_stream, stream.train_tasks, y_train, stream.train_examples_per_task, stream.subset_seed)
     test = cut(theirs.test_stream, stream.test_tasks, y_test, stream.test_examples_per_task, stream.subset_seed + 1)
     return benchmark_from_datasets(train=train, test=test)
+
+
+def positions_by_class(held: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Where each example of a data set (``labels [n]``, original order) sits in a scenario's copy of it
+    whose labels are ``held [n]``: Avalanche's experiences group the examples by class, in a class order of
+    their own (it differs between PermutedMNIST's experiences), keeping the original order within a class.
+    The caller checks the images, so a wrong guess cannot pass unnoticed."""
+    where = torch.empty_like(labels)
+    for label in torch.unique_consecutive(held).tolist():
+        members = (labels == label).nonzero().flatten()
+        start = int((held == label).nonzero()[0])
+        where[members] = start + torch.arange(len(members))
+    if not torch.equal(held[where], labels):
+        raise AssertionError("the scenario does not hold the data set grouped by class in original order")
+    return where
 
 
 def write_torchvision_mnist(root: Path) -> None:
