@@ -5,7 +5,7 @@ the same module) and a tiny strided Conv4 holding the weights of learn2learn's o
 (Finn et al. 2017's Omniglot network; learn2learn runs its module, we run ours). First and second
 order, one and several inner steps, both memory layouts. The reference itself is also held against
 learn2learn, so the oracle is checked independently. This is the test that catches a wrong
-second-order path (e.g. native batch norm under vmap, measured ~6% off in torch 2.13).
+second-order path (e.g. native batch norm under vmap, measured ~6% off with torch 2.13, an earlier pin).
 """
 
 import pytest
