@@ -4,7 +4,7 @@ Knobs: learning rate (float, 1e-4..0.1), batch size (int, 8..512), cache (bool).
 gain = 1 - 0.5 (log10 lr + 2)^2 - ((batch - 128) / 512)^2 + 0.1 cache + noise, stability = 1 - 0.3 [lr > 0.05],
 resource = 0.5 batch / 512; reward weights 1 / 0.5 / 0.3. The best setting is lr 0.01, batch 128, cache on.
 Every update goes through ``GovernorService`` on a SQLite store (the state machine is stored and reloaded
-each time, as over HTTP).
+each time, as over HTTP); each run has its own domain, so no run starts from a prior another run moved.
 
 1. Bad change: after 50 updates at the good setting an agent sets lr = 0.1 (reward -0.65 in expectation;
    noise sd 0.1). Reported: updates until the rollback (median, 95th percentile, max over seeds), whether
@@ -67,7 +67,7 @@ def bad_change(seed: int, sessions, bad_lr: float = 0.1) -> dict:
     rng = np.random.default_rng(seed)
     with sessions() as session:
         service = GovernorService(session, "sim")
-        governor = service.create(f"g{seed}-{bad_lr}", "vision", KNOBS, GovernorSettings())
+        governor = service.create(f"g{seed}-{bad_lr}", f"vision-{seed}-{bad_lr}", KNOBS, GovernorSettings())
         rewards, emas, bounded = [], [], True
         for _ in range(50):
             state, reward, _ = service.telemetry(governor.id, telemetry(service.get(governor.id)[1].values, rng, 0.1))
@@ -102,7 +102,7 @@ def oscillation(seed: int, cooldown: int, sessions, updates: int = 300) -> dict:
     rng = np.random.default_rng(10_000 + seed)
     with sessions() as session:
         service = GovernorService(session, "sim")
-        governor = service.create(f"o{seed}-{cooldown}", "vision", KNOBS, GovernorSettings(cooldown=cooldown))
+        governor = service.create(f"o{seed}-{cooldown}", f"noisy-{seed}-{cooldown}", KNOBS, GovernorSettings(cooldown=cooldown))
         previous, direction, changes, reversals, last_move, trace = None, 1, 0, 0, None, []
         for _ in range(updates):
             state, reward, _ = service.telemetry(governor.id, telemetry(service.get(governor.id)[1].values, rng, 0.3))

@@ -2,8 +2,9 @@
 
 Knobs are floats, ints or booleans with bounds; every proposed value is clamped into them (ints rounded).
 Telemetry gives a meta-reward ``w_gain * gain + w_stability * stability - w_resource * resource``. The
-governor keeps an exponential moving average (EMA) of it and an exponentially weighted variance (the
-standard recursions, e.g. Finch 2009, "Incremental calculation of weighted mean and variance").
+governor keeps an exponential moving average (EMA) of it and, with a slower rate ``variance_alpha`` and
+only while no change is being judged, an exponentially weighted variance (the standard recursions, e.g.
+Finch 2009, "Incremental calculation of weighted mean and variance").
 
 - A change is allowed only when no cooldown is running; it starts ``cooldown`` updates of cooldown and
   an evaluation of ``evaluation_window`` updates, against the EMA at the time of the change.
@@ -84,6 +85,7 @@ class GovernorSettings:
     drop_z: float = 3.0
     min_drop: float = 0.05
     prior_step: float = 0.5
+    variance_alpha: float = 0.05  # a slower average for the noise: with ema_alpha's ~6 rewards it read 0.16 for 0.1
 
 
 @dataclass
@@ -95,6 +97,7 @@ class GovernorState:
     values: dict[str, Any]
     good_values: dict[str, Any]
     ema: float | None = None
+    slow_mean: float | None = None
     variance: float = 0.0
     reference_ema: float | None = None
     tolerance: float | None = None
@@ -149,13 +152,15 @@ def propose(state: GovernorState, changes: dict[str, Any]) -> tuple[dict[str, An
 
 def observe(state: GovernorState, reward: float) -> str:
     """Fold one reward into the EMA; returns ``rollback``, ``accepted`` or ``none``."""
-    alpha = state.settings.ema_alpha
+    alpha, beta = state.settings.ema_alpha, state.settings.variance_alpha
     if state.ema is None:
-        state.ema = reward
+        state.ema = state.slow_mean = reward
     else:
-        delta = reward - state.ema
-        state.ema += alpha * delta
-        state.variance = (1 - alpha) * (state.variance + alpha * delta * delta)
+        state.ema += alpha * (reward - state.ema)
+        if state.change_at is None:  # the noise is measured while nothing is being judged
+            deviation = reward - state.slow_mean
+            state.slow_mean += beta * deviation
+            state.variance = (1 - beta) * (state.variance + beta * deviation * deviation)
     state.updates += 1
     if state.change_at is None:
         return "none"
