@@ -146,7 +146,7 @@ def main() -> None:
     mild_delays = np.array([r["rolled_back_after"] if r["rolled_back_after"] else np.inf for r in mild], dtype=float)
     cooldowns = (0, 5, 10)
     swings = {c: [oscillation(s, c, sessions) for s in range(args.oscillation_seeds)] for c in cooldowns}
-    prior = priors(sessions)
+    prior = priors(new_service())  # a store of its own: the runs above left priors of their own domains
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     example = runs[0]
     axes[0].plot(example["rewards"], ".", ms=3, alpha=0.5, label="reward")
