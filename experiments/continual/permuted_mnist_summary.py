@@ -28,6 +28,7 @@ RECORD = "benchmarks/continual/records/permuted_mnist.jsonl"
 KEYS = ("acc", "forgetting", "bwt", "fwt")
 WELL_ABOVE_POINTS = 3.0  # "well above": more than this many points and more than the two stds added together
 AVALANCHE_TOLERANCE = 1.5  # the issue's side-by-side criterion, in points of average accuracy
+T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}  # two-sided 5% critical values of Student's t
 PAIRS = [("finetune", "Naive (Avalanche)"), ("ewc", "EWC (Avalanche)"), ("er_500", "Replay (Avalanche)"),
          ("er_500_task_end", "Replay (Avalanche)")]
 
@@ -50,12 +51,21 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def welch_t(a: list[float], b: list[float]) -> float:
-    """Welch's t statistic of mean(a) - mean(b) (nan with fewer than 2 values on a side)."""
-    if len(a) < 2 or len(b) < 2:
-        return float("nan")
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    return (statistics.mean(a) - statistics.mean(b)) / se if se > 0 else float("inf")
+def paired_t(runs: dict[str, dict[int, dict[str, float]]], a: str, b: str) -> tuple[float, int]:
+    """Paired t statistic of a - b over the seeds both have, and its degrees of freedom. Paired because a
+    seed fixes the permutations and the batch order, which move both runs together."""
+    seeds = sorted(runs[a].keys() & runs[b].keys())
+    diffs = [runs[a][k]["acc"] - runs[b][k]["acc"] for k in seeds]
+    if len(diffs) < 2:
+        return float("nan"), 0
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return (statistics.mean(diffs) / se if se > 0 else float("inf")), len(diffs) - 1
+
+
+def paired(runs: dict[str, dict[int, dict[str, float]]], a: str, b: str) -> str:
+    """Per-seed differences of average accuracy, a - b, on the seeds both have (the same permutations)."""
+    seeds = sorted(runs[a].keys() & runs[b].keys())
+    return "per seed " + ", ".join(f"{runs[a][k]['acc'] - runs[b][k]['acc']:+.2f}" for k in seeds)
 
 
 def checks(runs: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
@@ -76,22 +86,24 @@ def checks(runs: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]
                 gap = mean - ft_mean
                 out.append({"check": f"{label} well above fine-tune (> {WELL_ABOVE_POINTS:g} points and > the two "
                                      "stds added)",
-                            "detail": f"{mean:.2f} vs {ft_mean:.2f}: {gap:+.2f}, stds {std:.2f} + {ft_std:.2f}",
+                            "detail": f"{mean:.2f} vs {ft_mean:.2f}: {gap:+.2f}, stds {std:.2f} + {ft_std:.2f}; "
+                                      + paired(runs, label, "finetune"),
                             "verified": gap > WELL_ABOVE_POINTS and gap > std + ft_std})
     for label, theirs in PAIRS:
         if label in acc and theirs in acc:
             gap = statistics.mean(acc[label]) - statistics.mean(acc[theirs])
             out.append({"check": f"{label} within {AVALANCHE_TOLERANCE:g} points of {theirs} (or better)",
                         "detail": f"{statistics.mean(acc[label]):.2f} vs {statistics.mean(acc[theirs]):.2f}: "
-                                  f"{gap:+.2f}",
+                                  f"{gap:+.2f}; " + paired(runs, label, theirs),
                         "verified": gap >= -AVALANCHE_TOLERANCE})
     if "er_500" in acc and "er_500_task_end" in acc:
-        t = welch_t(acc["er_500_task_end"], acc["er_500"])
+        t, dof = paired_t(runs, "er_500_task_end", "er_500")
         gap = statistics.mean(acc["er_500_task_end"]) - statistics.mean(acc["er_500"])
-        out.append({"check": "replay buffer: task-balanced (task_end) differs from reservoir beyond noise (|Welch t| > "
-                             "4.3, p < 0.05 two-sided at 2 df)",
-                    "detail": f"task_end - reservoir {gap:+.2f} points, Welch t {t:.2f}",
-                    "verified": abs(t) > 4.3})
+        out.append({"check": "replay buffer: task-balanced (task_end) differs from reservoir beyond noise (paired t "
+                             f"over seeds, |t| > {T975[dof] if dof in T975 else float('nan'):.2f}: p < 0.05 two-sided)",
+                    "detail": f"task_end - reservoir {gap:+.2f} points, paired t {t:.2f} ({dof} df); "
+                              + paired(runs, "er_500_task_end", "er_500"),
+                    "verified": dof in T975 and abs(t) > T975[dof]})
     return out
 
 
