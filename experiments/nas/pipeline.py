@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+from metalab.nas.plot import draw_cell
 from metalab.nas.space import RESNET_CELL, Genotype
 from metalab.report.records import append_record, read_records, repo_root
 
@@ -132,21 +132,20 @@ def summarise() -> None:
         if reference is not None:
             error, reference_error = 100 - row["test_acc_mean"], 100 - reference["test_acc_mean"]
             row["error_reduction_vs_resnet_pct"] = round(100 * (reference_error - error) / reference_error, 1)
-    _copy_cell_pictures()
+    _draw_cell_pictures(latest)
     append_record(SUMMARY_RECORDS, table, benchmark="nas_retrain_table",
                   settings={"seeds": list(SEEDS), "runs_file": RUN_RECORDS})
     for row in table:
         print(row)
 
 
-def _copy_cell_pictures() -> None:
-    """Each search's ``cell.png`` (and the ResNet cell's, from its retraining) into ``experiments/nas/cells/``."""
+def _draw_cell_pictures(latest: dict[str, dict[str, Any]]) -> None:
+    """A picture of each searched cell and of the ResNet cell in ``experiments/nas/cells/<name>.png``
+    (drawn from the recorded genotypes, the same picture the runs write as ``cell.png``)."""
     target = ROOT / "experiments" / "nas" / "cells"
-    target.mkdir(parents=True, exist_ok=True)
-    sources = {name: RUNS / name / "cell.png" for name in SEARCHES} | {"resnet": RUNS / "retrain_resnet_seed0" / "cell.png"}
-    for name, source in sources.items():
-        if source.is_file():
-            shutil.copyfile(source, target / f"{name}.png")
+    genotypes = {name: latest[name]["genotype"] for name in SEARCHES if name in latest} | {"resnet": str(RESNET_CELL)}
+    for name, genotype in genotypes.items():
+        draw_cell(Genotype.parse(genotype), target / f"{name}.png", f"{name}\n{genotype}")
 
 
 def main() -> None:
