@@ -2,6 +2,7 @@
 
     python experiments/nas/pipeline.py run          # runs what has not run yet (each is `python train.py ...`)
     python experiments/nas/pipeline.py summarise    # the retraining table's rows from the run records
+    python experiments/nas/pipeline.py searches --search-seed 1   # extra search seeds, no retraining
 
 Every finished run appends a record (``append_record``) to ``experiments/nas/records/runs.jsonl`` with the
 figures of its ``metrics.json``; ``summarise`` appends mean +- std over seeds per cell, the search cost and
@@ -78,7 +79,7 @@ def _record_run(name: str, overrides: list[str], metrics: dict[str, Any]) -> Non
     command = "python train.py " + " ".join(_quoted(o) for o in overrides)
     kind = "retrain" if name.startswith("retrain_") else "search"
     append_record(RUN_RECORDS, row, benchmark="nas_run", command=command,
-                  settings={"run": name, "kind": kind, "cell": name.removeprefix("retrain_").rsplit("_seed", 1)[0],
+                  settings={"run": name, "kind": kind, "cell": name.removeprefix("retrain_").rsplit("_seed", 1)[0].split("_search")[0],
                             "overrides": overrides},
                   notes="one thread per run, runs in sequence; other sessions' processes shared the 2 cores")
 
@@ -107,6 +108,12 @@ def run_all(seed: int = 0) -> None:
             run_train(f"retrain_{cell}_seed{retrain_seed}",
                       ["+experiment=nas/retrain", f"genotype={retrain_value(genotypes[cell])}",
                        f"seed={retrain_seed}"])
+
+
+def run_searches_only(seed: int, names: list[str]) -> None:
+    """Extra search seeds (no retraining): does a searcher's best fitness at this budget depend on the seed?"""
+    for name in names:
+        run_train(f"{name}_search{seed}", [f"+experiment={SEARCHES[name]}", f"seed={seed}"])
 
 
 def summarise() -> None:
@@ -150,11 +157,15 @@ def _draw_cell_pictures(latest: dict[str, dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run", "summarise"))
+    parser.add_argument("action", choices=("run", "searches", "summarise"))
     parser.add_argument("--search-seed", type=int, default=0)
+    parser.add_argument("--searches", nargs="+", default=["evolution", "random"], choices=list(SEARCHES),
+                        help="with `searches`: which searches to run at --search-seed")
     args = parser.parse_args()
     if args.action == "run":
         run_all(args.search_seed)
+    elif args.action == "searches":
+        run_searches_only(args.search_seed, args.searches)
     else:
         summarise()
 
