@@ -26,8 +26,8 @@ from torch import nn
 
 from metalab.data.streams import TaskStream
 from metalab.errors import ConfigError
-from metalab.learners.continual.loop import (StepResult, continual_step, evaluate_all_tasks, mini_batches,
-                                             scenario_predictions)
+from metalab.learners.continual.loop import (NetworkMembers, StepResult, continual_step, evaluate_all_tasks,
+                                             mini_batches, scenario_predictions)
 from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method, check_method_fits
 from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
 
@@ -81,7 +81,7 @@ class DirectStep:
         return self.optimizer.param_groups
 
 
-class ContinualLearner(L.LightningModule):
+class ContinualLearner(NetworkMembers, L.LightningModule):
     """Trains ``backbone`` on a :class:`~metalab.data.streams.TaskStream` task after task with ``method``.
 
     ``optimizer``: a partial optimiser (e.g. SGD, lr 0.03, no momentum as in Mammoth), built once for the
@@ -141,7 +141,7 @@ class ContinualLearner(L.LightningModule):
             self.net = self.method.build_network(self.net, self.stream_info)
             if self.channels_last and example.dim() == 4:
                 self.net.to(memory_format=torch.channels_last)
-            self._param_index = dict(self.net.named_parameters())
+            self.index_parameters()
             self.accuracy = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in stream.scenarios})
             self.final = nn.ModuleDict({s: AccuracyMatrix(stream.n_tasks) for s in stream.scenarios})
         stream.cumulative = self.method.trains_on_all_seen_tasks
@@ -162,15 +162,6 @@ class ContinualLearner(L.LightningModule):
     @property
     def current_task(self) -> int:
         return min(self.current_epoch // self.stream.epochs_per_task, self.stream.n_tasks - 1)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in the memory format the network was converted to (channels-last is ~1.5x on CPU)."""
-        if self.channels_last and x.dim() == 4:
-            return x.contiguous(memory_format=torch.channels_last)
-        return x
-
-    def trainable_parameters(self, names: list[str]) -> list[nn.Parameter]:
-        return [self._param_index[n] for n in names]
 
     def task_training_data(self, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All training inputs ``[n, ...]`` and labels ``[n]`` of ``task`` alone."""
