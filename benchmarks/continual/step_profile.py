@@ -126,25 +126,35 @@ def run_avalanche(experiment: str, batches: int, seed: int, profile: cProfile.Pr
     return timer.cpu_seconds, timer.iterations
 
 
+def _timed(epoch: Callable[[], int], profile: cProfile.Profile | None) -> tuple[float, int]:
+    """CPU seconds of ``epoch()`` and the steps it returns, profiled over that epoch alone if asked."""
+    if profile is not None:
+        profile.enable()
+    start = time.process_time()
+    steps = epoch()
+    seconds = time.process_time() - start
+    if profile is not None:
+        profile.disable()
+    return seconds, steps
+
+
 def run_plain(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
               ) -> tuple[float, int]:
     cfg, stream, model = build(experiment, batches, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
     model.train()
-    n = 0
-    if profile is not None:
-        profile.enable()
-    start = time.process_time()
-    for batch in stream.task_train_loader(0, epoch=0):
-        loss = F.cross_entropy(model(batch["x"]), batch["y"])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        n += 1
-    seconds = time.process_time() - start
-    if profile is not None:
-        profile.disable()
-    return seconds, n
+
+    def epoch() -> int:
+        n = 0
+        for batch in stream.task_train_loader(0, epoch=0):
+            loss = F.cross_entropy(model(batch["x"]), batch["y"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            n += 1
+        return n
+
+    return _timed(epoch, profile)
 
 
 def run_plain_step(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
@@ -159,17 +169,15 @@ def run_plain_step(experiment: str, batches: int, seed: int, profile: cProfile.P
     method.setup(info)
     method.before_task(learner, 0)
     model.train()
-    n = 0
-    if profile is not None:
-        profile.enable()
-    start = time.process_time()
-    for batch in stream.task_train_loader(0, epoch=0):
-        continual_step(learner, method, batch, 0, optimizer, step=n)
-        n += 1
-    seconds = time.process_time() - start
-    if profile is not None:
-        profile.disable()
-    return seconds, n
+
+    def epoch() -> int:
+        n = 0
+        for batch in stream.task_train_loader(0, epoch=0):
+            continual_step(learner, method, batch, 0, optimizer, step=n)
+            n += 1
+        return n
+
+    return _timed(epoch, profile)
 
 
 SIDES: dict[str, Callable[..., tuple[float, int]]] = {
