@@ -44,3 +44,4 @@ def data_available(relpath: str = "omniglot/omniglot.npz") -> bool:
 
 
 needs_omniglot = pytest.mark.skipif(not data_available(), reason="shared/data/omniglot not found")
+needs_mnist = pytest.mark.skipif(not data_available("mnist/mnist.npz"), reason="shared/data/mnist not found")

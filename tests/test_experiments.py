@@ -9,6 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from metalab.errors import DataError
 from metalab.run import build_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -45,7 +46,10 @@ def test_experiment_composes_and_every_target_instantiates(name, tmp_path):
     assert {"data", "learner", "trainer"} <= set(targets)
     for path in targets:  # every target names an importable object, also those a run does not build itself
         hydra.utils.get_object(OmegaConf.select(cfg, path)["_target_"])
-    objects = build_run(cfg)
+    try:
+        objects = build_run(cfg)
+    except DataError as error:  # a constructor that reads data (nas_cells builds its CIFAR-10 split)
+        pytest.skip(f"{name} reads data when built and it is absent: {str(error).split(';')[0]}")
     assert objects.trainer.max_steps == cfg.trainer.get("max_steps", -1)
 
 

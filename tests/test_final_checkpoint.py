@@ -18,9 +18,8 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from helpers import TINY_PROTONET, compose_run  # noqa: E402
+from helpers import TINY_PROTONET, compose_run, needs_mnist, needs_omniglot  # noqa: E402
 
-from metalab.data.files import candidate_dirs  # noqa: E402
 from metalab.learners.meta.protonet import ProtoNet  # noqa: E402
 from metalab.run import train  # noqa: E402
 
@@ -46,6 +45,7 @@ def _retest(run_dir: Path, out: Path, overrides: list[str]) -> dict:
     return _test_metrics(out)
 
 
+@needs_omniglot
 def test_run_stopped_mid_epoch_by_max_steps_is_retested_identically_from_last_ckpt(tmp_path):
     run = tmp_path / "run"
     train(compose_run(run, PROTONET + ["trainer.max_steps=5"]))  # epoch 1, after its 2nd of 3 batches
@@ -67,6 +67,7 @@ class FakeClock:
         return self.now
 
 
+@needs_omniglot
 def test_run_stopped_by_max_time_is_retested_identically_from_last_ckpt(tmp_path, monkeypatch):
     import lightning.pytorch.callbacks.timer as timer_module
 
@@ -87,6 +88,7 @@ def test_run_stopped_by_max_time_is_retested_identically_from_last_ckpt(tmp_path
     assert _retest(run, tmp_path / "retest", PROTONET) == _test_metrics(run)
 
 
+@needs_omniglot
 def test_sigterm_stops_mid_epoch_and_resuming_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(compose_run(straight, PROTONET))  # 3 epochs x 3 steps
@@ -129,8 +131,7 @@ SPLIT_MNIST = ["+experiment=split_mnist/ewc", "data.train_examples_per_task=40",
                "trainer.accelerator=cpu", "logger=csv", "learner.plot=false"]
 
 
-@pytest.mark.skipif(not any((d / "mnist/mnist.npz").is_file() for d in candidate_dirs()),
-                    reason="shared/data/mnist not found")
+@needs_mnist
 def test_continual_run_stopped_mid_task_is_retested_identically_from_last_ckpt(tmp_path):
     run = tmp_path / "run"
     train(compose_run(run, SPLIT_MNIST + ["trainer.max_steps=10"]))  # task 2, after 2 of its 4 batches

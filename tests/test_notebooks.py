@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import data_available
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+DATA_READ = {"quickstart": "omniglot/omniglot.npz", "continual": "mnist/mnist.npz"}  # reading_records reads none
 
 
 def test_there_are_notebooks():
@@ -16,6 +19,9 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch):
+    needed = DATA_READ.get(path.stem)
+    if needed and not data_available(needed):
+        pytest.skip(f"shared/data/{needed} not found")
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.setenv("METALAB_NOTEBOOK_TINY", "1")

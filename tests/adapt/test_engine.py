@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import compose_run  # noqa: E402
+from helpers import compose_run, needs_omniglot  # noqa: E402
 
 from metalab.adapt import InnerLoop, TaskBatchedModel  # noqa: E402
 from metalab.data.sine import SineDataModule  # noqa: E402
@@ -125,6 +125,7 @@ TINY_MAML = [
 ]
 
 
+@needs_omniglot
 @pytest.mark.parametrize("learner", ["maml", "fomaml", "anil", "metasgd", "reptile"])
 def test_tiny_omniglot_runs_are_reproducible(tmp_path, learner):
     overrides = [o if not o.startswith("learner=") else f"learner={learner}" for o in TINY_MAML]
@@ -135,6 +136,7 @@ def test_tiny_omniglot_runs_are_reproducible(tmp_path, learner):
     assert 0 <= a["test/5w1s/acc"] <= 100
 
 
+@needs_omniglot
 @pytest.mark.parametrize("learner", ["maml", "fomaml"])
 def test_tiny_bf16_mixed_runs(tmp_path, learner):
     """``trainer.precision=bf16-mixed``: the inner loop (and for MAML its double backward) runs under
@@ -156,6 +158,7 @@ def test_grouped_features_under_bf16_are_close_to_fp32():
     assert (mixed - exact).abs().max() <= 0.05 * exact.abs().max()
 
 
+@needs_omniglot
 def test_head_and_episode_way_must_agree(tmp_path):
     overrides = [o if o != "model.out_features=5" else "model.out_features=4" for o in TINY_MAML]
     with pytest.raises(ConfigError, match=r"data.train way=5 is not allowed: the model's head has model.out_features=4"):

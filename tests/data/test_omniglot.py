@@ -4,6 +4,10 @@ import torch
 
 from metalab.data.omniglot import load_omniglot_splits
 
+from helpers import needs_omniglot
+
+pytestmark = needs_omniglot
+
 
 def test_vinyals_split_sizes_and_disjointness():
     pools = load_omniglot_splits("vinyals", image_size=28)

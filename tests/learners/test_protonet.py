@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import TINY_PROTONET, compose_run  # noqa: E402
+from helpers import TINY_PROTONET, compose_run, needs_omniglot  # noqa: E402
 
 from metalab.learners.meta.protonet import ProtoNet, squared_euclidean  # noqa: E402
 from metalab.errors import NumericalError  # noqa: E402
@@ -39,6 +39,7 @@ def _metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())["metrics"]
 
 
+@needs_omniglot
 def test_same_seed_same_metrics_and_run_record(tmp_path):
     a = train(compose_run(tmp_path / "a", TINY_PROTONET))
     b = train(compose_run(tmp_path / "b", TINY_PROTONET))
@@ -56,6 +57,7 @@ class Crash(RuntimeError):
     pass
 
 
+@needs_omniglot
 def test_killed_run_resumed_from_last_ends_like_uninterrupted(tmp_path, monkeypatch):
     straight = tmp_path / "straight"
     train(compose_run(straight, TINY_PROTONET))
@@ -81,6 +83,7 @@ def test_killed_run_resumed_from_last_ends_like_uninterrupted(tmp_path, monkeypa
         assert m_resumed[key] == m_straight[key], key
 
 
+@needs_omniglot
 def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setattr(ProtoNet, "query_logits", lambda self, batch: torch.full((1, 10, 5), float("nan")))
     with pytest.raises(NumericalError, match=r"training loss became nan at step 0"):
@@ -105,6 +108,7 @@ def test_bf16_autocast_keeps_distances_in_fp32():
     assert (mixed.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.9
 
 
+@needs_omniglot
 def test_tiny_bf16_mixed_run_is_reproducible(tmp_path):
     overrides = TINY_PROTONET + ["trainer.precision=bf16-mixed"]
     train(compose_run(tmp_path / "a", overrides))
