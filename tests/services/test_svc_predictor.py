@@ -89,3 +89,12 @@ def test_predictor_routes(api):
                         headers=auth())
     assert too_many.status_code == 409
     assert api.post("/v1/workspaces/beta/predictions", json={"features": {"a": 0}}, headers=auth("beta")).status_code == 409
+
+
+@pytest.mark.parametrize("n,confidence", [(100, 0.9), (1000, 0.9), (200, 0.8), (500, 0.95)])
+def test_calibration_size_makes_the_expected_coverage_exact(n, confidence):
+    """ceil((m + 1) c) / (m + 1) = c exactly: the expected coverage of split conformal (Lei et al. 2018)."""
+    from metalab.services.predictor import calibration_size
+
+    m = calibration_size(n, PredictorConfig(confidence=confidence))
+    assert m >= 0.25 * n - 0.5 and math.ceil(round((m + 1) * confidence, 9)) / (m + 1) == pytest.approx(confidence)
