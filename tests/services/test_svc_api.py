@@ -119,6 +119,10 @@ def test_pagination_visits_every_item_once(api):
     ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "surprise": 1}),
     ("GET", "/experiments/99999999999999999999", None),
     ("GET", "/experiments/0", None),
+    ("GET", "/experiments/2147483648", None),  # above SQL INTEGER: PostgreSQL would overflow (found by schemathesis)
+    ("GET", "/experiments?cursor=4611686018427387903", None),
+    ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "mixture_scale": 1e-308}),  # tau^2 underflows to 0
+    ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "max_outcomes": 10**12}),
     ("GET", "/experiments?limit=0", None),
     ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 1.5}),
     ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 0.5, "content": {"k": "\u0000"}}),

@@ -14,7 +14,9 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-MAX_ID = 2**62
+# Ids, cursors and counts are stored as SQL INTEGER (SQLAlchemy's type for `int` columns): 32-bit on
+# PostgreSQL, so a larger value would overflow in the database (a 500) instead of failing validation.
+MAX_ID = 2**31 - 1
 MAX_JSON_BYTES = 65_536
 NO_NUL = r"^[^\x00]*$"
 
@@ -69,9 +71,10 @@ class ExperimentCreate(Strict):
     allocation: Literal["equal", "thompson", "ucb"] = "equal"
     maximize: bool = True
     alpha: float = Field(0.05, gt=0.0, lt=0.5)
-    mixture_scale: float = Field(0.1, gt=0.0, le=100.0)
+    # the mixing prior's sd in outcome sds; far below 1e-3 the test has no power, and its square underflows
+    mixture_scale: float = Field(0.1, ge=1e-3, le=100.0)
     min_samples_per_variant: int = Field(100, ge=1, le=1_000_000)
-    max_outcomes: int | None = Field(None, ge=2, le=10**12)
+    max_outcomes: int | None = Field(None, ge=2, le=MAX_ID)
     auto_complete: bool = True
 
 
