@@ -15,7 +15,7 @@ switched on for the timed epoch only (set-up, config composition and evaluation 
 profile's own time is summed by package (torch's operators, lightning, avalanche, torch.utils.data,
 torchmetrics, metalab, the rest), so the table says what the extra time over the plain loop is made of.
 
-    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 600 --rounds 3
+    python benchmarks/continual/step_profile.py --experiment split_mnist/finetune --batches 400 --rounds 3
     python benchmarks/continual/step_profile.py --experiment permuted_mnist/finetune --batches 100 --rounds 3
 
 Appends its figures to ``benchmarks/continual/records/step_profile.jsonl``.
