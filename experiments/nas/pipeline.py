@@ -3,6 +3,7 @@
     python experiments/nas/pipeline.py run          # runs what has not run yet (each is `python train.py ...`)
     python experiments/nas/pipeline.py summarise    # the retraining table's rows from the run records
     python experiments/nas/pipeline.py searches --search-seed 1   # extra search seeds, no retraining
+    python experiments/nas/pipeline.py retrain --runs evolution_search1 --seeds 0   # retrain what a search chose
 
 Every finished run appends a record (``append_record``) to ``experiments/nas/records/runs.jsonl`` with the
 figures of its ``metrics.json``; ``summarise`` appends mean +- std over seeds per cell, the search cost and
@@ -116,6 +117,19 @@ def run_searches_only(seed: int, names: list[str]) -> None:
         run_train(f"{name}_search{seed}", [f"+experiment={SEARCHES[name]}", f"seed={seed}"])
 
 
+def retrain_found(names: list[str], seeds: list[int]) -> None:
+    """Retrain the cells that finished searches (``logs/nas/<name>/metrics.json``) chose, over ``seeds``."""
+    for name in names:
+        found = RUNS / name / "metrics.json"
+        if not found.is_file():
+            print(f"[nas pipeline] {name}: no finished search in {found.relative_to(ROOT)}; skipped", flush=True)
+            continue
+        genotype = json.loads(found.read_text())["genotype"]
+        for seed in seeds:
+            run_train(f"retrain_{name}_seed{seed}",
+                      ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}"])
+
+
 def summarise() -> None:
     """Per cell: test accuracy mean +- std over seeds, parameters, search cost; error reduction vs ResNet."""
     rows = [r for rec in read_records(ROOT / RUN_RECORDS) for r in rec["figures"]]
@@ -157,13 +171,17 @@ def _draw_cell_pictures(latest: dict[str, dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run", "searches", "summarise"))
+    parser.add_argument("action", choices=("run", "searches", "retrain", "summarise"))
+    parser.add_argument("--runs", nargs="+", default=[], help="with `retrain`: search runs whose cells to retrain")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="with `retrain`: retraining seeds")
     parser.add_argument("--search-seed", type=int, default=0)
     parser.add_argument("--searches", nargs="+", default=["evolution", "random"], choices=list(SEARCHES),
                         help="with `searches`: which searches to run at --search-seed")
     args = parser.parse_args()
     if args.action == "run":
         run_all(args.search_seed)
+    elif args.action == "retrain":
+        retrain_found(args.runs, args.seeds)
     elif args.action == "searches":
         run_searches_only(args.search_seed, args.searches)
     else:
