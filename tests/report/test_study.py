@@ -185,3 +185,20 @@ def test_a_run_left_on_auto_precision_is_adopted_as_the_precision_it_resolved_to
     (outside / "metrics.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="no run of study tiny"):
         adopt(study, outside, tmp_path / "runs")
+
+
+def test_a_run_a_signal_stopped_is_resumed_not_taken_as_done(tmp_path):
+    """SIGTERM makes a run test what it has and write metrics.json; the study must still resume it."""
+    study = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], ["trainer.max_epochs=1"], seeds=[0]))
+    run, runs = study.runs[0], tmp_path / "runs"
+    run_dir = runs / run.relative_dir(study.name, study.budget)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"key": run.key}))
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert run_state(study, run, runs) == "interrupted"
+    stopped = {"metrics": {"test/5w1s/acc": 50.0}, "stopped": {"reason": "signal SIGTERM"}}
+    (run_dir / "metrics.json").write_text(json.dumps(stopped))
+    assert run_state(study, run, runs) == "interrupted"
+    stopped["stopped"]["reason"] = "max_epochs"
+    (run_dir / "metrics.json").write_text(json.dumps(stopped))
+    assert run_state(study, run, runs) == "done"

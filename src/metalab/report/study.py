@@ -223,17 +223,29 @@ AVALANCHE_NAMES = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf":
 
 def run_state(study: Study, run: Run, runs_root: Path) -> str:
     """``recorded`` (its records are in the study folder), ``done`` (finished in the runs folder, not
-    yet copied), ``interrupted`` (a checkpoint but no metrics), or ``new``."""
+    yet copied), ``interrupted`` (a checkpoint, and no metrics or the metrics of a run a signal stopped),
+    or ``new``."""
     if _matches(study.records_dir(run) / "run.json", run) and (study.records_dir(run) / "metrics.json").is_file():
         return "recorded"
     run_dir = runs_root / run.relative_dir(study.name, study.budget)
     if not _matches(run_dir / "run.json", run):
         return "new"
-    if (run_dir / "metrics.json").is_file():
+    stopped_by_signal = _stopped_by_signal(run_dir / "metrics.json")
+    if (run_dir / "metrics.json").is_file() and not stopped_by_signal:
         return "done"
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "interrupted"
     return "new"
+
+
+def _stopped_by_signal(metrics_file: Path) -> bool:
+    """A run stopped by SIGTERM / Ctrl-C tests what it has and writes metrics.json (the final-checkpoint
+    contract), but it did not spend its budget: for a study it is interrupted, to be resumed."""
+    try:
+        stopped = json.loads(metrics_file.read_text()).get("stopped") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return str(stopped.get("reason", "")).startswith("signal")
 
 
 def _matches(path: Path, run: Run) -> bool:
