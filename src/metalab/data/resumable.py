@@ -9,6 +9,7 @@ functions of (seed, epoch), so skipping is exact and costs nothing: no batch is 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 from torch.utils.data import DataLoader
@@ -25,13 +26,14 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader whose position in the current pass goes into checkpoints (see the module docstring).
 
     Its sampler (``sampler=``, skipped by ``batches * batch_size`` indices) or batch sampler
-    (``batch_sampler=``, skipped by batches) must be a :class:`SkippableSampler`.
+    (``batch_sampler=``, skipped by batches) is a :class:`SkippableSampler`. Lightning re-creates the
+    loader with a sampler of its own under DDP (a ``DistributedSampler``, which cannot skip): that loader
+    still works, and a pass it had begun restarts from its first batch on resume (with a warning).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.batch_sampler, SkippableSampler) and not isinstance(self.sampler, SkippableSampler):
-            raise TypeError("ResumableDataLoader needs a sampler or batch sampler with skip_next(n)")
+        self.can_skip = isinstance(self.batch_sampler, SkippableSampler) or isinstance(self.sampler, SkippableSampler)
         self.batches_served = 0
         self._resume_after = 0
 
@@ -48,6 +50,10 @@ class ResumableDataLoader(DataLoader):
         """Batches of this pass already trained on; a pass that was served whole starts afresh."""
         skip, self._resume_after = self._resume_after, 0
         if not 0 < skip < len(self):
+            return 0
+        if not self.can_skip:
+            warnings.warn(f"this loader's sampler ({type(self.sampler).__name__}) cannot skip: the pass that was "
+                          f"{skip} batches in restarts from its first batch", stacklevel=2)
             return 0
         if isinstance(self.batch_sampler, SkippableSampler):
             self.batch_sampler.skip_next(skip)
