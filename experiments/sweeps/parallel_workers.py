@@ -74,8 +74,8 @@ def kill_mid_trial(storage: str, study: str, log: Path) -> dict:
     while time.time() < deadline and not running:
         time.sleep(1.0)
         with contextlib.suppress(KeyError):
-            running = optuna.load_study(study_name=study, storage=opened).get_trials(
-                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            running = [t for t in optuna.load_study(study_name=study, storage=opened).get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)) if t.user_attrs.get("worker")]
     time.sleep(3.0)  # into the training, past the parameter sampling
     victim.send_signal(signal.SIGKILL)
     victim.wait()

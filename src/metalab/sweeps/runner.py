@@ -132,11 +132,12 @@ class SweepConfig:
 
     def objective(self, trial: optuna.Trial) -> float:
         """One trial: sample, train with the pruning callback, return the optimised metric."""
+        # first of all, so a worker that dies even while importing leaves a trial the others can fail
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         from optuna_integration import PyTorchLightningPruningCallback
 
         from metalab.run import train
 
-        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         params = {name: trial._suggest(name, dist) for name, dist in self.space.distributions.items()}
         output_dir = self.sweep_dir(trial.study.study_name) / f"trial_{trial.number:04d}"
         start = cpu_seconds()
