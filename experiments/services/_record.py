@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from metalab.report.records import without_machine_paths
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 RECORDS = HERE / "records"
@@ -59,7 +61,7 @@ def write_record(name: str, figures: dict[str, Any], started: datetime, notes: s
     }
     RECORDS.mkdir(parents=True, exist_ok=True)
     path = RECORDS / f"{name}.json"
-    path.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    path.write_text(without_machine_paths(json.dumps(record, indent=2, default=float)) + "\n")
     print(f"wrote {path.relative_to(REPO)}")
     return path
 

@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "experiments" / "sweeps"))
 
 from record_run import commit, machine_load  # noqa: E402
 from metalab.environment import environment_report  # noqa: E402
+from metalab.report.records import without_machine_paths  # noqa: E402
 from metalab.sweeps.storage import open_storage  # noqa: E402
 
 # A few seconds of real training per trial: 5-way ProtoNet, 10 episodes, 10 validation episodes.
@@ -125,7 +126,7 @@ def main() -> int:
         tail = log.read_text().splitlines()
         record["log_died_lines"] = [line for line in tail if "died" in line]
     out = Path(__file__).resolve().parent / "records" / f"workers_{args.storage}.json"
-    out.write_text(json.dumps(record, indent=2))
+    out.write_text(without_machine_paths(json.dumps(record, indent=2)))
     print(json.dumps({k: record[k] for k in ("one_worker_wall_seconds", "two_workers_wall_seconds", "sigkill")}, indent=2))
     return 0
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from metalab.environment import environment_report
+from metalab.report.records import without_machine_paths
 
 RECORDS = Path(__file__).resolve().parent / "records"
 
@@ -55,7 +56,7 @@ def main() -> int:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     record.update(exit_status=status, wall_seconds=round(time.perf_counter() - start, 1),
                   cpu_seconds=round(usage.ru_utime + usage.ru_stime, 1), load_end=machine_load(), log=log.name)
-    (RECORDS / f"{args.name}.json").write_text(json.dumps(record, indent=2))
+    (RECORDS / f"{args.name}.json").write_text(without_machine_paths(json.dumps(record, indent=2)))
     print(json.dumps({k: record[k] for k in ("name", "exit_status", "wall_seconds", "cpu_seconds")}))
     return status
 

@@ -100,3 +100,10 @@ def test_metalab_tables_check_command(tmp_path):
     assert subprocess.run([sys.executable, "-m", "metalab", "tables"], cwd=tmp_path).returncode == 0
     assert subprocess.run(command, cwd=tmp_path).returncode == 0
     assert "| 1 |" in doc.read_text()
+
+
+def test_records_keep_what_ran_without_machine_folders():
+    from metalab.report.records import without_machine_paths
+
+    text = "45.6 0 /srv/x/.venv/bin/python train.py; journal:/home/u/repo/logs/a.journal http://127.0.0.1:80/v1/e"
+    assert without_machine_paths(text) == "45.6 0 python train.py; journal:a.journal http://127.0.0.1:80/v1/e"

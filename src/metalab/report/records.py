@@ -29,6 +29,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -71,6 +72,15 @@ def relative_command(argv: list[str] | None = None, root: Path | None = None) ->
     for word in argv:
         words.append(_relative_word(word, root))
     return " ".join(words)
+
+
+_DIRECTORIES = re.compile(r"(?<![\w.])/(?:[\w.+@-]+/)+(?=[\w.+@-])")
+
+
+def without_machine_paths(text: str) -> str:
+    """``text`` with every absolute path cut to its last component (``/x/y/.venv/bin/python`` -> ``python``):
+    records keep what ran (commands, the busiest processes beside a timing), not one machine's folders."""
+    return _DIRECTORIES.sub("", text)
 
 
 def _relative_word(word: str, root: Path) -> str:
@@ -137,7 +147,7 @@ def append_record(path: str | Path, figures: Row | Iterable[Row], *, benchmark: 
         target = repo_root() / target
     target.parent.mkdir(parents=True, exist_ok=True)
     with target.open("a") as out:
-        out.write(json.dumps(record, sort_keys=True) + "\n")
+        out.write(without_machine_paths(json.dumps(record, sort_keys=True)) + "\n")
     return record
 
 
