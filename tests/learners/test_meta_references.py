@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -93,3 +94,44 @@ def test_meta_sgd_rate_gradient_equals_the_serial_version():
         torch.testing.assert_close(got, rates[n].grad, rtol=1e-9, atol=1e-12, msg=f"rate of {n}")
         torch.testing.assert_close(dict(model.named_parameters())[n].grad, params[n].grad, rtol=1e-9, atol=1e-12,
                                    msg=f"initialisation {n}")
+
+
+def test_non_transductive_test_classifies_each_query_with_its_support_set_alone():
+    """learner.eval_transductive=false (Nichol et al. 2018's non-transductive setting): each query's
+    logits equal the adapted network run in train-mode batch norm on that task's support set plus the
+    one query image, taken one (task, query) at a time here with functional_call."""
+    from metalab.models.conv4 import Conv4
+
+    torch.manual_seed(0)
+    model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8, stride=2, pool=False, readout="mean").double()
+    batch = {"support": torch.randn(2, 3, 1, 8, 8, dtype=torch.float64),
+             "support_labels": torch.arange(3).expand(2, -1),
+             "query": torch.randn(2, 4, 1, 8, 8, dtype=torch.float64),
+             "query_labels": torch.arange(3).repeat_interleave(2)[:4].expand(2, -1)}
+    learner = MAML(model, optimizer=torch.optim.SGD, inner_lr=0.3, eval_inner_steps=2, channels_last=False,
+                   eval_transductive=False)
+    learner.eval()
+    ours = learner.query_logits(batch)
+
+    model.train()  # batch statistics, as the learner's adapted network uses them
+    expected = torch.empty_like(ours)
+    for t in range(2):
+        params = dict(model.named_parameters())
+        fast = _adapt_one_task(model, params, dict.fromkeys(params, 0.3), batch["support"][t],
+                               batch["support_labels"][t], 2, create_graph=False)
+        for j in range(4):
+            images = torch.cat([batch["support"][t], batch["query"][t, j:j + 1]])
+            expected[t, j] = functional_call(model, fast, (images,))[-1]
+    assert torch.allclose(ours, expected, rtol=0, atol=1e-10)
+
+    learner.eval_transductive = True  # guard: the transductive logits differ, so the check above can fail
+    assert (learner.query_logits(batch) - expected).abs().max() > 1e-3
+
+
+def test_non_transductive_test_needs_the_whole_network_adapted():
+    from metalab.errors import ConfigError
+    from metalab.models.conv4 import Conv4
+
+    model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8)
+    with pytest.raises(ConfigError, match="learner.eval_transductive=false is not supported with learner.adapt='head'"):
+        MAML(model, optimizer=torch.optim.SGD, adapt="head", eval_transductive=False)

@@ -12,7 +12,10 @@ One module, options instead of copies (Finn et al. 2017; Raghu et al. 2020; Li e
 the plain statement of the same math: for models no fast path covers, or to check one.
 
 At validation and test the inner loop runs ``eval_inner_steps`` first-order steps (no meta-gradient
-is needed there) and batch norm uses each task's own batch statistics, as in MAML's reference code.
+is needed there) and batch norm uses each task's own batch statistics, as in MAML's reference code:
+by default those of its whole query set, which is *transductive* (a query's prediction depends on the
+other queries). ``eval_transductive=False`` classifies each query alone, with the statistics of its
+task's support set plus that one image: Nichol et al. 2018's non-transductive setting.
 """
 
 from __future__ import annotations
@@ -48,10 +51,15 @@ class MAML(EpisodicLearner):
         chunk_images: int = 0,
         support_chunk_images: int | None = None,
         engine: str = "auto",
+        eval_transductive: bool = True,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last=channels_last)
         if adapt not in ("all", "head"):
             raise ConfigError(f"learner.adapt={adapt!r} is not allowed: must be 'all' or 'head' (ANIL)")
+        if not eval_transductive and (adapt == "head" or engine == "serial"):
+            raise ConfigError(f"learner.eval_transductive=false is not supported with learner.adapt={adapt!r} and "
+                              f"learner.engine={engine!r}: it needs adapt=all and engine=auto")
+        self.eval_transductive = eval_transductive
         if eval_inner_steps < 0:
             raise ConfigError(f"learner.eval_inner_steps={eval_inner_steps} is not allowed: must be >= 0")
         if chunk_images < 0 or (support_chunk_images is not None and support_chunk_images < 0):
@@ -109,8 +117,20 @@ class MAML(EpisodicLearner):
             else:
                 fast = self.inner.adapt(self.support_forward(first_order), params, support, batch["support_labels"],
                                         steps, first_order)
-                logits = self.model(fast, query)
+                if self.training or self.eval_transductive:
+                    logits = self.model(fast, query)
+                else:
+                    logits = self.one_query_at_a_time(fast, support, query)
         return logits if self.training else logits.detach()
+
+    @torch.no_grad()
+    def one_query_at_a_time(self, fast: dict[str, torch.Tensor], support: torch.Tensor,
+                            query: torch.Tensor) -> torch.Tensor:
+        """``"t q way"`` logits, query ``j`` of every task classified in a batch of its task's support set
+        plus that image alone (``"t (s+1) ..."``), so batch norm never sees another query (non-transductive)."""
+        columns = [self.model(fast, torch.cat([support, query[:, j:j + 1]], dim=1))[:, -1]
+                   for j in range(query.shape[1])]
+        return torch.stack(columns, dim=1)
 
     def support_forward(self, first_order: bool) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
         """The inner loop's forward: support-set chunks, and for second order the block form whose
