@@ -10,7 +10,9 @@ order with 1 and 5 inner steps. For each setting the table gives:
 - meta-steps per second (median over alternating rounds, so machine noise hits both alike);
 - peak memory of the meta-step: CUDA ``max_memory_allocated`` on a GPU; on the CPU the growth of
   the process's peak resident set during the steps, each (implementation, setting) measured in a
-  fresh subprocess so earlier runs do not hide it;
+  fresh subprocess so earlier runs do not hide it; on the CPU also the peak of the bytes held by live
+  tensors during one more step (:class:`LiveTensorBytes`), which leaves out what the resident set
+  adds: workspace inside the kernels (e.g. a convolution's unfolded input) and the allocator's slack;
 - the largest difference between the two meta-gradients, relative to the largest gradient entry,
   from the same initialisation and episodes (float32).
 
@@ -38,9 +40,12 @@ import statistics
 import subprocess
 import sys
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 SETTINGS = {"fo1": (True, 1), "so1": (False, 1), "fo5": (True, 5), "so5": (False, 5)}
 WAY, SHOT, TASKS, INNER_LR, META_LR = 5, 1, 32, 0.4, 1e-3
@@ -182,10 +187,47 @@ def memory_worker(name: str, setting: str, steps: int, device: str) -> None:
     for b in batches:
         meta_step(impl, b)
     if device == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = (_peak_rss_kb() - base) / 1024
-    print(json.dumps({"peak_mb": peak}))
+        print(json.dumps({"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}))
+        return
+    peak = (_peak_rss_kb() - base) / 1024
+    with LiveTensorBytes() as live:
+        meta_step(impl, batches[0])
+    print(json.dumps({"peak_mb": peak, "live_peak_mb": live.peak / 2**20}))
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of the tensor storages created while the mode is on and still referenced by a tensor
+    (each storage counted once, however many views share it; freed when its last tensor is). Sees what
+    the operators return, autograd's saved tensors included, not their internal scratch buffers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: dict[int, int] = {}
+        self.nbytes: dict[int, int] = {}
+        self.current = self.peak = 0
+
+    def _release(self, key: int) -> None:
+        self.refs[key] -= 1
+        if self.refs[key] == 0:
+            del self.refs[key]
+            self.current -= self.nbytes.pop(key)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            if not key:
+                continue
+            if key not in self.refs:
+                self.refs[key], self.nbytes[key] = 0, storage.nbytes()
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+            self.refs[key] += 1
+            weakref.finalize(t, self._release, key)
+        return out
 
 
 def _peak_rss_kb() -> int:
@@ -198,10 +240,11 @@ def _peak_rss_kb() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def peak_memory(name: str, setting: str, device: str) -> float:
+def peak_memory(name: str, setting: str, device: str) -> dict[str, float]:
+    """``{"peak_mb": ..., "live_peak_mb": ...}`` (the latter on the CPU only) of a fresh subprocess."""
     out = subprocess.run([sys.executable, __file__, "--memory-worker", name, setting, "--device", device],
                          capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])["peak_mb"]
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def gradient_difference(setting: str, batch, device: str) -> float:
@@ -348,10 +391,12 @@ def main() -> None:
             for name in IMPLS:
                 speed[name].append(time_steps(name, setting, batches, args.device))
         med = {name: statistics.median(v) for name, v in speed.items()}
-        mem = {name: peak_memory(name, setting, args.device) for name in IMPLS}
+        measured = {name: peak_memory(name, setting, args.device) for name in IMPLS}
+        mem = {name: m["peak_mb"] for name, m in measured.items()}
+        live = {name: m.get("live_peak_mb") for name, m in measured.items()}
         diff = gradient_difference(setting, batches[0], args.device)
-        rows.append((setting, med, mem, diff))
-        print(f"{setting}: {med} {mem} {diff:.1e}", file=sys.stderr)
+        rows.append((setting, med, mem, live, diff))
+        print(f"{setting}: {med} {mem} {live} {diff:.1e}", file=sys.stderr)
     print(f"\nMAML meta-step, {NETWORK} (learn2learn {PEER_LAYOUT}), Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
           f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
           f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
@@ -361,7 +406,7 @@ def main() -> None:
     print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
           "metalab peak MB | memory ratio | max rel. grad. diff |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for setting, med, mem, diff in rows:
+    for setting, med, mem, _, diff in rows:
         first_order, steps = SETTINGS[setting]
         l, o = med["learn2learn"], med["metalab"]
         ml, mo = mem["learn2learn"], mem["metalab"]
@@ -374,10 +419,17 @@ def main() -> None:
          "learn2learn_steps_per_s": med["learn2learn"], "metalab_steps_per_s": med["metalab"],
          "speedup": med["metalab"] / med["learn2learn"], "learn2learn_peak_mb": mem["learn2learn"],
          "metalab_peak_mb": mem["metalab"], "memory_ratio": mem["metalab"] / max(mem["learn2learn"], 1e-9),
-         "max_rel_grad_diff": diff} for s, med, mem, diff in rows],
+         "max_rel_grad_diff": diff, **_live_figures(live)} for s, med, mem, live, diff in rows],
         settings={"device": args.device, "steps": args.steps, "rounds": args.rounds, "chunk_images": CHUNK_IMAGES,
                   "support_chunk_images": SUPPORT_CHUNK_IMAGES, "precision": dict(PRECISION), "network": NETWORK,
                   "peer_layout": PEER_LAYOUT, "query": QUERY, "clock": CLOCK_NAME}, notes=args.note or None)
+
+
+def _live_figures(live: dict[str, float | None]) -> dict[str, float]:
+    if live["metalab"] is None or live["learn2learn"] is None:
+        return {}
+    return {"learn2learn_live_peak_mb": live["learn2learn"], "metalab_live_peak_mb": live["metalab"],
+            "live_memory_ratio": live["metalab"] / max(live["learn2learn"], 1e-9)}
 
 
 if __name__ == "__main__":
