@@ -84,7 +84,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
                           "(ckpt_path=<run>/checkpoints/last.ckpt or ckpt_path=last)")
     else:
         record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
-    if throughput is not None:
+    if throughput is not None and math.isfinite(throughput.episodes_per_second):  # NaN: too few steps to time
         metrics["train/episodes_per_s"] = throughput.episodes_per_second
     if cfg.get("test", True):
         trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
@@ -206,8 +206,9 @@ def _final_checkpoint(trainer: L.Trainer, callbacks: list[Any], output_dir: Path
     if (not path or not Path(path).is_file()) and resumed_from and checkpoint_step(resumed_from) == trainer.global_step:
         path = resumed_from
     if not path or not Path(path).is_file():
-        return {"path": None, "global_step": None,
-                "note": "no last.ckpt was written (callbacks.model_checkpoint is not a FinalStateCheckpoint)"}
+        why = ("trainer.fast_dev_run (debug) writes no checkpoint" if trainer.fast_dev_run
+               else "callbacks.model_checkpoint is not a FinalStateCheckpoint")
+        return {"path": None, "global_step": None, "note": f"no last.ckpt was written ({why})"}
     step = checkpoint_step(path)
     if step != trainer.global_step:  # the invariant of issue 25; a failure here is a bug, not a user error
         raise RuntimeError(f"{path} holds step {step} but training ended at step {trainer.global_step}")
@@ -221,6 +222,8 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
     max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
     if signal_stop:
         reason = f"signal {signal_stop}"
+    elif trainer.fast_dev_run:
+        reason = f"trainer.fast_dev_run={int(trainer.fast_dev_run)} (debug: that many batches per stage)"
     elif timer is not None and (timer.time_remaining() or 0) <= 0:
         reason = "max_time"
     elif max_steps not in (None, -1) and trainer.global_step >= max_steps:
