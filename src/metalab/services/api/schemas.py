@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API (pydantic), shared by the server and the typed client.
 
 Inputs are bounded so that no value the schema allows can fail in the database: strings have a length
-limit and no NUL character (PostgreSQL rejects it), numbers are finite, ids fit a 63-bit integer, and
+limit and no NUL character (PostgreSQL rejects it), numbers are finite, ids fit a 32-bit SQL INTEGER, and
 free-form JSON (content, evidence, scores) is size-limited and checked for the same.
 """
 
