@@ -142,6 +142,31 @@ def test_serial_engine_equals_the_grouped_one(adapt):
     assert max_relative_error(grads, serial_grads) < 1e-10
 
 
+@pytest.mark.parametrize("kind", ["pooled", "strided"])
+def test_serial_engine_tests_like_the_grouped_one(kind):
+    """At validation and test (module in eval mode) the serial engine adapts and classifies with batch
+    statistics as the grouped path does, and leaves the running averages untouched. Before this held,
+    the serial engine normalised with running averages nobody trained and scored chance on Omniglot."""
+    model, _, _ = networks(kind)
+    batch = episode_batch(kind)
+    with torch.no_grad():  # running averages far from any batch's statistics: using them would show
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(3.0)
+                m.running_var.fill_(0.01)
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    logits = {}
+    for engine in ("auto", "serial"):
+        learner = MAML(model, optimizer=torch.optim.SGD, inner_lr=0.3, eval_inner_steps=2, channels_last=False,
+                       engine=engine)
+        learner.eval()
+        logits[engine] = learner.query_logits(batch)
+    assert torch.allclose(logits["serial"], logits["auto"], rtol=0, atol=1e-10)
+    assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
+    assert not model.training and all(m.track_running_stats for m in model.modules()
+                                      if isinstance(m, torch.nn.BatchNorm2d))
+
+
 def test_float32_agreement_is_reported():
     """Float32 meta-gradients stay close to the float64 ones (printed for the record)."""
     model, _, _ = networks("pooled")

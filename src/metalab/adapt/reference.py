@@ -10,11 +10,15 @@ For each task: start from the shared initialisation, take ``steps`` gradient ste
 loss, ``theta <- theta - lr * grad``; the task's logits are the adapted network on its query set.
 ``first_order=True`` treats each inner gradient as a constant (first-order MAML, Reptile's
 adaptation); otherwise the meta-gradient flows through the inner gradients (``create_graph``).
-Batch norm in training mode uses each call's own batch statistics: the task's support set in the
-inner loop, its query set at the end.
+Batch norm uses each call's own batch statistics, in training and in eval mode alike (as the grouped
+engine and MAML's reference code do): the task's support set in the inner loop, its query set at the
+end; running averages are neither used nor updated (:func:`batch_statistics`).
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,23 @@ from torch import nn
 from torch.func import functional_call
 
 Params = dict[str, torch.Tensor]
+
+
+@contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[None]:
+    """Inside: every batch-norm layer of ``module`` normalises with the statistics of the batch it is
+    given and leaves its running averages alone, whether the module is in training or eval mode.
+    Why: a task's adaptation must not depend on the module's mode (Lightning puts it in eval mode for
+    validation and test, where running averages the meta-learner never trained would be used)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.track_running_stats) for m in norms]
+    for m in norms:
+        m.training, m.track_running_stats = True, False
+    try:
+        yield
+    finally:
+        for m, (training, tracked) in zip(norms, saved):
+            m.training, m.track_running_stats = training, tracked
 
 
 def adapt_one_task(module: nn.Module, init: Params, support: torch.Tensor, labels: torch.Tensor, steps: int,
@@ -33,12 +54,13 @@ def adapt_one_task(module: nn.Module, init: Params, support: torch.Tensor, label
     """
     names = list(init) if names is None else names
     params = dict(init)
-    for _ in range(steps):
-        loss = F.cross_entropy(functional_call(module, params, (support,)), labels)
-        grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order)
-        for name, grad in zip(names, grads):
-            rate = lr[name] if isinstance(lr, dict) else lr
-            params[name] = params[name] - rate * (grad.detach() if first_order else grad)
+    with batch_statistics(module):
+        for _ in range(steps):
+            loss = F.cross_entropy(functional_call(module, params, (support,)), labels)
+            grads = torch.autograd.grad(loss, [params[n] for n in names], create_graph=not first_order)
+            for name, grad in zip(names, grads):
+                rate = lr[name] if isinstance(lr, dict) else lr
+                params[name] = params[name] - rate * (grad.detach() if first_order else grad)
     return params
 
 
@@ -49,7 +71,8 @@ def query_logits(module: nn.Module, init: Params, batch: dict[str, torch.Tensor]
     for t in range(batch["support"].shape[0]):
         fast = adapt_one_task(module, init, batch["support"][t], batch["support_labels"][t], steps, lr,
                               first_order, names)
-        logits.append(functional_call(module, fast, (batch["query"][t],)))
+        with batch_statistics(module):
+            logits.append(functional_call(module, fast, (batch["query"][t],)))
     return torch.stack(logits)
 
 
