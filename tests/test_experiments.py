@@ -53,6 +53,14 @@ def test_experiment_composes_and_every_target_instantiates(name, tmp_path):
     assert objects.trainer.max_steps == cfg.trainer.get("max_steps", -1)
 
 
+@pytest.mark.parametrize("learner", ["maml", "fomaml", "anil", "metasgd", "reptile"])
+def test_the_serial_engine_named_by_the_fast_path_error_is_a_key(learner, tmp_path):
+    """The grouped path's geometry error tells the user to set ``learner.engine=serial``: that override
+    must compose for every learner of the MAML family (it did not for Reptile, whose file lacked the key)."""
+    cfg = _compose([f"learner={learner}", "learner.engine=serial", f"paths.output_dir={tmp_path}"])
+    assert cfg.learner.engine == "serial"
+
+
 def test_a_misspelt_target_fails_here(tmp_path):
     """The check above is not vacuous: one wrong letter in a target is caught."""
     cfg = _compose(["+experiment=split_mnist/ewc", "learner.method._target_=metalab.learners.continual.EWK",
