@@ -68,10 +68,10 @@ def query_logits(module: nn.Module, init: Params, batch: dict[str, torch.Tensor]
                  lr: float | Params, first_order: bool, names: list[str] | None = None) -> torch.Tensor:
     """``"t n way"``: each task's query logits after adapting to its support set, one task at a time."""
     logits = []
-    for t in range(batch["support"].shape[0]):
-        fast = adapt_one_task(module, init, batch["support"][t], batch["support_labels"][t], steps, lr,
-                              first_order, names)
-        with batch_statistics(module):
+    with batch_statistics(module):
+        for t in range(batch["support"].shape[0]):
+            fast = adapt_one_task(module, init, batch["support"][t], batch["support_labels"][t], steps, lr,
+                                  first_order, names)
             logits.append(functional_call(module, fast, (batch["query"][t],)))
     return torch.stack(logits)
 
