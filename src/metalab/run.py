@@ -31,6 +31,8 @@ from metalab.budget import FitHorizonToTimeBudget
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
 from metalab.precision import PrecisionChoice, resolve_precision
+from metalab.report.identity import fingerprint_config
+from metalab.report.records import git_commit
 from metalab.runtime import retain_freed_memory
 
 
@@ -91,6 +93,8 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
         metrics.update(_scalars(trainer.callback_metrics))
 
     record.update({"metrics": metrics, "global_step": trainer.global_step, "seed": cfg.seed,
+                   # what made it: the config's identity (metalab.report.identity) and the code version
+                   "fingerprint": fingerprint_config(cfg, precision.precision), "code": git_commit(),
                    "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
                    "precision": precision.record(), "environment": environment_report()})
     run_record = getattr(learner, "run_record", None)  # what a learner adds beyond scalars (e.g. a NAS genotype)

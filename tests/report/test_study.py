@@ -12,7 +12,8 @@ import pytest
 
 from metalab.errors import ConfigError
 from metalab.report import collect, render
-from metalab.report.study import check_runs, load_study, run_state
+from metalab.report.identity import planned_yaml
+from metalab.report.study import check_runs, compose_run, load_study, run_state
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,6 +75,7 @@ def fake_records(tmp_path: Path, values: dict[int, float | str], ci: float = 3.0
             "targets": {"5w1s": {"paper": 98.8, "goal": 98.5, "source": "Snell"}}, "global_step": 10, "seed": run.seed})
         (folder / "metrics.json").write_text(text)
         (folder / "run.json").write_text(json.dumps({"key": run.key, "threads": 1, "wall_seconds": 12.0, "cpu": "X"}))
+        (folder / "config_resolved.yaml").write_text(planned_yaml(compose_run(study, run)))  # made by today's config
     return study
 
 
@@ -121,7 +123,7 @@ def test_a_run_whose_overrides_changed_is_not_done(tmp_path):
     study = fake_records(tmp_path, {0: 98.0, 1: 99.2})
     assert [run_state(study, r, tmp_path / "runs") for r in study.runs] == ["recorded", "recorded"]
     changed = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], TINY + ["trainer.max_epochs=4"]))
-    assert [run_state(changed, r, tmp_path / "runs") for r in changed.runs] == ["new", "new"]
+    assert [run_state(changed, r, tmp_path / "runs") for r in changed.runs] == ["stale", "stale"]
 
 
 def test_committed_study_reports_equal_what_their_records_give():
@@ -144,7 +146,9 @@ def test_adopting_a_finished_run_made_outside_the_study(tmp_path):
     (outside / ".hydra" / "overrides.yaml").write_text(
         "- +experiment=omniglot/protonet_5w1s\n- cpu_threads=1\n- trainer.max_epochs=1\n- seed=1\n")
     (outside / "metrics.json").write_text(json.dumps({"metrics": {"test/5w1s/acc": 90.0}, "seed": 1}))
-    (outside / "config_resolved.yaml").write_text(f"paths:\n  output_dir: {outside}\n")
+    planned = next(r for r in study.runs if r.seed == 1)
+    config = planned_yaml(compose_run(study, planned)).replace("output_dir: <run>", f"output_dir: {outside}")
+    (outside / "config_resolved.yaml").write_text(config)
     from metalab.report.study import adopt, copy_records
 
     runs = tmp_path / "runs"

@@ -24,6 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs-dir", type=Path,
                         help="where runs are made (default: $METALAB_STUDY_RUNS, else the repository's logs/studies)")
     parser.add_argument("--no-run", action="store_true", help="run nothing: write the report from the records there are")
+    parser.add_argument("--keep-stale", action="store_true",
+                        help="do not run again the runs recorded by a config other than the study's now; show them, "
+                             "marked stale, in the report")
     parser.add_argument("--adopt", type=Path, nargs="+", default=[], metavar="RUN_DIR",
                         help="finished train.py run folders to take as this study's runs of the same experiment, "
                              "seed and overrides")
@@ -40,11 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_tables(args: argparse.Namespace) -> int:
     root = repo_root(Path.cwd())
     files = [path.resolve() for path in args.files] or None
-    changed = tables.refresh(files, root=root, check=args.check)
+    problems: dict[Path, list[str]] = {}
+    changed = tables.refresh(files, root=root, check=args.check, problems=problems)
     for path in changed:
         verb = "stale" if args.check else "rewritten"
         print(f"{verb}: {path.relative_to(root) if path.is_relative_to(root) else path}",
               file=sys.stderr if args.check else sys.stdout)
+        for problem in problems.get(path, []):  # why a study table changed: runs gone stale or not recorded
+            print(f"  {problem}", file=sys.stderr if args.check else sys.stdout)
     return 1 if args.check and changed else 0
 
 
@@ -66,12 +72,16 @@ def run_report(args: argparse.Namespace) -> int:
         adopted = studies.adopt(plan, folder.resolve(), runs_root)
         studies.copy_records(plan, adopted, runs_root)
         print(f"[{plan.name}] adopted {folder} as {adopted.label} seed {adopted.seed}")
-    failed = [] if args.no_run else studies.run_study(plan, runs_root, jobs=args.jobs)
-    collected = collect.collect(plan)
+    failed = [] if args.no_run else studies.run_study(plan, runs_root, jobs=args.jobs, keep_stale=args.keep_stale)
+    collected = collect.collect(plan, keep_stale=args.keep_stale)
     command = f"metalab report {_shown(plan.path, plan.root)}" + (f" --budget {plan.budget}" if plan.budget != plan.budgets[0] else "")
     path = render.write_report(plan, collected, command)
     print(f"[{plan.name}] report: {_shown(path, plan.root)} ({sum(map(len, collected.records.values()))} runs, "
-          f"{len(collected.missing)} missing)")
+          f"{len(collected.missing)} missing, {len(collected.stale)} stale)")
+    if collected.stale:
+        print(f"[{plan.name}] stale (recorded by a config other than the study's now"
+              f"{'; kept and marked' if args.keep_stale else '; left out'}): "
+              + ", ".join(f"{run.label} seed {run.seed}" for run in collected.stale))
     for message in collected.errors:
         print(f"error: {message}", file=sys.stderr)
     if collected.errors:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metalab.report.study import Run, Study
+from metalab.report.study import Run, Study, is_stale
 
 SCORES = ("acc", "mse")                 # the headline score of a test: higher-better accuracy, lower-better MSE
 EXTRA_SCORES = ("forgetting", "bwt", "fwt")
@@ -32,6 +32,7 @@ class RunRecord:
     targets: dict[str, Any]
     info: dict[str, Any]
     steps: int | None
+    stale: bool = False         # made by a config other than the study's now (shown only when kept on purpose)
 
 
 @dataclass
@@ -55,6 +56,11 @@ class Row:
     source: str
     met: str                    # "met", "not met" or "no goal"
     extras: dict[str, Estimate] = field(default_factory=dict)
+    stale: bool = False         # some of its records were made by another config (kept on request)
+
+    @property
+    def shown_label(self) -> str:
+        return f"{self.label} (STALE: made by another config)" if self.stale else self.label
 
 
 @dataclass
@@ -62,17 +68,25 @@ class Collected:
     records: dict[str, list[RunRecord]]   # label -> its runs that have records, in seed order
     missing: list[Run]                    # planned runs without a record yet
     errors: list[str]                     # unreadable records, one message each
+    stale: list[Run] = field(default_factory=list)  # recorded by a config other than the study's now
 
 
-def collect(study: Study) -> Collected:
-    """Every planned run's record from the study folder; unreadable ones are reported, not fatal."""
+def collect(study: Study, keep_stale: bool = False) -> Collected:
+    """Every planned run's record from the study folder; unreadable ones are reported, not fatal. A stale
+    record (made by another config than the run has now) is left out and listed, or with ``keep_stale``
+    kept and marked."""
     records: dict[str, list[RunRecord]] = {label: [] for label in study.labels}
-    missing, errors = [], []
+    missing, errors, stale = [], [], []
     for run in study.runs:
         folder = study.records_dir(run)
         if not (folder / "metrics.json").is_file():
             missing.append(run)
             continue
+        run_is_stale = is_stale(study, run, folder)
+        if run_is_stale:
+            stale.append(run)
+            if not keep_stale:
+                continue
         try:
             data = json.loads((folder / "metrics.json").read_text())
             if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
@@ -85,8 +99,8 @@ def collect(study: Study) -> Collected:
             continue
         metrics = {k: float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
         records[run.label].append(RunRecord(run, folder, metrics, data.get("targets") or {}, info,
-                                            data.get("global_step")))
-    return Collected(records, missing, errors)
+                                            data.get("global_step"), run_is_stale))
+    return Collected(records, missing, errors, stale)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -127,7 +141,8 @@ def rows(collected: Collected) -> list[Row]:
                 target = runs[0].targets.get(test) if isinstance(runs[0].targets.get(test), dict) else {}
                 extras = {name: e for name in EXTRA_SCORES if (e := estimate(runs, f"test/{test}/{name}"))}
                 out.append(Row(label, test, score, found, target.get("paper"), target.get("goal"),
-                               str(target.get("source", "")), verdict(found.mean, target.get("goal"), score), extras))
+                               str(target.get("source", "")), verdict(found.mean, target.get("goal"), score), extras,
+                               any(r.stale for r in runs)))
     return out
 
 

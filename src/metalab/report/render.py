@@ -72,7 +72,7 @@ def _results(collected: Collected) -> list[str]:
         steps = sorted({r.steps for r in collected.records[row.label] if r.steps is not None})
         shown_steps = "-".join(str(s) for s in (steps[:1] + steps[-1:] if len(steps) > 1 else steps)) or "n/a"
         unit = " %" if row.score == "acc" else f" ({row.score})"
-        lines.append(f"| {row.label} | {row.test}{unit} | {fmt_estimate(row.estimate)} | {row.estimate.over} | "
+        lines.append(f"| {row.shown_label} | {row.test}{unit} | {fmt_estimate(row.estimate)} | {row.estimate.over} | "
                      f"{row.paper if row.paper is not None else 'n/a'} | {row.goal if row.goal is not None else 'n/a'} | "
                      f"{row.met} | {shown_steps} | {row.source} |")
     extra = [row for row in table if row.extras]
@@ -83,11 +83,22 @@ def _results(collected: Collected) -> list[str]:
                   "| run | scenario | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for row in extra:
             cells = [fmt_estimate(row.extras[n]) if n in row.extras else "n/a" for n in names]
-            lines.append(f"| {row.label} | {row.test} | " + " | ".join(cells) + " |")
+            lines.append(f"| {row.shown_label} | {row.test} | " + " | ".join(cells) + " |")
+    return lines + _not_shown(collected) + [""]
+
+
+def _not_shown(collected: Collected) -> list[str]:
+    """The planned runs a table leaves out, named: not recorded yet, or recorded by another config."""
+    lines = []
     if collected.missing:
         lines += ["", "Not in this report yet (no record): " + ", ".join(
             f"{run.label} seed {run.seed}" for run in collected.missing) + "."]
-    return lines + [""]
+    shown = {r.run for records in collected.records.values() for r in records}
+    left_out = [run for run in collected.stale if run not in shown]
+    if left_out:
+        lines += ["", "Left out as stale (recorded by a config other than the experiment's now; `metalab report` "
+                  "runs them again): " + ", ".join(f"{run.label} seed {run.seed}" for run in left_out) + "."]
+    return lines
 
 
 def summary_table(study: Study, collected: Collected, root: Path) -> str:
@@ -101,7 +112,7 @@ def summary_table(study: Study, collected: Collected, root: Path) -> str:
     lines = ["| run | test | ours (95% CI) | over | paper | goal | goal met |", "|---|---|---|---|---|---|---|"]
     for row in table:
         unit = " %" if row.score == "acc" else f" ({row.score})"
-        lines.append(f"| {row.label} | {row.test}{unit} | {fmt_estimate(row.estimate)} | {row.estimate.over} | "
+        lines.append(f"| {row.shown_label} | {row.test}{unit} | {fmt_estimate(row.estimate)} | {row.estimate.over} | "
                      f"{row.paper if row.paper is not None else 'n/a'} | {row.goal if row.goal is not None else 'n/a'} | "
                      f"{row.met} |")
     if not table:
@@ -110,11 +121,10 @@ def summary_table(study: Study, collected: Collected, root: Path) -> str:
     cpus = sorted({f"{i.get('cpu', 'unknown')} ({', '.join(i.get('cpu_features') or []) or 'features unknown'})"
                    for i in infos}) or ["n/a"]
     threads = sorted({str(i.get("threads", "?")) for i in infos}) or ["n/a"]
-    missing = f"; {len(collected.missing)} planned runs not recorded yet" if collected.missing else ""
     lines += ["", f"Budget `{study.budget}`, {sum(map(len, collected.records.values()))} runs on {'; '.join(cpus)} "
-              f"({'/'.join(threads)} thread(s) each){missing}. Generated from the run records; full report with "
+              f"({'/'.join(threads)} thread(s) each). Generated from the run records; full report with "
               f"curves and environment: [{link_text}]({link_text})."]
-    return "\n".join(lines)
+    return "\n".join(lines + _not_shown(collected))
 
 
 def _environment(study: Study, collected: Collected) -> list[str]:

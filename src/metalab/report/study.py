@@ -25,7 +25,10 @@ Study file keys::
     compare: [...]                     # optional checks on the means, see metalab.report.collect
 
 A run's directory is ``<runs>/<study>/<budget>/<label>[-<variant>]/seed<k>``, and its ``run.json``
-keeps the full override list; a run whose overrides no longer match the study is run again.
+keeps the full override list; a run whose overrides no longer match the study is run again. A recorded
+run whose config fingerprint (:mod:`metalab.report.identity`) differs from the run the study would make
+now, because an experiment file or a default changed since, is *stale*: it is set aside and run again
+(or, asked to, kept and marked stale in the report).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from typing import Any
 import yaml
 
 from metalab.errors import ConfigError, MetalabError
+from metalab.report.identity import fingerprint_record, planned_fingerprint
 from metalab.report.records import git_commit, machine, repo_root
 
 STUDY_KEYS = {"description", "seeds", "threads", "overrides", "experiments", "variants", "budgets", "compare",
@@ -95,6 +99,7 @@ class Study:
     labels: list[str]           # report rows, in the file's order
     compare: list[dict[str, Any]] = field(default_factory=list)
     notes: str = ""
+    fingerprints: dict[Run, str] = field(default_factory=dict)   # what each run computes now (check_runs)
 
     @property
     def folder(self) -> Path:
@@ -184,9 +189,23 @@ def load_study(path: str | Path, budget: str | None = None, seeds: list[int] | N
 # ----------------------------------------------------------------------------------------------------- checks
 
 
-def check_runs(study: Study) -> None:
+def check_runs(study: Study) -> dict[Run, str]:
     """Compose every distinct run's config now, so a wrong experiment name or override key stops the
-    study with one message before any run starts (and before any finished run is touched)."""
+    study with one message before any run starts (and before any finished run is touched); return (and
+    keep in ``study.fingerprints``) the fingerprint of the config each run would have."""
+    composed: dict[tuple[str, tuple[str, ...]], Any] = {}
+    for run in study.runs:
+        if (run.experiment, run.overrides) not in composed:
+            composed[(run.experiment, run.overrides)] = compose_run(study, run)
+        cfg = composed[(run.experiment, run.overrides)]
+        cfg.seed = run.seed
+        study.fingerprints[run] = ("avalanche:" if run.is_avalanche else "") + planned_fingerprint(cfg)
+    return study.fingerprints
+
+
+def compose_run(study: Study, run: Run) -> Any:
+    """The config ``run`` gets from the study's ``conf/`` now (Hydra's composition, no run started); for an
+    Avalanche run, the config of our experiment it is paired with. One clear error for a wrong name or key."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
@@ -194,23 +213,34 @@ def check_runs(study: Study) -> None:
     from metalab.cli_errors import _gist, _missing_option
 
     conf = study.root / "conf"
-    seen: set[tuple[str, tuple[str, ...]]] = set()
-    for run in study.runs:
-        if (run.experiment, run.overrides) in seen:
-            continue
-        seen.add((run.experiment, run.overrides))
-        experiment = run.experiment.removeprefix("avalanche:")
-        if run.is_avalanche:
-            suite, _, method = experiment.partition("/")
-            experiment = f"{suite}/{_AVALANCHE_BASE.get(method, method)}"
-        try:
-            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-                compose(config_name="train", overrides=[f"+experiment={experiment}", *run.overrides])
-        except MissingConfigException as error:
-            raise ConfigError(f"study {study.name}, run {run.label}: {_missing_option(error, conf)}") from None
-        except (HydraException, OmegaConfBaseException) as error:
-            cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
-            raise ConfigError(f"study {study.name}, run {run.label}: {_gist(str(error))}{cause}") from None
+    experiment = run.experiment.removeprefix("avalanche:")
+    if run.is_avalanche:
+        suite, _, method = experiment.partition("/")
+        experiment = f"{suite}/{_AVALANCHE_BASE.get(method, method)}"
+    try:
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", *run.overrides])
+    except MissingConfigException as error:
+        raise ConfigError(f"study {study.name}, run {run.label}: {_missing_option(error, conf)}") from None
+    except (HydraException, OmegaConfBaseException) as error:
+        cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
+        raise ConfigError(f"study {study.name}, run {run.label}: {_gist(str(error))}{cause}") from None
+    cfg.seed = run.seed
+    return cfg
+
+
+def record_fingerprint(folder: Path) -> str | None:
+    """The fingerprint of the run recorded in ``folder``: from its ``config_resolved.yaml`` (train.py runs),
+    else the one its ``run.json`` stored (Avalanche runs, which write no config)."""
+    return fingerprint_record(folder) or _read_json(folder / "run.json").get("fingerprint")
+
+
+def is_stale(study: Study, run: Run, folder: Path) -> bool:
+    """Whether the record in ``folder`` was made by a config other than the one ``run`` has now
+    (a record without a fingerprint, made before records carried one, counts as stale)."""
+    if run not in study.fingerprints:
+        check_runs(study)
+    return record_fingerprint(folder) != study.fingerprints[run]
 
 
 # Avalanche's side of benchmarks/continual/avalanche_side_by_side.py: our method -> the strategy it is paired with
@@ -222,13 +252,15 @@ AVALANCHE_NAMES = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf":
 
 
 def run_state(study: Study, run: Run, runs_root: Path) -> str:
-    """``recorded`` (its records are in the study folder), ``done`` (finished in the runs folder, not
-    yet copied), ``interrupted`` (a checkpoint, and no metrics or the metrics of a run a signal stopped),
-    or ``new``."""
-    if _matches(study.records_dir(run) / "run.json", run) and (study.records_dir(run) / "metrics.json").is_file():
-        return "recorded"
+    """``recorded`` (its records are in the study folder and match the run's config now), ``stale``
+    (recorded, by another config), ``done`` (finished in the runs folder, not yet copied), ``interrupted``
+    (a checkpoint, and no metrics or the metrics of a run a signal stopped), or ``new`` (nothing, or a
+    run folder made by another config, which :func:`execute` sets aside)."""
+    records = study.records_dir(run)
+    if (records / "metrics.json").is_file():  # the record's identity is its config's fingerprint, not its folder
+        return "stale" if is_stale(study, run, records) else "recorded"
     run_dir = runs_root / run.relative_dir(study.name, study.budget)
-    if not _matches(run_dir / "run.json", run):
+    if not _matches(run_dir / "run.json", run) or (_has_config(run, run_dir) and is_stale(study, run, run_dir)):
         return "new"
     stopped_by_signal = _stopped_by_signal(run_dir / "metrics.json")
     if (run_dir / "metrics.json").is_file() and not stopped_by_signal:
@@ -236,6 +268,24 @@ def run_state(study: Study, run: Run, runs_root: Path) -> str:
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "interrupted"
     return "new"
+
+
+def _has_config(run: Run, run_dir: Path) -> bool:
+    """A train.py run folder has its config once the run started; an Avalanche one has a fingerprint in run.json
+    once it finished."""
+    if run.is_avalanche:
+        return "fingerprint" in _read_json(run_dir / "run.json")
+    return (run_dir / "config_resolved.yaml").is_file()
+
+
+def set_aside(run_dir: Path) -> Path | None:
+    """Move a run folder made by another config out of the way (kept, renamed ``seed<k>.stale-<UTC time>``),
+    so the run starts afresh instead of resuming or appending to another computation's curves."""
+    if not run_dir.exists():
+        return None
+    target = run_dir.with_name(f"{run_dir.name}.stale-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+    run_dir.rename(target)
+    return target
 
 
 def _stopped_by_signal(metrics_file: Path) -> bool:
@@ -282,10 +332,15 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
     """Run (or resume) one run in its directory; write its ``run.json``; True if it finished."""
     run_dir = runs_root / run.relative_dir(study.name, study.budget)
     resume = run_state(study, run, runs_root) == "interrupted"
+    if not resume and run_dir.exists():
+        moved = set_aside(run_dir)
+        log(f"[{study.name}] {run.label} seed {run.seed}: the earlier run folder (another config or unfinished) "
+            f"set aside as {_shown(moved, study.root)}")
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {"key": run.key, "label": run.label, "experiment": run.experiment, "seed": run.seed,
             "overrides": list(run.overrides), "threads": run.threads, "command": display_command(run),
-            "study": study.name, "budget": study.budget, "status": "running"}
+            "study": study.name, "budget": study.budget, "status": "running",
+            "fingerprint": study.fingerprints.get(run) or check_runs(study)[run]}
     previous = _read_json(run_dir / "run.json") if resume else {}
     (run_dir / "run.json").write_text(json.dumps({**info, "resumed_from_checkpoint": resume}, indent=2))
     log(f"[{study.name}] {'resuming' if resume else 'starting'} {run.label} seed {run.seed} -> "
@@ -378,6 +433,8 @@ def copy_records(study: Study, run: Run, runs_root: Path) -> None:
     source = runs_root / run.relative_dir(study.name, study.budget)
     target = study.records_dir(run)
     target.mkdir(parents=True, exist_ok=True)
+    for name in (*RECORD_FILES, "metrics.csv"):  # nothing of an earlier record of this run stays beside the new one
+        (target / name).unlink(missing_ok=True)
     for name in RECORD_FILES:
         if (source / name).is_file():
             (target / name).write_text(sanitize((source / name).read_text(), runs_root, study.root))
@@ -435,14 +492,18 @@ def _threads_of(overrides: list[str], default: int) -> int:
     return default
 
 
-def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print) -> list[Run]:
-    """Run every run not yet recorded (``jobs`` at a time), copy the records of finished ones; return
-    the runs that failed."""
-    pending = []
+def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print, keep_stale: bool = False) -> list[Run]:
+    """Run every run not yet recorded or recorded by another config (``jobs`` at a time; ``keep_stale``:
+    leave stale records as they are), copy the records of finished ones; return the runs that failed."""
+    pending, stale = [], []
     for run in study.runs:
         state = run_state(study, run, runs_root)
         if state == "recorded":
             continue
+        if state == "stale":
+            stale.append(run)
+            if keep_stale:
+                continue
         if state == "done":
             copy_records(study, run, runs_root)
             continue
@@ -450,6 +511,10 @@ def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print) ->
     skipped = len(study.runs) - len(pending)
     log(f"[{study.name}] budget {study.budget}: {len(study.runs)} runs, {skipped} already done, {len(pending)} to run"
         f"{f' ({jobs} at a time)' if pending and jobs > 1 else ''}")
+    if stale:
+        verb = "kept as they are, marked stale in the report" if keep_stale else "to run again"
+        log(f"[{study.name}] stale (recorded by a config other than the study's now), {verb}: "
+            + ", ".join(f"{run.label} seed {run.seed}" for run in stale))
     failed: list[Run] = []
 
     def one(run: Run) -> None:

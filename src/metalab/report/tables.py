@@ -25,7 +25,9 @@ A study's results (the rows of its ``report.md``, from its committed run records
 
 ``metalab tables`` rewrites every marked block in the repository's Markdown files; ``metalab tables
 --check`` exits 1 if any differs from what the records give (a test runs the same check), so a table
-typed by hand or left behind by a new record is caught.
+typed by hand or left behind by a new record is caught. A study block shows only records made by the
+config its runs have now; stale and missing runs are named under the table, so changing an experiment
+file changes the table, and ``--check`` fails naming the runs that went stale.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def render_table(records: list[dict[str, Any]], spec: TableSpec) -> str:
     return "\n".join(lines)
 
 
-def render_study_block(options: str, root: Path, where_found: str) -> str:
+def render_study_block(options: str, root: Path, where_found: str, problems: list[str] | None = None) -> str:
     """The results table of a study's committed run records (``study=<file> budget=<name>``), the
     same rows as its report, with the CPU the runs were made on and a link to the report."""
     from metalab.report import collect, render
@@ -149,11 +151,18 @@ def render_study_block(options: str, root: Path, where_found: str) -> str:
         raise MetalabError(f"{where_found}: a metalab:study marker takes study=<experiments/x.yaml> [budget=<name>]"
                            + (f"; {unknown[0]!r} is not allowed" if unknown else ""))
     study = load_study(root / values["study"], values.get("budget"))
-    return render.summary_table(study, collect.collect(study), root)
+    collected = collect.collect(study)
+    if problems is not None:
+        for kind, runs in (("stale", collected.stale), ("missing", collected.missing)):
+            if runs:
+                problems.append(f"{where_found}: study {study.name} budget {study.budget}, {kind}: "
+                                + ", ".join(f"{run.label} seed {run.seed}" for run in runs))
+    return render.summary_table(study, collected, root)
 
 
-def render_markdown(text: str, root: Path, where_found: str = "<text>") -> str:
-    """``text`` with every marked block replaced by the table its records give now."""
+def render_markdown(text: str, root: Path, where_found: str = "<text>", problems: list[str] | None = None) -> str:
+    """``text`` with every marked block replaced by the table its records give now; the stale and missing
+    runs of its study blocks are appended to ``problems``."""
     out, position = [], 0
     for match in OPEN.finditer(text):
         if match.start() < position:
@@ -162,7 +171,7 @@ def render_markdown(text: str, root: Path, where_found: str = "<text>") -> str:
         if end < 0:
             raise MetalabError(f"{where_found}: a metalab:{match.group('kind')} marker has no closing {CLOSE}")
         if match.group("kind") == "study":
-            table = render_study_block(match.group("options"), root, where_found)
+            table = render_study_block(match.group("options"), root, where_found, problems)
         else:
             spec = TableSpec.parse(match.group("options"), where_found)
             path = root / spec.records
@@ -185,16 +194,21 @@ def marked_files(root: Path) -> list[Path]:
     return found
 
 
-def refresh(paths: list[Path] | None = None, root: Path | None = None, check: bool = False) -> list[Path]:
+def refresh(paths: list[Path] | None = None, root: Path | None = None, check: bool = False,
+            problems: dict[Path, list[str]] | None = None) -> list[Path]:
     """Regenerate the marked tables of ``paths`` (default: every marked file); return the files whose
-    text changed (with ``check``, report them and write nothing)."""
+    text changed (with ``check``, report them and write nothing). ``problems`` receives, per changed
+    file, the stale and missing runs of its study blocks (what a reader of ``--check`` needs to act on)."""
     root = root or repo_root()
     changed = []
     for path in paths or marked_files(root):
         old = path.read_text()
-        new = render_markdown(old, root, str(path.relative_to(root) if path.is_relative_to(root) else path))
+        found: list[str] = []
+        new = render_markdown(old, root, str(path.relative_to(root) if path.is_relative_to(root) else path), found)
         if new != old:
             changed.append(path)
+            if problems is not None:
+                problems[path] = found
             if not check:
                 path.write_text(new)
     return changed
