@@ -47,7 +47,7 @@ def test_experiment_composes_and_every_target_instantiates(name, tmp_path):
     for path in targets:  # every target names an importable object, also those a run does not build itself
         hydra.utils.get_object(OmegaConf.select(cfg, path)["_target_"])
     try:
-        objects = build_run(cfg)
+        objects = build_run(cfg, measure=False)
     except DataError as error:  # a constructor that reads data (nas_cells builds its CIFAR-10 split)
         pytest.skip(f"{name} reads data when built and it is absent: {str(error).split(';')[0]}")
     assert objects.trainer.max_steps == cfg.trainer.get("max_steps", -1)
@@ -66,7 +66,7 @@ def test_a_misspelt_target_fails_here(tmp_path):
     cfg = _compose(["+experiment=split_mnist/ewc", "learner.method._target_=metalab.learners.continual.EWK",
                     f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])
     with pytest.raises(Exception, match="EWK"):
-        build_run(cfg)
+        build_run(cfg, measure=False)
 
 
 def test_derived_experiments_keep_their_base():

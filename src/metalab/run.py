@@ -30,7 +30,7 @@ from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughpu
 from metalab.budget import FitHorizonToTimeBudget
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
-from metalab.precision import PrecisionChoice, resolve_precision
+from metalab.precision import PrecisionChoice, measure_precision, resolve_precision
 from metalab.report.identity import fingerprint_config
 from metalab.report.records import git_commit
 from metalab.runtime import retain_freed_memory
@@ -120,15 +120,18 @@ class RunObjects:
     trainer: L.Trainer
 
 
-def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> RunObjects:
+def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), measure: bool = True) -> RunObjects:
     """Instantiate every ``_target_`` of a run, loading no data (that happens in the data module's setup).
 
     Apart from :func:`train` so that a test can build every experiment exactly as a run does: a typo in a
-    target or a keyword a class does not take then fails ``make test``, not a user's run."""
+    target or a keyword a class does not take then fails ``make test``, not a user's run. ``measure=False``
+    leaves ``trainer.precision: auto`` at fp32 instead of timing a few steps (building, not running)."""
     precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
-    _announce(precision)
     datamodule = instantiate(cfg.data)
     learner = instantiate(cfg.learner, backbone=instantiate(cfg.model))
+    if measure:  # auto on a CPU with native bf16: the faster of the two for this run, measured (cached)
+        precision = measure_precision(precision, learner, datamodule)
+    _announce(precision)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger

@@ -35,6 +35,9 @@ class SearchLearner(L.LightningModule):
     reaches it, the searcher's solution is evaluated on ``eval_episodes`` fresh episodes and the run stops
     if their mean reaches it too (so ``train/wall_seconds`` is the time to solve)."""
 
+    # A search's results (returns, fronts) must not depend on the CPU: ``trainer.precision: auto`` is fp32 here.
+    fixed_precision = "32-true"
+
     def __init__(self, backbone: Problem, searcher: Callable[..., Searcher], seed: int = 0,
                  stop_when_solved: bool = False) -> None:
         super().__init__()

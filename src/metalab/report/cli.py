@@ -21,6 +21,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (default 1)")
     parser.add_argument("--threads", type=int, help="torch threads per run (default: the study's `threads`, else 1)")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds (default: the budget's)")
+    parser.add_argument("--only", nargs="+", metavar="LABEL",
+                        help="run only these rows of the study (labels as in the report, e.g. maml_5w1s); the report "
+                             "still shows every recorded row")
     parser.add_argument("--runs-dir", type=Path,
                         help="where runs are made (default: $METALAB_STUDY_RUNS, else the repository's logs/studies)")
     parser.add_argument("--no-run", action="store_true", help="run nothing: write the report from the records there are")
@@ -66,13 +69,17 @@ def run_report(args: argparse.Namespace) -> int:
     plan = studies.load_study(args.study, args.budget, args.seeds)
     if args.threads:
         plan.runs = [replace(run, threads=args.threads) for run in plan.runs]
+    unknown = sorted(set(args.only or []) - set(plan.labels))
+    if unknown:
+        raise ConfigError(f"--only {unknown[0]!r} is not allowed: study {plan.name} has rows {', '.join(plan.labels)}")
     studies.check_runs(plan)
     runs_root = (args.runs_dir or studies.default_runs_root(plan.root)).resolve()
     for folder in args.adopt:
         adopted = studies.adopt(plan, folder.resolve(), runs_root)
         studies.copy_records(plan, adopted, runs_root)
         print(f"[{plan.name}] adopted {folder} as {adopted.label} seed {adopted.seed}")
-    failed = [] if args.no_run else studies.run_study(plan, runs_root, jobs=args.jobs, keep_stale=args.keep_stale)
+    to_run = replace(plan, runs=[r for r in plan.runs if r.label in args.only]) if args.only else plan
+    failed = [] if args.no_run else studies.run_study(to_run, runs_root, jobs=args.jobs, keep_stale=args.keep_stale)
     collected = collect.collect(plan, keep_stale=args.keep_stale)
     command = f"metalab report {_shown(plan.path, plan.root)}" + (f" --budget {plan.budget}" if plan.budget != plan.budgets[0] else "")
     path = render.write_report(plan, collected, command)
