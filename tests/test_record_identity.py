@@ -27,7 +27,8 @@ from helpers import compose_run, data_available
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "record_identity"
 COMMON = ["trainer.precision=32-true", "cpu_threads=1", "callbacks.progress_bar=null", "seed=0"]
-CONTINUAL = ["data.train_examples_per_task=100", "data.test_examples_per_task=50", "learner.batches_per_step=4"]
+CONTINUAL = ["data.train_examples_per_task=100", "data.test_examples_per_task=50", "learner.batches_per_step=4",
+             "trainer.log_every_n_steps=2"]
 CASES: dict[str, list[str]] = {
     "split_mnist_ewc": ["+experiment=split_mnist/ewc", *CONTINUAL],
     "split_mnist_derpp": ["+experiment=split_mnist/derpp_500", *CONTINUAL, "learner.method.buffer_size=50"],

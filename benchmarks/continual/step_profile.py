@@ -84,7 +84,7 @@ def run_ours(experiment: str, batches: int, seed: int, profile: cProfile.Profile
     trainer = hydra.utils.instantiate(cfg.trainer, precision="32-true", callbacks=[ProfileEpoch(profile), timer],
                                       logger=False,
                                       enable_checkpointing=False, enable_progress_bar=False,
-                                      enable_model_summary=False)
+                                      enable_model_summary=False, **stream.trainer_arguments())
     trainer.fit(learner, datamodule=stream)
     return timer.cpu_seconds[0], trainer.global_step
 

@@ -130,8 +130,20 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Ru
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, "trainer", precision=precision.precision, callbacks=callbacks,
-                          logger=loggers or False)
+                          logger=loggers or False, **data_trainer_arguments(cfg, datamodule))
     return RunObjects(precision, datamodule, learner, callbacks, loggers, trainer)
+
+
+def data_trainer_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Trainer arguments the data decides (a task stream: one fit over all its tasks' epochs); a config value
+    that differs is replaced, and the run says so."""
+    arguments = datamodule.trainer_arguments() if callable(getattr(datamodule, "trainer_arguments", None)) else {}
+    for key, value in arguments.items():
+        given = cfg.trainer.get(key)
+        if given not in (None, -1, value) and not (key == "reload_dataloaders_every_n_epochs" and given == 0):
+            print(f"[metalab] trainer.{key}={given} replaced by {value} (decided by the data: "
+                  f"{type(datamodule).__name__}.trainer_arguments)")
+    return arguments
 
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:

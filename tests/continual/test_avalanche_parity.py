@@ -37,9 +37,10 @@ def tiny_cnn() -> nn.Module:
 def train_ours(method: ContinualMethod, net: nn.Module, tmp_path: Path) -> nn.Module:
     learner = ContinualLearner(net, method, functools.partial(torch.optim.SGD, lr=LR), channels_last=False,
                                evaluate_initial=False, plot=False)
+    stream = tiny_stream()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
-    trainer.fit(learner, datamodule=tiny_stream())
+                        enable_model_summary=False, default_root_dir=str(tmp_path), **stream.trainer_arguments())
+    trainer.fit(learner, datamodule=stream)
     return learner.net
 
 
