@@ -232,23 +232,24 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
     signal_stop = next((c.received for c in callbacks if isinstance(c, StopOnSignal) and c.received), None)
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    budget = next((c for c in callbacks if isinstance(c, FitHorizonToTimeBudget)), None)
     if signal_stop:
         reason = f"signal {signal_stop}"
     elif trainer.fast_dev_run:
         reason = f"trainer.fast_dev_run={int(trainer.fast_dev_run)} (debug: that many batches per stage)"
     elif timer is not None and (timer.time_remaining() or 0) <= 0:
         reason = "max_time"
+    elif budget is not None and budget.reached(trainer):
+        reason = "max_steps (the schedule's horizon fitted to max_time)"
     elif max_steps not in (None, -1) and trainer.global_step >= max_steps:
-        fitted = any(isinstance(c, FitHorizonToTimeBudget) and c.horizon == max_steps for c in callbacks)
-        reason = "max_steps (the schedule's horizon fitted to max_time)" if fitted else "max_steps"
+        reason = "max_steps"
     elif max_epochs not in (None, -1) and trainer.current_epoch >= max_epochs:
         reason = "max_epochs"
     else:
         reason = "a callback (e.g. early stopping)"
-    budget = next((c.state_dict() for c in callbacks if isinstance(c, FitHorizonToTimeBudget)), None)
     return {"reason": reason, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
             "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None,
-            "time_budget": budget}
+            "time_budget": budget.state_dict() if budget is not None else None}
 
 
 def _shown_path(path: str | Path, output_dir: Path) -> str:
