@@ -3,7 +3,8 @@ issue 36 moved the continual and search learners off Lightning's private API (an
 plain loop).
 
 The expected records (``tests/fixtures/record_identity/*.json``) were written by this file's ``--write`` mode
-from the code before the change. Each run is a tiny version of the experiment, fp32 on one thread; what is
+from the code before the change (commit 87cff01; the fixture's ``command`` is the command of then: the search
+problem has since moved from ``model.`` to ``problem.``). Each run is a tiny version of the experiment, fp32 on one thread; what is
 compared is everything in the record a run's arithmetic decides (metrics, steps, why it stopped, the accuracy
 matrices, the Pareto front, the logged curves), i.e. all but wall-clock figures. Floating-point results are
 only reproducible on the same CPU model and torch version, so on another machine the test skips::
@@ -33,10 +34,10 @@ CASES: dict[str, list[str]] = {
     "split_mnist_ewc": ["+experiment=split_mnist/ewc", *CONTINUAL],
     "split_mnist_derpp": ["+experiment=split_mnist/derpp_500", *CONTINUAL, "learner.method.buffer_size=50"],
     "permuted_mnist_ewc": ["+experiment=permuted_mnist/ewc", *CONTINUAL, "data.n_tasks=3"],
-    "zdt1_nsga2": ["+experiment=ga/zdt1", "model.n_variables=6", "learner.searcher.population_size=12",
+    "zdt1_nsga2": ["+experiment=ga/zdt1", "problem.n_variables=6", "learner.searcher.population_size=12",
                    "trainer.max_steps=6"],
     "cartpole_openai_es": ["+experiment=es/cartpole_openai_es", "trainer.max_steps=3",
-                           "learner.searcher.population_size=8", "model.eval_episodes=5"],
+                           "learner.searcher.population_size=8", "problem.eval_episodes=5"],
 }
 TIMING = re.compile(r"seconds|per_s\b|_time\b")
 
