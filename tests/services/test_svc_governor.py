@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from metalab.learners.meta.outer_update import reptile_update
+from metalab.adapt.outer_update import reptile_update
 from metalab.services.errors import Conflict, Unprocessable
 from metalab.services.governor import (GovernorService, GovernorSettings, GovernorState, Knob, combine_priors, meta_reward,
                                        observe, propose)
