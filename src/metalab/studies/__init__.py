@@ -1,0 +1,1 @@
+"""Running studies: the processes behind ``metalab report`` (:mod:`metalab.studies.runner`)."""
