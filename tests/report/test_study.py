@@ -13,7 +13,7 @@ import pytest
 from metalab.errors import ConfigError
 from metalab.report import collect, render
 from metalab.report.study import check_runs, load_study
-from metalab.studies.runner import run_state
+from metalab.report.runner import run_state
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -146,7 +146,7 @@ def test_adopting_a_finished_run_made_outside_the_study(tmp_path):
         "- +experiment=omniglot/protonet_5w1s\n- cpu_threads=1\n- trainer.max_epochs=1\n- seed=1\n")
     (outside / "metrics.json").write_text(json.dumps({"metrics": {"test/5w1s/acc": 90.0}, "seed": 1}))
     (outside / "config_resolved.yaml").write_text(f"paths:\n  output_dir: {outside}\n")
-    from metalab.studies.runner import adopt, copy_records
+    from metalab.report.runner import adopt, copy_records
 
     runs = tmp_path / "runs"
     run = adopt(study, outside, runs)
@@ -179,7 +179,7 @@ def test_a_run_left_on_auto_precision_is_adopted_as_the_precision_it_resolved_to
     (outside / ".hydra" / "overrides.yaml").write_text("- +experiment=omniglot/protonet_5w1s\n- seed=1\n")
     record = {"metrics": {"test/5w1s/acc": 90.0}, "seed": 1, "precision": {"requested": "auto", "used": "32-true"}}
     (outside / "metrics.json").write_text(json.dumps(record))
-    from metalab.studies.runner import adopt
+    from metalab.report.runner import adopt
 
     assert adopt(study, outside, tmp_path / "runs").overrides == ("trainer.precision=32-true",)
     record["precision"]["used"] = "bf16-mixed"  # resolved to something else: not the same run

@@ -54,7 +54,7 @@ def run_report(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from metalab.report import collect, render, study as studies
-    from metalab.studies import runner
+    from metalab.report import runner
 
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise ConfigError(f"--jobs and --threads must be >= 1 (got {args.jobs}, {args.threads})")

@@ -7,7 +7,7 @@ parallel processes of ``threads`` threads each), resumes a run that was interrup
 checkpoint, and copies each finished run's small record files (``metrics.json``,
 ``config_resolved.yaml``, ``metrics.csv``, ``run.json``; never checkpoints) into the study's folder,
 where the report is generated from and where they are committed. This module defines and checks a study;
-running it (the ``train.py`` processes, resume, the record copies) is :mod:`metalab.studies.runner`.
+running it (the ``train.py`` processes, resume, the record copies) is :mod:`metalab.report.runner`.
 
 Study file keys::
 

@@ -1,7 +1,7 @@
 """Running a study (:mod:`metalab.report.study` defines it): one ``train.py`` process per run, ``jobs`` at a time,
 an interrupted run resumed from its last checkpoint, a finished run's small record files copied into the study's
-folder, and a SIGTERM passed on to the live runs so they save and stop. :mod:`metalab.report` only reads what
-these runs recorded and renders it.
+folder, and a SIGTERM passed on to the live runs so they save and stop. The only module of :mod:`metalab.report`
+that starts processes: the others (``study``, ``collect``, ``render``, ``tables``) read records and render them.
 """
 
 from __future__ import annotations

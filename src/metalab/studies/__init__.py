@@ -1,1 +1,0 @@
-"""Running studies: the processes behind ``metalab report`` (:mod:`metalab.studies.runner`)."""
