@@ -1,15 +1,13 @@
-"""Records of Split MNIST, Permuted MNIST, ZDT and CartPole runs are bit-identical to those committed before
-issue 36 moved the continual and search learners off Lightning's private API (and the search run onto the
-plain loop).
+"""Records of Split MNIST, Permuted MNIST, ZDT and CartPole runs are bit-identical to those committed before issue 36
+moved the continual and search learners off Lightning's private API (and the search run onto the plain loop). The
+expected records (``tests/fixtures/record_identity/*.json``) were written by this file's ``--write`` mode from the
+code before the change (commit 87cff01; the fixture's ``command`` is the command of then: the search problem has
+since moved from ``model.`` to ``problem.``). Each run is a tiny version of the experiment, fp32 on one thread;
+what is compared is everything in the record a run's arithmetic decides (metrics, steps, why it stopped, the
+accuracy matrices, the Pareto front, the logged curves), i.e. all but wall-clock figures. Floating-point results
+are only reproducible on the same CPU model and torch version, so on another machine the test skips::
 
-The expected records (``tests/fixtures/record_identity/*.json``) were written by this file's ``--write`` mode
-from the code before the change (commit 87cff01; the fixture's ``command`` is the command of then: the search
-problem has since moved from ``model.`` to ``problem.``). Each run is a tiny version of the experiment, fp32 on one thread; what is
-compared is everything in the record a run's arithmetic decides (metrics, steps, why it stopped, the accuracy
-matrices, the Pareto front, the logged curves), i.e. all but wall-clock figures. Floating-point results are
-only reproducible on the same CPU model and torch version, so on another machine the test skips::
-
-    taskset -c 0 python tests/test_record_identity.py --write   # rewrite the fixtures (only when the math changed)
+    taskset -c 0 python tests/test_record_identity.py --write   # rewrite the fixtures (when the math changed)
 """
 
 from __future__ import annotations
@@ -23,21 +21,32 @@ from typing import Any
 
 import pytest
 import torch
-
 from helpers import compose_run, data_available
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "record_identity"
 COMMON = ["trainer.precision=32-true", "cpu_threads=1", "callbacks.progress_bar=null", "seed=0"]
-CONTINUAL = ["data.train_examples_per_task=100", "data.test_examples_per_task=50", "learner.batches_per_step=4",
-             "trainer.log_every_n_steps=2"]
+CONTINUAL = [
+    "data.train_examples_per_task=100",
+    "data.test_examples_per_task=50",
+    "learner.batches_per_step=4",
+    "trainer.log_every_n_steps=2",
+]
 CASES: dict[str, list[str]] = {
     "split_mnist_ewc": ["+experiment=split_mnist/ewc", *CONTINUAL],
     "split_mnist_derpp": ["+experiment=split_mnist/derpp_500", *CONTINUAL, "learner.method.buffer_size=50"],
     "permuted_mnist_ewc": ["+experiment=permuted_mnist/ewc", *CONTINUAL, "data.n_tasks=3"],
-    "zdt1_nsga2": ["+experiment=ga/zdt1", "problem.n_variables=6", "learner.searcher.population_size=12",
-                   "trainer.max_steps=6"],
-    "cartpole_openai_es": ["+experiment=es/cartpole_openai_es", "trainer.max_steps=3",
-                           "learner.searcher.population_size=8", "problem.eval_episodes=5"],
+    "zdt1_nsga2": [
+        "+experiment=ga/zdt1",
+        "problem.n_variables=6",
+        "learner.searcher.population_size=12",
+        "trainer.max_steps=6",
+    ],
+    "cartpole_openai_es": [
+        "+experiment=es/cartpole_openai_es",
+        "trainer.max_steps=3",
+        "learner.searcher.population_size=8",
+        "problem.eval_episodes=5",
+    ],
 }
 TIMING = re.compile(r"seconds|per_s\b|_time\b")
 
@@ -58,8 +67,10 @@ def deterministic_view(run_dir: Path) -> dict[str, Any]:
     if front.is_file():
         view["pareto_front"] = front.read_text()
     with open(run_dir / "csv" / "metrics.csv") as handle:  # the curves, step by step (not Lightning's epoch column)
-        view["curves"] = [{k: v for k, v in row.items() if v != "" and k != "epoch" and not TIMING.search(k)}
-                          for row in csv.DictReader(handle)]
+        view["curves"] = [
+            {k: v for k, v in row.items() if v != "" and k != "epoch" and not TIMING.search(k)}
+            for row in csv.DictReader(handle)
+        ]
         view["curves"] = [row for row in view["curves"] if set(row) - {"step"}]
     return view
 
@@ -96,7 +107,10 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as folder:
         for case in sorted(CASES):
             view = run_case(case, Path(folder))
-            payload = {"command": " ".join(["python train.py", *CASES[case], *COMMON]), "machine": machine(),
-                       "record": view}
+            payload = {
+                "command": " ".join(["python train.py", *CASES[case], *COMMON]),
+                "machine": machine(),
+                "record": view,
+            }
             (FIXTURES / f"{case}.json").write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
             print(f"wrote {FIXTURES / case}.json")

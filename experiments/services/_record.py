@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +33,16 @@ def busy_processes(limit: int = 6) -> list[str]:
 def write_record(name: str, figures: dict[str, Any], started: datetime, notes: str = "") -> Path:
     """Append the run's record (``figures`` as one row) to ``records/<name>.jsonl``; return that path."""
     path = RECORDS / f"{name}.jsonl"
-    settings = {"started": started.isoformat(timespec="seconds"), "finished": now().isoformat(timespec="seconds"),
-                "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-                "busy_processes_at_end": busy_processes()}
+    settings = {
+        "started": started.isoformat(timespec="seconds"),
+        "finished": now().isoformat(timespec="seconds"),
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "busy_processes_at_end": busy_processes(),
+    }
     append_record(path, figures, benchmark=name, settings=settings, notes=notes or None)
     print(f"appended a record to {path.relative_to(REPO)}")
     return path
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -28,10 +28,10 @@ class LoopSettings:
     """What the plain loop takes from the run (see the module docstring)."""
 
     output_dir: Path
-    max_steps: int = -1                    # -1: no step limit
-    max_seconds: float | None = None       # trainer.max_time
+    max_steps: int = -1  # -1: no step limit
+    max_seconds: float | None = None  # trainer.max_time
     log_every_n_steps: int = 1
-    fast_dev_run: int = 0                  # debug: that many steps, no checkpoint, no logging
+    fast_dev_run: int = 0  # debug: that many steps, no checkpoint, no logging
     loggers: list[Any] = field(default_factory=list)
     signals: StopOnSignal | None = None
 
@@ -79,15 +79,17 @@ def parse_duration(value: Any) -> float | None:
         return None
     if isinstance(value, str):
         if not re.fullmatch(r"\d+:\d{1,2}:\d{1,2}:\d{1,2}", value):
-            raise ConfigError(f"trainer.max_time={value!r} is not allowed: must be DD:HH:MM:SS or a dict such as "
-                              "{hours: 2}")
+            raise ConfigError(
+                f"trainer.max_time={value!r} is not allowed: must be DD:HH:MM:SS or a dict such as {{hours: 2}}"
+            )
         days, hours, minutes, seconds = (int(part) for part in value.split(":"))
         return dt.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds()
     try:
         return dt.timedelta(**dict(value)).total_seconds()
     except (TypeError, ValueError):
-        raise ConfigError(f"trainer.max_time={value!r} is not allowed: must be DD:HH:MM:SS or a dict such as "
-                          "{hours: 2}") from None
+        raise ConfigError(
+            f"trainer.max_time={value!r} is not allowed: must be DD:HH:MM:SS or a dict such as {{hours: 2}}"
+        ) from None
 
 
 def as_logged(value: float) -> float:

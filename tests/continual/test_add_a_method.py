@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import compose_run, data_available
 
 METHOD = '''"""L2 to the weights each task started from: the "L2" baseline of Kirkpatrick et al. (2017, Fig. 2A), i.e.
@@ -64,10 +63,23 @@ def test_a_method_in_one_module_and_one_config_trains_through_train_py(tmp_path,
     (tmp_path / "conf" / "learner" / "method" / "l2_anchor.yaml").write_text(CONFIG)
     monkeypatch.syspath_prepend(str(tmp_path / "code"))
     run = tmp_path / "run"
-    train(compose_run(run, [
-        "+experiment=split_mnist/finetune", "learner/method=l2_anchor", f"hydra.searchpath=[file://{tmp_path}/conf]",
-        "data.n_tasks=2", "data.train_examples_per_task=40", "data.test_examples_per_task=20",
-        "trainer.precision=32-true", "trainer.log_every_n_steps=1", "callbacks.progress_bar=null", "cpu_threads=1"]))
+    train(
+        compose_run(
+            run,
+            [
+                "+experiment=split_mnist/finetune",
+                "learner/method=l2_anchor",
+                f"hydra.searchpath=[file://{tmp_path}/conf]",
+                "data.n_tasks=2",
+                "data.train_examples_per_task=40",
+                "data.test_examples_per_task=20",
+                "trainer.precision=32-true",
+                "trainer.log_every_n_steps=1",
+                "callbacks.progress_bar=null",
+                "cpu_threads=1",
+            ],
+        )
+    )
     record = json.loads((run / "metrics.json").read_text())
     assert json.loads((run / "continual_metrics.json").read_text())["method"] == "l2_anchor"
     assert record["metrics"]["train/penalty"] > 0  # the anchor of task 1 pulled on the weights

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,8 +19,7 @@ import torch
 from torch import nn
 
 pytest.importorskip("avalanche")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "continual"))
-from common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
+from benchmarks.continual.common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
 
 from continual.helpers import tiny_stream  # noqa: E402
 from metalab.learners.continual import ContinualLearner, ContinualMethod, Finetune, LwF  # noqa: E402

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,6 @@ from metalab.report.study import check_runs, load_study
 from metalab.report.runner import run_state
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import TINY, write_study  # noqa: E402
 def metalab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metalab", *args], cwd=cwd, capture_output=True, text=True,

@@ -1,4 +1,5 @@
-"""Searches run through train.py's path like every run (on the plain loop): records, curves, Pareto plot, exact resume."""
+"""Searches run through train.py's path like every run (on the plain loop): records, curves, Pareto plot, exact
+resume."""
 
 from __future__ import annotations
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -36,8 +37,14 @@ class SearchRun:
     reaches it, the searcher's solution is evaluated on ``eval_episodes`` fresh episodes and the run stops
     if their mean reaches it too (so ``train/wall_seconds`` is the time to solve)."""
 
-    def __init__(self, problem: Problem, searcher: Callable[..., Searcher], seed: int = 0,
-                 stop_when_solved: bool = False, checkpoint_every: int = 10) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        searcher: Callable[..., Searcher],
+        seed: int = 0,
+        stop_when_solved: bool = False,
+        checkpoint_every: int = 10,
+    ) -> None:
         require(checkpoint_every >= 1, "learner.checkpoint_every", ">= 1", checkpoint_every)
         self.problem, self.seed, self.stop_when_solved = problem, int(seed), stop_when_solved
         self.checkpoint_every = checkpoint_every
@@ -79,9 +86,13 @@ class SearchRun:
             if settings.signals is not None:
                 settings.signals.restore()
         self.on_fit_end()
-        return logged, {"reason": reason, "global_step": self.global_step,
-                        "epoch": self.generations_done // self.checkpoint_every,
-                        "train_seconds": time.perf_counter() - started, "time_budget": None}
+        return logged, {
+            "reason": reason,
+            "global_step": self.global_step,
+            "epoch": self.generations_done // self.checkpoint_every,
+            "train_seconds": time.perf_counter() - started,
+            "time_budget": None,
+        }
 
     def _stop_reason(self, settings: LoopSettings, limit: int | None, started: float) -> str | None:
         if settings.signals is not None and settings.signals.received:
@@ -103,8 +114,9 @@ class SearchRun:
         figures["train/evaluations"] = as_logged(self.evaluations)
         solved_at = getattr(self.problem, "solved_at", None)
         if self.stop_when_solved and solved_at is not None and summary.get("best_fitness", -math.inf) >= solved_at:
-            returns = self.problem.evaluate_solution(self.searcher.best().genome,
-                                                     seed=SOLVE_CHECK_SEED + self.generations_done)
+            returns = self.problem.evaluate_solution(
+                self.searcher.best().genome, seed=SOLVE_CHECK_SEED + self.generations_done
+            )
             figures["train/solution_return"] = as_logged(returns.mean())
             if returns.mean() >= solved_at:
                 self.solved_generation = self.generations_done
@@ -131,6 +143,7 @@ class SearchRun:
         settings.finish_logging()
         if getattr(self.problem, "objectives", 1) == 2 and hasattr(self.searcher, "pareto_front"):
             from metalab.search.plots import write_pareto_front
+
             write_pareto_front(self.searcher, self.problem, settings.output_dir)
         return metrics
 
@@ -143,8 +156,12 @@ class SearchRun:
         self.load_state(load_checkpoint(ckpt_path))
 
     def state(self) -> dict[str, Any]:
-        state = {"searcher": self.searcher.state_dict(), "generations_done": self.generations_done,
-                 "evaluations": self.evaluations, "solved_generation": self.solved_generation}
+        state = {
+            "searcher": self.searcher.state_dict(),
+            "generations_done": self.generations_done,
+            "evaluations": self.evaluations,
+            "solved_generation": self.solved_generation,
+        }
         return {"search_state": torch.frombuffer(bytearray(pickle.dumps(state)), dtype=torch.uint8)}
 
     def load_state(self, checkpoint: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 A results file keeps its prose and marks where a generated table goes::
 
-    <!-- metalab:table records=benchmarks/meta/records/maml_vs_learn2learn.jsonl last=1 columns=order,inner_steps,speedup -->
+    <!-- metalab:table records=benchmarks/meta/records/maml_vs_learn2learn.jsonl last=1 columns=order,speedup -->
     (the table; rewritten by `metalab tables`)
     <!-- metalab:end -->
 
@@ -26,7 +26,7 @@ A study's results (the rows of its ``report.md``, from its committed run records
 A section whose figures do not fit one table (nested figures, prose around them) is rendered by a function of a
 script beside the records, from the newest record of the file::
 
-    <!-- metalab:render records=experiments/services/records/sequential_ab.jsonl with=experiments/services/report.py:sequential -->
+    <!-- metalab:render records=experiments/services/records/drift.jsonl with=experiments/services/report.py:drift -->
     <!-- metalab:end -->
 
 (``with=<script>:<function>``; the function takes the record and returns Markdown lines.)

@@ -18,7 +18,8 @@ Priors across domains: the per-domain priors (normalised to [0, 1] by the knobs'
 the core's Reptile update (:func:`metalab.adapt.outer_update.reptile_update`) after dropping outlier
 domains, those no other domain corroborates: a distance to the nearest other domain with a robust z-score
 (median absolute deviation) above ``outlier_z`` and larger than ``min_outlier_distance`` (a lone domain
-cannot be told from a bad record), and with diversity weights (a domain's weight is 1 / the number of domains within ``radius`` of
+cannot be told from a bad record), and with diversity weights (a domain's weight is 1 / the number of domains
+within ``radius`` of
 it, so a cluster of near-identical domains counts about once). A new governor starts from its domain's
 prior, else the combined prior, else each knob's default.
 """
