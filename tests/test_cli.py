@@ -32,7 +32,8 @@ def run_train(*args: str, run_dir: Path, env_extra: dict | None = None) -> subpr
         pytest.param(["data.val.shot=-1"], "error: data.val.shot=-1 is not allowed: must be >= 1", marks=needs_omniglot),
         (["paths.data_dir=/nonexistent/place"], "error: data file 'omniglot/omniglot.npz' not found; looked in: /nonexistent/place"),
         (["learner.optimizer.lr=fast"],
-         "error: learner.optimizer.lr='fast' is not allowed: learner.optimizer.lr must be a number (the config has 0.001)"),
+         "error: learner.optimizer.lr='fast' is not allowed: learner.optimizer.lr must be a number "
+         "(the config has 0.001)"),
         (["trainer.precision=fp7"], "error: trainer.precision='fp7' is not allowed: must be auto or one of "),
         (["++trainer.max_steps=-7"], "error: trainer.max_steps must be a non-negative integer or -1 (infinite steps). "
                                      "You passed in -7."),

@@ -11,13 +11,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TINY_PROTONET, compose_run, needs_mnist, needs_omniglot  # noqa: E402
 
 from metalab.learners.meta.protonet import ProtoNet  # noqa: E402

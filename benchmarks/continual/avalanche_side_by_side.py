@@ -87,7 +87,8 @@ def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, An
     timer = EpochTimer()
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.get("accelerator")).precision
     trainer = hydra.utils.instantiate(cfg.trainer, precision=precision, callbacks=[timer], logger=False,
-                                      enable_checkpointing=False, enable_progress_bar=False)
+                                      enable_checkpointing=False, enable_progress_bar=False,
+                                      **stream.trainer_arguments())
     start = time.perf_counter()
     trainer.fit(learner, datamodule=stream)
     wall = time.perf_counter() - start

@@ -51,7 +51,7 @@ def time_ours(cfg, stream, learner) -> tuple[float, int]:
     """Seconds per batch of the second task's epoch under Trainer.fit."""
     timer = EpochTimer()
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                                      enable_progress_bar=False)
+                                      enable_progress_bar=False, **stream.trainer_arguments())
     trainer.fit(learner, datamodule=stream)
     return timer.seconds[1] / timer.batches[1], timer.batches[1]
 

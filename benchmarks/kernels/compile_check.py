@@ -113,7 +113,6 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         return subprocess.run([sys.executable, *sys.argv], env=env).returncode
 
-    sys.path.insert(0, str(REPO))
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource

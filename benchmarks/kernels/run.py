@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +32,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the checkout
 
 from metalab import kernels  # noqa: E402
 from metalab.kernels.anil import anil_head_adapt_reference  # noqa: E402
@@ -213,7 +211,7 @@ def bench_cpu_references(quick: bool) -> list[dict]:
     print("| op (torch reference, CPU) | time (ms) | achieved |\n|---|---:|---:|")
     for case in op_cases("cpu", quick):
         ref, args = case["ref"], case["args"]
-        t = cpu_time(lambda: ref(*args), repeats=3)
+        t = cpu_time(lambda ref=ref, args=args: ref(*args), repeats=3)
         rate = (f"{case['flops'] / t / 1e9:.1f} GFLOP/s" if case["flops"] else f"{case['bytes'] / t / 1e9:.1f} GB/s")
         print(f"| {case['name']} | {t * 1e3:.2f} | {rate} |")
         rows.append({"op": case["name"], "torch_cpu_ms": t * 1e3, "achieved": rate})

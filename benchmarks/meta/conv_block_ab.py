@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +44,6 @@ def load_block(revision: str, tag: str) -> ModuleType:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
     import maml_vs_learn2learn as bench
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

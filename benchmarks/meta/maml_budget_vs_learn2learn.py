@@ -17,8 +17,10 @@ can be compared on a machine shared with other jobs; run both at once on the sam
 conditions. ``--deadline HH:MM`` (UTC) stops training early if the wall clock gets there first (the
 learning rate is then annealed over the wall time instead); the record says how much CPU time was used::
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py --side metalab --cpu-minutes 30
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py --side learn2learn --cpu-minutes 30
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py \
+        --side metalab --cpu-minutes 30
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py \
+        --side learn2learn --cpu-minutes 30
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ def relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def main() -> None:
     batch = bench.episodes(1, "cpu")[0]
-    print("| order | inner steps | metalab64 vs learn2learn64 | learn2learn32 vs learn2learn64 | metalab32 vs learn2learn64 |")
+    print("| order | inner steps | metalab64 vs learn2learn64 | learn2learn32 vs learn2learn64 "
+          "| metalab32 vs learn2learn64 |")
     print("|---|---|---|---|---|")
     rows = []
     for first_order, steps in CASES:

@@ -308,7 +308,8 @@ def profile(name: str, setting: str, batches, device: str, top: int) -> None:
         meta_step(impl, batches[2 % len(batches)])
     timed = sum(t for _, t in totals.values())
     conv = sum(t for (op, _), (_, t) in totals.items() if op.startswith("convolution"))
-    print(f"\n{name} {setting}: meta-step {plain:.3f} s untimed; {timed:.3f} s inside {sum(c for c, _ in totals.values())} "
+    calls = sum(c for c, _ in totals.values())
+    print(f"\n{name} {setting}: meta-step {plain:.3f} s untimed; {timed:.3f} s inside {calls} "
           f"ops, of which convolutions (forward and backward) {conv:.3f} s ({conv / timed:.0%})")
     print("| op | first input shape | calls | ms | share |\n|---|---|---|---|---|")
     for (op, shape), (calls, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
@@ -397,7 +398,8 @@ def main() -> None:
         diff = gradient_difference(setting, batches[0], args.device)
         rows.append((setting, med, mem, live, diff))
         print(f"{setting}: {med} {mem} {live} {diff:.1e}", file=sys.stderr)
-    print(f"\nMAML meta-step, {NETWORK} (learn2learn {PEER_LAYOUT}), Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
+    print(f"\nMAML meta-step, {NETWORK} (learn2learn {PEER_LAYOUT}), Omniglot {WAY}-way {SHOT}-shot "
+          f"{QUERY} queries/class, meta-batch {TASKS}, "
           f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
           f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
           f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
@@ -408,9 +410,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for setting, med, mem, _, diff in rows:
         first_order, steps = SETTINGS[setting]
-        l, o = med["learn2learn"], med["metalab"]
+        peer, o = med["learn2learn"], med["metalab"]
         ml, mo = mem["learn2learn"], mem["metalab"]
-        print(f"| {'first' if first_order else 'second'} | {steps} | {l:.2f} | {o:.2f} | {o / l:.2f}x | "
+        print(f"| {'first' if first_order else 'second'} | {steps} | {peer:.2f} | {o:.2f} | {o / peer:.2f}x | "
               f"{ml:.0f} | {mo:.0f} | {mo / max(ml, 1e-9):.2f} | {diff:.1e} |")
     from metalab.report.records import append_record  # one JSON line per run: the tables in results.md
 

@@ -87,14 +87,14 @@ def main() -> None:
     for _ in range(args.rounds):
         plain.append(plain_loop(dm, args.steps, args.precision))
         lightning.append(lightning_loop(dm, args.steps, args.precision))
-    p, l = statistics.median(plain), statistics.median(lightning)
+    p, lit = statistics.median(plain), statistics.median(lightning)
     print(f"\nProtoNet {args.way}-way {args.shot}-shot {args.query}-query, Conv4 channels-last, {args.precision}, "
           f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.steps} steps")
     print("| loop | episodes/s | relative |\n|---|---|---|")
     print(f"| plain PyTorch | {p:.2f} | 1.00 |")
-    print(f"| metalab (Lightning) | {l:.2f} | {l / p:.3f} |")
+    print(f"| metalab (Lightning) | {lit:.2f} | {lit / p:.3f} |")
     append_record("benchmarks/meta/records/protonet_loop_speed.jsonl",
-                  {"plain_episodes_per_s": p, "lightning_episodes_per_s": l, "relative": l / p},
+                  {"plain_episodes_per_s": p, "lightning_episodes_per_s": lit, "relative": lit / p},
                   settings={"way": args.way, "shot": args.shot, "query": args.query, "steps": args.steps,
                             "rounds": args.rounds, "precision": args.precision})
 

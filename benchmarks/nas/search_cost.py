@@ -89,7 +89,7 @@ def main() -> None:
             times.setdefault((n, "all_conv"), []).append(cell_step_seconds(all_conv, batch, args.steps))
             times.setdefault((n, "validation"), []).append(validation_seconds(resnet, val_images, val_labels))
     rows = []
-    for n, (supernet, resnet, all_conv) in nets.items():
+    for n, (supernet, resnet, _) in nets.items():
         median = {kind: statistics.median(times[(n, kind)]) for kind in ("supernet", "resnet", "all_conv", "validation")}
         rows.append({"cells_per_stage": n, "supernet_step_s": round(median["supernet"], 3),
                      "supernet_epoch_s": round(median["supernet"] * DARTS_STEPS_PER_EPOCH, 1),

@@ -22,7 +22,7 @@ def build(experiment: str, seed: int):
     """``(problem, searcher)`` of ``+experiment=<experiment>`` with ``seed``."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", f"seed={seed}", "paths.output_dir=."])
-    problem = hydra.utils.instantiate(cfg.model)
+    problem = hydra.utils.instantiate(cfg.problem)
     return problem, hydra.utils.instantiate(cfg.learner.searcher)(space=problem.space, seed=seed)
 
 

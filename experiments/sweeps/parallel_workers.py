@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -29,7 +28,6 @@ from pathlib import Path
 import optuna
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "experiments" / "sweeps"))
 
 from record_run import commit, machine_load  # noqa: E402
 from metalab.environment import environment_report  # noqa: E402

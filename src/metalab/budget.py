@@ -4,7 +4,9 @@ An experiment that promises "N CPU-minutes" cannot anneal over a fixed step coun
 in 110 minutes on a CPU with AVX-512 BF16 and far fewer on one without (issue 23). So the schedule's
 length (its *horizon*) is left open, :class:`FitHorizonToTimeBudget` measures seconds per step over a
 short probe at the start of training and sets the horizon to the steps that fit in what is left of
-``trainer.max_time``; training then stops at the horizon, where the schedule ends. The learning rate is
+``trainer.max_time``; training then stops at the horizon, where the schedule ends (the callback sets
+``trainer.should_stop`` there, Lightning's public way to end a fit early; validation runs once more at that
+step, as for any early stop). The learning rate is
 held at its initial value during the probe (a few dozen steps, where a cosine over thousands is 1.0 to
 five digits anyway). The horizon is stored in the checkpoint (scheduler and callback state), so a resumed
 run keeps it, and in ``metrics.json`` beside the step reached.
@@ -62,8 +64,8 @@ class AnnealToHorizon(torch.optim.lr_scheduler.LRScheduler):
 
 
 class FitHorizonToTimeBudget(L.Callback):
-    """Probe seconds per training step, then set every :class:`AnnealToHorizon`'s horizon and ``max_steps``
-    to the steps that fit in the rest of ``trainer.max_time`` (and at most a ``trainer.max_steps`` given).
+    """Probe seconds per training step, then set every :class:`AnnealToHorizon`'s horizon to the steps that fit
+    in the rest of ``trainer.max_time`` (and at most a ``trainer.max_steps`` given), and stop training there.
 
     ``warmup_steps`` are left out of the probe (one-off allocation costs); ``margin`` keeps a share of the
     remaining time for validation and the final checkpoint.
@@ -88,6 +90,7 @@ class FitHorizonToTimeBudget(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self.horizon is not None:
+            self._stop_at_horizon(trainer)
             return
         step = trainer.global_step
         if step == self.warmup_steps:
@@ -98,6 +101,15 @@ class FitHorizonToTimeBudget(L.Callback):
             print(f"[metalab] time budget: {self.seconds_per_step:.3f} s/step over {self.probe_steps} steps -> "
                   f"the schedule anneals over {self.horizon} steps", flush=True)
             self._apply(trainer)
+            self._stop_at_horizon(trainer)
+
+    def reached(self, trainer: L.Trainer) -> bool:
+        """Whether training has reached the fitted horizon (what ended it, for the run record)."""
+        return self.horizon is not None and trainer.global_step >= self.horizon
+
+    def _stop_at_horizon(self, trainer: L.Trainer) -> None:
+        if self.reached(trainer):
+            trainer.should_stop = True
 
     def _horizon(self, trainer: L.Trainer, step: int) -> int:
         timer = self._timer(trainer)
@@ -109,7 +121,7 @@ class FitHorizonToTimeBudget(L.Callback):
         return max(min(limits), step + 1)
 
     def _apply(self, trainer: L.Trainer) -> None:
-        trainer.fit_loop.epoch_loop.max_steps = self.horizon
+        self._stop_at_horizon(trainer)  # a run resumed at its horizon trains no further step
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, AnnealToHorizon):
                 config.scheduler.horizon = self.horizon

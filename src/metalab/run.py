@@ -30,7 +30,8 @@ from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughpu
 from metalab.budget import FitHorizonToTimeBudget
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
-from metalab.precision import PrecisionChoice, measure_precision, resolve_precision
+from metalab.plain_loop import LoopSettings, PlainRun, parse_duration
+from metalab.precision import PrecisionChoice, fixed_precision, measure_precision, resolve_precision
 from metalab.report.identity import fingerprint_config
 from metalab.report.records import git_commit
 from metalab.runtime import retain_freed_memory
@@ -65,34 +66,23 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
     objects = build_run(cfg, extra_callbacks)
-    precision, datamodule, learner, callbacks, trainer = (objects.precision, objects.datamodule, objects.learner,
-                                                          objects.callbacks, objects.trainer)
+    precision, learner, callbacks, trainer = objects.precision, objects.learner, objects.callbacks, objects.trainer
     for logger in objects.loggers:  # the whole resolved config, so a W&B run carries it (not only the module's hparams)
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
 
     ckpt_path = resolve_ckpt_path(cfg)
-    metrics: dict[str, Any] = {}
-    record: dict[str, Any] = {}
-    if cfg.get("train", True):
-        start = time.perf_counter()
-        trainer.fit(learner, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics["train/wall_seconds"] = time.perf_counter() - start
-        metrics.update(_scalars(trainer.callback_metrics))
-        record["stopped"] = _why_training_stopped(trainer, callbacks)
-        record["checkpoint"] = _final_checkpoint(trainer, callbacks, output_dir, ckpt_path)
-    elif ckpt_path is None:
+    if not cfg.get("train", True) and ckpt_path is None:
         raise ConfigError("train=false is not allowed without ckpt_path: give the checkpoint to test "
                           "(ckpt_path=<run>/checkpoints/last.ckpt or ckpt_path=last)")
+    if not isinstance(learner, L.LightningModule):  # a metalab.plain_loop.PlainRun (a search)
+        metrics, record = _plain_fit_and_test(cfg, objects, output_dir, ckpt_path)
+        global_step = learner.global_step
     else:
-        record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
-    if throughput is not None and math.isfinite(throughput.episodes_per_second):  # NaN: too few steps to time
-        metrics["train/episodes_per_s"] = throughput.episodes_per_second
-    if cfg.get("test", True):
-        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
-        metrics.update(_scalars(trainer.callback_metrics))
+        metrics, record = _fit_and_test(cfg, objects, output_dir, ckpt_path)
+        global_step = trainer.global_step
 
-    record.update({"metrics": metrics, "global_step": trainer.global_step, "seed": cfg.seed,
+    record.update({"metrics": metrics, "global_step": global_step, "seed": cfg.seed,
                    # what made it: the config's identity (metalab.report.identity) and the code version
                    "fingerprint": fingerprint_config(cfg, precision.precision), "code": git_commit(),
                    "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
@@ -108,13 +98,70 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     return metrics.get(key) if key else None
 
 
+def _fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path,
+                  ckpt_path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Lightning's ``Trainer.fit`` and ``Trainer.test``; the metrics and the record's stop and checkpoint entries."""
+    datamodule, learner, callbacks, trainer = objects.datamodule, objects.learner, objects.callbacks, objects.trainer
+    throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
+    metrics: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    if cfg.get("train", True):
+        start = time.perf_counter()
+        trainer.fit(learner, datamodule=datamodule, ckpt_path=ckpt_path)
+        metrics["train/wall_seconds"] = time.perf_counter() - start
+        metrics.update(_scalars(trainer.callback_metrics))
+        record["stopped"] = _why_training_stopped(trainer, callbacks)
+        record["checkpoint"] = _final_checkpoint(trainer, callbacks, output_dir, ckpt_path)
+    else:
+        record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
+    if throughput is not None and math.isfinite(throughput.episodes_per_second):  # NaN: too few steps to time
+        metrics["train/episodes_per_s"] = throughput.episodes_per_second
+    if cfg.get("test", True):
+        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
+        metrics.update(_scalars(trainer.callback_metrics))
+    return metrics, record
+
+
+def _plain_fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path,
+                        ckpt_path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The plain loop (:mod:`metalab.plain_loop`) for a learner with no gradient step, with the same budget keys,
+    loggers, signal handling, checkpoint file and record as a Lightning run."""
+    learner, trainer = objects.learner, objects.trainer
+    if objects.datamodule is not None:
+        raise ConfigError(f"data={type(objects.datamodule).__name__} is not allowed for {type(learner).__name__}: "
+                          "it makes its own data (set data: null)")
+    settings = LoopSettings(output_dir, max_steps=trainer.max_steps,
+                            max_seconds=parse_duration(cfg.trainer.get("max_time")),
+                            log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 1),
+                            fast_dev_run=int(trainer.fast_dev_run or 0), loggers=objects.loggers,
+                            signals=next((c for c in objects.callbacks if isinstance(c, StopOnSignal)), None))
+    metrics: dict[str, Any] = {}
+    record: dict[str, Any] = {}
+    if cfg.get("train", True):
+        start = time.perf_counter()
+        logged, record["stopped"] = learner.fit(settings, ckpt_path)
+        metrics["train/wall_seconds"] = time.perf_counter() - start
+        metrics.update(logged)
+        saved = settings.checkpoint_dir / "last.ckpt"
+        record["checkpoint"] = ({"path": _shown_path(saved, output_dir), "global_step": checkpoint_step(saved)}
+                                if not settings.fast_dev_run else
+                                {"path": None, "global_step": None,
+                                 "note": "no last.ckpt was written (trainer.fast_dev_run (debug) writes no checkpoint)"})
+    else:
+        learner.restore(ckpt_path)
+        record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
+    if cfg.get("test", True):
+        metrics.update(learner.test(settings))
+    return metrics, record
+
+
 @dataclass
 class RunObjects:
     """What one run is made of, built from its config."""
 
     precision: PrecisionChoice
-    datamodule: L.LightningDataModule
-    learner: L.LightningModule
+    datamodule: L.LightningDataModule | None  # None for a learner that makes its own data (a search)
+    learner: L.LightningModule | PlainRun
     callbacks: list[Any]
     loggers: list[Any]
     trainer: L.Trainer
@@ -127,18 +174,42 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), measu
     target or a keyword a class does not take then fails ``make test``, not a user's run. ``measure=False``
     leaves ``trainer.precision: auto`` at fp32 instead of timing a few steps (building, not running)."""
     precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
-    datamodule = instantiate(cfg.data)
-    learner = instantiate(cfg.learner, backbone=instantiate(cfg.model))
-    if measure:  # auto on a CPU with native bf16: the faster of the two for this run, measured (cached)
-        precision = measure_precision(precision, learner, datamodule)
+    datamodule = instantiate(cfg.data) if cfg.get("data") else None
+    learner = instantiate(cfg.learner, **learner_parts(cfg))
+    precision = fixed_precision(precision, learner)  # a learner whose results must not depend on the CPU: fp32
+    if measure and isinstance(learner, L.LightningModule) and datamodule is not None:
+        precision = measure_precision(precision, learner, datamodule)  # auto on a CPU with native bf16: the faster
     _announce(precision)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, "trainer", precision=precision.precision, callbacks=callbacks,
-                          logger=loggers or False)
+                          logger=loggers or False, **data_trainer_arguments(cfg, datamodule))
     return RunObjects(precision, datamodule, learner, callbacks, loggers, trainer)
+
+
+def learner_parts(cfg: DictConfig) -> dict[str, Any]:
+    """What the learner is built around: the network (``model`` -> ``backbone``) and, for a search, the
+    ``problem`` it optimises, each under its own name; a config without one passes nothing for it."""
+    parts = {}
+    if cfg.get("model"):
+        parts["backbone"] = instantiate(cfg.model)
+    if cfg.get("problem"):
+        parts["problem"] = instantiate(cfg.problem)
+    return parts
+
+
+def data_trainer_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
+    """Trainer arguments the data decides (a task stream: one fit over all its tasks' epochs); a config value
+    that differs is replaced, and the run says so."""
+    arguments = datamodule.trainer_arguments() if callable(getattr(datamodule, "trainer_arguments", None)) else {}
+    for key, value in arguments.items():
+        given = cfg.trainer.get(key)
+        if given not in (None, -1, value) and not (key == "reload_dataloaders_every_n_epochs" and given == 0):
+            print(f"[metalab] trainer.{key}={given} replaced by {value} (decided by the data: "
+                  f"{type(datamodule).__name__}.trainer_arguments)")
+    return arguments
 
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
@@ -227,23 +298,24 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
     signal_stop = next((c.received for c in callbacks if isinstance(c, StopOnSignal) and c.received), None)
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     max_steps, max_epochs = trainer.max_steps, trainer.max_epochs
+    budget = next((c for c in callbacks if isinstance(c, FitHorizonToTimeBudget)), None)
     if signal_stop:
         reason = f"signal {signal_stop}"
     elif trainer.fast_dev_run:
         reason = f"trainer.fast_dev_run={int(trainer.fast_dev_run)} (debug: that many batches per stage)"
     elif timer is not None and (timer.time_remaining() or 0) <= 0:
         reason = "max_time"
+    elif budget is not None and budget.reached(trainer):
+        reason = "max_steps (the schedule's horizon fitted to max_time)"
     elif max_steps not in (None, -1) and trainer.global_step >= max_steps:
-        fitted = any(isinstance(c, FitHorizonToTimeBudget) and c.horizon == max_steps for c in callbacks)
-        reason = "max_steps (the schedule's horizon fitted to max_time)" if fitted else "max_steps"
+        reason = "max_steps"
     elif max_epochs not in (None, -1) and trainer.current_epoch >= max_epochs:
         reason = "max_epochs"
     else:
         reason = "a callback (e.g. early stopping)"
-    budget = next((c.state_dict() for c in callbacks if isinstance(c, FitHorizonToTimeBudget)), None)
     return {"reason": reason, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
             "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None,
-            "time_budget": budget}
+            "time_budget": budget.state_dict() if budget is not None else None}
 
 
 def _shown_path(path: str | Path, output_dir: Path) -> str:

@@ -2,14 +2,11 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import compose_run, needs_omniglot  # noqa: E402
 
 from metalab.adapt import InnerLoop, TaskBatchedModel  # noqa: E402

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 l2l = pytest.importorskip("learn2learn")  # a peer, installed by scripts/install.sh; the parity tests need it
 
-from metalab.adapt import reference
-from metalab.learners.meta.maml import MAML
-from metalab.models.conv4 import Conv4, strided_conv4_like
+from metalab.adapt import reference  # noqa: E402 (after the peer's importorskip)
+from metalab.learners.meta.maml import MAML  # noqa: E402
+from metalab.models.conv4 import Conv4, strided_conv4_like  # noqa: E402
 
 TASKS, WAY, SHOT, QUERY = 3, 3, 2, 2
 SIDE = {"pooled": 8, "strided": 28}  # learn2learn's OmniglotCNN takes 28x28 images only

@@ -39,7 +39,7 @@ def run_stream(method: ContinualMethod, tmp_path: Path, seed: int = 0, lr: float
     learner = ContinualLearner(MLP(36, (16, 16)), method, functools.partial(torch.optim.SGD, lr=lr), plot=False)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, deterministic=True, default_root_dir=str(tmp_path),
-                        **trainer_kwargs)
+                        **{**stream.trainer_arguments(), **trainer_kwargs})
     trainer.fit(learner, datamodule=stream)
     trainer.test(learner, datamodule=stream, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}

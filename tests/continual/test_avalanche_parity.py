@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,8 +19,7 @@ import torch
 from torch import nn
 
 pytest.importorskip("avalanche")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "continual"))
-from common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
+from benchmarks.continual.common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
 
 from continual.helpers import tiny_stream  # noqa: E402
 from metalab.learners.continual import ContinualLearner, ContinualMethod, Finetune, LwF  # noqa: E402
@@ -37,9 +35,10 @@ def tiny_cnn() -> nn.Module:
 def train_ours(method: ContinualMethod, net: nn.Module, tmp_path: Path) -> nn.Module:
     learner = ContinualLearner(net, method, functools.partial(torch.optim.SGD, lr=LR), channels_last=False,
                                evaluate_initial=False, plot=False)
+    stream = tiny_stream()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
-    trainer.fit(learner, datamodule=tiny_stream())
+                        enable_model_summary=False, default_root_dir=str(tmp_path), **stream.trainer_arguments())
+    trainer.fit(learner, datamodule=stream)
     return learner.net
 
 

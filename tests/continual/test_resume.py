@@ -33,9 +33,9 @@ def _fit(method, root, ckpt_path=None, stop_after=None) -> dict:
                  RNGStateInCheckpoint()]
     if stop_after is not None:
         callbacks.append(StopAfterEpoch(stop_after))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, default_root_dir=str(root), callbacks=callbacks)
     stream = tiny_stream()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        deterministic=True, default_root_dir=str(root), callbacks=callbacks, **stream.trainer_arguments())
     trainer.fit(learner, datamodule=stream, ckpt_path=ckpt_path)
     if stop_after is not None:
         return {}

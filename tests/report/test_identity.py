@@ -14,11 +14,11 @@ from omegaconf import OmegaConf
 
 from metalab.report import collect
 from metalab.report.identity import fingerprint_yaml, identity, planned_yaml
-from metalab.report.study import compose_run, load_study, run_state
+from metalab.report.runner import run_state
+from metalab.report.study import compose_run, load_study
 from metalab.report.tables import refresh
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import omniglot_available, write_study  # noqa: E402
 
 BASE = {"seed": 0, "cpu_threads": 1, "paths": {"output_dir": "/a/run"}, "task_name": "x",

@@ -87,6 +87,23 @@ def test_committed_tables_equal_what_the_committed_records_give():
     assert not [str(p.relative_to(ROOT)) for p in refresh(root=ROOT, check=True)]
 
 
+def test_a_render_marker_draws_its_section_from_the_newest_record(tmp_path):
+    _records(tmp_path)
+    (tmp_path / "draw.py").write_text("def section(record):\n    return [f\"rows: {len(record['figures'])}\", '']\n")
+    text = "<!-- metalab:render records=r.jsonl with=draw.py:section -->\nold\n<!-- metalab:end -->\n"
+    newest = read_records(tmp_path / "r.jsonl")[-1]
+    assert render_markdown(text, tmp_path) == text.replace("old", f"rows: {len(newest['figures'])}")
+    with pytest.raises(MetalabError, match="has no function 'nope'"):
+        render_markdown(text.replace("section", "nope"), tmp_path)
+    with pytest.raises(MetalabError, match="takes records="):
+        render_markdown("<!-- metalab:render records=r.jsonl -->\n<!-- metalab:end -->\n", tmp_path)
+
+
+def test_the_services_results_page_is_generated_and_checked():
+    """experiments/services/results.md is made by `metalab tables` (so the check above covers it)."""
+    assert ROOT / "experiments" / "services" / "results.md" in marked_files(ROOT)
+
+
 def test_metalab_tables_check_command(tmp_path):
     _records(tmp_path)
     (tmp_path / "train.py").write_text("")

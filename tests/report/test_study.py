@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +12,10 @@ import pytest
 from metalab.errors import ConfigError
 from metalab.report import collect, render
 from metalab.report.identity import planned_yaml
-from metalab.report.study import check_runs, compose_run, load_study, run_state
+from metalab.report.runner import run_state
+from metalab.report.study import check_runs, compose_run, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import TINY, write_study  # noqa: E402
 def metalab(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metalab", *args], cwd=cwd, capture_output=True, text=True,
@@ -149,7 +148,7 @@ def test_adopting_a_finished_run_made_outside_the_study(tmp_path):
     planned = next(r for r in study.runs if r.seed == 1)
     config = planned_yaml(compose_run(study, planned)).replace("output_dir: <run>", f"output_dir: {outside}")
     (outside / "config_resolved.yaml").write_text(config)
-    from metalab.report.study import adopt, copy_records
+    from metalab.report.runner import adopt, copy_records
 
     runs = tmp_path / "runs"
     run = adopt(study, outside, runs)
@@ -182,7 +181,7 @@ def test_a_run_left_on_auto_precision_is_adopted_as_the_precision_it_resolved_to
     (outside / ".hydra" / "overrides.yaml").write_text("- +experiment=omniglot/protonet_5w1s\n- seed=1\n")
     record = {"metrics": {"test/5w1s/acc": 90.0}, "seed": 1, "precision": {"requested": "auto", "used": "32-true"}}
     (outside / "metrics.json").write_text(json.dumps(record))
-    from metalab.report.study import adopt
+    from metalab.report.runner import adopt
 
     assert adopt(study, outside, tmp_path / "runs").overrides == ("trainer.precision=32-true",)
     record["precision"]["used"] = "bf16-mixed"  # resolved to something else: not the same run

@@ -4,7 +4,6 @@ resume an interrupted run from its checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import TINY, omniglot_available, write_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

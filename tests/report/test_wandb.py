@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import TINY, omniglot_available, write_study  # noqa: E402
 from wandb_records import summary_of  # noqa: E402
 

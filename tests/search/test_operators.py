@@ -36,7 +36,8 @@ def test_polynomial_mutation_is_unbiased_and_local():
     moved = polynomial_mutation(genomes, np.zeros(1), np.ones(1), eta=20.0, rate=1.0, rng=rng)
     delta = moved - 0.5
     assert abs(delta.mean()) < 1e-3           # symmetric around the parent in the middle of the range
-    # Deb's distribution: P(|delta| > d) = (1 - d)^(eta+1) for the unbounded form; the bound correction at 0.5 is ~0.5^21
+    # Deb's distribution: P(|delta| > d) = (1 - d)^(eta+1) for the unbounded form; the bound correction at 0.5
+    # is ~0.5^21
     for d in (0.01, 0.05, 0.1):
         assert np.mean(np.abs(delta) > d) == pytest.approx((1 - d) ** 21, abs=0.005)
 

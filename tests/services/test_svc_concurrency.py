@@ -1,4 +1,5 @@
-"""Concurrent writers with retries record every outcome exactly once (small; experiments/services/reliability.py is 8 x 10,000 on a live server)."""
+"""Concurrent writers with retries record every outcome exactly once (small; experiments/services/reliability.py is
+8 x 10,000 on a live server)."""
 
 import threading
 from collections import Counter

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from metalab.learners.meta.outer_update import reptile_update
+from metalab.adapt.outer_update import reptile_update
 from metalab.services.errors import Conflict, Unprocessable
 from metalab.services.governor import (GovernorService, GovernorSettings, GovernorState, Knob, combine_priors, meta_reward,
                                        observe, propose)
@@ -57,7 +57,7 @@ def test_bad_change_is_rolled_back_and_cooldowns_hold():
     propose(state, {"lr": 0.1})
     with pytest.raises(Conflict, match="cooling down"):
         propose(state, {"lr": 0.05})
-    for step in range(1, 11):
+    for step in range(1, 11):  # noqa: B007 (read after the loop: the step of the rollback)
         if observe(state, float(rng.normal(0.0, 0.1))) == "rollback":  # the change costs a whole unit of reward
             break
     assert step <= 3 and state.values == good

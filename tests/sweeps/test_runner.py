@@ -8,7 +8,6 @@ from pathlib import Path
 import optuna
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import needs_omniglot  # noqa: E402
 from metalab.cli import main as metalab_main
 from metalab.sweeps.runner import WORKER_ATTR, fail_trials_of_dead_workers

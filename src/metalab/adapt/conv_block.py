@@ -3,7 +3,8 @@
 The block is ``relu(maxpool2(batchnorm(conv(x))))`` with batch statistics per channel (MAML's batch
 norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Its geometry comes from the model:
 any square kernel, stride and zero padding for the convolution, and 2x2 max-pooling or none (the
-strided Omniglot network of Finn et al. 2017 has no pooling: ``relu(batchnorm(conv(x)))``). Written with the plain layers,
+strided Omniglot network of Finn et al. 2017 has no pooling: ``relu(batchnorm(conv(x)))``). Written with the plain
+layers,
 MAML's second order spends much of its time outside the convolutions: batch norm's double backward
 makes many element-wise passes over the full-resolution maps, and PyTorch's double backward of a
 grouped convolution runs one small convolution per group (what timing the ops of a second-order

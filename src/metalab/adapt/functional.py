@@ -11,7 +11,8 @@ Two implementations, chosen by the module:
   to similar per-task work). Batch norm then normalises over ``[n, (t c), h, w]``: each channel of
   each task with that task's own batch statistics, exactly what MAML does (native batch norm *under
   vmap* was measured to give second-order meta-gradients wrong by ~6% with torch 2.13, an earlier pin,
-  not re-measured on 2.14.1; this form is exact, tests/adapt). Each block is :func:`metalab.adapt.conv_block.conv_bn_pool_relu`, which
+  not re-measured on 2.14.1; this form is exact, tests/adapt). Each block is
+  :func:`metalab.adapt.conv_block.conv_bn_pool_relu`, which
   rewrites conv -> batch norm -> pool -> ReLU into a form with the same values and derivatives but a
   cheap double backward for MAML's support pass (``twice_differentiable=True``), and takes the first
   block's statistics from the input patches.

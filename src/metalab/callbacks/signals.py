@@ -26,6 +26,10 @@ class StopOnSignal(L.Callback):
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.install()
+
+    def install(self) -> None:
+        """Catch the first SIGTERM/SIGINT from now on (also used by the plain search loop, which has no Trainer)."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         self.received = None
@@ -56,12 +60,13 @@ class StopOnSignal(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
+        self.restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
+        self.restore()
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

@@ -19,7 +19,8 @@ indexing op, not 32 ``__getitem__`` calls and a collate; this keeps the loop at 
 
 The data module serves the *current* task's training loader. With one ``Trainer.fit`` over
 ``n_tasks * epochs_per_task`` epochs and ``reload_dataloaders_every_n_epochs=1`` the current task is
-``trainer.current_epoch // epochs_per_task`` (the continual learner sets both trainer values).
+``trainer.current_epoch // epochs_per_task``: :meth:`TaskStream.trainer_arguments` names both Trainer
+arguments and :func:`metalab.run.build_run` passes them to the Trainer it builds.
 
 CIFAR-10 caveat: the offline copy (shared/data/cifar10) was built from JPEG-compressed images (quality
 ~75), so pixels are close to, but not bit-identical with, the official arrays; its channel std is about
@@ -301,6 +302,12 @@ class TaskStream(L.LightningDataModule):
     def class_order(self) -> list[int]:
         """Original class of each label (for the run record)."""
         return list(range(self.n_classes))
+
+    def trainer_arguments(self) -> dict[str, int]:
+        """The Trainer arguments this stream decides: one fit covers every task's epochs, and the training
+        loader is rebuilt each epoch so that it serves the current task (``Trainer(**stream.trainer_arguments())``;
+        :func:`metalab.run.build_run` does it for a configured run)."""
+        return {"max_epochs": self.n_tasks * self.epochs_per_task, "reload_dataloaders_every_n_epochs": 1}
 
     # -- what the learner asks for -----------------------------------------------------------------------
     def current_task(self) -> int:

@@ -1,9 +1,9 @@
-"""Architecture search and retraining as LightningModules (shells over :mod:`metalab.nas`).
+"""Architecture search and retraining (shells over :mod:`metalab.nas`).
 
 - :class:`DartsLearner`: first-order DARTS on the supernet, manual optimisation, one architecture step
   (search-validation batch) then one weight step (search-train batch) per training step.
-- :class:`CellSearchLearner`: regularized evolution or random search through the project's
-  :class:`~metalab.learners.search.SearchLearner`, plus the chosen cell's record and picture.
+- :class:`CellSearchLearner`: regularized evolution or random search on the plain loop of
+  :class:`~metalab.learners.search.SearchRun`, plus the chosen cell's record and picture.
 - :class:`CellClassifier`: a genotype's network retrained from scratch and tested on the CIFAR-10 test split.
 
 Each puts its genotype into the run's ``metrics.json`` (``run_record``, read by :func:`metalab.run.train`)
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from metalab.errors import require
-from metalab.learners.search import SearchLearner
+from metalab.learners.search import SearchRun
 from metalab.nas.darts import auxiliary_skip_beta, classification_loss
 from metalab.nas.network import CellNetwork, SuperNetwork, count_parameters
 from metalab.nas.plot import draw_cell
@@ -162,9 +162,10 @@ class DartsLearner(L.LightningModule):
         self.clock.seconds, self.epoch_seconds = float(state["cpu_seconds"]), list(state["epoch_seconds"])
 
 
-class CellSearchLearner(SearchLearner):
-    """Regularized evolution or random search over cells (``backbone``: a
-    :class:`~metalab.nas.fitness.CellTrainingProblem`); the chosen cell goes into the record and ``cell.png``."""
+class CellSearchLearner(SearchRun):
+    """Regularized evolution or random search over cells (``problem``: a
+    :class:`~metalab.nas.fitness.CellTrainingProblem`) on the plain loop of :class:`~metalab.learners.search.SearchRun`;
+    the chosen cell goes into the record and ``cell.png``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,27 +174,26 @@ class CellSearchLearner(SearchLearner):
     def chosen(self) -> Genotype:
         return Genotype.from_indices(self.searcher.best().genome)
 
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         self.clock.start()
 
-    def on_train_end(self) -> None:
-        super().on_train_end()
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
         self.clock.stop()
-        out = Path(self.trainer.default_root_dir)
-        (out / "genotype.txt").write_text(str(self.chosen()) + "\n")
-        draw_cell(self.chosen(), out / "cell.png", f"{type(self.searcher).__name__}\n{self.chosen()}")
+        (self.output_dir / "genotype.txt").write_text(str(self.chosen()) + "\n")
+        draw_cell(self.chosen(), self.output_dir / "cell.png", f"{type(self.searcher).__name__}\n{self.chosen()}")
 
     def run_record(self) -> dict[str, Any]:
         history = self.problem.history
         return {"genotype": str(self.chosen()), "evaluations": history, "search_cpu_seconds": self.clock.now(),
                 "best_fitness": self.problem.cache.get(str(self.chosen()))}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["cell_search_state"] = {"problem": self.problem.state_dict(), "cpu_seconds": self.clock.now()}
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "cell_search_state": {"problem": self.problem.state_dict(),
+                                                         "cpu_seconds": self.clock.now()}}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+    def load_state(self, checkpoint: dict[str, Any]) -> None:
+        super().load_state(checkpoint)
         state = checkpoint["cell_search_state"]
         self.problem.load_state_dict(state["problem"])
         self.clock.seconds = float(state["cpu_seconds"])

@@ -32,7 +32,8 @@ GUARDS = ("dartsminus", "none")
 
 
 def auxiliary_skip_beta(guard: str, step: int, total_steps: int, beta_start: float = 1.0) -> float:
-    """DARTS-'s ``beta`` at ``step`` of ``total_steps``: ``beta_start * (1 - step / total_steps)``; 0 without the guard."""
+    """DARTS-'s ``beta`` at ``step`` of ``total_steps``: ``beta_start * (1 - step / total_steps)``; 0 without the
+    guard."""
     require(guard in GUARDS, "learner.guard", f"one of {', '.join(GUARDS)}", guard)
     if guard == "none":
         return 0.0

@@ -61,10 +61,10 @@ class CellTrainingProblem:
     def __init__(self, search_examples: int = 6000, subset_seed: int = 0, resolution: int = 16, steps: int = 100,
                  batch_size: int = 64, learning_rate: float = 0.05, channels: int = 16, cells_per_stage: int = 1,
                  seed: int = 0, data_dir: str | None = None) -> None:
-        require(steps >= 1, "model.steps", ">= 1", steps)
+        require(steps >= 1, "problem.steps", ">= 1", steps)
         self.space = search_space()
         self.train, self.valid = search_split(search_examples, subset_seed, resolution, data_dir)
-        require(batch_size <= len(self.train[1]), "model.batch_size", f"<= {len(self.train[1])} (half the search examples)",
+        require(batch_size <= len(self.train[1]), "problem.batch_size", f"<= {len(self.train[1])} (half the search examples)",
                 batch_size)
         self.steps, self.batch_size, self.learning_rate = steps, batch_size, learning_rate
         self.channels, self.cells_per_stage, self.seed = channels, cells_per_stage, seed

@@ -67,7 +67,8 @@ class CellEdges(nn.Module):
             for (source, target), ops in zip(EDGES, ops_per_edge)})
 
     def run(self, x: torch.Tensor, edge_output) -> torch.Tensor:
-        """Node ``j`` = sum over ``i < j`` of ``edge_output(edge index, ops of edge i->j, node i)``; returns the last node."""
+        """Node ``j`` = sum over ``i < j`` of ``edge_output(edge index, ops of edge i->j, node i)``; returns the last
+        node."""
         nodes = [x]
         for target in range(1, NODES):
             total = None

@@ -63,6 +63,7 @@ def run_report(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from metalab.report import collect, render, study as studies
+    from metalab.report import runner
 
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         raise ConfigError(f"--jobs and --threads must be >= 1 (got {args.jobs}, {args.threads})")
@@ -73,13 +74,13 @@ def run_report(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigError(f"--only {unknown[0]!r} is not allowed: study {plan.name} has rows {', '.join(plan.labels)}")
     studies.check_runs(plan)
-    runs_root = (args.runs_dir or studies.default_runs_root(plan.root)).resolve()
+    runs_root = (args.runs_dir or runner.default_runs_root(plan.root)).resolve()
     for folder in args.adopt:
-        adopted = studies.adopt(plan, folder.resolve(), runs_root)
-        studies.copy_records(plan, adopted, runs_root)
+        adopted = runner.adopt(plan, folder.resolve(), runs_root)
+        runner.copy_records(plan, adopted, runs_root)
         print(f"[{plan.name}] adopted {folder} as {adopted.label} seed {adopted.seed}")
     to_run = replace(plan, runs=[r for r in plan.runs if r.label in args.only]) if args.only else plan
-    failed = [] if args.no_run else studies.run_study(to_run, runs_root, jobs=args.jobs, keep_stale=args.keep_stale)
+    failed = [] if args.no_run else runner.run_study(to_run, runs_root, jobs=args.jobs, keep_stale=args.keep_stale)
     collected = collect.collect(plan, keep_stale=args.keep_stale)
     command = f"metalab report {_shown(plan.path, plan.root)}" + (f" --budget {plan.budget}" if plan.budget != plan.budgets[0] else "")
     path = render.write_report(plan, collected, command)

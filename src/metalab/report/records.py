@@ -17,7 +17,8 @@ traced to a line a command wrote, and tables in the docs are generated from thos
 booleans, None). The record adds, without being asked: the command (``python <script> <args>``, with
 paths relative to the repository), the git commit (and whether the worktree had uncommitted changes),
 the CPU model and its instruction-set features, torch's thread count, ``OMP_NUM_THREADS``, the load
-average when the record was written (what else was running), the package versions and the UTC date. Records are appended, never rewritten: a rerun adds a line, and a table
+average when the record was written (what else was running), the package versions and the UTC date. Records are
+appended, never rewritten: a rerun adds a line, and a table
 chooses which lines it shows (``last=1``, ``where=...``; see :mod:`metalab.report.tables`).
 
 Files are JSON Lines (``.jsonl``): one record per line, so appends from concurrent runs and diffs stay

@@ -2,7 +2,7 @@
 
 A results file keeps its prose and marks where a generated table goes::
 
-    <!-- metalab:table records=benchmarks/meta/records/maml_vs_learn2learn.jsonl last=1 columns=order,inner_steps,speedup -->
+    <!-- metalab:table records=benchmarks/meta/records/maml_vs_learn2learn.jsonl last=1 columns=order,speedup -->
     (the table; rewritten by `metalab tables`)
     <!-- metalab:end -->
 
@@ -23,6 +23,14 @@ A study's results (the rows of its ``report.md``, from its committed run records
     <!-- metalab:study study=experiments/omniglot_fewshot.yaml budget=full -->
     <!-- metalab:end -->
 
+A section whose figures do not fit one table (nested figures, prose around them) is rendered by a function of a
+script beside the records, from the newest record of the file::
+
+    <!-- metalab:render records=experiments/services/records/drift.jsonl with=experiments/services/report.py:drift -->
+    <!-- metalab:end -->
+
+(``with=<script>:<function>``; the function takes the record and returns Markdown lines.)
+
 ``metalab tables`` rewrites every marked block in the repository's Markdown files; ``metalab tables
 --check`` exits 1 if any differs from what the records give (a test runs the same check), so a table
 typed by hand or left behind by a new record is caught. A study block shows only records made by the
@@ -32,6 +40,7 @@ file changes the table, and ``--check`` fails naming the runs that went stale.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -41,7 +50,8 @@ from typing import Any
 from metalab.errors import MetalabError
 from metalab.report.records import read_records, repo_root
 
-OPEN = re.compile(r"^<!-- metalab:(?P<kind>table|study) (?P<options>.*?) -->\n", re.MULTILINE)
+OPEN = re.compile(r"^<!-- metalab:(?P<kind>table|study|render) (?P<options>.*?) -->\n", re.MULTILINE)
+MARKERS = ("<!-- metalab:table ", "<!-- metalab:study ", "<!-- metalab:render ")
 CLOSE = "<!-- metalab:end -->"
 CONTEXT_FIELDS = {"date": lambda r: r.get("date", "")[:10], "commit": lambda r: r.get("commit") or "",
                   "cpu": lambda r: _short_cpu(r.get("cpu", "")), "threads": lambda r: r.get("torch_threads", ""),
@@ -160,6 +170,28 @@ def render_study_block(options: str, root: Path, where_found: str, problems: lis
     return render.summary_table(study, collected, root)
 
 
+def render_section_block(options: str, root: Path, where_found: str) -> str:
+    """A section drawn by ``with=<script>:<function>`` from the newest record of ``records=<file.jsonl>``."""
+    values = dict(word.partition("=")[::2] for word in options.split())
+    if set(values) != {"records", "with"} or ":" not in values["with"]:
+        raise MetalabError(f"{where_found}: a metalab:render marker takes records=<file.jsonl> "
+                           "with=<script.py>:<function>, nothing else")
+    script, _, function = values["with"].partition(":")
+    path = root / values["records"]
+    records = read_records(path) if path.exists() else []
+    if not records:
+        return f"Not run yet (no `{values['records']}`)."
+    spec = importlib.util.spec_from_file_location(f"metalab_render_{Path(script).stem}", root / script)
+    if spec is None or spec.loader is None or not (root / script).is_file():
+        raise MetalabError(f"{where_found}: with={values['with']}: no such script")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    render = getattr(module, function, None)
+    if not callable(render):
+        raise MetalabError(f"{where_found}: with={values['with']}: {script} has no function {function!r}")
+    return "\n".join(render(records[-1])).strip("\n")
+
+
 def render_markdown(text: str, root: Path, where_found: str = "<text>", problems: list[str] | None = None) -> str:
     """``text`` with every marked block replaced by the table its records give now; the stale and missing
     runs of its study blocks are appended to ``problems``."""
@@ -172,6 +204,8 @@ def render_markdown(text: str, root: Path, where_found: str = "<text>", problems
             raise MetalabError(f"{where_found}: a metalab:{match.group('kind')} marker has no closing {CLOSE}")
         if match.group("kind") == "study":
             table = render_study_block(match.group("options"), root, where_found, problems)
+        elif match.group("kind") == "render":
+            table = render_section_block(match.group("options"), root, where_found)
         else:
             spec = TableSpec.parse(match.group("options"), where_found)
             path = root / spec.records
@@ -189,7 +223,7 @@ def marked_files(root: Path) -> list[Path]:
         if SKIPPED_FOLDERS.intersection(path.relative_to(root).parts):
             continue
         text = path.read_text(errors="replace")
-        if "<!-- metalab:table " in text or "<!-- metalab:study " in text:
+        if any(marker in text for marker in MARKERS):
             found.append(path)
     return found
 

@@ -15,10 +15,11 @@ Finch 2009, "Incremental calculation of weighted mean and variance").
   toward it by one Reptile step.
 
 Priors across domains: the per-domain priors (normalised to [0, 1] by the knobs' bounds) are combined by
-the core's Reptile update (:func:`metalab.learners.meta.outer_update.reptile_update`) after dropping outlier
+the core's Reptile update (:func:`metalab.adapt.outer_update.reptile_update`) after dropping outlier
 domains, those no other domain corroborates: a distance to the nearest other domain with a robust z-score
 (median absolute deviation) above ``outlier_z`` and larger than ``min_outlier_distance`` (a lone domain
-cannot be told from a bad record), and with diversity weights (a domain's weight is 1 / the number of domains within ``radius`` of
+cannot be told from a bad record), and with diversity weights (a domain's weight is 1 / the number of domains
+within ``radius`` of
 it, so a cluster of near-identical domains counts about once). A new governor starts from its domain's
 prior, else the combined prior, else each knob's default.
 """
@@ -34,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from metalab.learners.meta.outer_update import reptile_update
+from metalab.adapt.outer_update import reptile_update
 from metalab.services.errors import Conflict, NotFound, Unprocessable
 from metalab.services.store.models import DomainPrior, Governor, GovernorEvent, utcnow
 

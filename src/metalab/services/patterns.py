@@ -41,7 +41,8 @@ class PatternConfig:
 
 @dataclass(frozen=True)
 class RecordView:
-    """The parts of a recommendation patterns look at; ``agreeing_agents`` counts distinct agents with the same (subject, action)."""
+    """The parts of a recommendation patterns look at; ``agreeing_agents`` counts distinct agents with the same
+    (subject, action)."""
 
     agent: str
     kind: str

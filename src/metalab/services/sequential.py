@@ -16,7 +16,7 @@ normal-mixture confidence sequence of Robbins (1970), as written in Howard, Ramd
 
 With a plug-in variance the guarantee is asymptotic (Johari et al. 2022, section 4); the experiment
 engine waits for ``min_samples_per_variant`` outcomes per arm before it acts, and
-``experiments/services/sequential_aa.py`` measures the false-positive rate this gives. Every function
+``experiments/services/sequential_ab.py`` measures the false-positive rate this gives. Every function
 takes numpy arrays of any shape so simulations evaluate thousands of looks at once with this same code.
 """
 

@@ -9,7 +9,8 @@ The release is OpenDP's: the clipped sum and the count of the cohort's values
 (``make_sum`` / ``make_count`` over ``vector_domain(atom_domain(bounds=(lower, upper)))`` under the
 symmetric distance, i.e. adding or removing one workspace), each through the Gaussian mechanism, composed
 under zero-concentrated DP and converted to (epsilon, delta)-DP; the noise scale is the least that OpenDP's
-own ``map`` certifies (epsilon, delta)-DP (a bisection, :func:`smallest_private_scale`) for one workspace (epsilon = 1.0, delta =
+own ``map`` certifies (epsilon, delta)-DP (a bisection, :func:`smallest_private_scale`) for one workspace
+(epsilon = 1.0, delta =
 1e-6 by default). The mean is sum / count, post-processing. OpenDP accounts for floating-point rounding
 in the sum's sensitivity; nothing here computes a sensitivity or draws noise itself.
 

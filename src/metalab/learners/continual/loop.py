@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +120,7 @@ def scenario_predictions(logits: torch.Tensor, task_ids: torch.Tensor | None, cl
 @torch.no_grad()
 def evaluate_task(net: nn.Module, batches: Iterable[Batch], classes_per_task: int,
                   prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
+                  forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                   scenarios: Sequence[str] = SCENARIOS) -> TaskScore:
     """Correct counts per scenario of ``net`` (in the mode it is in) over one task's batches."""
     correct = dict.fromkeys(scenarios, 0)
@@ -137,7 +137,7 @@ def evaluate_task(net: nn.Module, batches: Iterable[Batch], classes_per_task: in
 
 def evaluate_all_tasks(net: nn.Module, stream: TaskStream,
                        prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                       forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> list[TaskScore]:
+                       forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[TaskScore]:
     """:func:`evaluate_task` on every task of ``stream``'s test split in each of the stream's scenarios, in
     evaluation mode (restored after)."""
     was_training = net.training

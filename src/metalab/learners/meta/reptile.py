@@ -3,7 +3,7 @@
 Each task of the meta-batch is adapted with ``inner_steps`` SGD steps on its support set (all tasks
 at once, first order); the initialisation then moves toward the mean of the adapted weights:
 ``theta <- theta + eps * mean_t(theta_t - theta)``. This is done by handing the optimiser the
-"gradient" ``theta - mean_t(theta_t)`` (the negated :func:`~metalab.learners.meta.outer_update.reptile_direction`,
+"gradient" ``theta - mean_t(theta_t)`` (the negated :func:`~metalab.adapt.outer_update.reptile_direction`,
 the one copy of the interpolation, shared with the services' governor): with SGD(lr=eps) it is exactly
 ``reptile_update(theta, theta_t, eps)``.
 A meta-batch of 1 is serial Reptile; more tasks is batched Reptile.
@@ -15,7 +15,7 @@ import torch
 
 from metalab.learners.meta.episodic import Batch
 from metalab.learners.meta.maml import MAML
-from metalab.learners.meta.outer_update import reptile_direction
+from metalab.adapt.outer_update import reptile_direction
 
 
 class Reptile(MAML):

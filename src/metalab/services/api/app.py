@@ -224,7 +224,8 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     @app.get(v1 + "/experiments/{experiment_id}/analysis", response_model=s.AnalysisOut, responses=ERRORS,
              tags=["experiments"])
     def analyse(request: Request, workspace: Workspace_, experiment_id: ExperimentId):
-        """Per-variant estimates with intervals, probability to be best, always-valid comparisons, the decision and why."""
+        """Per-variant estimates with intervals, probability to be best, always-valid comparisons, the decision and
+        why."""
         with _sessions(request)() as session:
             experiment, analysis = ExperimentService(session, workspace).analyse(experiment_id)
             data = analysis.as_dict()

@@ -177,8 +177,8 @@ def check_method_fits(method: ContinualMethod, stream: StreamInfo) -> None:
     if (method.needs_task_ids_at_test or method.masks_training_logits_to_task) and not stream.task_ids_at_test:
         raise ConfigError(f"learner.method={method.name} needs the task id of each test example (task-specific "
                           f"heads or columns), but this stream is evaluated as {' / '.join(stream.scenarios)}, "
-                          "where the task is not given; choose a method with a single head (finetune, joint, ewc, "
-                          "online_ewc, er, derpp, lwf) or a class-split stream")
+                          "where the task is not given; choose a method with a single head (one whose "
+                          "needs_task_ids_at_test and masks_training_logits_to_task are False) or a class-split stream")
 
 
 def check_method(method: object) -> ContinualMethod:
