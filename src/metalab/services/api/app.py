@@ -319,7 +319,8 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     from metalab.services.api import learning_routes  # issue 20's services; imports this module's helpers
 
     learning_routes.install(app, v1)
-    from metalab.services.api import limits  # issue 38: token and body size checked before the body is read
+    from metalab.services.api import expert_routes, limits  # issue 35.3's registry; issue 38's request limits
 
+    app.include_router(expert_routes.router, prefix=v1)
     limits.install_limits(app, settings)
     return app
