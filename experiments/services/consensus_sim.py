@@ -174,8 +174,10 @@ def main() -> None:
     print(f"service decisions equal the core's on 100 questions per method: {matches}")
     rows += [{"table": "service", "method": m, "service_matches_core": ok, "questions": 100, "load": load}
              for m, ok in matches.items()]
-    append_record("experiments/services/records/consensus.jsonl", rows,
-                  settings={"seeds": args.seeds, "questions": args.questions, "answers": K})
+    for table in ("accuracy", "regret", "service"):  # one record each, so a results table can select it
+        append_record("experiments/services/records/consensus.jsonl", [r for r in rows if r["table"] == table],
+                      benchmark=f"consensus_{table}",
+                      settings={"seeds": args.seeds, "questions": args.questions, "answers": K})
 
 
 if __name__ == "__main__":
