@@ -18,7 +18,7 @@ step 1/sqrt(t+1), Zinkevich 2003); accuracy-weighted vote (log-odds of each expe
 accuracy, Nitzan & Paroush 1982); and the best single expert in hindsight (most right answers over the same
 questions).
 Reported per scenario and method: accuracy on the second half of the questions ("once weights are learned")
-and over all, mean and 95% t-interval over seeds; and for weighted majority its mistakes against the best
+and over all, mean and 95% t-interval over seeds; paired differences (same questions) between methods; and for weighted majority its mistakes against the best
 expert's (regret) beside the algorithm's bound (ln N + m ln(1/beta)) / ln(2/(1+beta)) - m, on every seed.
 A last check runs 100 questions per learned method (weighted majority, logistic) through ExpertService on a
 SQLite store and compares its decisions with the core's.
@@ -103,6 +103,13 @@ def summarise(scenario: str, runs: list[dict], questions: int) -> list[dict]:
         rows.append({"table": "accuracy", "scenario": scenario, "method": method, "seeds": len(runs),
                      "questions": questions, "acc_second_half": m2, "ci_low": lo2, "ci_high": hi2,
                      "acc_all": m, "acc_all_ci_low": lo, "acc_all_ci_high": hi})
+    for better, worse in (("learned_logistic", "majority"), ("learned_logistic", "best_single_expert_in_hindsight"),
+                          ("weighted_majority_b0.5", "best_single_expert_in_hindsight"),
+                          ("weighted_majority_b0.5", "majority")):
+        # the methods answer the same questions, so the per-seed difference has a much tighter interval
+        d, lo, hi = mean_ci([a - b for a, b in zip(per_method[better][0], per_method[worse][0])])
+        rows.append({"table": "paired", "scenario": scenario, "comparison": f"{better} - {worse}", "seeds": len(runs),
+                     "diff_second_half": d, "ci_low": lo, "ci_high": hi})
     n = runs[0]["expert_right"].shape[0]
     for method, (_, beta) in METHODS.items():
         if beta is None:
@@ -174,7 +181,7 @@ def main() -> None:
     print(f"service decisions equal the core's on 100 questions per method: {matches}")
     rows += [{"table": "service", "method": m, "service_matches_core": ok, "questions": 100, "load": load}
              for m, ok in matches.items()]
-    for table in ("accuracy", "regret", "service"):  # one record each, so a results table can select it
+    for table in ("accuracy", "paired", "regret", "service"):  # one record each, so a results table can select it
         append_record("experiments/services/records/consensus.jsonl", [r for r in rows if r["table"] == table],
                       benchmark=f"consensus_{table}",
                       settings={"seeds": args.seeds, "questions": args.questions, "answers": K})
