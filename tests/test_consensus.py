@@ -60,7 +60,8 @@ def test_greedy_team_against_brute_force_on_small_registries():
 
 
 def test_team_prefers_the_better_record_and_fewer_members():
-    candidates = [c.Candidate("weak", {"nlp": 5, "vision": 5}, 0.2), c.Candidate("strong", {"nlp": 5, "vision": 5}, 0.9),
+    candidates = [c.Candidate("weak", {"nlp": 5, "vision": 5}, 0.2),
+                  c.Candidate("strong", {"nlp": 5, "vision": 5}, 0.9),
                   c.Candidate("a", {"nlp": 5}, 1.0), c.Candidate("b", {"vision": 5}, 1.0)]
     assert c.assemble_team(candidates, {"nlp": 3, "vision": 4}).members == ["strong"]
     assert c.assemble_team(candidates[2:], {"nlp": 3, "vision": 4}).members == ["a", "b"]

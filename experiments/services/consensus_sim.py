@@ -18,8 +18,9 @@ step 1/sqrt(t+1), Zinkevich 2003); accuracy-weighted vote (log-odds of each expe
 accuracy, Nitzan & Paroush 1982); and the best single expert in hindsight (most right answers over the same
 questions).
 Reported per scenario and method: accuracy on the second half of the questions ("once weights are learned")
-and over all, mean and 95% t-interval over seeds; paired differences (same questions) between methods; and for weighted majority its mistakes against the best
-expert's (regret) beside the algorithm's bound (ln N + m ln(1/beta)) / ln(2/(1+beta)) - m, on every seed.
+and over all, mean and 95% t-interval over seeds; paired differences (same questions) between methods;
+and for weighted majority its mistakes against the best expert's (regret) beside the algorithm's bound
+(ln N + m ln(1/beta)) / ln(2/(1+beta)) - m, on every seed.
 A last check runs 100 questions per learned method (weighted majority, logistic) through ExpertService on a
 SQLite store and compares its decisions with the core's.
 

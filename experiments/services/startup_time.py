@@ -21,7 +21,8 @@ import time
 from metalab.report.records import append_record
 
 VARIANTS = {
-    "before (every subcommand's module)": "from metalab.cli import build_parser; build_parser().parse_args(['serve', '--bogus'])",
+    "before (every subcommand's module)":
+        "from metalab.cli import build_parser; build_parser().parse_args(['serve', '--bogus'])",
     "after (only the named command's)": "from metalab.cli import main; main(['serve', '--bogus'])",
 }
 

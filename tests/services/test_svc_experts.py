@@ -83,6 +83,6 @@ def test_workspaces_are_separate(api):
     assert api.get(f"{BASE}/experts/ana", headers=auth("beta")).status_code == 403
     assert api.get("/v1/workspaces/beta/experts/ana", headers=auth("beta")).status_code == 404
     assert api.get(f"{BASE}/experts/ana").status_code == 401
-    round_ = api.post(f"{BASE}/consensus/rounds", json={"question": "q", "proposals": [{"expert": "ana", "answer": "x"}]},
-                      headers=auth()).json()
+    body = {"question": "q", "proposals": [{"expert": "ana", "answer": "x"}]}
+    round_ = api.post(f"{BASE}/consensus/rounds", json=body, headers=auth()).json()
     assert api.get(f"/v1/workspaces/beta/consensus/rounds/{round_['id']}", headers=auth("beta")).status_code == 404

@@ -121,4 +121,5 @@ def _body_limit(explicit: int | None, from_file: object) -> int:
 
 def _validate_body_limit(value: object, source: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BODY_BYTES_CEILING:
-        raise ConfigError(f"{source}={value!r} is not allowed: {source} must be an integer in 1..{MAX_BODY_BYTES_CEILING}")
+        raise ConfigError(f"{source}={value!r} is not allowed: {source} must be an integer in "
+                          f"1..{MAX_BODY_BYTES_CEILING}")

@@ -14,7 +14,8 @@ from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from metalab import consensus as core
-from metalab.services.api.app import ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions, idempotent_write
+from metalab.services.api.app import (ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions,
+                                      idempotent_write)
 from metalab.services.api.schemas import MAX_ID, NO_NUL, Page, Probability, ShortName, Strict, Text
 from metalab.services.errors import Unprocessable
 from metalab.services.experts import ExpertService, record_of

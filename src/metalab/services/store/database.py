@@ -103,7 +103,8 @@ def check_database(url: str, timeout_s: float = 5.0) -> None:
     if parsed.get_backend_name() == "sqlite":
         engine = create_store_engine(url)
     else:
-        args = {"connect_timeout": max(1, round(timeout_s))} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+        timed = parsed.get_backend_name() in ("postgresql", "mysql")  # their drivers take connect_timeout
+        args = {"connect_timeout": max(1, round(timeout_s))} if timed else {}
         engine = create_engine(parsed, poolclass=NullPool, connect_args=args)
     try:
         with engine.connect() as connection:
