@@ -47,7 +47,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--connect-timeout", type=float, default=5.0,
                        help="seconds to wait for the database at start-up (default: %(default)s)")
     serve.add_argument("--no-migrate", action="store_true", help="do not upgrade the schema on start")
-    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                       help="uvicorn's log level (default: %(default)s; info logs every request)")
     serve.set_defaults(func=_serve)
 
     # the job names are checked when the job runs, so that `metalab env` does not import SQLAlchemy and scipy
