@@ -30,7 +30,7 @@ from metalab.services.config import ServiceSettings
 from metalab.services.errors import Conflict, ServiceError
 from metalab.services.experiments import ExperimentService, ExperimentSpec
 from metalab.services.patterns import PatternService
-from metalab.services.store import create_store_engine, migrate, session_factory
+from metalab.services.store import create_store_engine, migrate, read_session_factory, session_factory
 from metalab.services.store.models import Experiment, ExperimentOutcome, IdempotencyRecord, Recommendation, Variant, Workspace
 from metalab.services.trust import TrustReport, TrustService
 
@@ -47,6 +47,9 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_lengt
 
 
 def _sessions(request: Request) -> sessionmaker[Session]:
+    """Read-only sessions (deferred, never wait behind a writer) for GET, write sessions for the other methods."""
+    if request.method in ("GET", "HEAD"):
+        return request.app.state.read_sessions
     return request.app.state.sessions
 
 
@@ -159,6 +162,7 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     app = FastAPI(title="metalab services", version="1", description=__doc__.split("\n\n")[0],
                   responses={422: {"model": s.ErrorOut}})
     app.state.settings, app.state.sessions, app.state.engine = settings, sessions, engine
+    app.state.read_sessions = read_session_factory(engine)
     _install_error_handlers(app)
 
     @app.get("/health", tags=["meta"])
@@ -316,4 +320,8 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     from metalab.services.api import learning_routes  # issue 20's services; imports this module's helpers
 
     learning_routes.install(app, v1)
+    from metalab.services.api import expert_routes, limits  # issue 35.3's registry; issue 38's request limits
+
+    app.include_router(expert_routes.router, prefix=v1)
+    limits.install_limits(app, settings)
     return app

@@ -341,3 +341,42 @@ class DomainPrior(Base):
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     updates: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- issue 35.3: expert registry and learned consensus ---------------------------------------------------
+class Expert(Base):
+    """An agent or model with skills (skill -> level 1..5), its weighted-majority weight and its record."""
+
+    __tablename__ = "experts"
+    __table_args__ = (UniqueConstraint("workspace", "name", name="uq_expert_workspace_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # agent | model | human
+    skills: Mapped[dict[str, Any]] = mapped_column(JSON)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)  # weighted majority (Littlestone & Warmuth 1994)
+    vote_weight: Mapped[float] = mapped_column(Float, default=1.0)  # logistic vote weight (online gradient)
+    correct: Mapped[int] = mapped_column(Integer, default=0)  # resolved rounds whose outcome its position matched
+    resolved: Mapped[int] = mapped_column(Integer, default=0)  # resolved rounds it took a position in
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsensusRound(Base):
+    """One decision: the proposals and critiques as submitted, the decision and its transcript, the outcome."""
+
+    __tablename__ = "consensus_rounds"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    question: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(16))
+    beta: Mapped[float] = mapped_column(Float)
+    answers: Mapped[int | None] = mapped_column(Integer, nullable=True)  # how many answers the question has
+    proposals: Mapped[list[Any]] = mapped_column(JSON)
+    critiques: Mapped[list[Any]] = mapped_column(JSON)
+    positions: Mapped[dict[str, Any]] = mapped_column(JSON)  # expert -> answer it stood for
+    decision: Mapped[str] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    transcript: Mapped[list[Any]] = mapped_column(JSON)
+    outcome: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)
