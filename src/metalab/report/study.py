@@ -183,7 +183,7 @@ def check_runs(study: Study) -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from metalab.cli_errors import _gist, _missing_option
+    from metalab.cli_errors import gist, missing_option
 
     conf = study.root / "conf"
     seen: set[tuple[str, tuple[str, ...]]] = set()
@@ -199,10 +199,10 @@ def check_runs(study: Study) -> None:
             with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
                 compose(config_name="train", overrides=[f"+experiment={experiment}", *run.overrides])
         except MissingConfigException as error:
-            raise ConfigError(f"study {study.name}, run {run.label}: {_missing_option(error, conf)}") from None
+            raise ConfigError(f"study {study.name}, run {run.label}: {missing_option(error, conf)}") from None
         except (HydraException, OmegaConfBaseException) as error:
-            cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
-            raise ConfigError(f"study {study.name}, run {run.label}: {_gist(str(error))}{cause}") from None
+            cause = f" ({gist(str(error.__cause__))})" if error.__cause__ else ""
+            raise ConfigError(f"study {study.name}, run {run.label}: {gist(str(error))}{cause}") from None
 
 
 # Avalanche's side of benchmarks/continual/avalanche_side_by_side.py: our method -> the strategy it is paired with
