@@ -33,10 +33,10 @@ def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) ->
             compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
             message = _wrongly_typed_value(config_name, overrides, conf_dir)
     except MissingConfigException as error:
-        message = _missing_option(error, conf_dir)
+        message = missing_option(error, conf_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
-        message = f"{_gist(str(error))}{cause}"
+        cause = f" ({gist(str(error.__cause__))})" if error.__cause__ else ""
+        message = f"{gist(str(error))}{cause}"
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -76,7 +76,7 @@ def _is_sweep(override: str) -> bool:
         return False
 
 
-def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:
+def missing_option(error: MissingConfigException, conf_dir: Path) -> str:
     """``unknown experiment 'omniglot/x'; available: ...`` for a config group option that does not exist."""
     missing = str(error.missing_cfg_file or "")
     group, _, name = missing.rpartition("/")
@@ -93,7 +93,7 @@ def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:
     return f"unknown {label} {what!r}; available: {', '.join(options) or 'none'}"
 
 
-def _gist(message: str) -> str:
+def gist(message: str) -> str:
     """The informative lines of a Hydra/OmegaConf message, joined on one line."""
     lines = []
     for line in message.splitlines():

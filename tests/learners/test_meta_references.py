@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from metalab.learners.meta.maml import MAML, _key
+from metalab.learners.meta.maml import MAML, learned_rate_key
 from metalab.learners.meta.reptile import Reptile
 from metalab.models.mlp import MLP
 
@@ -79,7 +79,7 @@ def test_meta_sgd_rate_gradient_equals_the_serial_version():
     loss.backward()
 
     params = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
-    rates = {n: learner.inner_lrs[_key(n)].detach().clone().requires_grad_() for n in params}
+    rates = {n: learner.inner_lrs[learned_rate_key(n)].detach().clone().requires_grad_() for n in params}
     losses = []
     for t in range(TASKS):  # Li et al. 2017: theta_t = theta - alpha (*) grad; second order through both
         fast = _adapt_one_task(model, params, rates, batch["support"][t], batch["support_labels"][t], steps,
@@ -89,7 +89,7 @@ def test_meta_sgd_rate_gradient_equals_the_serial_version():
     serial.backward()
     torch.testing.assert_close(loss.detach(), serial.detach(), rtol=1e-12, atol=1e-12)
     for n in params:
-        got = learner.inner_lrs[_key(n)].grad
+        got = learner.inner_lrs[learned_rate_key(n)].grad
         assert got is not None, n
         torch.testing.assert_close(got, rates[n].grad, rtol=1e-9, atol=1e-12, msg=f"rate of {n}")
         torch.testing.assert_close(dict(model.named_parameters())[n].grad, params[n].grad, rtol=1e-9, atol=1e-12,

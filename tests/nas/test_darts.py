@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metalab.data.cifar10 import PairDataset, PairedBatchSampler
-from metalab.data.streams import _identity
+from metalab.data.streams import identity_collate
 from metalab.learners.nas import DartsLearner
 from metalab.nas.darts import architecture_gradient, auxiliary_skip_beta, classification_loss
 from metalab.nas.network import SuperNetwork
@@ -54,7 +54,7 @@ class OneBatch(L.LightningDataModule):
 
     def train_dataloader(self):
         return torch.utils.data.DataLoader(self.pairs, batch_sampler=PairedBatchSampler(len(self.pairs.train[1]), 6, 0, 0),
-                                           collate_fn=_identity)
+                                           collate_fn=identity_collate)
 
 
 @pytest.mark.parametrize("guard", ["dartsminus", "none"])

@@ -6,7 +6,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from metalab.errors import ConfigError
 from metalab.sweeps.space import read_search_space
-from metalab.sweeps.storage import _redact, open_storage
+from metalab.sweeps.storage import redact_password, open_storage
 
 
 def test_sweeps_become_distributions_and_plain_values_stay_fixed():
@@ -58,5 +58,5 @@ def test_journal_and_sqlite_storages_hold_a_study(tmp_path):
 
 
 def test_passwords_are_redacted():
-    assert _redact("postgresql+psycopg://me:pw@db:5432/x") == "postgresql+psycopg://me:***@db:5432/x"
-    assert _redact("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact_password("postgresql+psycopg://me:pw@db:5432/x") == "postgresql+psycopg://me:***@db:5432/x"
+    assert redact_password("sqlite:///a.db") == "sqlite:///a.db"

@@ -24,7 +24,7 @@ from einops import reduce
 from torch.utils.data import DataLoader, Dataset
 
 from metalab.data.resumable import ResumableDataLoader
-from metalab.data.streams import SeededBatchSampler, _identity, _load_arrays
+from metalab.data.streams import SeededBatchSampler, identity_collate, load_arrays
 from metalab.errors import require
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -43,7 +43,7 @@ def downsample(x: torch.Tensor, resolution: int) -> torch.Tensor:
 def cifar10_arrays(resolution: int, data_dir: str | None = None) -> tuple[Tensors, Tensors]:
     """``((x_train, y_train), (x_test, y_test))`` normalised with CIFAR-10's mean/std, at ``resolution``."""
     require(resolution in RESOLUTIONS, "data.resolution", f"one of {RESOLUTIONS}", resolution)
-    x_train, y_train, x_test, y_test = _load_arrays("cifar10", data_dir)
+    x_train, y_train, x_test, y_test = load_arrays("cifar10", data_dir)
     return (downsample(x_train, resolution), y_train), (downsample(x_test, resolution), y_test)
 
 
@@ -125,7 +125,7 @@ class Cifar10SearchData(L.LightningDataModule):
         train, valid = self.halves
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
         sampler = PairedBatchSampler(len(train[1]), self.batch_size, self.seed, epoch)
-        return ResumableDataLoader(PairDataset(train, valid), batch_sampler=sampler, collate_fn=_identity)
+        return ResumableDataLoader(PairDataset(train, valid), batch_sampler=sampler, collate_fn=identity_collate)
 
 
 class TensorBatches(Dataset):
@@ -175,12 +175,12 @@ class Cifar10Classification(L.LightningDataModule):
         self.setup()
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
         sampler = SeededBatchSampler(len(self.train_set), self.batch_size, True, self.seed, epoch)
-        return ResumableDataLoader(self.train_set, batch_sampler=sampler, collate_fn=_identity)
+        return ResumableDataLoader(self.train_set, batch_sampler=sampler, collate_fn=identity_collate)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
         sampler = SeededBatchSampler(len(self.test_set), self.eval_batch_size, False, 0, 0)
-        return DataLoader(self.test_set, batch_sampler=sampler, collate_fn=_identity)
+        return DataLoader(self.test_set, batch_sampler=sampler, collate_fn=identity_collate)
 
 
 def batches(data: Tensors, batch_size: int, generator: torch.Generator) -> Iterator[Tensors]:

@@ -83,7 +83,7 @@ class TaskDataset(Dataset):
         return {"x": self.x[idx], "y": self.y[idx], "task": self.task[idx]}
 
 
-def _identity(batch: Batch) -> Batch:
+def identity_collate(batch: Batch) -> Batch:
     return batch
 
 
@@ -162,7 +162,7 @@ def make_class_order(n_classes: int, class_order_seed: int | None) -> list[int]:
 
 
 @lru_cache(maxsize=2)
-def _load_arrays(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_arrays(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_test, y_test)``: images ``[n, c, h, w]`` float32 normalised, labels long."""
     if dataset == "cifar10":
         with np.load(locate(CIFAR10_FILE, data_dir)) as z:
@@ -287,7 +287,7 @@ class TaskStream(L.LightningDataModule):
         return module
 
     def _arrays(self, dataset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return getattr(self, "_tensors", None) or _load_arrays(dataset, self.data_dir)
+        return getattr(self, "_tensors", None) or load_arrays(dataset, self.data_dir)
 
     @property
     def n_classes(self) -> int:
@@ -330,12 +330,12 @@ class TaskStream(L.LightningDataModule):
         if epoch is None:
             epoch = self.trainer.current_epoch if self._has_trainer() else 0
         sampler = SeededBatchSampler(len(data), batch_size or self.batch_size, shuffle, self.seed, epoch)
-        return ResumableDataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
+        return ResumableDataLoader(data, batch_sampler=sampler, collate_fn=identity_collate, num_workers=self.num_workers)
 
     def task_test_loader(self, task: int) -> DataLoader:
         data = TaskDataset([self.test_tasks[task]])
         sampler = SeededBatchSampler(len(data), self.eval_batch_size, False, 0, 0)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=identity_collate, num_workers=self.num_workers)
 
     def train_examples(self) -> int:
         """Training examples over the whole stream (what a replay buffer could ever hold)."""
@@ -348,7 +348,7 @@ class TaskStream(L.LightningDataModule):
         if self.batches_per_step == 1:
             return loader
         chunks = ChunkedBatchSampler(loader.batch_sampler, self.batches_per_step)
-        return ResumableDataLoader(loader.dataset, batch_sampler=chunks, collate_fn=_identity,
+        return ResumableDataLoader(loader.dataset, batch_sampler=chunks, collate_fn=identity_collate,
                                    num_workers=self.num_workers)
 
     def test_dataloader(self) -> list[DataLoader]:

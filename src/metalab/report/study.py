@@ -202,7 +202,7 @@ def compose_run(study: Study, run: Run) -> Any:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    from metalab.cli_errors import _gist, _missing_option
+    from metalab.cli_errors import gist, missing_option
 
     conf = study.root / "conf"
     experiment = run.experiment.removeprefix("avalanche:")
@@ -213,10 +213,10 @@ def compose_run(study: Study, run: Run) -> Any:
         with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
             cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", *run.overrides])
     except MissingConfigException as error:
-        raise ConfigError(f"study {study.name}, run {run.label}: {_missing_option(error, conf)}") from None
+        raise ConfigError(f"study {study.name}, run {run.label}: {missing_option(error, conf)}") from None
     except (HydraException, OmegaConfBaseException) as error:
-        cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
-        raise ConfigError(f"study {study.name}, run {run.label}: {_gist(str(error))}{cause}") from None
+        cause = f" ({gist(str(error.__cause__))})" if error.__cause__ else ""
+        raise ConfigError(f"study {study.name}, run {run.label}: {gist(str(error))}{cause}") from None
     cfg.seed = run.seed
     return cfg
 

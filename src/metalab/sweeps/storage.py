@@ -74,7 +74,7 @@ def rdb_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storag
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
-        raise ConfigError(f"storage={_redact(url)!r} cannot be reached ({_reason(error)}); check the URL, "
+        raise ConfigError(f"storage={redact_password(url)!r} cannot be reached ({_reason(error)}); check the URL, "
                           "that the server runs and accepts this user") from None
 
 
@@ -83,11 +83,11 @@ def describe(storage: Any) -> str:
     if storage is None:
         return "in memory"
     if isinstance(storage, optuna.storages.RDBStorage):
-        return _redact(storage.url)
+        return redact_password(storage.url)
     return type(storage).__name__
 
 
-def _redact(url: str) -> str:
+def redact_password(url: str) -> str:
     """``postgresql://user:secret@host`` -> ``postgresql://user:***@host``."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")

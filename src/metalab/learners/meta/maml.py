@@ -76,7 +76,7 @@ class MAML(EpisodicLearner):
             names = head_names
         self.adapt_head_only = adapt == "head"
         self.inner_lrs = nn.ParameterDict(
-            {_key(n): nn.Parameter(torch.full_like(p, inner_lr)) for n, p in backbone.named_parameters() if n in names}
+            {learned_rate_key(n): nn.Parameter(torch.full_like(p, inner_lr)) for n, p in backbone.named_parameters() if n in names}
         ) if learn_inner_lr else None
         self.inner = InnerLoop(steps=inner_steps, lr=inner_lr, first_order=first_order, names=names)
         self.eval_inner_steps = eval_inner_steps
@@ -97,7 +97,7 @@ class MAML(EpisodicLearner):
         support, query = batch["support"], batch["query"]  # the grouped forward sets the memory format
         steps = self.inner.steps if self.training else self.eval_inner_steps
         first_order = self.inner.first_order if self.training else True
-        self.inner.learned_lr = {n: self.inner_lrs[_key(n)] for n in self.inner.names} if self.inner_lrs else None
+        self.inner.learned_lr = {n: self.inner_lrs[learned_rate_key(n)] for n in self.inner.names} if self.inner_lrs else None
         params = dict(self.backbone.named_parameters())
         with torch.enable_grad():  # adaptation needs gradients in validation and test too
             if self.engine == "serial":
@@ -151,6 +151,6 @@ class MAML(EpisodicLearner):
         return torch.einsum("tnd,tdw->tnw", feats_q, weight) + bias.unsqueeze(1)
 
 
-def _key(name: str) -> str:
+def learned_rate_key(name: str) -> str:
     """nn.ParameterDict keys may not contain dots."""
     return name.replace(".", "__")
