@@ -99,10 +99,10 @@ def test_auto_keeps_the_measured_faster_setting_records_the_ratio_and_caches_it(
 
 
 def test_auto_is_fp32_for_learners_whose_results_must_not_depend_on_the_cpu(cpu, tmp_path):
-    from metalab.learners.search import SearchLearner
+    from metalab.learners.search import SearchRun
 
     cpu(ZEN4)
-    learner = SearchLearner.__new__(SearchLearner)
+    learner = SearchRun.__new__(SearchRun)
     choice = precision.measure_precision(resolve_precision("auto", "cpu"), learner, _Data(), cache=tmp_path / "c")
     assert choice.precision == "32-true" and "must not depend on the CPU" in choice.reason
 
