@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
 from metalab.budget import FitHorizonToTimeBudget
+from metalab.config_checks import check_run_config, instantiation_message
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
 from metalab.precision import PrecisionChoice, resolve_precision
@@ -49,13 +50,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
 
     ``extra_callbacks``: objects that cannot come from config, such as a sweep's pruning callback, which
     holds its live Optuna trial."""
+    check_run_config(cfg)  # seed, threads, max_time, optimisers: before anything is written or built
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("kernels"):
         kernels.set_backend(cfg.kernels.backend)
-    if cfg.get("cpu_threads"):
+    if cfg.get("cpu_threads") is not None:
         torch.set_num_threads(int(cfg.cpu_threads))
     if cfg.get("retain_freed_memory"):
         retain_freed_memory()
@@ -123,8 +125,8 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Ru
     target or a keyword a class does not take then fails ``make test``, not a user's run."""
     precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
     _announce(precision)
-    datamodule = instantiate(cfg.data)
-    learner = instantiate(cfg.learner, backbone=instantiate(cfg.model))
+    datamodule = instantiate(cfg.data, "data")
+    learner = instantiate(cfg.learner, "learner", backbone=instantiate(cfg.model, "model"))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
@@ -136,8 +138,10 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Ru
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, but a :class:`MetalabError` raised by a constructor comes out as
-    itself (Hydra wraps it in an InstantiationException, which would end in a traceback), and Lightning's
-    MisconfigurationException (e.g. ``max_steps=-7``) as a :class:`ConfigError` naming ``key.<field>``."""
+    itself (Hydra wraps it in an InstantiationException, which would end in a traceback), a
+    :class:`ConfigError` about ``name=...`` naming its full key (``learner.searcher.mutation_rate``),
+    Lightning's MisconfigurationException (e.g. ``max_steps=-7``) as a :class:`ConfigError` naming
+    ``key.<field>``, and a misspelt ``_target_`` or a keyword its class does not take as one line."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:
@@ -146,9 +150,34 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MisconfigurationException):
             raise ConfigError(_name_keys(str(cause), node, key)) from None
+        if isinstance(cause, ConfigError) and key:
+            raise ConfigError(_qualified(str(cause), node, key)) from None
         if cause is not None:
             raise cause from None
+        message = instantiation_message(error, key)
+        if message:
+            raise ConfigError(message) from None
         raise
+
+
+def _qualified(message: str, node: Any, key: str) -> str:
+    """``mutation_rate=5 is not allowed: mutation_rate must be ...`` -> the same with the dotted key
+    ``learner.searcher.mutation_rate``, when the name is the leaf of exactly one key under ``node``."""
+    match = re.match(r"(\w+)=", message)
+    if match is None or not isinstance(node, DictConfig):
+        return message
+    tree = OmegaConf.to_container(node, resolve=False)  # `???` and interpolations stay leaves, unresolved
+    paths = [p for p in _leaf_paths(tree, key) if p.rsplit(".", 1)[-1] == match[1]]
+    if len(paths) != 1:
+        return message
+    return re.sub(rf"(?<![\w.]){match[1]}(?==| must\b)", paths[0], message)
+
+
+def _leaf_paths(tree: dict[str, Any], prefix: str) -> list[str]:
+    paths = []
+    for name, child in tree.items():
+        paths += _leaf_paths(child, f"{prefix}.{name}") if isinstance(child, dict) else [f"{prefix}.{name}"]
+    return paths
 
 
 def _name_keys(message: str, node: Any, key: str | None) -> str:

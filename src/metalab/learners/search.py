@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from metalab.errors import ConfigError
 from metalab.search.base import Searcher
 from metalab.search.loop import evaluation_seed, run_generation
 from metalab.search.problems import Problem
@@ -40,6 +41,11 @@ class SearchLearner(L.LightningModule):
         super().__init__()
         self.problem, self.seed, self.stop_when_solved = backbone, int(seed), stop_when_solved
         self.searcher = searcher(space=backbone.space, seed=int(seed))
+        wanted = getattr(backbone, "objectives", 1)
+        given = getattr(self.searcher, "objectives", wanted)
+        if given != wanted:  # checked here, before training: tell() would only fail after the first generation
+            raise ConfigError(f"objectives={given!r} is not allowed: objectives must be {wanted}, the number of "
+                              f"objectives of the problem {type(backbone).__name__}")
         self.automatic_optimization = False
         self._step_counter = torch.nn.Parameter(torch.zeros(0))
         self.generations_done = 0
