@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metalab.noise import quiet_third_party
+
+    quiet_third_party()  # library-to-library warnings (e.g. Optuna's) off the console of every subcommand
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

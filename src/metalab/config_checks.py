@@ -157,7 +157,8 @@ def _import_gist(target: str, error: BaseException) -> str:
     except Exception:  # ImportError, or an error while importing a user's module
         module = None
     if module is not None:
-        close = difflib.get_close_matches(name, [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))], n=3)
+        names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
+        close = difflib.get_close_matches(name, names, n=3)
         hint = f"; did you mean {' or '.join(f'{module_name}.{c}' for c in close)}?" if close else ""
         return f"module {module_name} has no {name!r}{hint}"
     cause: BaseException | None = error

@@ -31,6 +31,7 @@ from metalab.budget import FitHorizonToTimeBudget
 from metalab.config_checks import check_run_config, instantiation_message
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
+from metalab.noise import finish_wandb, quiet_third_party
 from metalab.precision import PrecisionChoice, resolve_precision
 from metalab.runtime import retain_freed_memory
 
@@ -51,6 +52,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     ``extra_callbacks``: objects that cannot come from config, such as a sweep's pruning callback, which
     holds its live Optuna trial."""
     check_run_config(cfg)  # seed, threads, max_time, optimisers: before anything is written or built
+    quiet_third_party()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -88,9 +90,11 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
         record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
     if throughput is not None and math.isfinite(throughput.episodes_per_second):  # NaN: too few steps to time
         metrics["train/episodes_per_s"] = throughput.episodes_per_second
-    if cfg.get("test", True):
-        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
+    if cfg.get("test", True):  # Lightning's table shows a metric logged once under every test loader: ours, once
+        results = trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path,
+                               verbose=False)
         metrics.update(_scalars(trainer.callback_metrics))
+        _print_test_metrics(results)
 
     record.update({"metrics": metrics, "global_step": trainer.global_step, "seed": cfg.seed,
                    "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
@@ -100,6 +104,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
         record.update(run_record())
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     _print_summary(metrics, record["targets"], output_dir, throughput.unit if throughput else "episodes")
+    finish_wandb(objects.loggers)
     key = cfg.get("optimized_metric")
     if key and key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not produced; the run logged: {', '.join(sorted(metrics))}")
@@ -285,6 +290,19 @@ def _announce(precision: PrecisionChoice) -> None:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, float)}
+
+
+def _print_test_metrics(results: list[dict[str, float]]) -> None:
+    """Every test metric once, whatever the number of test loaders (a run testing 5w1s and 5w5s logs each
+    setting's metrics once, which Lightning's table repeated under DataLoader 0 and DataLoader 1)."""
+    merged: dict[str, float] = {}
+    for result in results:
+        merged.update(result)
+    if not merged:
+        return
+    width = max(map(len, merged))
+    rows = [f"  {key:<{width}}  {value:.6g}" for key, value in sorted(merged.items())]
+    print("[metalab] test metrics\n" + "\n".join(rows))
 
 
 def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_dir: Path, speed_unit: str) -> None:
