@@ -306,8 +306,10 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
         try:
             code = process.wait()
         except BaseException:  # the study is being stopped: stop the run, and still record how it ended
-            stop_live_runs()
-            _record_end(study, run, run_dir, info, previous, process.poll(), time.time() - start, log)
+            try:
+                stop_live_runs()
+            finally:  # even if a second Ctrl-C cuts the stopping short
+                _record_end(study, run, run_dir, info, previous, process.poll(), time.time() - start, log)
             raise
         finally:
             _LIVE.discard(process)
