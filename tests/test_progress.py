@@ -35,15 +35,16 @@ class OneSecondSteps(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path, monkeypatch, every_seconds: float, **budget) -> BudgetProgress:
+def fit(tmp_path, monkeypatch, every_seconds: float, bar: bool = False, **budget) -> BudgetProgress:
     import lightning.pytorch.callbacks.timer as timer_module
 
     clock = FakeClock()
     monkeypatch.setattr(progress, "time", clock)
     monkeypatch.setattr(timer_module, "time", clock)
     callback = BudgetProgress(every_seconds=every_seconds)
-    trainer = L.Trainer(accelerator="cpu", callbacks=[callback], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+    extra = [L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1)] if bar else []
+    trainer = L.Trainer(accelerator="cpu", callbacks=[callback, *extra], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=bar, enable_model_summary=False, default_root_dir=str(tmp_path),
                         **budget)
     trainer.fit(OneSecondSteps(clock), DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4))
     return callback
@@ -77,3 +78,11 @@ def test_an_epoch_budget_prints_nothing(tmp_path, monkeypatch):
 def test_a_negative_interval_is_a_config_error():
     with pytest.raises(ValueError, match="every_seconds=-1 is not allowed"):
         BudgetProgress(every_seconds=-1)
+
+
+def test_with_a_tqdm_bar_every_line_is_shown_the_last_one_too(tmp_path, monkeypatch, capsys):
+    """Lines go through the bar's print while it is drawn; it writes nothing once the bar is closed."""
+    callback = fit(tmp_path, monkeypatch, every_seconds=4, bar=True, max_steps=10, max_epochs=-1)
+    out = capsys.readouterr()
+    assert len(callback.lines) == 3
+    assert all(line in out.out + out.err for line in callback.lines)

@@ -80,8 +80,19 @@ class BudgetProgress(L.Callback):
             return
         self.lines.append(line)
         bar = trainer.progress_bar_callback
-        if isinstance(bar, TQDMProgressBar) and bar.is_enabled:
+        if _drawing(bar):
             bar.print(line)  # tqdm.write: above the bar, which is redrawn below
         else:
             print(line, flush=True)
+
+
+def _drawing(bar: Any) -> bool:
+    """Whether a tqdm training bar is on screen now (its ``print`` writes nothing when no bar is open, e.g.
+    at the end of training)."""
+    if not isinstance(bar, TQDMProgressBar) or not bar.is_enabled:
+        return False
+    try:
+        return not bar.train_progress_bar.disable
+    except TypeError:  # Lightning: no training bar was created yet
+        return False
 
