@@ -44,8 +44,9 @@ class Case:
     def command(self) -> str:
         if self.api is not None:
             return self.api_text
-        words = ("python train.py", *self.train) if self.train else ("metalab", *self.metalab)
-        return " ".join(_quoted(w) for w in words) + (" (in an empty folder)" if self.in_empty_folder else "")
+        program = "python train.py" if self.train else "metalab"
+        words = [program, *(_quoted(w) for w in (self.train or self.metalab))]
+        return " ".join(words) + (" (in an empty folder)" if self.in_empty_folder else "")
 
 
 def _quoted(word: str) -> str:
