@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalab.errors import DataError
+from metalab.config_checks import check_run_config
 from metalab.run import build_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -46,6 +47,7 @@ def test_experiment_composes_and_every_target_instantiates(name, tmp_path):
     assert {"learner", "trainer"} <= set(targets) and ("data" in targets) != ("problem" in targets)  # data or a problem
     for path in targets:  # every target names an importable object, also those a run does not build itself
         hydra.utils.get_object(OmegaConf.select(cfg, path)["_target_"])
+    check_run_config(cfg)  # what train() checks first (seed, threads, max_time, every optimiser) holds for each
     try:
         objects = build_run(cfg, measure=False)
     except DataError as error:  # a constructor that reads data (nas_cells builds its CIFAR-10 split)

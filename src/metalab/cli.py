@@ -49,6 +49,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metalab.noise import quiet_third_party
+
+    quiet_third_party()  # library-to-library warnings (e.g. Optuna's) off the console of every subcommand
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     try:

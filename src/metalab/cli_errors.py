@@ -26,6 +26,10 @@ def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) ->
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return
+    message = _sweeper_param_override([a for a in argv if not a.startswith("-")])
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     overrides = [a for a in argv if not a.startswith("-") and not _is_sweep(a)]
     conf_dir = Path(sys.argv[0]).resolve().parent / config_dir
     try:
@@ -58,6 +62,22 @@ def _wrongly_typed_value(config_name: str, overrides: list[str], conf_dir: Path)
         if isinstance(before, (int, float)) and not isinstance(before, bool) and isinstance(value, str):
             return (f"{override.key_or_group}={value!r} is not allowed: {override.key_or_group} must be a number "
                     f"(the config has {before!r})")
+    return None
+
+
+def _sweeper_param_override(overrides: list[str]) -> str | None:
+    """``hydra.sweeper.params.learner.optimizer.lr=interval(...)``: Hydra reads the dotted name as nested
+    keys (and the unquoted range as a sweep of Hydra's own config), but ``params`` is one flat mapping
+    keyed by dotted names. Say how to write it instead of Hydra's two-paragraph message."""
+    prefix = "hydra.sweeper.params."
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not key.startswith(prefix) or not sep:
+            continue
+        name, space = key.removeprefix(prefix), value.strip().strip("'\"")
+        return (f"{key}={value} is not allowed: hydra.sweeper.params is one mapping keyed by dotted names; "
+                f"set an entry with 'hydra.sweeper.params={{{name}:\"{space}\"}}' (quoted as shown) or search "
+                f"the key itself: '{name}={space}'")
     return None
 
 

@@ -28,8 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
 from metalab.budget import FitHorizonToTimeBudget
+from metalab.config_checks import check_run_config, instantiation_message
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
+from metalab.noise import finish_wandb, quiet_third_party
 from metalab.plain_loop import LoopSettings, PlainRun, parse_duration
 from metalab.precision import PrecisionChoice, fixed_precision, measure_precision, resolve_precision
 from metalab.report.identity import fingerprint_config
@@ -52,13 +54,15 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
 
     ``extra_callbacks``: objects that cannot come from config, such as a sweep's pruning callback, which
     holds its live Optuna trial."""
+    check_run_config(cfg)  # seed, threads, max_time, optimisers: before anything is written or built
+    quiet_third_party()
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config_resolved.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("kernels"):
         kernels.set_backend(cfg.kernels.backend)
-    if cfg.get("cpu_threads"):
+    if cfg.get("cpu_threads") is not None:
         torch.set_num_threads(int(cfg.cpu_threads))
     if cfg.get("retain_freed_memory"):
         retain_freed_memory()
@@ -92,6 +96,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
         record.update(run_record())
     (output_dir / "metrics.json").write_text(json.dumps(record, indent=2, sort_keys=True))
     _print_summary(metrics, record["targets"], output_dir, throughput.unit if throughput else "episodes")
+    finish_wandb(objects.loggers)
     key = cfg.get("optimized_metric")
     if key and key not in metrics:
         raise ConfigError(f"optimized_metric={key!r} was not produced; the run logged: {', '.join(sorted(metrics))}")
@@ -117,8 +122,11 @@ def _fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path,
     if throughput is not None and math.isfinite(throughput.episodes_per_second):  # NaN: too few steps to time
         metrics["train/episodes_per_s"] = throughput.episodes_per_second
     if cfg.get("test", True):
-        trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path)
+        # Lightning's table shows a metric logged once under every test loader: ours shows it once
+        results = trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path,
+                               verbose=False)
         metrics.update(_scalars(trainer.callback_metrics))
+        _print_test_metrics(results)
     return metrics, record
 
 
@@ -174,8 +182,8 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), measu
     target or a keyword a class does not take then fails ``make test``, not a user's run. ``measure=False``
     leaves ``trainer.precision: auto`` at fp32 instead of timing a few steps (building, not running)."""
     precision = resolve_precision(cfg.trainer.get("precision", "32-true"), cfg.trainer.get("accelerator"))
-    datamodule = instantiate(cfg.data) if cfg.get("data") else None
-    learner = instantiate(cfg.learner, **learner_parts(cfg))
+    datamodule = instantiate(cfg.data, "data") if cfg.get("data") else None
+    learner = instantiate(cfg.learner, "learner", **learner_parts(cfg))
     precision = fixed_precision(precision, learner)  # a learner whose results must not depend on the CPU: fp32
     if measure and isinstance(learner, L.LightningModule) and datamodule is not None:
         precision = measure_precision(precision, learner, datamodule)  # auto on a CPU with native bf16: the faster
@@ -194,9 +202,9 @@ def learner_parts(cfg: DictConfig) -> dict[str, Any]:
     ``problem`` it optimises, each under its own name; a config without one passes nothing for it."""
     parts = {}
     if cfg.get("model"):
-        parts["backbone"] = instantiate(cfg.model)
+        parts["backbone"] = instantiate(cfg.model, "model")
     if cfg.get("problem"):
-        parts["problem"] = instantiate(cfg.problem)
+        parts["problem"] = instantiate(cfg.problem, "problem")
     return parts
 
 
@@ -214,8 +222,10 @@ def data_trainer_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
 
 def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate``, but a :class:`MetalabError` raised by a constructor comes out as
-    itself (Hydra wraps it in an InstantiationException, which would end in a traceback), and Lightning's
-    MisconfigurationException (e.g. ``max_steps=-7``) as a :class:`ConfigError` naming ``key.<field>``."""
+    itself (Hydra wraps it in an InstantiationException, which would end in a traceback), a
+    :class:`ConfigError` about ``name=...`` naming its full key (``learner.searcher.mutation_rate``),
+    Lightning's MisconfigurationException (e.g. ``max_steps=-7``) as a :class:`ConfigError` naming
+    ``key.<field>``, and a misspelt ``_target_`` or a keyword its class does not take as one line."""
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as error:
@@ -224,9 +234,34 @@ def instantiate(node: Any, key: str | None = None, **kwargs: Any) -> Any:
             cause = cause.__cause__
         if isinstance(cause, MisconfigurationException):
             raise ConfigError(_name_keys(str(cause), node, key)) from None
+        if isinstance(cause, ConfigError) and key:
+            raise ConfigError(_qualified(str(cause), node, key)) from None
         if cause is not None:
             raise cause from None
+        message = instantiation_message(error, key)
+        if message:
+            raise ConfigError(message) from None
         raise
+
+
+def _qualified(message: str, node: Any, key: str) -> str:
+    """``mutation_rate=5 is not allowed: mutation_rate must be ...`` -> the same with the dotted key
+    ``learner.searcher.mutation_rate``, when the name is the leaf of exactly one key under ``node``."""
+    match = re.match(r"(\w+)=", message)
+    if match is None or not isinstance(node, DictConfig):
+        return message
+    tree = OmegaConf.to_container(node, resolve=False)  # `???` and interpolations stay leaves, unresolved
+    paths = [p for p in _leaf_paths(tree, key) if p.rsplit(".", 1)[-1] == match[1]]
+    if len(paths) != 1:
+        return message
+    return re.sub(rf"(?<![\w.]){match[1]}(?==| must\b)", paths[0], message)
+
+
+def _leaf_paths(tree: dict[str, Any], prefix: str) -> list[str]:
+    paths = []
+    for name, child in tree.items():
+        paths += _leaf_paths(child, f"{prefix}.{name}") if isinstance(child, dict) else [f"{prefix}.{name}"]
+    return paths
 
 
 def _name_keys(message: str, node: Any, key: str | None) -> str:
@@ -335,6 +370,19 @@ def _announce(precision: PrecisionChoice) -> None:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if torch.is_tensor(v) and v.numel() == 1 or isinstance(v, float)}
+
+
+def _print_test_metrics(results: list[dict[str, float]]) -> None:
+    """Every test metric once, whatever the number of test loaders (a run testing 5w1s and 5w5s logs each
+    setting's metrics once, which Lightning's table repeated under DataLoader 0 and DataLoader 1)."""
+    merged: dict[str, float] = {}
+    for result in results:
+        merged.update(result)
+    if not merged:
+        return
+    width = max(map(len, merged))
+    rows = [f"  {key:<{width}}  {value:.6g}" for key, value in sorted(merged.items())]
+    print("[metalab] test metrics\n" + "\n".join(rows))
 
 
 def _print_summary(metrics: dict[str, float], targets: dict[str, Any], output_dir: Path, speed_unit: str) -> None:

@@ -205,3 +205,59 @@ def test_a_run_a_signal_stopped_is_resumed_not_taken_as_done(tmp_path):
     stopped["stopped"]["reason"] = "max_epochs"
     (run_dir / "metrics.json").write_text(json.dumps(stopped))
     assert run_state(study, run, runs) == "done"
+
+
+_FAKE_RUN = ("import json, pathlib, sys; folder = pathlib.Path(sys.argv[1]); (folder / 'metrics.json').write_text("
+             "json.dumps({'metrics': {'test/5w1s/acc': 61.5, 'test/5w1s/acc_ci95': 1.25}, "
+             "'stopped': {'reason': 'max_epochs'}}))")
+
+
+def _fake_study(tmp_path, monkeypatch):
+    from metalab.report import study as studies
+
+    study = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], ["trainer.max_epochs=1"], seeds=[0]))
+    monkeypatch.setattr(studies, "command_of",
+                        lambda run, run_dir, resume, root: [sys.executable, "-c", _FAKE_RUN, str(run_dir)])
+    return studies, study, study.runs[0], tmp_path / "runs"
+
+
+def test_a_finished_run_prints_its_headline_score_and_time(tmp_path, monkeypatch):
+    studies, study, run, runs = _fake_study(tmp_path, monkeypatch)
+    lines: list[str] = []
+    assert studies.run_study(study, runs, log=lines.append) == []
+    assert lines[1].startswith("[tiny] starting protonet_5w1s seed 0")
+    assert lines[2].startswith("[tiny] finished protonet_5w1s seed 0: test/5w1s/acc 61.5 +- 1.25 in ")
+    assert lines[3].startswith("[tiny] budget tiny: 1 run(s) finished now, 0 failed, 0 done before; ")
+    info = json.loads((study.records_dir(run) / "run.json").read_text())
+    assert info["status"] == "finished" and "commit" in info
+
+
+def test_a_run_ending_while_its_study_is_stopped_is_recorded_as_it_ended(tmp_path, monkeypatch):
+    """Ctrl-C arriving as the run finishes: its run.json must not keep status running and no commit."""
+    studies, study, run, runs = _fake_study(tmp_path, monkeypatch)
+
+    class InterruptedAfterTheRun(subprocess.Popen):
+        interrupted = False
+
+        def wait(self, timeout=None):
+            code = super().wait(timeout)
+            if not InterruptedAfterTheRun.interrupted:  # one Ctrl-C, as the run ends
+                InterruptedAfterTheRun.interrupted = True
+                raise KeyboardInterrupt
+            return code
+
+    monkeypatch.setattr(studies.subprocess, "Popen", InterruptedAfterTheRun)
+    lines: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        studies.execute(study, run, runs, log=lines.append)
+    info = json.loads((runs / run.relative_dir(study.name, study.budget) / "run.json").read_text())
+    assert info["status"] == "finished" and "commit" in info and "finished_at" in info
+    assert lines[-1].startswith("[tiny] finished protonet_5w1s seed 0: test/5w1s/acc 61.5")
+
+
+def test_a_budget_has_its_own_notes(tmp_path):
+    path = write_study(tmp_path, ["omniglot/protonet_5w1s"], notes="the study's notes",
+                       budgets={"tiny": {"notes": "tiny's notes"}, "full": {}})
+    assert load_study(path, "tiny").notes == "tiny's notes"
+    assert load_study(path, "full").notes == "the study's notes"
+    assert "## Notes\n\ntiny's notes" in render.render_report(load_study(path, "tiny"), collect.Collected({}, [], []), "x")

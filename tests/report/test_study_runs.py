@@ -34,6 +34,9 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
     first = report(study, tmp_path / "runs", "--jobs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "2 runs, 0 already done, 2 to run (2 at a time)" in first.stdout
+    for seed in (0, 1):  # one finished line per run with its headline score, then the summary
+        assert f"finished protonet_5w1s seed {seed}: test/5w1s/acc " in first.stdout, first.stdout
+    assert "2 run(s) finished now, 0 failed, 0 done before" in first.stdout
     report_md = study.parent / "tiny" / "report.md"
     table = report_md.read_text()
     assert "| protonet_5w1s | 5w1s % |" in table and "| 2 seeds |" in table

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from metalab.errors import require
+from metalab.errors import ConfigError, require
 from metalab.plain_loop import LoopSettings, as_logged, load_checkpoint, save_checkpoint
 from metalab.search.base import Searcher
 from metalab.search.loop import run_generation
@@ -52,6 +52,11 @@ class SearchRun:
         self.problem, self.seed, self.stop_when_solved = problem, int(seed), stop_when_solved
         self.checkpoint_every = checkpoint_every
         self.searcher = searcher(space=problem.space, seed=int(seed))
+        wanted = getattr(problem, "objectives", 1)
+        given = getattr(self.searcher, "objectives", wanted)
+        if given != wanted:  # checked here, before the search: tell() would only fail after the first generation
+            raise ConfigError(f"learner.searcher.objectives={given!r} is not allowed: must be {wanted}, the number of "
+                              f"objectives of the problem {type(problem).__name__}")
         self.generations_done = 0
         self.evaluations = 0
         self.solved_generation: int | None = None

@@ -111,14 +111,15 @@ def summarise(r: torch.Tensor, initial: torch.Tensor | None = None) -> dict[str,
 
 
 def plot_accuracy_matrix(r: torch.Tensor, path: str | Path, title: str) -> Path:
-    """Save a heatmap of ``R`` (rows: after training task i; columns: evaluated on task j) as a PNG."""
-    import matplotlib
+    """Save a heatmap of ``R`` (rows: after training task i; columns: evaluated on task j) as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a :class:`matplotlib.figure.Figure` of its own, not through pyplot: the global backend stays
+    what the user has (a notebook's inline backend keeps showing the user's own figures)."""
+    from matplotlib.figure import Figure
 
     t = r.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * t, 0.8 + 0.8 * t))
+    fig = Figure(figsize=(1.0 + 0.8 * t, 0.8 + 0.8 * t))
+    ax = fig.subplots()
     image = ax.imshow(r.numpy(), vmin=0, vmax=100, cmap="viridis")
     for i in range(t):
         for j in range(r.shape[1]):
@@ -134,5 +135,4 @@ def plot_accuracy_matrix(r: torch.Tensor, path: str | Path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

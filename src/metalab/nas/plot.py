@@ -12,12 +12,11 @@ _COLOURS = {"skip_connect": "tab:gray", "nor_conv_1x1": "tab:blue", "nor_conv_3x
 
 def draw_cell(genotype: Genotype, path: Path, title: str | None = None) -> Path:
     """Write ``path`` (PNG): nodes left to right, one curved arrow per edge, labelled with its operation."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch
+    from matplotlib.figure import Figure  # a figure of its own: pyplot's global backend is left alone
+    from matplotlib.patches import Circle, FancyArrowPatch
 
-    figure, axes = plt.subplots(figsize=(7, 3.2))
+    figure = Figure(figsize=(7, 3.2))
+    axes = figure.subplots()
     positions = {node: (2.0 * node, 0.0) for node in range(NODES)}
     for (source, target), op in zip(EDGES, genotype.ops):
         if op == "none":
@@ -34,7 +33,7 @@ def draw_cell(genotype: Genotype, path: Path, title: str | None = None) -> Path:
                   bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
     for node, (x, y) in positions.items():
         label = "in" if node == 0 else ("out" if node == NODES - 1 else str(node))
-        axes.add_patch(plt.Circle((x, y), 0.28, color="black", fill=False, lw=1.5))
+        axes.add_patch(Circle((x, y), 0.28, color="black", fill=False, lw=1.5))
         axes.text(x, y, label, ha="center", va="center", fontsize=10)
     axes.set_xlim(-0.6, 2.0 * (NODES - 1) + 0.6)
     axes.set_ylim(-1.7, 1.7)
@@ -45,5 +44,4 @@ def draw_cell(genotype: Genotype, path: Path, title: str | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path

@@ -44,17 +44,40 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_tables(args: argparse.Namespace) -> int:
-    root = repo_root(Path.cwd())
-    files = [path.resolve() for path in args.files] or None
+    """Regenerate (or ``--check``) the marked tables of the repository the command runs in, and say how
+    many were looked at: silence would not tell "all fresh" from "found nothing to check"."""
+    root = _current_repository()
+    missing = [str(path) for path in args.files if not path.is_file()]
+    if missing:
+        raise ConfigError(f"tables: file {missing[0]!r} not found; give Markdown files holding metalab:table or "
+                          "metalab:study markers, or no file for every marked file of the repository")
+    files = [path.resolve() for path in args.files] or tables.marked_files(root)
     problems: dict[Path, list[str]] = {}
     changed = tables.refresh(files, root=root, check=args.check, problems=problems)
     for path in changed:
         verb = "stale" if args.check else "rewritten"
-        print(f"{verb}: {path.relative_to(root) if path.is_relative_to(root) else path}",
-              file=sys.stderr if args.check else sys.stdout)
+        print(f"{verb}: {_shown(path, root)}", file=sys.stderr if args.check else sys.stdout)
         for problem in problems.get(path, []):  # why a study table changed: runs gone stale or not recorded
             print(f"  {problem}", file=sys.stderr if args.check else sys.stdout)
+    count = sum(len(tables.OPEN.findall(path.read_text(errors="replace"))) for path in files)
+    where = f"{len(files)} file{'s' * (len(files) != 1)} of {root}"
+    if args.check:
+        state = f"{len(changed)} file(s) stale" if changed else "all fresh"
+    else:
+        state = f"{len(changed)} file(s) rewritten" if changed else "all were fresh, nothing rewritten"
+    print(f"checked {count} table{'s' * (count != 1)} in {where}: {state}")
     return 1 if args.check and changed else 0
+
+
+def _current_repository() -> Path:
+    """The metalab repository holding the current directory (a folder with ``train.py`` and ``conf/``),
+    not the one the package was installed from: the tables a user means are the ones where they stand."""
+    here = Path.cwd().resolve()
+    root = repo_root(here)
+    if not ((root / "train.py").is_file() and (root / "conf").is_dir()):
+        raise ConfigError(f"tables: {here} is not inside a metalab repository (no folder with train.py and conf/ "
+                          "at or above it); run metalab tables from the repository whose tables you mean")
+    return root
 
 
 def run_report(args: argparse.Namespace) -> int:

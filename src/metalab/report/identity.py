@@ -33,6 +33,7 @@ IGNORED_KEYS = (
     "hydra", "paths", "logger", "ckpt_path", "cpu_threads", "targets", "optimized_metric", "task_name",
     "retain_freed_memory",                      # allocator behaviour: speed, not values
     "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",                # how often metrics are logged, not what is trained
     # callbacks that save, time, display or restore state, but never change what is computed
     "callbacks.model_checkpoint", "callbacks.stop_on_signal", "callbacks.rng_state", "callbacks.throughput",
     "callbacks.progress_bar", "callbacks.progress", "callbacks.lr_monitor",

@@ -169,29 +169,28 @@ def _figure_names(study: Study, collected: Collected) -> list[Path]:
 
 
 def write_figures(study: Study, collected: Collected) -> list[Path]:
-    """Learning curves and accuracy-matrix heatmaps as PNG files (no timestamps in them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Learning curves and accuracy-matrix heatmaps as PNG files (no timestamps in them). Each is a
+    :class:`matplotlib.figure.Figure` of its own: pyplot's global backend is never touched."""
     written = []
     folder = figures_dir(study)
     folder.mkdir(parents=True, exist_ok=True)
     for path in _figure_names(study, collected):
         if path.name == "curves.png":
-            figure = _curves_figure(plt, collected)
+            figure = _curves_figure(collected)
         else:
-            figure = _matrix_figure(plt, collected, path.stem.removeprefix("accuracy_matrix_"))
+            figure = _matrix_figure(collected, path.stem.removeprefix("accuracy_matrix_"))
         figure.savefig(path, dpi=90, metadata={"Software": None})
-        plt.close(figure)
         written.append(path)
     return written
 
 
-def _curves_figure(plt, collected: Collected):
-    figure, axes = plt.subplots(1, len(CURVE_PANELS), figsize=(11, 4))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+def _curves_figure(collected: Collected):
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4))
+    axes = figure.subplots(1, len(CURVE_PANELS))
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for axis, (title, candidates) in zip(axes, CURVE_PANELS):
         shown = None
         for index, (label, records) in enumerate(collected.records.items()):
@@ -212,12 +211,15 @@ def _curves_figure(plt, collected: Collected):
     return figure
 
 
-def _matrix_figure(plt, collected: Collected, scenario: str):
+def _matrix_figure(collected: Collected, scenario: str):
+    from matplotlib.figure import Figure
+
     matrices = [(label, m) for label, records in collected.records.items()
                 if records and (m := accuracy_matrix(records, scenario))]
     columns = min(4, len(matrices))
     count_rows = math.ceil(len(matrices) / columns)
-    figure, axes = plt.subplots(count_rows, columns, figsize=(3.2 * columns, 3.0 * count_rows), squeeze=False)
+    figure = Figure(figsize=(3.2 * columns, 3.0 * count_rows))
+    axes = figure.subplots(count_rows, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for axis, (label, matrix) in zip(axes.flat, matrices):

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from metalab.errors import ConfigError
+from metalab.report.console import duration, run_headline
 from metalab.report.records import git_commit, machine
 from metalab.report.study import AVALANCHE_BASE, RECORD_FILES, Run, Study, check_runs, is_stale
 
@@ -115,10 +116,10 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
     run_dir.mkdir(parents=True, exist_ok=True)
     info = {"key": run.key, "label": run.label, "experiment": run.experiment, "seed": run.seed,
             "overrides": list(run.overrides), "threads": run.threads, "command": display_command(run),
-            "study": study.name, "budget": study.budget, "status": "running",
+            "study": study.name, "budget": study.budget, "status": "running", "resumed_from_checkpoint": resume,
             "fingerprint": study.fingerprints.get(run) or check_runs(study)[run]}
     previous = _read_json(run_dir / "run.json") if resume else {}
-    (run_dir / "run.json").write_text(json.dumps({**info, "resumed_from_checkpoint": resume}, indent=2))
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2))
     log(f"[{study.name}] {'resuming' if resume else 'starting'} {run.label} seed {run.seed} -> "
         f"{_shown(run_dir, study.root)}")
     env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads),
@@ -131,20 +132,46 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
         process = subprocess.Popen(command_of(run, run_dir, resume, study.root), cwd=study.root, env=env,
                                    stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
         _LIVE.add(process)
-        code = process.wait()  # if the study is stopped here, the run stays in _LIVE for stop_live_runs
-        _LIVE.discard(process)
-    wall = time.time() - start + float(previous.get("wall_seconds", 0.0))
-    finished = code == 0 and (_avalanche_result(run_dir, run) is not None if run.is_avalanche
-                              else (run_dir / "metrics.json").is_file())
+        try:
+            code = process.wait()
+        except BaseException:  # the study is being stopped: stop the run, and still record how it ended
+            try:
+                stop_live_runs()
+            finally:  # even if a second Ctrl-C cuts the stopping short
+                _record_end(study, run, run_dir, info, previous, process.poll(), time.time() - start, log)
+            raise
+        finally:
+            _LIVE.discard(process)
+    return _record_end(study, run, run_dir, info, previous, code, time.time() - start, log)
+
+
+def _record_end(study: Study, run: Run, run_dir: Path, info: dict[str, Any], previous: dict[str, Any],
+                code: int | None, seconds: float, log: Any) -> bool:
+    """Write the final ``run.json`` (status, time, commit, machine) and print the run's finished line; True
+    if it finished. Also called when the study is stopped while the run ends, so no record keeps
+    ``status: running``. A run a signal stopped wrote metrics.json but did not spend its budget: it is
+    not finished (it resumes next time) and its records are not copied."""
+    wall = seconds + float(previous.get("wall_seconds", 0.0))
+    signalled = _stopped_by_signal(run_dir / "metrics.json")
+    finished = code == 0 and not signalled and (_avalanche_result(run_dir, run) is not None if run.is_avalanche
+                                                else (run_dir / "metrics.json").is_file())
     if run.is_avalanche and finished:
         _write_avalanche_metrics(run_dir, run)
-    info.update(status="finished" if finished else f"failed (exit {code})", wall_seconds=round(wall, 1),
-                resumed_from_checkpoint=resume or bool(previous.get("resumed_from_checkpoint")),
+    status = ("finished" if finished else "stopped by a signal (resumes from its checkpoint)" if signalled
+              else "stopped with the study" if code is None else f"failed (exit {code})")
+    info.update(status=status, wall_seconds=round(wall, 1),
+                resumed_from_checkpoint=bool(info.get("resumed_from_checkpoint"))
+                or bool(previous.get("resumed_from_checkpoint")),
                 finished_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 **git_commit(study.root), **_machine_summary())
     (run_dir / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True))
-    if not finished:
+    if finished:
+        log(f"[{study.name}] finished {run.label} seed {run.seed}: {run_headline(run_dir)} "
+            f"in {duration(seconds)}")
+    elif code is not None and not signalled:
         log(f"[{study.name}] {run.label} seed {run.seed} failed (exit {code}): {_last_error(run_dir / 'console.log')}")
+    else:
+        log(f"[{study.name}] {run.label} seed {run.seed} stopped after {duration(seconds)}; it resumes next time")
     return finished
 
 
@@ -300,19 +327,31 @@ def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print, ke
             failed.append(run)
 
     previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if _in_main_thread() else None
+    start = time.time()
     try:
         if jobs <= 1:
             for run in pending:
                 one(run)
         else:
             with ThreadPoolExecutor(max_workers=jobs) as pool:
-                list(pool.map(one, pending))
+                futures = [pool.submit(one, run) for run in pending]
+                try:
+                    for future in futures:
+                        future.result()
+                except BaseException:  # stop here, inside the pool: leaving it waits for every queued run
+                    for future in futures:
+                        future.cancel()
+                    stop_live_runs()
+                    raise
     except BaseException:  # Ctrl-C or a kill of the study: stop its runs too; their checkpoints stay for resuming
         stop_live_runs()
         raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if pending:
+        log(f"[{study.name}] budget {study.budget}: {len(pending) - len(failed)} run(s) finished now, {len(failed)} "
+            f"failed, {skipped} done before; {duration(time.time() - start)} in all")
     return failed
 
 

@@ -20,6 +20,7 @@ Study file keys::
       - {experiment: omniglot/maml_5w1s, label: maml, overrides: [learner.inner_steps=1]}
       - {avalanche: ewc, suite: split_mnist}   # Avalanche's counterpart of our method, same stream and budget
     variants: {name: [overrides]}      # optional: every experiment is run once per variant
+    notes: text for the report's Notes section (a budget's own ``notes:`` replace it in that budget's report)
     budgets:                           # the first is the default; `metalab report ... --budget full`
       tiny: {seeds: [0, 1], overrides: [...], experiment_overrides: {omniglot/maml_5w1s: [...]}}
       full: {overrides: []}
@@ -49,7 +50,7 @@ from metalab.report.records import repo_root
 STUDY_KEYS = {"description", "seeds", "threads", "overrides", "experiments", "variants", "budgets", "compare",
               "title", "notes"}
 ENTRY_KEYS = {"experiment", "label", "overrides", "avalanche", "suite"}
-BUDGET_KEYS = {"seeds", "overrides", "experiment_overrides", "threads", "description"}
+BUDGET_KEYS = {"seeds", "overrides", "experiment_overrides", "threads", "description", "notes"}
 RECORD_FILES = ("metrics.json", "config_resolved.yaml", "run.json", "continual_metrics.json")
 
 
@@ -175,7 +176,8 @@ def load_study(path: str | Path, budget: str | None = None, seeds: list[int] | N
                           "which is not in experiments:")
     return Study(name=name, path=path.resolve(), root=repo_root(path.resolve()), budget=budget,
                  budgets=list(budgets), description=str(spec.get("description", "")).strip(), runs=runs,
-                 labels=labels, compare=list(spec.get("compare") or []), notes=str(spec.get("notes", "")).strip())
+                 labels=labels, compare=list(spec.get("compare") or []),
+                 notes=str(chosen.get("notes", spec.get("notes", ""))).strip())  # a budget's own notes first
 
 
 # ----------------------------------------------------------------------------------------------------- checks

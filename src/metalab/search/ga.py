@@ -50,6 +50,16 @@ class GeneticAlgorithm:
             raise ConfigError(f"objectives={objectives!r} is not allowed: objectives must be >= 1")
         if not 0 <= crossover_probability <= 1:
             raise ConfigError(f"crossover_probability={crossover_probability!r} is not allowed: it must be in [0, 1]")
+        if mutation_rate is not None and not 0 <= mutation_rate <= 1:
+            raise ConfigError(f"mutation_rate={mutation_rate!r} is not allowed: mutation_rate must be in [0, 1] "
+                              "(the probability that a gene mutates) or null (1 / number of genes)")
+        for name, eta in (("crossover_eta", crossover_eta), ("mutation_eta", mutation_eta)):
+            if not (math.isfinite(eta) and eta >= 0):  # SBX / polynomial mutation raise u to 1 / (eta + 1)
+                raise ConfigError(f"{name}={eta!r} is not allowed: {name} must be a finite number >= 0 "
+                                  "(the distribution index: larger keeps children closer to their parents)")
+        if offspring_size is not None and offspring_size < 1:
+            raise ConfigError(f"offspring_size={offspring_size!r} is not allowed: offspring_size must be >= 1 "
+                              "or null (population_size children per generation)")
         if selection == "aging" and not 1 <= sample_size <= population_size:
             raise ConfigError(f"sample_size={sample_size!r} is not allowed: sample_size must be in [1, population_size]")
         self.space = space

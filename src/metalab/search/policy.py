@@ -85,6 +85,10 @@ class PolicySearch:
                  weight_bound: float = 10.0, common_starts: bool = True) -> None:
         if episodes < 1 or eval_episodes < 1:
             raise ConfigError(f"episodes={episodes!r}, eval_episodes={eval_episodes!r} are not allowed: both must be >= 1")
+        hidden = list(hidden)
+        if not all(isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in hidden):
+            raise ConfigError(f"hidden={hidden!r} is not allowed: hidden must be a list of layer widths >= 1 "
+                              "(e.g. [16]; [] for a linear policy)")
         self.make_env = env or partial(GymnasiumVectorEnv, "CartPole-v1")
         probe = self.make_env(num_envs=1)
         self.observation_size = int(math.prod(probe.single_observation_space.shape))

@@ -33,6 +33,11 @@ example:
   METALAB_TOKENS=team:a-long-secret-token-123 metalab serve --port 8000
 """
 
+JOB_NAMES = {"migrate": "upgrade the store's schema",
+             "learning-cycle": "complete finished experiments, then recompute trust and patterns",
+             "trust": "recompute every agent's trust", "patterns": "refresh the discovered patterns",
+             "cleanup": "drop idempotency keys and records older than their retention"}
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser("serve", help="run the services' HTTP API (FastAPI under uvicorn)",
@@ -52,9 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.set_defaults(func=_serve)
 
     # the job names are checked when the job runs, so that `metalab env` does not import SQLAlchemy and scipy
-    jobs = subparsers.add_parser("jobs", help="run one periodic job of the services, for cron "
-                                              "(migrate, learning-cycle, trust, patterns, cleanup)")
-    jobs.add_argument("name", help="migrate (upgrade the schema) or a job of metalab.services.jobs.JOBS")
+    # (a test holds JOB_NAMES to metalab.services.jobs.JOBS)
+    jobs = subparsers.add_parser("jobs", help=f"run one periodic job of the services, for cron ({', '.join(JOB_NAMES)})",
+                                 description="Run one periodic job of the services on every workspace of the store "
+                                             "(or --workspace ones), for cron. Jobs: " + "; ".join(
+                                                 f"{name}: {what}" for name, what in JOB_NAMES.items()))
+    jobs.add_argument("name", metavar="name", help="one of: " + ", ".join(JOB_NAMES))
     jobs.add_argument("--workspace", action="append", help="only this workspace (repeatable); default: all in the store")
     jobs.add_argument("--idempotency-days", type=float, default=7.0, help="cleanup: keep idempotency keys this long")
     jobs.add_argument("--retention-days", type=float, default=365.0, help="cleanup: keep records this long")

@@ -48,8 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. hparams_search=protonet_optuna "
                                                      "+experiment=omniglot/protonet_5w1s")
-    parser.add_argument("--pruner", default="none", help="a conf/pruner/ file: median, hyperband, "
-                                                         "successive_halving, none (default)")
+    pruners = sorted(path.stem for path in (config_dir(None) / "pruner").glob("*.yaml"))  # the files, not a copy
+    parser.add_argument("--pruner", default="none", help=f"a conf/pruner/ file: {', '.join(pruners)} "
+                                                         "(default none)")
     parser.add_argument("--n-trials", type=int, help="trials this process runs (default: hydra.sweeper.n_trials)")
     parser.add_argument("--storage", help="sqlite:///file.db, journal:<file>, or an SQLAlchemy URL "
                                           "(default: hydra.sweeper.storage)")
