@@ -199,12 +199,9 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     def record_outcome(request: Request, workspace: Workspace_, experiment_id: ExperimentId, body: s.OutcomeCreate,
                        key: IdempotencyKey = None):
         def write(session):
-            service = ExperimentService(session, workspace)
-            outcome = service.record_outcome(experiment_id, body.variant, body.value, body.unit)
-            experiment = service.get(experiment_id)
-            return 201, s.OutcomeOut(id=outcome.id, experiment_id=experiment_id, variant=body.variant, value=outcome.value,
-                                     unit=outcome.unit, created_at=outcome.created_at,
-                                     experiment_status=experiment.status, winner=experiment.winner)
+            o = ExperimentService(session, workspace).record_outcome(experiment_id, body.variant, body.value, body.unit)
+            return 201, s.OutcomeOut(id=o.id, experiment_id=experiment_id, variant=o.variant, value=o.value, unit=o.unit,
+                                     created_at=o.created_at, experiment_status=o.experiment_status, winner=o.winner)
         return idempotent_write(request, workspace, key, body, write)
 
     @app.get(v1 + "/experiments/{experiment_id}/outcomes", response_model=s.Page[s.OutcomeOut], responses=ERRORS,
