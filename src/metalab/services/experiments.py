@@ -2,8 +2,7 @@
 
 Writes are appends. Recording an outcome is one insert plus atomic increments of the variant's running
 sums (``UPDATE variants SET count = count + 1, total = total + :x, ...``), the always-valid state of this
-look (an O(arms) closed form: the running minimum of the mSPRT p-values, or the running intersection of
-the arms' confidence sequences) and, when that state decides, the completion. Estimates, probabilities to
+look (an O(pairs) closed form: the running minimum of the mSPRT p-values) and, when that state decides, the completion. Estimates, probabilities to
 be best and intervals are computed when the analysis is read. The experiment's row is locked (PostgreSQL;
 SQLite's writers queue on the database) only for those few statements, so that every look is the state
 after a prefix of the outcomes, exactly as when every outcome was analysed on its own.
@@ -15,17 +14,17 @@ they are by the simulations (:mod:`metalab.services.simulate`):
   always-valid mSPRT of :mod:`metalab.services.sequential` at level alpha / (k - 1) (Bonferroni over the
   k - 1 comparisons); a winner when a variant beats the control, the control when every variant loses.
 - adaptive allocation (``thompson``, ``ucb``): these policies stop pulling poor arms, the control
-  included, so comparisons with the control never end (issue 38). Instead each arm has a normal-mixture
-  confidence sequence of its mean at level alpha / k (Robbins 1970; Howard, Ramdas, McAuliffe and Sekhon,
-  Ann. Statist. 2021), intersected over looks. An arm's outcomes form their own i.i.d. stream whatever
-  the allocation (the "stack of rewards" model, Lattimore and Szepesvari, *Bandit Algorithms* 2020, 4.6),
-  so the k sequences hold together at every look with probability >= 1 - alpha under any adaptive
-  allocation, and the rule "an arm wins when its lower bound exceeds every other arm's upper bound" (the
-  stopping rule of LUCB, Kalyanakrishnan, Tewari, Auer and Stone, ICML 2012, with anytime bounds as in
-  lil'UCB, Jamieson, Malloy, Nowak and Bubeck, COLT 2014) names a wrong best arm with probability <= alpha.
-  Each arm is compared with the current best.
-As in the mSPRT, the plug-in variance makes the guarantee asymptotic; the engine waits for
-``min_samples_per_variant`` outcomes per arm, and experiments/services/adaptive_decisions.py measures it.
+  included, so comparisons with the control alone never end (issue 38). Every pair of arms is compared
+  by the same mSPRT (running minimum of each pair's p-value), and an arm wins when it significantly beats
+  every other arm at alpha / (k - 1): a best-arm stopping rule in the spirit of successive elimination
+  (Even-Dar, Mannor and Mansour, JMLR 7, 2006), with always-valid pairwise tests in place of fixed-time
+  bounds, i.e. always-valid comparisons of each arm with the current best. A wrong best arm needs a false
+  rejection in one of the k - 1 pairs that contain the true best, so P(wrong winner) <= alpha
+  (Bonferroni); the analysis reports each arm against the current best.
+With a plug-in variance, and under adaptive allocation (which makes the arms' counts data-dependent),
+the guarantee is asymptotic; the engine waits for ``min_samples_per_variant`` outcomes per arm, and
+experiments/services/adaptive_decisions.py measures wrong decisions and A/A false decisions under
+Thompson sampling.
 """
 
 from __future__ import annotations
@@ -86,8 +85,8 @@ class Comparison:
     variant: str
     difference: float  # mean(variant) - mean(reference), in the outcome's units
     interval: tuple[float, float]  # always-valid confidence sequence for the difference at this look
-    p_value_now: float | None  # mSPRT only
-    p_value: float | None  # always valid: the minimum over all looks so far (mSPRT only)
+    p_value_now: float
+    p_value: float  # always valid: the minimum over all looks so far
     significant: bool
     reference: str = ""  # the control (mSPRT) or the current best arm (adaptive allocation)
 
@@ -132,21 +131,33 @@ class RecordedOutcome:
 
 
 # ---- the decision rules (pure, vectorised: arms on the last axis) -------------------------------------------
-def look_p_values(count: np.ndarray, total: np.ndarray, total_squares: np.ndarray, binary: bool, mixture_scale: float,
-                  min_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def look_p_values(count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float,
+                  min_samples: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:
     """One look at every treatment against the control (arms on the last axis, any batch axes in front).
 
     Returns the difference from the control, its variance, tau^2 and the p-value at this look (1 until
     both arms have ``min_samples`` outcomes); arrays over the treatments.
     """
+    k = np.shape(count)[-1]
+    return pair_p_values(count, total, total_squares, binary, mixture_scale, min_samples,
+                         np.zeros(k - 1, dtype=int), np.arange(1, k))
+
+
+def pair_p_values(count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float,
+                  min_samples: int, first: NDArray, second: NDArray) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """The mSPRT look of every pair (mean[second] - mean[first]); arms on the last axis, pairs on the result's."""
     var = sequential.plugin_variance(count, total, total_squares, binary)
     mean = total / np.maximum(count, 1.0)
-    difference = mean[..., 1:] - mean[..., :1]
-    variance = sequential.difference_variance(count[..., :1], var[..., :1], count[..., 1:], var[..., 1:])
-    tau2 = sequential.mixture_tau2(var[..., :1], var[..., 1:], mixture_scale)
-    ready = (count[..., 1:] >= min_samples) & (count[..., :1] >= min_samples)
+    difference = mean[..., second] - mean[..., first]
+    variance = sequential.difference_variance(count[..., first], var[..., first], count[..., second], var[..., second])
+    tau2 = sequential.mixture_tau2(var[..., first], var[..., second], mixture_scale)
+    ready = (count[..., first] >= min_samples) & (count[..., second] >= min_samples)
     p_now = np.where(ready, sequential.p_value_at_look(difference, variance, tau2), 1.0)
     return difference, variance, tau2, p_now
+
+
+def all_pairs(k: int) -> tuple[NDArray, NDArray]:
+    return np.triu_indices(k, 1)
 
 
 def control_verdict(difference: NDArray, min_p: NDArray, level: float) -> tuple[NDArray, NDArray]:
@@ -158,69 +169,83 @@ def control_verdict(difference: NDArray, min_p: NDArray, level: float) -> tuple[
     return code, np.where(code == WINNER, best, 0)
 
 
-def arm_bounds(count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float,
-               min_samples: int, level: float) -> tuple[NDArray, NDArray]:
-    """Each arm's normal-mixture confidence sequence for its mean at ``level`` (unbounded before min_samples)."""
-    var = sequential.plugin_variance(count, total, total_squares, binary)
-    n = np.maximum(np.asarray(count, dtype=float), 1.0)
-    mean = np.asarray(total, dtype=float) / n
-    radius = sequential.confidence_sequence_radius(var / n, (mixture_scale ** 2) * var, level)
-    ready = np.asarray(count) >= min_samples
-    return np.where(ready, mean - radius, -np.inf), np.where(ready, mean + radius, np.inf)
+def best_arm_verdict(difference: NDArray, min_p: NDArray, level: float, k: int) -> tuple[NDArray, NDArray]:
+    """Adaptive rule: (code, arm index) -- an arm wins when it significantly beats every other arm.
 
-
-def best_arm_verdict(low: NDArray, high: NDArray) -> tuple[NDArray, NDArray]:
-    """LUCB rule: (code, arm index) -- an arm wins when its lower bound is above every other upper bound."""
-    k = low.shape[-1]
-    others = np.stack([np.max(np.delete(high, i, axis=-1), axis=-1) for i in range(k)], axis=-1)
-    separated = low > others
-    index = np.argmax(separated, axis=-1)
-    code = np.where(separated.any(axis=-1), np.where(index == 0, CONTROL_WINS, WINNER), CONTINUE)
+    ``difference`` and ``min_p`` are over :func:`all_pairs` (mean[j] - mean[i] for i < j).
+    """
+    first, second = all_pairs(k)
+    significant = min_p <= level
+    beats = np.zeros(difference.shape[:-1] + (k, k), dtype=bool)  # beats[..., i, j]: i significantly above j
+    beats[..., first, second] = significant & (difference < 0)
+    beats[..., second, first] = significant & (difference > 0)
+    wins = beats.sum(axis=-1) == k - 1
+    index = np.argmax(wins, axis=-1)
+    code = np.where(wins.any(axis=-1), np.where(index == 0, CONTROL_WINS, WINNER), CONTINUE)
     return code, index
 
 
 def level_of(spec: ExperimentSpec, arms: int) -> float:
-    """Bonferroni: alpha over the k - 1 comparisons with the control, or over the k arms' sequences."""
-    return spec.alpha / (arms if spec.adaptive else max(arms - 1, 1))
+    """Bonferroni over the k - 1 comparisons with the control, or (adaptive) with the best arm."""
+    return spec.alpha / max(arms - 1, 1)
 
 
 # ---- one experiment's state at a look --------------------------------------------------------------------
 @dataclass
 class Look:
-    """The always-valid state after the latest outcome: what is stored and what decides."""
+    """The always-valid state after the latest outcome over its pairs: what is stored and what decides."""
 
-    min_p: NDArray | None = None  # mSPRT: running minimum per treatment
-    difference: NDArray | None = None
-    radius: NDArray | None = None
-    p_now: NDArray | None = None
-    low: NDArray | None = None  # adaptive: running intersection of each arm's sequence
-    high: NDArray | None = None
-
-
-def control_look(arms: Arms, spec: ExperimentSpec, previous_min_p: dict[str, float]) -> Look:
-    binary = spec.outcome_type == "binary"
-    difference, variance, tau2, p_now = look_p_values(arms.count, arms.total, arms.total_squares, binary,
-                                                      spec.mixture_scale, spec.min_samples_per_variant)
-    previous = np.array([previous_min_p.get(name, 1.0) for name in arms.names[1:]], dtype=float)
-    radius = sequential.confidence_sequence_radius(variance, tau2, level_of(spec, len(arms.names)))
-    return Look(min_p=np.minimum(previous, p_now), difference=difference, radius=radius, p_now=p_now)
+    first: NDArray  # pair (first[p], second[p]): the control and each variant, or (adaptive) every pair
+    second: NDArray
+    difference: NDArray  # mean[second] - mean[first]
+    radius: NDArray  # confidence sequence half-width at the level
+    p_now: NDArray
+    min_p: NDArray  # running minimum over all looks
 
 
-def bounds_look(arms: Arms, spec: ExperimentSpec, low: NDArray, high: NDArray, arm: int | None = None) -> Look:
-    """Intersect the stored bounds with this look's sequences (of one arm when only ``arm`` changed)."""
-    now_low, now_high = arm_bounds(arms.count, arms.total, arms.total_squares, spec.outcome_type == "binary",
-                                   spec.mixture_scale, spec.min_samples_per_variant, level_of(spec, len(arms.names)))
-    if arm is not None:
-        mask = np.arange(len(arms.names)) == arm
-        now_low, now_high = np.where(mask, now_low, -np.inf), np.where(mask, now_high, np.inf)
-    return Look(low=np.maximum(low, now_low), high=np.minimum(high, now_high))
+def _pair_keys(names: list[str], look_first: NDArray, look_second: NDArray, adaptive: bool) -> list[tuple[str, ...]]:
+    if not adaptive:
+        return [(names[j],) for j in look_second]
+    return [(names[i], names[j]) for i, j in zip(look_first, look_second)]
+
+
+def stored_min_p(stored: dict[str, Any], keys: list[tuple[str, ...]]) -> NDArray:
+    """Running minima from the JSON column: {variant: p} against the control, or {arm: {other arm: p}}."""
+    values = []
+    for key in keys:
+        value = stored.get(key[0], 1.0)
+        values.append(value.get(key[1], 1.0) if len(key) == 2 and isinstance(value, dict) else value)
+    return np.array(values, dtype=float)
+
+
+def min_p_json(keys: list[tuple[str, ...]], min_p: NDArray) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, p in zip(keys, min_p):
+        if len(key) == 1:
+            out[key[0]] = float(p)
+        else:
+            out.setdefault(key[0], {})[key[1]] = float(p)
+    return out
+
+
+def take_look(arms: Arms, spec: ExperimentSpec, stored: dict[str, Any]) -> tuple[Look, dict[str, Any]]:
+    """This look's p-values, radii and running minima; and the running minima as they are stored."""
+    k = len(arms.names)
+    first, second = all_pairs(k) if spec.adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+    difference, variance, tau2, p_now = pair_p_values(arms.count, arms.total, arms.total_squares,
+                                                      spec.outcome_type == "binary", spec.mixture_scale,
+                                                      spec.min_samples_per_variant, first, second)
+    keys = _pair_keys(arms.names, first, second, spec.adaptive)
+    min_p = np.minimum(stored_min_p(stored, keys), p_now)
+    radius = sequential.confidence_sequence_radius(variance, tau2, level_of(spec, k))
+    return Look(first, second, difference, radius, p_now, min_p), min_p_json(keys, min_p)
 
 
 def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
     """The decision at this look, with the reason in words."""
     level, control, total = level_of(spec, len(arms.names)), arms.names[0], int(arms.count.sum())
     if spec.adaptive:
-        code, index = best_arm_verdict(look.low, look.high)
+        code, index = best_arm_verdict(look.difference, look.min_p, level, len(arms.names))
     else:
         code, index = control_verdict(look.difference, look.min_p, level)
     if code == WINNER and not spec.adaptive:
@@ -235,13 +260,13 @@ def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
                         f"every variant is worse than the control '{control}' (largest always-valid p = "
                         f"{float(look.min_p.max()):.3g} <= {level:.3g}) after {total} outcomes")
     if code != CONTINUE:
-        best = arms.names[int(index)]
-        return Decision("winner" if code == WINNER else "control_wins", best,
-                        f"'{best}' is the best arm: its always-valid lower bound {look.low[index]:.4g} is above every "
-                        f"other arm's upper bound (at most {float(np.delete(look.high, index).max()):.4g}; "
-                        f"confidence sequences at {level:.3g} per arm) after {total} outcomes")
+        best = int(index)
+        involved = (look.first == best) | (look.second == best)
+        return Decision("winner" if code == WINNER else "control_wins", arms.names[best],
+                        f"'{arms.names[best]}' beats every other arm (largest always-valid p against them = "
+                        f"{float(look.min_p[involved].max()):.3g} <= {level:.3g}) after {total} outcomes")
     if spec.max_outcomes is not None and total >= spec.max_outcomes:
-        which = "no arm's confidence sequence above all others" if spec.adaptive else \
+        which = "no arm significantly better than all others" if spec.adaptive else \
             "no variant significantly different from the control"
         return Decision("inconclusive", None, f"reached max_outcomes={spec.max_outcomes} with {which} at "
                                               f"{level:.3g}; keep the control '{control}'")
@@ -250,27 +275,25 @@ def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
         return Decision("continue", None, f"waiting for min_samples_per_variant={spec.min_samples_per_variant} "
                                           f"outcomes per variant (the smallest variant needs {waiting} more)")
     if spec.adaptive:
-        return Decision("continue", None, f"no arm's confidence sequence is above all others at {level:.3g} yet")
+        return Decision("continue", None, f"no arm beats every other arm at always-valid level {level:.3g} yet")
     return Decision("continue", None, f"no variant differs from the control at always-valid level {level:.3g} yet")
 
 
 def comparisons_of(arms: Arms, look: Look, spec: ExperimentSpec) -> list[Comparison]:
     """mSPRT: every variant against the control; adaptive: every arm against the current best."""
     level = level_of(spec, len(arms.names))
-    if not spec.adaptive:
-        return [Comparison(variant=name, difference=float(look.difference[i]),
-                           interval=(float(look.difference[i] - look.radius[i]),
-                                     float(look.difference[i] + look.radius[i])),
-                           p_value_now=float(look.p_now[i]), p_value=float(look.min_p[i]),
-                           significant=bool(look.min_p[i] <= level), reference=arms.names[0])
-                for i, name in enumerate(arms.names[1:])]
-    mean = arms.total / np.maximum(arms.count, 1.0)
-    best = int(np.argmax(mean))
-    return [Comparison(variant=name, difference=float(mean[i] - mean[best]),
-                       interval=(float(look.low[i] - look.high[best]), float(look.high[i] - look.low[best])),
-                       p_value_now=None, p_value=None, significant=bool(look.high[i] < look.low[best]),
-                       reference=arms.names[best])
-            for i, name in enumerate(arms.names) if i != best]
+    reference = int(np.argmax(arms.total / np.maximum(arms.count, 1.0))) if spec.adaptive else 0
+    comparisons = []
+    for p in range(len(look.first)):
+        i, j = int(look.first[p]), int(look.second[p])
+        if reference not in (i, j):
+            continue
+        sign, other = (1.0, j) if i == reference else (-1.0, i)  # difference = mean[other] - mean[reference]
+        d, r = sign * look.difference[p], look.radius[p]
+        comparisons.append(Comparison(variant=arms.names[other], difference=float(d), interval=(float(d - r), float(d + r)),
+                                      p_value_now=float(look.p_now[p]), p_value=float(look.min_p[p]),
+                                      significant=bool(look.min_p[p] <= level), reference=arms.names[reference]))
+    return comparisons
 
 
 def estimates_of(arms: Arms, binary: bool) -> list[VariantEstimate]:
@@ -292,9 +315,10 @@ def estimates_of(arms: Arms, binary: bool) -> list[VariantEstimate]:
 
 def analyse_arms(arms: Arms, spec: ExperimentSpec, look: Look) -> Analysis:
     """Estimates, comparisons and the decision of one look (what a read computes; never run per write)."""
-    min_p = {} if look.min_p is None else {n: float(p) for n, p in zip(arms.names[1:], look.min_p)}
+    keys = _pair_keys(arms.names, look.first, look.second, spec.adaptive)
     return Analysis(outcomes=int(arms.count.sum()), estimates=estimates_of(arms, spec.outcome_type == "binary"),
-                    comparisons=comparisons_of(arms, look, spec), decision=decide(arms, look, spec), min_p_values=min_p)
+                    comparisons=comparisons_of(arms, look, spec), decision=decide(arms, look, spec),
+                    min_p_values=min_p_json(keys, look.min_p))
 
 
 def spec_of(experiment: Experiment) -> ExperimentSpec:
@@ -315,16 +339,6 @@ def oriented(names: list[str], count, total, total_squares, maximize: bool, bina
     return Arms(names, count, -total, squares)
 
 
-def _bounds(rows) -> tuple[NDArray, NDArray]:
-    low = np.array([-np.inf if r.low is None else r.low for r in rows], dtype=float)
-    high = np.array([np.inf if r.high is None else r.high for r in rows], dtype=float)
-    return low, high
-
-
-def _stored(x: float) -> float | None:
-    return float(x) if np.isfinite(x) else None
-
-
 # The write path's statements, built once (building them per call cost more than executing them).
 _E, _V, _O = Experiment.__table__, Variant.__table__, ExperimentOutcome.__table__
 _SPEC_COLUMNS = ("name", "outcome_type", "allocation", "maximize", "alpha", "mixture_scale", "min_samples_per_variant",
@@ -334,10 +348,9 @@ _LOCK = (select(_E.c.status, _E.c.winner, _E.c.min_p_values, *(_E.c[c] for c in 
 _INCREMENT = (_V.update().where(_V.c.experiment_id == bindparam("eid"), _V.c.name == bindparam("vname"))
               .values(count=_V.c.count + 1, total=_V.c.total + bindparam("x"),
                       total_squares=_V.c.total_squares + bindparam("x2")).returning(_V.c.id))
-_ARMS = (select(_V.c.id, _V.c.name, _V.c.count, _V.c.total, _V.c.total_squares, _V.c.low, _V.c.high)
+_ARMS = (select(_V.c.id, _V.c.name, _V.c.count, _V.c.total, _V.c.total_squares)
          .where(_V.c.experiment_id == bindparam("eid")).order_by(_V.c.position))
 _INSERT = _O.insert().returning(_O.c.id)
-_BOUNDS = _V.update().where(_V.c.id == bindparam("vid")).values(low=bindparam("lo"), high=bindparam("hi"))
 _MIN_P = _E.update().where(_E.c.id == bindparam("eid")).values(min_p_values=bindparam("mp", type_=JSON))
 
 
@@ -434,15 +447,8 @@ class ExperimentService:
                               variants=[r.name for r in rows])
         arms = oriented(spec.variants, [r.count for r in rows], [r.total for r in rows],
                         [r.total_squares for r in rows], spec.maximize, binary)
-        if spec.adaptive:
-            arm = next(i for i, r in enumerate(rows) if r.id == variant_id)
-            look = bounds_look(arms, spec, *_bounds(rows), arm=arm)
-            connection.execute(_BOUNDS, {"vid": variant_id, "lo": _stored(look.low[arm]),
-                                         "hi": _stored(look.high[arm])})
-        else:
-            look = control_look(arms, spec, experiment.min_p_values or {})
-            connection.execute(_MIN_P, {"eid": experiment_id,
-                                        "mp": {n: float(p) for n, p in zip(spec.variants[1:], look.min_p)}})
+        look, min_p = take_look(arms, spec, experiment.min_p_values or {})
+        connection.execute(_MIN_P, {"eid": experiment_id, "mp": min_p})
         status, winner = "running", None
         if spec.auto_complete:
             decision = decide(arms, look, spec)
@@ -458,9 +464,7 @@ class ExperimentService:
         variants = experiment.variants
         arms = oriented([v.name for v in variants], [v.count for v in variants], [v.total for v in variants],
                         [v.total_squares for v in variants], spec.maximize, spec.outcome_type == "binary")
-        if spec.adaptive:
-            return arms, spec, bounds_look(arms, spec, *_bounds(variants))
-        return arms, spec, control_look(arms, spec, experiment.min_p_values or {})
+        return arms, spec, take_look(arms, spec, experiment.min_p_values or {})[0]
 
     def analyse(self, experiment_id: int) -> tuple[Experiment, Analysis]:
         experiment = self.get(experiment_id)

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from metalab.services.bandits import policy_for
-from metalab.services.experiments import (CONTINUE, ExperimentSpec, arm_bounds, best_arm_verdict, control_verdict,
-                                          look_p_values)
+from metalab.services.experiments import (CONTINUE, ExperimentSpec, all_pairs, best_arm_verdict, control_verdict,
+                                          pair_p_values)
 from metalab.services.patterns import RecordView, agreeing_agents
 from metalab.services.trust import EvaluatedOutcome, TrustConfig, compute_trust
 
@@ -23,7 +23,7 @@ def sequential_monitoring(n_experiments: int, horizon: int, means: list[float], 
     """Run ``n_experiments`` experiments side by side, deciding after every outcome, up to ``horizon``.
 
     The decision rule is the engine's own (``rule``: "control" = mSPRT against the control, "best_arm" =
-    the arms' confidence sequences; by default the one the engine uses for ``allocation``). Returns the
+    an arm beats every other arm; by default the one the engine uses for ``allocation``). Returns the
     outcome count at which each experiment first decided (0 = never), the arm it named (-1 = none), the
     share that decided, and the cumulative pseudo-regret of the allocation (pulls of the best mean lost).
     """
@@ -32,10 +32,10 @@ def sequential_monitoring(n_experiments: int, horizon: int, means: list[float], 
     spec = ExperimentSpec(name="simulated", variants=[str(i) for i in range(k)], allocation=allocation, alpha=alpha,
                           mixture_scale=mixture_scale, min_samples_per_variant=min_samples)
     best_arm = (rule or ("best_arm" if spec.adaptive else "control")) == "best_arm"
-    level = alpha / k if best_arm else alpha / max(k - 1, 1)
+    level = alpha / max(k - 1, 1)
+    first, second = all_pairs(k) if best_arm else (np.zeros(k - 1, dtype=int), np.arange(1, k))
     count, total, squares = (np.zeros((n_experiments, k)) for _ in range(3))
-    running_min = np.ones((n_experiments, k - 1))
-    low, high = np.full((n_experiments, k), -np.inf), np.full((n_experiments, k), np.inf)
+    running_min = np.ones((n_experiments, len(first)))
     stopped_at = np.zeros(n_experiments, dtype=int)
     named = np.full(n_experiments, -1)
     rows = np.arange(n_experiments)
@@ -50,13 +50,11 @@ def sequential_monitoring(n_experiments: int, horizon: int, means: list[float], 
         count[rows, arm] += 1
         total[rows, arm] += y
         squares[rows, arm] += y * y
+        difference, *_, p_now = pair_p_values(count, total, squares, binary, mixture_scale, min_samples, first, second)
+        running_min = np.minimum(running_min, p_now)
         if best_arm:
-            now_low, now_high = arm_bounds(count, total, squares, binary, mixture_scale, min_samples, level)
-            low, high = np.maximum(low, now_low), np.minimum(high, now_high)
-            code, index = best_arm_verdict(low, high)
+            code, index = best_arm_verdict(difference, running_min, level, k)
         else:
-            difference, *_, p_now = look_p_values(count, total, squares, binary, mixture_scale, min_samples)
-            running_min = np.minimum(running_min, p_now)
             code, index = control_verdict(difference, running_min, level)
         newly = (stopped_at == 0) & (code != CONTINUE)
         stopped_at[newly], named[newly] = t, index[newly]

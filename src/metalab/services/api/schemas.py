@@ -144,11 +144,9 @@ class ComparisonOut(BaseModel):
     variant: str
     reference: str = Field(description="the control (equal allocation) or the current best arm (thompson, ucb)")
     difference: float = Field(description="mean(variant) - mean(reference)")
-    interval: tuple[float, float] = Field(description="always-valid confidence sequence of the difference: at level "
-                                                      "alpha/(k-1) (mSPRT) or from the arms' sequences at alpha/k")
-    p_value_now: float | None = Field(description="mSPRT p-value at this look (null under adaptive allocation)")
-    p_value: float | None = Field(description="always-valid p-value (mSPRT, running minimum over all looks; null "
-                                              "under adaptive allocation, where the arms' sequences decide)")
+    interval: tuple[float, float] = Field(description="always-valid confidence sequence at level alpha/(k-1)")
+    p_value_now: float = Field(description="mSPRT p-value at this look")
+    p_value: float = Field(description="always-valid p-value (mSPRT, running minimum over all looks)")
     significant: bool
 
 

@@ -84,7 +84,8 @@ class Experiment(Base):
     winner: Mapped[str | None] = mapped_column(String(100), nullable=True)
     decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Always-valid p-value of each treatment against the control: the running minimum over every look.
+    # Always-valid p-values, the running minimum over every look: {variant: p} against the control, or under
+    # adaptive allocation {arm: {other arm: p}} for every pair.
     min_p_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
@@ -102,10 +103,6 @@ class Variant(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
     total: Mapped[float] = mapped_column(Float, default=0.0)
     total_squares: Mapped[float] = mapped_column(Float, default=0.0)
-    # Adaptive allocation: the running intersection of this arm's always-valid confidence sequence, in
-    # oriented units (larger = better); null while unbounded.
-    low: Mapped[float | None] = mapped_column(Float, nullable=True)
-    high: Mapped[float | None] = mapped_column(Float, nullable=True)
     experiment: Mapped[Experiment] = relationship(back_populates="variants")
 
 
