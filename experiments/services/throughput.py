@@ -22,6 +22,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -179,6 +180,7 @@ def main() -> None:
     parser.add_argument("--client-cpu", default="1", help="core(s) of the client processes")
     parser.add_argument("--name", default="throughput")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a terminated run still stops its servers
     if hasattr(os, "sched_setaffinity"):  # PostgreSQL, started from here, inherits the server core(s)
         os.sched_setaffinity(0, _cpus(args.server_cpu))
     started, cpu_clock = now(), time.process_time()
