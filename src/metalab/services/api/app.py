@@ -18,11 +18,13 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Reques
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metalab.services import jobs
 from metalab.services.api import schemas as s
@@ -35,8 +37,10 @@ from metalab.services.store.models import Experiment, ExperimentOutcome, Idempot
 from metalab.services.trust import TrustReport, TrustService
 
 bearer = HTTPBearer(auto_error=False, description="the token of the workspace in the path")
-ERRORS = {401: {"model": s.ErrorOut}, 403: {"model": s.ErrorOut}, 404: {"model": s.ErrorOut},
-          409: {"model": s.ErrorOut}, 422: {"model": s.ErrorOut}}
+ERRORS = {400: {"model": s.ErrorOut, "description": "a body that is not JSON, or an unknown job"},
+          401: {"model": s.ErrorOut}, 403: {"model": s.ErrorOut}, 404: {"model": s.ErrorOut},
+          409: {"model": s.ErrorOut}, 422: {"model": s.ErrorOut},
+          503: {"model": s.ErrorOut, "description": "the database is busy or unreachable; retry"}}
 
 ExperimentId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 RecommendationId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
@@ -50,7 +54,7 @@ def _sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
-def authorized_workspace(request: Request, workspace: Annotated[str, Path(description="workspace name")],
+async def authorized_workspace(request: Request, workspace: Annotated[str, Path(description="workspace name")],
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     """The workspace in the path, if the bearer token opens it (401 no/unknown token, 403 other workspace)."""
     if credentials is None:
@@ -82,7 +86,7 @@ def _replay(record: IdempotencyRecord, fingerprint: str) -> JSONResponse:
 def idempotent_write(request: Request, workspace: str, key: str | None, body: BaseModel | None,
                      write: Callable[[Session], tuple[int, Any]]) -> JSONResponse:
     """Run ``write`` and store its response under ``key`` in the same transaction (or replay the stored one)."""
-    fingerprint = _fingerprint(request, body)
+    fingerprint = _fingerprint(request, body) if key is not None else ""  # only a keyed write is replayed
     lookup = select(IdempotencyRecord).where(IdempotencyRecord.workspace == workspace, IdempotencyRecord.key == key)
     with _sessions(request)() as session:
         if key is not None and (stored := session.scalar(lookup)) is not None:
@@ -142,6 +146,16 @@ def _install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {item.get('msg', 'invalid')}")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """As Starlette's, but a 405 lists every method of the path's most specific route template."""
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            matching = [r for r in request.app.routes if isinstance(r, APIRoute) and r.path_regex.match(request.url.path)]
+            fewest = min((r.path.count("{") for r in matching), default=0)
+            headers["Allow"] = ", ".join(sorted({m for r in matching if r.path.count("{") == fewest for m in r.methods}))
+        return JSONResponse({"detail": error.detail}, error.status_code, headers=headers)
+
     @app.exception_handler(OperationalError)
     def _database_busy(_request: Request, error: OperationalError) -> JSONResponse:
         return JSONResponse({"detail": "the database is busy or unreachable; retry"}, 503, headers={"Retry-After": "1"})
@@ -159,6 +173,7 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     app = FastAPI(title="metalab services", version="1", description=__doc__.split("\n\n")[0],
                   responses={422: {"model": s.ErrorOut}})
     app.state.settings, app.state.sessions, app.state.engine = settings, sessions, engine
+    app.openapi = lambda: s.tighten_openapi(FastAPI.openapi(app))  # type: ignore[method-assign]
     _install_error_handlers(app)
 
     @app.get("/health", tags=["meta"])
