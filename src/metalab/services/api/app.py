@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -316,10 +316,8 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
 
     @app.post(v1 + "/jobs/{job}", response_model=s.JobOut, responses=ERRORS, tags=["jobs"])
     def run_job(request: Request, workspace: Workspace_,
-                job: Annotated[str, Path(description="one of " + ", ".join(jobs.JOBS))], key: IdempotencyKey = None):
-        if job not in jobs.JOBS:
-            raise ServiceError(f"unknown job {job!r}; the jobs are " + ", ".join(jobs.JOBS))
-
+                job: Annotated[Literal[tuple(jobs.JOBS)], Path(description="the job to run")],  # type: ignore[valid-type]
+                key: IdempotencyKey = None):
         def write(session):
             return 200, s.JobOut(job=job, workspace=workspace, summary=jobs.JOBS[job](session, workspace, jobs.RetentionPolicy()))
         return idempotent_write(request, workspace, key, None, write)

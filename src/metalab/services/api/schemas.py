@@ -454,7 +454,8 @@ class CohortOut(BaseModel):
 # ---- model registry ------------------------------------------------------------------------------------------
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 VersionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-Sample = Annotated[list[Finite], Field(min_length=1, max_length=10_000)]
+# RegistryConfig.min_samples (30, the API uses the default) to registry.MAX_REFERENCE values per feature
+Sample = Annotated[list[Finite], Field(min_length=30, max_length=10_000)]
 
 
 class ModelVersionCreate(Strict):
