@@ -68,3 +68,17 @@ def api(store_url):
         yield client
     app.state.engine.dispose()
 
+
+
+@pytest.fixture
+def sqlite_sessions(sqlite_url):
+    """Like ``sessions`` on SQLite only (for long replays that need not run twice)."""
+    engine = create_store_engine(sqlite_url)
+    migrate(engine)
+    from metalab.services.store.models import Workspace
+
+    factory = session_factory(engine)
+    with factory() as session, session.begin():
+        session.add_all([Workspace(name="alpha"), Workspace(name="beta")])
+    yield factory
+    engine.dispose()

@@ -170,3 +170,23 @@ def test_openapi_schema_declares_bearer_auth(api):
     schema = api.get("/openapi.json").json()
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert api.get("/health").json() == {"status": "ok"}
+
+
+def test_timestamps_come_back_in_utc_with_an_offset(api):
+    """Issue 38: SQLite returned naive timestamps on read; both backends now give UTC with an offset."""
+    from datetime import timezone
+
+    from metalab.services.store.models import ExperimentOutcome
+
+    created = api.post("/v1/workspaces/alpha/experiments", json={"name": "tz", "variants": ["a", "b"]}, headers=auth())
+    experiment_id = created.json()["id"]
+    outcome = api.post(f"/v1/workspaces/alpha/experiments/{experiment_id}/outcomes", json={"variant": "a", "value": 1},
+                       headers=auth())
+    read = api.get(f"/v1/workspaces/alpha/experiments/{experiment_id}/outcomes", headers=auth()).json()["items"][0]
+    again = api.get(f"/v1/workspaces/alpha/experiments/{experiment_id}", headers=auth()).json()
+    for stamp in (created.json()["created_at"], again["created_at"], outcome.json()["created_at"], read["created_at"]):
+        assert stamp.endswith("Z") or stamp.endswith("+00:00"), stamp
+    assert read["created_at"] == outcome.json()["created_at"] and again["created_at"] == created.json()["created_at"]
+    with api.app.state.sessions() as session:
+        stored = session.get(ExperimentOutcome, read["id"])
+        assert stored.created_at.tzinfo is not None and stored.created_at.utcoffset() == timezone.utc.utcoffset(None)

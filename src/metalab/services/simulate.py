@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from metalab.services.bandits import policy_for
-from metalab.services.experiments import look_p_values
+from metalab.services.experiments import (CONTINUE, ExperimentSpec, all_pairs, best_arm_verdict, control_verdict,
+                                          pair_p_values)
 from metalab.services.patterns import RecordView, agreeing_agents
 from metalab.services.trust import EvaluatedOutcome, TrustConfig, compute_trust
 
@@ -18,35 +19,48 @@ from metalab.services.trust import EvaluatedOutcome, TrustConfig, compute_trust
 # ---- experiment engine ------------------------------------------------------------------------------------
 def sequential_monitoring(n_experiments: int, horizon: int, means: list[float], binary: bool, *, alpha: float = 0.05,
                           mixture_scale: float = 0.1, min_samples: int = 100, sd: float = 1.0,
-                          allocation: str = "equal", seed: int = 0) -> dict[str, Any]:
-    """Run ``n_experiments`` experiments side by side, analysing each after every outcome, up to ``horizon``.
+                          allocation: str = "equal", rule: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Run ``n_experiments`` experiments side by side, deciding after every outcome, up to ``horizon``.
 
-    Returns the outcome count at which each experiment first rejected (0 = never) and the share that
-    rejected; with equal ``means`` that share is the false-positive rate under continuous monitoring.
+    The decision rule is the engine's own (``rule``: "control" = mSPRT against the control, "best_arm" =
+    an arm beats every other arm; by default the one the engine uses for ``allocation``). Returns the
+    outcome count at which each experiment first decided (0 = never), the arm it named (-1 = none), the
+    share that decided, and the cumulative pseudo-regret of the allocation (pulls of the best mean lost).
     """
     rng = np.random.default_rng(seed)
     k = len(means)
+    spec = ExperimentSpec(name="simulated", variants=[str(i) for i in range(k)], allocation=allocation, alpha=alpha,
+                          mixture_scale=mixture_scale, min_samples_per_variant=min_samples)
+    best_arm = (rule or ("best_arm" if spec.adaptive else "control")) == "best_arm"
+    level = alpha / max(k - 1, 1)
+    first, second = all_pairs(k) if best_arm else (np.zeros(k - 1, dtype=int), np.arange(1, k))
     count, total, squares = (np.zeros((n_experiments, k)) for _ in range(3))
-    running_min = np.ones((n_experiments, k - 1))
+    running_min = np.ones((n_experiments, len(first)))
     stopped_at = np.zeros(n_experiments, dtype=int)
+    named = np.full(n_experiments, -1)
     rows = np.arange(n_experiments)
     policy = policy_for(allocation)
-    level = alpha / (k - 1)
     mean_of_arm = np.asarray(means, dtype=float)
+    regret = np.zeros(n_experiments)
     for t in range(1, horizon + 1):
         arm = policy.choose(count, total, squares, binary, rng)
         m = mean_of_arm[arm]
+        regret += mean_of_arm.max() - m
         y = (rng.random(n_experiments) < m).astype(float) if binary else rng.normal(m, sd)
         count[rows, arm] += 1
         total[rows, arm] += y
         squares[rows, arm] += y * y
-        *_, p_now = look_p_values(count, total, squares, binary, mixture_scale, min_samples)
+        difference, *_, p_now = pair_p_values(count, total, squares, binary, mixture_scale, min_samples, first, second)
         running_min = np.minimum(running_min, p_now)
-        newly = (stopped_at == 0) & (running_min.min(axis=-1) <= level)
-        stopped_at[newly] = t
+        if best_arm:
+            code, index = best_arm_verdict(difference, running_min, level, k)
+        else:
+            code, index = control_verdict(difference, running_min, level)
+        newly = (stopped_at == 0) & (code != CONTINUE)
+        stopped_at[newly], named[newly] = t, index[newly]
     rejected = stopped_at > 0
-    return {"stopped_at": stopped_at, "rejection_rate": float(rejected.mean()),
-            "mean_stopping_time": float(stopped_at[rejected].mean()) if rejected.any() else None}
+    return {"stopped_at": stopped_at, "named": named, "rejection_rate": float(rejected.mean()),
+            "mean_stopping_time": float(stopped_at[rejected].mean()) if rejected.any() else None, "regret": regret}
 
 
 def bandit_regret(allocation: str, means: list[float], pulls: int, runs: int, seed: int = 0) -> np.ndarray:

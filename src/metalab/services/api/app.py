@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from metalab.services import jobs
 from metalab.services.api import schemas as s
@@ -35,8 +37,10 @@ from metalab.services.store.models import Experiment, ExperimentOutcome, Idempot
 from metalab.services.trust import TrustReport, TrustService
 
 bearer = HTTPBearer(auto_error=False, description="the token of the workspace in the path")
-ERRORS = {401: {"model": s.ErrorOut}, 403: {"model": s.ErrorOut}, 404: {"model": s.ErrorOut},
-          409: {"model": s.ErrorOut}, 422: {"model": s.ErrorOut}}
+ERRORS = {400: {"model": s.ErrorOut, "description": "a body that is not JSON, or an unknown job"},
+          401: {"model": s.ErrorOut}, 403: {"model": s.ErrorOut}, 404: {"model": s.ErrorOut},
+          409: {"model": s.ErrorOut}, 422: {"model": s.ErrorOut},
+          503: {"model": s.ErrorOut, "description": "the database is busy or unreachable; retry"}}
 
 ExperimentId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
 RecommendationId = Annotated[int, Path(ge=1, le=s.MAX_ID)]
@@ -53,7 +57,7 @@ def _sessions(request: Request) -> sessionmaker[Session]:
     return request.app.state.sessions
 
 
-def authorized_workspace(request: Request, workspace: Annotated[str, Path(description="workspace name")],
+async def authorized_workspace(request: Request, workspace: Annotated[str, Path(description="workspace name")],
                          credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
     """The workspace in the path, if the bearer token opens it (401 no/unknown token, 403 other workspace)."""
     if credentials is None:
@@ -85,7 +89,7 @@ def _replay(record: IdempotencyRecord, fingerprint: str) -> JSONResponse:
 def idempotent_write(request: Request, workspace: str, key: str | None, body: BaseModel | None,
                      write: Callable[[Session], tuple[int, Any]]) -> JSONResponse:
     """Run ``write`` and store its response under ``key`` in the same transaction (or replay the stored one)."""
-    fingerprint = _fingerprint(request, body)
+    fingerprint = _fingerprint(request, body) if key is not None else ""  # only a keyed write is replayed
     lookup = select(IdempotencyRecord).where(IdempotencyRecord.workspace == workspace, IdempotencyRecord.key == key)
     with _sessions(request)() as session:
         if key is not None and (stored := session.scalar(lookup)) is not None:
@@ -145,6 +149,16 @@ def _install_error_handlers(app: FastAPI) -> None:
             parts.append(f"{where}: {item.get('msg', 'invalid')}")
         return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, 422)
 
+    @app.exception_handler(StarletteHTTPException)
+    def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """As Starlette's, but a 405 lists every method of the path's most specific route template."""
+        headers = dict(error.headers or {})
+        if error.status_code == 405:
+            matching = [r for r in request.app.routes if isinstance(r, APIRoute) and r.path_regex.match(request.url.path)]
+            fewest = min((r.path.count("{") for r in matching), default=0)
+            headers["Allow"] = ", ".join(sorted({m for r in matching if r.path.count("{") == fewest for m in r.methods}))
+        return JSONResponse({"detail": error.detail}, error.status_code, headers=headers)
+
     @app.exception_handler(OperationalError)
     def _database_busy(_request: Request, error: OperationalError) -> JSONResponse:
         return JSONResponse({"detail": "the database is busy or unreachable; retry"}, 503, headers={"Retry-After": "1"})
@@ -163,6 +177,7 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
                   responses={422: {"model": s.ErrorOut}})
     app.state.settings, app.state.sessions, app.state.engine = settings, sessions, engine
     app.state.read_sessions = read_session_factory(engine)
+    app.openapi = lambda: s.tighten_openapi(FastAPI.openapi(app))  # type: ignore[method-assign]
     _install_error_handlers(app)
 
     @app.get("/health", tags=["meta"])
@@ -203,12 +218,9 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     def record_outcome(request: Request, workspace: Workspace_, experiment_id: ExperimentId, body: s.OutcomeCreate,
                        key: IdempotencyKey = None):
         def write(session):
-            service = ExperimentService(session, workspace)
-            outcome = service.record_outcome(experiment_id, body.variant, body.value, body.unit)
-            experiment = service.get(experiment_id)
-            return 201, s.OutcomeOut(id=outcome.id, experiment_id=experiment_id, variant=body.variant, value=outcome.value,
-                                     unit=outcome.unit, created_at=outcome.created_at,
-                                     experiment_status=experiment.status, winner=experiment.winner)
+            o = ExperimentService(session, workspace).record_outcome(experiment_id, body.variant, body.value, body.unit)
+            return 201, s.OutcomeOut(id=o.id, experiment_id=experiment_id, variant=o.variant, value=o.value, unit=o.unit,
+                                     created_at=o.created_at, experiment_status=o.experiment_status, winner=o.winner)
         return idempotent_write(request, workspace, key, body, write)
 
     @app.get(v1 + "/experiments/{experiment_id}/outcomes", response_model=s.Page[s.OutcomeOut], responses=ERRORS,
@@ -309,10 +321,8 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
 
     @app.post(v1 + "/jobs/{job}", response_model=s.JobOut, responses=ERRORS, tags=["jobs"])
     def run_job(request: Request, workspace: Workspace_,
-                job: Annotated[str, Path(description="one of " + ", ".join(jobs.JOBS))], key: IdempotencyKey = None):
-        if job not in jobs.JOBS:
-            raise ServiceError(f"unknown job {job!r}; the jobs are " + ", ".join(jobs.JOBS))
-
+                job: Annotated[Literal[tuple(jobs.JOBS)], Path(description="the job to run")],  # type: ignore[valid-type]
+                key: IdempotencyKey = None):
         def write(session):
             return 200, s.JobOut(job=job, workspace=workspace, summary=jobs.JOBS[job](session, workspace, jobs.RetentionPolicy()))
         return idempotent_write(request, workspace, key, None, write)

@@ -59,6 +59,24 @@ class Strict(BaseModel):
 T = TypeVar("T")
 
 
+def tighten_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """State the key pattern of every ``dict[Pattern, V]``: pydantic writes it as ``patternProperties`` only,
+    which lets keys of any other form through the schema although the server refuses them (422)."""
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            patterns = node.get("patternProperties")
+            if node.get("type") == "object" and isinstance(patterns, dict) and len(patterns) == 1:
+                node.setdefault("propertyNames", {})["pattern"] = next(iter(patterns))
+                node["additionalProperties"] = False
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+    walk(schema)
+    return schema
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: int | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
@@ -66,7 +84,8 @@ class Page(BaseModel, Generic[T]):
 
 class ExperimentCreate(Strict):
     name: Name
-    variants: list[ShortName] = Field(min_length=2, max_length=20, description="the first is the control")
+    variants: list[ShortName] = Field(min_length=2, max_length=20, description="the first is the control; distinct",
+                                      json_schema_extra={"uniqueItems": True})
     outcome_type: Literal["binary", "continuous"] = "binary"
     allocation: Literal["equal", "thompson", "ucb"] = "equal"
     maximize: bool = True
@@ -142,9 +161,10 @@ class VariantEstimateOut(BaseModel):
 
 class ComparisonOut(BaseModel):
     variant: str
-    difference: float = Field(description="mean(variant) - mean(control)")
+    reference: str = Field(description="the control (equal allocation) or the current best arm (thompson, ucb)")
+    difference: float = Field(description="mean(variant) - mean(reference)")
     interval: tuple[float, float] = Field(description="always-valid confidence sequence at level alpha/(k-1)")
-    p_value_now: float
+    p_value_now: float = Field(description="mSPRT p-value at this look")
     p_value: float = Field(description="always-valid p-value (mSPRT, running minimum over all looks)")
     significant: bool
 
@@ -434,7 +454,8 @@ class CohortOut(BaseModel):
 # ---- model registry ------------------------------------------------------------------------------------------
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 VersionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-Sample = Annotated[list[Finite], Field(min_length=1, max_length=10_000)]
+# RegistryConfig.min_samples (30, the API uses the default) to registry.MAX_REFERENCE values per feature
+Sample = Annotated[list[Finite], Field(min_length=30, max_length=10_000)]
 
 
 class ModelVersionCreate(Strict):
