@@ -128,3 +128,21 @@ def test_tiny_run_writes_its_metrics(tmp_path, fce):
     train(compose_run(tmp_path, TINY_PROTONET + ["learner=matching", f"learner.fce={fce}", "learner.fce_steps=2"]))
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert metrics["test/5w1s/episodes"] == 6 and 0.0 <= metrics["test/5w1s/acc"] <= 100.0
+
+
+@pytest.mark.parametrize("shape", ["5w1s", "5w5s", "20w1s", "20w5s"])
+def test_experiment_builds_its_optimizer_and_budget_schedule(shape, tmp_path):
+    """The experiment's learner, optimiser and learning-rate schedule are built as the run builds them
+    (the schedule only at fit time: a stray key from the learner's defaults would fail only there)."""
+    from hydra import compose, initialize_config_dir
+
+    from metalab.budget import AnnealToHorizon
+    from metalab.run import build_run
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"+experiment=omniglot/matching_{shape}",
+                                                      f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])
+    learner = build_run(cfg).learner
+    assert isinstance(learner, MatchingNetwork) and learner.fce is None
+    assert isinstance(learner.configure_optimizers()["lr_scheduler"]["scheduler"], AnnealToHorizon)
+    assert cfg.targets[shape].paper - cfg.targets[shape].goal == pytest.approx(1.0)
