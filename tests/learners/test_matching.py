@@ -113,6 +113,12 @@ def test_bad_fce_steps_names_the_key(steps):
         MatchingNetwork(Conv4(hidden=8), optimizer=torch.optim.Adam, fce=True, fce_steps=steps)
 
 
+def test_fce_on_a_backbone_without_embedding_dim_asks_for_the_key():
+    with pytest.raises(ConfigError, match=r"learner.embedding_dim=None is not allowed"):
+        MatchingNetwork(torch.nn.Flatten(), optimizer=torch.optim.Adam, fce=True)
+    assert MatchingNetwork(torch.nn.Flatten(), optimizer=torch.optim.Adam, fce=True, embedding_dim=4).fce is not None
+
+
 def test_bad_fce_steps_on_the_command_line_is_one_error_line(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "learner=matching", "learner.fce_steps=0",
                              f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
