@@ -48,6 +48,23 @@ def test_readout_matches_a_hand_computation():
     assert math.isclose(log_probs.exp().sum().item(), 1.0, abs_tol=1e-12)
 
 
+def test_scale_sharpens_the_attention_as_computed_by_hand():
+    """The same example with ``scale=2``: exp(2 cos) = 3.32011692, 4.95303242, 7.24201141, sum 15.51516076,
+    attention = 0.21399178, 0.31923823, 0.46676999, so log P = log 0.21399178, log(0.31923823 + 0.46676999)."""
+    query = torch.tensor([[[3.0, 4.0]]], dtype=torch.float64)
+    support = torch.tensor([[[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]], dtype=torch.float64)
+    log_probs = cosine_attention_log_probs(query, support, torch.tensor([[0, 1, 1]]), way=2, scale=2.0)
+    assert torch.allclose(log_probs, torch.tensor([[[-1.54181766, -0.24078803]]], dtype=torch.float64), atol=1e-7)
+    far = cosine_attention_log_probs(query, support, torch.tensor([[0, 1, 1]]), way=2, scale=1e4)
+    assert torch.isfinite(far).all()  # an underflowed attention weight gives a finite (floored) log
+
+
+@pytest.mark.parametrize("scale", [0, -1.0, float("inf"), "big"])
+def test_bad_scale_names_the_key(scale):
+    with pytest.raises(ConfigError, match=r"learner.scale=.* must be a finite number > 0"):
+        MatchingNetwork(Conv4(hidden=8), optimizer=torch.optim.Adam, scale=scale)
+
+
 def _episode(tasks: int = 2, way: int = 3, shot: int = 2, query: int = 2, side: int = 28) -> dict:
     support_labels = torch.arange(way).repeat_interleave(shot).expand(tasks, -1)
     query_labels = torch.arange(way).repeat_interleave(query).expand(tasks, -1)

@@ -21,18 +21,20 @@ from metalab.learners.meta.episodic import Batch, EpisodicLearner, way_of
 
 
 def cosine_attention_log_probs(queries: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor,
-                               way: int) -> torch.Tensor:
+                               way: int, scale: float = 1.0) -> torch.Tensor:
     """``log P(y | x, S)`` of Vinyals et al. 2016, eq. 1-2: ``"task q d", "task n d", "task n" -> "task q way"``.
 
     ``a(x, x_i) = softmax_i cos(f(x), g(x_i))`` and ``P(y | x, S) = sum_i a(x, x_i) y_i``: the attention
     mass on the support images of each class. Its log is the classifier output; cross-entropy on it is the
     paper's training loss (a softmax of log-probabilities that sum to 1 gives them back unchanged).
-    Cosines lie in [-1, 1], so no attention weight underflows and the log needs no guard.
+    ``scale`` multiplies the cosines before the softmax (1: the paper; > 1 sharpens the attention, the
+    "metric scaling" of Oreshkin et al. 2018, TADAM, sec. 2.2). The floor on the probabilities only guards
+    the log against an attention weight that underflowed at a large scale.
     """
     cosines = F.normalize(queries, dim=-1) @ F.normalize(support, dim=-1).transpose(-1, -2)  # "task q n"
-    attention = cosines.softmax(-1)
+    attention = (scale * cosines).softmax(-1)
     one_hot = F.one_hot(support_labels, way).to(attention.dtype)  # "task n way"
-    return torch.log(attention @ one_hot)
+    return torch.log((attention @ one_hot).clamp_min(torch.finfo(attention.dtype).tiny))
 
 
 class AttentionLSTMCell(nn.Module):
@@ -93,7 +95,8 @@ class MatchingNetwork(EpisodicLearner):
     batch (as ProtoNet does, so batch norm sees both), optionally followed by full-context embeddings, and
     the query logits are the log attention-weighted label sums (:func:`cosine_attention_log_probs`).
 
-    ``fce``: use full-context embeddings; ``fce_steps``: their K processing steps. The LSTMs need the
+    ``fce``: use full-context embeddings; ``fce_steps``: their K processing steps; ``scale``: the factor on
+    the cosines (:func:`cosine_attention_log_probs`; 1 in the paper). The LSTMs need the
     backbone's embedding size, read from its ``embedding_dim`` (Conv4 has one) unless ``embedding_dim`` is given.
     """
 
@@ -106,8 +109,12 @@ class MatchingNetwork(EpisodicLearner):
         fce: bool = False,
         fce_steps: int = 5,
         embedding_dim: int | None = None,
+        scale: float = 1.0,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last)
+        require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < float("inf"),
+                "learner.scale", "a finite number > 0 (1: the paper's plain cosine)", scale)
+        self.scale = float(scale)
         require(isinstance(fce, bool), "learner.fce", "true or false", fce)
         require(isinstance(fce_steps, int) and not isinstance(fce_steps, bool) and fce_steps >= 1,
                 "learner.fce_steps", "an integer >= 1 (the K processing steps of the query's attention LSTM)",
@@ -131,4 +138,4 @@ class MatchingNetwork(EpisodicLearner):
             if self.fce is not None:
                 z_support = self.fce.embed_support(z_support)
                 z_query = self.fce.embed_queries(z_query, z_support)
-            return cosine_attention_log_probs(z_query, z_support, batch["support_labels"], way_of(batch))
+            return cosine_attention_log_probs(z_query, z_support, batch["support_labels"], way_of(batch), self.scale)
