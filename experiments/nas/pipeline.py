@@ -65,7 +65,10 @@ def run_train(name: str, overrides: list[str], records: str = RUN_RECORDS,
     """``python train.py <overrides>`` into ``logs/nas/<name>``; its metrics.json (None if it failed)."""
     out = RUNS / name
     if (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+        metrics = json.loads((out / "metrics.json").read_text())
+        if not _recorded(name, records):  # finished, but its record was never written (e.g. run by hand)
+            _record_run(name, overrides, metrics, records, settings)
+        return metrics
     last = out / "checkpoints" / "last.ckpt"
     if last.is_file():  # a run stopped part-way continues from its checkpoint (resume, as any run)
         overrides = [*overrides, f"ckpt_path={last.relative_to(ROOT)}"]
@@ -78,6 +81,11 @@ def run_train(name: str, overrides: list[str], records: str = RUN_RECORDS,
     record = json.loads((out / "metrics.json").read_text())
     _record_run(name, overrides, record, records, settings)
     return record
+
+
+def _recorded(name: str, records: str) -> bool:
+    path = ROOT / records
+    return path.is_file() and any(rec.get("settings", {}).get("run") == name for rec in read_records(path))
 
 
 def _record_run(name: str, overrides: list[str], metrics: dict[str, Any], records: str = RUN_RECORDS,
@@ -153,7 +161,7 @@ def retrain_found(names: list[str], seeds: list[int]) -> None:
                       ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}"])
 
 
-def run_independent(budget: str, methods: list[str], search_seeds: list[int]) -> None:
+def run_independent(budget: str, methods: list[str], search_seeds: list[int], retrain: bool = True) -> None:
     """Per search seed and method: the search, then one retraining of its cell with the same seed.
 
     The ResNet cell (``resnet`` in ``methods``) has no search: it is retrained on the same seeds as the
@@ -171,6 +179,8 @@ def run_independent(budget: str, methods: list[str], search_seeds: list[int]) ->
                 if found is None:
                     continue
                 genotype = found["genotype"]
+            if not retrain:
+                continue
             run_train(f"{budget}_retrain_{method}_search{seed}_seed{seed}",
                       ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}",
                        *extra["retrain"]], INDEPENDENT_RECORDS, {**base, "kind": "retrain", "retrain_seed": seed})
@@ -266,6 +276,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=[*METHODS, "resnet"], choices=[*METHODS, "resnet"],
                         help="with `independent`")
     parser.add_argument("--search-seeds", nargs="+", type=int, default=[0, 1, 2], help="with `independent`")
+    parser.add_argument("--no-retrain", action="store_true", help="with `independent`: searches only")
     parser.add_argument("--runs", nargs="+", default=[], help="with `retrain`: search runs whose cells to retrain")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="with `retrain`: retraining seeds")
     parser.add_argument("--search-seed", type=int, default=0)
@@ -279,7 +290,7 @@ def main() -> None:
     elif args.action == "searches":
         run_searches_only(args.search_seed, args.searches)
     elif args.action == "independent":
-        run_independent(args.budget, args.methods, args.search_seeds)
+        run_independent(args.budget, args.methods, args.search_seeds, retrain=not args.no_retrain)
     elif args.action == "summarise-independent":
         summarise_independent(args.budget)
     else:
