@@ -110,7 +110,8 @@ def _record_run(name: str, overrides: list[str], metrics: dict[str, Any], record
         row["train_cpu_minutes"] = round(metrics.get("train_cpu_seconds", float("nan")) / 60, 2)
     command = "python train.py " + " ".join(_quoted(o) for o in overrides)
     kind = "retrain" if name.startswith("retrain_") else "search"
-    settings = settings or {"kind": kind, "cell": name.removeprefix("retrain_").rsplit("_seed", 1)[0].split("_search")[0]}
+    cell = name.removeprefix("retrain_").rsplit("_seed", 1)[0].split("_search")[0]
+    settings = settings or {"kind": kind, "cell": cell}
     append_record(records, row, benchmark="nas_run", command=command,
                   settings={"run": name, **settings, "overrides": overrides},
                   notes="one thread per run, runs in sequence; other sessions' processes shared the 2 cores")
@@ -209,11 +210,12 @@ def independent_table(rows: list[dict[str, Any]], settings: list[dict[str, Any]]
         mean, ci = mean_ci95(accs)
         searches = [latest[(method, "search", s)] for s in seeds if (method, "search", s) in latest]
         cost = [r["search_cpu_minutes"] for r in searches if r.get("search_cpu_minutes") is not None]
+        no_search_cost = 0.0 if method == "resnet" else None
         table.append({"method": method, "budget": budget, "searches": len(searches), "search_seeds": seeds,
                       "test_acc_mean": round(mean, 2), "test_acc_ci95": None if ci is None else round(ci, 2),
                       "test_acc_values": [round(a, 2) for a in accs],
                       "distinct_cells": len({latest[(method, "retrain", s)]["genotype"] for s in seeds}),
-                      "search_cpu_minutes_mean": round(statistics.mean(cost), 2) if cost else (0.0 if method == "resnet" else None)})
+                      "search_cpu_minutes_mean": round(statistics.mean(cost), 2) if cost else no_search_cost})
     return table
 
 

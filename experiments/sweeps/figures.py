@@ -205,8 +205,9 @@ def workers_block(root: Path) -> None:
             row.update(two_duplicated_parameter_sets=rec["two_workers"]["duplicated_parameter_sets"],
                        searched_keys=",".join(rec["two_workers"]["searched_keys"]))
         if "sigkill" in rec:
-            row.update(killed_trial_state=rec["sigkill"]["killed_trial_state"],
-                       retry_states=",".join(rec["sigkill"]["retry_states"]), running_left=rec["sigkill"]["still_running"])
+            kill = rec["sigkill"]
+            row.update(killed_trial_state=kill["killed_trial_state"], retry_states=",".join(kill["retry_states"]),
+                       running_left=kill["still_running"])
         append_record(OUT, row, benchmark="parallel_workers", command=" ".join(rec["command"]).replace(str(root) + "/", ""))
         print(row)
 

@@ -12,8 +12,8 @@ The search space, sampler, direction, study name, storage and trial count come f
 same command in several processes (or on several nodes) with one ``--storage`` and they share the study:
 ``journal:<file>`` on one machine, a PostgreSQL URL on a cluster. Each worker registers in the storage and
 seeds its sampler from the study's seed and its own index (:mod:`.workers`), so workers do not draw the
-same parameters; a value given on the command line for a searched key fixes it (:mod:`.space`). A failed or NaN trial is recorded as
-failed and the sweep goes on. A worker that dies mid-trial leaves its trial ``RUNNING``; SQL storages
+same parameters; a value given on the command line for a searched key fixes it (:mod:`.space`). A failed
+or NaN trial is recorded as failed and the sweep goes on. A worker that dies mid-trial leaves its trial ``RUNNING``; SQL storages
 notice through Optuna's heartbeat, and on one machine the other workers notice that its process is gone
 (:func:`fail_trials_of_dead_workers`): either way the trial is marked failed and its parameters queued
 again.
