@@ -200,8 +200,14 @@ def workers_block(root: Path) -> None:
                "two_workers_wall_s": rec["two_workers_wall_seconds"],
                "two_lost_none": rec["two_workers"]["lost_none"], "two_unique_numbers": rec["two_workers"]["unique_numbers"],
                "two_worker_processes": len(rec["two_workers"]["workers"]),
-               "killed_trial_state": rec["sigkill"]["killed_trial_state"], "retry_states": ",".join(rec["sigkill"]["retry_states"]),
-               "running_left": rec["sigkill"]["still_running"], "load_start": round(rec["load_start"]["loadavg"][0], 1)}
+               "load_start": round(rec["load_start"]["loadavg"][0], 1)}
+        if "duplicated_parameter_sets" in rec["two_workers"]:  # checked since the worker-seed fix (2026-12-06)
+            row.update(two_duplicated_parameter_sets=rec["two_workers"]["duplicated_parameter_sets"],
+                       searched_keys=",".join(rec["two_workers"]["searched_keys"]))
+        if "sigkill" in rec:
+            kill = rec["sigkill"]
+            row.update(killed_trial_state=kill["killed_trial_state"], retry_states=",".join(kill["retry_states"]),
+                       running_left=kill["still_running"])
         append_record(OUT, row, benchmark="parallel_workers", command=" ".join(rec["command"]).replace(str(root) + "/", ""))
         print(row)
 

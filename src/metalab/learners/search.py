@@ -25,8 +25,9 @@ from metalab.plain_loop import LoopSettings, as_logged, load_checkpoint, save_ch
 from metalab.search.base import Searcher
 from metalab.search.loop import run_generation
 from metalab.search.problems import Problem
+from metalab.search.solved import solve_check, solved_line
 
-SOLVE_CHECK_SEED, TEST_SEED = 1_500_000_000, 2_000_000_000  # evaluation seeds apart from the generations' own
+TEST_SEED = 2_000_000_000  # held-out evaluation seeds apart from the generations' own and the solve check's
 
 
 class SearchRun:
@@ -34,8 +35,9 @@ class SearchRun:
     a partial that gets the problem's space and the run's seed.
 
     ``stop_when_solved``: when the problem has a ``solved_at`` return and a generation's best candidate
-    reaches it, the searcher's solution is evaluated on ``eval_episodes`` fresh episodes and the run stops
-    if their mean reaches it too (so ``train/wall_seconds`` is the time to solve)."""
+    reaches it, the searcher's solution gets the solve check (:func:`metalab.search.solved.solve_check`)
+    and the run stops if it passes (so ``train/wall_seconds`` is the time to solve). The console line and
+    ``test/solved`` both quote that one check."""
 
     # A search's results (returns, fronts) must not depend on the CPU: ``trainer.precision: auto`` is fp32 here.
     fixed_precision = "32-true"
@@ -60,6 +62,7 @@ class SearchRun:
         self.generations_done = 0
         self.evaluations = 0
         self.solved_generation: int | None = None
+        self.solve: dict[str, float] | None = None  # the last solve check (metalab.search.solved)
         self.output_dir = Path(".")
 
     @property
@@ -122,11 +125,9 @@ class SearchRun:
         figures["train/evaluations"] = as_logged(self.evaluations)
         solved_at = getattr(self.problem, "solved_at", None)
         if self.stop_when_solved and solved_at is not None and summary.get("best_fitness", -math.inf) >= solved_at:
-            returns = self.problem.evaluate_solution(
-                self.searcher.best().genome, seed=SOLVE_CHECK_SEED + self.generations_done
-            )
-            figures["train/solution_return"] = as_logged(returns.mean())
-            if returns.mean() >= solved_at:
+            self.solve = solve_check(self.problem, self.searcher.best().genome, self.generations_done)
+            figures["train/solution_return"] = as_logged(self.solve["solve_return"])
+            if self.solve["solved"]:
                 self.solved_generation = self.generations_done
                 return figures, True
         return figures, False
@@ -136,12 +137,13 @@ class SearchRun:
 
     def on_fit_end(self) -> None:
         if self.solved_generation is not None:
-            print(f"[metalab] solved after {self.solved_generation} generations ({self.evaluations} evaluations)")
+            print(solved_line(self.solve, self.evaluations, self.problem.solved_at))
 
     def test(self, settings: LoopSettings) -> dict[str, float]:
         """The problem's final figures of the search's result (``test/...``), logged at the last generation."""
         self.output_dir = settings.output_dir
         figures = self.problem.assess(self.searcher, seed=TEST_SEED + self.seed)
+        figures.update(self._final_solve_check())
         figures["generations"] = float(self.generations_done)
         figures["evaluations"] = float(self.evaluations)
         if self.solved_generation is not None:
@@ -154,6 +156,15 @@ class SearchRun:
 
             write_pareto_front(self.searcher, self.problem, settings.output_dir)
         return metrics
+
+    def _final_solve_check(self) -> dict[str, float]:
+        """``solved`` and its numbers for the final solution: the check training made of it, if it made
+        one, else that same check made now (never a second, different evaluation)."""
+        if getattr(self.problem, "solved_at", None) is None:
+            return {}
+        if self.solve is None or int(self.solve["solve_generation"]) != self.generations_done:
+            self.solve = solve_check(self.problem, self.searcher.best().genome, self.generations_done)
+        return dict(self.solve)
 
     # -- checkpoints: the searcher's state as one uint8 tensor of its pickle, so the file holds only tensors and
     # plain values and loads with torch.load(weights_only=True), as every other checkpoint of the project.
@@ -169,6 +180,7 @@ class SearchRun:
             "generations_done": self.generations_done,
             "evaluations": self.evaluations,
             "solved_generation": self.solved_generation,
+            "solve": self.solve,
         }
         return {"search_state": torch.frombuffer(bytearray(pickle.dumps(state)), dtype=torch.uint8)}
 
@@ -176,4 +188,4 @@ class SearchRun:
         state = pickle.loads(checkpoint["search_state"].numpy().tobytes())
         self.searcher.load_state_dict(state["searcher"])
         self.generations_done, self.evaluations = int(state["generations_done"]), int(state["evaluations"])
-        self.solved_generation = state["solved_generation"]
+        self.solved_generation, self.solve = state["solved_generation"], state.get("solve")

@@ -10,8 +10,10 @@ with :meth:`optuna.Study.optimize` in one process, trains each trial in process 
 The search space, sampler, direction, study name, storage and trial count come from the composed
 ``hydra.sweeper`` node, exactly as ``train.py -m`` reads them; flags override the last three. Start the
 same command in several processes (or on several nodes) with one ``--storage`` and they share the study:
-``journal:<file>`` on one machine, a PostgreSQL URL on a cluster. A failed or NaN trial is recorded as
-failed and the sweep goes on. A worker that dies mid-trial leaves its trial ``RUNNING``; SQL storages
+``journal:<file>`` on one machine, a PostgreSQL URL on a cluster. Each worker registers in the storage and
+seeds its sampler from the study's seed and its own index (:mod:`.workers`), so workers do not draw the
+same parameters; a value given on the command line for a searched key fixes it (:mod:`.space`). A failed
+or NaN trial is recorded as failed and the sweep goes on. A worker that dies mid-trial leaves its trial ``RUNNING``; SQL storages
 notice through Optuna's heartbeat, and on one machine the other workers notice that its process is gone
 (:func:`fail_trials_of_dead_workers`): either way the trial is marked failed and its parameters queued
 again.
@@ -38,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from metalab.errors import ConfigError, MetalabError
 from metalab.sweeps.space import SearchSpace, is_sweep, read_search_space
 from metalab.sweeps.storage import describe, open_storage
+from metalab.sweeps.workers import register_worker, worker_seed
 
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process that runs a trial
 HEARTBEAT_SECONDS = 20
@@ -72,11 +75,15 @@ def run(args: argparse.Namespace) -> int:
     study_name = args.study_name or sweep.study_name
     if args.evaluate:
         return evaluate(sweep, storage, study_name, args)
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sweep.sampler(),
+    index = register_worker(storage, study_name)
+    seed = worker_seed(sweep.study_seed, index)
+    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sweep.sampler(seed),
                                 pruner=sweep.pruner, direction=sweep.direction, load_if_exists=True)
+    sweep.worker = {"worker_index": index, "sampler_seed": seed}
     n_trials = sweep.n_trials if args.n_trials is None else args.n_trials
-    print(f"[metalab] study {study.study_name!r} in {describe(storage)}; {n_trials} trials in this worker, "
-          f"pruner {type(sweep.pruner).__name__}, sampler {type(study.sampler).__name__}", flush=True)
+    print(f"[metalab] study {study.study_name!r} in {describe(storage)}; {n_trials} trials in this worker "
+          f"(worker {index}, sampler seed {seed}), pruner {type(sweep.pruner).__name__}, "
+          f"sampler {type(study.sampler).__name__}", flush=True)
     fail_trials_of_dead_workers(study)
     start_wall, start_cpu = time.perf_counter(), cpu_seconds()
     study.optimize(sweep.objective, n_trials=n_trials, catch=(Exception,),
@@ -103,6 +110,8 @@ class SweepConfig:
         self.space: SearchSpace = read_search_space(
             sweeper.params, [o for o in overrides if not o.lstrip("+~").startswith("pruner")])
         self.sampler_node = sweeper.sampler
+        self.study_seed: int | None = self.sampler_node.get("seed")
+        self.worker: dict[str, Any] = {}  # this process's worker index and sampler seed (set by run)
         self.direction = _direction(sweeper.direction)
         self.study_name: str = sweeper.study_name or "metalab"
         self.storage_spec = OmegaConf.to_container(sweeper.storage) if OmegaConf.is_config(sweeper.storage) \
@@ -119,8 +128,12 @@ class SweepConfig:
         cfg = compose(conf_dir, plain + [f"+pruner={pruner_name}"], hydra_node=True)
         return cls(conf_dir, list(overrides), cfg, instantiate_node(cfg.pruner, "pruner"))
 
-    def sampler(self) -> optuna.samplers.BaseSampler:
-        return instantiate_node(self.sampler_node, "hydra.sweeper.sampler")
+    def sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        """The configured sampler; ``seed`` (a worker's seed) replaces the node's own when the node has one."""
+        node = self.sampler_node
+        if seed is not None and "seed" in node:
+            node = OmegaConf.merge(node, {"seed": seed})
+        return instantiate_node(node, "hydra.sweeper.sampler")
 
     def sweep_dir(self, study_name: str) -> Path:
         return self.log_dir / "sweeps" / study_name
@@ -135,16 +148,14 @@ class SweepConfig:
         """One trial: sample, train with the pruning callback, return the optimised metric."""
         # first of all, so a worker that dies even while importing leaves a trial the others can fail
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
-        from optuna_integration import PyTorchLightningPruningCallback
-
-        from metalab.run import train
-
+        for key, value in self.worker.items():
+            trial.set_user_attr(key, value)
         params = {name: trial._suggest(name, dist) for name, dist in self.space.distributions.items()}
         output_dir = self.sweep_dir(trial.study.study_name) / f"trial_{trial.number:04d}"
         start = cpu_seconds()
         try:
             cfg = self.trial_config(params, output_dir)
-            value = train(cfg, extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=self.monitor)])
+            value = self.train_trial(cfg, trial)
         except MetalabError as error:
             print(f"error: trial {trial.number}: {error}", file=sys.stderr, flush=True)
             trial.set_user_attr("error", str(error))
@@ -155,6 +166,17 @@ class SweepConfig:
         if value is None or not math.isfinite(value):
             trial.set_user_attr("error", f"{self.monitor} = {value}")
         return float("nan") if value is None else float(value)
+
+    def train_trial(self, cfg: DictConfig, trial: optuna.Trial) -> float | None:
+        """Train one trial's config in this process, with the pruning callback; the optimised metric.
+
+        A method of its own so that a test can put a cheap objective in its place and still drive the
+        real sampling, storage and worker code."""
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from metalab.run import train
+
+        return train(cfg, extra_callbacks=[PyTorchLightningPruningCallback(trial, monitor=self.monitor)])
 
 
 def evaluate(sweep: SweepConfig, storage: Any, study_name: str, args: argparse.Namespace) -> int:

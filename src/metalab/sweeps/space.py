@@ -5,6 +5,11 @@ Each entry of ``params`` is a Hydra override value: a sweep (``interval(...)``, 
 entries carry the per-trial budget, because command-line overrides outrank every config file: the
 experiment (``+experiment=...``), composed after ``hparams_search``, cannot undo them.
 
+A plain value of a key that is also searched takes the key out of the search space, whichever comes
+first: ``data.train.way=5`` on the command line fixes the way that ``hparams_search`` searches. That is
+what Hydra's Optuna sweeper does (hydra-optuna-sweeper 1.3, ``OptunaSweeperImpl.sweep``: "Remove fixed
+parameters from Optuna search space"), so both routes run the same trials for the same command line.
+
 Parsing goes through the Optuna sweeper plugin's own function, so ``train.py -m`` and ``metalab sweep``
 read a yaml file the same way; this module adds the checks that turn a bad space into one clear message.
 """
@@ -35,6 +40,7 @@ class SearchSpace:
 def read_search_space(params: Mapping[str, Any] | None, extra_arguments: list[str] = ()) -> SearchSpace:
     """Parse ``hydra.sweeper.params`` (plus sweep arguments from the command line).
 
+    Later entries replace earlier ones of the same kind; a key with a fixed value anywhere is not searched.
     Raises :class:`ConfigError` for an empty space (nothing to search) and for an entry Hydra's override
     grammar cannot parse, naming the key.
     """
@@ -59,6 +65,8 @@ def read_search_space(params: Mapping[str, Any] | None, extra_arguments: list[st
             distributions[key] = value
         else:
             fixed[key] = value
+    for key in fixed:  # a fixed value wins over a sweep of the same key, as in Hydra's sweeper
+        distributions.pop(key, None)
     if not distributions:
         raise ConfigError("hydra.sweeper.params has nothing to search: give at least one entry such as "
                           "learner.optimizer.lr: tag(log, interval(1e-4, 1e-2)) (see conf/hparams_search/)")

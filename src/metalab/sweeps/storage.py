@@ -14,6 +14,8 @@ heartbeat in Optuna 5; :mod:`.runner` reaps its dead workers' trials by process 
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from metalab.errors import ConfigError
 
 JOURNAL_PREFIX = "journal:"
+SCHEMA_RACE_RETRIES = 5
 
 
 def open_storage(spec: Any, heartbeat_seconds: int | None = None) -> optuna.storages.BaseStorage | None:
@@ -71,11 +74,26 @@ def rdb_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storag
         heartbeat = dict(heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
                          failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
-        raise ConfigError(f"storage={redact_password(url)!r} cannot be reached ({_reason(error)}); check the URL, "
-                          "that the server runs and accepts this user") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
+            if attempt < SCHEMA_RACE_RETRIES and _schema_race(error):
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+                continue
+            raise ConfigError(f"storage={redact_password(url)!r} cannot be reached ({_reason(error)}); check the URL, "
+                              "that the server runs and accepts this user") from None
+    raise AssertionError("unreachable")
+
+
+def _schema_race(error: BaseException) -> bool:
+    """Whether opening failed because another worker was creating Optuna's tables at the same moment.
+
+    Workers started together on an empty database all run ``CREATE TABLE`` (PostgreSQL then refuses the
+    losers with a duplicate key in its catalogue, or "already exists"); once one has won, opening again
+    finds the tables and goes through."""
+    text = str(getattr(error, "orig", None) or error)
+    return "duplicate key value violates unique constraint" in text or "already exists" in text
 
 
 def describe(storage: Any) -> str:
