@@ -213,7 +213,7 @@ _FAKE_RUN = ("import json, pathlib, sys; folder = pathlib.Path(sys.argv[1]); (fo
 
 
 def _fake_study(tmp_path, monkeypatch):
-    from metalab.report import study as studies
+    from metalab.report import runner as studies
 
     study = load_study(write_study(tmp_path, ["omniglot/protonet_5w1s"], ["trainer.max_epochs=1"], seeds=[0]))
     monkeypatch.setattr(studies, "command_of",
