@@ -4,9 +4,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-# LINT=strict fails `make test` on a lint or format finding; LINT=warn (the default until the tree has been
-# formatted once with `ruff check --fix . && ruff format .`) prints the findings and goes on to the tests.
-LINT ?= warn
+# LINT=strict (the default) fails `make test` on a lint or format finding; LINT=warn prints the findings and
+# goes on to the tests (for a local run in the middle of a change).
+LINT ?= strict
 
 .PHONY: install demo test test-slow lint
 

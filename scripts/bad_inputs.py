@@ -19,9 +19,10 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUT = ROOT / "docs" / "bad_inputs.md"
@@ -38,7 +39,7 @@ class Case:
     metalab: tuple[str, ...] = ()
     api: Callable[[], Any] | None = field(default=None, compare=False)
     api_text: str = ""
-    in_empty_folder: bool = False   # run from a folder that is not a metalab repository
+    in_empty_folder: bool = False  # run from a folder that is not a metalab repository
 
     @property
     def command(self) -> str:
@@ -63,50 +64,110 @@ def _ga(**kwargs: Any) -> Any:
 PERMUTED = "+experiment=permuted_mnist/ewc"
 CASES: list[Case] = [
     Case("seed=-1", "error: seed=-1 is not allowed: seed must be an integer in [0, 4294967295]", train=("seed=-1",)),
-    Case("cpu_threads=-2", "error: cpu_threads=-2 is not allowed: cpu_threads must be an integer >= 1",
-         train=("cpu_threads=-2",)),
-    Case("cpu_threads=0", "error: cpu_threads=0 is not allowed: cpu_threads must be an integer >= 1",
-         train=("cpu_threads=0",)),
-    Case("learner.optimizer.lr=-0.1", "error: learner.optimizer.lr=-0.1 is not allowed: learner.optimizer.lr must be "
-         ">= 0", train=("learner.optimizer.lr=-0.1",)),
-    Case("search model.hidden=[0]", "error: model.hidden=[0] is not allowed: model.hidden must be a list of layer "
-         "widths >= 1", train=("+experiment=es/cartpole_openai_es", "model.hidden=[0]")),
-    Case("search model.reference=[1.1]", "error: model.reference=[1.1] is not allowed: model.reference must be 2 "
-         "finite numbers", train=("+experiment=ga/zdt1", "model.reference=[1.1]")),
-    Case("GA mutation_rate=-0.5", "error: learner.searcher.mutation_rate=-0.5 is not allowed: "
-         "learner.searcher.mutation_rate must be in [0, 1]",
-         train=("+experiment=ga/zdt1", "learner.searcher.mutation_rate=-0.5")),
-    Case("GA mutation_rate=5", "error: learner.searcher.mutation_rate=5 is not allowed: "
-         "learner.searcher.mutation_rate must be in [0, 1]",
-         train=("+experiment=ga/zdt1", "learner.searcher.mutation_rate=5")),
-    Case("objectives=3 on a 2-objective problem", "error: learner.searcher.objectives=3 is not allowed: "
-         "learner.searcher.objectives must be 2", train=("+experiment=ga/zdt1", "learner.searcher.objectives=3")),
-    Case("trainer.max_time=abc", "error: trainer.max_time='abc' is not allowed: trainer.max_time must be null, "
-         "a duration DD:HH:MM:SS", train=("trainer.max_time=abc",)),
-    Case("misspelt transform _target_", "error: data.transform._target_='metalab.data.domain_streams.Rotaton' is "
-         "not allowed: module metalab.data.domain_streams has no 'Rotaton'; did you mean "
-         "metalab.data.domain_streams.Rotation",
-         train=(PERMUTED, "data.transform._target_=metalab.data.domain_streams.Rotaton")),
-    Case("leftover key after changing _target_", "error: data.transform.seed is not allowed: "
-         "metalab.data.domain_streams.Rotation takes no argument 'seed'",
-         train=(PERMUTED, "data.transform._target_=metalab.data.domain_streams.Rotation")),
-    Case("unquoted hydra.sweeper.params override", "error: hydra.sweeper.params.learner.optimizer.lr="
-         "tag(log,interval(0.0001,0.01)) is not allowed: hydra.sweeper.params is one mapping keyed by dotted names",
-         train=("-m", "hparams_search=protonet_optuna",
-                "hydra.sweeper.params.learner.optimizer.lr=tag(log,interval(0.0001,0.01))")),
+    Case(
+        "cpu_threads=-2",
+        "error: cpu_threads=-2 is not allowed: cpu_threads must be an integer >= 1",
+        train=("cpu_threads=-2",),
+    ),
+    Case(
+        "cpu_threads=0",
+        "error: cpu_threads=0 is not allowed: cpu_threads must be an integer >= 1",
+        train=("cpu_threads=0",),
+    ),
+    Case(
+        "learner.optimizer.lr=-0.1",
+        "error: learner.optimizer.lr=-0.1 is not allowed: learner.optimizer.lr must be >= 0",
+        train=("learner.optimizer.lr=-0.1",),
+    ),
+    Case(
+        "search model.hidden=[0]",
+        "error: model.hidden=[0] is not allowed: model.hidden must be a list of layer widths >= 1",
+        train=("+experiment=es/cartpole_openai_es", "model.hidden=[0]"),
+    ),
+    Case(
+        "search model.reference=[1.1]",
+        "error: model.reference=[1.1] is not allowed: model.reference must be 2 finite numbers",
+        train=("+experiment=ga/zdt1", "model.reference=[1.1]"),
+    ),
+    Case(
+        "GA mutation_rate=-0.5",
+        "error: learner.searcher.mutation_rate=-0.5 is not allowed: learner.searcher.mutation_rate must be in [0, 1]",
+        train=("+experiment=ga/zdt1", "learner.searcher.mutation_rate=-0.5"),
+    ),
+    Case(
+        "GA mutation_rate=5",
+        "error: learner.searcher.mutation_rate=5 is not allowed: learner.searcher.mutation_rate must be in [0, 1]",
+        train=("+experiment=ga/zdt1", "learner.searcher.mutation_rate=5"),
+    ),
+    Case(
+        "objectives=3 on a 2-objective problem",
+        "error: learner.searcher.objectives=3 is not allowed: learner.searcher.objectives must be 2",
+        train=("+experiment=ga/zdt1", "learner.searcher.objectives=3"),
+    ),
+    Case(
+        "trainer.max_time=abc",
+        "error: trainer.max_time='abc' is not allowed: trainer.max_time must be null, a duration DD:HH:MM:SS",
+        train=("trainer.max_time=abc",),
+    ),
+    Case(
+        "misspelt transform _target_",
+        "error: data.transform._target_='metalab.data.domain_streams.Rotaton' is "
+        "not allowed: module metalab.data.domain_streams has no 'Rotaton'; did you mean "
+        "metalab.data.domain_streams.Rotation",
+        train=(PERMUTED, "data.transform._target_=metalab.data.domain_streams.Rotaton"),
+    ),
+    Case(
+        "leftover key after changing _target_",
+        "error: data.transform.seed is not allowed: metalab.data.domain_streams.Rotation takes no argument 'seed'",
+        train=(PERMUTED, "data.transform._target_=metalab.data.domain_streams.Rotation"),
+    ),
+    Case(
+        "unquoted hydra.sweeper.params override",
+        "error: hydra.sweeper.params.learner.optimizer.lr="
+        "tag(log,interval(0.0001,0.01)) is not allowed: hydra.sweeper.params is one mapping keyed by dotted names",
+        train=(
+            "-m",
+            "hparams_search=protonet_optuna",
+            "hydra.sweeper.params.learner.optimizer.lr=tag(log,interval(0.0001,0.01))",
+        ),
+    ),
     Case("metalab tables nope.md", "error: tables: file 'nope.md' not found", metalab=("tables", "nope.md")),
-    Case("metalab tables outside a repository", "is not inside a metalab repository", metalab=("tables",),
-         in_empty_folder=True),
-    Case("metalab tables --check outside a repository", "is not inside a metalab repository",
-         metalab=("tables", "--check"), in_empty_folder=True),
-    Case("GA crossover_eta=-1 (Python API)", "crossover_eta=-1.0 is not allowed: crossover_eta must be a finite "
-         "number >= 0", api=lambda: _ga(crossover_eta=-1.0), api_text="GeneticAlgorithm(space, crossover_eta=-1.0)"),
-    Case("GA mutation_eta=-1 (Python API)", "mutation_eta=-1.0 is not allowed: mutation_eta must be a finite "
-         "number >= 0", api=lambda: _ga(mutation_eta=-1.0), api_text="GeneticAlgorithm(space, mutation_eta=-1.0)"),
-    Case("GA offspring_size=-4 (Python API)", "offspring_size=-4 is not allowed: offspring_size must be >= 1",
-         api=lambda: _ga(offspring_size=-4), api_text="GeneticAlgorithm(space, offspring_size=-4)"),
-    Case("GA offspring_size=0 (Python API)", "offspring_size=0 is not allowed: offspring_size must be >= 1",
-         api=lambda: _ga(offspring_size=0), api_text="GeneticAlgorithm(space, offspring_size=0)"),
+    Case(
+        "metalab tables outside a repository",
+        "is not inside a metalab repository",
+        metalab=("tables",),
+        in_empty_folder=True,
+    ),
+    Case(
+        "metalab tables --check outside a repository",
+        "is not inside a metalab repository",
+        metalab=("tables", "--check"),
+        in_empty_folder=True,
+    ),
+    Case(
+        "GA crossover_eta=-1 (Python API)",
+        "crossover_eta=-1.0 is not allowed: crossover_eta must be a finite number >= 0",
+        api=lambda: _ga(crossover_eta=-1.0),
+        api_text="GeneticAlgorithm(space, crossover_eta=-1.0)",
+    ),
+    Case(
+        "GA mutation_eta=-1 (Python API)",
+        "mutation_eta=-1.0 is not allowed: mutation_eta must be a finite number >= 0",
+        api=lambda: _ga(mutation_eta=-1.0),
+        api_text="GeneticAlgorithm(space, mutation_eta=-1.0)",
+    ),
+    Case(
+        "GA offspring_size=-4 (Python API)",
+        "offspring_size=-4 is not allowed: offspring_size must be >= 1",
+        api=lambda: _ga(offspring_size=-4),
+        api_text="GeneticAlgorithm(space, offspring_size=-4)",
+    ),
+    Case(
+        "GA offspring_size=0 (Python API)",
+        "offspring_size=0 is not allowed: offspring_size must be >= 1",
+        api=lambda: _ga(offspring_size=0),
+        api_text="GeneticAlgorithm(space, offspring_size=0)",
+    ),
 ]
 
 
@@ -135,8 +196,13 @@ def run_case(case: Case, work_dir: Path) -> Outcome:
         return Outcome("no error (Python API)", "")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     if case.train:
-        argv = [sys.executable, str(ROOT / "train.py"), *case.train, f"hydra.run.dir={work_dir / 'run'}",
-                f"hydra.sweep.dir={work_dir / 'sweep'}"]
+        argv = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *case.train,
+            f"hydra.run.dir={work_dir / 'run'}",
+            f"hydra.sweep.dir={work_dir / 'sweep'}",
+        ]
     else:
         argv = [sys.executable, "-m", "metalab", *case.metalab]
     cwd = work_dir / "empty" if case.in_empty_folder else ROOT
@@ -148,8 +214,12 @@ def run_case(case: Case, work_dir: Path) -> Outcome:
 def passed(case: Case, outcome: Outcome) -> bool:
     if case.api is not None:
         return case.expected in outcome.stderr
-    return (outcome.code == 2 and len(outcome.error_lines) == 1 and case.expected in outcome.error_lines[0]
-            and "Traceback" not in outcome.stderr)
+    return (
+        outcome.code == 2
+        and len(outcome.error_lines) == 1
+        and case.expected in outcome.error_lines[0]
+        and "Traceback" not in outcome.stderr
+    )
 
 
 def _shown(text: str, work_dir: Path) -> str:
@@ -171,8 +241,10 @@ def main(argv: list[str] | None = None) -> int:
             ok = passed(case, outcome)
             failures += not ok
             rows.append((case, outcome.code, _shown(outcome.last_line, work_dir), "yes" if ok else "NO"))
-            print(f"{'ok  ' if ok else 'FAIL'} {case.name}: exit {outcome.code}: {_shown(outcome.last_line, work_dir)}",
-                  flush=True)
+            print(
+                f"{'ok  ' if ok else 'FAIL'} {case.name}: exit {outcome.code}: {_shown(outcome.last_line, work_dir)}",
+                flush=True,
+            )
     table = ["| case | command | exit | last stderr line | one clear line |", "|---|---|---|---|---|"]
     table += [f"| {case.name} | `{case.command}` | {code} | {line} | {ok} |" for case, code, line, ok in rows]
     if not args.only:
@@ -182,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             "process as a user would; a command passes when it exits with status 2 and its standard error holds "
             "exactly one `error:` line naming the key and what is allowed (no traceback). The Python-API cases "
             "raise a ValueError (`metalab.errors.ConfigError`) when the object is constructed. "
-            "`tests/test_bad_inputs.py` checks the same cases.\n\n" + "\n".join(table) + "\n")
+            "`tests/test_bad_inputs.py` checks the same cases.\n\n" + "\n".join(table) + "\n"
+        )
         print(f"wrote {OUTPUT.relative_to(ROOT)}")
     print(f"{len(rows) - failures}/{len(rows)} cases give one clear line")
     return 1 if failures else 0

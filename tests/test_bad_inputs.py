@@ -85,8 +85,9 @@ def test_bad_input_gives_exit_2_and_one_error_line(case, tmp_path, monkeypatch, 
 def test_a_real_process_gives_the_same_line(tmp_path):
     case = next(c for c in CASES if c.name == "seed=-1")
     outcome = bad_inputs.run_case(case, tmp_path)
-    assert outcome.code == 2 and outcome.error_lines == [outcome.last_line] and outcome.last_line.startswith(
-        case.expected), outcome.stderr[-2000:]
+    assert (
+        outcome.code == 2 and outcome.error_lines == [outcome.last_line] and outcome.last_line.startswith(case.expected)
+    ), outcome.stderr[-2000:]
 
 
 def test_objectives_are_checked_before_the_first_generation(tmp_path, monkeypatch, capsys):
@@ -97,8 +98,9 @@ def test_objectives_are_checked_before_the_first_generation(tmp_path, monkeypatc
         raise AssertionError("a generation ran before the objectives were checked")
 
     monkeypatch.setattr(search, "run_generation", must_not_run)
-    code, stderr = _train_in_process(("+experiment=ga/zdt1", "learner.searcher.objectives=3"), tmp_path,
-                                     monkeypatch, capsys)
+    code, stderr = _train_in_process(
+        ("+experiment=ga/zdt1", "learner.searcher.objectives=3"), tmp_path, monkeypatch, capsys
+    )
     assert code == 2 and "learner.searcher.objectives=3 is not allowed" in stderr
 
 

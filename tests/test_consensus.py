@@ -30,8 +30,9 @@ def _random_registry(rng: np.random.Generator) -> tuple[list[c.Candidate], dict[
     candidates = []
     for i in range(int(rng.integers(1, 8))):
         held = rng.choice(pool, size=int(rng.integers(1, 4)), replace=False)
-        candidates.append(c.Candidate(f"e{i}", {str(s): int(rng.integers(1, 6)) for s in held},
-                                      float(rng.uniform(0, 1))))
+        candidates.append(
+            c.Candidate(f"e{i}", {str(s): int(rng.integers(1, 6)) for s in held}, float(rng.uniform(0, 1)))
+        )
     required = {str(s): int(rng.integers(1, 4)) for s in rng.choice(pool, size=int(rng.integers(1, 5)), replace=False)}
     return candidates, required
 
@@ -60,9 +61,12 @@ def test_greedy_team_against_brute_force_on_small_registries():
 
 
 def test_team_prefers_the_better_record_and_fewer_members():
-    candidates = [c.Candidate("weak", {"nlp": 5, "vision": 5}, 0.2),
-                  c.Candidate("strong", {"nlp": 5, "vision": 5}, 0.9),
-                  c.Candidate("a", {"nlp": 5}, 1.0), c.Candidate("b", {"vision": 5}, 1.0)]
+    candidates = [
+        c.Candidate("weak", {"nlp": 5, "vision": 5}, 0.2),
+        c.Candidate("strong", {"nlp": 5, "vision": 5}, 0.9),
+        c.Candidate("a", {"nlp": 5}, 1.0),
+        c.Candidate("b", {"vision": 5}, 1.0),
+    ]
     assert c.assemble_team(candidates, {"nlp": 3, "vision": 4}).members == ["strong"]
     assert c.assemble_team(candidates[2:], {"nlp": 3, "vision": 4}).members == ["a", "b"]
     with pytest.raises(c.ConsensusInputError, match="more than max_size=1"):
@@ -80,8 +84,12 @@ def test_votes_and_positions():
     weighted = c.decide(proposals, critiques, "weighted", weights={"a": 0.1, "e": 0.1, "g": 0.1, "b": 1.0})
     assert weighted.answer == "no" and weighted.confidence == pytest.approx(2.0 / 2.3)
     assert [line["kind"] for line in weighted.transcript][:7] == ["proposal"] * 3 + ["critique"] * 4
-    assert weighted.transcript[-1] == {"kind": "decision", "method": "weighted", "answer": "no",
-                                       "confidence": pytest.approx(2.0 / 2.3)}
+    assert weighted.transcript[-1] == {
+        "kind": "decision",
+        "method": "weighted",
+        "answer": "no",
+        "confidence": pytest.approx(2.0 / 2.3),
+    }
     moderated = c.decide(proposals, critiques, "moderator", moderator="g")
     assert (moderated.answer, moderated.confidence) == ("yes", 0.7)
     assert c.decide(proposals, critiques, "moderator", weights={"d": 2.0}).answer == "no"  # default: top weight
@@ -91,15 +99,18 @@ def test_votes_and_positions():
     assert accuracy.weights["b"] == 0.0 and accuracy.answer == "yes"
 
 
-@pytest.mark.parametrize(("proposals", "critiques", "method", "message"), [
-    ([], [], "majority", "needs at least one proposal"),
-    ([c.Proposal("a", "x"), c.Proposal("a", "y")], [], "majority", "two proposals"),
-    ([c.Proposal("a", "x", 1.5)], [], "majority", "must be in \\[0, 1\\]"),
-    ([c.Proposal("a", "x")], [c.Critique("b", 3, 0.5)], "majority", "numbered 0..0"),
-    ([c.Proposal("a", "x")], [c.Critique("a", 0, 0.5)], "majority", "its own proposal"),
-    ([c.Proposal("a", "x")], [], "dictator", "method='dictator' is not allowed"),
-    ([c.Proposal("a", "x")], [c.Critique("m", 0, -0.2)], "moderator-m", "made no proposal and agreed with none"),
-])
+@pytest.mark.parametrize(
+    ("proposals", "critiques", "method", "message"),
+    [
+        ([], [], "majority", "needs at least one proposal"),
+        ([c.Proposal("a", "x"), c.Proposal("a", "y")], [], "majority", "two proposals"),
+        ([c.Proposal("a", "x", 1.5)], [], "majority", "must be in \\[0, 1\\]"),
+        ([c.Proposal("a", "x")], [c.Critique("b", 3, 0.5)], "majority", "numbered 0..0"),
+        ([c.Proposal("a", "x")], [c.Critique("a", 0, 0.5)], "majority", "its own proposal"),
+        ([c.Proposal("a", "x")], [], "dictator", "method='dictator' is not allowed"),
+        ([c.Proposal("a", "x")], [c.Critique("m", 0, -0.2)], "moderator-m", "made no proposal and agreed with none"),
+    ],
+)
 def test_bad_rounds_are_one_clear_error(proposals, critiques, method, message):
     moderator = method.split("-")[1] if "-" in method else None
     with pytest.raises(c.ConsensusInputError, match=message):
@@ -155,8 +166,14 @@ def test_logistic_update_is_a_gradient_step_on_the_log_loss():
         names = [f"x{i}" for i in range(5)]
         step = 1e-3
         new = c.logistic_vote_update(dict(zip(names, w)), dict(zip(names, said)), truth, len(answers), step)
-        numeric = [(_log_loss(w + 1e-6 * np.eye(5)[i], said, truth, answers)
-                    - _log_loss(w - 1e-6 * np.eye(5)[i], said, truth, answers)) / 2e-6 for i in range(5)]
+        numeric = [
+            (
+                _log_loss(w + 1e-6 * np.eye(5)[i], said, truth, answers)
+                - _log_loss(w - 1e-6 * np.eye(5)[i], said, truth, answers)
+            )
+            / 2e-6
+            for i in range(5)
+        ]
         assert [new[n] for n in names] == pytest.approx(list(w - step * np.array(numeric)), abs=1e-8)
     clipped = c.logistic_vote_update({"x": 0.1}, {"x": "a"}, "b", 2, step=10.0)
     assert clipped == {"x": 0.0}  # projected onto w >= 0

@@ -9,12 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from metalab.errors import DataError
 from metalab.config_checks import check_run_config
+from metalab.errors import DataError
 from metalab.run import build_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
+)
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -65,8 +67,14 @@ def test_the_serial_engine_named_by_the_fast_path_error_is_a_key(learner, tmp_pa
 
 def test_a_misspelt_target_fails_here(tmp_path):
     """The check above is not vacuous: one wrong letter in a target is caught."""
-    cfg = _compose(["+experiment=split_mnist/ewc", "learner.method._target_=metalab.learners.continual.EWK",
-                    f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])
+    cfg = _compose(
+        [
+            "+experiment=split_mnist/ewc",
+            "learner.method._target_=metalab.learners.continual.EWK",
+            f"paths.output_dir={tmp_path}",
+            f"paths.log_dir={tmp_path}",
+        ]
+    )
     with pytest.raises(Exception, match="EWK"):
         build_run(cfg, measure=False)
 

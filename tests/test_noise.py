@@ -54,10 +54,12 @@ def test_library_deprecations_are_ignored_and_the_users_own_are_not():
         warnings.simplefilter("always")
         quiet_third_party()
         warnings.warn_explicit("x is deprecated", FutureWarning, "optuna/samplers.py", 1, module="optuna.samplers")
-        warnings.warn_explicit("suggest_uniform has been deprecated in v3.0.0.", FutureWarning, "sweeper.py", 1,
-                               module="hydra_plugins.x")
-        warnings.warn_explicit("treespec is deprecated", FutureWarning, "_pytree.py", 21,
-                               module="lightning.pytorch.utilities._pytree")
+        warnings.warn_explicit(
+            "suggest_uniform has been deprecated in v3.0.0.", FutureWarning, "sweeper.py", 1, module="hydra_plugins.x"
+        )
+        warnings.warn_explicit(
+            "treespec is deprecated", FutureWarning, "_pytree.py", 21, module="lightning.pytorch.utilities._pytree"
+        )
         warnings.warn_explicit("your own", FutureWarning, "mine.py", 1, module="mine")
     assert [str(w.message) for w in caught] == ["your own"]
 

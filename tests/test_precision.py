@@ -11,17 +11,21 @@ from metalab.precision import resolve_precision
 
 # A /proc/cpuinfo excerpt: the flags line decides, so two CPUs differ only there.
 ZEN3 = "model name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n"
-SAPPHIRE_RAPIDS = ("model name\t: Intel Xeon Platinum 8481C\n"
-                   "flags\t\t: fpu avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile\n")
+SAPPHIRE_RAPIDS = (
+    "model name\t: Intel Xeon Platinum 8481C\n"
+    "flags\t\t: fpu avx2 fma avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile\n"
+)
 ZEN4 = "model name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2 fma avx512f avx512_bf16\n"
 
 
 @pytest.fixture
 def cpu(monkeypatch):
     """Pretend to run on the CPU whose /proc/cpuinfo text is given, with no CUDA device."""
+
     def use(cpuinfo: str) -> None:
         monkeypatch.setattr(precision, "cpu_info", lambda: environment.cpu_info(cpuinfo))
         monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
     return use
 
 
@@ -82,13 +86,18 @@ class _Data:
 
 
 @pytest.mark.parametrize("fp32, bf16, expected", [(1.0, 0.6, "bf16-mixed"), (1.0, 1.8, "32-true")])
-def test_auto_keeps_the_measured_faster_setting_records_the_ratio_and_caches_it(cpu, monkeypatch, tmp_path,
-                                                                              fp32, bf16, expected):
+def test_auto_keeps_the_measured_faster_setting_records_the_ratio_and_caches_it(
+    cpu, monkeypatch, tmp_path, fp32, bf16, expected
+):
     cpu(ZEN4)
     timed = []
-    monkeypatch.setattr(precision, "seconds_per_step",
-                        lambda learner, data, setting, steps, warmup: timed.append(setting) or
-                        {"32-true": fp32, "bf16-mixed": bf16}[setting])
+    monkeypatch.setattr(
+        precision,
+        "seconds_per_step",
+        lambda learner, data, setting, steps, warmup: (
+            timed.append(setting) or {"32-true": fp32, "bf16-mixed": bf16}[setting]
+        ),
+    )
     state = torch.get_rng_state()
     choice = precision.measure_precision(resolve_precision("auto", "cpu"), _Learner(), _Data(), cache=tmp_path / "c")
     assert choice.precision == expected and choice.measurement["bf16_speedup"] == pytest.approx(fp32 / bf16)

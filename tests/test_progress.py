@@ -43,9 +43,16 @@ def fit(tmp_path, monkeypatch, every_seconds: float, bar: bool = False, **budget
     monkeypatch.setattr(timer_module, "time", clock)
     callback = BudgetProgress(every_seconds=every_seconds)
     extra = [L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1)] if bar else []
-    trainer = L.Trainer(accelerator="cpu", callbacks=[callback, *extra], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=bar, enable_model_summary=False, default_root_dir=str(tmp_path),
-                        **budget)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        callbacks=[callback, *extra],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=bar,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **budget,
+    )
     trainer.fit(OneSecondSteps(clock), DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4))
     return callback
 

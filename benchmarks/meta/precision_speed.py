@@ -57,12 +57,20 @@ def measure(name: str, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache:
         auto = measure_precision(resolve_precision("auto", "cpu"), learner, datamodule, cache=Path(cache) / "p.json")
     faster = min(median, key=median.get)
-    return {"workload": name, "experiment": experiment, "fp32_s_per_step": median[FP32],
-            "bf16_s_per_step": median[BF16], "bf16_speedup": median[FP32] / median[BF16], "faster": faster,
-            "auto_chose": auto.precision, "auto_over_faster": median[auto.precision] / median[faster],
-            "auto_within_5pct": median[auto.precision] <= 1.05 * median[faster],
-            "auto_reason": auto.reason, "cpu_seconds": time.process_time() - cpu_start,
-            "wall_seconds": time.perf_counter() - wall_start}
+    return {
+        "workload": name,
+        "experiment": experiment,
+        "fp32_s_per_step": median[FP32],
+        "bf16_s_per_step": median[BF16],
+        "bf16_speedup": median[FP32] / median[BF16],
+        "faster": faster,
+        "auto_chose": auto.precision,
+        "auto_over_faster": median[auto.precision] / median[faster],
+        "auto_within_5pct": median[auto.precision] <= 1.05 * median[faster],
+        "auto_reason": auto.reason,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
 
 
 def main() -> None:
@@ -80,12 +88,24 @@ def main() -> None:
     for name in args.workloads:
         rows.append(measure(name, args.rounds, args.steps, args.warmup))
         row = rows[-1]
-        print(f"{name}: fp32 {row['fp32_s_per_step']:.4f} s/step, bf16 {row['bf16_s_per_step']:.4f} s/step "
-              f"(bf16 {row['bf16_speedup']:.2f}x), auto -> {row['auto_chose']} ({row['auto_over_faster']:.3f}x the "
-              f"faster)", flush=True)
-    append_record(args.records, rows, benchmark="precision_auto",
-                  settings={"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
-                            "threads": args.threads, "load_average_before": list(load_before)})
+        print(
+            f"{name}: fp32 {row['fp32_s_per_step']:.4f} s/step, bf16 {row['bf16_s_per_step']:.4f} s/step "
+            f"(bf16 {row['bf16_speedup']:.2f}x), auto -> {row['auto_chose']} ({row['auto_over_faster']:.3f}x the "
+            f"faster)",
+            flush=True,
+        )
+    append_record(
+        args.records,
+        rows,
+        benchmark="precision_auto",
+        settings={
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "load_average_before": list(load_before),
+        },
+    )
 
 
 if __name__ == "__main__":

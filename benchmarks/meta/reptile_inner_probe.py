@@ -15,18 +15,27 @@ learner.eval_inner_batch=null"; do
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tests"))
-from helpers import compose_run  # noqa: E402
+from metalab.report.records import append_record, repo_root
+from metalab.run import instantiate
 
-from metalab.report.records import append_record  # noqa: E402
-from metalab.run import instantiate  # noqa: E402
+ROOT = repo_root()
+
+
+def compose_run(output_dir: Path, overrides: list[str]) -> DictConfig:
+    """The config ``train.py`` would see, writing into ``output_dir``."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir.parent / "logs")
+    return cfg
 
 
 def main() -> None:
@@ -39,8 +48,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = compose_run(Path("/tmp/reptile_inner_probe"), ["+experiment=omniglot/reptile_5w1s", "seed=0",
-                      "trainer.precision=32-true", f"data.val_episodes={args.val_episodes}", *args.overrides])
+    cfg = compose_run(
+        Path("/tmp/reptile_inner_probe"),
+        [
+            "+experiment=omniglot/reptile_5w1s",
+            "seed=0",
+            "trainer.precision=32-true",
+            f"data.val_episodes={args.val_episodes}",
+            *args.overrides,
+        ],
+    )
     data = instantiate(cfg.data)
     data.setup("fit")
     learner = instantiate(cfg.learner, backbone=instantiate(cfg.model))
@@ -76,11 +93,12 @@ def main() -> None:
             curve.append((round(cpu, 1), steps, validate()))
             print(args.name, curve[-1], flush=True)
             next_eval += args.every
-    append_record("benchmarks/meta/records/reptile_inner_probe.jsonl",
-                  [{"recipe": args.name, "cpu_seconds": c, "meta_steps": s, "val_acc": v} for c, s, v in curve],
-                  settings={"overrides": args.overrides, "cpu_seconds": args.cpu_seconds,
-                            "val_episodes": args.val_episodes},
-                  notes=f"loadavg {' '.join(open('/proc/loadavg').read().split()[:3])} at the end")
+    append_record(
+        "benchmarks/meta/records/reptile_inner_probe.jsonl",
+        [{"recipe": args.name, "cpu_seconds": c, "meta_steps": s, "val_acc": v} for c, s, v in curve],
+        settings={"overrides": args.overrides, "cpu_seconds": args.cpu_seconds, "val_episodes": args.val_episodes},
+        notes=f"loadavg {' '.join(open('/proc/loadavg').read().split()[:3])} at the end",
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ TEST_SEED = 20_000_000
 def build(experiment: str, seed: int):
     """``(problem, searcher)`` of ``+experiment=<experiment>`` with ``seed``."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", f"seed={seed}", "paths.output_dir=."])
+        cfg = compose(
+            config_name="train", overrides=[f"+experiment={experiment}", f"seed={seed}", "paths.output_dir=."]
+        )
     problem = hydra.utils.instantiate(cfg.problem)
     return problem, hydra.utils.instantiate(cfg.learner.searcher)(space=problem.space, seed=seed)
 
@@ -44,8 +46,14 @@ def solve(experiment: str, seed: int, max_generations: int, max_seconds: float, 
             check = solve_check(problem, searcher.best().genome, generation + 1)
             if check["solved"]:
                 test = problem.evaluate_solution(searcher.best().genome, seed=TEST_SEED + seed, episodes=check_episodes)
-                return {"solved": True, "seconds": searching, "generations": generation + 1, "evaluations": evaluations,
-                        "check_return": check["solve_return"], "test_return": float(test.mean())}
+                return {
+                    "solved": True,
+                    "seconds": searching,
+                    "generations": generation + 1,
+                    "evaluations": evaluations,
+                    "check_return": check["solve_return"],
+                    "test_return": float(test.mean()),
+                }
         if searching > max_seconds:
             break
     return {"solved": False, "seconds": searching, "generations": generation + 1, "evaluations": evaluations}

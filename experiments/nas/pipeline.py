@@ -30,20 +30,23 @@ import os
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 from metalab.nas.plot import draw_cell
-from metalab.report.collect import t975
 from metalab.nas.space import RESNET_CELL, Genotype
+from metalab.report.collect import t975
 from metalab.report.records import append_record, read_records, repo_root
 
 ROOT = repo_root()
 RUNS = ROOT / "logs" / "nas"
 RUN_RECORDS = "experiments/nas/records/runs.jsonl"
 SUMMARY_RECORDS = "experiments/nas/records/summary.jsonl"
-SEARCHES = {"darts": "nas/darts", "darts_noguard": "nas/darts_noguard", "evolution": "nas/evolution",
-            "random": "nas/random"}
+SEARCHES = {
+    "darts": "nas/darts",
+    "darts_noguard": "nas/darts_noguard",
+    "evolution": "nas/evolution",
+    "random": "nas/random",
+}
 SEEDS = (0, 1, 2)
 # cells retrained over every seed; darts_noguard only on seed 0 (the guard comparison)
 TABLE_CELLS = ("darts", "evolution", "random", "resnet")
@@ -55,13 +58,18 @@ METHODS = ("darts", "evolution", "random")
 # retraining epochs instead of 4.
 BUDGETS: dict[str, dict[str, list[str]]] = {
     "readme": {"darts": [], "evolution": [], "random": [], "retrain": []},
-    "small": {"darts": ["trainer.max_epochs=3"], "evolution": ["model.steps=20", "trainer.max_steps=3"],
-              "random": ["model.steps=20", "trainer.max_steps=4"], "retrain": ["trainer.max_epochs=2"]},
+    "small": {
+        "darts": ["trainer.max_epochs=3"],
+        "evolution": ["model.steps=20", "trainer.max_steps=3"],
+        "random": ["model.steps=20", "trainer.max_steps=4"],
+        "retrain": ["trainer.max_epochs=2"],
+    },
 }
 
 
-def run_train(name: str, overrides: list[str], records: str = RUN_RECORDS,
-              settings: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def run_train(
+    name: str, overrides: list[str], records: str = RUN_RECORDS, settings: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """``python train.py <overrides>`` into ``logs/nas/<name>``; its metrics.json (None if it failed)."""
     out = RUNS / name
     if (out / "metrics.json").is_file():
@@ -88,11 +96,20 @@ def _recorded(name: str, records: str) -> bool:
     return path.is_file() and any(rec.get("settings", {}).get("run") == name for rec in read_records(path))
 
 
-def _record_run(name: str, overrides: list[str], metrics: dict[str, Any], records: str = RUN_RECORDS,
-                settings: dict[str, Any] | None = None) -> None:
+def _record_run(
+    name: str,
+    overrides: list[str],
+    metrics: dict[str, Any],
+    records: str = RUN_RECORDS,
+    settings: dict[str, Any] | None = None,
+) -> None:
     scalars = metrics["metrics"]
-    row = {"run": name, "genotype": metrics.get("genotype"), "seed": metrics.get("seed"),
-           "wall_seconds": round(scalars.get("train/wall_seconds", float("nan")), 1)}
+    row = {
+        "run": name,
+        "genotype": metrics.get("genotype"),
+        "seed": metrics.get("seed"),
+        "wall_seconds": round(scalars.get("train/wall_seconds", float("nan")), 1),
+    }
     if "search_cpu_seconds" in metrics:
         row["search_cpu_minutes"] = round(metrics["search_cpu_seconds"] / 60, 2)
     if "supernet_epoch_seconds" in metrics:
@@ -112,9 +129,14 @@ def _record_run(name: str, overrides: list[str], metrics: dict[str, Any], record
     kind = "retrain" if name.startswith("retrain_") else "search"
     cell = name.removeprefix("retrain_").rsplit("_seed", 1)[0].split("_search")[0]
     settings = settings or {"kind": kind, "cell": cell}
-    append_record(records, row, benchmark="nas_run", command=command,
-                  settings={"run": name, **settings, "overrides": overrides},
-                  notes="one thread per run, runs in sequence; other sessions' processes shared the 2 cores")
+    append_record(
+        records,
+        row,
+        benchmark="nas_run",
+        command=command,
+        settings={"run": name, **settings, "overrides": overrides},
+        notes="one thread per run, runs in sequence; other sessions' processes shared the 2 cores",
+    )
 
 
 def _quoted(override: str) -> str:
@@ -138,9 +160,10 @@ def run_all(seed: int = 0) -> None:
         for cell in cells:
             if cell not in genotypes:
                 continue
-            run_train(f"retrain_{cell}_seed{retrain_seed}",
-                      ["+experiment=nas/retrain", f"genotype={retrain_value(genotypes[cell])}",
-                       f"seed={retrain_seed}"])
+            run_train(
+                f"retrain_{cell}_seed{retrain_seed}",
+                ["+experiment=nas/retrain", f"genotype={retrain_value(genotypes[cell])}", f"seed={retrain_seed}"],
+            )
 
 
 def run_searches_only(seed: int, names: list[str]) -> None:
@@ -158,8 +181,10 @@ def retrain_found(names: list[str], seeds: list[int]) -> None:
             continue
         genotype = json.loads(found.read_text())["genotype"]
         for seed in seeds:
-            run_train(f"retrain_{name}_seed{seed}",
-                      ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}"])
+            run_train(
+                f"retrain_{name}_seed{seed}",
+                ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}"],
+            )
 
 
 def run_independent(budget: str, methods: list[str], search_seeds: list[int], retrain: bool = True) -> None:
@@ -174,17 +199,23 @@ def run_independent(budget: str, methods: list[str], search_seeds: list[int], re
             if method == "resnet":
                 genotype = str(RESNET_CELL)
             else:
-                found = run_train(f"{budget}_{method}_search{seed}",
-                                  [f"+experiment={SEARCHES[method]}", f"seed={seed}", *extra[method]],
-                                  INDEPENDENT_RECORDS, {**base, "kind": "search"})
+                found = run_train(
+                    f"{budget}_{method}_search{seed}",
+                    [f"+experiment={SEARCHES[method]}", f"seed={seed}", *extra[method]],
+                    INDEPENDENT_RECORDS,
+                    {**base, "kind": "search"},
+                )
                 if found is None:
                     continue
                 genotype = found["genotype"]
             if not retrain:
                 continue
-            run_train(f"{budget}_retrain_{method}_search{seed}_seed{seed}",
-                      ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}",
-                       *extra["retrain"]], INDEPENDENT_RECORDS, {**base, "kind": "retrain", "retrain_seed": seed})
+            run_train(
+                f"{budget}_retrain_{method}_search{seed}_seed{seed}",
+                ["+experiment=nas/retrain", f"genotype={retrain_value(genotype)}", f"seed={seed}", *extra["retrain"]],
+                INDEPENDENT_RECORDS,
+                {**base, "kind": "retrain", "retrain_seed": seed},
+            )
 
 
 def mean_ci95(values: list[float]) -> tuple[float, float | None]:
@@ -211,11 +242,19 @@ def independent_table(rows: list[dict[str, Any]], settings: list[dict[str, Any]]
         searches = [latest[(method, "search", s)] for s in seeds if (method, "search", s) in latest]
         cost = [r["search_cpu_minutes"] for r in searches if r.get("search_cpu_minutes") is not None]
         no_search_cost = 0.0 if method == "resnet" else None
-        table.append({"method": method, "budget": budget, "searches": len(searches), "search_seeds": seeds,
-                      "test_acc_mean": round(mean, 2), "test_acc_ci95": None if ci is None else round(ci, 2),
-                      "test_acc_values": [round(a, 2) for a in accs],
-                      "distinct_cells": len({latest[(method, "retrain", s)]["genotype"] for s in seeds}),
-                      "search_cpu_minutes_mean": round(statistics.mean(cost), 2) if cost else no_search_cost})
+        table.append(
+            {
+                "method": method,
+                "budget": budget,
+                "searches": len(searches),
+                "search_seeds": seeds,
+                "test_acc_mean": round(mean, 2),
+                "test_acc_ci95": None if ci is None else round(ci, 2),
+                "test_acc_values": [round(a, 2) for a in accs],
+                "distinct_cells": len({latest[(method, "retrain", s)]["genotype"] for s in seeds}),
+                "search_cpu_minutes_mean": round(statistics.mean(cost), 2) if cost else no_search_cost,
+            }
+        )
     return table
 
 
@@ -223,9 +262,17 @@ def summarise_independent(budget: str) -> None:
     records = read_records(ROOT / INDEPENDENT_RECORDS)
     rows = [rec["figures"][0] for rec in records]
     table = independent_table(rows, [rec["settings"] for rec in records], budget)
-    append_record(SUMMARY_RECORDS, table, benchmark="nas_independent_searches",
-                  settings={"budget": budget, "budget_overrides": BUDGETS[budget], "runs_file": INDEPENDENT_RECORDS,
-                            "replicate": "one search per seed, its cell retrained once with the same seed"})
+    append_record(
+        SUMMARY_RECORDS,
+        table,
+        benchmark="nas_independent_searches",
+        settings={
+            "budget": budget,
+            "budget_overrides": BUDGETS[budget],
+            "runs_file": INDEPENDENT_RECORDS,
+            "replicate": "one search per seed, its cell retrained once with the same seed",
+        },
+    )
     for row in table:
         print(row)
 
@@ -243,19 +290,28 @@ def summarise() -> None:
         if not accs:
             continue
         any_run = next(latest[f"retrain_{cell}_seed{s}"] for s in SEEDS if f"retrain_{cell}_seed{s}" in latest)
-        table.append({"cell": cell, "genotype": any_run["genotype"], "seeds": len(accs),
-                      "test_acc_mean": round(statistics.mean(accs), 2),
-                      "test_acc_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else None,
-                      "parameters": any_run["parameters"],
-                      "search_cpu_minutes": searches.get(cell, {}).get("search_cpu_minutes", 0.0 if cell == "resnet" else None)})
+        table.append(
+            {
+                "cell": cell,
+                "genotype": any_run["genotype"],
+                "seeds": len(accs),
+                "test_acc_mean": round(statistics.mean(accs), 2),
+                "test_acc_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else None,
+                "parameters": any_run["parameters"],
+                "search_cpu_minutes": searches.get(cell, {}).get(
+                    "search_cpu_minutes", 0.0 if cell == "resnet" else None
+                ),
+            }
+        )
     reference = next((r for r in table if r["cell"] == "resnet"), None)
     for row in table:
         if reference is not None:
             error, reference_error = 100 - row["test_acc_mean"], 100 - reference["test_acc_mean"]
             row["error_reduction_vs_resnet_pct"] = round(100 * (reference_error - error) / reference_error, 1)
     _draw_cell_pictures(latest)
-    append_record(SUMMARY_RECORDS, table, benchmark="nas_retrain_table",
-                  settings={"seeds": list(SEEDS), "runs_file": RUN_RECORDS})
+    append_record(
+        SUMMARY_RECORDS, table, benchmark="nas_retrain_table", settings={"seeds": list(SEEDS), "runs_file": RUN_RECORDS}
+    )
     for row in table:
         print(row)
 
@@ -271,19 +327,27 @@ def _draw_cell_pictures(latest: dict[str, dict[str, Any]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run", "searches", "retrain", "summarise", "independent",
-                                           "summarise-independent"))
-    parser.add_argument("--budget", choices=list(BUDGETS), default="readme",
-                        help="with `independent` and `summarise-independent`")
-    parser.add_argument("--methods", nargs="+", default=[*METHODS, "resnet"], choices=[*METHODS, "resnet"],
-                        help="with `independent`")
+    parser.add_argument(
+        "action", choices=("run", "searches", "retrain", "summarise", "independent", "summarise-independent")
+    )
+    parser.add_argument(
+        "--budget", choices=list(BUDGETS), default="readme", help="with `independent` and `summarise-independent`"
+    )
+    parser.add_argument(
+        "--methods", nargs="+", default=[*METHODS, "resnet"], choices=[*METHODS, "resnet"], help="with `independent`"
+    )
     parser.add_argument("--search-seeds", nargs="+", type=int, default=[0, 1, 2], help="with `independent`")
     parser.add_argument("--no-retrain", action="store_true", help="with `independent`: searches only")
     parser.add_argument("--runs", nargs="+", default=[], help="with `retrain`: search runs whose cells to retrain")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="with `retrain`: retraining seeds")
     parser.add_argument("--search-seed", type=int, default=0)
-    parser.add_argument("--searches", nargs="+", default=["evolution", "random"], choices=list(SEARCHES),
-                        help="with `searches`: which searches to run at --search-seed")
+    parser.add_argument(
+        "--searches",
+        nargs="+",
+        default=["evolution", "random"],
+        choices=list(SEARCHES),
+        help="with `searches`: which searches to run at --search-seed",
+    )
     args = parser.parse_args()
     if args.action == "run":
         run_all(args.search_seed)

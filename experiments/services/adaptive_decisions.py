@@ -18,9 +18,9 @@ import os
 import time
 
 import numpy as np
+from _record import now, write_record
 from scipy import stats
 
-from _record import now, write_record
 from metalab.services.simulate import sequential_monitoring
 
 MEANS = [0.05, 0.06, 0.08]
@@ -50,15 +50,20 @@ def plain_thompson_regret(means: list[float], pulls: int, runs: int, seed: int) 
 
 def mean_ci(x: np.ndarray) -> dict:
     half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
-    return {"mean": float(x.mean()), "ci95": [float(x.mean() - half), float(x.mean() + half)],
-            "median": float(np.median(x))}
+    return {
+        "mean": float(x.mean()),
+        "ci95": [float(x.mean() - half), float(x.mean() + half)],
+        "median": float(np.median(x)),
+    }
 
 
 def decisions(result: dict, best: int | None) -> dict:
     named, runs = result["named"], len(result["named"])
     decided = named >= 0
-    row = {"decided": share(int(decided.sum()), runs),
-           "mean_outcomes_to_decision": float(result["stopped_at"][decided].mean()) if decided.any() else None}
+    row = {
+        "decided": share(int(decided.sum()), runs),
+        "mean_outcomes_to_decision": float(result["stopped_at"][decided].mean()) if decided.any() else None,
+    }
     if best is None:
         row["false"] = share(int(decided.sum()), runs)
     else:
@@ -82,22 +87,35 @@ def main() -> None:
     plain = plain_thompson_regret(MEANS, args.pulls, args.runs, seed=2)
     welch = stats.ttest_ind(engine["regret"], plain, equal_var=False)
     figures = {
-        "means": MEANS, "pulls": args.pulls, "runs": args.runs, "aa_runs": args.aa_runs, "alpha": ALPHA,
+        "means": MEANS,
+        "pulls": args.pulls,
+        "runs": args.runs,
+        "aa_runs": args.aa_runs,
+        "alpha": ALPHA,
         "settings": {k: v for k, v in common.items() if k != "binary"},
         "best_arm_rule": decisions(engine, best),
         "previous_rule_control_comparisons": decisions(before, best),
         "aa_best_arm_rule": {"means": AA_MEANS, **decisions(aa, None)},
-        "regret": {"engine_thompson": mean_ci(engine["regret"]), "plain_thompson": mean_ci(plain),
-                   "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue)},
-        "wall_seconds": round(time.perf_counter() - clock, 1), "cpu_seconds": round(time.process_time() - cpu, 1),
+        "regret": {
+            "engine_thompson": mean_ci(engine["regret"]),
+            "plain_thompson": mean_ci(plain),
+            "welch_t": float(welch.statistic),
+            "welch_p": float(welch.pvalue),
+        },
+        "wall_seconds": round(time.perf_counter() - clock, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1),
         "load_average_at_end": os.getloadavg(),
     }
     for key in ("best_arm_rule", "previous_rule_control_comparisons", "aa_best_arm_rule", "regret"):
         print(key, figures[key], flush=True)
-    write_record("adaptive_decisions", figures, started,
-                 notes="the previous rule under 'control' compares every arm with the control by the mSPRT, as "
-                       "the engine did for every allocation before issue 38; 'wrong' counts runs that named an arm "
-                       "other than the best (under the previous rule: a winner other than the best, or the control)")
+    write_record(
+        "adaptive_decisions",
+        figures,
+        started,
+        notes="the previous rule under 'control' compares every arm with the control by the mSPRT, as "
+        "the engine did for every allocation before issue 38; 'wrong' counts runs that named an arm "
+        "other than the best (under the previous rule: a winner other than the best, or the control)",
+    )
 
 
 if __name__ == "__main__":

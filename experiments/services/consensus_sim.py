@@ -41,18 +41,25 @@ from metalab import consensus as core
 from metalab.report.records import append_record
 
 K = 3
-SCENARIOS = {"independent": ([0.75, 0.70, 0.65, 0.65, 0.60, 0.60, 0.55], 0),
-             "heterogeneous": ([0.85, 0.60, 0.55, 0.50, 0.45, 0.40, 0.40], 0),
-             "herd": ([0.75, 0.70, 0.65], 4)}  # (independent accuracies, herd size); the herd's source: 0.55
+SCENARIOS = {
+    "independent": ([0.75, 0.70, 0.65, 0.65, 0.60, 0.60, 0.55], 0),
+    "heterogeneous": ([0.85, 0.60, 0.55, 0.50, 0.45, 0.40, 0.40], 0),
+    "herd": ([0.75, 0.70, 0.65], 4),
+}  # (independent accuracies, herd size); the herd's source: 0.55
 HERD_ACCURACY = 0.55
-METHODS = {"majority": ("majority", None), "weighted_majority_b0.5": ("weighted", 0.5),
-           "weighted_majority_b0.9": ("weighted", 0.9), "learned_logistic": ("learned", None),
-           "accuracy_weighted": ("accuracy", None)}
+METHODS = {
+    "majority": ("majority", None),
+    "weighted_majority_b0.5": ("weighted", 0.5),
+    "weighted_majority_b0.9": ("weighted", 0.9),
+    "learned_logistic": ("learned", None),
+    "accuracy_weighted": ("accuracy", None),
+}
 
 
 def answers_of(rng: np.random.Generator, truth: int, accuracies: list[float], herd: int) -> list[int]:
     def one(p: float) -> int:
         return truth if rng.random() < p else int((truth + rng.integers(1, K)) % K)
+
     said = [one(p) for p in accuracies]
     shared = one(HERD_ACCURACY)
     return said + [shared] * herd
@@ -77,8 +84,9 @@ def run(seed: int, scenario: str, questions: int) -> dict:
             if beta is not None:
                 weights[method] = core.weighted_majority_update(weights[method], decision.positions, str(truth), beta)
             elif rule == "learned":
-                weights[method] = core.logistic_vote_update(weights[method], decision.positions, str(truth), K,
-                                                            1.0 / math.sqrt(q + 1))
+                weights[method] = core.logistic_vote_update(
+                    weights[method], decision.positions, str(truth), K, 1.0 / math.sqrt(q + 1)
+                )
         expert_right[:, q] = np.array(said) == truth
         records = {n: (c + int(a == truth), t + 1) for (n, (c, t)), a in zip(records.items(), said)}
     return {"right": right, "expert_right": expert_right}
@@ -93,24 +101,49 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
 def summarise(scenario: str, runs: list[dict], questions: int) -> list[dict]:
     half = slice(questions // 2, questions)
     rows = []
-    per_method = {m: ([r["right"][m][half].mean() for r in runs], [r["right"][m].mean() for r in runs])
-                  for m in METHODS}
+    per_method = {
+        m: ([r["right"][m][half].mean() for r in runs], [r["right"][m].mean() for r in runs]) for m in METHODS
+    }
     best_second = [r["expert_right"][:, half].sum(axis=1).max() / (questions - questions // 2) for r in runs]
     best_all = [r["expert_right"].sum(axis=1).max() / questions for r in runs]
     per_method["best_single_expert_in_hindsight"] = (best_second, best_all)
     for method, (second, overall) in per_method.items():
         m2, lo2, hi2 = mean_ci(second)
         m, lo, hi = mean_ci(overall)
-        rows.append({"table": "accuracy", "scenario": scenario, "method": method, "seeds": len(runs),
-                     "questions": questions, "acc_second_half": m2, "ci_low": lo2, "ci_high": hi2,
-                     "acc_all": m, "acc_all_ci_low": lo, "acc_all_ci_high": hi})
-    for better, worse in (("learned_logistic", "majority"), ("learned_logistic", "best_single_expert_in_hindsight"),
-                          ("weighted_majority_b0.5", "best_single_expert_in_hindsight"),
-                          ("weighted_majority_b0.5", "majority")):
+        rows.append(
+            {
+                "table": "accuracy",
+                "scenario": scenario,
+                "method": method,
+                "seeds": len(runs),
+                "questions": questions,
+                "acc_second_half": m2,
+                "ci_low": lo2,
+                "ci_high": hi2,
+                "acc_all": m,
+                "acc_all_ci_low": lo,
+                "acc_all_ci_high": hi,
+            }
+        )
+    for better, worse in (
+        ("learned_logistic", "majority"),
+        ("learned_logistic", "best_single_expert_in_hindsight"),
+        ("weighted_majority_b0.5", "best_single_expert_in_hindsight"),
+        ("weighted_majority_b0.5", "majority"),
+    ):
         # the methods answer the same questions, so the per-seed difference has a much tighter interval
         d, lo, hi = mean_ci([a - b for a, b in zip(per_method[better][0], per_method[worse][0])])
-        rows.append({"table": "paired", "scenario": scenario, "comparison": f"{better} - {worse}", "seeds": len(runs),
-                     "diff_second_half": d, "ci_low": lo, "ci_high": hi})
+        rows.append(
+            {
+                "table": "paired",
+                "scenario": scenario,
+                "comparison": f"{better} - {worse}",
+                "seeds": len(runs),
+                "diff_second_half": d,
+                "ci_low": lo,
+                "ci_high": hi,
+            }
+        )
     n = runs[0]["expert_right"].shape[0]
     for method, (_, beta) in METHODS.items():
         if beta is None:
@@ -123,10 +156,20 @@ def summarise(scenario: str, runs: list[dict], questions: int) -> list[dict]:
             regrets.append(made - best)
             bounds.append(bound - best)
             within += made <= bound
-        rows.append({"table": "regret", "scenario": scenario, "method": method, "seeds": len(runs),
-                     "questions": questions, "regret_mean": mean_ci(regrets)[0], "regret_max": max(regrets),
-                     "bound_regret_mean": mean_ci(bounds)[0], "bound_regret_min": min(bounds),
-                     "share_within_bound": within / len(runs)})
+        rows.append(
+            {
+                "table": "regret",
+                "scenario": scenario,
+                "method": method,
+                "seeds": len(runs),
+                "questions": questions,
+                "regret_mean": mean_ci(regrets)[0],
+                "regret_max": max(regrets),
+                "bound_regret_mean": mean_ci(bounds)[0],
+                "bound_regret_min": min(bounds),
+                "share_within_bound": within / len(runs),
+            }
+        )
     return rows
 
 
@@ -180,12 +223,17 @@ def main() -> None:
         row["load"] = load
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()})
     print(f"service decisions equal the core's on 100 questions per method: {matches}")
-    rows += [{"table": "service", "method": m, "service_matches_core": ok, "questions": 100, "load": load}
-             for m, ok in matches.items()]
+    rows += [
+        {"table": "service", "method": m, "service_matches_core": ok, "questions": 100, "load": load}
+        for m, ok in matches.items()
+    ]
     for table in ("accuracy", "paired", "regret", "service"):  # one record each, so a results table can select it
-        append_record("experiments/services/records/consensus.jsonl", [r for r in rows if r["table"] == table],
-                      benchmark=f"consensus_{table}",
-                      settings={"seeds": args.seeds, "questions": args.questions, "answers": K})
+        append_record(
+            "experiments/services/records/consensus.jsonl",
+            [r for r in rows if r["table"] == table],
+            benchmark=f"consensus_{table}",
+            settings={"seeds": args.seeds, "questions": args.questions, "answers": K},
+        )
 
 
 if __name__ == "__main__":

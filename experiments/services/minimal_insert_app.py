@@ -10,20 +10,26 @@ Usage: python experiments/services/minimal_insert_app.py --port 8001 --database-
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import uvicorn
 from fastapi import FastAPI
 from pydantic import BaseModel
-from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, create_engine, event, insert,
-                        select)
+from sqlalchemy import Column, DateTime, Float, Integer, MetaData, String, Table, create_engine, event, insert, select
 
 METADATA = MetaData()
-OUTCOMES = Table("outcomes", METADATA, Column("id", Integer, primary_key=True), Column("variant", String(100)),
-                 Column("value", Float), Column("unit", String(200), nullable=True),
-                 Column("created_at", DateTime(timezone=True)))
-VARIANTS = Table("variants", METADATA, Column("id", Integer, primary_key=True), Column("name", String(100)),
-                 Column("count", Integer))
+OUTCOMES = Table(
+    "outcomes",
+    METADATA,
+    Column("id", Integer, primary_key=True),
+    Column("variant", String(100)),
+    Column("value", Float),
+    Column("unit", String(200), nullable=True),
+    Column("created_at", DateTime(timezone=True)),
+)
+VARIANTS = Table(
+    "variants", METADATA, Column("id", Integer, primary_key=True), Column("name", String(100)), Column("count", Integer)
+)
 
 
 class OutcomeIn(BaseModel):
@@ -35,6 +41,7 @@ class OutcomeIn(BaseModel):
 def build(database_url: str) -> FastAPI:
     engine = create_engine(database_url, pool_size=10, max_overflow=20)
     if engine.dialect.name == "sqlite":
+
         @event.listens_for(engine, "connect")
         def _pragmas(connection, _record) -> None:
             cursor = connection.cursor()
@@ -42,6 +49,7 @@ def build(database_url: str) -> FastAPI:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
     METADATA.create_all(engine)
     with engine.begin() as connection:
         if connection.execute(select(VARIANTS.c.id)).first() is None:
@@ -51,9 +59,11 @@ def build(database_url: str) -> FastAPI:
     @app.post("/outcomes", status_code=201)
     def record(body: OutcomeIn) -> dict:
         with engine.begin() as connection:
-            new_id = connection.execute(insert(OUTCOMES).values(variant=body.variant, value=body.value, unit=body.unit,
-                                                                created_at=datetime.now(timezone.utc))
-                                        .returning(OUTCOMES.c.id)).scalar()
+            new_id = connection.execute(
+                insert(OUTCOMES)
+                .values(variant=body.variant, value=body.value, unit=body.unit, created_at=datetime.now(UTC))
+                .returning(OUTCOMES.c.id)
+            ).scalar()
         return {"id": new_id}
 
     @app.post("/assignments")

@@ -131,24 +131,36 @@ def _share(row: dict) -> str:
 
 def adaptive(record: dict) -> list[str]:
     f = record["figures"][0]
-    new, old, aa, regret = (f["best_arm_rule"], f["previous_rule_control_comparisons"], f["aa_best_arm_rule"],
-                            f["regret"])
-    lines = ["## Bandit-allocated experiments that decide (issue 38)\n",
-             f"Thompson allocation, Bernoulli arms {f['means']}, {f['pulls']} pulls, {f['runs']} runs, alpha {f['alpha']}, "
-             "decisions after every outcome. Shares with Wilson 95% CI.\n",
-             "| decision rule | decided | named the best arm | named a wrong arm | mean outcomes to decide |",
-             "| --- | --- | --- | --- | --- |"]
-    for label, row in (("an arm beats every other arm (engine, adaptive allocation)", new),
-                       ("previous: a variant beats the control", old)):
+    new, old, aa, regret = (
+        f["best_arm_rule"],
+        f["previous_rule_control_comparisons"],
+        f["aa_best_arm_rule"],
+        f["regret"],
+    )
+    lines = [
+        "## Bandit-allocated experiments that decide (issue 38)\n",
+        f"Thompson allocation, Bernoulli arms {f['means']}, {f['pulls']} pulls, {f['runs']} runs, alpha {f['alpha']}, "
+        "decisions after every outcome. Shares with Wilson 95% CI.\n",
+        "| decision rule | decided | named the best arm | named a wrong arm | mean outcomes to decide |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label, row in (
+        ("an arm beats every other arm (engine, adaptive allocation)", new),
+        ("previous: a variant beats the control", old),
+    ):
         stop = row["mean_outcomes_to_decision"]
-        lines.append(f"| {label} | {_share(row['decided'])} | {_share(row['correct'])} | {_share(row['wrong'])} | "
-                     f"{'-' if stop is None else f'{stop:.0f}'} |")
+        lines.append(
+            f"| {label} | {_share(row['decided'])} | {_share(row['correct'])} | {_share(row['wrong'])} | "
+            f"{'-' if stop is None else f'{stop:.0f}'} |"
+        )
     e, p = regret["engine_thompson"], regret["plain_thompson"]
-    lines += [f"\nA/A ({aa['means']}, {f['aa_runs']} runs, same allocation and rule): false decisions "
-              f"{_share(aa['false'])}.",
-              f"Regret over {f['pulls']} pulls: engine's Thompson {e['mean']:.1f} [{e['ci95'][0]:.1f}, {e['ci95'][1]:.1f}], "
-              f"plain Beta-Bernoulli Thompson {p['mean']:.1f} [{p['ci95'][0]:.1f}, {p['ci95'][1]:.1f}] "
-              f"(Welch t = {regret['welch_t']:.2f}, p = {regret['welch_p']:.2f}). The previous rule's winner only "
-              "beat the control; the engine's rule names the best arm, a stronger claim that needs the 0.08 arm to "
-              "beat the 0.06 arm too.", f"\nRecord: {_env(record)}.\n"]
+    lines += [
+        f"\nA/A ({aa['means']}, {f['aa_runs']} runs, same allocation and rule): false decisions {_share(aa['false'])}.",
+        f"Regret over {f['pulls']} pulls: engine's Thompson {e['mean']:.1f} [{e['ci95'][0]:.1f}, {e['ci95'][1]:.1f}], "
+        f"plain Beta-Bernoulli Thompson {p['mean']:.1f} [{p['ci95'][0]:.1f}, {p['ci95'][1]:.1f}] "
+        f"(Welch t = {regret['welch_t']:.2f}, p = {regret['welch_p']:.2f}). The previous rule's winner only "
+        "beat the control; the engine's rule names the best arm, a stronger claim that needs the 0.08 arm to "
+        "beat the 0.06 arm too.",
+        f"\nRecord: {_env(record)}.\n",
+    ]
     return lines

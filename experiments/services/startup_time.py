@@ -21,8 +21,9 @@ import time
 from metalab.report.records import append_record
 
 VARIANTS = {
-    "before (every subcommand's module)":
-        "from metalab.cli import build_parser; build_parser().parse_args(['serve', '--bogus'])",
+    "before (every subcommand's module)": (
+        "from metalab.cli import build_parser; build_parser().parse_args(['serve', '--bogus'])"
+    ),
     "after (only the named command's)": "from metalab.cli import main; main(['serve', '--bogus'])",
 }
 
@@ -50,13 +51,26 @@ def main() -> None:
     rows = []
     for name, pairs in times.items():
         walls, cpus = [w for w, _ in pairs], [c for _, c in pairs]
-        rows.append({"variant": name, "repeats": args.repeats, "median_wall_s": statistics.median(walls),
-                     "min_wall_s": min(walls), "median_cpu_s": statistics.median(cpus), "min_cpu_s": min(cpus),
-                     "load_at_end": load})
-        print(f"{name}: wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}), "
-              f"CPU median {statistics.median(cpus):.3f} s (min {min(cpus):.3f}); load {load}")
-    append_record("experiments/services/records/startup_time.jsonl", rows,
-                  settings={"repeats": args.repeats, "affinity": sorted(os.sched_getaffinity(0))})
+        rows.append(
+            {
+                "variant": name,
+                "repeats": args.repeats,
+                "median_wall_s": statistics.median(walls),
+                "min_wall_s": min(walls),
+                "median_cpu_s": statistics.median(cpus),
+                "min_cpu_s": min(cpus),
+                "load_at_end": load,
+            }
+        )
+        print(
+            f"{name}: wall median {statistics.median(walls):.3f} s (min {min(walls):.3f}), "
+            f"CPU median {statistics.median(cpus):.3f} s (min {min(cpus):.3f}); load {load}"
+        )
+    append_record(
+        "experiments/services/records/startup_time.jsonl",
+        rows,
+        settings={"repeats": args.repeats, "affinity": sorted(os.sched_getaffinity(0))},
+    )
 
 
 if __name__ == "__main__":

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-
 from _record import HERE, busy_processes, now, write_record
-from metalab.services.store.postgres_server import TemporaryPostgres, unavailable_reason
 from reliability import TOKEN, WORKSPACE, _free_port
+
+from metalab.services.store.postgres_server import TemporaryPostgres, unavailable_reason
 
 CLIENT_TIMEOUT = 60.0
 
@@ -49,8 +49,12 @@ class Process:
     def __init__(self, argv: list[str], port: int, cpu: str, log: Path, env: dict[str, str] | None = None):
         pin = ["taskset", "-c", cpu] if shutil.which("taskset") else []
         self.port = port
-        self.process = subprocess.Popen([*pin, *argv], env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-                                        stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+        self.process = subprocess.Popen(
+            [*pin, *argv],
+            env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=open(log, "ab"),
+        )
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -78,7 +82,9 @@ def _client(args: tuple) -> dict:
     with httpx.Client(headers=headers, timeout=CLIENT_TIMEOUT) as client:
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline:
-            body = {"variant": "ab"[int(rng.integers(2))], "value": float(rng.random() < 0.3)} if kind == "write" else None
+            body = (
+                {"variant": "ab"[int(rng.integers(2))], "value": float(rng.random() < 0.3)} if kind == "write" else None
+            )
             clock = time.perf_counter()
             try:
                 response = client.post(url, json=body)
@@ -99,11 +105,16 @@ def run_phase(pool: mp.pool.Pool, url: str, headers: dict, kind: str, args: argp
     results = pool.map(_client, jobs)
     wall = time.perf_counter() - clock
     latencies = np.array([x for r in results for x in r["latencies"]])
-    return {"acknowledged": int(len(latencies)), "errors": int(sum(r["errors"] for r in results)),
-            "wall_seconds": round(wall, 2), "per_second": round(len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(latencies, 50) * 1e3), 2) if len(latencies) else None,
-            "p99_ms": round(float(np.percentile(latencies, 99) * 1e3), 2) if len(latencies) else None,
-            "load_average_before": load_before, "load_average_after": os.getloadavg()}
+    return {
+        "acknowledged": int(len(latencies)),
+        "errors": int(sum(r["errors"] for r in results)),
+        "wall_seconds": round(wall, 2),
+        "per_second": round(len(latencies) / wall, 1),
+        "p50_ms": round(float(np.percentile(latencies, 50) * 1e3), 2) if len(latencies) else None,
+        "p99_ms": round(float(np.percentile(latencies, 99) * 1e3), 2) if len(latencies) else None,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 def _urls(backend: str, workdir: Path) -> tuple[str, str, TemporaryPostgres | None]:
@@ -125,44 +136,81 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path, pool: mp.
     servers: list[Process] = []
     try:
         service_port, minimal_port = _free_port(), _free_port()
-        servers.append(Process([sys.executable, "-m", "metalab", "serve", "--port", str(service_port),
-                                "--database-url", service_url], service_port, args.server_cpu,
-                               workdir / f"service-{backend}.log", {"METALAB_TOKENS": f"{WORKSPACE}:{TOKEN}"}))
-        servers.append(Process([sys.executable, str(HERE / "minimal_insert_app.py"), "--port", str(minimal_port),
-                                "--database-url", minimal_url], minimal_port, args.server_cpu,
-                               workdir / f"minimal-{backend}.log"))
+        servers.append(
+            Process(
+                [sys.executable, "-m", "metalab", "serve", "--port", str(service_port), "--database-url", service_url],
+                service_port,
+                args.server_cpu,
+                workdir / f"service-{backend}.log",
+                {"METALAB_TOKENS": f"{WORKSPACE}:{TOKEN}"},
+            )
+        )
+        servers.append(
+            Process(
+                [
+                    sys.executable,
+                    str(HERE / "minimal_insert_app.py"),
+                    "--port",
+                    str(minimal_port),
+                    "--database-url",
+                    minimal_url,
+                ],
+                minimal_port,
+                args.server_cpu,
+                workdir / f"minimal-{backend}.log",
+            )
+        )
         service = f"http://127.0.0.1:{service_port}/v1/workspaces/{WORKSPACE}/experiments"
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        created = httpx.post(service, headers=auth, timeout=CLIENT_TIMEOUT,
-                             json={"name": "throughput", "variants": ["a", "b"], "auto_complete": False})
+        created = httpx.post(
+            service,
+            headers=auth,
+            timeout=CLIENT_TIMEOUT,
+            json={"name": "throughput", "variants": ["a", "b"], "auto_complete": False},
+        )
         created.raise_for_status()
         experiment = f"{service}/{created.json()['id']}"
         minimal = f"http://127.0.0.1:{minimal_port}"
-        phases = {"service_writes": (experiment + "/outcomes", auth, "write"),
-                  "minimal_writes": (minimal + "/outcomes", {}, "write"),
-                  "service_assignments": (experiment + "/assignments", auth, "assign"),
-                  "minimal_assignments": (minimal + "/assignments", {}, "assign")}
+        phases = {
+            "service_writes": (experiment + "/outcomes", auth, "write"),
+            "minimal_writes": (minimal + "/outcomes", {}, "write"),
+            "service_assignments": (experiment + "/assignments", auth, "assign"),
+            "minimal_assignments": (minimal + "/assignments", {}, "assign"),
+        }
         rounds = []
         for round_index in range(args.rounds):
             result = {name: run_phase(pool, url, headers, kind, args) for name, (url, headers, kind) in phases.items()}
-            print(backend, f"round {round_index}", {k: (v["per_second"], v["p99_ms"]) for k, v in result.items()},
-                  flush=True)
+            print(
+                backend,
+                f"round {round_index}",
+                {k: (v["per_second"], v["p99_ms"]) for k, v in result.items()},
+                flush=True,
+            )
             rounds.append(result)
         state = httpx.get(experiment, headers=auth, timeout=CLIENT_TIMEOUT).json()
         acknowledged = sum(r["service_writes"]["acknowledged"] for r in rounds)
         summary = {}
         for name in phases:
             per_second = [r[name]["per_second"] for r in rounds]
-            summary[name] = {"per_second_mean": round(float(np.mean(per_second)), 1),
-                             "p99_ms_max": max((r[name]["p99_ms"] or 0.0) for r in rounds)}
+            summary[name] = {
+                "per_second_mean": round(float(np.mean(per_second)), 1),
+                "p99_ms_max": max((r[name]["p99_ms"] or 0.0) for r in rounds),
+            }
         summary["write_ratio_service_over_minimal"] = round(
-            summary["service_writes"]["per_second_mean"] / max(summary["minimal_writes"]["per_second_mean"], 1e-9), 3)
+            summary["service_writes"]["per_second_mean"] / max(summary["minimal_writes"]["per_second_mean"], 1e-9), 3
+        )
         summary["assignment_ratio_service_over_minimal"] = round(
             summary["service_assignments"]["per_second_mean"]
-            / max(summary["minimal_assignments"]["per_second_mean"], 1e-9), 3)
-        return {"database": backend, "rounds": rounds, "summary": summary,
-                "sums_equal_acknowledged_writes": sum(v["count"] for v in state["variants"]) == acknowledged,
-                "busy_processes_at_end": busy_processes()}
+            / max(summary["minimal_assignments"]["per_second_mean"], 1e-9),
+            3,
+        )
+        return {
+            "database": backend,
+            "rounds": rounds,
+            "summary": summary,
+            "sums_equal_acknowledged_writes": sum(v["count"] for v in state["variants"]) == acknowledged,
+            "busy_processes_at_end": busy_processes(),
+        }
     finally:
         for server in servers:
             server.stop()
@@ -192,10 +240,13 @@ def main() -> None:
                 backends[backend] = run_backend(backend, args, workdir, pool)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    write_record(args.name, {"backends": backends, "settings": vars(args),
-                             "parent_cpu_seconds": round(time.process_time() - cpu_clock, 1)}, started,
-                 notes="servers (and PostgreSQL) pinned to --server-cpu, clients to --client-cpu; a figure taken with "
-                       "both on one core, or with other jobs running (see load averages), is a check, not a timing")
+    write_record(
+        args.name,
+        {"backends": backends, "settings": vars(args), "parent_cpu_seconds": round(time.process_time() - cpu_clock, 1)},
+        started,
+        notes="servers (and PostgreSQL) pinned to --server-cpu, clients to --client-cpu; a figure taken with "
+        "both on one core, or with other jobs running (see load averages), is a check, not a timing",
+    )
 
 
 if __name__ == "__main__":

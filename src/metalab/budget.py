@@ -42,8 +42,14 @@ class AnnealToHorizon(torch.optim.lr_scheduler.LRScheduler):
     (e.g. ``${trainer.max_steps}``) for a run with a fixed step budget.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, shape: str = "cosine", end_factor: float = 0.0,
-                 horizon: int | None = None, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        shape: str = "cosine",
+        end_factor: float = 0.0,
+        horizon: int | None = None,
+        last_epoch: int = -1,
+    ) -> None:
         if shape not in SHAPES:
             raise ConfigError(f"learner.scheduler.shape={shape!r} is not allowed: must be one of {', '.join(SHAPES)}")
         if not 0.0 <= end_factor <= 1.0:
@@ -73,8 +79,10 @@ class FitHorizonToTimeBudget(L.Callback):
 
     def __init__(self, probe_steps: int = 30, warmup_steps: int = 5, margin: float = 0.9) -> None:
         if probe_steps < 1 or warmup_steps < 0 or not 0 < margin <= 1:
-            raise ConfigError("callbacks.time_budget: probe_steps >= 1, warmup_steps >= 0 and 0 < margin <= 1 "
-                              f"are required; got {probe_steps}, {warmup_steps}, {margin}")
+            raise ConfigError(
+                "callbacks.time_budget: probe_steps >= 1, warmup_steps >= 0 and 0 < margin <= 1 "
+                f"are required; got {probe_steps}, {warmup_steps}, {margin}"
+            )
         self.probe_steps, self.warmup_steps, self.margin = probe_steps, warmup_steps, margin
         self.horizon: int | None = None
         self.seconds_per_step: float | None = None
@@ -84,11 +92,14 @@ class FitHorizonToTimeBudget(L.Callback):
         if self.horizon is not None:  # resumed: keep the horizon the run chose
             self._apply(trainer)
         elif self._timer(trainer) is None and trainer.max_steps in (None, -1):
-            raise ConfigError("callbacks.time_budget needs trainer.max_time (or trainer.max_steps) to fit a "
-                              "schedule to; set one or remove callbacks.time_budget")
+            raise ConfigError(
+                "callbacks.time_budget needs trainer.max_time (or trainer.max_steps) to fit a "
+                "schedule to; set one or remove callbacks.time_budget"
+            )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.horizon is not None:
             self._stop_at_horizon(trainer)
             return
@@ -98,8 +109,11 @@ class FitHorizonToTimeBudget(L.Callback):
         elif step == self.warmup_steps + self.probe_steps:
             self.seconds_per_step = (time.perf_counter() - self._probe_start) / self.probe_steps
             self.horizon = self._horizon(trainer, step)
-            print(f"[metalab] time budget: {self.seconds_per_step:.3f} s/step over {self.probe_steps} steps -> "
-                  f"the schedule anneals over {self.horizon} steps", flush=True)
+            print(
+                f"[metalab] time budget: {self.seconds_per_step:.3f} s/step over {self.probe_steps} steps -> "
+                f"the schedule anneals over {self.horizon} steps",
+                flush=True,
+            )
             self._apply(trainer)
             self._stop_at_horizon(trainer)
 

@@ -27,8 +27,10 @@ SUBCOMMAND_MODULES: list[str] = [
 # (a test holds this table against the parsers the modules really add).
 COMMAND_MODULES: dict[str, str] = {
     "env": "metalab.environment",
-    "report": "metalab.report.cli", "tables": "metalab.report.cli",
-    "serve": "metalab.services.commands", "jobs": "metalab.services.commands",
+    "report": "metalab.report.cli",
+    "tables": "metalab.report.cli",
+    "serve": "metalab.services.commands",
+    "jobs": "metalab.services.commands",
     "sweep": "metalab.sweeps.runner",
 }
 

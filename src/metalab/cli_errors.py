@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -60,8 +60,10 @@ def _wrongly_typed_value(config_name: str, overrides: list[str], conf_dir: Path)
             continue
         value, before = override.value(), OmegaConf.select(base, override.key_or_group, default=None)
         if isinstance(before, (int, float)) and not isinstance(before, bool) and isinstance(value, str):
-            return (f"{override.key_or_group}={value!r} is not allowed: {override.key_or_group} must be a number "
-                    f"(the config has {before!r})")
+            return (
+                f"{override.key_or_group}={value!r} is not allowed: {override.key_or_group} must be a number "
+                f"(the config has {before!r})"
+            )
     return None
 
 
@@ -75,9 +77,11 @@ def _sweeper_param_override(overrides: list[str]) -> str | None:
         if not key.startswith(prefix) or not sep:
             continue
         name, space = key.removeprefix(prefix), value.strip().strip("'\"")
-        return (f"{key}={value} is not allowed: hydra.sweeper.params is one mapping keyed by dotted names; "
-                f"set an entry with 'hydra.sweeper.params={{{name}:\"{space}\"}}' (quoted as shown) or search "
-                f"the key itself: '{name}={space}'")
+        return (
+            f"{key}={value} is not allowed: hydra.sweeper.params is one mapping keyed by dotted names; "
+            f"set an entry with 'hydra.sweeper.params={{{name}:\"{space}\"}}' (quoted as shown) or search "
+            f"the key itself: '{name}={space}'"
+        )
     return None
 
 
@@ -100,14 +104,19 @@ def missing_option(error: MissingConfigException, conf_dir: Path) -> str:
     """``unknown experiment 'omniglot/x'; available: ...`` for a config group option that does not exist."""
     missing = str(error.missing_cfg_file or "")
     group, _, name = missing.rpartition("/")
-    listed = [line.strip() for line in str(error).splitlines()  # option names, not the search path's lines
-              if line.startswith("\t") and "=" not in line and " " not in line.strip()]
+    listed = [
+        line.strip()
+        for line in str(error).splitlines()  # option names, not the search path's lines
+        if line.startswith("\t") and "=" not in line and " " not in line.strip()
+    ]
     if group.startswith("hydra/") and listed:  # e.g. hydra/sweeper/sampler: Hydra lists plugin options too
         return f"unknown {group} {name!r}; available: {', '.join(sorted(listed))}"
     top = group.split("/")[0] if group else ""
-    options = sorted(
-        str(p.relative_to(conf_dir / top).with_suffix("")) for p in (conf_dir / top).rglob("*.yaml")
-    ) if top and (conf_dir / top).is_dir() else []
+    options = (
+        sorted(str(p.relative_to(conf_dir / top).with_suffix("")) for p in (conf_dir / top).rglob("*.yaml"))
+        if top and (conf_dir / top).is_dir()
+        else []
+    )
     label = top or "config"
     what = missing.removeprefix(f"{top}/") if top else missing
     return f"unknown {label} {what!r}; available: {', '.join(options) or 'none'}"

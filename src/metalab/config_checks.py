@@ -11,11 +11,12 @@ names ``Timer(duration=...)`` rather than ``trainer.max_time``.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import hydra
-from hydra.errors import InstantiationException
 import torch
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from metalab.errors import ConfigError
@@ -24,10 +25,17 @@ MAX_SEED = 2**32 - 1  # numpy's and Lightning's seeds are unsigned 32-bit
 DURATION = re.compile(r"(\d+):(\d\d):(\d\d):(\d\d)")  # Lightning's Timer format, DD:HH:MM:SS
 TIMEDELTA_KEYS = ("weeks", "days", "hours", "minutes", "seconds", "milliseconds", "microseconds")
 # torch.optim's ValueError text -> the constructor argument it is about and what torch allows
-OPTIMIZER_ARGUMENTS = {"learning rate": ("lr", ">= 0"), "epsilon": ("eps", ">= 0"),
-                       "beta": ("betas", "a pair of numbers in [0, 1)"), "momentum": ("momentum", ">= 0"),
-                       "weight_decay": ("weight_decay", ">= 0"), "weight decay": ("weight_decay", ">= 0"),
-                       "alpha": ("alpha", ">= 0"), "rho": ("rho", "in [0, 1]"), "lr_decay": ("lr_decay", ">= 0")}
+OPTIMIZER_ARGUMENTS = {
+    "learning rate": ("lr", ">= 0"),
+    "epsilon": ("eps", ">= 0"),
+    "beta": ("betas", "a pair of numbers in [0, 1)"),
+    "momentum": ("momentum", ">= 0"),
+    "weight_decay": ("weight_decay", ">= 0"),
+    "weight decay": ("weight_decay", ">= 0"),
+    "alpha": ("alpha", ">= 0"),
+    "rho": ("rho", "in [0, 1]"),
+    "lr_decay": ("lr_decay", ">= 0"),
+}
 
 
 def check_run_config(cfg: DictConfig) -> None:
@@ -49,23 +57,32 @@ def check_cpu_threads(threads: Any) -> None:
     if threads is None:
         return
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"cpu_threads={threads!r} is not allowed: cpu_threads must be an integer >= 1 "
-                          "(torch's intra-op threads) or null (torch's default: all cores)")
+        raise ConfigError(
+            f"cpu_threads={threads!r} is not allowed: cpu_threads must be an integer >= 1 "
+            "(torch's intra-op threads) or null (torch's default: all cores)"
+        )
 
 
 def check_max_time(value: Any) -> None:
     """``trainer.max_time``: null, ``DD:HH:MM:SS`` or a mapping of timedelta fields (Lightning's forms)."""
     if value is None:
         return
-    allowed = ("null, a duration DD:HH:MM:SS such as 00:02:00:00, or a mapping such as {hours: 2} "
-               f"(keys: {', '.join(TIMEDELTA_KEYS)})")
+    allowed = (
+        "null, a duration DD:HH:MM:SS such as 00:02:00:00, or a mapping such as {hours: 2} "
+        f"(keys: {', '.join(TIMEDELTA_KEYS)})"
+    )
     if isinstance(value, str):
         if DURATION.fullmatch(value.strip()):
             return
     elif isinstance(value, DictConfig):
         fields = OmegaConf.to_container(value)
-        if all(k in TIMEDELTA_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
-               for k, v in fields.items()) and fields:
+        if (
+            all(
+                k in TIMEDELTA_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0
+                for k, v in fields.items()
+            )
+            and fields
+        ):
             return
         value = fields
     raise ConfigError(f"trainer.max_time={value!r} is not allowed: trainer.max_time must be {allowed}")
@@ -107,8 +124,10 @@ def _optimizer_message(error: Exception, where: str, node: DictConfig) -> str:
     unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
     if unexpected:
         name = unexpected[1]
-        return (f"{where}.{name} is not allowed: {target} takes no argument {name!r} (left over from another "
-                f"_target_? remove it with ~{where}.{name})")
+        return (
+            f"{where}.{name} is not allowed: {target} takes no argument {name!r} (left over from another "
+            f"_target_? remove it with ~{where}.{name})"
+        )
     for phrase, (name, allowed) in OPTIMIZER_ARGUMENTS.items():
         if phrase in text.lower() and name in node:
             value = node[name]
@@ -137,8 +156,10 @@ def instantiation_message(error: InstantiationException, key: str | None) -> str
         unexpected = re.search(r"unexpected keyword argument '(\w+)'", detail)
         if unexpected:
             name = unexpected[1]
-            return (f"{where}.{name} is not allowed: {called[1]} takes no argument {name!r} (left over from "
-                    f"another _target_? remove it with ~{where}.{name})")
+            return (
+                f"{where}.{name} is not allowed: {called[1]} takes no argument {name!r} (left over from "
+                f"another _target_? remove it with ~{where}.{name})"
+            )
         missing = re.search(r"missing \d+ required (?:positional|keyword-only) arguments?: (.*)$", detail)
         if missing:
             return f"{where} is not allowed: {called[1]} needs {missing[1]} (add {where}.<name>=...)"

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 Method = Literal["majority", "weighted", "learned", "accuracy", "moderator"]
 METHODS: tuple[str, ...] = ("majority", "weighted", "learned", "accuracy", "moderator")
@@ -85,21 +86,25 @@ def assemble_team(candidates: Sequence[Candidate], required: Mapping[str, int], 
     reach = {c.name: c.covers(required) for c in candidates}
     coverable = frozenset().union(*reach.values()) if reach else frozenset()
     if missing := sorted(set(required) - coverable):
-        raise ConsensusInputError("no registered expert covers " + ", ".join(f"{s} (level >= {required[s]})"
-                                                                            for s in missing))
+        raise ConsensusInputError(
+            "no registered expert covers " + ", ".join(f"{s} (level >= {required[s]})" for s in missing)
+        )
     uncovered, members, covered, cost = set(required), [], {}, 0.0
     by_name = {c.name: c for c in candidates}
     while uncovered:
-        best = min((c for c in candidates if c.name not in members and reach[c.name] & uncovered),
-                   key=lambda c: (c.cost / len(reach[c.name] & uncovered), -c.record, c.name))
+        best = min(
+            (c for c in candidates if c.name not in members and reach[c.name] & uncovered),
+            key=lambda c: (c.cost / len(reach[c.name] & uncovered), -c.record, c.name),
+        )
         for skill in reach[best.name] & uncovered:
             covered[skill] = best.name
         uncovered -= reach[best.name]
         members.append(best.name)
         cost += by_name[best.name].cost
     if max_size is not None and len(members) > max_size:
-        raise ConsensusInputError(f"covering the required skills takes {len(members)} experts (greedy), "
-                                  f"more than max_size={max_size}")
+        raise ConsensusInputError(
+            f"covering the required skills takes {len(members)} experts (greedy), more than max_size={max_size}"
+        )
     return Team(members, cost, covered, harmonic(max(len(r) for r in reach.values())))
 
 
@@ -143,8 +148,9 @@ def _validate_round(proposals: Sequence[Proposal], critiques: Sequence[Critique]
         seen.add(p.expert)
     for c in critiques:
         if not 0 <= c.proposal < len(proposals):
-            raise ConsensusInputError(f"critique by {c.expert!r} names proposal {c.proposal}; "
-                                      f"proposals are numbered 0..{len(proposals) - 1}")
+            raise ConsensusInputError(
+                f"critique by {c.expert!r} names proposal {c.proposal}; proposals are numbered 0..{len(proposals) - 1}"
+            )
         if not -1.0 <= c.agreement <= 1.0:
             raise ConsensusInputError(f"agreement of {c.expert!r} is {c.agreement}; it must be in [-1, 1]")
         if proposals[c.proposal].expert == c.expert:
@@ -171,9 +177,15 @@ def accuracy_weight(correct: int, total: int, answers: int) -> float:
     return max(0.0, math.log(max(answers - 1, 1) * p / (1.0 - p)))
 
 
-def decide(proposals: Sequence[Proposal], critiques: Sequence[Critique] = (), method: str = "majority",
-           weights: Mapping[str, float] | None = None, records: Mapping[str, tuple[int, int]] | None = None,
-           moderator: str | None = None, answers: int | None = None) -> Decision:
+def decide(
+    proposals: Sequence[Proposal],
+    critiques: Sequence[Critique] = (),
+    method: str = "majority",
+    weights: Mapping[str, float] | None = None,
+    records: Mapping[str, tuple[int, int]] | None = None,
+    moderator: str | None = None,
+    answers: int | None = None,
+) -> Decision:
     """The round's decision. ``weights``: the vote weights of ``method="weighted"`` (weighted majority) or
     ``"learned"`` (logistic) (missing experts weigh 1);
     ``records``: expert -> (correct, total) for ``method="accuracy"``; ``answers``: how many answers the
@@ -207,15 +219,32 @@ def decide(proposals: Sequence[Proposal], critiques: Sequence[Critique] = (), me
 
 
 def _transcript(proposals: Sequence[Proposal], critiques: Sequence[Critique]) -> list[dict]:
-    lines = [{"kind": "proposal", "index": i, "expert": p.expert, "answer": p.answer, "confidence": p.confidence,
-              "rationale": p.rationale} for i, p in enumerate(proposals)]
-    lines += [{"kind": "critique", "expert": c.expert, "proposal": c.proposal, "agreement": c.agreement,
-               "comment": c.comment} for c in critiques]
+    lines = [
+        {
+            "kind": "proposal",
+            "index": i,
+            "expert": p.expert,
+            "answer": p.answer,
+            "confidence": p.confidence,
+            "rationale": p.rationale,
+        }
+        for i, p in enumerate(proposals)
+    ]
+    lines += [
+        {"kind": "critique", "expert": c.expert, "proposal": c.proposal, "agreement": c.agreement, "comment": c.comment}
+        for c in critiques
+    ]
     return lines
 
 
-def _moderate(proposals: Sequence[Proposal], critiques: Sequence[Critique], positions: dict[str, str],
-              weights: Mapping[str, float], moderator: str | None, transcript: list[dict]) -> Decision:
+def _moderate(
+    proposals: Sequence[Proposal],
+    critiques: Sequence[Critique],
+    positions: dict[str, str],
+    weights: Mapping[str, float],
+    moderator: str | None,
+    transcript: list[dict],
+) -> Decision:
     """The moderator's own proposal decides, else the proposal its critiques agree with most."""
     if moderator is None:
         moderator = min(positions, key=lambda e: (-weights.get(e, 1.0), e))
@@ -225,18 +254,22 @@ def _moderate(proposals: Sequence[Proposal], critiques: Sequence[Critique], posi
     else:
         endorsed = [c for c in critiques if c.expert == moderator and c.agreement > 0]
         if not endorsed:
-            raise ConsensusInputError(f"moderator {moderator!r} made no proposal and agreed with none; "
-                                      "the moderator must propose or endorse a proposal")
+            raise ConsensusInputError(
+                f"moderator {moderator!r} made no proposal and agreed with none; "
+                "the moderator must propose or endorse a proposal"
+            )
         choice = max(endorsed, key=lambda c: (c.agreement, -c.proposal))
         answer, confidence = proposals[choice.proposal].answer, choice.agreement
-    transcript.append({"kind": "decision", "method": "moderator", "moderator": moderator, "answer": answer,
-                       "confidence": confidence})
+    transcript.append(
+        {"kind": "decision", "method": "moderator", "moderator": moderator, "answer": answer, "confidence": confidence}
+    )
     return Decision(answer, confidence, "moderator", {answer: 1.0}, positions, {moderator: 1.0}, transcript)
 
 
 # ---- learning from outcomes ------------------------------------------------------------------------------
-def weighted_majority_update(weights: Mapping[str, float], positions: Mapping[str, str], truth: str,
-                             beta: float = 0.5) -> dict[str, float]:
+def weighted_majority_update(
+    weights: Mapping[str, float], positions: Mapping[str, str], truth: str, beta: float = 0.5
+) -> dict[str, float]:
     """Littlestone & Warmuth's rule: every expert whose position was wrong has its weight multiplied by
     ``beta``; then all are rescaled so the largest is 1 (a common factor changes no vote, and keeps the
     weights away from underflow). Experts absent from ``positions`` keep their weight (before rescaling)."""
@@ -256,8 +289,9 @@ def weighted_majority_bound(n_experts: int, best_mistakes: int, beta: float) -> 
     return (math.log(n_experts) + best_mistakes * math.log(1.0 / beta)) / math.log(2.0 / (1.0 + beta))
 
 
-def logistic_vote_update(weights: Mapping[str, float], positions: Mapping[str, str], truth: str, answers: int,
-                         step: float) -> dict[str, float]:
+def logistic_vote_update(
+    weights: Mapping[str, float], positions: Mapping[str, str], truth: str, answers: int, step: float
+) -> dict[str, float]:
     """One projected gradient step on -log P(truth), P = softmax over the ``answers`` possible answers of the
     weighted tallies (answers nobody stood for score 0): an expert's weight rises when it stood for the truth
     with less than certainty and falls when it stood for a wrong answer the vote found likely; weights stay >= 0."""

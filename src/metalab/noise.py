@@ -21,7 +21,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 NOISE = re.compile(r"^(GPU|TPU|HPU|IPU) available:|Tip: |^Using (bfloat16|16bit) Automatic Mixed Precision")
 LIBRARY_MODULES = r"(lightning|lightning_fabric|pytorch_lightning|torch|optuna|hydra_plugins)(\..*)?"

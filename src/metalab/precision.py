@@ -34,11 +34,25 @@ from metalab.errors import ConfigError
 AUTO = "auto"
 BF16, FP32 = "bf16-mixed", "32-true"
 # Lightning's precision values (lightning.fabric.connector._PRECISION_INPUT_STR) and the short aliases it accepts.
-LIGHTNING_PRECISIONS = ("transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
-                        "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16")
+LIGHTNING_PRECISIONS = (
+    "transformer-engine",
+    "transformer-engine-float16",
+    "16-true",
+    "16-mixed",
+    "bf16-true",
+    "bf16-mixed",
+    "32-true",
+    "64-true",
+    "64",
+    "32",
+    "16",
+    "bf16",
+)
 CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 instructions
-CPU_BF16_SLOWDOWN = ("measured ~10x slower than 32-true on such a CPU (ProtoNet Conv4 on Omniglot, one core of "
-                     "an AMD EPYC Zen 3 without AVX-512: 0.22 episodes/s bf16-mixed vs 2.27 episodes/s 32-true)")
+CPU_BF16_SLOWDOWN = (
+    "measured ~10x slower than 32-true on such a CPU (ProtoNet Conv4 on Omniglot, one core of "
+    "an AMD EPYC Zen 3 without AVX-512: 0.22 episodes/s bf16-mixed vs 2.27 episodes/s 32-true)"
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,7 @@ class PrecisionChoice:
     precision: str
     reason: str
     warning: str | None = None
-    needs_measurement: bool = False   # auto on a CPU with native bf16: decided by measure_precision
+    needs_measurement: bool = False  # auto on a CPU with native bf16: decided by measure_precision
     measurement: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
@@ -85,8 +99,9 @@ def resolve_precision(requested: Any, accelerator: str | None = "auto") -> Preci
     """
     text = str(requested)
     if text != AUTO and text not in LIGHTNING_PRECISIONS:
-        raise ConfigError(f"trainer.precision={text!r} is not allowed: must be auto or one of "
-                          f"{', '.join(LIGHTNING_PRECISIONS)}")
+        raise ConfigError(
+            f"trainer.precision={text!r} is not allowed: must be auto or one of {', '.join(LIGHTNING_PRECISIONS)}"
+        )
     on_cuda = uses_cuda(accelerator)
     native, why = cuda_native_bf16() if on_cuda else cpu_native_bf16()
     if text == AUTO and on_cuda:
@@ -95,8 +110,10 @@ def resolve_precision(requested: Any, accelerator: str | None = "auto") -> Preci
         return PrecisionChoice(text, FP32, f"auto: {why}", needs_measurement=native)
     warning = None
     if text.startswith("bf16") and not native and not on_cuda:
-        warning = (f"trainer.precision={text} on a CPU without native bf16 is emulated: {CPU_BF16_SLOWDOWN}; "
-                   f"use trainer.precision=auto or {FP32}")
+        warning = (
+            f"trainer.precision={text} on a CPU without native bf16 is emulated: {CPU_BF16_SLOWDOWN}; "
+            f"use trainer.precision=auto or {FP32}"
+        )
     return PrecisionChoice(text, text, f"set by trainer.precision ({why})", warning)
 
 
@@ -105,12 +122,16 @@ def fixed_precision(choice: PrecisionChoice, learner: Any) -> PrecisionChoice:
     fixed = getattr(learner, "fixed_precision", None)
     if choice.requested != AUTO or not fixed:
         return choice
-    return PrecisionChoice(AUTO, fixed, f"auto: {type(learner).__name__} computes in {fixed} on every machine "
-                                        "(its results must not depend on the CPU)")
+    return PrecisionChoice(
+        AUTO,
+        fixed,
+        f"auto: {type(learner).__name__} computes in {fixed} on every machine (its results must not depend on the CPU)",
+    )
 
 
-def measure_precision(choice: PrecisionChoice, learner: Any, datamodule: Any, steps: int = 4,
-                      warmup: int = 2, cache: Path | None = None) -> PrecisionChoice:
+def measure_precision(
+    choice: PrecisionChoice, learner: Any, datamodule: Any, steps: int = 4, warmup: int = 2, cache: Path | None = None
+) -> PrecisionChoice:
     """Settle an ``auto`` choice that needs it: median CPU seconds per training step of copies of ``learner``
     and ``datamodule`` in fp32 and in bf16-mixed (alternating, two rounds each), the faster kept; cached.
 
@@ -141,11 +162,23 @@ def measure_precision(choice: PrecisionChoice, learner: Any, datamodule: Any, st
         source = "measured earlier on this CPU for this learner, model and batch shapes (cache)"
     faster = BF16 if cached[BF16] < cached[FP32] else FP32
     ratio = cached[FP32] / cached[BF16]
-    reason = (f"{choice.reason}; {source}: fp32 {cached[FP32]:.3g} s/step, bf16-mixed {cached[BF16]:.3g} s/step "
-              f"(bf16 {ratio:.2f}x the speed of fp32) -> {faster}")
-    return replace(choice, precision=faster, reason=reason, needs_measurement=False,
-                   measurement={"fp32_s_per_step": cached[FP32], "bf16_s_per_step": cached[BF16],
-                                "bf16_speedup": ratio, "cached": source.endswith("(cache)"), "key": key})
+    reason = (
+        f"{choice.reason}; {source}: fp32 {cached[FP32]:.3g} s/step, bf16-mixed {cached[BF16]:.3g} s/step "
+        f"(bf16 {ratio:.2f}x the speed of fp32) -> {faster}"
+    )
+    return replace(
+        choice,
+        precision=faster,
+        reason=reason,
+        needs_measurement=False,
+        measurement={
+            "fp32_s_per_step": cached[FP32],
+            "bf16_s_per_step": cached[BF16],
+            "bf16_speedup": ratio,
+            "cached": source.endswith("(cache)"),
+            "key": key,
+        },
+    )
 
 
 class _StepClock:
@@ -181,10 +214,20 @@ def seconds_per_step(learner: Any, datamodule: Any, setting: str, steps: int, wa
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=steps + warmup, precision=setting, logger=False,
-                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                            limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock.callback],
-                            inference_mode=False)
+        trainer = L.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_steps=steps + warmup,
+            precision=setting,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            callbacks=[clock.callback],
+            inference_mode=False,
+        )
         trainer.fit(copy.deepcopy(learner), datamodule=copy.deepcopy(datamodule))
     finally:
         quiet.setLevel(level)
@@ -205,20 +248,21 @@ def _batch_shapes(datamodule: Any) -> str:
         if isinstance(node, (list, tuple)):
             return [shapes(v) for v in node]
         return type(node).__name__
+
     return json.dumps(shapes(batch), sort_keys=True)
 
 
 def _cache_key(learner: Any, shapes: str) -> str:
     info = cpu_info()
     model = getattr(learner, "backbone", None) or learner
-    parts = [info["model"], torch.__version__, torch.get_num_threads(), type(learner).__qualname__, repr(model),
-             shapes]
+    parts = [info["model"], torch.__version__, torch.get_num_threads(), type(learner).__qualname__, repr(model), shapes]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("METALAB_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                              os.path.expanduser("~/.cache"), "metalab")
+    base = os.environ.get("METALAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "metalab"
+    )
     return Path(base) / "precision.json"
 
 

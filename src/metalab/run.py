@@ -12,22 +12,23 @@ import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import hydra
-from metalab import kernels
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, Timer
-from lightning.pytorch.trainer.states import RunningStage
 import torch
 from hydra.errors import InstantiationException
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import LearningRateMonitor, Timer
+from lightning.pytorch.trainer.states import RunningStage
 from omegaconf import DictConfig, OmegaConf
 
-from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
+from metalab import kernels
 from metalab.budget import FitHorizonToTimeBudget
+from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
 from metalab.config_checks import check_run_config, instantiation_message
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
@@ -77,8 +78,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
 
     ckpt_path = resolve_ckpt_path(cfg)
     if not cfg.get("train", True) and ckpt_path is None:
-        raise ConfigError("train=false is not allowed without ckpt_path: give the checkpoint to test "
-                          "(ckpt_path=<run>/checkpoints/last.ckpt or ckpt_path=last)")
+        raise ConfigError(
+            "train=false is not allowed without ckpt_path: give the checkpoint to test "
+            "(ckpt_path=<run>/checkpoints/last.ckpt or ckpt_path=last)"
+        )
     if not isinstance(learner, L.LightningModule):  # a metalab.plain_loop.PlainRun (a search)
         metrics, record = _plain_fit_and_test(cfg, objects, output_dir, ckpt_path)
         global_step = learner.global_step
@@ -86,11 +89,19 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
         metrics, record = _fit_and_test(cfg, objects, output_dir, ckpt_path)
         global_step = trainer.global_step
 
-    record.update({"metrics": metrics, "global_step": global_step, "seed": cfg.seed,
-                   # what made it: the config's identity (metalab.report.identity) and the code version
-                   "fingerprint": fingerprint_config(cfg, precision.precision), "code": git_commit(),
-                   "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
-                   "precision": precision.record(), "environment": environment_report()})
+    record.update(
+        {
+            "metrics": metrics,
+            "global_step": global_step,
+            "seed": cfg.seed,
+            # what made it: the config's identity (metalab.report.identity) and the code version
+            "fingerprint": fingerprint_config(cfg, precision.precision),
+            "code": git_commit(),
+            "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
+            "precision": precision.record(),
+            "environment": environment_report(),
+        }
+    )
     run_record = getattr(learner, "run_record", None)  # what a learner adds beyond scalars (e.g. a NAS genotype)
     if callable(run_record):
         record.update(run_record())
@@ -103,8 +114,9 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     return metrics.get(key) if key else None
 
 
-def _fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path,
-                  ckpt_path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _fit_and_test(
+    cfg: DictConfig, objects: RunObjects, output_dir: Path, ckpt_path: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Lightning's ``Trainer.fit`` and ``Trainer.test``; the metrics and the record's stop and checkpoint entries."""
     datamodule, learner, callbacks, trainer = objects.datamodule, objects.learner, objects.callbacks, objects.trainer
     throughput = next((c for c in callbacks if isinstance(c, TrainThroughput)), None)
@@ -123,26 +135,34 @@ def _fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path,
         metrics["train/episodes_per_s"] = throughput.episodes_per_second
     if cfg.get("test", True):
         # Lightning's table shows a metric logged once under every test loader: ours shows it once
-        results = trainer.test(learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path,
-                               verbose=False)
+        results = trainer.test(
+            learner, datamodule=datamodule, ckpt_path=None if cfg.get("train", True) else ckpt_path, verbose=False
+        )
         metrics.update(_scalars(trainer.callback_metrics))
         _print_test_metrics(results)
     return metrics, record
 
 
-def _plain_fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path,
-                        ckpt_path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+def _plain_fit_and_test(
+    cfg: DictConfig, objects: RunObjects, output_dir: Path, ckpt_path: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The plain loop (:mod:`metalab.plain_loop`) for a learner with no gradient step, with the same budget keys,
     loggers, signal handling, checkpoint file and record as a Lightning run."""
     learner, trainer = objects.learner, objects.trainer
     if objects.datamodule is not None:
-        raise ConfigError(f"data={type(objects.datamodule).__name__} is not allowed for {type(learner).__name__}: "
-                          "it makes its own data (set data: null)")
-    settings = LoopSettings(output_dir, max_steps=trainer.max_steps,
-                            max_seconds=parse_duration(cfg.trainer.get("max_time")),
-                            log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 1),
-                            fast_dev_run=int(trainer.fast_dev_run or 0), loggers=objects.loggers,
-                            signals=next((c for c in objects.callbacks if isinstance(c, StopOnSignal)), None))
+        raise ConfigError(
+            f"data={type(objects.datamodule).__name__} is not allowed for {type(learner).__name__}: "
+            "it makes its own data (set data: null)"
+        )
+    settings = LoopSettings(
+        output_dir,
+        max_steps=trainer.max_steps,
+        max_seconds=parse_duration(cfg.trainer.get("max_time")),
+        log_every_n_steps=int(cfg.trainer.get("log_every_n_steps") or 1),
+        fast_dev_run=int(trainer.fast_dev_run or 0),
+        loggers=objects.loggers,
+        signals=next((c for c in objects.callbacks if isinstance(c, StopOnSignal)), None),
+    )
     metrics: dict[str, Any] = {}
     record: dict[str, Any] = {}
     if cfg.get("train", True):
@@ -151,10 +171,15 @@ def _plain_fit_and_test(cfg: DictConfig, objects: "RunObjects", output_dir: Path
         metrics["train/wall_seconds"] = time.perf_counter() - start
         metrics.update(logged)
         saved = settings.checkpoint_dir / "last.ckpt"
-        record["checkpoint"] = ({"path": _shown_path(saved, output_dir), "global_step": checkpoint_step(saved)}
-                                if not settings.fast_dev_run else
-                                {"path": None, "global_step": None,
-                                 "note": "no last.ckpt was written (trainer.fast_dev_run (debug) writes no checkpoint)"})
+        record["checkpoint"] = (
+            {"path": _shown_path(saved, output_dir), "global_step": checkpoint_step(saved)}
+            if not settings.fast_dev_run
+            else {
+                "path": None,
+                "global_step": None,
+                "note": "no last.ckpt was written (trainer.fast_dev_run (debug) writes no checkpoint)",
+            }
+        )
     else:
         learner.restore(ckpt_path)
         record["checkpoint"] = {"path": _shown_path(ckpt_path, output_dir), "global_step": checkpoint_step(ckpt_path)}
@@ -192,8 +217,14 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), measu
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer = instantiate(cfg.trainer, "trainer", precision=precision.precision, callbacks=callbacks,
-                          logger=loggers or False, **data_trainer_arguments(cfg, datamodule))
+    trainer = instantiate(
+        cfg.trainer,
+        "trainer",
+        precision=precision.precision,
+        callbacks=callbacks,
+        logger=loggers or False,
+        **data_trainer_arguments(cfg, datamodule),
+    )
     return RunObjects(precision, datamodule, learner, callbacks, loggers, trainer)
 
 
@@ -215,8 +246,10 @@ def data_trainer_arguments(cfg: DictConfig, datamodule: Any) -> dict[str, Any]:
     for key, value in arguments.items():
         given = cfg.trainer.get(key)
         if given not in (None, -1, value) and not (key == "reload_dataloaders_every_n_epochs" and given == 0):
-            print(f"[metalab] trainer.{key}={given} replaced by {value} (decided by the data: "
-                  f"{type(datamodule).__name__}.trainer_arguments)")
+            print(
+                f"[metalab] trainer.{key}={given} replaced by {value} (decided by the data: "
+                f"{type(datamodule).__name__}.trainer_arguments)"
+            )
     return arguments
 
 
@@ -300,15 +333,18 @@ def checkpoint_step(path: str | Path) -> int:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # any unpickling/zip failure means: not a checkpoint
         first_line = (str(error).splitlines() or ["unreadable"])[0]
-        raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint "
-                          f"(torch.load: {type(error).__name__}: {first_line})") from None
+        raise ConfigError(
+            f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint "
+            f"(torch.load: {type(error).__name__}: {first_line})"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"ckpt_path={str(path)!r} is not allowed: not a Lightning checkpoint (no state_dict)")
     return int(checkpoint.get("global_step", 0))
 
 
-def _final_checkpoint(trainer: L.Trainer, callbacks: list[Any], output_dir: Path,
-                      resumed_from: str | None) -> dict[str, Any]:
+def _final_checkpoint(
+    trainer: L.Trainer, callbacks: list[Any], output_dir: Path, resumed_from: str | None
+) -> dict[str, Any]:
     """Which checkpoint holds the weights the test metrics come from (the test follows fit directly).
 
     A run resumed from a checkpoint whose training had already ended trains no step and writes none:
@@ -319,8 +355,11 @@ def _final_checkpoint(trainer: L.Trainer, callbacks: list[Any], output_dir: Path
     if (not path or not Path(path).is_file()) and resumed_from and checkpoint_step(resumed_from) == trainer.global_step:
         path = resumed_from
     if not path or not Path(path).is_file():
-        why = ("trainer.fast_dev_run (debug) writes no checkpoint" if trainer.fast_dev_run
-               else "callbacks.model_checkpoint is not a FinalStateCheckpoint")
+        why = (
+            "trainer.fast_dev_run (debug) writes no checkpoint"
+            if trainer.fast_dev_run
+            else "callbacks.model_checkpoint is not a FinalStateCheckpoint"
+        )
         return {"path": None, "global_step": None, "note": f"no last.ckpt was written ({why})"}
     step = checkpoint_step(path)
     if step != trainer.global_step:  # the invariant of issue 25; a failure here is a bug, not a user error
@@ -348,9 +387,13 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
         reason = "max_epochs"
     else:
         reason = "a callback (e.g. early stopping)"
-    return {"reason": reason, "global_step": trainer.global_step, "epoch": trainer.current_epoch,
-            "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None,
-            "time_budget": budget.state_dict() if budget is not None else None}
+    return {
+        "reason": reason,
+        "global_step": trainer.global_step,
+        "epoch": trainer.current_epoch,
+        "train_seconds": timer.time_elapsed(RunningStage.TRAINING) if timer is not None else None,
+        "time_budget": budget.state_dict() if budget is not None else None,
+    }
 
 
 def _shown_path(path: str | Path, output_dir: Path) -> str:

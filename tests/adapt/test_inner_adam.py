@@ -37,8 +37,11 @@ def _episodes() -> tuple[torch.Tensor, torch.Tensor]:
 def _start(params: dict[str, torch.Tensor]) -> AdamState:
     """A carried-over state: moments from earlier tasks and a step count past the bias correction's start."""
     g = torch.Generator().manual_seed(2)
-    return AdamState(7, {n: 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()},
-                     {n: 0.01 * torch.rand(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()})
+    return AdamState(
+        7,
+        {n: 0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()},
+        {n: 0.01 * torch.rand(p.shape, generator=g, dtype=p.dtype) for n, p in params.items()},
+    )
 
 
 def _torch_adam_one_task(model, init, start, x, y, picks):
@@ -46,8 +49,11 @@ def _torch_adam_one_task(model, init, start, x, y, picks):
     params = {n: p.detach().clone().requires_grad_() for n, p in init.items()}
     opt = torch.optim.Adam(params.values(), lr=LR, betas=BETAS, eps=1e-8)
     for n, p in params.items():
-        opt.state[p] = {"step": torch.tensor(float(start.step)), "exp_avg": start.exp_avg[n].clone(),
-                        "exp_avg_sq": start.exp_avg_sq[n].clone()}
+        opt.state[p] = {
+            "step": torch.tensor(float(start.step)),
+            "exp_avg": start.exp_avg[n].clone(),
+            "exp_avg_sq": start.exp_avg_sq[n].clone(),
+        }
     with batch_statistics(model):
         for idx in picks:
             opt.zero_grad()
@@ -61,8 +67,14 @@ def test_batched_adam_on_minibatches_equals_torch_adam_task_by_task():
     init = dict(model.named_parameters())
     start = _start(init)
     loop = InnerLoop(steps=STEPS, lr=LR, first_order=True, optimizer="adam", batch=BATCH, betas=BETAS)
-    fast, final = loop.run(TaskBatchedModel(model, channels_last=False), init, x, y, state=start,
-                           generator=torch.Generator().manual_seed(3))
+    fast, final = loop.run(
+        TaskBatchedModel(model, channels_last=False),
+        init,
+        x,
+        y,
+        state=start,
+        generator=torch.Generator().manual_seed(3),
+    )
     picks = minibatch_indices(TASKS, WAY * SHOT, BATCH, STEPS, torch.Generator().manual_seed(3))
     assert final.step == start.step + STEPS
     for t in range(TASKS):
@@ -101,8 +113,15 @@ def test_carried_state_is_the_one_tasks_run_in_turn_leave():
 
 def test_reptile_carries_adam_state_across_meta_steps():
     model, (x, y) = _model(), _episodes()
-    learner = Reptile(model, optimizer=functools.partial(torch.optim.SGD, lr=1.0), inner_steps=STEPS, inner_lr=LR,
-                      inner_optimizer="adam", inner_batch=BATCH, channels_last=False)
+    learner = Reptile(
+        model,
+        optimizer=functools.partial(torch.optim.SGD, lr=1.0),
+        inner_steps=STEPS,
+        inner_lr=LR,
+        inner_optimizer="adam",
+        inner_batch=BATCH,
+        channels_last=False,
+    )
     learner.train()
     before = {n: p.clone() for n, p in learner.inner_adam.state().exp_avg_sq.items()}
     learner.adapt_support(x, y, STEPS, first_order=True)
@@ -115,11 +134,17 @@ def test_reptile_carries_adam_state_across_meta_steps():
     assert all(torch.equal(saved[n], v) for n, v in learner.inner_adam.state().exp_avg_sq.items())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"optimizer": "rmsprop"}, r"learner.inner_optimizer='rmsprop' is not allowed: must be one of \('sgd', 'adam'\)"),
-    ({"optimizer": "adam", "first_order": False}, r"needs a first-order learner"),
-    ({"batch": -1}, r"learner.inner_batch=-1 is not allowed"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"optimizer": "rmsprop"},
+            r"learner.inner_optimizer='rmsprop' is not allowed: must be one of \('sgd', 'adam'\)",
+        ),
+        ({"optimizer": "adam", "first_order": False}, r"needs a first-order learner"),
+        ({"batch": -1}, r"learner.inner_batch=-1 is not allowed"),
+    ],
+)
 def test_bad_inner_optimizer_settings_are_refused(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         InnerLoop(**{"steps": 1, "lr": 0.1, "first_order": True, **kwargs})

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import TINY_PROTONET, compose_run, needs_omniglot  # noqa: E402
 
 from metalab.errors import ConfigError  # noqa: E402
@@ -68,15 +66,20 @@ def test_bad_scale_names_the_key(scale):
 def _episode(tasks: int = 2, way: int = 3, shot: int = 2, query: int = 2, side: int = 28) -> dict:
     support_labels = torch.arange(way).repeat_interleave(shot).expand(tasks, -1)
     query_labels = torch.arange(way).repeat_interleave(query).expand(tasks, -1)
-    return {"support": torch.rand(tasks, way * shot, 1, side, side), "support_labels": support_labels,
-            "query": torch.rand(tasks, way * query, 1, side, side), "query_labels": query_labels}
+    return {
+        "support": torch.rand(tasks, way * shot, 1, side, side),
+        "support_labels": support_labels,
+        "query": torch.rand(tasks, way * query, 1, side, side),
+        "query_labels": query_labels,
+    }
 
 
 def test_identity_backbone_gives_the_readout_of_the_flattened_images():
     learner = MatchingNetwork(torch.nn.Flatten(), optimizer=torch.optim.Adam, channels_last=False)
     batch = _episode(side=3)
-    expected = cosine_attention_log_probs(batch["query"].flatten(2), batch["support"].flatten(2),
-                                          batch["support_labels"], way=3)
+    expected = cosine_attention_log_probs(
+        batch["query"].flatten(2), batch["support"].flatten(2), batch["support_labels"], way=3
+    )
     assert torch.allclose(learner.query_logits(batch), expected, atol=1e-6)
 
 
@@ -137,12 +140,19 @@ def test_fce_on_a_backbone_without_embedding_dim_asks_for_the_key():
 
 
 def test_bad_fce_steps_on_the_command_line_is_one_error_line(tmp_path):
-    result = subprocess.run([sys.executable, "train.py", "learner=matching", "learner.fce_steps=0",
-                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "train.py", "learner=matching", "learner.fce_steps=0", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2, result.stderr[-2000:]
-    assert errors == ["error: learner.fce_steps=0 is not allowed: learner.fce_steps must be an integer >= 1 "
-                      "(the K processing steps of the query's attention LSTM)"], result.stderr[-2000:]
+    assert errors == [
+        "error: learner.fce_steps=0 is not allowed: learner.fce_steps must be an integer >= 1 "
+        "(the K processing steps of the query's attention LSTM)"
+    ], result.stderr[-2000:]
 
 
 @needs_omniglot
@@ -163,8 +173,14 @@ def test_experiment_builds_its_optimizer_and_budget_schedule(shape, tmp_path):
     from metalab.run import build_run
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"+experiment=omniglot/matching_{shape}",
-                                                      f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                f"+experiment=omniglot/matching_{shape}",
+                f"paths.output_dir={tmp_path}",
+                f"paths.log_dir={tmp_path}",
+            ],
+        )
     learner = build_run(cfg).learner
     assert isinstance(learner, MatchingNetwork) and learner.fce is None
     assert isinstance(learner.configure_optimizers()["lr_scheduler"]["scheduler"], AnnealToHorizon)

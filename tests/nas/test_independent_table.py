@@ -22,8 +22,10 @@ def records(method: str, accs: list[float], budget: str = "small") -> tuple[list
     for seed, acc in enumerate(accs):
         cell = f"|nor_conv_3x3~0|+|none~0|skip_connect~1|+|skip_connect~0|none~1|avg_pool_3x3~{seed % 3}|"
         rows += [{"genotype": cell, "search_cpu_minutes": 1.0 + seed}, {"genotype": cell, "test_acc": acc}]
-        settings += [{"budget": budget, "method": method, "search_seed": seed, "kind": "search"},
-                     {"budget": budget, "method": method, "search_seed": seed, "kind": "retrain", "retrain_seed": seed}]
+        settings += [
+            {"budget": budget, "method": method, "search_seed": seed, "kind": "search"},
+            {"budget": budget, "method": method, "search_seed": seed, "kind": "retrain", "retrain_seed": seed},
+        ]
     return rows, settings
 
 

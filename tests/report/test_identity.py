@@ -21,10 +21,15 @@ from metalab.report.tables import refresh
 ROOT = Path(__file__).resolve().parents[2]
 from study_helpers import omniglot_available, write_study  # noqa: E402
 
-BASE = {"seed": 0, "cpu_threads": 1, "paths": {"output_dir": "/a/run"}, "task_name": "x",
-        "trainer": {"_target_": "lightning.Trainer", "max_epochs": 3, "default_root_dir": "/a/run"},
-        "data": {"pools": {"data_dir": "/data"}, "train_episodes": 10},
-        "callbacks": {"progress_bar": {"refresh_rate": 10}, "time_budget": {"_target_": "x.Budget"}}}
+BASE = {
+    "seed": 0,
+    "cpu_threads": 1,
+    "paths": {"output_dir": "/a/run"},
+    "task_name": "x",
+    "trainer": {"_target_": "lightning.Trainer", "max_epochs": 3, "default_root_dir": "/a/run"},
+    "data": {"pools": {"data_dir": "/data"}, "train_episodes": 10},
+    "callbacks": {"progress_bar": {"refresh_rate": 10}, "time_budget": {"_target_": "x.Budget"}},
+}
 
 
 def fingerprint(config: dict) -> str:
@@ -43,12 +48,22 @@ def changed(**updates: object) -> dict:
 
 
 def test_fingerprint_ignores_where_and_how_fast_but_not_what_is_computed():
-    same = [changed(paths__output_dir="/elsewhere"), changed(cpu_threads=2), changed(task_name="y"),
-            changed(trainer__default_root_dir="/b"), changed(data__pools__data_dir="/other/data"),
-            changed(callbacks__progress_bar__refresh_rate=0)]
+    same = [
+        changed(paths__output_dir="/elsewhere"),
+        changed(cpu_threads=2),
+        changed(task_name="y"),
+        changed(trainer__default_root_dir="/b"),
+        changed(data__pools__data_dir="/other/data"),
+        changed(callbacks__progress_bar__refresh_rate=0),
+    ]
     assert {fingerprint(c) for c in same} == {fingerprint(BASE)}
-    different = [changed(seed=1), changed(data__train_episodes=11), changed(trainer__max_epochs=4),
-                 changed(callbacks__time_budget__margin=0.5), changed(model={"hidden": 8})]
+    different = [
+        changed(seed=1),
+        changed(data__train_episodes=11),
+        changed(trainer__max_epochs=4),
+        changed(callbacks__time_budget__margin=0.5),
+        changed(model={"hidden": 8}),
+    ]
     assert len({fingerprint(c) for c in different} | {fingerprint(BASE)}) == len(different) + 1
 
 
@@ -91,13 +106,24 @@ def test_tables_check_fails_naming_the_runs_an_experiment_change_made_stale(tmp_
 def test_report_lists_stale_runs_and_runs_them_again(tmp_path):
     study, conf = _repository_with_records(tmp_path, tiny=True)
     _edit_experiment(conf, "learner.optimizer.lr", 0.002)
-    command = [sys.executable, "-m", "metalab", "report", str(study.path), "--runs-dir", str(tmp_path / "runs"),
-               "--seeds", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "metalab",
+        "report",
+        str(study.path),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--seeds",
+        "0",
+    ]
     kept = subprocess.run([*command, "--keep-stale"], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert kept.returncode == 0 and "0 to run" in kept.stdout and "STALE" in (study.folder / "report.md").read_text()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "stale (recorded by a config other than the study's now), to run again: protonet_5w1s seed 0" in result.stdout
+    assert (
+        "stale (recorded by a config other than the study's now), to run again: protonet_5w1s seed 0" in result.stdout
+    )
     assert "1 runs, 0 already done, 1 to run" in result.stdout
     fresh = load_study(study.path, seeds=[0])
     assert run_state(fresh, fresh.runs[0], tmp_path / "runs") == "recorded"

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from study_helpers import TINY, omniglot_available, write_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,13 +18,18 @@ needs_omniglot = pytest.mark.skipif(not omniglot_available(), reason="shared/dat
 
 
 def report(study: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metalab", "report", str(study), "--runs-dir", str(runs), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "metalab", "report", str(study), "--runs-dir", str(runs), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
 
 
 def results_table(report_md: Path) -> str:
     text = report_md.read_text()
-    return text[text.index("## Results"):text.index("## Environment")]
+    return text[text.index("## Results") : text.index("## Environment")]
 
 
 @needs_omniglot
@@ -42,7 +46,12 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
     assert "| protonet_5w1s | 5w1s % |" in table and "| 2 seeds |" in table
     assert (study.parent / "tiny" / "figures" / "tiny" / "curves.png").is_file()
     records = study.parent / "tiny" / "runs" / "tiny" / "protonet_5w1s" / "seed0"
-    assert sorted(p.name for p in records.iterdir()) == ["config_resolved.yaml", "metrics.csv", "metrics.json", "run.json"]
+    assert sorted(p.name for p in records.iterdir()) == [
+        "config_resolved.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "run.json",
+    ]
     assert str(tmp_path) not in (records / "config_resolved.yaml").read_text()  # no machine paths in records
     report_md.unlink()
     again = report(study, tmp_path / "runs")
@@ -59,7 +68,9 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "data.train_episodes"))] + [
-        "trainer.max_epochs=5", "data.train_episodes=300"]
+        "trainer.max_epochs=5",
+        "data.train_episodes=300",
+    ]
     reference_study = write_study(tmp_path / "reference", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
     assert report(reference_study, tmp_path / "runs_a").returncode == 0
     study = write_study(tmp_path / "interrupted", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
@@ -82,9 +93,13 @@ def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["resumed_from_checkpoint"] is True
     ours = json.loads((run_dir / "metrics.json").read_text())
-    theirs = json.loads((runs_a_dir := tmp_path / "runs_a" / "tiny" / "tiny" / "protonet_5w1s" / "seed0" / "metrics.json").read_text())
+    theirs = json.loads(
+        (runs_a_dir := tmp_path / "runs_a" / "tiny" / "tiny" / "protonet_5w1s" / "seed0" / "metrics.json").read_text()
+    )
     test_keys = sorted(k for k in theirs["metrics"] if k.startswith("test/"))
-    assert test_keys and {k: ours["metrics"][k] for k in test_keys} == {k: theirs["metrics"][k] for k in test_keys}, runs_a_dir
+    assert test_keys and {k: ours["metrics"][k] for k in test_keys} == {k: theirs["metrics"][k] for k in test_keys}, (
+        runs_a_dir
+    )
     assert ours["global_step"] == theirs["global_step"]
 
 

@@ -10,12 +10,12 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from svc_helpers import TOKENS
 
 from metalab.services.api.app import create_app
 from metalab.services.config import ServiceSettings
 from metalab.services.store import create_store_engine, migrate, session_factory
 from metalab.services.store.postgres_server import TemporaryPostgres, unavailable_reason
-from svc_helpers import TOKENS
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +67,6 @@ def api(store_url):
     with TestClient(app) as client:
         yield client
     app.state.engine.dispose()
-
 
 
 @pytest.fixture

@@ -9,8 +9,12 @@ from metalab.services.estimates import probability_best, t_interval, wilson_inte
 
 def _beta_b_beats_a(a_a: int, b_a: int, a_b: int, b_b: int) -> float:
     """P(p_B > p_A) for Beta posteriors with integer parameters (the finite sum of Evan Miller, 2014)."""
-    terms = [np.exp(special.betaln(a_a + i, b_a + b_b) - np.log(b_b + i) - special.betaln(1 + i, b_b)
-                    - special.betaln(a_a, b_a)) for i in range(a_b)]
+    terms = [
+        np.exp(
+            special.betaln(a_a + i, b_a + b_b) - np.log(b_b + i) - special.betaln(1 + i, b_b) - special.betaln(a_a, b_a)
+        )
+        for i in range(a_b)
+    ]
     return float(np.sum(terms))
 
 
@@ -36,4 +40,6 @@ def test_normal_arms_equal_the_closed_form_and_three_arms_a_large_monte_carlo():
 def test_intervals_equal_scipy():
     ci = stats.binomtest(17, 230).proportion_ci(0.95, method="wilson")
     assert wilson_interval(17, 230) == pytest.approx((ci.low, ci.high), rel=1e-12)
-    assert t_interval(3.0, 2.5, 12) == pytest.approx(stats.t.interval(0.95, 11, loc=3.0, scale=np.sqrt(2.5 / 12)), rel=1e-12)
+    assert t_interval(3.0, 2.5, 12) == pytest.approx(
+        stats.t.interval(0.95, 11, loc=3.0, scale=np.sqrt(2.5 / 12)), rel=1e-12
+    )

@@ -35,8 +35,11 @@ def _close(a, b) -> bool:
 
 def _check_analysis(new, old, where):
     assert new.outcomes == old["outcomes"], where
-    assert (new.decision.decision, new.decision.winner, new.decision.reason) == \
-        (old["decision"]["decision"], old["decision"]["winner"], old["decision"]["reason"]), where
+    assert (new.decision.decision, new.decision.winner, new.decision.reason) == (
+        old["decision"]["decision"],
+        old["decision"]["winner"],
+        old["decision"]["reason"],
+    ), where
     assert len(new.comparisons) == len(old["comparisons"]), where
     for c, o in zip(new.comparisons, old["comparisons"]):
         assert c.variant == o["variant"] and c.significant == o["significant"], where
@@ -54,8 +57,9 @@ def _replay(sessions, scenario):
         experiment_id = ExperimentService(session, "alpha").create(spec).id
         session.commit()
     checks = {c["outcomes"]: c["analysis"] for c in scenario["checks"]}
-    state = select(Experiment.status, Experiment.decision, Experiment.winner, Experiment.min_p_values) \
-        .where(Experiment.id == experiment_id)
+    state = select(Experiment.status, Experiment.decision, Experiment.winner, Experiment.min_p_values).where(
+        Experiment.id == experiment_id
+    )
     last = len(scenario["outcomes"])
     for index, ((variant, value), old_min_p) in enumerate(zip(scenario["outcomes"], scenario["min_p"]), start=1):
         where = f"{spec.name} after outcome {index}"

@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from svc_helpers import auth
 
 BASE = "/v1/workspaces/alpha"
 
 
 def _register(api, name: str, skills: dict[str, int], workspace: str = "alpha") -> dict:
-    response = api.post(f"/v1/workspaces/{workspace}/experts", json={"name": name, "skills": skills},
-                        headers=auth(workspace))
+    response = api.post(
+        f"/v1/workspaces/{workspace}/experts", json={"name": name, "skills": skills}, headers=auth(workspace)
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -38,10 +38,15 @@ def test_registry_and_team(api):
 def test_round_outcome_updates_weights_once(api):
     for name in ("ana", "bo", "cy"):
         _register(api, name, {"nlp": 3})
-    body = {"question": "which loss?", "method": "weighted",
-            "proposals": [{"expert": "ana", "answer": "ce", "confidence": 0.9},
-                          {"expert": "bo", "answer": "mse", "confidence": 0.6}],
-            "critiques": [{"expert": "cy", "proposal": 1, "agreement": 0.7, "comment": "mse is fine here"}]}
+    body = {
+        "question": "which loss?",
+        "method": "weighted",
+        "proposals": [
+            {"expert": "ana", "answer": "ce", "confidence": 0.9},
+            {"expert": "bo", "answer": "mse", "confidence": 0.6},
+        ],
+        "critiques": [{"expert": "cy", "proposal": 1, "agreement": 0.7, "comment": "mse is fine here"}],
+    }
     round_ = api.post(f"{BASE}/consensus/rounds", json=body, headers=auth())
     assert round_.status_code == 201, round_.text
     out = round_.json()
@@ -63,14 +68,30 @@ def test_round_outcome_updates_weights_once(api):
     assert again["decision"] == "ce" and again["confidence"] == pytest.approx(1 / 2)  # tie on weight, confidence
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"question": "q", "proposals": []}, "proposals"),
-    ({"question": "q", "proposals": [{"expert": "ghost", "answer": "x"}]}, "unregistered experts: 'ghost'"),
-    ({"question": "q", "method": "moderator", "moderator": "ana",
-      "proposals": [{"expert": "bo", "answer": "x"}]}, "moderator 'ana' made no proposal"),
-    ({"question": "q", "proposals": [{"expert": "ana", "answer": "x"}],
-      "critiques": [{"expert": "bo", "proposal": 4, "agreement": 0.5}]}, "numbered 0..0"),
-])
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"question": "q", "proposals": []}, "proposals"),
+        ({"question": "q", "proposals": [{"expert": "ghost", "answer": "x"}]}, "unregistered experts: 'ghost'"),
+        (
+            {
+                "question": "q",
+                "method": "moderator",
+                "moderator": "ana",
+                "proposals": [{"expert": "bo", "answer": "x"}],
+            },
+            "moderator 'ana' made no proposal",
+        ),
+        (
+            {
+                "question": "q",
+                "proposals": [{"expert": "ana", "answer": "x"}],
+                "critiques": [{"expert": "bo", "proposal": 4, "agreement": 0.5}],
+            },
+            "numbered 0..0",
+        ),
+    ],
+)
 def test_bad_rounds_get_a_4xx_with_a_message(api, body, message):
     for name in ("ana", "bo"):
         _register(api, name, {"nlp": 3})

@@ -17,21 +17,26 @@ from hypothesis import HealthCheck, settings
 schemathesis = pytest.importorskip("schemathesis")
 
 from schemathesis.config import SchemathesisConfig  # noqa: E402
+from svc_helpers import TOKENS  # noqa: E402
 
 from metalab.services.api.app import create_app  # noqa: E402
 from metalab.services.config import ServiceSettings  # noqa: E402
-from svc_helpers import TOKENS  # noqa: E402
 
 _STORE = Path(tempfile.mkdtemp(prefix="metalab-schemathesis-experts-")) / "store.db"
 APP = create_app(ServiceSettings(database_url=f"sqlite:///{_STORE}", tokens=dict(TOKENS)))
-CONFIG = SchemathesisConfig.from_dict({
-    "parameters": {"path.workspace": "alpha"},
-    "auth": {"openapi": {"HTTPBearer": {"bearer": TOKENS["alpha"]}}},
-    "checks": {"positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422"]},
-               "allow_header_conformance": {"enabled": False}},
-})
+CONFIG = SchemathesisConfig.from_dict(
+    {
+        "parameters": {"path.workspace": "alpha"},
+        "auth": {"openapi": {"HTTPBearer": {"bearer": TOKENS["alpha"]}}},
+        "checks": {
+            "positive_data_acceptance": {"expected-statuses": ["2xx", "401", "403", "404", "409", "422"]},
+            "allow_header_conformance": {"enabled": False},
+        },
+    }
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG).include(
-    path_regex="/(experts|teams|consensus)")
+    path_regex="/(experts|teams|consensus)"
+)
 
 
 @schema.parametrize()

@@ -15,11 +15,11 @@ import time
 
 import pytest
 import uvicorn
+from svc_helpers import TOKENS
 
 from metalab.errors import ConfigError
 from metalab.services.api.app import create_app
 from metalab.services.config import ServiceSettings
-from svc_helpers import TOKENS
 
 FIFTY_MB = 50 * 1024 * 1024
 ROUTE = "/v1/workspaces/alpha/experiments"
@@ -45,10 +45,20 @@ def _call(app, headers: dict[str, str], chunks: int, chunk: bytes = b"x" * 65536
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": ROUTE, "raw_path": ROUTE.encode(), "query_string": b"", "root_path": "",
-             "server": ("test", 80), "client": ("test", 1),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": ROUTE,
+        "raw_path": ROUTE.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "server": ("test", 80),
+        "client": ("test", 1),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     asyncio.run(app(scope, receive, send))
     return status, pulled
 
@@ -72,8 +82,12 @@ def test_declared_length_over_the_limit_gets_413_unread(sqlite_url):
 def test_chunked_body_is_cut_at_the_limit(sqlite_url):
     limit, chunk = 64 * 1024, b"x" * 4096
     app = _app(sqlite_url, limit)
-    status, pulled = _call(app, {"authorization": f"Bearer {TOKENS['alpha']}", "content-type": "application/json"},
-                           FIFTY_MB // len(chunk), chunk)
+    status, pulled = _call(
+        app,
+        {"authorization": f"Bearer {TOKENS['alpha']}", "content-type": "application/json"},
+        FIFTY_MB // len(chunk),
+        chunk,
+    )
     assert status == 413
     assert limit < pulled <= limit + len(chunk)  # stopped at the first chunk past the limit
 
@@ -83,11 +97,15 @@ def test_body_within_the_limit_still_works(sqlite_url):
 
     app = _app(sqlite_url, 4096)
     with TestClient(app) as client:
-        ok = client.post(ROUTE, json={"name": "e", "variants": ["a", "b"]},
-                         headers={"Authorization": f"Bearer {TOKENS['alpha']}"})
+        ok = client.post(
+            ROUTE, json={"name": "e", "variants": ["a", "b"]}, headers={"Authorization": f"Bearer {TOKENS['alpha']}"}
+        )
         assert ok.status_code == 201, ok.text
-        big = client.post(ROUTE, json={"name": "e" * 5000, "variants": ["a", "b"]},
-                          headers={"Authorization": f"Bearer {TOKENS['alpha']}"})
+        big = client.post(
+            ROUTE,
+            json={"name": "e" * 5000, "variants": ["a", "b"]},
+            headers={"Authorization": f"Bearer {TOKENS['alpha']}"},
+        )
         assert big.status_code == 413 and "4096" in big.json()["detail"]
         assert client.get("/health").status_code == 200
 
@@ -146,8 +164,9 @@ def _stream_until_answer(address, head: str, body_bytes: int, chunked: bool) -> 
 
 
 def test_50_mb_without_token_refused_within_half_a_second(server):
-    head = (f"POST {ROUTE} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {FIFTY_MB}\r\n\r\n")
+    head = (
+        f"POST {ROUTE} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {FIFTY_MB}\r\n\r\n"
+    )
     status, seconds, sent = _stream_until_answer(server, head, FIFTY_MB, chunked=False)
     assert status.split()[1] in ("401", "413"), status
     assert seconds < 0.5 and sent < FIFTY_MB

@@ -41,6 +41,7 @@ def test_unknown_dialect(capsys, monkeypatch):
 def test_driver_not_installed(capsys, monkeypatch):
     try:
         import MySQLdb  # noqa: F401
+
         pytest.skip("MySQLdb is installed here")
     except ImportError:
         pass
@@ -62,13 +63,16 @@ def test_sqlite_file_that_is_not_a_database(capsys, monkeypatch, tmp_path):
     assert "unreachable" in line and "not a database" in line
 
 
-@pytest.mark.parametrize(("tokens", "expected"), [
-    ("alpha", "must be 'workspace:token'"),
-    ("alpha:short", "at least 16 characters"),
-    ("alpha:alpha-token-0123456789,alpha:other-token-0123456789", "appears twice"),
-    ("bad name!:alpha-token-0123456789", "1-64 characters"),
-    (",", "no workspace tokens"),
-])
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        ("alpha", "must be 'workspace:token'"),
+        ("alpha:short", "at least 16 characters"),
+        ("alpha:alpha-token-0123456789,alpha:other-token-0123456789", "appears twice"),
+        ("bad name!:alpha-token-0123456789", "1-64 characters"),
+        (",", "no workspace tokens"),
+    ],
+)
 def test_bad_token_list(capsys, monkeypatch, tmp_path, tokens, expected):
     line = _serve_error(capsys, monkeypatch, "--database-url", f"sqlite:///{tmp_path / 's.db'}", tokens=tokens)
     assert expected in line
@@ -90,25 +94,37 @@ def test_port_in_use(capsys, monkeypatch, tmp_path):
 
 
 def test_bad_body_limit(capsys, monkeypatch, tmp_path):
-    line = _serve_error(capsys, monkeypatch, "--database-url", f"sqlite:///{tmp_path / 's.db'}",
-                        "--max-body-bytes=0")
+    line = _serve_error(capsys, monkeypatch, "--database-url", f"sqlite:///{tmp_path / 's.db'}", "--max-body-bytes=0")
     assert "max_body_bytes=0" in line
 
 
 def test_one_line_from_the_real_command():
     env = {**os.environ, "METALAB_TOKENS": GOOD_TOKENS, "PYTHONPATH": str(SRC)}
-    done = subprocess.run([sys.executable, "-m", "metalab", "serve", "--port", "70000"], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "metalab", "serve", "--port", "70000"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and done.stderr.strip().splitlines() == [
-        "error: --port=70000 is not allowed: --port must be in 1..65535"]
+        "error: --port=70000 is not allowed: --port must be in 1..65535"
+    ]
 
 
 def test_argument_errors_come_before_heavy_imports():
-    probe = ("import sys\nfrom metalab.cli import main\ntry:\n    main(['serve', '--bogus'])\nexcept SystemExit as e:\n"
-             "    heavy = sorted(m for m in ('optuna', 'omegaconf', 'sqlalchemy', 'scipy', 'torch', 'fastapi', "
-             "'uvicorn', 'numpy') if m in sys.modules)\n    print(e.code, heavy)\n")
-    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(SRC)},
-                          capture_output=True, text=True, timeout=120)
+    probe = (
+        "import sys\nfrom metalab.cli import main\ntry:\n    main(['serve', '--bogus'])\nexcept SystemExit as e:\n"
+        "    heavy = sorted(m for m in ('optuna', 'omegaconf', 'sqlalchemy', 'scipy', 'torch', 'fastapi', "
+        "'uvicorn', 'numpy') if m in sys.modules)\n    print(e.code, heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stdout.strip() == "2 []", done.stdout + done.stderr
     assert "unrecognized arguments: --bogus" in done.stderr
 
@@ -129,6 +145,12 @@ def test_serve_help_says_where_tokens_and_the_store_come_from(capsys):
         cli.main(["serve", "--help"])
     text = capsys.readouterr().out
     assert exit_.value.code == 0
-    for needed in ("METALAB_TOKENS", "METALAB_DATABASE_URL", "--config FILE", "max_body_bytes",
-                   "address to listen on", "TCP port, 1..65535"):
+    for needed in (
+        "METALAB_TOKENS",
+        "METALAB_DATABASE_URL",
+        "--config FILE",
+        "max_body_bytes",
+        "address to listen on",
+        "TCP port, 1..65535",
+    ):
         assert needed in text, needed

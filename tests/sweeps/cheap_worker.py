@@ -15,8 +15,13 @@ from omegaconf import OmegaConf
 from metalab.cli import main
 from metalab.sweeps import runner
 
-CHECKED = ("data.train.way", "model.hidden", "learner.optimizer.lr", "learner.scheduler.step_size",
-           "data.train_episodes")
+CHECKED = (
+    "data.train.way",
+    "model.hidden",
+    "learner.optimizer.lr",
+    "learner.scheduler.step_size",
+    "data.train_episodes",
+)
 
 
 def cheap_objective(self: runner.SweepConfig, cfg, trial) -> float:

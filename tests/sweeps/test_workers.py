@@ -17,8 +17,11 @@ from metalab.sweeps.workers import REGISTRY_SUFFIX, register_worker, worker_seed
 ROOT = Path(__file__).resolve().parents[2]
 # the issue's command line: way and width are searched by protonet_optuna and fixed here
 FIXED = {"data.train.way": 5, "model.hidden": 32, "data.train_episodes": 10}
-ARGS = ["hparams_search=protonet_optuna", "+experiment=omniglot/protonet_5w1s",
-        *(f"{key}={value}" for key, value in FIXED.items())]
+ARGS = [
+    "hparams_search=protonet_optuna",
+    "+experiment=omniglot/protonet_5w1s",
+    *(f"{key}={value}" for key, value in FIXED.items()),
+]
 TRIALS_EACH = 2
 
 
@@ -33,8 +36,18 @@ def postgres_url():
 
 def start_worker(storage: str, study: str, log_dir: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, str(ROOT / "tests" / "sweeps" / "cheap_worker.py"), *ARGS, f"paths.log_dir={log_dir}",
-               "--storage", storage, "--study-name", study, "--n-trials", str(TRIALS_EACH)]
+    command = [
+        sys.executable,
+        str(ROOT / "tests" / "sweeps" / "cheap_worker.py"),
+        *ARGS,
+        f"paths.log_dir={log_dir}",
+        "--storage",
+        storage,
+        "--study-name",
+        study,
+        "--n-trials",
+        str(TRIALS_EACH),
+    ]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -48,13 +61,13 @@ def test_workers_share_a_study_without_repeating_or_dropping_work(backend, worke
     assert [p.returncode for p in procs] == [0] * workers, "\n".join(outputs)
 
     trials = optuna.load_study(study_name=study_name, storage=open_storage(storage)).get_trials(deepcopy=False)
-    assert len(trials) == workers * TRIALS_EACH                                   # none lost, none extra
+    assert len(trials) == workers * TRIALS_EACH  # none lost, none extra
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     parameter_sets = [tuple(sorted(t.params.items())) for t in trials]
-    assert len(set(parameter_sets)) == len(parameter_sets), parameter_sets         # none evaluated twice
+    assert len(set(parameter_sets)) == len(parameter_sets), parameter_sets  # none evaluated twice
     assert {t.user_attrs["worker_index"] for t in trials} == set(range(workers))
     assert len({t.user_attrs["sampler_seed"] for t in trials}) == workers
-    for trial in trials:                       # the command line's values, in the config each trial ran
+    for trial in trials:  # the command line's values, in the config each trial ran
         assert set(trial.params) == {"learner.optimizer.lr", "learner.scheduler.step_size"}
         seen = trial.user_attrs["config"]
         assert {key: seen[key] for key in FIXED} == FIXED
@@ -73,14 +86,17 @@ def test_a_restarted_worker_gets_a_new_index_and_seed(tmp_path):
 def test_worker_seeds_differ_and_the_first_worker_keeps_the_study_seed():
     seeds = [worker_seed(7, index) for index in range(64)]
     assert seeds[0] == 7 and len(set(seeds)) == 64
-    assert worker_seed(1, 1) != worker_seed(2, 0)          # neighbouring study seeds do not line up
+    assert worker_seed(1, 1) != worker_seed(2, 0)  # neighbouring study seeds do not line up
     assert worker_seed(None, 3) is None
 
 
-@pytest.mark.parametrize("params, arguments", [
-    ({"model.hidden": "choice(32, 64)", "learner.optimizer.lr": "interval(0.001, 0.1)"}, ["model.hidden=16"]),
-    ({"model.hidden": "16", "learner.optimizer.lr": "interval(0.001, 0.1)"}, ["model.hidden=choice(32, 64)"]),
-])
+@pytest.mark.parametrize(
+    "params, arguments",
+    [
+        ({"model.hidden": "choice(32, 64)", "learner.optimizer.lr": "interval(0.001, 0.1)"}, ["model.hidden=16"]),
+        ({"model.hidden": "16", "learner.optimizer.lr": "interval(0.001, 0.1)"}, ["model.hidden=choice(32, 64)"]),
+    ],
+)
 def test_a_fixed_value_takes_its_key_out_of_the_search_space_as_hydra_s_sweeper_does(params, arguments):
     """hydra-optuna-sweeper 1.3 deletes every key with a plain value from the distributions, in either order."""
     space = read_search_space(params, arguments)

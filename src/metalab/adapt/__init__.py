@@ -10,9 +10,14 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-_LAZY = {"AdamState": "metalab.adapt.engine", "InnerLoop": "metalab.adapt.engine",
-         "merge_sequential": "metalab.adapt.engine", "minibatch_indices": "metalab.adapt.engine",
-         "task_losses": "metalab.adapt.engine", "TaskBatchedModel": "metalab.adapt.functional"}
+_LAZY = {
+    "AdamState": "metalab.adapt.engine",
+    "InnerLoop": "metalab.adapt.engine",
+    "merge_sequential": "metalab.adapt.engine",
+    "minibatch_indices": "metalab.adapt.engine",
+    "task_losses": "metalab.adapt.engine",
+    "TaskBatchedModel": "metalab.adapt.functional",
+}
 
 __all__ = ["AdamState", "InnerLoop", "TaskBatchedModel", "merge_sequential", "minibatch_indices", "task_losses"]
 

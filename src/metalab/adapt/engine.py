@@ -19,8 +19,8 @@ the caller owns (the learner carries it across tasks and meta-steps, as the pape
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,19 +42,21 @@ class AdamState:
     exp_avg_sq: Params
 
     @staticmethod
-    def zeros(params: Params) -> "AdamState":
-        return AdamState(0, {n: torch.zeros_like(p) for n, p in params.items()},
-                         {n: torch.zeros_like(p) for n, p in params.items()})
+    def zeros(params: Params) -> AdamState:
+        return AdamState(
+            0, {n: torch.zeros_like(p) for n, p in params.items()}, {n: torch.zeros_like(p) for n, p in params.items()}
+        )
 
 
-def minibatch_indices(tasks: int, n: int, batch: int, steps: int,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def minibatch_indices(
+    tasks: int, n: int, batch: int, steps: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``[steps, tasks, batch]`` example indices: each task's steps read consecutive mini-batches of one
     stream of fresh random permutations of its ``n`` examples (a batch may run over into the next
     permutation), which is how Nichol et al.'s code draws inner mini-batches without replacement."""
     epochs = -(-steps * batch // n)
     stream = torch.rand(tasks, epochs, n, generator=generator).argsort(-1).flatten(1)
-    return stream[:, :steps * batch].view(tasks, steps, batch).transpose(0, 1)
+    return stream[:, : steps * batch].view(tasks, steps, batch).transpose(0, 1)
 
 
 def merge_sequential(start: torch.Tensor, finals: torch.Tensor, steps: int, beta: float) -> torch.Tensor:
@@ -64,7 +66,7 @@ def merge_sequential(start: torch.Tensor, finals: torch.Tensor, steps: int, beta
     ``finals[t] - beta**steps * start`` whatever it starts from, decayed by the later tasks' steps."""
     tasks = finals.shape[0]
     later = beta ** (steps * torch.arange(tasks - 1, -1, -1, dtype=finals.dtype, device=finals.device))
-    deltas = finals - beta ** steps * start
+    deltas = finals - beta**steps * start
     return beta ** (steps * tasks) * start + (later.view(-1, *[1] * start.dim()) * deltas).sum(0)
 
 
@@ -103,17 +105,23 @@ class InnerLoop:
         if not self.lr > 0 and self.learned_lr is None:
             raise ConfigError(f"learner.inner_lr={self.lr} is not allowed: must be > 0")
         if self.optimizer not in INNER_OPTIMIZERS:
-            raise ConfigError(f"learner.inner_optimizer={self.optimizer!r} is not allowed: must be one of "
-                              f"{INNER_OPTIMIZERS}")
+            raise ConfigError(
+                f"learner.inner_optimizer={self.optimizer!r} is not allowed: must be one of {INNER_OPTIMIZERS}"
+            )
         if self.batch is not None and self.batch < 0:
-            raise ConfigError(f"learner.inner_batch={self.batch} is not allowed: must be >= 1, or 0/null for "
-                              "the whole support set")
+            raise ConfigError(
+                f"learner.inner_batch={self.batch} is not allowed: must be >= 1, or 0/null for the whole support set"
+            )
         if not all(0 <= b < 1 for b in self.betas) or not self.eps > 0:
-            raise ConfigError(f"learner.inner_betas={list(self.betas)} / learner.inner_eps={self.eps} is not "
-                              "allowed: betas must be in [0, 1) and eps > 0")
+            raise ConfigError(
+                f"learner.inner_betas={list(self.betas)} / learner.inner_eps={self.eps} is not "
+                "allowed: betas must be in [0, 1) and eps > 0"
+            )
         if self.optimizer == "adam" and (not self.first_order or self.learned_lr is not None):
-            raise ConfigError("learner.inner_optimizer='adam' is not allowed here: it needs a first-order learner "
-                              "(reptile, or fomaml) without learned inner rates (learn_inner_lr=false)")
+            raise ConfigError(
+                "learner.inner_optimizer='adam' is not allowed here: it needs a first-order learner "
+                "(reptile, or fomaml) without learned inner rates (learn_inner_lr=false)"
+            )
 
     def adapt(
         self,
@@ -157,8 +165,11 @@ class InnerLoop:
         if adam:
             state = AdamState.zeros({k: params[k] for k in names}) if state is None else state
             state = AdamState(state.step, dict(state.exp_avg), dict(state.exp_avg_sq))
-        picks = minibatch_indices(tasks, examples, batch, steps, generator).to(inputs.device) \
-            if batch and batch != examples and steps > 0 else None
+        picks = (
+            minibatch_indices(tasks, examples, batch, steps, generator).to(inputs.device)
+            if batch and batch != examples and steps > 0
+            else None
+        )
         rows = torch.arange(tasks, device=inputs.device).unsqueeze(1)
         current = dict(params)  # shared [...] until a name is first updated, then [task, ...]
         for step in range(steps):
@@ -178,9 +189,11 @@ class InnerLoop:
                 current.update(self._adam_step({n: current[n] for n in names}, dict(zip(names, grads)), state))
                 continue
             lr = {n: self.learned_lr[n] for n in names} if self.learned_lr is not None else self.lr
-            current.update(kernels.inner_update_params(
-                {n: current[n] for n in names}, {n: g.contiguous() for n, g in zip(names, grads)}, lr
-            ))
+            current.update(
+                kernels.inner_update_params(
+                    {n: current[n] for n in names}, {n: g.contiguous() for n, g in zip(names, grads)}, lr
+                )
+            )
         fast = {n: p if p.dim() > params[n].dim() else p.expand(tasks, *p.shape) for n, p in current.items()}
         return fast, state if adam else None
 
@@ -192,7 +205,7 @@ class InnerLoop:
         Nichol et al. used, adds eps before the bias correction of v: the same up to eps = 1e-8.)"""
         beta1, beta2 = self.betas
         state.step += 1
-        correction1, correction2 = 1 - beta1 ** state.step, (1 - beta2 ** state.step) ** 0.5
+        correction1, correction2 = 1 - beta1**state.step, (1 - beta2**state.step) ** 0.5
         out = {}
         for name, p in params.items():
             g = grads[name]

@@ -39,8 +39,9 @@ class BudgetProgress(L.Callback):
         self._start = self._last = time.monotonic()
         self._start_step = trainer.global_step  # a resumed run's rate counts only the steps made now
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
         if now - self._last >= self.every_seconds and trainer.global_step > self._start_step:
             self._last = now
@@ -58,8 +59,10 @@ class BudgetProgress(L.Callback):
             return None
         step, elapsed = trainer.global_step, max(now - self._start, 1e-9)
         rate = (step - self._start_step) / elapsed
-        parts = [f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps else f"step {step}",
-                 f"{rate:.3g} steps/s"]
+        parts = [
+            f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps else f"step {step}",
+            f"{rate:.3g} steps/s",
+        ]
         if not final:
             left = []
             if max_steps and rate > 0:
@@ -95,4 +98,3 @@ def _drawing(bar: Any) -> bool:
         return not bar.train_progress_bar.disable
     except TypeError:  # Lightning: no training bar was created yet
         return False
-

@@ -36,16 +36,20 @@ class StopOnSignal(L.Callback):
 
         def ask_to_stop(signum: int, frame: FrameType | None) -> None:
             self.received = signal.Signals(signum).name
-            print(f"[metalab] {self.received} received: stopping after this step, saving last.ckpt, then testing "
-                  "(send it again to stop at once)", flush=True)
+            print(
+                f"[metalab] {self.received} received: stopping after this step, saving last.ckpt, then testing "
+                "(send it again to stop at once)",
+                flush=True,
+            )
             signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
 
         for sig in SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, ask_to_stop)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -57,8 +57,10 @@ class SearchRun:
         wanted = getattr(problem, "objectives", 1)
         given = getattr(self.searcher, "objectives", wanted)
         if given != wanted:  # checked here, before the search: tell() would only fail after the first generation
-            raise ConfigError(f"learner.searcher.objectives={given!r} is not allowed: must be {wanted}, the number of "
-                              f"objectives of the problem {type(problem).__name__}")
+            raise ConfigError(
+                f"learner.searcher.objectives={given!r} is not allowed: must be {wanted}, the number of "
+                f"objectives of the problem {type(problem).__name__}"
+            )
         self.generations_done = 0
         self.evaluations = 0
         self.solved_generation: int | None = None

@@ -34,13 +34,29 @@ class AccuracyMatrix(Metric):
         if n_tasks < 1:
             raise ConfigError(f"n_tasks={n_tasks} is not allowed: must be at least 1")
         self.n_tasks = n_tasks
-        self.add_state("correct", default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
-                       dist_reduce_fx="sum", persistent=True)
-        self.add_state("total", default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
-                       dist_reduce_fx="sum", persistent=True)
+        self.add_state(
+            "correct",
+            default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
+            dist_reduce_fx="sum",
+            persistent=True,
+        )
+        self.add_state(
+            "total",
+            default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
+            dist_reduce_fx="sum",
+            persistent=True,
+        )
 
-    def update(self, row: int, task: int, predictions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-               *, correct: int | None = None, total: int | None = None) -> None:
+    def update(
+        self,
+        row: int,
+        task: int,
+        predictions: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        correct: int | None = None,
+        total: int | None = None,
+    ) -> None:
         """Count one batch's ``predictions`` against ``targets``, or add the ``correct`` of ``total`` counts of
         an evaluation (:func:`metalab.learners.continual.loop.evaluate_task`) to entry ``(row, task)``."""
         if predictions is not None:
@@ -124,8 +140,9 @@ def plot_accuracy_matrix(r: torch.Tensor, path: str | Path, title: str) -> Path:
     for i in range(t):
         for j in range(r.shape[1]):
             value = float(r[i, j])
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black",
-                    fontsize=8)
+            ax.text(
+                j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8
+            )
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task i")
     ax.set_xticks(range(r.shape[1]))

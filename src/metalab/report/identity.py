@@ -30,22 +30,36 @@ from omegaconf import DictConfig, OmegaConf
 
 # Dotted keys left out of the identity (a key drops its whole subtree).
 IGNORED_KEYS = (
-    "hydra", "paths", "logger", "ckpt_path", "cpu_threads", "targets", "optimized_metric", "task_name",
-    "retain_freed_memory",                      # allocator behaviour: speed, not values
-    "trainer.default_root_dir", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",                # how often metrics are logged, not what is trained
+    "hydra",
+    "paths",
+    "logger",
+    "ckpt_path",
+    "cpu_threads",
+    "targets",
+    "optimized_metric",
+    "task_name",
+    "retain_freed_memory",  # allocator behaviour: speed, not values
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",  # how often metrics are logged, not what is trained
     # callbacks that save, time, display or restore state, but never change what is computed
-    "callbacks.model_checkpoint", "callbacks.stop_on_signal", "callbacks.rng_state", "callbacks.throughput",
-    "callbacks.progress_bar", "callbacks.progress", "callbacks.lr_monitor",
+    "callbacks.model_checkpoint",
+    "callbacks.stop_on_signal",
+    "callbacks.rng_state",
+    "callbacks.throughput",
+    "callbacks.progress_bar",
+    "callbacks.progress",
+    "callbacks.lr_monitor",
 )
-IGNORED_NAMES = ("data_dir",)                   # at any depth: where data files are read from
+IGNORED_NAMES = ("data_dir",)  # at any depth: where data files are read from
 PLACEHOLDER_PATHS = {"root_dir": ".", "log_dir": "./logs", "output_dir": "<run>"}
 
 
 _NO_DEFAULT = object()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _defaults(target: str) -> dict[str, Any]:
     """``{parameter: default}`` of the callable a ``_target_`` names; empty if it cannot be imported."""
     from hydra.utils import get_object

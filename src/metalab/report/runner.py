@@ -60,7 +60,7 @@ def set_aside(run_dir: Path) -> Path | None:
     so the run starts afresh instead of resuming or appending to another computation's curves."""
     if not run_dir.exists():
         return None
-    target = run_dir.with_name(f"{run_dir.name}.stale-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+    target = run_dir.with_name(f"{run_dir.name}.stale-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}")
     run_dir.rename(target)
     return target
 
@@ -86,23 +86,54 @@ def command_of(run: Run, run_dir: Path, resume: bool, root: Path) -> list[str]:
     """The ``train.py`` (or Avalanche side-by-side) command of ``run`` writing into ``run_dir``."""
     if run.is_avalanche:
         suite, _, method = run.experiment.removeprefix("avalanche:").partition("/")
-        return [sys.executable, str(root / AVALANCHE_SCRIPT), "--suite", suite, "--seeds", str(run.seed),
-                "--methods", method, "--sides", "avalanche", "--threads", str(run.threads), "--out", str(run_dir),
-                *run.overrides]
+        return [
+            sys.executable,
+            str(root / AVALANCHE_SCRIPT),
+            "--suite",
+            suite,
+            "--seeds",
+            str(run.seed),
+            "--methods",
+            method,
+            "--sides",
+            "avalanche",
+            "--threads",
+            str(run.threads),
+            "--out",
+            str(run_dir),
+            *run.overrides,
+        ]
     resume_args = [f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}"] if resume else []
-    return [sys.executable, str(root / "train.py"), f"+experiment={run.experiment}", f"seed={run.seed}",
-            f"cpu_threads={run.threads}", f"hydra.run.dir={run_dir}", "callbacks.progress_bar.refresh_rate=0",
-            *run.overrides, *resume_args]
+    return [
+        sys.executable,
+        str(root / "train.py"),
+        f"+experiment={run.experiment}",
+        f"seed={run.seed}",
+        f"cpu_threads={run.threads}",
+        f"hydra.run.dir={run_dir}",
+        "callbacks.progress_bar.refresh_rate=0",
+        *run.overrides,
+        *resume_args,
+    ]
 
 
 def display_command(run: Run) -> str:
     """The command a user types to repeat this run by hand (no machine paths)."""
     if run.is_avalanche:
         suite, _, method = run.experiment.removeprefix("avalanche:").partition("/")
-        return (f"python {AVALANCHE_SCRIPT} --suite {suite} --seeds {run.seed} --methods {method} --sides avalanche "
-                f"--threads {run.threads} " + " ".join(run.overrides)).strip()
-    return " ".join(["python train.py", f"+experiment={run.experiment}", f"seed={run.seed}",
-                     f"cpu_threads={run.threads}", *run.overrides])
+        return (
+            f"python {AVALANCHE_SCRIPT} --suite {suite} --seeds {run.seed} --methods {method} --sides avalanche "
+            f"--threads {run.threads} " + " ".join(run.overrides)
+        ).strip()
+    return " ".join(
+        [
+            "python train.py",
+            f"+experiment={run.experiment}",
+            f"seed={run.seed}",
+            f"cpu_threads={run.threads}",
+            *run.overrides,
+        ]
+    )
 
 
 def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
@@ -111,26 +142,50 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
     resume = run_state(study, run, runs_root) == "interrupted"
     if not resume and run_dir.exists():
         moved = set_aside(run_dir)
-        log(f"[{study.name}] {run.label} seed {run.seed}: the earlier run folder (another config or unfinished) "
-            f"set aside as {_shown(moved, study.root)}")
+        log(
+            f"[{study.name}] {run.label} seed {run.seed}: the earlier run folder (another config or unfinished) "
+            f"set aside as {_shown(moved, study.root)}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    info = {"key": run.key, "label": run.label, "experiment": run.experiment, "seed": run.seed,
-            "overrides": list(run.overrides), "threads": run.threads, "command": display_command(run),
-            "study": study.name, "budget": study.budget, "status": "running", "resumed_from_checkpoint": resume,
-            "fingerprint": study.fingerprints.get(run) or check_runs(study)[run]}
+    info = {
+        "key": run.key,
+        "label": run.label,
+        "experiment": run.experiment,
+        "seed": run.seed,
+        "overrides": list(run.overrides),
+        "threads": run.threads,
+        "command": display_command(run),
+        "study": study.name,
+        "budget": study.budget,
+        "status": "running",
+        "resumed_from_checkpoint": resume,
+        "fingerprint": study.fingerprints.get(run) or check_runs(study)[run],
+    }
     previous = _read_json(run_dir / "run.json") if resume else {}
     (run_dir / "run.json").write_text(json.dumps(info, indent=2))
-    log(f"[{study.name}] {'resuming' if resume else 'starting'} {run.label} seed {run.seed} -> "
-        f"{_shown(run_dir, study.root)}")
-    env = {**os.environ, "OMP_NUM_THREADS": str(run.threads), "MKL_NUM_THREADS": str(run.threads),
-           "WANDB_RUN_GROUP": f"{study.name}-{study.budget}",  # W&B groups a study's runs and tags them
-           "WANDB_TAGS": ",".join([study.name, study.budget, run.label.split(" ")[0]])}
+    log(
+        f"[{study.name}] {'resuming' if resume else 'starting'} {run.label} seed {run.seed} -> "
+        f"{_shown(run_dir, study.root)}"
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(run.threads),
+        "MKL_NUM_THREADS": str(run.threads),
+        "WANDB_RUN_GROUP": f"{study.name}-{study.budget}",  # W&B groups a study's runs and tags them
+        "WANDB_TAGS": ",".join([study.name, study.budget, run.label.split(" ")[0]]),
+    }
     start = time.time()
     with (run_dir / "console.log").open("a") as console:
         console.write(f"$ {display_command(run)}{' (resumed)' if resume else ''}\n")
         console.flush()
-        process = subprocess.Popen(command_of(run, run_dir, resume, study.root), cwd=study.root, env=env,
-                                   stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command_of(run, run_dir, resume, study.root),
+            cwd=study.root,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         _LIVE.add(process)
         try:
             code = process.wait()
@@ -145,29 +200,50 @@ def execute(study: Study, run: Run, runs_root: Path, log: Any = print) -> bool:
     return _record_end(study, run, run_dir, info, previous, code, time.time() - start, log)
 
 
-def _record_end(study: Study, run: Run, run_dir: Path, info: dict[str, Any], previous: dict[str, Any],
-                code: int | None, seconds: float, log: Any) -> bool:
+def _record_end(
+    study: Study,
+    run: Run,
+    run_dir: Path,
+    info: dict[str, Any],
+    previous: dict[str, Any],
+    code: int | None,
+    seconds: float,
+    log: Any,
+) -> bool:
     """Write the final ``run.json`` (status, time, commit, machine) and print the run's finished line; True
     if it finished. Also called when the study is stopped while the run ends, so no record keeps
     ``status: running``. A run a signal stopped wrote metrics.json but did not spend its budget: it is
     not finished (it resumes next time) and its records are not copied."""
     wall = seconds + float(previous.get("wall_seconds", 0.0))
     signalled = _stopped_by_signal(run_dir / "metrics.json")
-    finished = code == 0 and not signalled and (_avalanche_result(run_dir, run) is not None if run.is_avalanche
-                                                else (run_dir / "metrics.json").is_file())
+    finished = (
+        code == 0
+        and not signalled
+        and (_avalanche_result(run_dir, run) is not None if run.is_avalanche else (run_dir / "metrics.json").is_file())
+    )
     if run.is_avalanche and finished:
         _write_avalanche_metrics(run_dir, run)
-    status = ("finished" if finished else "stopped by a signal (resumes from its checkpoint)" if signalled
-              else "stopped with the study" if code is None else f"failed (exit {code})")
-    info.update(status=status, wall_seconds=round(wall, 1),
-                resumed_from_checkpoint=bool(info.get("resumed_from_checkpoint"))
-                or bool(previous.get("resumed_from_checkpoint")),
-                finished_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                **git_commit(study.root), **_machine_summary())
+    status = (
+        "finished"
+        if finished
+        else "stopped by a signal (resumes from its checkpoint)"
+        if signalled
+        else "stopped with the study"
+        if code is None
+        else f"failed (exit {code})"
+    )
+    info.update(
+        status=status,
+        wall_seconds=round(wall, 1),
+        resumed_from_checkpoint=bool(info.get("resumed_from_checkpoint"))
+        or bool(previous.get("resumed_from_checkpoint")),
+        finished_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **git_commit(study.root),
+        **_machine_summary(),
+    )
     (run_dir / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True))
     if finished:
-        log(f"[{study.name}] finished {run.label} seed {run.seed}: {run_headline(run_dir)} "
-            f"in {duration(seconds)}")
+        log(f"[{study.name}] finished {run.label} seed {run.seed}: {run_headline(run_dir)} in {duration(seconds)}")
     elif code is not None and not signalled:
         log(f"[{study.name}] {run.label} seed {run.seed} failed (exit {code}): {_last_error(run_dir / 'console.log')}")
     else:
@@ -177,8 +253,12 @@ def _record_end(study: Study, run: Run, run_dir: Path, info: dict[str, Any], pre
 
 def _machine_summary() -> dict[str, Any]:
     facts = machine()
-    return {"cpu": facts["cpu"], "cpu_features": facts["cpu_features"], "packages": facts["packages"],
-            "python": facts["python"]}
+    return {
+        "cpu": facts["cpu"],
+        "cpu_features": facts["cpu_features"],
+        "packages": facts["packages"],
+        "python": facts["python"],
+    }
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -213,8 +293,9 @@ def _write_avalanche_metrics(run_dir: Path, run: Run) -> None:
                 metrics[f"R/{scenario}/{i}_{j}"] = float(value)
     if result.get("epoch_seconds"):
         metrics["train/seconds_per_epoch"] = sum(result["epoch_seconds"]) / len(result["epoch_seconds"])
-    (run_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "targets": {}, "seed": run.seed,
-                                                      "global_step": None}, indent=2, sort_keys=True))
+    (run_dir / "metrics.json").write_text(
+        json.dumps({"metrics": metrics, "targets": {}, "seed": run.seed, "global_step": None}, indent=2, sort_keys=True)
+    )
 
 
 def _shown(path: Path, root: Path) -> str:
@@ -251,7 +332,9 @@ def adopt(study: Study, run_dir: Path, runs_root: Path) -> Run:
     study run with the same experiment, seed and overrides (thread settings aside)."""
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not (run_dir / "metrics.json").is_file() or not overrides_file.is_file():
-        raise ConfigError(f"--adopt {run_dir}: not a finished train.py run (needs metrics.json and .hydra/overrides.yaml)")
+        raise ConfigError(
+            f"--adopt {run_dir}: not a finished train.py run (needs metrics.json and .hydra/overrides.yaml)"
+        )
     given = [str(o) for o in yaml.safe_load(overrides_file.read_text())]
     ignored = ("cpu_threads=", "hydra.", "callbacks.progress_bar", "seed=")
     experiment = next((o.split("=", 1)[1] for o in given if o.startswith("+experiment=")), None)
@@ -275,17 +358,31 @@ def adopt(study: Study, run_dir: Path, runs_root: Path) -> Run:
                 (target / "csv").mkdir(exist_ok=True)
                 shutil.copy(run_dir / "csv" / "metrics.csv", target / "csv" / "metrics.csv")
             metrics = _read_json(run_dir / "metrics.json").get("metrics", {})
-            info = {"key": run.key, "label": run.label, "experiment": run.experiment, "seed": run.seed,
-                    "overrides": list(run.overrides), "threads": _threads_of(given, run.threads),
-                    "command": "python train.py " + " ".join(given), "study": study.name, "budget": study.budget,
-                    "status": "finished", "adopted": True, "wall_seconds": metrics.get("train/wall_seconds"),
-                    "finished_at": dt.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime,
-                                                             dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    **_machine_summary(), **git_commit(source_root)}  # the commit of the checkout it ran in, now
+            info = {
+                "key": run.key,
+                "label": run.label,
+                "experiment": run.experiment,
+                "seed": run.seed,
+                "overrides": list(run.overrides),
+                "threads": _threads_of(given, run.threads),
+                "command": "python train.py " + " ".join(given),
+                "study": study.name,
+                "budget": study.budget,
+                "status": "finished",
+                "adopted": True,
+                "wall_seconds": metrics.get("train/wall_seconds"),
+                "finished_at": dt.datetime.fromtimestamp((run_dir / "metrics.json").stat().st_mtime, dt.UTC).strftime(
+                    "%Y-%m-%dT%H:%M:%SZ"
+                ),
+                **_machine_summary(),
+                **git_commit(source_root),
+            }  # the commit of the checkout it ran in, now
             (target / "run.json").write_text(json.dumps(info, indent=2, sort_keys=True))
             return run
-    raise ConfigError(f"--adopt {run_dir}: no run of study {study.name} (budget {study.budget}) has experiment "
-                      f"{experiment!r}, seed {seed} and overrides {rest}")
+    raise ConfigError(
+        f"--adopt {run_dir}: no run of study {study.name} (budget {study.budget}) has experiment "
+        f"{experiment!r}, seed {seed} and overrides {rest}"
+    )
 
 
 def _threads_of(overrides: list[str], default: int) -> int:
@@ -312,12 +409,16 @@ def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print, ke
             continue
         pending.append(run)
     skipped = len(study.runs) - len(pending)
-    log(f"[{study.name}] budget {study.budget}: {len(study.runs)} runs, {skipped} already done, {len(pending)} to run"
-        f"{f' ({jobs} at a time)' if pending and jobs > 1 else ''}")
+    log(
+        f"[{study.name}] budget {study.budget}: {len(study.runs)} runs, {skipped} already done, {len(pending)} to run"
+        f"{f' ({jobs} at a time)' if pending and jobs > 1 else ''}"
+    )
     if stale:
         verb = "kept as they are, marked stale in the report" if keep_stale else "to run again"
-        log(f"[{study.name}] stale (recorded by a config other than the study's now), {verb}: "
-            + ", ".join(f"{run.label} seed {run.seed}" for run in stale))
+        log(
+            f"[{study.name}] stale (recorded by a config other than the study's now), {verb}: "
+            + ", ".join(f"{run.label} seed {run.seed}" for run in stale)
+        )
     failed: list[Run] = []
 
     def one(run: Run) -> None:
@@ -350,8 +451,10 @@ def run_study(study: Study, runs_root: Path, jobs: int = 1, log: Any = print, ke
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if pending:
-        log(f"[{study.name}] budget {study.budget}: {len(pending) - len(failed)} run(s) finished now, {len(failed)} "
-            f"failed, {skipped} done before; {duration(time.time() - start)} in all")
+        log(
+            f"[{study.name}] budget {study.budget}: {len(pending) - len(failed)} run(s) finished now, {len(failed)} "
+            f"failed, {skipped} done before; {duration(time.time() - start)} in all"
+        )
     return failed
 
 
@@ -383,5 +486,14 @@ def default_runs_root(root: Path) -> Path:
     return Path(configured) if configured else root / "logs" / "studies"
 
 
-__all__ = ["run_state", "command_of", "display_command", "execute", "copy_records", "adopt", "run_study",
-           "stop_live_runs", "default_runs_root"]
+__all__ = [
+    "run_state",
+    "command_of",
+    "display_command",
+    "execute",
+    "copy_records",
+    "adopt",
+    "run_study",
+    "stop_live_runs",
+    "default_runs_root",
+]

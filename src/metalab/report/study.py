@@ -47,8 +47,18 @@ from metalab.errors import ConfigError, MetalabError
 from metalab.report.identity import fingerprint_record, planned_fingerprint
 from metalab.report.records import repo_root
 
-STUDY_KEYS = {"description", "seeds", "threads", "overrides", "experiments", "variants", "budgets", "compare",
-              "title", "notes"}
+STUDY_KEYS = {
+    "description",
+    "seeds",
+    "threads",
+    "overrides",
+    "experiments",
+    "variants",
+    "budgets",
+    "compare",
+    "title",
+    "notes",
+}
 ENTRY_KEYS = {"experiment", "label", "overrides", "avalanche", "suite"}
 BUDGET_KEYS = {"seeds", "overrides", "experiment_overrides", "threads", "description", "notes"}
 RECORD_FILES = ("metrics.json", "config_resolved.yaml", "run.json", "continual_metrics.json")
@@ -58,8 +68,8 @@ RECORD_FILES = ("metrics.json", "config_resolved.yaml", "run.json", "continual_m
 class Run:
     """One process of a study: an experiment (or an Avalanche counterpart) at one seed."""
 
-    label: str                  # row name in the report: the experiment's label plus its variant
-    experiment: str             # conf/experiment/<experiment>.yaml, or ``avalanche:<suite>/<method>``
+    label: str  # row name in the report: the experiment's label plus its variant
+    experiment: str  # conf/experiment/<experiment>.yaml, or ``avalanche:<suite>/<method>``
     seed: int
     overrides: tuple[str, ...]  # everything beyond +experiment and seed, in order
     threads: int
@@ -84,15 +94,15 @@ class Study:
 
     name: str
     path: Path
-    root: Path                  # the repository (train.py, conf/)
+    root: Path  # the repository (train.py, conf/)
     budget: str
     budgets: list[str]
     description: str
     runs: list[Run]
-    labels: list[str]           # report rows, in the file's order
+    labels: list[str]  # report rows, in the file's order
     compare: list[dict[str, Any]] = field(default_factory=list)
     notes: str = ""
-    fingerprints: dict[Run, str] = field(default_factory=dict)   # what each run computes now (check_runs)
+    fingerprints: dict[Run, str] = field(default_factory=dict)  # what each run computes now (check_runs)
 
     @property
     def folder(self) -> Path:
@@ -142,7 +152,8 @@ def load_study(path: str | Path, budget: str | None = None, seeds: list[int] | N
     threads = int(chosen.get("threads", spec.get("threads", 1)))
     run_seeds = seeds if seeds is not None else list(chosen.get("seeds", spec.get("seeds", [0])))
     common = _as_list(spec.get("overrides"), f"study {name}: overrides") + _as_list(
-        chosen.get("overrides"), f"study {name}, budget {budget}: overrides")
+        chosen.get("overrides"), f"study {name}, budget {budget}: overrides"
+    )
     per_experiment = chosen.get("experiment_overrides") or {}
     variants = spec.get("variants") or {"": []}
     entries = spec.get("experiments")
@@ -165,19 +176,32 @@ def load_study(path: str | Path, budget: str | None = None, seeds: list[int] | N
             extra = per_experiment.get(experiment, [])
         for variant, variant_overrides in variants.items():
             row = f"{label} ({variant})" if variant else label
-            overrides = tuple(common + _as_list(variant_overrides, f"variant {variant}")
-                              + _as_list(entry.get("overrides"), f"experiment {label}: overrides")
-                              + _as_list(extra, f"budget {budget}: experiment_overrides"))
+            overrides = tuple(
+                common
+                + _as_list(variant_overrides, f"variant {variant}")
+                + _as_list(entry.get("overrides"), f"experiment {label}: overrides")
+                + _as_list(extra, f"budget {budget}: experiment_overrides")
+            )
             labels.append(row)
             runs += [Run(row, experiment, int(seed), overrides, threads) for seed in run_seeds]
     unknown_overrides = sorted(set(per_experiment) - {r.experiment.removeprefix("avalanche:") for r in runs})
     if unknown_overrides:
-        raise ConfigError(f"study {name}, budget {budget}: experiment_overrides names {unknown_overrides[0]!r}, "
-                          "which is not in experiments:")
-    return Study(name=name, path=path.resolve(), root=repo_root(path.resolve()), budget=budget,
-                 budgets=list(budgets), description=str(spec.get("description", "")).strip(), runs=runs,
-                 labels=labels, compare=list(spec.get("compare") or []),
-                 notes=str(chosen.get("notes", spec.get("notes", ""))).strip())  # a budget's own notes first
+        raise ConfigError(
+            f"study {name}, budget {budget}: experiment_overrides names {unknown_overrides[0]!r}, "
+            "which is not in experiments:"
+        )
+    return Study(
+        name=name,
+        path=path.resolve(),
+        root=repo_root(path.resolve()),
+        budget=budget,
+        budgets=list(budgets),
+        description=str(spec.get("description", "")).strip(),
+        runs=runs,
+        labels=labels,
+        compare=list(spec.get("compare") or []),
+        notes=str(chosen.get("notes", spec.get("notes", ""))).strip(),
+    )  # a budget's own notes first
 
 
 # ----------------------------------------------------------------------------------------------------- checks

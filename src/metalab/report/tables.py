@@ -53,10 +53,15 @@ from metalab.report.records import read_records, repo_root
 OPEN = re.compile(r"^<!-- metalab:(?P<kind>table|study|render) (?P<options>.*?) -->\n", re.MULTILINE)
 MARKERS = ("<!-- metalab:table ", "<!-- metalab:study ", "<!-- metalab:render ")
 CLOSE = "<!-- metalab:end -->"
-CONTEXT_FIELDS = {"date": lambda r: r.get("date", "")[:10], "commit": lambda r: r.get("commit") or "",
-                  "cpu": lambda r: _short_cpu(r.get("cpu", "")), "threads": lambda r: r.get("torch_threads", ""),
-                  "benchmark": lambda r: r.get("benchmark", ""), "command": lambda r: f"`{r.get('command', '')}`",
-                  "load": lambda r: "/".join(f"{x:.1f}" for x in r.get("load_average") or []) or "n/a"}
+CONTEXT_FIELDS = {
+    "date": lambda r: r.get("date", "")[:10],
+    "commit": lambda r: r.get("commit") or "",
+    "cpu": lambda r: _short_cpu(r.get("cpu", "")),
+    "threads": lambda r: r.get("torch_threads", ""),
+    "benchmark": lambda r: r.get("benchmark", ""),
+    "command": lambda r: f"`{r.get('command', '')}`",
+    "load": lambda r: "/".join(f"{x:.1f}" for x in r.get("load_average") or []) or "n/a",
+}
 SKIPPED_FOLDERS = {".venv", ".git", "logs", "node_modules", "metalab.egg-info"}
 
 
@@ -72,13 +77,15 @@ class TableSpec:
     number_format: str = ".4g"
 
     @classmethod
-    def parse(cls, options: str, where_found: str) -> "TableSpec":
+    def parse(cls, options: str, where_found: str) -> TableSpec:
         values: dict[str, str] = {}
         for word in options.split():
             key, sep, value = word.partition("=")
             if not sep or key not in {"records", "where", "last", "columns", "context", "format"}:
-                raise MetalabError(f"{where_found}: table option {word!r} is not allowed: use records=, where=, "
-                                   "last=, columns=, context=, format=")
+                raise MetalabError(
+                    f"{where_found}: table option {word!r} is not allowed: use records=, where=, "
+                    "last=, columns=, context=, format="
+                )
             values[key] = value
         if "records" not in values:
             raise MetalabError(f"{where_found}: a metalab:table marker needs records=<file.jsonl>")
@@ -95,8 +102,9 @@ class TableSpec:
             spec.context = [] if values["context"] == "none" else values["context"].split(",")
             unknown = [c for c in spec.context if c not in CONTEXT_FIELDS]
             if unknown:
-                raise MetalabError(f"{where_found}: context field {unknown[0]!r} is not allowed: use "
-                                   + ", ".join(CONTEXT_FIELDS))
+                raise MetalabError(
+                    f"{where_found}: context field {unknown[0]!r} is not allowed: use " + ", ".join(CONTEXT_FIELDS)
+                )
         spec.number_format = values.get("format", spec.number_format)
         return spec
 
@@ -115,7 +123,7 @@ def _field(record: dict[str, Any], dotted: str) -> Any:
 
 def select(records: list[dict[str, Any]], spec: TableSpec) -> list[dict[str, Any]]:
     kept = [r for r in records if all(str(_field(r, k)) == v for k, v in spec.where)]
-    return kept[-spec.last:] if spec.last else kept
+    return kept[-spec.last :] if spec.last else kept
 
 
 def format_value(value: Any, number_format: str = ".4g") -> str:
@@ -158,15 +166,19 @@ def render_study_block(options: str, root: Path, where_found: str, problems: lis
     values = dict(word.partition("=")[::2] for word in options.split())
     unknown = sorted(set(values) - {"study", "budget"})
     if unknown or "study" not in values:
-        raise MetalabError(f"{where_found}: a metalab:study marker takes study=<experiments/x.yaml> [budget=<name>]"
-                           + (f"; {unknown[0]!r} is not allowed" if unknown else ""))
+        raise MetalabError(
+            f"{where_found}: a metalab:study marker takes study=<experiments/x.yaml> [budget=<name>]"
+            + (f"; {unknown[0]!r} is not allowed" if unknown else "")
+        )
     study = load_study(root / values["study"], values.get("budget"))
     collected = collect.collect(study)
     if problems is not None:
         for kind, runs in (("stale", collected.stale), ("missing", collected.missing)):
             if runs:
-                problems.append(f"{where_found}: study {study.name} budget {study.budget}, {kind}: "
-                                + ", ".join(f"{run.label} seed {run.seed}" for run in runs))
+                problems.append(
+                    f"{where_found}: study {study.name} budget {study.budget}, {kind}: "
+                    + ", ".join(f"{run.label} seed {run.seed}" for run in runs)
+                )
     return render.summary_table(study, collected, root)
 
 
@@ -174,8 +186,10 @@ def render_section_block(options: str, root: Path, where_found: str) -> str:
     """A section drawn by ``with=<script>:<function>`` from the newest record of ``records=<file.jsonl>``."""
     values = dict(word.partition("=")[::2] for word in options.split())
     if set(values) != {"records", "with"} or ":" not in values["with"]:
-        raise MetalabError(f"{where_found}: a metalab:render marker takes records=<file.jsonl> "
-                           "with=<script.py>:<function>, nothing else")
+        raise MetalabError(
+            f"{where_found}: a metalab:render marker takes records=<file.jsonl> "
+            "with=<script.py>:<function>, nothing else"
+        )
     script, _, function = values["with"].partition(":")
     path = root / values["records"]
     records = read_records(path) if path.exists() else []
@@ -210,7 +224,7 @@ def render_markdown(text: str, root: Path, where_found: str = "<text>", problems
             spec = TableSpec.parse(match.group("options"), where_found)
             path = root / spec.records
             table = render_table(read_records(path) if path.exists() else [], spec)  # none yet: says so
-        out += [text[position:match.end()], table, "\n"]
+        out += [text[position : match.end()], table, "\n"]
         position = end
     out.append(text[position:])
     return "".join(out)
@@ -228,8 +242,12 @@ def marked_files(root: Path) -> list[Path]:
     return found
 
 
-def refresh(paths: list[Path] | None = None, root: Path | None = None, check: bool = False,
-            problems: dict[Path, list[str]] | None = None) -> list[Path]:
+def refresh(
+    paths: list[Path] | None = None,
+    root: Path | None = None,
+    check: bool = False,
+    problems: dict[Path, list[str]] | None = None,
+) -> list[Path]:
     """Regenerate the marked tables of ``paths`` (default: every marked file); return the files whose
     text changed (with ``check``, report them and write nothing). ``problems`` receives, per changed
     file, the stale and missing runs of its study blocks (what a reader of ``--check`` needs to act on)."""

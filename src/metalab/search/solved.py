@@ -28,12 +28,18 @@ def solve_check(problem: Any, genome: Any, generation: int) -> dict[str, float]:
     ``problem``: its mean return over the problem's ``eval_episodes`` episodes of :func:`solve_seed`."""
     returns = problem.evaluate_solution(genome, seed=solve_seed(generation))
     mean = float(returns.mean())
-    return {"solve_return": mean, "solve_episodes": float(len(returns)), "solve_generation": float(generation),
-            "solved": float(mean >= problem.solved_at)}
+    return {
+        "solve_return": mean,
+        "solve_episodes": float(len(returns)),
+        "solve_generation": float(generation),
+        "solved": float(mean >= problem.solved_at),
+    }
 
 
 def solved_line(check: dict[str, float], evaluations: int, solved_at: float) -> str:
     """The console line of a solved run, written from the check's own numbers."""
-    return (f"[metalab] solved after {int(check['solve_generation'])} generations ({evaluations} evaluations): "
-            f"mean return {check['solve_return']:.2f} over {int(check['solve_episodes'])} solve-check episodes "
-            f">= {solved_at:g} (test/solved and test/solve_return report this check)")
+    return (
+        f"[metalab] solved after {int(check['solve_generation'])} generations ({evaluations} evaluations): "
+        f"mean return {check['solve_return']:.2f} over {int(check['solve_episodes'])} solve-check episodes "
+        f">= {solved_at:g} (test/solved and test/solve_return report this check)"
+    )

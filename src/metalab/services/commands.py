@@ -12,7 +12,6 @@ import socket
 
 from metalab.errors import ConfigError
 
-
 SERVE_EPILOG = """\
 configuration (the first that sets a value wins):
   tokens         METALAB_TOKENS=workspace:token,workspace:token (a token of >= 16 characters per
@@ -33,37 +32,63 @@ example:
   METALAB_TOKENS=team:a-long-secret-token-123 metalab serve --port 8000
 """
 
-JOB_NAMES = {"migrate": "upgrade the store's schema",
-             "learning-cycle": "complete finished experiments, then recompute trust and patterns",
-             "trust": "recompute every agent's trust", "patterns": "refresh the discovered patterns",
-             "cleanup": "drop idempotency keys and records older than their retention"}
+JOB_NAMES = {
+    "migrate": "upgrade the store's schema",
+    "learning-cycle": "complete finished experiments, then recompute trust and patterns",
+    "trust": "recompute every agent's trust",
+    "patterns": "refresh the discovered patterns",
+    "cleanup": "drop idempotency keys and records older than their retention",
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    serve = subparsers.add_parser("serve", help="run the services' HTTP API (FastAPI under uvicorn)",
-                                  description="Run the services' HTTP API (FastAPI under uvicorn).",
-                                  epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)")
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the services' HTTP API (FastAPI under uvicorn)",
+        description="Run the services' HTTP API (FastAPI under uvicorn).",
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; 0.0.0.0 for all)",
+    )
     serve.add_argument("--port", type=int, default=8000, help="TCP port, 1..65535 (default: %(default)s)")
     _store_arguments(serve)
-    serve.add_argument("--max-body-bytes", type=int, default=None,
-                       help="largest request body accepted (default: METALAB_MAX_BODY_BYTES or 1048576)")
-    serve.add_argument("--connect-timeout", type=float, default=5.0,
-                       help="seconds to wait for the database at start-up (default: %(default)s)")
+    serve.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=None,
+        help="largest request body accepted (default: METALAB_MAX_BODY_BYTES or 1048576)",
+    )
+    serve.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=5.0,
+        help="seconds to wait for the database at start-up (default: %(default)s)",
+    )
     serve.add_argument("--no-migrate", action="store_true", help="do not upgrade the schema on start")
-    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
-                       help="uvicorn's log level (default: %(default)s; info logs every request)")
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="uvicorn's log level (default: %(default)s; info logs every request)",
+    )
     serve.set_defaults(func=_serve)
 
     # the job names are checked when the job runs, so that `metalab env` does not import SQLAlchemy and scipy
     # (a test holds JOB_NAMES to metalab.services.jobs.JOBS)
-    jobs = subparsers.add_parser("jobs", help=f"run one periodic job of the services, for cron ({', '.join(JOB_NAMES)})",
-                                 description="Run one periodic job of the services on every workspace of the store "
-                                             "(or --workspace ones), for cron. Jobs: " + "; ".join(
-                                                 f"{name}: {what}" for name, what in JOB_NAMES.items()))
+    jobs = subparsers.add_parser(
+        "jobs",
+        help=f"run one periodic job of the services, for cron ({', '.join(JOB_NAMES)})",
+        description="Run one periodic job of the services on every workspace of the store "
+        "(or --workspace ones), for cron. Jobs: " + "; ".join(f"{name}: {what}" for name, what in JOB_NAMES.items()),
+    )
     jobs.add_argument("name", metavar="name", help="one of: " + ", ".join(JOB_NAMES))
-    jobs.add_argument("--workspace", action="append", help="only this workspace (repeatable); default: all in the store")
+    jobs.add_argument(
+        "--workspace", action="append", help="only this workspace (repeatable); default: all in the store"
+    )
     jobs.add_argument("--idempotency-days", type=float, default=7.0, help="cleanup: keep idempotency keys this long")
     jobs.add_argument("--retention-days", type=float, default=365.0, help="cleanup: keep records this long")
     _store_arguments(jobs)
@@ -132,7 +157,8 @@ def _jobs(args: argparse.Namespace) -> int:
     if args.name == "migrate":
         print(json.dumps({"job": "migrate", "database": engine.url.render_as_string(hide_password=True)}))
         return 0
-    results = run_job(args.name, session_factory(engine), args.workspace,
-                      RetentionPolicy(args.idempotency_days, args.retention_days))
+    results = run_job(
+        args.name, session_factory(engine), args.workspace, RetentionPolicy(args.idempotency_days, args.retention_days)
+    )
     print(json.dumps({"job": args.name, "workspaces": results}, default=str))
     return 0

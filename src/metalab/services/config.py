@@ -47,9 +47,13 @@ def _validate_tokens(tokens: dict[str, str], source: str) -> None:
     seen: set[str] = set()
     for workspace, token in tokens.items():
         if not WORKSPACE_PATTERN.match(workspace):
-            raise ConfigError(f"{source}: workspace {workspace!r} must be 1-64 characters of letters, digits, '_', '.', '-'")
+            raise ConfigError(
+                f"{source}: workspace {workspace!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+            )
         if len(token) < MIN_TOKEN_LENGTH:
-            raise ConfigError(f"{source}: the token of workspace {workspace!r} must have at least {MIN_TOKEN_LENGTH} characters")
+            raise ConfigError(
+                f"{source}: the token of workspace {workspace!r} must have at least {MIN_TOKEN_LENGTH} characters"
+            )
         if token in seen:
             raise ConfigError(f"{source}: two workspaces share one token; each workspace needs its own")
         seen.add(token)
@@ -76,8 +80,13 @@ class ServiceSettings:
         return found
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, database_url: str | None = None,
-             tokens: dict[str, str] | None = None, max_body_bytes: int | None = None) -> "ServiceSettings":
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        database_url: str | None = None,
+        tokens: dict[str, str] | None = None,
+        max_body_bytes: int | None = None,
+    ) -> ServiceSettings:
         file_values: dict = {}
         if config_file is not None:
             path = Path(config_file)
@@ -90,12 +99,21 @@ class ServiceSettings:
             if not isinstance(file_values, dict):
                 raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
         env_tokens = os.environ.get("METALAB_TOKENS")
-        resolved_tokens = (tokens if tokens is not None
-                           else parse_tokens(env_tokens, "METALAB_TOKENS") if env_tokens
-                           else file_values.get("tokens", {}))
+        resolved_tokens = (
+            tokens
+            if tokens is not None
+            else parse_tokens(env_tokens, "METALAB_TOKENS")
+            if env_tokens
+            else file_values.get("tokens", {})
+        )
         if not isinstance(resolved_tokens, dict):
             raise ConfigError("tokens must map workspace names to tokens")
-        url = database_url or os.environ.get("METALAB_DATABASE_URL") or file_values.get("database_url") or default_database_url()
+        url = (
+            database_url
+            or os.environ.get("METALAB_DATABASE_URL")
+            or file_values.get("database_url")
+            or default_database_url()
+        )
         if not isinstance(url, str):
             raise ConfigError(f"database_url must be a string (a SQLAlchemy URL), got {type(url).__name__}")
         limit = _body_limit(max_body_bytes, file_values.get("max_body_bytes"))
@@ -108,18 +126,22 @@ def _body_limit(explicit: int | None, from_file: object) -> int:
     env = os.environ.get("METALAB_MAX_BODY_BYTES")
     if env is not None:
         if not env.strip().isdigit():
-            raise ConfigError(f"METALAB_MAX_BODY_BYTES={env!r} is not allowed: it must be an integer in "
-                              f"1..{MAX_BODY_BYTES_CEILING}")
+            raise ConfigError(
+                f"METALAB_MAX_BODY_BYTES={env!r} is not allowed: it must be an integer in 1..{MAX_BODY_BYTES_CEILING}"
+            )
         return int(env)
     if from_file is None:
         return DEFAULT_MAX_BODY_BYTES
     if isinstance(from_file, bool) or not isinstance(from_file, int):
-        raise ConfigError(f"max_body_bytes={from_file!r} in the config file is not allowed: it must be an integer in "
-                          f"1..{MAX_BODY_BYTES_CEILING}")
+        raise ConfigError(
+            f"max_body_bytes={from_file!r} in the config file is not allowed: it must be an integer in "
+            f"1..{MAX_BODY_BYTES_CEILING}"
+        )
     return from_file
 
 
 def _validate_body_limit(value: object, source: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BODY_BYTES_CEILING:
-        raise ConfigError(f"{source}={value!r} is not allowed: {source} must be an integer in "
-                          f"1..{MAX_BODY_BYTES_CEILING}")
+        raise ConfigError(
+            f"{source}={value!r} is not allowed: {source} must be an integer in 1..{MAX_BODY_BYTES_CEILING}"
+        )

@@ -45,8 +45,9 @@ def _pdf_cdf(binary: bool, a: NDArray, b: NDArray, x: NDArray) -> tuple[NDArray,
 
 
 @lru_cache(maxsize=4096)
-def _probability_best_cached(binary: bool, count: tuple[float, ...], total: tuple[float, ...],
-                             variance: tuple[float, ...]) -> tuple[float, ...]:
+def _probability_best_cached(
+    binary: bool, count: tuple[float, ...], total: tuple[float, ...], variance: tuple[float, ...]
+) -> tuple[float, ...]:
     n, s = np.array(count), np.array(total)
     if binary:
         a, b = 1.0 + s, 1.0 + n - s
@@ -84,5 +85,7 @@ def wilson_interval(successes: float, n: int, z: float = Z_95) -> tuple[float, f
 def t_interval(mean: float, variance: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Student t interval of a mean from its plug-in variance."""
     scale = float(np.sqrt(variance / n))
-    return (float(mean + scale * special.stdtrit(n - 1, (1.0 - confidence) / 2.0)),
-            float(mean + scale * special.stdtrit(n - 1, (1.0 + confidence) / 2.0)))
+    return (
+        float(mean + scale * special.stdtrit(n - 1, (1.0 - confidence) / 2.0)),
+        float(mean + scale * special.stdtrit(n - 1, (1.0 + confidence) / 2.0)),
+    )

@@ -1,30 +1,29 @@
 """Experiment engine: A/B, multivariate and bandit-allocated experiments over named variants.
 
-Writes are appends. Recording an outcome is one insert plus atomic increments of the variant's running
-sums (``UPDATE variants SET count = count + 1, total = total + :x, ...``), the always-valid state of this
-look (an O(pairs) closed form: the running minimum of the mSPRT p-values) and, when that state decides, the completion. Estimates, probabilities to
-be best and intervals are computed when the analysis is read. The experiment's row is locked (PostgreSQL;
-SQLite's writers queue on the database) only for those few statements, so that every look is the state
-after a prefix of the outcomes, exactly as when every outcome was analysed on its own.
+Writes are appends. Recording an outcome is one insert plus atomic increments of the variant's running sums
+(``UPDATE variants SET count = count + 1, total = total + :x, ...``), the always-valid state of this look (an
+O(pairs) closed form: the running minimum of the mSPRT p-values) and, when that state decides, the completion.
+Estimates, probabilities to be best and intervals are computed when the analysis is read. The experiment's row
+is locked (PostgreSQL; SQLite's writers queue on the database) only for those few statements, so that every
+look is the state after a prefix of the outcomes, exactly as when every outcome was analysed on its own.
 
-Two decision rules, one per kind of allocation; both are vectorised over leading batch axes and used as
-they are by the simulations (:mod:`metalab.services.simulate`):
+Two decision rules, one per kind of allocation; both are vectorised over leading batch axes and used as they
+are by the simulations (:mod:`metalab.services.simulate`):
 
-- ``equal`` allocation (a classic A/B test): every variant against the first (the control) by the
-  always-valid mSPRT of :mod:`metalab.services.sequential` at level alpha / (k - 1) (Bonferroni over the
-  k - 1 comparisons); a winner when a variant beats the control, the control when every variant loses.
-- adaptive allocation (``thompson``, ``ucb``): these policies stop pulling poor arms, the control
-  included, so comparisons with the control alone never end (issue 38). Every pair of arms is compared
-  by the same mSPRT (running minimum of each pair's p-value), and an arm wins when it significantly beats
-  every other arm at alpha / (k - 1): a best-arm stopping rule in the spirit of successive elimination
-  (Even-Dar, Mannor and Mansour, JMLR 7, 2006), with always-valid pairwise tests in place of fixed-time
-  bounds, i.e. always-valid comparisons of each arm with the current best. A wrong best arm needs a false
-  rejection in one of the k - 1 pairs that contain the true best, so P(wrong winner) <= alpha
-  (Bonferroni); the analysis reports each arm against the current best.
-With a plug-in variance, and under adaptive allocation (which makes the arms' counts data-dependent),
-the guarantee is asymptotic; the engine waits for ``min_samples_per_variant`` outcomes per arm, and
-experiments/services/adaptive_decisions.py measures wrong decisions and A/A false decisions under
-Thompson sampling.
+- ``equal`` allocation (a classic A/B test): every variant against the first (the control) by the always-valid
+mSPRT of :mod:`metalab.services.sequential` at level alpha / (k - 1) (Bonferroni over the k - 1 comparisons);
+a winner when a variant beats the control, the control when every variant loses. - adaptive allocation
+(``thompson``, ``ucb``): these policies stop pulling poor arms, the control included, so comparisons with the
+control alone never end (issue 38). Every pair of arms is compared by the same mSPRT (running minimum of each
+pair's p-value), and an arm wins when it significantly beats every other arm at alpha / (k - 1): a best-arm
+stopping rule in the spirit of successive elimination (Even-Dar, Mannor and Mansour, JMLR 7, 2006), with
+always-valid pairwise tests in place of fixed-time bounds, i.e. always-valid comparisons of each arm with the
+current best. A wrong best arm needs a false rejection in one of the k - 1 pairs that contain the true best,
+so P(wrong winner) <= alpha (Bonferroni); the analysis reports each arm against the current best. With a plug-
+in variance, and under adaptive allocation (which makes the arms' counts data-dependent), the guarantee is
+asymptotic; the engine waits for ``min_samples_per_variant`` outcomes per arm, and
+experiments/services/adaptive_decisions.py measures wrong decisions and A/A false decisions under Thompson
+sampling.
 """
 
 from __future__ import annotations
@@ -131,20 +130,30 @@ class RecordedOutcome:
 
 
 # ---- the decision rules (pure, vectorised: arms on the last axis) -------------------------------------------
-def look_p_values(count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float,
-                  min_samples: int) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+def look_p_values(
+    count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float, min_samples: int
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
     """One look at every treatment against the control (arms on the last axis, any batch axes in front).
 
     Returns the difference from the control, its variance, tau^2 and the p-value at this look (1 until
     both arms have ``min_samples`` outcomes); arrays over the treatments.
     """
     k = np.shape(count)[-1]
-    return pair_p_values(count, total, total_squares, binary, mixture_scale, min_samples,
-                         np.zeros(k - 1, dtype=int), np.arange(1, k))
+    return pair_p_values(
+        count, total, total_squares, binary, mixture_scale, min_samples, np.zeros(k - 1, dtype=int), np.arange(1, k)
+    )
 
 
-def pair_p_values(count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float,
-                  min_samples: int, first: NDArray, second: NDArray) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+def pair_p_values(
+    count: NDArray,
+    total: NDArray,
+    total_squares: NDArray,
+    binary: bool,
+    mixture_scale: float,
+    min_samples: int,
+    first: NDArray,
+    second: NDArray,
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
     """The mSPRT look of every pair (mean[second] - mean[first]); arms on the last axis, pairs on the result's."""
     var = sequential.plugin_variance(count, total, total_squares, binary)
     mean = total / np.maximum(count, 1.0)
@@ -232,9 +241,16 @@ def take_look(arms: Arms, spec: ExperimentSpec, stored: dict[str, Any]) -> tuple
     """This look's p-values, radii and running minima; and the running minima as they are stored."""
     k = len(arms.names)
     first, second = all_pairs(k) if spec.adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
-    difference, variance, tau2, p_now = pair_p_values(arms.count, arms.total, arms.total_squares,
-                                                      spec.outcome_type == "binary", spec.mixture_scale,
-                                                      spec.min_samples_per_variant, first, second)
+    difference, variance, tau2, p_now = pair_p_values(
+        arms.count,
+        arms.total,
+        arms.total_squares,
+        spec.outcome_type == "binary",
+        spec.mixture_scale,
+        spec.min_samples_per_variant,
+        first,
+        second,
+    )
     keys = _pair_keys(arms.names, first, second, spec.adaptive)
     min_p = np.minimum(stored_min_p(stored, keys), p_now)
     radius = sequential.confidence_sequence_radius(variance, tau2, level_of(spec, k))
@@ -251,29 +267,48 @@ def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
     if code == WINNER and not spec.adaptive:
         i = int(index) - 1
         interval = (look.difference[i] - look.radius[i], look.difference[i] + look.radius[i])
-        return Decision("winner", arms.names[i + 1],
-                        f"'{arms.names[i + 1]}' beats the control '{control}' (improvement {look.difference[i]:+.4g}, "
-                        f"always-valid p = {look.min_p[i]:.3g} <= {level:.3g}, confidence sequence "
-                        f"[{interval[0]:.4g}, {interval[1]:.4g}]) after {total} outcomes")
+        return Decision(
+            "winner",
+            arms.names[i + 1],
+            f"'{arms.names[i + 1]}' beats the control '{control}' (improvement {look.difference[i]:+.4g}, "
+            f"always-valid p = {look.min_p[i]:.3g} <= {level:.3g}, confidence sequence "
+            f"[{interval[0]:.4g}, {interval[1]:.4g}]) after {total} outcomes",
+        )
     if code == CONTROL_WINS and not spec.adaptive:
-        return Decision("control_wins", control,
-                        f"every variant is worse than the control '{control}' (largest always-valid p = "
-                        f"{float(look.min_p.max()):.3g} <= {level:.3g}) after {total} outcomes")
+        return Decision(
+            "control_wins",
+            control,
+            f"every variant is worse than the control '{control}' (largest always-valid p = "
+            f"{float(look.min_p.max()):.3g} <= {level:.3g}) after {total} outcomes",
+        )
     if code != CONTINUE:
         best = int(index)
         involved = (look.first == best) | (look.second == best)
-        return Decision("winner" if code == WINNER else "control_wins", arms.names[best],
-                        f"'{arms.names[best]}' beats every other arm (largest always-valid p against them = "
-                        f"{float(look.min_p[involved].max()):.3g} <= {level:.3g}) after {total} outcomes")
+        return Decision(
+            "winner" if code == WINNER else "control_wins",
+            arms.names[best],
+            f"'{arms.names[best]}' beats every other arm (largest always-valid p against them = "
+            f"{float(look.min_p[involved].max()):.3g} <= {level:.3g}) after {total} outcomes",
+        )
     if spec.max_outcomes is not None and total >= spec.max_outcomes:
-        which = "no arm significantly better than all others" if spec.adaptive else \
-            "no variant significantly different from the control"
-        return Decision("inconclusive", None, f"reached max_outcomes={spec.max_outcomes} with {which} at "
-                                              f"{level:.3g}; keep the control '{control}'")
+        which = (
+            "no arm significantly better than all others"
+            if spec.adaptive
+            else "no variant significantly different from the control"
+        )
+        return Decision(
+            "inconclusive",
+            None,
+            f"reached max_outcomes={spec.max_outcomes} with {which} at {level:.3g}; keep the control '{control}'",
+        )
     waiting = spec.min_samples_per_variant - int(arms.count.min())
     if waiting > 0:
-        return Decision("continue", None, f"waiting for min_samples_per_variant={spec.min_samples_per_variant} "
-                                          f"outcomes per variant (the smallest variant needs {waiting} more)")
+        return Decision(
+            "continue",
+            None,
+            f"waiting for min_samples_per_variant={spec.min_samples_per_variant} "
+            f"outcomes per variant (the smallest variant needs {waiting} more)",
+        )
     if spec.adaptive:
         return Decision("continue", None, f"no arm beats every other arm at always-valid level {level:.3g} yet")
     return Decision("continue", None, f"no variant differs from the control at always-valid level {level:.3g} yet")
@@ -290,9 +325,17 @@ def comparisons_of(arms: Arms, look: Look, spec: ExperimentSpec) -> list[Compari
             continue
         sign, other = (1.0, j) if i == reference else (-1.0, i)  # difference = mean[other] - mean[reference]
         d, r = sign * look.difference[p], look.radius[p]
-        comparisons.append(Comparison(variant=arms.names[other], difference=float(d), interval=(float(d - r), float(d + r)),
-                                      p_value_now=float(look.p_now[p]), p_value=float(look.min_p[p]),
-                                      significant=bool(look.min_p[p] <= level), reference=arms.names[reference]))
+        comparisons.append(
+            Comparison(
+                variant=arms.names[other],
+                difference=float(d),
+                interval=(float(d - r), float(d + r)),
+                p_value_now=float(look.p_now[p]),
+                p_value=float(look.min_p[p]),
+                significant=bool(look.min_p[p] <= level),
+                reference=arms.names[reference],
+            )
+        )
     return comparisons
 
 
@@ -316,17 +359,28 @@ def estimates_of(arms: Arms, binary: bool) -> list[VariantEstimate]:
 def analyse_arms(arms: Arms, spec: ExperimentSpec, look: Look) -> Analysis:
     """Estimates, comparisons and the decision of one look (what a read computes; never run per write)."""
     keys = _pair_keys(arms.names, look.first, look.second, spec.adaptive)
-    return Analysis(outcomes=int(arms.count.sum()), estimates=estimates_of(arms, spec.outcome_type == "binary"),
-                    comparisons=comparisons_of(arms, look, spec), decision=decide(arms, look, spec),
-                    min_p_values=min_p_json(keys, look.min_p))
+    return Analysis(
+        outcomes=int(arms.count.sum()),
+        estimates=estimates_of(arms, spec.outcome_type == "binary"),
+        comparisons=comparisons_of(arms, look, spec),
+        decision=decide(arms, look, spec),
+        min_p_values=min_p_json(keys, look.min_p),
+    )
 
 
 def spec_of(experiment: Experiment) -> ExperimentSpec:
-    return ExperimentSpec(name=experiment.name, variants=[v.name for v in experiment.variants],
-                          outcome_type=experiment.outcome_type, allocation=experiment.allocation,
-                          maximize=experiment.maximize, alpha=experiment.alpha, mixture_scale=experiment.mixture_scale,
-                          min_samples_per_variant=experiment.min_samples_per_variant,
-                          max_outcomes=experiment.max_outcomes, auto_complete=experiment.auto_complete)
+    return ExperimentSpec(
+        name=experiment.name,
+        variants=[v.name for v in experiment.variants],
+        outcome_type=experiment.outcome_type,
+        allocation=experiment.allocation,
+        maximize=experiment.maximize,
+        alpha=experiment.alpha,
+        mixture_scale=experiment.mixture_scale,
+        min_samples_per_variant=experiment.min_samples_per_variant,
+        max_outcomes=experiment.max_outcomes,
+        auto_complete=experiment.auto_complete,
+    )
 
 
 def oriented(names: list[str], count, total, total_squares, maximize: bool, binary: bool) -> Arms:
@@ -341,15 +395,33 @@ def oriented(names: list[str], count, total, total_squares, maximize: bool, bina
 
 # The write path's statements, built once (building them per call cost more than executing them).
 _E, _V, _O = Experiment.__table__, Variant.__table__, ExperimentOutcome.__table__
-_SPEC_COLUMNS = ("name", "outcome_type", "allocation", "maximize", "alpha", "mixture_scale", "min_samples_per_variant",
-                 "max_outcomes", "auto_complete")
-_LOCK = (select(_E.c.status, _E.c.winner, _E.c.min_p_values, *(_E.c[c] for c in _SPEC_COLUMNS))
-         .where(_E.c.id == bindparam("eid"), _E.c.workspace == bindparam("ws")).with_for_update())
-_INCREMENT = (_V.update().where(_V.c.experiment_id == bindparam("eid"), _V.c.name == bindparam("vname"))
-              .values(count=_V.c.count + 1, total=_V.c.total + bindparam("x"),
-                      total_squares=_V.c.total_squares + bindparam("x2")).returning(_V.c.id))
-_ARMS = (select(_V.c.id, _V.c.name, _V.c.count, _V.c.total, _V.c.total_squares)
-         .where(_V.c.experiment_id == bindparam("eid")).order_by(_V.c.position))
+_SPEC_COLUMNS = (
+    "name",
+    "outcome_type",
+    "allocation",
+    "maximize",
+    "alpha",
+    "mixture_scale",
+    "min_samples_per_variant",
+    "max_outcomes",
+    "auto_complete",
+)
+_LOCK = (
+    select(_E.c.status, _E.c.winner, _E.c.min_p_values, *(_E.c[c] for c in _SPEC_COLUMNS))
+    .where(_E.c.id == bindparam("eid"), _E.c.workspace == bindparam("ws"))
+    .with_for_update()
+)
+_INCREMENT = (
+    _V.update()
+    .where(_V.c.experiment_id == bindparam("eid"), _V.c.name == bindparam("vname"))
+    .values(count=_V.c.count + 1, total=_V.c.total + bindparam("x"), total_squares=_V.c.total_squares + bindparam("x2"))
+    .returning(_V.c.id)
+)
+_ARMS = (
+    select(_V.c.id, _V.c.name, _V.c.count, _V.c.total, _V.c.total_squares)
+    .where(_V.c.experiment_id == bindparam("eid"))
+    .order_by(_V.c.position)
+)
 _INSERT = _O.insert().returning(_O.c.id)
 _MIN_P = _E.update().where(_E.c.id == bindparam("eid")).values(min_p_values=bindparam("mp", type_=JSON))
 
@@ -366,16 +438,26 @@ class ExperimentService:
             raise Unprocessable("an experiment needs at least two variants (the first is the control)")
         if len(set(spec.variants)) != len(spec.variants):
             raise Unprocessable("variant names must be distinct")
-        existing = self.session.scalar(select(Experiment.id).where(Experiment.workspace == self.workspace,
-                                                                   Experiment.name == spec.name))
+        existing = self.session.scalar(
+            select(Experiment.id).where(Experiment.workspace == self.workspace, Experiment.name == spec.name)
+        )
         if existing is not None:
             raise Conflict(f"an experiment named {spec.name!r} already exists (id {existing})")
-        experiment = Experiment(workspace=self.workspace, name=spec.name, outcome_type=spec.outcome_type,
-                                allocation=spec.allocation, maximize=spec.maximize, alpha=spec.alpha,
-                                mixture_scale=spec.mixture_scale, min_samples_per_variant=spec.min_samples_per_variant,
-                                max_outcomes=spec.max_outcomes, auto_complete=spec.auto_complete, status="running",
-                                min_p_values={},
-                                variants=[Variant(position=i, name=n) for i, n in enumerate(spec.variants)])
+        experiment = Experiment(
+            workspace=self.workspace,
+            name=spec.name,
+            outcome_type=spec.outcome_type,
+            allocation=spec.allocation,
+            maximize=spec.maximize,
+            alpha=spec.alpha,
+            mixture_scale=spec.mixture_scale,
+            min_samples_per_variant=spec.min_samples_per_variant,
+            max_outcomes=spec.max_outcomes,
+            auto_complete=spec.auto_complete,
+            status="running",
+            min_p_values={},
+            variants=[Variant(position=i, name=n) for i, n in enumerate(spec.variants)],
+        )
         self.session.add(experiment)
         try:
             self.session.flush()
@@ -385,8 +467,11 @@ class ExperimentService:
         return experiment
 
     def get(self, experiment_id: int, lock: bool = False) -> Experiment:
-        query = (select(Experiment).where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
-                 .options(selectinload(Experiment.variants)))
+        query = (
+            select(Experiment)
+            .where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
+            .options(selectinload(Experiment.variants))
+        )
         if lock:
             query = query.with_for_update()
         experiment = self.session.scalar(query)
@@ -395,58 +480,102 @@ class ExperimentService:
         return experiment
 
     def list(self, limit: int, after_id: int = 0) -> list[Experiment]:
-        return list(self.session.scalars(
-            select(Experiment).where(Experiment.workspace == self.workspace, Experiment.id > after_id)
-            .options(selectinload(Experiment.variants)).order_by(Experiment.id).limit(limit)))
+        return list(
+            self.session.scalars(
+                select(Experiment)
+                .where(Experiment.workspace == self.workspace, Experiment.id > after_id)
+                .options(selectinload(Experiment.variants))
+                .order_by(Experiment.id)
+                .limit(limit)
+            )
+        )
 
     def assign(self, experiment_id: int, rng: np.random.Generator | None = None) -> tuple[Experiment | Any, str]:
         """The variant the next unit should get (one query, O(arms)); a completed experiment answers its winner."""
         rows = self.session.execute(
-            select(Experiment.id, Experiment.status, Experiment.winner, Experiment.allocation, Experiment.outcome_type,
-                   Experiment.maximize, Variant.name, Variant.count, Variant.total, Variant.total_squares)
+            select(
+                Experiment.id,
+                Experiment.status,
+                Experiment.winner,
+                Experiment.allocation,
+                Experiment.outcome_type,
+                Experiment.maximize,
+                Variant.name,
+                Variant.count,
+                Variant.total,
+                Variant.total_squares,
+            )
             .join(Variant, Variant.experiment_id == Experiment.id)
             .where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
-            .order_by(Variant.position)).all()
+            .order_by(Variant.position)
+        ).all()
         if not rows:
             raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
         head = rows[0]
         if head.status != "running":
             return head, head.winner or head.name
         binary = head.outcome_type == "binary"
-        arms = oriented([r.name for r in rows], [r.count for r in rows], [r.total for r in rows],
-                        [r.total_squares for r in rows], head.maximize, binary)
-        index = policy_for(head.allocation).choose(arms.count, arms.total, arms.total_squares, binary,
-                                                   rng or np.random.default_rng())
+        arms = oriented(
+            [r.name for r in rows],
+            [r.count for r in rows],
+            [r.total for r in rows],
+            [r.total_squares for r in rows],
+            head.maximize,
+            binary,
+        )
+        index = policy_for(head.allocation).choose(
+            arms.count, arms.total, arms.total_squares, binary, rng or np.random.default_rng()
+        )
         return head, arms.names[int(index)]
 
-    def record_outcome(self, experiment_id: int, variant_name: str, value: float,
-                       unit: str | None = None) -> RecordedOutcome:
+    def record_outcome(
+        self, experiment_id: int, variant_name: str, value: float, unit: str | None = None
+    ) -> RecordedOutcome:
         """Append one outcome: an insert, the variant's sums incremented in SQL, this look's state, maybe complete."""
         connection = self.session.connection()
         experiment = connection.execute(_LOCK, {"eid": experiment_id, "ws": self.workspace}).first()
         if experiment is None:
             raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
         if experiment.status != "running":
-            raise Conflict(f"experiment {experiment_id} is {experiment.status} (winner {experiment.winner!r}); "
-                           "it takes no more outcomes")
+            raise Conflict(
+                f"experiment {experiment_id} is {experiment.status} (winner {experiment.winner!r}); "
+                "it takes no more outcomes"
+            )
         binary = experiment.outcome_type == "binary"
         if binary and value not in (0, 1):
             raise Unprocessable(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
         value = float(value)
-        variant_id = connection.execute(_INCREMENT, {"eid": experiment_id, "vname": variant_name, "x": value,
-                                                     "x2": value * value}).scalar()
+        variant_id = connection.execute(
+            _INCREMENT, {"eid": experiment_id, "vname": variant_name, "x": value, "x2": value * value}
+        ).scalar()
         rows = connection.execute(_ARMS, {"eid": experiment_id}).all()
         if variant_id is None:
-            raise Unprocessable(f"unknown variant {variant_name!r}; the variants are "
-                                + ", ".join(repr(r.name) for r in rows))
+            raise Unprocessable(
+                f"unknown variant {variant_name!r}; the variants are " + ", ".join(repr(r.name) for r in rows)
+            )
         created_at = utcnow()
-        outcome_id = connection.execute(_INSERT, {"workspace": self.workspace, "experiment_id": experiment_id,
-                                                  "variant_id": variant_id, "value": value, "unit": unit,
-                                                  "created_at": created_at}).scalar()
-        spec = ExperimentSpec(**{key: experiment._mapping[key] for key in _SPEC_COLUMNS},
-                              variants=[r.name for r in rows])
-        arms = oriented(spec.variants, [r.count for r in rows], [r.total for r in rows],
-                        [r.total_squares for r in rows], spec.maximize, binary)
+        outcome_id = connection.execute(
+            _INSERT,
+            {
+                "workspace": self.workspace,
+                "experiment_id": experiment_id,
+                "variant_id": variant_id,
+                "value": value,
+                "unit": unit,
+                "created_at": created_at,
+            },
+        ).scalar()
+        spec = ExperimentSpec(
+            **{key: experiment._mapping[key] for key in _SPEC_COLUMNS}, variants=[r.name for r in rows]
+        )
+        arms = oriented(
+            spec.variants,
+            [r.count for r in rows],
+            [r.total for r in rows],
+            [r.total_squares for r in rows],
+            spec.maximize,
+            binary,
+        )
         look, min_p = take_look(arms, spec, experiment.min_p_values or {})
         connection.execute(_MIN_P, {"eid": experiment_id, "mp": min_p})
         status, winner = "running", None
@@ -454,16 +583,30 @@ class ExperimentService:
             decision = decide(arms, look, spec)
             if decision.decision != "continue":
                 status, winner = "completed", decision.winner
-                connection.execute(update(Experiment).where(Experiment.id == experiment_id).values(
-                    status=status, winner=winner, decision=decision.decision, reason=decision.reason,
-                    completed_at=utcnow()))
+                connection.execute(
+                    update(Experiment)
+                    .where(Experiment.id == experiment_id)
+                    .values(
+                        status=status,
+                        winner=winner,
+                        decision=decision.decision,
+                        reason=decision.reason,
+                        completed_at=utcnow(),
+                    )
+                )
         return RecordedOutcome(outcome_id, variant_name, value, unit, created_at, status, winner)
 
     def _look(self, experiment: Experiment) -> tuple[Arms, ExperimentSpec, Look]:
         spec = spec_of(experiment)
         variants = experiment.variants
-        arms = oriented([v.name for v in variants], [v.count for v in variants], [v.total for v in variants],
-                        [v.total_squares for v in variants], spec.maximize, spec.outcome_type == "binary")
+        arms = oriented(
+            [v.name for v in variants],
+            [v.count for v in variants],
+            [v.total for v in variants],
+            [v.total_squares for v in variants],
+            spec.maximize,
+            spec.outcome_type == "binary",
+        )
         return arms, spec, take_look(arms, spec, experiment.min_p_values or {})[0]
 
     def analyse(self, experiment_id: int) -> tuple[Experiment, Analysis]:
@@ -479,8 +622,9 @@ class ExperimentService:
         if experiment.status != "running":
             raise Conflict(f"experiment {experiment_id} is already {experiment.status}")
         if winner is not None and winner not in [v.name for v in experiment.variants]:
-            raise Unprocessable(f"unknown winner {winner!r}; the variants are "
-                                + ", ".join(repr(v.name) for v in experiment.variants))
+            raise Unprocessable(
+                f"unknown winner {winner!r}; the variants are " + ", ".join(repr(v.name) for v in experiment.variants)
+            )
         self._complete(experiment, Decision("manual", winner, reason or "completed by request"))
         self.session.flush()
         return experiment
@@ -488,8 +632,9 @@ class ExperimentService:
     def auto_complete_running(self) -> int:
         """Complete every running experiment whose analysis is final (the learning-cycle job); returns how many."""
         completed = 0
-        running = self.session.scalars(select(Experiment.id).where(Experiment.workspace == self.workspace,
-                                                                   Experiment.status == "running")).all()
+        running = self.session.scalars(
+            select(Experiment.id).where(Experiment.workspace == self.workspace, Experiment.status == "running")
+        ).all()
         for experiment_id in running:
             experiment = self.get(experiment_id, lock=True)
             arms, spec, look = self._look(experiment)

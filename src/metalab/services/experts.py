@@ -21,7 +21,6 @@ from metalab import consensus as core
 from metalab.services.errors import Conflict, NotFound, Unprocessable
 from metalab.services.store.models import ConsensusRound, Expert, utcnow
 
-
 LOGISTIC_STEP = 1.0
 
 
@@ -43,8 +42,16 @@ class ExpertService:
         taken = select(Expert.id).where(Expert.workspace == self.workspace, Expert.name == name)
         if self.session.scalar(taken) is not None:
             raise Conflict(f"expert {name!r} is already registered in this workspace")
-        expert = Expert(workspace=self.workspace, name=name, kind=kind, skills=dict(skills), weight=1.0,
-                        vote_weight=1.0, correct=0, resolved=0)
+        expert = Expert(
+            workspace=self.workspace,
+            name=name,
+            kind=kind,
+            skills=dict(skills),
+            weight=1.0,
+            vote_weight=1.0,
+            correct=0,
+            resolved=0,
+        )
         self.session.add(expert)
         self.session.flush()
         return expert
@@ -56,8 +63,14 @@ class ExpertService:
         return found
 
     def list(self, limit: int = 50, cursor: int = 0) -> list[Expert]:
-        return list(self.session.scalars(select(Expert).where(Expert.workspace == self.workspace, Expert.id > cursor)
-                                         .order_by(Expert.id).limit(limit)))
+        return list(
+            self.session.scalars(
+                select(Expert)
+                .where(Expert.workspace == self.workspace, Expert.id > cursor)
+                .order_by(Expert.id)
+                .limit(limit)
+            )
+        )
 
     def _by_name(self, names: set[str] | None = None, lock: bool = False) -> dict[str, Expert]:
         query = select(Expert).where(Expert.workspace == self.workspace)
@@ -77,53 +90,91 @@ class ExpertService:
             raise Unprocessable(str(error)) from None
 
     # ---- rounds ------------------------------------------------------------------------------------------
-    def run_round(self, question: str, proposals: list[core.Proposal], critiques: list[core.Critique],
-                  method: str, moderator: str | None = None, beta: float = 0.5,
-                  answers: int | None = None) -> tuple[ConsensusRound, core.Decision]:
+    def run_round(
+        self,
+        question: str,
+        proposals: list[core.Proposal],
+        critiques: list[core.Critique],
+        method: str,
+        moderator: str | None = None,
+        beta: float = 0.5,
+        answers: int | None = None,
+    ) -> tuple[ConsensusRound, core.Decision]:
         names = {p.expert for p in proposals} | {c.expert for c in critiques} | ({moderator} if moderator else set())
         experts = self._by_name(names)
         if unknown := sorted(names - set(experts)):
-            raise Unprocessable("unregistered experts: " + ", ".join(repr(n) for n in unknown)
-                                + "; register them with POST .../experts first")
+            raise Unprocessable(
+                "unregistered experts: "
+                + ", ".join(repr(n) for n in unknown)
+                + "; register them with POST .../experts first"
+            )
         try:
             weights = {n: e.vote_weight if method == "learned" else e.weight for n, e in experts.items()}
-            decision = core.decide(proposals, critiques, method, weights=weights,
-                                   records={n: (e.correct, e.resolved) for n, e in experts.items()},
-                                   moderator=moderator, answers=answers)
+            decision = core.decide(
+                proposals,
+                critiques,
+                method,
+                weights=weights,
+                records={n: (e.correct, e.resolved) for n, e in experts.items()},
+                moderator=moderator,
+                answers=answers,
+            )
         except core.ConsensusInputError as error:
             raise Unprocessable(str(error)) from None
-        row = ConsensusRound(workspace=self.workspace, question=question, method=method, beta=beta, answers=answers,
-                             proposals=[asdict(p) for p in proposals], critiques=[asdict(c) for c in critiques],
-                             positions=decision.positions, decision=decision.answer, confidence=decision.confidence,
-                             transcript=decision.transcript)
+        row = ConsensusRound(
+            workspace=self.workspace,
+            question=question,
+            method=method,
+            beta=beta,
+            answers=answers,
+            proposals=[asdict(p) for p in proposals],
+            critiques=[asdict(c) for c in critiques],
+            positions=decision.positions,
+            decision=decision.answer,
+            confidence=decision.confidence,
+            transcript=decision.transcript,
+        )
         self.session.add(row)
         self.session.flush()
         return row, decision
 
     def get_round(self, round_id: int) -> ConsensusRound:
-        found = self.session.scalar(select(ConsensusRound).where(ConsensusRound.workspace == self.workspace,
-                                                                 ConsensusRound.id == round_id))
+        found = self.session.scalar(
+            select(ConsensusRound).where(ConsensusRound.workspace == self.workspace, ConsensusRound.id == round_id)
+        )
         if found is None:
             raise NotFound(f"no consensus round {round_id} in this workspace")
         return found
 
     def resolve(self, round_id: int, outcome: str) -> tuple[ConsensusRound, dict[str, Expert]]:
         """Record the right answer: the weighted majority update and the records of the round's experts."""
-        row = self.session.scalar(select(ConsensusRound).where(ConsensusRound.workspace == self.workspace,
-                                                               ConsensusRound.id == round_id).with_for_update())
+        row = self.session.scalar(
+            select(ConsensusRound)
+            .where(ConsensusRound.workspace == self.workspace, ConsensusRound.id == round_id)
+            .with_for_update()
+        )
         if row is None:
             raise NotFound(f"no consensus round {round_id} in this workspace")
         if row.outcome is not None:
             raise Conflict(f"consensus round {round_id} already has its outcome {row.outcome!r}")
         experts = self._by_name(set(row.positions), lock=True)
         everyone = self._by_name(lock=True)
-        updated = core.weighted_majority_update({n: e.weight for n, e in everyone.items()}, row.positions, outcome,
-                                                row.beta)
-        resolved_before = self.session.scalar(select(func.count()).select_from(ConsensusRound).where(
-            ConsensusRound.workspace == self.workspace, ConsensusRound.outcome.is_not(None)))
+        updated = core.weighted_majority_update(
+            {n: e.weight for n, e in everyone.items()}, row.positions, outcome, row.beta
+        )
+        resolved_before = self.session.scalar(
+            select(func.count())
+            .select_from(ConsensusRound)
+            .where(ConsensusRound.workspace == self.workspace, ConsensusRound.outcome.is_not(None))
+        )
         answers = max(row.answers or 2, len(set(row.positions.values()) | {outcome}))
-        voted = core.logistic_vote_update({n: e.vote_weight for n, e in experts.items()}, row.positions, outcome,
-                                          answers, LOGISTIC_STEP / math.sqrt(resolved_before + 1))
+        voted = core.logistic_vote_update(
+            {n: e.vote_weight for n, e in experts.items()},
+            row.positions,
+            outcome,
+            answers,
+            LOGISTIC_STEP / math.sqrt(resolved_before + 1),
+        )
         for name, expert in everyone.items():
             expert.weight = updated[name]
         for name, expert in experts.items():
@@ -137,7 +188,16 @@ class ExpertService:
 
     @staticmethod
     def round_summary(row: ConsensusRound) -> dict[str, Any]:
-        return {"id": row.id, "question": row.question, "method": row.method, "decision": row.decision,
-                "confidence": row.confidence, "positions": row.positions, "transcript": row.transcript,
-                "outcome": row.outcome, "correct": None if row.outcome is None else row.outcome == row.decision,
-                "created_at": row.created_at, "resolved_at": row.resolved_at}
+        return {
+            "id": row.id,
+            "question": row.question,
+            "method": row.method,
+            "decision": row.decision,
+            "confidence": row.confidence,
+            "positions": row.positions,
+            "transcript": row.transcript,
+            "outcome": row.outcome,
+            "correct": None if row.outcome is None else row.outcome == row.decision,
+            "created_at": row.created_at,
+            "resolved_at": row.resolved_at,
+        }

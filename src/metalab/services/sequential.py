@@ -50,7 +50,7 @@ def difference_variance(count_a: ArrayLike, var_a: ArrayLike, count_b: ArrayLike
 def mixture_tau2(var_a: ArrayLike, var_b: ArrayLike, mixture_scale: float) -> NDArray:
     """tau^2 of the mixing prior: ``mixture_scale`` standard deviations of a pooled outcome, squared."""
     pooled = 0.5 * (np.asarray(var_a) + np.asarray(var_b))
-    return (mixture_scale ** 2) * pooled
+    return (mixture_scale**2) * pooled
 
 
 def log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, tau2: ArrayLike) -> NDArray:

@@ -48,8 +48,10 @@ def open_storage(spec: Any, heartbeat_seconds: int | None = None) -> optuna.stor
     if spec.startswith(JOURNAL_PREFIX):
         return journal_storage(spec.removeprefix(JOURNAL_PREFIX))
     if "://" not in spec:
-        raise ConfigError(f"storage={spec!r} is not allowed: give an SQLAlchemy URL (sqlite:///sweeps.db, "
-                          "postgresql+psycopg://user@host:5432/db) or journal:<file> for several local workers")
+        raise ConfigError(
+            f"storage={spec!r} is not allowed: give an SQLAlchemy URL (sqlite:///sweeps.db, "
+            "postgresql+psycopg://user@host:5432/db) or journal:<file> for several local workers"
+        )
     return rdb_storage(spec, heartbeat_seconds)
 
 
@@ -71,8 +73,11 @@ def rdb_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storag
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     heartbeat = {}
     if heartbeat_seconds:
-        heartbeat = dict(heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-                         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        heartbeat = dict(
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=3 * heartbeat_seconds,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
@@ -81,8 +86,10 @@ def rdb_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storag
             if attempt < SCHEMA_RACE_RETRIES and _schema_race(error):
                 time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
                 continue
-            raise ConfigError(f"storage={redact_password(url)!r} cannot be reached ({_reason(error)}); check the URL, "
-                              "that the server runs and accepts this user") from None
+            raise ConfigError(
+                f"storage={redact_password(url)!r} cannot be reached ({_reason(error)}); check the URL, "
+                "that the server runs and accepts this user"
+            ) from None
     raise AssertionError("unreachable")
 
 

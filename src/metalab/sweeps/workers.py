@@ -34,8 +34,9 @@ def register_worker(storage: Any, study_name: str) -> int:
     if storage is None:
         return 0
     name = study_name + REGISTRY_SUFFIX
-    optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
-                        sampler=optuna.samplers.RandomSampler())  # two workers may race to create it: both load it
+    optuna.create_study(
+        study_name=name, storage=storage, load_if_exists=True, sampler=optuna.samplers.RandomSampler()
+    )  # two workers may race to create it: both load it
     study_id = storage.get_study_id_from_name(name)
     trial_id = storage.create_new_trial(study_id)  # the storage numbers it: this is the atomic step
     number = storage.get_trial_number_from_id(trial_id)

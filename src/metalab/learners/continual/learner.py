@@ -21,8 +21,9 @@ through ``manual_backward`` and the ``LightningOptimizer``, and the learner coun
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,8 +31,14 @@ from torch import nn
 
 from metalab.data.streams import TaskStream
 from metalab.errors import ConfigError
-from metalab.learners.continual.loop import (NetworkMembers, StepResult, continual_step, evaluate_all_tasks,
-                                             mini_batches, scenario_predictions)
+from metalab.learners.continual.loop import (
+    NetworkMembers,
+    StepResult,
+    continual_step,
+    evaluate_all_tasks,
+    mini_batches,
+    scenario_predictions,
+)
 from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method, check_method_fits
 from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
 
@@ -50,9 +57,16 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
     that exact step.
     """
 
-    def __init__(self, backbone: nn.Module, method: ContinualMethod,
-                 optimizer: Callable[..., torch.optim.Optimizer], channels_last: bool = True,
-                 evaluate_initial: bool = True, plot: bool = True, batches_per_step: int = 1) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        method: ContinualMethod,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        channels_last: bool = True,
+        evaluate_initial: bool = True,
+        plot: bool = True,
+        batches_per_step: int = 1,
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False  # the step, optimiser step included, is continual_step
         self.net = backbone
@@ -65,7 +79,7 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         self.batches_trained = 0  # Lightning batches trained over the stream (saved in checkpoints; see _log_step)
         self.stream_info: StreamInfo | None = None
         self.accuracy: nn.ModuleDict | None = None  # R during training: row 0 initial, row i+1 after task i
-        self.final: nn.ModuleDict | None = None     # the test pass (one row)
+        self.final: nn.ModuleDict | None = None  # the test pass (one row)
         self._param_index: dict[str, nn.Parameter] = {}
 
     # -- set-up ------------------------------------------------------------------------------------------------
@@ -73,8 +87,10 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
     def stream(self) -> TaskStream:
         stream = self.trainer.datamodule if self._trainer is not None else None
         if not isinstance(stream, TaskStream):
-            raise ConfigError("the continual learner needs a task stream (data=split_cifar10, split_mnist or "
-                              f"permuted_mnist: a metalab.data.streams.TaskStream); got {type(stream).__name__}")
+            raise ConfigError(
+                "the continual learner needs a task stream (data=split_cifar10, split_mnist or "
+                f"permuted_mnist: a metalab.data.streams.TaskStream); got {type(stream).__name__}"
+            )
         return stream
 
     @property
@@ -87,8 +103,14 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         stream.setup(stage)
         if self.stream_info is None:
             example = stream.train_tasks[0].x[:1]
-            self.stream_info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), example,
-                                          stream.n_classes, stream.scenarios)
+            self.stream_info = StreamInfo(
+                stream.n_tasks,
+                stream.classes_per_task,
+                stream.train_examples(),
+                example,
+                stream.n_classes,
+                stream.scenarios,
+            )
             check_method_fits(self.method, self.stream_info)
             self.method.setup(self.stream_info)
             self.net = self.method.build_network(self.net, self.stream_info)
@@ -107,15 +129,19 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         """The Trainer must have been built with the stream's :meth:`~TaskStream.trainer_arguments` (one fit over
         the whole stream, the loader reloaded each epoch); otherwise the run would silently train on task 0."""
         trainer, needed = self.trainer, stream.trainer_arguments()
-        given = {"max_epochs": trainer.max_epochs,
-                 "reload_dataloaders_every_n_epochs": trainer.reload_dataloaders_every_n_epochs}
+        given = {
+            "max_epochs": trainer.max_epochs,
+            "reload_dataloaders_every_n_epochs": trainer.reload_dataloaders_every_n_epochs,
+        }
         if trainer.fast_dev_run:  # debug: a few batches, whatever the stream's length
             given["max_epochs"] = needed["max_epochs"]
         wrong = {key: value for key, value in given.items() if value != needed[key]}
         if wrong:
             shown = ", ".join(f"trainer.{key}={value}" for key, value in wrong.items())
-            raise ConfigError(f"{shown} is not allowed for a task stream: the continual learner needs "
-                              f"Trainer(**stream.trainer_arguments()) = {needed} (metalab.run.build_run passes them)")
+            raise ConfigError(
+                f"{shown} is not allowed for a task stream: the continual learner needs "
+                f"Trainer(**stream.trainer_arguments()) = {needed} (metalab.run.build_run passes them)"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.net.parameters())
@@ -147,8 +173,9 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         """One :func:`continual_step` per mini-batch of the (chunked) batch; logs the last one's loss."""
         task, optimizer = self.current_task, self.optimizers()
         for mini_batch in mini_batches(batch, self.stream.batch_size):
-            result = continual_step(self, self.method, mini_batch, task, optimizer, backward=self.manual_backward,
-                                    step=self.global_step)
+            result = continual_step(
+                self, self.method, mini_batch, task, optimizer, backward=self.manual_backward, step=self.global_step
+            )
         self._log_step(result)
         self.batches_trained += 1
         return result.loss

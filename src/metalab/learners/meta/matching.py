@@ -9,7 +9,8 @@ LSTM over the support embeddings and ``f`` an LSTM with ``K`` steps of attention
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,9 @@ from metalab.errors import require
 from metalab.learners.meta.episodic import Batch, EpisodicLearner, way_of
 
 
-def cosine_attention_log_probs(queries: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor,
-                               way: int, scale: float = 1.0) -> torch.Tensor:
+def cosine_attention_log_probs(
+    queries: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor, way: int, scale: float = 1.0
+) -> torch.Tensor:
     """``log P(y | x, S)`` of Vinyals et al. 2016, eq. 1-2: ``"task q d", "task n d", "task n" -> "task q way"``.
 
     ``a(x, x_i) = softmax_i cos(f(x), g(x_i))`` and ``P(y | x, S) = sum_i a(x, x_i) y_i``: the attention
@@ -49,8 +51,9 @@ class AttentionLSTMCell(nn.Module):
         super().__init__()
         self.gates = nn.Linear(3 * dim, 4 * dim)
 
-    def forward(self, x: torch.Tensor, recurrent: torch.Tensor,
-                cell: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, recurrent: torch.Tensor, cell: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         i, f, g, o = self.gates(torch.cat([x, recurrent], -1)).chunk(4, -1)
         cell = torch.sigmoid(f) * cell + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(cell), cell
@@ -112,18 +115,29 @@ class MatchingNetwork(EpisodicLearner):
         scale: float = 1.0,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last)
-        require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < float("inf"),
-                "learner.scale", "a finite number > 0 (1: the paper's plain cosine)", scale)
+        require(
+            isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < float("inf"),
+            "learner.scale",
+            "a finite number > 0 (1: the paper's plain cosine)",
+            scale,
+        )
         self.scale = float(scale)
         require(isinstance(fce, bool), "learner.fce", "true or false", fce)
-        require(isinstance(fce_steps, int) and not isinstance(fce_steps, bool) and fce_steps >= 1,
-                "learner.fce_steps", "an integer >= 1 (the K processing steps of the query's attention LSTM)",
-                fce_steps)
+        require(
+            isinstance(fce_steps, int) and not isinstance(fce_steps, bool) and fce_steps >= 1,
+            "learner.fce_steps",
+            "an integer >= 1 (the K processing steps of the query's attention LSTM)",
+            fce_steps,
+        )
         self.fce: FullContextEmbedding | None = None
         if fce:
             dim = embedding_dim if embedding_dim is not None else getattr(backbone, "embedding_dim", None)
-            require(isinstance(dim, int) and dim >= 1, "learner.embedding_dim",
-                    "an integer >= 1 when the backbone has no embedding_dim", dim)
+            require(
+                isinstance(dim, int) and dim >= 1,
+                "learner.embedding_dim",
+                "an integer >= 1 when the backbone has no embedding_dim",
+                dim,
+            )
             self.fce = FullContextEmbedding(dim, fce_steps)
 
     def query_logits(self, batch: Batch) -> torch.Tensor:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 
+from metalab.adapt.outer_update import reptile_direction
 from metalab.learners.meta.episodic import Batch
 from metalab.learners.meta.maml import MAML
-from metalab.adapt.outer_update import reptile_direction
 
 
 class Reptile(MAML):

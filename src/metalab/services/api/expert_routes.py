@@ -7,20 +7,27 @@ here, beside the only routes that use them.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from metalab import consensus as core
-from metalab.services.api.app import (ERRORS, Cursor, IdempotencyKey, Limit, Workspace_, _page, _sessions,
-                                      idempotent_write)
+from metalab.services.api.app import (
+    ERRORS,
+    Cursor,
+    IdempotencyKey,
+    Limit,
+    Workspace_,
+    _page,
+    _sessions,
+    idempotent_write,
+)
 from metalab.services.api.schemas import MAX_ID, NO_NUL, Page, Probability, ShortName, Strict, Text
 from metalab.services.errors import Unprocessable
 from metalab.services.experts import ExpertService, record_of
 from metalab.services.store.models import Expert
-
 
 
 def _query_names(dependant: Any) -> set[str]:
@@ -35,9 +42,11 @@ def known_query_only(request: Request) -> None:
     route = request.scope.get("route")
     allowed = _query_names(route.dependant) if route is not None else set()
     if unknown := sorted(set(request.query_params) - allowed):
-        raise Unprocessable("unknown query parameters: " + ", ".join(repr(u) for u in unknown)
-                            + (f"; this route takes {', '.join(sorted(allowed))}" if allowed else
-                               "; this route takes none"))
+        raise Unprocessable(
+            "unknown query parameters: "
+            + ", ".join(repr(u) for u in unknown)
+            + (f"; this route takes {', '.join(sorted(allowed))}" if allowed else "; this route takes none")
+        )
 
 
 router = APIRouter(tags=["experts and consensus"], dependencies=[Depends(known_query_only)])
@@ -103,11 +112,16 @@ class RoundCreate(StrictIn):
     method: Literal["majority", "weighted", "learned", "accuracy", "moderator"] = "weighted"
     proposals: list[ProposalIn] = Field(min_length=1, max_length=200)
     critiques: list[CritiqueIn] = Field(default_factory=list, max_length=1000)
-    moderator: ShortName | None = Field(None, description="method=moderator: whose call decides "
-                                                          "(default: the highest-weighted participant)")
+    moderator: ShortName | None = Field(
+        None, description="method=moderator: whose call decides (default: the highest-weighted participant)"
+    )
     beta: float = Field(0.5, ge=0.0, lt=1.0, description="weighted majority: a wrong expert's weight x beta")
-    answers: int | None = Field(None, ge=2, le=1000, description="how many answers the question has "
-                                                                  "(accuracy, learned; default: those proposed, >= 2)")
+    answers: int | None = Field(
+        None,
+        ge=2,
+        le=1000,
+        description="how many answers the question has (accuracy, learned; default: those proposed, >= 2)",
+    )
 
 
 class RoundOut(BaseModel):
@@ -131,13 +145,21 @@ class OutcomeIn(StrictIn):
 
 def utc(moment: datetime | None) -> datetime | None:
     """Stored in UTC; SQLite hands it back without its offset, so put the offset back."""
-    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def expert_out(e: Expert) -> ExpertOut:
-    return ExpertOut(name=e.name, kind=e.kind, skills=e.skills, weight=e.weight, vote_weight=e.vote_weight,
-                     correct=e.correct,
-                     resolved=e.resolved, record=record_of(e), created_at=utc(e.created_at))
+    return ExpertOut(
+        name=e.name,
+        kind=e.kind,
+        skills=e.skills,
+        weight=e.weight,
+        vote_weight=e.vote_weight,
+        correct=e.correct,
+        resolved=e.resolved,
+        record=record_of(e),
+        created_at=utc(e.created_at),
+    )
 
 
 def round_out(row, experts: list[Expert] | None = None) -> RoundOut:
@@ -150,6 +172,7 @@ def round_out(row, experts: list[Expert] | None = None) -> RoundOut:
 def register_expert(request: Request, workspace: Workspace_, body: ExpertCreate, key: IdempotencyKey = None):
     def write(session):
         return 201, expert_out(ExpertService(session, workspace).register(body.name, body.skills, body.kind))
+
     return idempotent_write(request, workspace, key, body, write)
 
 
@@ -171,19 +194,26 @@ def assemble_team(request: Request, workspace: Workspace_, body: TeamRequest):
     """The team that covers the required skills (greedy weighted set cover, preferring better records)."""
     with _sessions(request)() as session:
         team, experts = ExpertService(session, workspace).team(body.required_skills, body.max_size)
-        return TeamOut(members=[expert_out(experts[n]) for n in team.members], covered_by=team.covered,
-                       cost=team.cost, approximation_bound=team.bound)
+        return TeamOut(
+            members=[expert_out(experts[n]) for n in team.members],
+            covered_by=team.covered,
+            cost=team.cost,
+            approximation_bound=team.bound,
+        )
 
 
 @router.post("/consensus/rounds", status_code=201, response_model=RoundOut, responses=ERRORS)
 def run_round(request: Request, workspace: Workspace_, body: RoundCreate, key: IdempotencyKey = None):
     """Decide a question from the experts' proposals and critiques; the transcript says who stood for what."""
+
     def write(session):
         proposals = [core.Proposal(p.expert, p.answer, p.confidence, p.rationale) for p in body.proposals]
         critiques = [core.Critique(c.expert, c.proposal, c.agreement, c.comment) for c in body.critiques]
-        row, _ = ExpertService(session, workspace).run_round(body.question, proposals, critiques, body.method,
-                                                             body.moderator, body.beta, body.answers)
+        row, _ = ExpertService(session, workspace).run_round(
+            body.question, proposals, critiques, body.method, body.moderator, body.beta, body.answers
+        )
         return 201, round_out(row)
+
     return idempotent_write(request, workspace, key, body, write)
 
 
@@ -194,10 +224,13 @@ def get_round(request: Request, workspace: Workspace_, round_id: RoundId):
 
 
 @router.post("/consensus/rounds/{round_id}/outcome", response_model=RoundOut, responses=ERRORS)
-def resolve_round(request: Request, workspace: Workspace_, round_id: RoundId, body: OutcomeIn,
-                  key: IdempotencyKey = None):
+def resolve_round(
+    request: Request, workspace: Workspace_, round_id: RoundId, body: OutcomeIn, key: IdempotencyKey = None
+):
     """The right answer: each participant's weight is multiplied by beta if it was wrong; records updated."""
+
     def write(session):
         row, experts = ExpertService(session, workspace).resolve(round_id, body.answer)
         return 200, round_out(row, list(experts.values()))
+
     return idempotent_write(request, workspace, key, body, write)

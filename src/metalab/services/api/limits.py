@@ -12,7 +12,8 @@ the routes stay correct without this middleware; the middleware only makes refus
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, HTTPException
 
@@ -52,7 +53,7 @@ def token_refusal(settings: ServiceSettings, path: str, authorization: str | Non
     owner = settings.workspace_of(token.strip())
     if owner is None:
         return 401, "invalid bearer token"
-    if path[len(WORKSPACE_PREFIX):].split("/", 1)[0] != owner:
+    if path[len(WORKSPACE_PREFIX) :].split("/", 1)[0] != owner:
         return 403, "this token does not open the workspace in the path"
     return None
 
@@ -89,8 +90,9 @@ class RequestLimits:
             await self.app(scope, receive, send)
             return
         limit = self.settings.max_body_bytes
-        refusal = (token_refusal(self.settings, scope["path"], _header(scope, b"authorization"))
-                   or length_refusal(_header(scope, b"content-length"), limit))
+        refusal = token_refusal(self.settings, scope["path"], _header(scope, b"authorization")) or length_refusal(
+            _header(scope, b"content-length"), limit
+        )
         if refusal is not None:
             await _answer(send, *refusal)
             return
@@ -131,16 +133,26 @@ def document_limits(app: FastAPI, settings: ServiceSettings) -> None:
             for operation in operations.values():
                 responses = operation.setdefault("responses", {})
                 if "requestBody" in operation or path.startswith(WORKSPACE_PREFIX):
-                    responses.setdefault("413", {"description": f"body over {settings.max_body_bytes} bytes "
-                                                                "(max_body_bytes), refused before it is read",
-                                                 "content": {"application/json": {"schema": error}}})
-                    responses.setdefault("400", {"description": "malformed Content-Length",
-                                                 "content": {"application/json": {"schema": error}}})
+                    responses.setdefault(
+                        "413",
+                        {
+                            "description": f"body over {settings.max_body_bytes} bytes "
+                            "(max_body_bytes), refused before it is read",
+                            "content": {"application/json": {"schema": error}},
+                        },
+                    )
+                    responses.setdefault(
+                        "400",
+                        {"description": "malformed Content-Length", "content": {"application/json": {"schema": error}}},
+                    )
                 if path.startswith(WORKSPACE_PREFIX):
-                    for status, text in (("401", "no or unknown bearer token (checked before the body is read)"),
-                                         ("403", "the token opens another workspace")):
-                        responses.setdefault(status, {"description": text,
-                                                      "content": {"application/json": {"schema": error}}})
+                    for status, text in (
+                        ("401", "no or unknown bearer token (checked before the body is read)"),
+                        ("403", "the token opens another workspace"),
+                    ):
+                        responses.setdefault(
+                            status, {"description": text, "content": {"application/json": {"schema": error}}}
+                        )
         app.openapi_schema = schema
         return schema
 

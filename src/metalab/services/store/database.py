@@ -21,8 +21,8 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
-from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from metalab.errors import ConfigError
 
@@ -93,13 +93,16 @@ def check_database(url: str, timeout_s: float = 5.0) -> None:
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
-        raise ConfigError(f"database_url={shown!r}: unknown dialect {parsed.drivername!r}; "
-                          f"use e.g. {URL_EXAMPLES}") from None
+        raise ConfigError(
+            f"database_url={shown!r}: unknown dialect {parsed.drivername!r}; use e.g. {URL_EXAMPLES}"
+        ) from None
     try:
         dialect.import_dbapi()
     except ImportError as error:
-        raise ConfigError(f"database_url={shown!r}: the driver of {parsed.drivername!r} is not installed "
-                          f"({error.name or error}); install it or use e.g. {URL_EXAMPLES}") from None
+        raise ConfigError(
+            f"database_url={shown!r}: the driver of {parsed.drivername!r} is not installed "
+            f"({error.name or error}); install it or use e.g. {URL_EXAMPLES}"
+        ) from None
     if parsed.get_backend_name() == "sqlite":
         engine = create_store_engine(url)
     else:
@@ -110,8 +113,9 @@ def check_database(url: str, timeout_s: float = 5.0) -> None:
         with engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
     except (DBAPIError, OSError) as error:
-        raise ConfigError(f"database_url={shown!r} is unreachable (waited at most {timeout_s:g} s): "
-                          f"{_first_line(error)}") from None
+        raise ConfigError(
+            f"database_url={shown!r} is unreachable (waited at most {timeout_s:g} s): {_first_line(error)}"
+        ) from None
     finally:
         engine.dispose()
 
@@ -123,8 +127,9 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def read_session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions that only read: deferred transactions that never wait behind a writer (same pool as ``engine``)."""
-    return sessionmaker(bind=engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False,
-                        autoflush=False)
+    return sessionmaker(
+        bind=engine.execution_options(**{READ_ONLY_OPTION: True}), expire_on_commit=False, autoflush=False
+    )
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -6,7 +6,7 @@ analysis after every outcome reads a handful of rows instead of scanning all out
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
@@ -15,7 +15,7 @@ from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UtcDateTime(TypeDecorator):
@@ -33,13 +33,13 @@ class UtcDateTime(TypeDecorator):
             return None
         if value.tzinfo is None:
             raise ValueError("timestamps must be time-zone aware")
-        value = value.astimezone(timezone.utc)
+        value = value.astimezone(UTC)
         return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -89,8 +89,9 @@ class Experiment(Base):
     min_p_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    variants: Mapped[list["Variant"]] = relationship(order_by="Variant.position", cascade="all, delete-orphan",
-                                                     back_populates="experiment")
+    variants: Mapped[list[Variant]] = relationship(
+        order_by="Variant.position", cascade="all, delete-orphan", back_populates="experiment"
+    )
 
 
 class Variant(Base):
@@ -131,8 +132,9 @@ class Recommendation(Base):
     reasoning: Mapped[str] = mapped_column(Text, default="")
     evidence: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    evaluation: Mapped["Evaluation | None"] = relationship(back_populates="recommendation", uselist=False,
-                                                          cascade="all, delete-orphan")
+    evaluation: Mapped[Evaluation | None] = relationship(
+        back_populates="recommendation", uselist=False, cascade="all, delete-orphan"
+    )
 
 
 class Evaluation(Base):
@@ -194,9 +196,11 @@ class GraphEdge(Base):
     """A typed relation between two stored things, ``source --relation--> target`` (nodes are ``kind:key``)."""
 
     __tablename__ = "graph_edges"
-    __table_args__ = (UniqueConstraint("workspace", "source", "relation", "target", name="uq_graph_edge"),
-                      Index("ix_graph_edges_workspace_source", "workspace", "source"),
-                      Index("ix_graph_edges_workspace_target", "workspace", "target"))
+    __table_args__ = (
+        UniqueConstraint("workspace", "source", "relation", "target", name="uq_graph_edge"),
+        Index("ix_graph_edges_workspace_source", "workspace", "source"),
+        Index("ix_graph_edges_workspace_target", "workspace", "target"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(200))
