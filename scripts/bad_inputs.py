@@ -80,14 +80,14 @@ CASES: list[Case] = [
         train=("learner.optimizer.lr=-0.1",),
     ),
     Case(
-        "search model.hidden=[0]",
-        "error: model.hidden=[0] is not allowed: model.hidden must be a list of layer widths >= 1",
-        train=("+experiment=es/cartpole_openai_es", "model.hidden=[0]"),
+        "search problem.hidden=[0]",
+        "error: problem.hidden=[0] is not allowed: problem.hidden must be a list of layer widths >= 1",
+        train=("+experiment=es/cartpole_openai_es", "problem.hidden=[0]"),
     ),
     Case(
-        "search model.reference=[1.1]",
-        "error: model.reference=[1.1] is not allowed: model.reference must be 2 finite numbers",
-        train=("+experiment=ga/zdt1", "model.reference=[1.1]"),
+        "search problem.reference=[1.1]",
+        "error: problem.reference=[1.1] is not allowed: problem.reference must be 2 finite numbers",
+        train=("+experiment=ga/zdt1", "problem.reference=[1.1]"),
     ),
     Case(
         "GA mutation_rate=-0.5",

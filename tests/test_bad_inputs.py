@@ -109,7 +109,7 @@ def test_tables_in_the_repository_say_how_many_tables_they_checked(monkeypatch, 
     from metalab.report import tables
 
     monkeypatch.chdir(ROOT / "docs")  # a subfolder: the repository is found from the current directory
-    monkeypatch.setattr(tables, "refresh", lambda files, root, check: [])  # all fresh, without reading records
+    monkeypatch.setattr(tables, "refresh", lambda files, root, check, **_: [])  # all fresh, without reading records
     assert main(["tables", "--check"]) == 0
     out = capsys.readouterr().out
     expected = sum(len(tables.OPEN.findall(p.read_text())) for p in tables.marked_files(ROOT))

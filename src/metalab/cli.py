@@ -51,11 +51,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)  # argument errors first, before any heavy import
     from metalab.noise import quiet_third_party
 
     quiet_third_party()  # library-to-library warnings (e.g. Optuna's) off the console of every subcommand
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except MetalabError as error:

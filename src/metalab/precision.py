@@ -214,7 +214,10 @@ def seconds_per_step(learner: Any, datamodule: Any, setting: str, steps: int, wa
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
+        # a task stream decides some Trainer arguments (the continual learner refuses a Trainer without them)
+        decided = getattr(datamodule, "trainer_arguments", None)
         trainer = L.Trainer(
+            **(decided() if callable(decided) else {}),
             accelerator="cpu",
             devices=1,
             max_steps=steps + warmup,

@@ -58,8 +58,8 @@ class SearchRun:
         given = getattr(self.searcher, "objectives", wanted)
         if given != wanted:  # checked here, before the search: tell() would only fail after the first generation
             raise ConfigError(
-                f"learner.searcher.objectives={given!r} is not allowed: must be {wanted}, the number of "
-                f"objectives of the problem {type(problem).__name__}"
+                f"learner.searcher.objectives={given!r} is not allowed: learner.searcher.objectives must be "
+                f"{wanted}, the number of objectives of the problem {type(problem).__name__}"
             )
         self.generations_done = 0
         self.evaluations = 0
