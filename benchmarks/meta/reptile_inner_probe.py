@@ -15,6 +15,7 @@ learner.eval_inner_batch=null"; do
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = compose_run(
-        Path("/tmp/reptile_inner_probe"),
+        Path(tempfile.gettempdir()) / "reptile_inner_probe",
         [
             "+experiment=omniglot/reptile_5w1s",
             "seed=0",
