@@ -5,10 +5,11 @@ A run's *fingerprint* is a digest of its fully resolved config without the keys 
 result: where files go (``paths``, run and checkpoint folders, loggers), where data is read from (every
 ``data_dir``: the files are checked against their sha256), how many threads compute it, what the console
 shows, and what the report compares with (``targets``, ``optimized_metric``). Everything else is part of the
-identity, with one normalisation: a key of a ``_target_`` node whose value is the default of that
+identity, with two normalisations: a key of a ``_target_`` node whose value is the default of that
 parameter of the target's signature is left out, because giving it or not makes the same call (a newer
-config that spells out ``trainer.max_steps: -1`` computes what an older one that left it out did). A key
-a newer config adds with any other value makes every record made before it stale.
+config that spells out ``trainer.max_steps: -1`` computes what an older one that left it out did); and
+``trainer.precision: auto`` counts as the precision it resolved to (the run's ``metrics.json`` says which).
+A key a newer config adds with any other value makes every record made before it stale.
 
 The digest is taken from the YAML text of the resolved config, the same text ``train.py`` writes to
 ``config_resolved.yaml``, so the fingerprint of a committed record can be recomputed from its file and
