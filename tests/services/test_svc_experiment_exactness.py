@@ -3,7 +3,8 @@
 tests/services/fixtures/experiment_sequences.json was written by record_experiment_sequences.py running
 the old code: after every outcome its stored running minima, its final status and decision, and every 100 outcomes
 its full analysis.
-Here the same outcomes go through today's service one transaction each; p-values, running minima,
+Here the same outcomes go through today's service one transaction each, their looks taken after each one
+(``catch_up``) or in batches of up to 37 (the vectorised path the look worker takes); p-values, running minima,
 confidence sequences, intervals and decisions must agree to 1e-9 (the probability to be best was a Monte
 Carlo of 20,000 draws there and is an integral here: it must agree within the Monte Carlo's error).
 Three of the sequences have three variants, where the Bonferroni level alpha/2 changes the intervals,
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from metalab.services.experiments import ExperimentService, ExperimentSpec
+from metalab.services.experiments import ExperimentService, ExperimentSpec, catch_up
 from metalab.services.store.models import Experiment
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "experiment_sequences.json").read_text())
@@ -67,6 +68,8 @@ def _replay(sessions, scenario):
             service = ExperimentService(session, "alpha")
             service.record_outcome(experiment_id, variant, value)
             session.commit()
+            catch_up(session, experiment_id)
+            session.commit()
             status, decision, winner, min_p = session.execute(state).one()
             expected = scenario["last"] if index == last else {"status": "running", "decision": None, "winner": None}
             assert (status, decision, winner) == (expected["status"], expected["decision"], expected["winner"]), where
@@ -84,3 +87,34 @@ def test_same_on_postgresql(sessions, store_url):
     if store_url.startswith("sqlite"):
         pytest.skip("the SQLite cases are the test above")
     _replay(sessions, SCENARIOS["continuous_control_wins"])
+
+
+def _replay_in_batches(sessions, scenario, batch: int = 37):
+    """Append ``batch`` outcomes, then take their looks at once; the state after each batch is the old one's."""
+    spec = ExperimentSpec(**scenario["spec"])
+    with sessions() as session:
+        experiment_id = ExperimentService(session, "alpha").create(spec).id
+        session.commit()
+    state = select(Experiment.status, Experiment.decision, Experiment.winner, Experiment.min_p_values).where(
+        Experiment.id == experiment_id
+    )
+    outcomes, last = scenario["outcomes"], len(scenario["outcomes"])
+    for start in range(0, last, batch):
+        chunk = outcomes[start : start + batch]
+        end = start + len(chunk)
+        with sessions() as session:
+            for variant, value in chunk:
+                ExperimentService(session, "alpha").record_outcome(experiment_id, variant, value)
+            session.commit()
+            assert catch_up(session, experiment_id) == len(chunk)
+            session.commit()
+            status, decision, winner, min_p = session.execute(state).one()
+        where = f"{spec.name} after the batch ending at outcome {end}"
+        expected = scenario["last"] if end == last else {"status": "running", "decision": None, "winner": None}
+        assert (status, decision, winner) == (expected["status"], expected["decision"], expected["winner"]), where
+        assert _close([min_p[name] for name in spec.variants[1:]], scenario["min_p"][end - 1]), where
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_looks_taken_in_batches_equal_the_per_outcome_engine(sqlite_sessions, name):
+    _replay_in_batches(sqlite_sessions, SCENARIOS[name])

@@ -57,11 +57,12 @@ def test_jobs_are_idempotent_and_cleanup_respects_retention(sessions):
         )
         session.commit()
     with sessions() as session:
-        for i in range(10):  # reaches max_outcomes but with auto_complete on it is completed at once
+        for i in range(10):  # reaches max_outcomes: auto-completed at that look, which no worker took yet
             ExperimentService(session, "alpha").record_outcome(experiment.id, "ab"[i % 2], 1)
         session.commit()
     first = run_job("learning-cycle", sessions, ["alpha"])
     second = run_job("learning-cycle", sessions, ["alpha"])
+    assert first["alpha"].pop("experiments_completed") == 1 and second["alpha"].pop("experiments_completed") == 0
     assert first == second and first["alpha"]["agents"] == 4
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(TrustSnapshot)) == 4

@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 from sqlalchemy import JSON, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from metalab.services import sequential
 from metalab.services.bandits import policy_for
@@ -393,7 +394,7 @@ def oriented(names: list[str], count, total, total_squares, maximize: bool, bina
     return Arms(names, count, -total, squares)
 
 
-# The write path's statements, built once (building them per call cost more than executing them).
+# The write path's and the catch-up's statements, built once (building them per call cost more than executing them).
 _E, _V, _O = Experiment.__table__, Variant.__table__, ExperimentOutcome.__table__
 _SPEC_COLUMNS = (
     "name",
@@ -406,24 +407,163 @@ _SPEC_COLUMNS = (
     "max_outcomes",
     "auto_complete",
 )
-_LOCK = (
-    select(_E.c.status, _E.c.winner, _E.c.min_p_values, *(_E.c[c] for c in _SPEC_COLUMNS))
+_TARGET = (  # the experiment's state and the named variant's id (None when no variant has that name)
+    select(_E.c.status, _E.c.winner, _E.c.outcome_type, _V.c.id.label("variant_id"))
+    .select_from(_E.outerjoin(_V, (_V.c.experiment_id == _E.c.id) & (_V.c.name == bindparam("vname"))))
     .where(_E.c.id == bindparam("eid"), _E.c.workspace == bindparam("ws"))
-    .with_for_update()
 )
-_INCREMENT = (
-    _V.update()
-    .where(_V.c.experiment_id == bindparam("eid"), _V.c.name == bindparam("vname"))
-    .values(count=_V.c.count + 1, total=_V.c.total + bindparam("x"), total_squares=_V.c.total_squares + bindparam("x2"))
-    .returning(_V.c.id)
+_LOCK = (
+    select(_E.c.status, _E.c.min_p_values, *(_E.c[c] for c in _SPEC_COLUMNS))
+    .where(_E.c.id == bindparam("eid"))
+    .with_for_update()
 )
 _ARMS = (
     select(_V.c.id, _V.c.name, _V.c.count, _V.c.total, _V.c.total_squares)
     .where(_V.c.experiment_id == bindparam("eid"))
     .order_by(_V.c.position)
 )
+_PENDING = (
+    select(_O.c.id, _O.c.variant_id, _O.c.value)
+    .where(_O.c.experiment_id == bindparam("eid"), _O.c.look.is_(None))
+    .order_by(_O.c.id)
+)
+_PENDING_EXPERIMENTS = select(_O.c.experiment_id).where(_O.c.look.is_(None)).distinct()
 _INSERT = _O.insert().returning(_O.c.id)
+_SET_LOOK = _O.update().where(_O.c.id == bindparam("oid")).values(look=bindparam("look"))
+_SET_SUMS = (
+    _V.update()
+    .where(_V.c.id == bindparam("vid"))
+    .values(count=bindparam("n"), total=bindparam("x"), total_squares=bindparam("x2"))
+)
 _MIN_P = _E.update().where(_E.c.id == bindparam("eid")).values(min_p_values=bindparam("mp", type_=JSON))
+
+
+@dataclass
+class Advance:
+    """What a batch of outcomes does to an experiment: the sums after it, the stored minima, maybe a decision."""
+
+    count: NDArray
+    total: NDArray
+    total_squares: NDArray
+    min_p_values: dict[str, Any]
+    decision: Decision | None  # set when a look in the batch decided (auto-completion)
+    decided_after: int | None  # how many of the batch's outcomes were in when it decided
+
+
+def advance(
+    spec: ExperimentSpec,
+    sums: tuple[NDArray, NDArray, NDArray],
+    stored: dict[str, Any],
+    arm: NDArray,
+    value: NDArray,
+    running: bool = True,
+) -> Advance:
+    """Take the looks after each of a batch of outcomes, in order, as if each had been analysed on its own.
+
+    ``sums`` are the (count, total, total_squares) before the batch in outcome units, ``arm`` (n,) the arm index
+    and ``value`` (n,) the outcome of each. The sums after every prefix are cumulative sums with the prior sums as
+    their first row, so each is the same sequence of float additions as one outcome at a time; the p-values of
+    all looks come from one vectorised call, their running minima from ``np.minimum.accumulate``. Looks stop at
+    the first one that decides when the experiment completes itself (later outcomes only add to the sums), and
+    are not taken at all when it is no longer ``running``.
+    """
+    n, k = len(value), len(spec.variants)
+    onehot = np.zeros((n + 1, k))
+    onehot[0] = sums[0]
+    onehot[np.arange(1, n + 1), arm] = 1.0
+    count = np.cumsum(onehot, axis=0)
+    added = np.zeros((n + 1, k))
+    added[0] = sums[1]
+    added[np.arange(1, n + 1), arm] = value
+    total = np.cumsum(added, axis=0)
+    added[0] = sums[2]
+    added[np.arange(1, n + 1), arm] = value * value
+    squares = np.cumsum(added, axis=0)
+    final = (count[-1], total[-1], squares[-1])
+    if not running or n == 0:
+        return Advance(*final, stored, None, None)
+    binary = spec.outcome_type == "binary"
+    arms = oriented(spec.variants, count[1:], total[1:], squares[1:], spec.maximize, binary)
+    first, second = all_pairs(k) if spec.adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+    keys = _pair_keys(spec.variants, first, second, spec.adaptive)
+    difference, _, _, p_now = pair_p_values(
+        arms.count, arms.total, arms.total_squares, binary, spec.mixture_scale, spec.min_samples_per_variant,
+        first, second,
+    )  # fmt: skip
+    min_p = np.minimum.accumulate(np.vstack([stored_min_p(stored, keys), p_now]), axis=0)[1:]
+    last = n - 1
+    if spec.auto_complete:
+        level = level_of(spec, k)
+        if spec.adaptive:
+            code, _ = best_arm_verdict(difference, min_p, level, k)
+        else:
+            code, _ = control_verdict(difference, min_p, level)
+        decisive = code != CONTINUE
+        if spec.max_outcomes is not None:
+            decisive |= arms.count.sum(axis=-1) >= spec.max_outcomes
+        if decisive.any():
+            last = int(np.argmax(decisive))
+            at = Arms(spec.variants, arms.count[last], arms.total[last], arms.total_squares[last])
+            look = take_look(at, spec, min_p_json(keys, min_p[last]))[0]
+            return Advance(*final, min_p_json(keys, min_p[last]), decide(at, look, spec), last + 1)
+    return Advance(*final, min_p_json(keys, min_p[last]), None, None)
+
+
+def catch_up(session: Session, experiment_id: int) -> int:
+    """Take the looks of the outcomes recorded since the last catch-up, under the experiment's row lock.
+
+    The running sums, the running minima and an auto-completion are written in the caller's transaction;
+    each outcome gets its look number, so every outcome counts once even when two catch-ups race (the
+    second waits for the lock, then finds nothing pending). Returns how many outcomes were taken.
+    """
+    connection = session.connection()
+    state = connection.execute(_LOCK, {"eid": experiment_id}).first()
+    pending = connection.execute(_PENDING, {"eid": experiment_id}).all() if state is not None else []
+    if not pending:
+        return 0
+    rows = connection.execute(_ARMS, {"eid": experiment_id}).all()
+    position = {r.id: i for i, r in enumerate(rows)}
+    spec = ExperimentSpec(**{key: state._mapping[key] for key in _SPEC_COLUMNS}, variants=[r.name for r in rows])
+    sums = tuple(np.array([getattr(r, c) for r in rows], dtype=float) for c in ("count", "total", "total_squares"))
+    step = advance(
+        spec,
+        sums,
+        state.min_p_values or {},
+        np.array([position[o.variant_id] for o in pending]),
+        np.array([o.value for o in pending], dtype=float),
+        running=state.status == "running",
+    )
+    first_look = int(sums[0].sum())
+    connection.execute(_SET_LOOK, [{"oid": o.id, "look": first_look + i} for i, o in enumerate(pending, 1)])
+    connection.execute(
+        _SET_SUMS,
+        [
+            {"vid": r.id, "n": int(step.count[i]), "x": float(step.total[i]), "x2": float(step.total_squares[i])}
+            for i, r in enumerate(rows)
+        ],
+    )
+    if state.status == "running":
+        connection.execute(_MIN_P, {"eid": experiment_id, "mp": step.min_p_values})
+    if step.decision is not None:
+        completed = update(Experiment).where(Experiment.id == experiment_id).values(**_completion(step.decision))
+        connection.execute(completed)
+    return len(pending)
+
+
+def _completion(decision: Decision) -> dict[str, Any]:
+    """The experiment's columns when a decision completes it."""
+    return {
+        "status": "completed",
+        "winner": decision.winner,
+        "decision": decision.decision,
+        "reason": decision.reason,
+        "completed_at": utcnow(),
+    }
+
+
+def pending_experiments(session: Session) -> list[int]:
+    """Experiments (of every workspace) with outcomes whose look is not taken yet."""
+    return list(session.execute(_PENDING_EXPERIMENTS).scalars())
 
 
 class ExperimentService:
@@ -467,6 +607,13 @@ class ExperimentService:
         return experiment
 
     def get(self, experiment_id: int, lock: bool = False) -> Experiment:
+        """The experiment with its variants, its pending looks taken, so sums, minima and status are exact.
+
+        With ``lock`` (a write that changes the experiment) the looks are taken and written in this transaction;
+        otherwise (a read, maybe on a read-only session) they are applied to the loaded objects only.
+        """
+        if lock:
+            catch_up(self.session, experiment_id)
         query = (
             select(Experiment)
             .where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
@@ -477,7 +624,34 @@ class ExperimentService:
         experiment = self.session.scalar(query)
         if experiment is None:
             raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
+        if not lock:
+            self._take_pending_in_memory(experiment)
         return experiment
+
+    def _take_pending_in_memory(self, experiment: Experiment) -> None:
+        """What :func:`catch_up` would write, set on the loaded objects as their committed state (never flushed)."""
+        pending = self.session.execute(_PENDING, {"eid": experiment.id}).all()
+        if not pending:
+            return
+        variants = experiment.variants
+        position = {v.id: i for i, v in enumerate(variants)}
+        sums = tuple(np.array([getattr(v, c) for v in variants], float) for c in ("count", "total", "total_squares"))
+        step = advance(
+            spec_of(experiment),
+            sums,
+            experiment.min_p_values or {},
+            np.array([position[o.variant_id] for o in pending]),
+            np.array([o.value for o in pending], dtype=float),
+            running=experiment.status == "running",
+        )
+        for i, v in enumerate(variants):
+            set_committed_value(v, "count", int(step.count[i]))
+            set_committed_value(v, "total", float(step.total[i]))
+            set_committed_value(v, "total_squares", float(step.total_squares[i]))
+        set_committed_value(experiment, "min_p_values", step.min_p_values)
+        if step.decision is not None:
+            for key, value in _completion(step.decision).items():
+                set_committed_value(experiment, key, value)
 
     def list(self, limit: int, after_id: int = 0) -> list[Experiment]:
         return list(
@@ -531,70 +705,38 @@ class ExperimentService:
     def record_outcome(
         self, experiment_id: int, variant_name: str, value: float, unit: str | None = None
     ) -> RecordedOutcome:
-        """Append one outcome: an insert, the variant's sums incremented in SQL, this look's state, maybe complete."""
+        """Append one outcome: one read of the experiment's state and one insert, no lock.
+
+        The outcome's look is taken later, in the order of the outcomes' ids, by :meth:`catch_up` (reads of the
+        experiment and the service's look worker call it). The status in the answer is the experiment's as of
+        its latest catch-up.
+        """
         connection = self.session.connection()
-        experiment = connection.execute(_LOCK, {"eid": experiment_id, "ws": self.workspace}).first()
-        if experiment is None:
+        target = connection.execute(
+            _TARGET, {"eid": experiment_id, "ws": self.workspace, "vname": variant_name}
+        ).first()
+        if target is None:
             raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
-        if experiment.status != "running":
+        if target.status != "running":
             raise Conflict(
-                f"experiment {experiment_id} is {experiment.status} (winner {experiment.winner!r}); "
-                "it takes no more outcomes"
+                f"experiment {experiment_id} is {target.status} (winner {target.winner!r}); it takes no more outcomes"
             )
-        binary = experiment.outcome_type == "binary"
-        if binary and value not in (0, 1):
+        if target.outcome_type == "binary" and value not in (0, 1):
             raise Unprocessable(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
-        value = float(value)
-        variant_id = connection.execute(
-            _INCREMENT, {"eid": experiment_id, "vname": variant_name, "x": value, "x2": value * value}
-        ).scalar()
-        rows = connection.execute(_ARMS, {"eid": experiment_id}).all()
-        if variant_id is None:
-            raise Unprocessable(
-                f"unknown variant {variant_name!r}; the variants are " + ", ".join(repr(r.name) for r in rows)
-            )
+        if target.variant_id is None:
+            names = connection.execute(_ARMS, {"eid": experiment_id}).scalars(1).all()
+            raise Unprocessable(f"unknown variant {variant_name!r}; the variants are " + ", ".join(map(repr, names)))
         created_at = utcnow()
-        outcome_id = connection.execute(
-            _INSERT,
-            {
-                "workspace": self.workspace,
-                "experiment_id": experiment_id,
-                "variant_id": variant_id,
-                "value": value,
-                "unit": unit,
-                "created_at": created_at,
-            },
-        ).scalar()
-        spec = ExperimentSpec(
-            **{key: experiment._mapping[key] for key in _SPEC_COLUMNS}, variants=[r.name for r in rows]
-        )
-        arms = oriented(
-            spec.variants,
-            [r.count for r in rows],
-            [r.total for r in rows],
-            [r.total_squares for r in rows],
-            spec.maximize,
-            binary,
-        )
-        look, min_p = take_look(arms, spec, experiment.min_p_values or {})
-        connection.execute(_MIN_P, {"eid": experiment_id, "mp": min_p})
-        status, winner = "running", None
-        if spec.auto_complete:
-            decision = decide(arms, look, spec)
-            if decision.decision != "continue":
-                status, winner = "completed", decision.winner
-                connection.execute(
-                    update(Experiment)
-                    .where(Experiment.id == experiment_id)
-                    .values(
-                        status=status,
-                        winner=winner,
-                        decision=decision.decision,
-                        reason=decision.reason,
-                        completed_at=utcnow(),
-                    )
-                )
-        return RecordedOutcome(outcome_id, variant_name, value, unit, created_at, status, winner)
+        row = {
+            "workspace": self.workspace,
+            "experiment_id": experiment_id,
+            "variant_id": target.variant_id,
+            "value": float(value),
+            "unit": unit,
+            "created_at": created_at,
+        }
+        outcome_id = connection.execute(_INSERT, row).scalar()
+        return RecordedOutcome(outcome_id, variant_name, float(value), unit, created_at, target.status, target.winner)
 
     def _look(self, experiment: Experiment) -> tuple[Arms, ExperimentSpec, Look]:
         spec = spec_of(experiment)
@@ -636,7 +778,10 @@ class ExperimentService:
             select(Experiment.id).where(Experiment.workspace == self.workspace, Experiment.status == "running")
         ).all()
         for experiment_id in running:
-            experiment = self.get(experiment_id, lock=True)
+            experiment = self.get(experiment_id, lock=True)  # takes the pending looks, which may complete it
+            if experiment.status != "running":
+                completed += 1
+                continue
             arms, spec, look = self._look(experiment)
             decision = decide(arms, look, spec)
             if experiment.auto_complete and decision.decision != "continue":
@@ -647,11 +792,8 @@ class ExperimentService:
 
     @staticmethod
     def _complete(experiment: Experiment, decision: Decision) -> None:
-        experiment.status = "completed"
-        experiment.winner = decision.winner
-        experiment.decision = decision.decision
-        experiment.reason = decision.reason
-        experiment.completed_at = utcnow()
+        for key, value in _completion(decision).items():
+            setattr(experiment, key, value)
 
     @staticmethod
     def _report_in_outcome_units(experiment: Experiment, analysis: Analysis) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -32,6 +33,7 @@ from metalab.services.api import schemas as s
 from metalab.services.config import ServiceSettings
 from metalab.services.errors import Conflict, ServiceError
 from metalab.services.experiments import ExperimentService, ExperimentSpec
+from metalab.services.looks import LookWorker
 from metalab.services.patterns import PatternService
 from metalab.services.store import create_store_engine, migrate, read_session_factory, session_factory
 from metalab.services.store.models import (
@@ -242,7 +244,15 @@ def create_app(settings: ServiceSettings, run_migrations: bool = True) -> FastAP
     with sessions() as session, session.begin():
         known = set(session.scalars(select(Workspace.name)))
         session.add_all(Workspace(name=w) for w in settings.tokens if w not in known)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        worker = LookWorker(sessions).start()
+        yield
+        worker.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="metalab services",
         version="1",
         description=__doc__.split("\n\n")[0],

@@ -9,7 +9,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -109,6 +121,15 @@ class Variant(Base):
 
 class ExperimentOutcome(Base):
     __tablename__ = "experiment_outcomes"
+    # The outcomes whose look is pending, per experiment: small, whatever the table's size.
+    __table_args__ = (
+        Index(
+            "ix_experiment_outcomes_pending",
+            "experiment_id",
+            sqlite_where=text("look IS NULL"),
+            postgresql_where=text("look IS NULL"),
+        ),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
@@ -116,6 +137,8 @@ class ExperimentOutcome(Base):
     value: Mapped[float] = mapped_column(Float)
     unit: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # The outcome's place in the experiment's sequence of looks, set when its look is taken (None until then).
+    look: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Recommendation(Base):
