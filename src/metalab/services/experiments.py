@@ -1,11 +1,13 @@
 """Experiment engine: A/B, multivariate and bandit-allocated experiments over named variants.
 
-Writes are appends. Recording an outcome is one insert plus atomic increments of the variant's running sums
-(``UPDATE variants SET count = count + 1, total = total + :x, ...``), the always-valid state of this look (an
-O(pairs) closed form: the running minimum of the mSPRT p-values) and, when that state decides, the completion.
-Estimates, probabilities to be best and intervals are computed when the analysis is read. The experiment's row
-is locked (PostgreSQL; SQLite's writers queue on the database) only for those few statements, so that every
-look is the state after a prefix of the outcomes, exactly as when every outcome was analysed on its own.
+Writes are appends. Recording an outcome reads the experiment's state and inserts one row, with no lock. The
+outcomes' looks are taken afterwards in the order of their ids (:func:`catch_up`, under the experiment's row
+lock, by the look worker of :mod:`metalab.services.looks` and by every write that changes the experiment): the
+running sums, the always-valid state of every look (an O(pairs) closed form: the running minimum of the mSPRT
+p-values) and, when a look decides, the completion -- for a whole batch of outcomes in one vectorised pass
+(:func:`advance`) that equals analysing each outcome on its own. Reads apply the pending looks to what they
+load, so they are exact at any time. Estimates, probabilities to be best and intervals are computed when the
+analysis is read.
 
 Two decision rules, one per kind of allocation; both are vectorised over leading batch axes and used as they
 are by the simulations (:mod:`metalab.services.simulate`):
