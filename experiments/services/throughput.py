@@ -37,6 +37,7 @@ from reliability import TOKEN, WORKSPACE, _free_port
 from metalab.services.store.postgres_server import TemporaryPostgres, unavailable_reason
 
 CLIENT_TIMEOUT = 60.0
+_DEFAULT_SIGTERM = (signal.SIGTERM, signal.SIG_DFL)
 
 
 def _cpus(text: str) -> set[int]:
@@ -235,7 +236,8 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="metalab-throughput-"))
     backends = {}
     try:
-        with mp.get_context("fork").Pool(args.clients) as pool:
+        # The workers must not inherit the SIGTERM handler below: Pool.terminate() stops them with SIGTERM.
+        with mp.get_context("fork").Pool(args.clients, initializer=signal.signal, initargs=_DEFAULT_SIGTERM) as pool:
             for backend in args.backend or ["sqlite", "postgresql"]:
                 backends[backend] = run_backend(backend, args, workdir, pool)
     finally:

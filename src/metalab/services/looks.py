@@ -3,9 +3,10 @@
 Why a worker: a write that analysed its own look had to hold the experiment's row lock through the analysis
 and its commit, so concurrent writers to one experiment queued behind each other (issue 33). Writes now only
 append; this thread takes the looks in id order (:func:`metalab.services.experiments.catch_up`) every
-``interval`` seconds, so auto-completion follows the outcomes within about that delay, and reads of an
-experiment take the pending looks themselves, so what they show is exact. Several server processes may each
-run one: catch-ups of one experiment serialise on its row lock and each outcome is taken once.
+``interval`` seconds, so auto-completion follows the outcomes within about that delay. A pass costs a few
+queries and a commit whatever its size, hence a quarter of a second by default rather than every write. Reads
+of an experiment take the pending looks themselves, so what they show is exact. Several server processes may
+each run one: catch-ups of one experiment serialise on its row lock and each outcome is taken once.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def take_pending_looks(sessions: sessionmaker[Session]) -> int:
 class LookWorker:
     """A daemon thread calling :func:`take_pending_looks` until stopped; a failed pass is logged and retried."""
 
-    def __init__(self, sessions: sessionmaker[Session], interval: float = 0.05):
+    def __init__(self, sessions: sessionmaker[Session], interval: float = 0.25):
         self.sessions, self.interval = sessions, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metalab-looks", daemon=True)

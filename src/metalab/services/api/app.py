@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -115,6 +115,11 @@ def _replay(record: IdempotencyRecord, fingerprint: str) -> JSONResponse:
     return JSONResponse(record.response, record.status_code, headers={"Idempotent-Replayed": "true"})
 
 
+_KEY_LOOKUP = select(IdempotencyRecord).where(  # built once: building it per write cost more than running it
+    IdempotencyRecord.workspace == bindparam("workspace"), IdempotencyRecord.key == bindparam("key")
+)
+
+
 def idempotent_write(
     request: Request,
     workspace: str,
@@ -124,7 +129,7 @@ def idempotent_write(
 ) -> JSONResponse:
     """Run ``write`` and store its response under ``key`` in the same transaction (or replay the stored one)."""
     fingerprint = _fingerprint(request, body) if key is not None else ""  # only a keyed write is replayed
-    lookup = select(IdempotencyRecord).where(IdempotencyRecord.workspace == workspace, IdempotencyRecord.key == key)
+    lookup = _KEY_LOOKUP.params(workspace=workspace, key=key)
     with _sessions(request)() as session:
         if key is not None and (stored := session.scalar(lookup)) is not None:
             return _replay(stored, fingerprint)
