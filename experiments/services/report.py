@@ -164,3 +164,40 @@ def adaptive(record: dict) -> list[str]:
         f"\nRecord: {_env(record)}.\n",
     ]
     return lines
+
+
+def throughput(record: dict) -> list[str]:
+    """Service against the minimal insert endpoint, per backend: acknowledged requests/s and p99 (issue 33)."""
+    lines = [
+        "## Throughput: recording outcomes and assignments against a minimal FastAPI + SQLAlchemy endpoint\n",
+        "8 client processes on the client core, both servers (and PostgreSQL) on the server core; phases of "
+        f"{record['figures'][0]['settings']['seconds']:g} s alternating over "
+        f"{record['figures'][0]['settings']['rounds']} rounds. Mean acknowledged requests/s over the rounds, "
+        "worst p99 in ms, and the ratio service / minimal.\n",
+        "| backend | service writes/s (p99) | minimal writes/s (p99) | ratio | service assignments/s (p99) "
+        "| minimal assignments/s (p99) | ratio | sums = rows |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for backend, r in record["figures"][0]["backends"].items():
+        s = r["summary"]
+
+        def cell(name: str) -> str:
+            return f"{s[name]['per_second_mean']:.0f} ({s[name]['p99_ms_max']:.0f})"
+
+        lines.append(
+            f"| {backend} | {cell('service_writes')} | {cell('minimal_writes')} | "
+            f"{s['write_ratio_service_over_minimal']:.2f} | {cell('service_assignments')} | "
+            f"{cell('minimal_assignments')} | {s['assignment_ratio_service_over_minimal']:.2f} | "
+            f"{r['sums_equal_acknowledged_writes']} |"
+        )
+    loads = [
+        phase["load_average_before"][0]
+        for r in record["figures"][0]["backends"].values()
+        for round_ in r["rounds"]
+        for phase in round_.values()
+    ]
+    lines.append(
+        f"\n1-minute load average at the start of the phases: {min(loads):.1f} to {max(loads):.1f}. "
+        f"Record: {_env(record)}.\n"
+    )
+    return lines

@@ -430,7 +430,46 @@ _PENDING = (
     .order_by(_O.c.id)
 )
 _PENDING_EXPERIMENTS = select(_O.c.experiment_id).where(_O.c.look.is_(None)).distinct()
-_INSERT = _O.insert().returning(_O.c.id)
+_ASSIGN = (
+    select(
+        _E.c.id,
+        _E.c.status,
+        _E.c.winner,
+        _E.c.allocation,
+        _E.c.outcome_type,
+        _E.c.maximize,
+        _V.c.name,
+        _V.c.count,
+        _V.c.total,
+        _V.c.total_squares,
+    )
+    .join(_V, _V.c.experiment_id == _E.c.id)
+    .where(_E.c.id == bindparam("eid"), _E.c.workspace == bindparam("ws"))
+    .order_by(_V.c.position)
+)
+_APPEND = (  # the outcome, if the experiment is this workspace's, running, has the variant and takes the value
+    _O.insert()
+    .from_select(
+        ["workspace", "experiment_id", "variant_id", "value", "unit", "created_at"],
+        select(
+            _E.c.workspace,
+            _E.c.id,
+            _V.c.id,
+            bindparam("x", type_=_O.c.value.type),
+            bindparam("unit", type_=_O.c.unit.type),
+            bindparam("at", type_=_O.c.created_at.type),
+        )
+        .join(_V, _V.c.experiment_id == _E.c.id)
+        .where(
+            _E.c.id == bindparam("eid"),
+            _E.c.workspace == bindparam("ws"),
+            _E.c.status == "running",
+            _V.c.name == bindparam("vname"),
+            (_E.c.outcome_type != "binary") | bindparam("x").in_([0.0, 1.0]),
+        ),
+    )
+    .returning(_O.c.id)
+)
 _SET_LOOK = _O.update().where(_O.c.id == bindparam("oid")).values(look=bindparam("look"))
 _SET_SUMS = (
     _V.update()
@@ -667,24 +706,11 @@ class ExperimentService:
         )
 
     def assign(self, experiment_id: int, rng: np.random.Generator | None = None) -> tuple[Experiment | Any, str]:
-        """The variant the next unit should get (one query, O(arms)); a completed experiment answers its winner."""
-        rows = self.session.execute(
-            select(
-                Experiment.id,
-                Experiment.status,
-                Experiment.winner,
-                Experiment.allocation,
-                Experiment.outcome_type,
-                Experiment.maximize,
-                Variant.name,
-                Variant.count,
-                Variant.total,
-                Variant.total_squares,
-            )
-            .join(Variant, Variant.experiment_id == Experiment.id)
-            .where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
-            .order_by(Variant.position)
-        ).all()
+        """The variant the next unit should get (one query, O(arms)); a completed experiment answers its winner.
+
+        The sums are those of the latest catch-up (at most the look worker's interval behind the outcomes).
+        """
+        rows = self.session.connection().execute(_ASSIGN, {"eid": experiment_id, "ws": self.workspace}).all()
         if not rows:
             raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
         head = rows[0]
@@ -707,13 +733,21 @@ class ExperimentService:
     def record_outcome(
         self, experiment_id: int, variant_name: str, value: float, unit: str | None = None
     ) -> RecordedOutcome:
-        """Append one outcome: one read of the experiment's state and one insert, no lock.
+        """Append one outcome: one ``INSERT ... SELECT`` that inserts only into a running experiment, no lock.
 
         The outcome's look is taken later, in the order of the outcomes' ids, by :meth:`catch_up` (reads of the
         experiment and the service's look worker call it). The status in the answer is the experiment's as of
         its latest catch-up.
         """
-        connection = self.session.connection()
+        connection, created_at = self.session.connection(), utcnow()
+        values = {"ws": self.workspace, "eid": experiment_id, "vname": variant_name, "x": float(value)}
+        outcome_id = connection.execute(_APPEND, {**values, "unit": unit, "at": created_at}).scalar()
+        if outcome_id is None:  # nothing inserted: say why
+            self._refuse(connection, experiment_id, variant_name, value)
+        return RecordedOutcome(outcome_id, variant_name, float(value), unit, created_at, "running", None)
+
+    def _refuse(self, connection: Any, experiment_id: int, variant_name: str, value: float) -> None:
+        """The error of an outcome the append did not insert (absent experiment or variant, completed, bad value)."""
         target = connection.execute(
             _TARGET, {"eid": experiment_id, "ws": self.workspace, "vname": variant_name}
         ).first()
@@ -723,22 +757,10 @@ class ExperimentService:
             raise Conflict(
                 f"experiment {experiment_id} is {target.status} (winner {target.winner!r}); it takes no more outcomes"
             )
-        if target.outcome_type == "binary" and value not in (0, 1):
-            raise Unprocessable(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
         if target.variant_id is None:
             names = connection.execute(_ARMS, {"eid": experiment_id}).scalars(1).all()
             raise Unprocessable(f"unknown variant {variant_name!r}; the variants are " + ", ".join(map(repr, names)))
-        created_at = utcnow()
-        row = {
-            "workspace": self.workspace,
-            "experiment_id": experiment_id,
-            "variant_id": target.variant_id,
-            "value": float(value),
-            "unit": unit,
-            "created_at": created_at,
-        }
-        outcome_id = connection.execute(_INSERT, row).scalar()
-        return RecordedOutcome(outcome_id, variant_name, float(value), unit, created_at, target.status, target.winner)
+        raise Unprocessable(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
 
     def _look(self, experiment: Experiment) -> tuple[Arms, ExperimentSpec, Look]:
         spec = spec_of(experiment)
