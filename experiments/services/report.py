@@ -180,14 +180,11 @@ def throughput(record: dict) -> list[str]:
     ]
     for backend, r in record["figures"][0]["backends"].items():
         s = r["summary"]
-
-        def cell(name: str) -> str:
-            return f"{s[name]['per_second_mean']:.0f} ({s[name]['p99_ms_max']:.0f})"
-
+        cell = {n: f"{s[n]['per_second_mean']:.0f} ({s[n]['p99_ms_max']:.0f})" for n in s if n.endswith("s")}
         lines.append(
-            f"| {backend} | {cell('service_writes')} | {cell('minimal_writes')} | "
-            f"{s['write_ratio_service_over_minimal']:.2f} | {cell('service_assignments')} | "
-            f"{cell('minimal_assignments')} | {s['assignment_ratio_service_over_minimal']:.2f} | "
+            f"| {backend} | {cell['service_writes']} | {cell['minimal_writes']} | "
+            f"{s['write_ratio_service_over_minimal']:.2f} | {cell['service_assignments']} | "
+            f"{cell['minimal_assignments']} | {s['assignment_ratio_service_over_minimal']:.2f} | "
             f"{r['sums_equal_acknowledged_writes']} |"
         )
     loads = [
@@ -196,8 +193,20 @@ def throughput(record: dict) -> list[str]:
         for round_ in r["rounds"]
         for phase in round_.values()
     ]
+    runnable = [
+        phase.get("runnable_before")
+        for r in record["figures"][0]["backends"].values()
+        for round_ in r["rounds"]
+        for phase in round_.values()
+    ]
+    quiet = (
+        "every other job on the machine stopped (scripts/quiet_run.sh), so the 1-minute average mostly shows "
+        "the load before the run"
+        if record["figures"][0].get("other_jobs_stopped")
+        else "other jobs running"
+    )
     lines.append(
-        f"\n1-minute load average at the start of the phases: {min(loads):.1f} to {max(loads):.1f}. "
-        f"Record: {_env(record)}.\n"
+        f"\n1-minute load average at the start of the phases: {min(loads):.1f} to {max(loads):.1f}; runnable "
+        f"processes: {', '.join('-' if n is None else str(n) for n in runnable)}; {quiet}. Record: {_env(record)}.\n"
     )
     return lines

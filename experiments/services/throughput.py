@@ -99,8 +99,17 @@ def _client(args: tuple) -> dict:
     return {"latencies": latencies, "errors": errors}
 
 
+def _runnable() -> int | None:
+    """Processes running or ready to run right now (/proc/loadavg), a sharper sign of other load than the average."""
+    try:
+        return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def run_phase(pool: mp.pool.Pool, url: str, headers: dict, kind: str, args: argparse.Namespace) -> dict:
     load_before = os.getloadavg()
+    runnable_before = _runnable()
     clock = time.perf_counter()
     jobs = [(url, headers, kind, args.seconds, _cpus(args.client_cpu), i) for i in range(args.clients)]
     results = pool.map(_client, jobs)
@@ -114,6 +123,7 @@ def run_phase(pool: mp.pool.Pool, url: str, headers: dict, kind: str, args: argp
         "p50_ms": round(float(np.percentile(latencies, 50) * 1e3), 2) if len(latencies) else None,
         "p99_ms": round(float(np.percentile(latencies, 99) * 1e3), 2) if len(latencies) else None,
         "load_average_before": load_before,
+        "runnable_before": runnable_before,
         "load_average_after": os.getloadavg(),
     }
 
@@ -244,7 +254,12 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     write_record(
         args.name,
-        {"backends": backends, "settings": vars(args), "parent_cpu_seconds": round(time.process_time() - cpu_clock, 1)},
+        {
+            "backends": backends,
+            "settings": vars(args),
+            "parent_cpu_seconds": round(time.process_time() - cpu_clock, 1),
+            "other_jobs_stopped": os.environ.get("METALAB_QUIET_RUN") == "1",  # scripts/quiet_run.sh
+        },
         started,
         notes="servers (and PostgreSQL) pinned to --server-cpu, clients to --client-cpu; a figure taken with "
         "both on one core, or with other jobs running (see load averages), is a check, not a timing",
