@@ -20,8 +20,7 @@ import time
 import numpy as np
 from _record import now, write_record
 from scipy import stats
-
-from metalab.services.simulate import sequential_monitoring
+from simulate import sequential_monitoring
 
 MEANS = [0.05, 0.06, 0.08]
 AA_MEANS = [0.06, 0.06, 0.06]

@@ -12,8 +12,7 @@ import argparse
 import numpy as np
 from _record import HERE, now, write_record
 from scipy import stats
-
-from metalab.services.simulate import bandit_regret, mabwiser_regret
+from simulate import bandit_regret, mabwiser_regret
 
 MEANS = [0.10, 0.15, 0.20, 0.25, 0.30]
 

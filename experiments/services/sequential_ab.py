@@ -13,8 +13,7 @@ import time
 
 from _record import now, write_record
 from scipy import stats
-
-from metalab.services.simulate import sequential_monitoring
+from simulate import sequential_monitoring
 
 SCENARIOS = [  # name, means, binary, sd
     ("aa_binary_p0.10", [0.10, 0.10], True, 1.0),

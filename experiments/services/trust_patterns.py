@@ -16,9 +16,9 @@ import argparse
 import numpy as np
 from _record import now, write_record
 from scipy import stats
+from simulate import outcomes_until_distrusted, pattern_key, planted_world, trust_ranking
 
 from metalab.services.patterns import accuracy_and_coverage, discover
-from metalab.services.simulate import outcomes_until_distrusted, pattern_key, planted_world, trust_ranking
 from metalab.services.trust import TrustConfig
 
 ACCURACIES = [0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95]

@@ -32,11 +32,12 @@ LEARNING_BODIES = {
     "/v1/workspaces/{workspace}/strategies/{strategy_id}/outcomes": {"values": {"speed": 1.0}},
     "/v1/workspaces/{workspace}/governors/{governor_id}/changes": {"values": {"lr": 0.5}},
     "/v1/workspaces/{workspace}/governors/{governor_id}/telemetry": {"gain": 1, "stability": 1, "resource": 0},
+    "/v1/workspaces/{workspace}/consensus/rounds/{round_id}/outcome": {"answer": "yes"},
 }
 
 
 def _seed_learning_services(api):
-    """Ids for the issue-20 routes (strategy pool, ...)."""
+    """Ids for the issue-20 routes (strategy pool, ...) and the expert registry's."""
     profile = api.post(
         "/v1/workspaces/alpha/profiles",
         headers=auth(),
@@ -55,7 +56,17 @@ def _seed_learning_services(api):
         json={"name": "g1", "domain": "d1", "knobs": {"lr": {"low": 0.0, "high": 1.0}}},
     )
     assert governor.status_code == 201, governor.text
+    expert = api.post("/v1/workspaces/alpha/experts", headers=auth(), json={"name": "ex1", "skills": {"ml": 3}})
+    assert expert.status_code == 201, expert.text
+    round_ = api.post(
+        "/v1/workspaces/alpha/consensus/rounds",
+        headers=auth(),
+        json={"question": "q", "proposals": [{"expert": "ex1", "answer": "yes"}]},
+    )
+    assert round_.status_code == 201, round_.text
     return {
+        "name": "ex1",
+        "round_id": round_.json()["id"],
         "profile_id": profile.json()["id"],
         "strategy_id": evolved.json()["pending"][0]["id"],
         "model": "m1",

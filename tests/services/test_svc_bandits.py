@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from experiments.services.simulate import bandit_regret
 from metalab.services.bandits import policy_for
-from metalab.services.simulate import bandit_regret
 
 MEANS = [0.3, 0.5, 0.7]
 
@@ -34,7 +34,7 @@ def test_thompson_prefers_the_arm_with_more_successes():
 
 def test_mabwiser_comparison_runs_on_the_same_arms():
     pytest.importorskip("mabwiser")
-    from metalab.services.simulate import mabwiser_regret
+    from experiments.services.simulate import mabwiser_regret
 
     regret = mabwiser_regret("ucb", MEANS, pulls=300, runs=2, seed=0)
     assert regret.shape == (2, 300) and np.all(np.diff(regret, axis=1) >= 0)

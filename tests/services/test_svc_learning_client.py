@@ -11,7 +11,7 @@ from metalab.services.api.client import ApiError, ServicesClient
 def test_learning_services_through_the_typed_client(api):
     client = ServicesClient("http://testserver", "alpha", TOKENS["alpha"], transport=api._transport)
     profile = client.create_profile(
-        s.ProfileCreate(name="p", genes={"batch": s.GeneSpec(type="int", low=1, high=64)}, population_size=5)
+        s.ProfileCreate(name="p", genes={"batch": s.IntGeneSpec(type="int", low=1, high=64)}, population_size=5)
     )
     pending = client.evolve(profile.id).pending
     for i, strategy in enumerate(pending):

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from experiments.services.simulate import pattern_key, planted_world
 from metalab.services.patterns import PatternService, RecordView, _wilson_low, accuracy_and_coverage, discover
-from metalab.services.simulate import pattern_key, planted_world
 from metalab.services.trust import TrustService
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
+from experiments.services.simulate import sequential_monitoring
 from metalab.services import sequential
-from metalab.services.simulate import sequential_monitoring
 
 
 @pytest.mark.parametrize("d, v, tau2", [(0.0, 0.01, 0.04), (0.3, 0.02, 0.01), (-0.5, 0.1, 0.3), (0.05, 1e-4, 1e-3)])

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from experiments.services.simulate import outcomes_until_distrusted, trust_ranking
 from metalab.services.errors import Conflict, NotFound, Unprocessable
-from metalab.services.simulate import outcomes_until_distrusted, trust_ranking
 from metalab.services.trust import EvaluatedOutcome, TrustConfig, TrustService, compute_trust
 
 

@@ -10,7 +10,7 @@ load, so they are exact at any time. Estimates, probabilities to be best and int
 analysis is read.
 
 Two decision rules, one per kind of allocation; both are vectorised over leading batch axes and used as they
-are by the simulations (:mod:`metalab.services.simulate`):
+are by the simulations (experiments/services/simulate.py):
 
 - ``equal`` allocation (a classic A/B test): every variant against the first (the control) by the always-valid
 mSPRT of :mod:`metalab.services.sequential` at level alpha / (k - 1) (Bonferroni over the k - 1 comparisons);
@@ -32,10 +32,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
 from sqlalchemy import JSON, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
@@ -45,6 +46,7 @@ from metalab.services import sequential
 from metalab.services.bandits import policy_for
 from metalab.services.errors import Conflict, NotFound, Unprocessable
 from metalab.services.estimates import probability_best, t_interval, wilson_interval
+from metalab.services.fields import MAX_ID, STRICT_BODY, Name, ShortName
 from metalab.services.store.models import Experiment, ExperimentOutcome, Variant, utcnow
 
 OutcomeType = Literal["binary", "continuous"]
@@ -54,17 +56,29 @@ CONTINUE, WINNER, CONTROL_WINS = 0, 1, 2  # verdict codes of the vectorised rule
 
 @dataclass(frozen=True)
 class ExperimentSpec:
-    name: str
-    variants: list[str]
+    """An experiment as it is asked for; with its limits, it is the API's request body as it stands."""
+
+    __pydantic_config__ = STRICT_BODY
+    name: Name
+    variants: Annotated[
+        list[ShortName],
+        Field(
+            min_length=2,
+            max_length=20,
+            description="the first is the control; distinct",
+            json_schema_extra={"uniqueItems": True},
+        ),
+    ]
     outcome_type: OutcomeType = "binary"
     allocation: Allocation = "equal"
     maximize: bool = True
-    alpha: float = 0.05
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.05
     # Standard deviation of the mSPRT's mixing prior on the effect, in units of the outcome's standard
-    # deviation (Johari et al. 2017 tune it to the effects one expects; 0.1 SD is a small effect).
-    mixture_scale: float = 0.1
-    min_samples_per_variant: int = 100
-    max_outcomes: int | None = None
+    # deviation (Johari et al. 2017 tune it to the effects one expects; 0.1 SD is a small effect). Far below
+    # 1e-3 the test has no power, and its square underflows.
+    mixture_scale: Annotated[float, Field(ge=1e-3, le=100.0)] = 0.1
+    min_samples_per_variant: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+    max_outcomes: Annotated[int | None, Field(ge=2, le=MAX_ID)] = None
     auto_complete: bool = True
 
     @property
@@ -82,15 +96,20 @@ class Arms:
     total_squares: np.ndarray
 
 
+def _about(text: str) -> Any:
+    """A field's description in the API's schema (the dataclasses below are answered as they are)."""
+    return Field(description=text)
+
+
 @dataclass
 class Comparison:
     variant: str
-    difference: float  # mean(variant) - mean(reference), in the outcome's units
-    interval: tuple[float, float]  # always-valid confidence sequence for the difference at this look
-    p_value_now: float
-    p_value: float  # always valid: the minimum over all looks so far
+    difference: Annotated[float, _about("mean(variant) - mean(reference), in the outcome's units")]
+    interval: Annotated[tuple[float, float], _about("always-valid confidence sequence at level alpha/(k-1)")]
+    p_value_now: Annotated[float, _about("mSPRT p-value at this look")]
+    p_value: Annotated[float, _about("always-valid p-value (mSPRT, running minimum over all looks)")]
     significant: bool
-    reference: str = ""  # the control (mSPRT) or the current best arm (adaptive allocation)
+    reference: Annotated[str, _about("the control (equal allocation) or the current best arm (thompson, ucb)")] = ""
 
 
 @dataclass
@@ -98,7 +117,7 @@ class VariantEstimate:
     name: str
     count: int
     mean: float | None
-    interval: tuple[float, float] | None  # 95%, fixed-sample (Wilson / Student t)
+    interval: Annotated[tuple[float, float] | None, _about("95% interval of the mean (Wilson or Student t)")]
     probability_best: float
 
 
@@ -197,9 +216,22 @@ def best_arm_verdict(difference: NDArray, min_p: NDArray, level: float, k: int) 
     return code, index
 
 
-def level_of(spec: ExperimentSpec, arms: int) -> float:
+def level_of(alpha: float, arms: int) -> float:
     """Bonferroni over the k - 1 comparisons with the control, or (adaptive) with the best arm."""
-    return spec.alpha / max(arms - 1, 1)
+    return alpha / max(arms - 1, 1)
+
+
+def rule_pairs(k: int, adaptive: bool) -> tuple[NDArray, NDArray]:
+    """The pairs a rule looks at: (control, each variant), or (adaptive) every pair of arms."""
+    return all_pairs(k) if adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+
+
+def verdict(difference: NDArray, min_p: NDArray, alpha: float, k: int, adaptive: bool) -> tuple[NDArray, NDArray]:
+    """The engine's one decision rule over :func:`rule_pairs` at the Bonferroni level: (code, arm index)."""
+    level = level_of(alpha, k)
+    if adaptive:
+        return best_arm_verdict(difference, min_p, level, k)
+    return control_verdict(difference, min_p, level)
 
 
 # ---- one experiment's state at a look --------------------------------------------------------------------
@@ -243,7 +275,7 @@ def min_p_json(keys: list[tuple[str, ...]], min_p: NDArray) -> dict[str, Any]:
 def take_look(arms: Arms, spec: ExperimentSpec, stored: dict[str, Any]) -> tuple[Look, dict[str, Any]]:
     """This look's p-values, radii and running minima; and the running minima as they are stored."""
     k = len(arms.names)
-    first, second = all_pairs(k) if spec.adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+    first, second = rule_pairs(k, spec.adaptive)
     difference, variance, tau2, p_now = pair_p_values(
         arms.count,
         arms.total,
@@ -256,17 +288,14 @@ def take_look(arms: Arms, spec: ExperimentSpec, stored: dict[str, Any]) -> tuple
     )
     keys = _pair_keys(arms.names, first, second, spec.adaptive)
     min_p = np.minimum(stored_min_p(stored, keys), p_now)
-    radius = sequential.confidence_sequence_radius(variance, tau2, level_of(spec, k))
+    radius = sequential.confidence_sequence_radius(variance, tau2, level_of(spec.alpha, k))
     return Look(first, second, difference, radius, p_now, min_p), min_p_json(keys, min_p)
 
 
 def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
     """The decision at this look, with the reason in words."""
-    level, control, total = level_of(spec, len(arms.names)), arms.names[0], int(arms.count.sum())
-    if spec.adaptive:
-        code, index = best_arm_verdict(look.difference, look.min_p, level, len(arms.names))
-    else:
-        code, index = control_verdict(look.difference, look.min_p, level)
+    level, control, total = level_of(spec.alpha, len(arms.names)), arms.names[0], int(arms.count.sum())
+    code, index = verdict(look.difference, look.min_p, spec.alpha, len(arms.names), spec.adaptive)
     if code == WINNER and not spec.adaptive:
         i = int(index) - 1
         interval = (look.difference[i] - look.radius[i], look.difference[i] + look.radius[i])
@@ -319,7 +348,7 @@ def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
 
 def comparisons_of(arms: Arms, look: Look, spec: ExperimentSpec) -> list[Comparison]:
     """mSPRT: every variant against the control; adaptive: every arm against the current best."""
-    level = level_of(spec, len(arms.names))
+    level = level_of(spec.alpha, len(arms.names))
     reference = int(np.argmax(arms.total / np.maximum(arms.count, 1.0))) if spec.adaptive else 0
     comparisons = []
     for p in range(len(look.first)):
@@ -525,7 +554,7 @@ def advance(
         return Advance(*final, stored, None, None)
     binary = spec.outcome_type == "binary"
     arms = oriented(spec.variants, count[1:], total[1:], squares[1:], spec.maximize, binary)
-    first, second = all_pairs(k) if spec.adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+    first, second = rule_pairs(k, spec.adaptive)
     keys = _pair_keys(spec.variants, first, second, spec.adaptive)
     difference, _, _, p_now = pair_p_values(
         arms.count, arms.total, arms.total_squares, binary, spec.mixture_scale, spec.min_samples_per_variant,
@@ -534,11 +563,7 @@ def advance(
     min_p = np.minimum.accumulate(np.vstack([stored_min_p(stored, keys), p_now]), axis=0)[1:]
     last = n - 1
     if spec.auto_complete:
-        level = level_of(spec, k)
-        if spec.adaptive:
-            code, _ = best_arm_verdict(difference, min_p, level, k)
-        else:
-            code, _ = control_verdict(difference, min_p, level)
+        code, _ = verdict(difference, min_p, spec.alpha, k, spec.adaptive)
         decisive = code != CONTINUE
         if spec.max_outcomes is not None:
             decisive |= arms.count.sum(axis=-1) >= spec.max_outcomes

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from metalab.services.api import schemas as s
-
-M = TypeVar("M", bound=BaseModel)
 
 
 class ApiError(Exception):
@@ -82,14 +80,14 @@ class ServicesClient:
             time.sleep(self.backoff * (2 ** min(attempt, 5)))
         raise last_error  # type: ignore[misc]
 
-    def _write(self, path: str, body: BaseModel | None, model: type[M], idempotency_key: str | None) -> M:
+    def _write(self, path: str, body: Any, model: Any, idempotency_key: str | None, method: str = "POST") -> Any:
         key = idempotency_key or str(uuid.uuid4())
-        payload = body.model_dump(mode="json", exclude_none=True) if body is not None else None
-        return model.model_validate(self._request("POST", path, json=payload, idempotency_key=key).json())
+        payload = None if body is None else TypeAdapter(type(body)).dump_python(body, mode="json", exclude_none=True)
+        return TypeAdapter(model).validate_python(self._request(method, path, json=payload, idempotency_key=key).json())
 
-    def _read(self, path: str, model: type[M], **params: Any) -> M:
+    def _read(self, path: str, model: Any, **params: Any) -> Any:
         params = {k: v for k, v in params.items() if v is not None}
-        return model.model_validate(self._request("GET", path, params=params).json())
+        return TypeAdapter(model).validate_python(self._request("GET", path, params=params).json())
 
     # ---- experiments --------------------------------------------------------------------------------------
     def create_experiment(self, spec: s.ExperimentCreate, idempotency_key: str | None = None) -> s.ExperimentOut:
@@ -102,7 +100,7 @@ class ServicesClient:
         return self._read(f"/experiments/{experiment_id}", s.ExperimentOut)
 
     def assign(self, experiment_id: int) -> s.AssignmentOut:
-        return s.AssignmentOut.model_validate(self._request("POST", f"/experiments/{experiment_id}/assignments").json())
+        return self._write(f"/experiments/{experiment_id}/assignments", None, s.AssignmentOut, None)
 
     def record_outcome(
         self,
@@ -155,8 +153,7 @@ class ServicesClient:
         return self._read(f"/agents/{agent}/trust", s.TrustOut)
 
     def trusted_agents(self, threshold: float | None = None) -> list[s.TrustOut]:
-        response = self._request("GET", "/trusted-agents", params={} if threshold is None else {"threshold": threshold})
-        return [s.TrustOut.model_validate(item) for item in response.json()]
+        return self._read("/trusted-agents", list[s.TrustOut], threshold=threshold)
 
     def patterns(self) -> s.PatternsOut:
         return self._read("/patterns", s.PatternsOut)
@@ -193,7 +190,10 @@ class ServicesClient:
 
     def add_edge(self, source: str, relation: str, target: str, idempotency_key: str | None = None) -> s.EdgeOut:
         return self._write(
-            "/graph/edges", s.EdgeCreate(source=source, relation=relation, target=target), s.EdgeOut, idempotency_key
+            "/graph/edges",
+            TypeAdapter(s.EdgeCreate).validate_python({"source": source, "relation": relation, "target": target}),
+            s.EdgeOut,
+            idempotency_key,
         )
 
     def ancestors(self, node: str, relation: str | None = "evolved_from") -> s.AncestorsOut:
@@ -210,8 +210,7 @@ class ServicesClient:
         return self._write("/completed-jobs", job, s.CompletedJobOut, idempotency_key)
 
     def predict(self, request: s.PredictionRequest) -> s.JobPredictionOut:
-        payload = request.model_dump(mode="json")
-        return s.JobPredictionOut.model_validate(self._request("POST", "/predictions", json=payload).json())
+        return self._write("/predictions", request, s.JobPredictionOut, None)
 
     # ---- transfer insights ----------------------------------------------------------------------------------
     def publish_transfer_profile(self, profile: s.TransferProfileCreate) -> s.TransferProfileOut:
@@ -273,13 +272,10 @@ class ServicesClient:
         return self._read(f"/governors/{governor_id}/events", s.Page[s.GovernorEventOut], limit=limit, cursor=cursor)
 
     def priors(self) -> list[s.PriorOut]:
-        return [s.PriorOut.model_validate(p) for p in self._request("GET", "/priors").json()]
+        return self._read("/priors", list[s.PriorOut])
 
     def set_prior(self, domain: str, prior: s.PriorCreate) -> s.PriorOut:
-        payload = prior.model_dump(mode="json")
-        return s.PriorOut.model_validate(
-            self._request("PUT", f"/priors/{domain}", json=payload, idempotency_key=str(uuid.uuid4())).json()
-        )
+        return self._write(f"/priors/{domain}", prior, s.PriorOut, None, method="PUT")
 
     def combine_priors(self, step_size: float = 1.0) -> s.CombinationOut:
         return self._write("/priors/combine", s.CombineRequest(step_size=step_size), s.CombinationOut, None)

@@ -121,40 +121,22 @@ class RequestLimits:
 
 
 def document_limits(app: FastAPI, settings: ServiceSettings) -> None:
-    """Add the 413 (every operation with a body) and 401/403 (every workspace route) to the OpenAPI schema."""
+    """Add the 413, with the configured limit, to every workspace operation of the OpenAPI schema (the routers'
+    ``ERRORS`` already document the 400, 401 and 403 the middleware may answer)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        schema = build()
-        error = {"$ref": "#/components/schemas/ErrorOut"}
-        for path, operations in schema.get("paths", {}).items():
-            for operation in operations.values():
-                responses = operation.setdefault("responses", {})
-                if "requestBody" in operation or path.startswith(WORKSPACE_PREFIX):
-                    responses.setdefault(
-                        "413",
-                        {
-                            "description": f"body over {settings.max_body_bytes} bytes "
-                            "(max_body_bytes), refused before it is read",
-                            "content": {"application/json": {"schema": error}},
-                        },
-                    )
-                    responses.setdefault(
-                        "400",
-                        {"description": "malformed Content-Length", "content": {"application/json": {"schema": error}}},
-                    )
-                if path.startswith(WORKSPACE_PREFIX):
-                    for status, text in (
-                        ("401", "no or unknown bearer token (checked before the body is read)"),
-                        ("403", "the token opens another workspace"),
-                    ):
-                        responses.setdefault(
-                            status, {"description": text, "content": {"application/json": {"schema": error}}}
-                        )
-        app.openapi_schema = schema
-        return schema
+        if app.openapi_schema is None:
+            schema = build()
+            too_large = {
+                "description": f"body over {settings.max_body_bytes} bytes (max_body_bytes), refused before it is read",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+            }
+            for path, operations in schema.get("paths", {}).items():
+                for operation in operations.values() if path.startswith(WORKSPACE_PREFIX) else ():
+                    operation.setdefault("responses", {}).setdefault("413", too_large)
+            app.openapi_schema = schema
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 

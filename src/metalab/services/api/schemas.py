@@ -2,7 +2,10 @@
 
 Inputs are bounded so that no value the schema allows can fail in the database: strings have a length
 limit and no NUL character (PostgreSQL rejects it), numbers are finite, ids fit a 32-bit SQL INTEGER, and
-free-form JSON (content, evidence, scores) is size-limited and checked for the same.
+free-form JSON (content, evidence, scores) is size-limited and checked for the same. What the core already
+declares is not copied: an experiment's body is :class:`~metalab.services.experiments.ExperimentSpec`, and
+trust, patterns, analyses, predictions, drift features and prior combinations are answered as the core's
+dataclasses; response models of stored rows are read from the row (``from_attributes``), not field by field.
 """
 
 from __future__ import annotations
@@ -10,18 +13,20 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-# Ids, cursors and counts are stored as SQL INTEGER (SQLAlchemy's type for `int` columns): 32-bit on
-# PostgreSQL, so a larger value would overflow in the database (a 500) instead of failing validation.
-MAX_ID = 2**31 - 1
+from metalab.services.experiments import Comparison, Decision, ExperimentSpec, VariantEstimate
+from metalab.services.fields import MAX_ID, NO_NUL, Finite, Name, ShortName
+from metalab.services.governor import Combination
+from metalab.services.graph import RELATIONS
+from metalab.services.patterns import FoundPattern
+from metalab.services.predictor import Prediction
+from metalab.services.registry import FeatureDrift
+from metalab.services.trust import TrustReport
+
 MAX_JSON_BYTES = 65_536
-NO_NUL = r"^[^\x00]*$"
-
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
-ShortName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
 Text = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL)]
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -58,6 +63,17 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class Row(BaseModel):
+    """A response read from a stored row's attributes."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+def columns(row: Any) -> dict[str, Any]:
+    """A stored row's columns as a dict (for a response that adds fields to them)."""
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
 T = TypeVar("T")
 
 
@@ -86,32 +102,16 @@ class Page(BaseModel, Generic[T]):
     next_cursor: int | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
 
 
-class ExperimentCreate(Strict):
-    name: Name
-    variants: list[ShortName] = Field(
-        min_length=2,
-        max_length=20,
-        description="the first is the control; distinct",
-        json_schema_extra={"uniqueItems": True},
-    )
-    outcome_type: Literal["binary", "continuous"] = "binary"
-    allocation: Literal["equal", "thompson", "ucb"] = "equal"
-    maximize: bool = True
-    alpha: float = Field(0.05, gt=0.0, lt=0.5)
-    # the mixing prior's sd in outcome sds; far below 1e-3 the test has no power, and its square underflows
-    mixture_scale: float = Field(0.1, ge=1e-3, le=100.0)
-    min_samples_per_variant: int = Field(100, ge=1, le=1_000_000)
-    max_outcomes: int | None = Field(None, ge=2, le=MAX_ID)
-    auto_complete: bool = True
+ExperimentCreate = ExperimentSpec
 
 
-class VariantOut(BaseModel):
+class VariantOut(Row):
     name: str
     count: int
     mean: float | None
 
 
-class ExperimentOut(BaseModel):
+class ExperimentOut(Row):
     id: int
     name: str
     status: Literal["running", "completed"]
@@ -129,6 +129,10 @@ class ExperimentOut(BaseModel):
     reason: str | None
     created_at: datetime
     completed_at: datetime | None
+
+    @classmethod
+    def of(cls, experiment: Any) -> ExperimentOut:
+        return cls.model_validate(experiment)
 
 
 class AssignmentOut(BaseModel):
@@ -159,37 +163,13 @@ class CompleteRequest(Strict):
     reason: Text | None = None
 
 
-class VariantEstimateOut(BaseModel):
-    name: str
-    count: int
-    mean: float | None
-    interval: tuple[float, float] | None = Field(description="95% interval of the mean (Wilson or Student t)")
-    probability_best: float
-
-
-class ComparisonOut(BaseModel):
-    variant: str
-    reference: str = Field(description="the control (equal allocation) or the current best arm (thompson, ucb)")
-    difference: float = Field(description="mean(variant) - mean(reference)")
-    interval: tuple[float, float] = Field(description="always-valid confidence sequence at level alpha/(k-1)")
-    p_value_now: float = Field(description="mSPRT p-value at this look")
-    p_value: float = Field(description="always-valid p-value (mSPRT, running minimum over all looks)")
-    significant: bool
-
-
-class DecisionOut(BaseModel):
-    decision: str
-    winner: str | None
-    reason: str
-
-
 class AnalysisOut(BaseModel):
     experiment_id: int
     status: str
     outcomes: int
-    estimates: list[VariantEstimateOut]
-    comparisons: list[ComparisonOut]
-    decision: DecisionOut
+    estimates: list[VariantEstimate]
+    comparisons: list[Comparison]
+    decision: Decision
 
 
 class RecommendationCreate(Strict):
@@ -209,10 +189,10 @@ class PredictionOut(BaseModel):
     confidence: float
 
 
-class RecommendationOut(BaseModel):
+class RecommendationOut(Row):
     id: int
     agent: str
-    type: str
+    type: str = Field(validation_alias=AliasChoices("type", "kind"))
     action: str | None
     subject: str | None
     content: dict[str, Any]
@@ -226,6 +206,20 @@ class RecommendationOut(BaseModel):
     boosted_confidence: float | None = None
     prediction: PredictionOut | None = None
 
+    @classmethod
+    def of(cls, r: Any, evaluated: bool, trust: TrustReport | None = None, prediction: Any = None) -> RecommendationOut:
+        out = cls.model_validate({**columns(r), "evaluated": evaluated})
+        if trust is not None:
+            out.agent_trust, out.boost = trust.trust, trust.boost
+            out.boosted_confidence = float(min(1.0, r.confidence * trust.boost))
+        if prediction is not None:
+            out.prediction = PredictionOut(
+                predicts_success=prediction.predicts_success,
+                pattern=prediction.description,
+                confidence=prediction.confidence,
+            )
+        return out
+
 
 class EvaluationCreate(Strict):
     overall_quality: Probability
@@ -236,7 +230,7 @@ class EvaluationCreate(Strict):
     feedback: Text = ""
 
 
-class EvaluationOut(BaseModel):
+class EvaluationOut(Row):
     id: int
     recommendation_id: int
     overall_quality: float
@@ -246,30 +240,11 @@ class EvaluationOut(BaseModel):
     created_at: datetime
 
 
-class TrustOut(BaseModel):
-    agent: str
-    trust: float
-    dimensions: dict[str, float | None]
-    confidence_factor: float
-    trend: Literal["improving", "stable", "declining"]
-    evaluations: int
-    trusted: bool
-    boost: float
-
-
-class PatternOut(BaseModel):
-    kind: str
-    condition: dict[str, Any]
-    description: str
-    predicts_success: bool
-    success_rate: float
-    frequency: float
-    support: int
-    confidence: float
+TrustOut = TrustReport
 
 
 class PatternsOut(BaseModel):
-    patterns: list[PatternOut]
+    patterns: list[FoundPattern]
     accuracy: float = Field(description="share of covered evaluated recommendations the patterns predict right")
     coverage: float = Field(description="share of evaluated recommendations some pattern covers")
 
@@ -285,22 +260,37 @@ class ErrorOut(BaseModel):
 
 
 # ---- issue 20: strategy pool and knowledge graph ---------------------------------------------------------
-Finite = Annotated[float, Field(ge=-1e12, le=1e12)]
 GeneName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 NodeName = Annotated[str, StringConstraints(min_length=3, max_length=200, pattern=r"^[a-z_]+:[A-Za-z0-9_.\-]{1,150}$")]
 
 
-class GeneSpec(Strict):
-    type: Literal["float", "int", "categorical"]
-    low: Finite | None = None
-    high: Finite | None = None
-    log: bool | None = Field(None, description="float genes only: search log(value)")
-    choices: list[Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | Finite | bool] | None = Field(
-        None, min_length=1, max_length=100
+class _Gene(Strict):
+    def as_config(self) -> dict[str, Any]:
+        """The gene in :meth:`metalab.search.SearchSpace.from_config`'s form."""
+        return self.model_dump()
+
+
+class FloatGeneSpec(_Gene):
+    type: Literal["float"]
+    low: Finite = Field(description="<= high; > 0 when log")
+    high: Finite
+    log: bool = Field(False, description="search log(value)")
+
+
+class IntGeneSpec(_Gene):
+    type: Literal["int"]
+    low: int = Field(ge=-MAX_ID, le=MAX_ID, description="<= high")
+    high: int = Field(ge=-MAX_ID, le=MAX_ID)
+
+
+class CategoricalGeneSpec(_Gene):
+    type: Literal["categorical"]
+    choices: list[Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | Finite | bool] = Field(
+        min_length=1, max_length=100
     )
 
-    def as_config(self) -> dict[str, Any]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+GeneSpec = Annotated[FloatGeneSpec | IntGeneSpec | CategoricalGeneSpec, Field(discriminator="type")]
 
 
 class ObjectiveSpec(Strict):
@@ -319,7 +309,7 @@ class ProfileCreate(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
-class StrategyOut(BaseModel):
+class StrategyOut(Row):
     id: int
     profile_id: int
     generation: int
@@ -330,7 +320,7 @@ class StrategyOut(BaseModel):
     outcomes: int
 
 
-class ProfileOut(BaseModel):
+class ProfileOut(Row):
     id: int
     name: str
     genes: dict[str, Any]
@@ -340,8 +330,13 @@ class ProfileOut(BaseModel):
     generation: int
     default_strategy: StrategyOut | None
 
+    @classmethod
+    def of(cls, service: Any, p: Any) -> ProfileOut:
+        default = service.strategy(p.default_strategy_id) if p.default_strategy_id else None
+        return cls.model_validate({**columns(p), "default_strategy": default}, from_attributes=True)
 
-class EvolveOut(BaseModel):
+
+class EvolveOut(Row):
     profile: ProfileOut
     default: StrategyOut | None
     alternatives: list[StrategyOut]
@@ -352,14 +347,32 @@ class StrategyOutcomeCreate(Strict):
     values: dict[GeneName, Finite] = Field(min_length=1, max_length=8, description="a value per objective")
 
 
-class EdgeCreate(Strict):
-    source: NodeName
-    relation: Literal["evolved_from", "best_strategy_of", "similar_to", "resolved_by"]
-    target: NodeName
-    attributes: JsonObject = Field(default_factory=dict)
+Relation = Literal[tuple(RELATIONS)]  # type: ignore[valid-type]
 
 
-class EdgeOut(BaseModel):
+def _edge_model(relation: str, source_kind: str, target_kind: str) -> type[Strict]:
+    """The body of an edge of one relation: its two ends' node kinds are in the schema (graph.RELATIONS)."""
+
+    def node(kind: str) -> Any:
+        return Annotated[str, StringConstraints(max_length=200, pattern=rf"^{kind}:[A-Za-z0-9_.\-]{{1,150}}$")]
+
+    return create_model(
+        "Edge_" + relation,
+        __base__=Strict,
+        source=(node(source_kind), ...),
+        relation=(Literal[relation], ...),
+        target=(node(target_kind), ...),
+        attributes=(JsonObject, Field(default_factory=dict)),
+    )
+
+
+EdgeCreate = Annotated[
+    Union[tuple(_edge_model(r, *kinds) for r, kinds in RELATIONS.items())],  # noqa: UP007
+    Field(discriminator="relation"),
+]
+
+
+class EdgeOut(Row):
     source: str
     relation: str
     target: str
@@ -390,7 +403,7 @@ class CompletedJobCreate(Strict):
     resources: float = Field(gt=0.0, le=1e12, description="in the workspace's unit, e.g. core-hours")
 
 
-class CompletedJobOut(BaseModel):
+class CompletedJobOut(Row):
     id: int
     features: dict[str, float]
     duration_s: float
@@ -404,15 +417,7 @@ class PredictionRequest(Strict):
     confidence: float = Field(0.9, ge=0.5, le=0.99, description="coverage of the split-conformal intervals")
 
 
-class JobPredictionOut(BaseModel):
-    estimate: dict[str, float]
-    interval: dict[str, tuple[float, float]]
-    recommended_resources: float = Field(description="upper end of the resources interval")
-    risk_flags: list[str]
-    neighbours: int
-    library_size: int
-    calibration_jobs: int
-    neighbour_distance: float
+JobPredictionOut = Prediction
 
 
 # ---- transfer insights (differential privacy) --------------------------------------------------------------
@@ -422,7 +427,7 @@ class TransferProfileCreate(Strict):
     budget_epsilon: float | None = Field(None, gt=0.0, le=100.0, description="total epsilon; set at the first publish")
 
 
-class TransferProfileOut(BaseModel):
+class TransferProfileOut(Row):
     workspace: str
     features: dict[str, float]
     metrics: dict[str, float]
@@ -439,7 +444,7 @@ class BudgetOut(BaseModel):
 
 class InsightRequest(Strict):
     metric: GeneName
-    lower: Finite = Field(description="values are clipped to [lower, upper] (public bounds)")
+    lower: Finite = Field(description="values are clipped to [lower, upper] (public bounds); lower < upper")
     upper: Finite
     epsilon: float = Field(1.0, gt=0.0, le=10.0)
     min_similarity: float = Field(0.8, ge=-1.0, le=1.0)
@@ -481,7 +486,7 @@ class ModelVersionCreate(Strict):
     activate: bool = True
 
 
-class ModelVersionOut(BaseModel):
+class ModelVersionOut(Row):
     model: str
     version: str
     metrics: dict[str, float]
@@ -500,17 +505,6 @@ class DriftRequest(Strict):
     recent: dict[GeneName, Sample] = Field(min_length=1, max_length=64, description="recent values of each feature")
 
 
-class FeatureDriftOut(BaseModel):
-    feature: str
-    mean_shift: float
-    t_statistic: float
-    t_p_value: float
-    ks_statistic: float
-    ks_p_value: float
-    psi: float
-    score: float
-
-
 class DriftOut(BaseModel):
     model: str
     version: str
@@ -519,7 +513,7 @@ class DriftOut(BaseModel):
     significant: bool
     recommendation: str
     retrain_requested: bool
-    features: list[FeatureDriftOut]
+    features: list[FeatureDrift]
 
 
 class RollbackRequest(Strict):
@@ -527,7 +521,7 @@ class RollbackRequest(Strict):
     reason: Text = ""
 
 
-class ModelEventOut(BaseModel):
+class ModelEventOut(Row):
     id: int
     kind: str
     from_version: str | None
@@ -542,7 +536,7 @@ KnobValue = bool | Finite
 
 class KnobSpec(Strict):
     type: Literal["float", "int", "bool"] = "float"
-    low: Finite = 0.0
+    low: Finite = Field(0.0, description="<= high")
     high: Finite = 1.0
     default: KnobValue | None = None
 
@@ -601,7 +595,7 @@ class TelemetryOut(BaseModel):
     event: Literal["none", "accepted", "rollback"]
 
 
-class GovernorEventOut(BaseModel):
+class GovernorEventOut(Row):
     id: int
     update_index: int
     kind: str
@@ -614,7 +608,7 @@ class PriorCreate(Strict):
     values: dict[GeneName, KnobValue] = Field(min_length=1, max_length=64)
 
 
-class PriorOut(BaseModel):
+class PriorOut(Row):
     domain: str
     values: dict[str, Any]
     updates: int
@@ -624,7 +618,4 @@ class CombineRequest(Strict):
     step_size: float = Field(1.0, gt=0.0, le=1.0, description="Reptile step toward the weighted mean of the domains")
 
 
-class CombinationOut(BaseModel):
-    values: dict[str, Any]
-    weights: dict[str, float]
-    outliers: list[str]
+CombinationOut = Combination

@@ -118,6 +118,10 @@ class Variant(Base):
     total_squares: Mapped[float] = mapped_column(Float, default=0.0)
     experiment: Mapped[Experiment] = relationship(back_populates="variants")
 
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count else None
+
 
 class ExperimentOutcome(Base):
     __tablename__ = "experiment_outcomes"

@@ -1,30 +1,32 @@
 """Routes of the expert registry and learned consensus (issue 35.3), under ``/v1/workspaces/{workspace}``.
 
-Same workspace auth, idempotency keys and error handling as ``app.py``; each route validates its body,
+Same workspace auth, idempotency keys and error handling as the other routers; each route validates its body,
 calls one :class:`~metalab.services.experts.ExpertService` method and shapes the answer. The schemas live
 here, beside the only routes that use them.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from metalab import consensus as core
-from metalab.services.api.app import (
+from metalab.services.api.common import (
     ERRORS,
+    V1,
     Cursor,
+    Id,
     IdempotencyKey,
     Limit,
     Workspace_,
-    _page,
-    _sessions,
     idempotent_write,
+    page,
 )
-from metalab.services.api.schemas import MAX_ID, NO_NUL, Page, Probability, ShortName, Strict, Text
+from metalab.services.api.common import sessions_for as _sessions
+from metalab.services.api.schemas import NO_NUL, Page, Probability, ShortName, Strict, Text, columns
 from metalab.services.errors import Unprocessable
 from metalab.services.experts import ExpertService, record_of
 from metalab.services.store.models import Expert
@@ -49,8 +51,9 @@ def known_query_only(request: Request) -> None:
         )
 
 
-router = APIRouter(tags=["experts and consensus"], dependencies=[Depends(known_query_only)])
-RoundId = Annotated[int, Path(ge=1, le=MAX_ID)]
+router = APIRouter(
+    prefix=V1, tags=["experts and consensus"], dependencies=[Depends(known_query_only)], responses=ERRORS
+)
 ExpertName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[^\x00/]+$", description="expert name")]
 Skill = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
 Level = Annotated[int, Field(ge=1, le=core.MAX_LEVEL)]
@@ -143,53 +146,36 @@ class OutcomeIn(StrictIn):
     answer: Answer
 
 
-def utc(moment: datetime | None) -> datetime | None:
-    """Stored in UTC; SQLite hands it back without its offset, so put the offset back."""
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
-
-
 def expert_out(e: Expert) -> ExpertOut:
-    return ExpertOut(
-        name=e.name,
-        kind=e.kind,
-        skills=e.skills,
-        weight=e.weight,
-        vote_weight=e.vote_weight,
-        correct=e.correct,
-        resolved=e.resolved,
-        record=record_of(e),
-        created_at=utc(e.created_at),
-    )
+    return ExpertOut.model_validate({**columns(e), "record": record_of(e)})
 
 
 def round_out(row, experts: list[Expert] | None = None) -> RoundOut:
-    summary = ExpertService.round_summary(row)
-    summary["created_at"], summary["resolved_at"] = utc(row.created_at), utc(row.resolved_at)
-    return RoundOut(**summary, experts=[expert_out(e) for e in experts or []])
+    return RoundOut(**ExpertService.round_summary(row), experts=[expert_out(e) for e in experts or []])
 
 
-@router.post("/experts", status_code=201, response_model=ExpertOut, responses=ERRORS)
+@router.post("/experts", status_code=201, response_model=ExpertOut)
 def register_expert(request: Request, workspace: Workspace_, body: ExpertCreate, key: IdempotencyKey = None):
     def write(session):
-        return 201, expert_out(ExpertService(session, workspace).register(body.name, body.skills, body.kind))
+        return expert_out(ExpertService(session, workspace).register(body.name, body.skills, body.kind))
 
     return idempotent_write(request, workspace, key, body, write)
 
 
-@router.get("/experts", response_model=Page[ExpertOut], responses=ERRORS)
+@router.get("/experts", response_model=Page[ExpertOut])
 def list_experts(request: Request, workspace: Workspace_, limit: Limit = 50, cursor: Cursor = 0):
     with _sessions(request)() as session:
         found = ExpertService(session, workspace).list(limit, cursor)
-        return _page([expert_out(e) for e in found], [e.id for e in found], limit)
+        return page([expert_out(e) for e in found], [e.id for e in found], limit)
 
 
-@router.get("/experts/{name}", response_model=ExpertOut, responses=ERRORS)
+@router.get("/experts/{name}", response_model=ExpertOut)
 def get_expert(request: Request, workspace: Workspace_, name: ExpertName):
     with _sessions(request)() as session:
         return expert_out(ExpertService(session, workspace).get(name))
 
 
-@router.post("/teams", response_model=TeamOut, responses=ERRORS)
+@router.post("/teams", response_model=TeamOut)
 def assemble_team(request: Request, workspace: Workspace_, body: TeamRequest):
     """The team that covers the required skills (greedy weighted set cover, preferring better records)."""
     with _sessions(request)() as session:
@@ -202,7 +188,7 @@ def assemble_team(request: Request, workspace: Workspace_, body: TeamRequest):
         )
 
 
-@router.post("/consensus/rounds", status_code=201, response_model=RoundOut, responses=ERRORS)
+@router.post("/consensus/rounds", status_code=201, response_model=RoundOut)
 def run_round(request: Request, workspace: Workspace_, body: RoundCreate, key: IdempotencyKey = None):
     """Decide a question from the experts' proposals and critiques; the transcript says who stood for what."""
 
@@ -212,25 +198,23 @@ def run_round(request: Request, workspace: Workspace_, body: RoundCreate, key: I
         row, _ = ExpertService(session, workspace).run_round(
             body.question, proposals, critiques, body.method, body.moderator, body.beta, body.answers
         )
-        return 201, round_out(row)
+        return round_out(row)
 
     return idempotent_write(request, workspace, key, body, write)
 
 
-@router.get("/consensus/rounds/{round_id}", response_model=RoundOut, responses=ERRORS)
-def get_round(request: Request, workspace: Workspace_, round_id: RoundId):
+@router.get("/consensus/rounds/{round_id}", response_model=RoundOut)
+def get_round(request: Request, workspace: Workspace_, round_id: Id):
     with _sessions(request)() as session:
         return round_out(ExpertService(session, workspace).get_round(round_id))
 
 
-@router.post("/consensus/rounds/{round_id}/outcome", response_model=RoundOut, responses=ERRORS)
-def resolve_round(
-    request: Request, workspace: Workspace_, round_id: RoundId, body: OutcomeIn, key: IdempotencyKey = None
-):
+@router.post("/consensus/rounds/{round_id}/outcome", response_model=RoundOut)
+def resolve_round(request: Request, workspace: Workspace_, round_id: Id, body: OutcomeIn, key: IdempotencyKey = None):
     """The right answer: each participant's weight is multiplied by beta if it was wrong; records updated."""
 
     def write(session):
         row, experts = ExpertService(session, workspace).resolve(round_id, body.answer)
-        return 200, round_out(row, list(experts.values()))
+        return round_out(row, list(experts.values()))
 
     return idempotent_write(request, workspace, key, body, write)

@@ -1,5 +1,7 @@
 """Simulators with known ground truth for the services, used by ``experiments/services/*.py`` (full size)
-and by the unit tests (small size). Each calls the services' own functions, never a copy of them.
+and by the unit tests (small size; they import it as ``experiments.services.simulate``). Each calls the
+services' own functions, never a copy of them: the decision rule is :func:`metalab.services.experiments.verdict`.
+Not part of the installed package: nothing in the service runs it.
 """
 
 from __future__ import annotations
@@ -10,14 +12,7 @@ from typing import Any
 import numpy as np
 
 from metalab.services.bandits import policy_for
-from metalab.services.experiments import (
-    CONTINUE,
-    ExperimentSpec,
-    all_pairs,
-    best_arm_verdict,
-    control_verdict,
-    pair_p_values,
-)
+from metalab.services.experiments import CONTINUE, ExperimentSpec, pair_p_values, rule_pairs, verdict
 from metalab.services.patterns import RecordView, agreeing_agents
 from metalab.services.trust import EvaluatedOutcome, TrustConfig, compute_trust
 
@@ -55,8 +50,7 @@ def sequential_monitoring(
         min_samples_per_variant=min_samples,
     )
     best_arm = (rule or ("best_arm" if spec.adaptive else "control")) == "best_arm"
-    level = alpha / max(k - 1, 1)
-    first, second = all_pairs(k) if best_arm else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+    first, second = rule_pairs(k, best_arm)
     count, total, squares = (np.zeros((n_experiments, k)) for _ in range(3))
     running_min = np.ones((n_experiments, len(first)))
     stopped_at = np.zeros(n_experiments, dtype=int)
@@ -75,10 +69,7 @@ def sequential_monitoring(
         squares[rows, arm] += y * y
         difference, *_, p_now = pair_p_values(count, total, squares, binary, mixture_scale, min_samples, first, second)
         running_min = np.minimum(running_min, p_now)
-        if best_arm:
-            code, index = best_arm_verdict(difference, running_min, level, k)
-        else:
-            code, index = control_verdict(difference, running_min, level)
+        code, index = verdict(difference, running_min, alpha, k, best_arm)
         newly = (stopped_at == 0) & (code != CONTINUE)
         stopped_at[newly], named[newly] = t, index[newly]
     rejected = stopped_at > 0
