@@ -44,14 +44,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection) -> None:
-        # query_only is a connection flag, not transactional: set it at every begin, since a pooled
-        # connection serves read and write sessions in turn
-        if connection.get_execution_options().get(READ_ONLY_OPTION):
-            connection.exec_driver_sql("PRAGMA query_only=ON")
-            connection.exec_driver_sql("BEGIN")
-        else:
-            connection.exec_driver_sql("PRAGMA query_only=OFF")
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # query_only is a connection flag, not transactional, and a pooled connection serves read and write
+        # sessions in turn: set it when this connection's flag (kept in its pool record's info) must change
+        read_only = bool(connection.get_execution_options().get(READ_ONLY_OPTION))
+        if connection.info.get("query_only") is not read_only:
+            connection.exec_driver_sql(f"PRAGMA query_only={'ON' if read_only else 'OFF'}")
+            connection.info["query_only"] = read_only
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 URL_EXAMPLES = "sqlite:///logs/services/metalab.db or postgresql+psycopg://user:password@host:5432/db"
@@ -74,7 +73,9 @@ def create_store_engine(url: str, **kwargs) -> Engine:
         engine = create_engine(parsed, **kwargs)
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No ping before every checkout (a round trip per request): after a database restart the first use of a
+    # stale connection fails, SQLAlchemy invalidates the pool, and the request gets 503 with Retry-After.
+    kwargs.setdefault("pool_pre_ping", False)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(parsed, **kwargs)

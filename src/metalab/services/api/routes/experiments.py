@@ -47,8 +47,11 @@ def get_experiment(request: Request, workspace: Workspace_, experiment_id: Id):
 
 @router.post("/{experiment_id}/assignments", response_model=s.AssignmentOut)
 def assign(request: Request, workspace: Workspace_, experiment_id: Id):
-    """The variant the next unit should get, by the experiment's allocation policy (writes nothing)."""
-    with sessions(request)() as db:
+    """The variant the next unit should get, by the experiment's allocation policy (writes nothing).
+
+    A POST (each call draws anew), but it only reads: a read-only session, never queued behind the writers.
+    """
+    with request.app.state.read_sessions() as db:
         experiment, variant = ExperimentService(db, workspace).assign(experiment_id, np.random.default_rng())
         return s.AssignmentOut(experiment_id=experiment.id, variant=variant, experiment_status=experiment.status)
 
