@@ -168,19 +168,15 @@ def select(
         alive = _advance_all(outcome, runner, alive, step, study)
         if step == budget.max_resource or not alive:
             break
-        kept = [(c, t) for c, t in alive if not t.should_prune()]
+        pruned = {c.name for c, t in alive if t.should_prune()}  # asked only once every live trial reported
         for candidate, trial in alive:
-            if (candidate, trial) not in kept:
+            if candidate.name in pruned:
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        values = {c.name: outcome.curves[c.name].get(step, math.nan) for c, _ in alive}
         outcome.rungs.append(
-            Rung(
-                step,
-                {c.name: outcome.curves[c.name].get(step, math.nan) for c, _ in alive},
-                [c.name for c, _ in kept],
-                [c.name for c, _ in alive if (c, _) not in kept],
-            )
+            Rung(step, values, [n for n in values if n not in pruned], [n for n in values if n in pruned])
         )
-        alive = kept
+        alive = [(c, t) for c, t in alive if c.name not in pruned]
     for candidate, trial in alive:
         study.tell(trial, outcome.final_value(candidate.name))
     outcome.choice = _best(outcome, [c.name for c, _ in alive], family.direction)
