@@ -126,7 +126,10 @@ def main() -> int:
     parser.add_argument("--only", choices=("hindsight", "halving"), help="run only this mode (no records)")
     args = parser.parse_args()
     modes = [args.only] if args.only else ["hindsight", "halving"]
-    done = {mode: [ensure_run(args.family, args.budget, s, mode) for s in args.seeds] for mode in modes}
+    done: dict[str, list[dict]] = {mode: [] for mode in modes}
+    for seed in args.seeds:  # seed by seed, so a stopped script leaves complete pairs
+        for mode in modes:
+            done[mode].append(ensure_run(args.family, args.budget, seed, mode))
     if args.only:
         return 0
     from metalab.sweeps.families import load_family

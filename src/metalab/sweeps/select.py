@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -133,6 +134,10 @@ def run(args: argparse.Namespace) -> int:
         outcome.pruner = pruner_name
     write_outcome(outcome, out)
     print(describe(outcome))
+    if outcome.choice is None:
+        first = next(iter(outcome.failed.items()), ("", "no value"))
+        print(f"error: select: no candidate finished ({first[0]}: {first[1]})", file=sys.stderr)
+        return 1
     return 0
 
 
