@@ -95,9 +95,7 @@ def selection_rows(halving: list[dict], hindsight: list[dict], scores: dict[str,
     rows = []
     for run, full in zip(halving, hindsight, strict=True):
         choice = run["choice"]
-        why = "; ".join(
-            f"r{rung['resource']}: out {', '.join(rung['eliminated']) or 'none'}" for rung in run["rungs"]
-        )
+        why = "; ".join(f"r{rung['resource']}: out {', '.join(rung['eliminated']) or 'none'}" for rung in run["rungs"])
         full_cpu = sum(full["cpu_seconds"].values())
         rows.append(
             {

@@ -182,7 +182,8 @@ def test_a_family_with_a_continuous_entry_is_refused(tmp_path):
     (tmp_path / "select").mkdir()
     (tmp_path / "select" / "bad.yaml").write_text(
         "objective: val/acc\ntest_metric: test/acc\ndefault: {learner.optimizer.lr: 0.1}\n"
-        "fidelity: {key: trainer.max_epochs}\nbudgets: {full: {max_resource: 9, min_resource: 1, reduction_factor: 3}}\n"
+        "fidelity: {key: trainer.max_epochs}\n"
+        "budgets: {full: {max_resource: 9, min_resource: 1, reduction_factor: 3}}\n"
         "params:\n  learner.optimizer.lr: interval(0.01, 0.1)\n"
     )
     with pytest.raises(ConfigError, match=r"params.learner.optimizer.lr is not allowed: .* must be choice"):

@@ -1,4 +1,4 @@
-"""Model-selection families (``conf/select/<family>.yaml``): the candidates, objective and budgets of ``metalab select``.
+"""Model-selection families (``conf/select/<family>.yaml``): candidates, objective and budgets of ``metalab select``.
 
 A family names a categorical search space in the sweeps' own format (``params``, read by
 :func:`metalab.sweeps.space.read_search_space`: ``choice(...)`` entries are searched, plain values fixed for
@@ -141,9 +141,12 @@ def _family(name: str, node: DictConfig) -> Family:
         raise ConfigError(f"{where}: direction={direction!r} is not allowed: must be maximize or minimize")
     default = {str(k): v for k, v in _container(node, "default").items()}
     if set(default) != set(space.distributions) or any(
-        v not in space.distributions[k].choices for k, v in default.items()  # type: ignore[attr-defined]
+        v not in space.distributions[k].choices
+        for k, v in default.items()  # type: ignore[attr-defined]
     ):
-        raise ConfigError(f"{where}: default={default} is not allowed: must give one choice of each of {list(space.distributions)}")
+        raise ConfigError(
+            f"{where}: default={default} is not allowed: must give one choice of each of {list(space.distributions)}"
+        )
     fidelity = Fidelity(**_container(node, "fidelity"))
     budgets = {str(k): Budget(name=str(k), **v) for k, v in _container(node, "budgets").items()}
     for budget in budgets.values():

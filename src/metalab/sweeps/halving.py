@@ -80,7 +80,9 @@ class SynchronousHalvingPruner(BasePruner):
             for t in study.get_trials(deepcopy=False)
             if t.number != trial.number and step in t.intermediate_values
         ]
-        kept = survivors([value, *others], self.reduction_factor, study.direction == optuna.study.StudyDirection.MAXIMIZE)
+        kept = survivors(
+            [value, *others], self.reduction_factor, study.direction == optuna.study.StudyDirection.MAXIMIZE
+        )
         return 0 not in kept
 
 

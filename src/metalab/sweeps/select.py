@@ -372,7 +372,9 @@ def plot_curves(outcome: Outcome, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, curve in outcome.curves.items():
         steps = sorted(curve)
-        (line,) = ax.plot(steps, [curve[s] for s in steps], marker=".", label=name, lw=2 if name == outcome.choice else 1)
+        (line,) = ax.plot(
+            steps, [curve[s] for s in steps], marker=".", label=name, lw=2 if name == outcome.choice else 1
+        )
         if name in eliminated_at:
             ax.plot([eliminated_at[name]], [curve[eliminated_at[name]]], "x", color=line.get_color(), ms=10)
         if name == outcome.choice:
