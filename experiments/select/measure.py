@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from metalab.report.collect import t975  # noqa: E402
 from metalab.report.records import append_record  # noqa: E402
+from metalab.sweeps.select import Outcome, plot_curves  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "records" / "select.jsonl"
@@ -51,8 +52,9 @@ def ensure_run(family: str, budget: str, seed: int, mode: str) -> dict:
     kept = HERE / "runs" / family / f"{budget}_seed{seed}_{mode}"
     kept.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "selection.json", kept / "selection.json")
-    shutil.copy(out / "curves.png", kept / "curves.png")
-    return json.loads((out / "selection.json").read_text())
+    data = json.loads((out / "selection.json").read_text())
+    plot_curves(Outcome.from_json(data), kept / "curves.png")  # drawn again from the record, all alike
+    return data
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:

@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 
 from metalab.errors import ConfigError
 from metalab.sweeps.families import Budget, Candidate, Family, family_names, load_family
+from metalab.sweeps.halving import rung_steps
 from metalab.sweeps.runner import compose, config_dir, instantiate_node
 
 
@@ -75,6 +76,7 @@ class Outcome:
     direction: str
     candidates: dict[str, dict[str, Any]]  # name -> params
     default: str
+    resource: str = ""  # what one unit of resource is (the family's fidelity), for the plot and the reader
     curves: dict[str, dict[int, float]] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     reached: dict[str, int] = field(default_factory=dict)  # resource each candidate was trained to
@@ -87,6 +89,15 @@ class Outcome:
 
     def final_value(self, name: str) -> float:
         return self.curves.get(name, {}).get(self.budget["max_resource"], math.nan)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        """An outcome read back from ``selection.json`` (e.g. to plot it again)."""
+        data = dict(data)
+        data["rungs"] = [Rung(**r) for r in data.get("rungs", [])]
+        data["curves"] = {k: {int(s): v for s, v in c.items()} for k, c in data.get("curves", {}).items()}
+        data["reached"] = {k: int(v) for k, v in data.get("reached", {}).items()}
+        return cls(**data)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -215,6 +226,7 @@ def _outcome(family: Family, budget: Budget, candidates: list[Candidate], mode: 
         direction=family.direction,
         candidates={c.name: c.params for c in candidates},
         default=family.default_candidate().name,
+        resource=family.fidelity.key + (f" / {family.fidelity.unit}" if family.fidelity.unit != 1 else ""),
     )
 
 
@@ -364,6 +376,7 @@ def write_outcome(outcome: Outcome, out: Path) -> None:
 def plot_curves(outcome: Outcome, path: Path) -> None:
     """Every candidate's objective against resource; a cross where a rung eliminated it, a star on the choice."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -382,7 +395,10 @@ def plot_curves(outcome: Outcome, path: Path) -> None:
     for rung in outcome.rungs:
         ax.axvline(rung.resource, color="grey", lw=0.5, ls=":")
     ax.set_xscale("log")
-    ax.set_xlabel(f"resource ({outcome.family}: x = rung step; x marks an elimination)")
+    ax.set_xticks(rung_steps(*(outcome.budget[k] for k in ("min_resource", "reduction_factor", "max_resource"))))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(f"resource: {outcome.resource} (dotted: rungs; x: eliminated there; star: the choice)")
     ax.set_ylabel(outcome.objective)
     ax.set_title(f"{outcome.family}, {outcome.mode}, seed {outcome.seed}: choice {outcome.choice}")
     ax.legend(fontsize=7, loc="lower right")
