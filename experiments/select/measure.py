@@ -70,21 +70,22 @@ def hindsight_rows(runs: list[dict], test_metric: str) -> tuple[list[dict], dict
     names = list(runs[0]["candidates"])
     for name in names:
         tests = [r["test"][name][test_metric] for r in runs if name in r.get("test", {})]
-        vals = [r["curves"][name][str(r["budget"]["max_resource"])] for r in runs if name in r["curves"]]
+        full = str(runs[0]["budget"]["max_resource"])
+        vals = [r["curves"][name][full] for r in runs if full in r["curves"].get(name, {})]
         cpus = [r["cpu_seconds"][name] for r in runs]
-        mean, ci = mean_ci(tests)
-        scores[name] = (mean, ci)
-        rows.append(
-            {
-                "candidate": name,
-                "default": name == runs[0]["default"],
-                "test_mean": round(mean, 2),
-                "test_ci95": round(ci, 2),
-                "val_at_full_mean": round(statistics.fmean(vals), 2),
-                "train_cpu_s_mean": round(statistics.fmean(cpus), 1),
-                "seeds": len(tests),
-            }
+        failed = sum(name in r.get("failed", {}) for r in runs)
+        row = {"candidate": name, "default": name == runs[0]["default"]}
+        if tests:
+            mean, ci = mean_ci(tests)
+            scores[name] = (mean, ci)
+            row.update(test_mean=round(mean, 2), test_ci95=round(ci, 2))
+        row.update(
+            val_at_full_mean=round(statistics.fmean(vals), 2) if vals else None,
+            train_cpu_s_mean=round(statistics.fmean(cpus), 1),
+            seeds=len(tests),
+            failed_seeds=failed,
         )
+        rows.append(row)
     best = max(scores, key=lambda n: scores[n][0])
     for row in rows:
         row["best_in_hindsight"] = row["candidate"] == best
@@ -97,7 +98,11 @@ def selection_rows(halving: list[dict], hindsight: list[dict], scores: dict[str,
     rows = []
     for run, full in zip(halving, hindsight, strict=True):
         choice = run["choice"]
-        why = "; ".join(f"r{rung['resource']}: out {', '.join(rung['eliminated']) or 'none'}" for rung in run["rungs"])
+        why = "; ".join(
+            f"r{rung['resource']}: out {', '.join(rung['eliminated']) or 'none'}"
+            + (f", failed {', '.join(rung['failed'])}" if rung.get("failed") else "")
+            for rung in run["rungs"]
+        )
         full_cpu = sum(full["cpu_seconds"].values())
         rows.append(
             {

@@ -188,3 +188,21 @@ def test_a_family_with_a_continuous_entry_is_refused(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"params.learner.optimizer.lr is not allowed: .* must be choice"):
         load_family("bad", tmp_path)
+
+
+def test_a_diverged_candidate_fails_and_the_others_go_on(family):
+    from metalab.errors import NumericalError
+
+    class Diverging(SyntheticArms):
+        def advance(self, candidate, start, stop):
+            if candidate.name == family.candidates()[-1].name:
+                raise NumericalError("the penalty became inf")
+            return super().advance(candidate, start, stop)
+
+    base = arms(family, [0.1 * i for i in range(7)])
+    runner = Diverging(base.ceiling, base.gap)
+    budget = Budget("t", max_resource=9, min_resource=1, reduction_factor=3)
+    outcome = select(family, budget, family.candidates(), runner, SynchronousHalvingPruner(1, 3))
+    names = [c.name for c in family.candidates()]
+    assert outcome.rungs[0].failed == [names[-1]] and names[-1] in outcome.failed
+    assert outcome.choice == names[-2]  # the best of those that ran

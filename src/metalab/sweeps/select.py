@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import optuna
 from omegaconf import OmegaConf
 
-from metalab.errors import ConfigError
+from metalab.errors import ConfigError, MetalabError
 from metalab.sweeps.families import Budget, Candidate, Family, family_names, load_family
 from metalab.sweeps.halving import rung_steps
 from metalab.sweeps.runner import compose, config_dir, instantiate_node
@@ -61,6 +61,7 @@ class Rung:
     values: dict[str, float]
     kept: list[str]
     eliminated: list[str]
+    failed: list[str] = field(default_factory=list)  # runs that failed on the way to this rung (diverged)
 
 
 @dataclass
@@ -181,6 +182,7 @@ def select(
     for step in budget.rungs:
         if len(alive) == 1:
             step = budget.max_resource  # the one left: straight to the full budget
+        before = [c.name for c, _ in alive]
         alive = _advance_all(outcome, runner, alive, step, study)
         if step == budget.max_resource or not alive:
             break
@@ -190,7 +192,13 @@ def select(
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         values = {c.name: outcome.curves[c.name].get(step, math.nan) for c, _ in alive}
         outcome.rungs.append(
-            Rung(step, values, [n for n in values if n not in pruned], [n for n in values if n in pruned])
+            Rung(
+                step,
+                values,
+                [n for n in values if n not in pruned],
+                [n for n in values if n in pruned],
+                [n for n in before if n not in values],
+            )
         )
         alive = [(c, t) for c, t in alive if c.name not in pruned]
     for candidate, trial in alive:
@@ -259,7 +267,7 @@ def _stage(outcome: Outcome, runner: StageRunner, candidate: Candidate, start: i
         points = runner.advance(candidate, start, stop)
         if stop not in points:
             raise ConfigError(f"objective {outcome.objective} was not measured at resource {stop}")
-    except ConfigError as error:
+    except MetalabError as error:  # e.g. a diverged run (NumericalError): that candidate fails, the others go on
         outcome.failed[candidate.name] = str(error)
         print(f"[metalab] select: {candidate.name} failed at resource {stop}: {error}", flush=True)
         return False
@@ -413,7 +421,8 @@ def describe(outcome: Outcome) -> str:
     for rung in outcome.rungs:
         shown = ", ".join(f"{n} {v:.2f}" for n, v in sorted(rung.values.items(), key=lambda kv: -kv[1]))
         lines.append(f"  rung at resource {rung.resource}: {shown}")
-        lines.append(f"    kept {', '.join(rung.kept)}; eliminated {', '.join(rung.eliminated) or 'none'}")
+        failed = f"; failed {', '.join(rung.failed)}" if rung.failed else ""
+        lines.append(f"    kept {', '.join(rung.kept)}; eliminated {', '.join(rung.eliminated) or 'none'}{failed}")
     for name in outcome.candidates:
         value = outcome.final_value(name)
         tested = outcome.test.get(name, {})
