@@ -123,6 +123,60 @@ def selection_rows(halving: list[dict], hindsight: list[dict], scores: dict[str,
     return rows
 
 
+class Replay:
+    """A stage runner that reads a hindsight run's curves instead of training: a selection replayed on them
+    makes the same decisions a real one makes on the same seed, because a run resumed at a rung continues
+    exactly as the uninterrupted run (the halving records check it: their curves equal the hindsight ones).
+    It counts resource units and estimates CPU as each candidate's full-budget CPU times the fraction trained."""
+
+    def __init__(self, run: dict) -> None:
+        self.curves = {n: {int(k): v for k, v in c.items()} for n, c in run["curves"].items()}
+        self.full = run["budget"]["max_resource"]
+        self.cpu_full, self.units = run["cpu_seconds"], {n: 0 for n in run["candidates"]}
+
+    def advance(self, candidate, start: int, stop: int) -> dict[int, float]:
+        self.units[candidate.name] += stop - start
+        return {r: v for r, v in self.curves[candidate.name].items() if start < r <= stop}
+
+    def test(self, candidate) -> dict[str, float]:
+        return {}
+
+    def cpu_fraction(self) -> float:
+        spent = sum(self.cpu_full[n] * u / self.full for n, u in self.units.items())
+        return spent / sum(self.cpu_full.values())
+
+
+def replay_rows(family, hindsight: list[dict], halving: list[dict], scores: dict) -> list[dict]:
+    """Synchronous halving, Optuna's SuccessiveHalvingPruner (ASHA) and HyperbandPruner replayed on the
+    hindsight curves of each seed (resumable families only); the synchronous replay is checked against the
+    real halving run of the seed (same choice and eliminations)."""
+    from metalab.sweeps.select import make_pruner, select
+
+    budget = family.budget(hindsight[0]["budget"]["name"])
+    rows = []
+    for full, real in zip(hindsight, halving, strict=True):
+        for pruner in ("synchronous_halving", "successive_halving", "hyperband"):
+            replay = Replay(full)
+            outcome = select(family, budget, family.candidates(), replay, make_pruner(ROOT / "conf", pruner, budget))
+            units = sum(replay.units.values())
+            row = {
+                "seed": full["seed"],
+                "pruner": pruner,
+                "choice": outcome.choice,
+                "choice_test_mean": round(scores[outcome.choice][0], 2) if outcome.choice in scores else None,
+                "epochs_trained": units,
+                "epochs_fraction": round(units / (budget.max_resource * len(replay.units)), 3),
+                "est_cpu_fraction": round(replay.cpu_fraction(), 3),
+                "rung0_kept": len(outcome.rungs[0].kept) if outcome.rungs else None,
+            }
+            if pruner == "synchronous_halving":
+                row["same_as_real_run"] = outcome.choice == real["choice"] and [
+                    r.eliminated for r in outcome.rungs
+                ] == [r["eliminated"] for r in real["rungs"]]
+            rows.append(row)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("family")
@@ -149,6 +203,9 @@ def main() -> int:
         benchmark="select_halving",
         settings={**settings, "pruner": done["halving"][0]["pruner"]},
     )
+    if family.fidelity.resume:
+        replayed = replay_rows(family, done["hindsight"], done["halving"], scores)
+        append_record(RECORDS, replayed, benchmark="select_replay", settings=settings)
     print(json.dumps(rows, indent=1))
     return 0
 

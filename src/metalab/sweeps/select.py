@@ -177,7 +177,12 @@ def select(
     """Successive halving over ``candidates`` in lock-step: all live trials reach a rung, then each is judged."""
     start_cpu, start_wall = time.process_time(), time.perf_counter()
     outcome = _outcome(family, budget, candidates, "halving", type(pruner).__name__, seed)
-    study = optuna.create_study(direction=family.direction, pruner=pruner, sampler=optuna.samplers.RandomSampler(seed))
+    study = optuna.create_study(  # a fixed name: Optuna's Hyperband assigns trials to brackets by hashing it
+        study_name=f"select-{family.name}-{budget.name}-seed{seed}",
+        direction=family.direction,
+        pruner=pruner,
+        sampler=optuna.samplers.RandomSampler(seed),
+    )
     alive = [(c, _ask(study, family, c)) for c in candidates]
     for step in budget.rungs:
         if len(alive) == 1:
