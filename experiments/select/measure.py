@@ -11,7 +11,8 @@ Then it appends two records to ``experiments/select/records/select.jsonl``: the 
 candidate's test metric, mean and 95% t-interval over the seeds, and its full-budget CPU seconds) and the
 selection table (per seed: the choice, which rung eliminated whom, the selection's CPU seconds against the
 hindsight run's training CPU seconds of the same seed, whether the choice is within the interval of the best
-in hindsight and above the family's default). Each run's ``selection.json`` and the halving curves are copied
+in hindsight and above the family's default) and, for a family whose runs resume, a third: synchronous halving,
+Optuna's ASHA and Hyperband replayed on the hindsight curves (resource units, not CPU). Each run's ``selection.json`` and the halving curves are copied
 beside the records.
 """
 
