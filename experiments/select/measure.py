@@ -12,13 +12,14 @@ candidate's test metric, mean and 95% t-interval over the seeds, and its full-bu
 selection table (per seed: the choice, which rung eliminated whom, the selection's CPU seconds against the
 hindsight run's training CPU seconds of the same seed, whether the choice is within the interval of the best
 in hindsight and above the family's default) and, for a family whose runs resume, a third: synchronous halving,
-Optuna's ASHA and Hyperband replayed on the hindsight curves (resource units, not CPU). Each run's ``selection.json`` and the halving curves are copied
-beside the records.
+Optuna's ASHA and Hyperband replayed on the hindsight curves (resource units, not CPU). Each run's
+``selection.json`` and curves are copied beside the records.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import shutil
@@ -124,6 +125,9 @@ def selection_rows(halving: list[dict], hindsight: list[dict], scores: dict[str,
     return rows
 
 
+PRUNERS = ("synchronous_halving", "successive_halving", "hyperband")
+
+
 class Replay:
     """A stage runner that reads a hindsight run's curves instead of training: a selection replayed on them
     makes the same decisions a real one makes on the same seed, because a run resumed at a rung continues
@@ -153,16 +157,19 @@ def replay_rows(family, hindsight: list[dict], halving: list[dict], scores: dict
     real halving run of the seed (same choice and eliminations)."""
     from metalab.sweeps.select import make_pruner, select
 
-    budget = family.budget(hindsight[0]["budget"]["name"])
+    family_budget = family.budget(hindsight[0]["budget"]["name"])
+    # the family's schedule, and (post hoc, chosen after seeing these curves) the first rung three times later
+    later = dataclasses.replace(family_budget, min_resource=family_budget.min_resource * family_budget.reduction_factor)
     rows = []
     for full, real in zip(hindsight, halving, strict=True):
-        for pruner in ("synchronous_halving", "successive_halving", "hyperband"):
+        for pruner, budget in [(p, family_budget) for p in PRUNERS] + [("synchronous_halving", later)]:
             replay = Replay(full)
             outcome = select(family, budget, family.candidates(), replay, make_pruner(ROOT / "conf", pruner, budget))
             units = sum(replay.units.values())
             row = {
                 "seed": full["seed"],
                 "pruner": pruner,
+                "rungs": ",".join(str(r) for r in budget.rungs),
                 "choice": outcome.choice,
                 "choice_test_mean": round(scores[outcome.choice][0], 2) if outcome.choice in scores else None,
                 "epochs_trained": units,
@@ -170,7 +177,7 @@ def replay_rows(family, hindsight: list[dict], halving: list[dict], scores: dict
                 "est_cpu_fraction": round(replay.cpu_fraction(), 3),
                 "rung0_kept": len(outcome.rungs[0].kept) if outcome.rungs else None,
             }
-            if pruner == "synchronous_halving":
+            if pruner == "synchronous_halving" and budget is family_budget:
                 row["same_as_real_run"] = outcome.choice == real["choice"] and [
                     r.eliminated for r in outcome.rungs
                 ] == [r["eliminated"] for r in real["rungs"]]
