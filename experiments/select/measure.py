@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from metalab.report.collect import t975  # noqa: E402
 from metalab.report.records import append_record  # noqa: E402
+from metalab.sweeps.families import load_family  # noqa: E402
 from metalab.sweeps.select import Outcome, plot_curves  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +56,11 @@ def ensure_run(family: str, budget: str, seed: int, mode: str) -> dict:
     kept.mkdir(parents=True, exist_ok=True)
     shutil.copy(out / "selection.json", kept / "selection.json")
     data = json.loads((out / "selection.json").read_text())
-    plot_curves(Outcome.from_json(data), kept / "curves.png")  # drawn again from the record, all alike
+    outcome = Outcome.from_json(data)
+    if not outcome.resource:  # records written before the field existed
+        fidelity = load_family(family, ROOT / "conf").fidelity
+        outcome.resource = fidelity.key + (f" / {fidelity.unit}" if fidelity.unit != 1 else "")
+    plot_curves(outcome, kept / "curves.png")  # drawn again from the record, all alike
     return data
 
 
@@ -199,8 +204,6 @@ def main() -> int:
             done[mode].append(ensure_run(args.family, args.budget, seed, mode))
     if args.only:
         return 0
-    from metalab.sweeps.families import load_family
-
     family = load_family(args.family, ROOT / "conf")
     settings = {"family": args.family, "budget": args.budget, "seeds": args.seeds, "test_metric": family.test_metric}
     rows, scores = hindsight_rows(done["hindsight"], family.test_metric)

@@ -411,7 +411,7 @@ def plot_curves(outcome: Outcome, path: Path) -> None:
     ax.set_xticks(rung_steps(*(outcome.budget[k] for k in ("min_resource", "reduction_factor", "max_resource"))))
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel(f"resource: {outcome.resource} (dotted: rungs; x: eliminated there; star: the choice)")
+    ax.set_xlabel(f"{outcome.resource or 'resource'} (dotted: rungs, x: eliminated, star: choice)", fontsize=9)
     ax.set_ylabel(outcome.objective)
     ax.set_title(f"{outcome.family}, {outcome.mode}, seed {outcome.seed}: choice {outcome.choice}")
     ax.legend(fontsize=7, loc="lower right")
