@@ -133,6 +133,11 @@ CASES: list[Case] = [
     ),
     Case("metalab tables nope.md", "error: tables: file 'nope.md' not found", metalab=("tables", "nope.md")),
     Case(
+        "metalab select: a family that does not exist",
+        "error: family='omniglot_nope' is not allowed: must be one of omniglot_fewshot, split_mnist",
+        metalab=("select", "omniglot_nope"),
+    ),
+    Case(
         "metalab tables outside a repository",
         "is not inside a metalab repository",
         metalab=("tables",),

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "metalab.report.cli",
     "metalab.services.commands",
     "metalab.sweeps.runner",
+    "metalab.sweeps.select",
 ]
 # The commands each module adds: when the command line names one, only its module is imported, so a typo
 # in ``metalab serve --bogus`` is reported before Optuna, OmegaConf and the other modules' imports
@@ -32,6 +33,7 @@ COMMAND_MODULES: dict[str, str] = {
     "serve": "metalab.services.commands",
     "jobs": "metalab.services.commands",
     "sweep": "metalab.sweeps.runner",
+    "select": "metalab.sweeps.select",
 }
 
 
