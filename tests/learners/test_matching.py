@@ -57,6 +57,27 @@ def test_scale_sharpens_the_attention_as_computed_by_hand():
     assert torch.isfinite(far).all()  # an underflowed attention weight gives a finite (floored) log
 
 
+def test_learned_scale_starts_at_scale_and_is_trained():
+    """``learn_scale=true`` gives the read-out of the fixed ``scale`` at the start (its log is the parameter),
+    and a training step moves it: the loss has a gradient with respect to the scale."""
+    torch.manual_seed(0)
+    backbone = Conv4(hidden=8)
+    fixed = MatchingNetwork(backbone, optimizer=torch.optim.Adam, scale=10.0)
+    learned = MatchingNetwork(backbone, optimizer=torch.optim.Adam, scale=10.0, learn_scale=True)
+    batch = _episode()
+    assert torch.allclose(learned.query_logits(batch), fixed.query_logits(batch), atol=1e-5)
+    assert "log_scale" in dict(learned.named_parameters()) and "log_scale" not in dict(fixed.named_parameters())
+    learned.training_loss(batch)[0].backward()
+    assert learned.log_scale.grad is not None and learned.log_scale.grad.abs() > 0
+    assert learned.scale.detach().item() == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_bad_learn_scale_names_the_key(value):
+    with pytest.raises(ConfigError, match=r"learner.learn_scale=.* must be true or false"):
+        MatchingNetwork(Conv4(hidden=8), optimizer=torch.optim.Adam, learn_scale=value)
+
+
 @pytest.mark.parametrize("scale", [0, -1.0, float("inf"), "big"])
 def test_bad_scale_names_the_key(scale):
     with pytest.raises(ConfigError, match=r"learner.scale=.* must be a finite number > 0"):

@@ -9,6 +9,7 @@ LSTM over the support embeddings and ``f`` an LSTM with ``K`` steps of attention
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,11 @@ from metalab.learners.meta.episodic import Batch, EpisodicLearner, way_of
 
 
 def cosine_attention_log_probs(
-    queries: torch.Tensor, support: torch.Tensor, support_labels: torch.Tensor, way: int, scale: float = 1.0
+    queries: torch.Tensor,
+    support: torch.Tensor,
+    support_labels: torch.Tensor,
+    way: int,
+    scale: float | torch.Tensor = 1.0,
 ) -> torch.Tensor:
     """``log P(y | x, S)`` of Vinyals et al. 2016, eq. 1-2: ``"task q d", "task n d", "task n" -> "task q way"``.
 
@@ -99,7 +104,9 @@ class MatchingNetwork(EpisodicLearner):
     the query logits are the log attention-weighted label sums (:func:`cosine_attention_log_probs`).
 
     ``fce``: use full-context embeddings; ``fce_steps``: their K processing steps; ``scale``: the factor on
-    the cosines (:func:`cosine_attention_log_probs`; 1 in the paper). The LSTMs need the
+    the cosines (:func:`cosine_attention_log_probs`; 1 in the paper); ``learn_scale``: learn that factor
+    from ``scale`` on, by gradient with the network (the learned metric scale of Oreshkin et al. 2018, TADAM,
+    sec. 2.2: a fixed 1 leaves the attention too soft to train well, see the experiment files). The LSTMs need the
     backbone's embedding size, read from its ``embedding_dim`` (Conv4 has one) unless ``embedding_dim`` is given.
     """
 
@@ -113,6 +120,7 @@ class MatchingNetwork(EpisodicLearner):
         fce_steps: int = 5,
         embedding_dim: int | None = None,
         scale: float = 1.0,
+        learn_scale: bool = False,
     ) -> None:
         super().__init__(backbone, optimizer, scheduler, channels_last)
         require(
@@ -121,7 +129,10 @@ class MatchingNetwork(EpisodicLearner):
             "a finite number > 0 (1: the paper's plain cosine)",
             scale,
         )
-        self.scale = float(scale)
+        require(isinstance(learn_scale, bool), "learner.learn_scale", "true or false", learn_scale)
+        # Learned as its log: positive by construction, and Adam's steps are relative changes of the factor.
+        self.fixed_scale = float(scale)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale))) if learn_scale else None
         require(isinstance(fce, bool), "learner.fce", "true or false", fce)
         require(
             isinstance(fce_steps, int) and not isinstance(fce_steps, bool) and fce_steps >= 1,
@@ -152,4 +163,10 @@ class MatchingNetwork(EpisodicLearner):
             if self.fce is not None:
                 z_support = self.fce.embed_support(z_support)
                 z_query = self.fce.embed_queries(z_query, z_support)
-            return cosine_attention_log_probs(z_query, z_support, batch["support_labels"], way_of(batch), self.scale)
+            labels = batch["support_labels"]
+            return cosine_attention_log_probs(z_query, z_support, labels, way_of(batch), self.scale)
+
+    @property
+    def scale(self) -> float | torch.Tensor:
+        """The factor on the cosines: the learned one, else the configured ``scale``."""
+        return self.fixed_scale if self.log_scale is None else self.log_scale.exp()
