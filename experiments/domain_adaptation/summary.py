@@ -111,9 +111,7 @@ def per_seed(runs: dict[str, dict[int, Figures]], label: str, k: int, angles: li
 def kshot_rows(runs: dict[str, dict[int, Figures]], angles: list[float]) -> list[dict[str, Any]]:
     rows = []
     for label, name in METHODS.items():
-        if label not in runs:
-            continue
-        row: dict[str, Any] = {"method": name, "seeds": len(runs[label])}
+        row: dict[str, Any] = {"method": name, "seeds": len(runs.get(label, {}))}
         for k in SHOTS:
             if (label in K_FREE) != (k == 0):
                 row[f"k={k}"] = ""
