@@ -67,18 +67,27 @@ def main() -> None:
         with torch.no_grad():
             acc = float((adapted(query).argmax(-1) == labels).float().mean() * 100)
             coral_after = float(coral_loss(adapted.features(episode.source), adapted.features(episode.unlabelled)))
-        rows.append({"weight": weight, "method": "coral_unlabelled", "target_acc": round(acc, 2),
-                     "coral_after": coral_after})
+        rows.append(
+            {"weight": weight, "method": "coral_unlabelled", "target_acc": round(acc, 2), "coral_after": coral_after}
+        )
     for row in rows:
         print(row)
-    print(f"source model: source cross-entropy {ce:.4f}, CORAL loss {coral:.5f} (ratio {ce / max(coral, 1e-12):.1f}); "
-          f"CPU {time.process_time() - start:.1f} s")
+    print(
+        f"source model: source cross-entropy {ce:.4f}, CORAL loss {coral:.5f} (ratio {ce / max(coral, 1e-12):.1f}); "
+        f"CPU {time.process_time() - start:.1f} s"
+    )
     if not args.no_record:
         append_record(
             RECORD,
             rows,
-            settings={"angle": args.angle, "seed": args.seed, "source_ce": ce, "source_coral": coral,
-                      "steps": cfg.trainer.max_steps, "adaptation": dict(base)},
+            settings={
+                "angle": args.angle,
+                "seed": args.seed,
+                "source_ce": ce,
+                "source_coral": coral,
+                "steps": cfg.trainer.max_steps,
+                "adaptation": dict(base),
+            },
         )
 
 

@@ -8,7 +8,8 @@ and commits each run's ``metrics.json``; this script reads the records that matc
   mean and 95% t-interval over seeds;
 - paired gaps (each seed's mean over targets, then a t-interval over seeds): every method against training
   from scratch at the same k, unlabelled-target CORAL against source-only, CORAL with labels against
-  fine-tuning all;
+  fine-tuning all; beside it, a secondary view over every (seed, target) pair (t-interval as if the targets
+  were independent draws, and how many pairs are above);
 - per target: the domain distances of the source model's features (linear MMD, proxy A-distance; from the
   source-only runs, before adaptation) beside the transfer figures;
 - Spearman's rank correlation over the targets between each distance and each transfer measure, with a
@@ -130,6 +131,14 @@ def gap(runs, a: str, b: str, k: int, angles: list[float]) -> dict[str, Any] | N
         return None
     diffs = [left[s] - right[s] for s in seeds]
     mean, half = interval(diffs)
+    ka, kb = (0 if a in K_FREE else k), (0 if b in K_FREE else k)
+    pairs = [  # the secondary view: every (seed, target) pair, as if the targets were independent draws
+        runs[a][s][(t, ka, "acc")] - runs[b][s][(t, kb, "acc")]
+        for s in seeds
+        for t in angles
+        if (t, ka, "acc") in runs[a][s] and (t, kb, "acc") in runs[b][s]
+    ]
+    pair_mean, pair_half = interval(pairs)
     return {
         "comparison": f"{METHODS[a]} - {METHODS[b]}",
         "k": k,
@@ -137,6 +146,9 @@ def gap(runs, a: str, b: str, k: int, angles: list[float]) -> dict[str, Any] | N
         "ci95": round(half, 2),
         "per_seed": ", ".join(f"{d:+.2f}" for d in diffs),
         "above (CI excludes 0)": bool(len(diffs) > 1 and mean - half > 0),
+        "pairs": len(pairs),
+        "pairs_ci95": round(pair_half, 2),
+        "pairs_above": f"{sum(d > 0 for d in pairs)}/{len(pairs)}",
     }
 
 
@@ -214,9 +226,7 @@ def correlation_rows(targets: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for d_name, d_key in distances.items():
         for t_name, t_key in transfers.items():
             x = [row[d_key] for row in targets]
-            y = [
-                (row["coral_unlabelled"] - row["source_only"]) if t_key is None else row[t_key] for row in targets
-            ]
+            y = [(row["coral_unlabelled"] - row["source_only"]) if t_key is None else row[t_key] for row in targets]
             if any(not math.isfinite(v) for v in x + y):
                 continue
             rho, low, high, skipped = spearman_with_ci(x, y)

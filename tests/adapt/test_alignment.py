@@ -27,7 +27,9 @@ def test_coral_loss_ignores_a_shift_of_the_mean_and_has_gradients():
     gen = torch.Generator().manual_seed(4)
     source = torch.randn(6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     target = torch.randn(9, 3, generator=gen, dtype=torch.float64, requires_grad=True)
-    assert float(coral_loss(source.detach(), source.detach() + 5.0)) == pytest.approx(0.0, abs=1e-12)  # second order only
+    assert float(coral_loss(source.detach(), source.detach() + 5.0)) == pytest.approx(
+        0.0, abs=1e-12
+    )  # second order only
     assert torch.autograd.gradcheck(coral_loss, (source, target))
 
 

@@ -27,7 +27,9 @@ def test_proxy_a_distance_tells_separable_from_identical_domains():
 
 @pytest.mark.parametrize("shots", [[1, 5, 101], [-1]])
 def test_k_above_the_targets_examples_per_class_is_one_error_naming_the_key(shots):
-    with pytest.raises(ConfigError, match=r"data\.shots=.* must be an integer in \[0, 100\].*target_examples_per_class"):
+    with pytest.raises(
+        ConfigError, match=r"data\.shots=.* must be an integer in \[0, 100\].*target_examples_per_class"
+    ):
         RotatedDomains(shots=shots, target_examples_per_class=100)
 
 
@@ -60,7 +62,9 @@ def test_adaptations_leave_the_source_model_alone_and_fit_the_support():
     full = FineTune(part="all", steps=60, lr=0.01).adapt(model, episode)
     Coral(steps=2, batch=8, labelled_weight=0.0).adapt(model, episode)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert torch.equal(head.conv[0].weight, model.conv[0].weight) and not torch.equal(head.head.weight, model.head.weight)
+    assert torch.equal(head.conv[0].weight, model.conv[0].weight) and not torch.equal(
+        head.head.weight, model.head.weight
+    )
     assert (full(episode.support).argmax(-1) == episode.support_labels).float().mean() > 0.9
     assert SourceOnly().adapt(model, episode) is model
 

@@ -103,7 +103,12 @@ class RotatedDomains(L.LightningDataModule):
             "data.train_query": train_query,
         }.items():
             require(isinstance(value, int) and value >= 1, key, "an integer >= 1", value)
-        require(isinstance(train_batches, int) and train_batches >= 0, "data.train_batches", "an integer >= 0", train_batches)
+        require(
+            isinstance(train_batches, int) and train_batches >= 0,
+            "data.train_batches",
+            "an integer >= 0",
+            train_batches,
+        )
         require(train in TRAIN_MODES, "data.train", f"one of {', '.join(TRAIN_MODES)}", train)
         self.shots = self._shots(shots, target_examples_per_class)
         self.dataset, self.data_dir = dataset, data_dir
@@ -240,7 +245,14 @@ class SourceEpisodes(Dataset):
     def __init__(
         self, source: list[tuple[torch.Tensor, torch.Tensor]], length: int, tasks: int, shot: int, query: int, seed: int
     ) -> None:
-        self.source, self.length, self.tasks, self.shot, self.query, self.seed = source, length, tasks, shot, query, seed
+        self.source, self.length, self.tasks, self.shot, self.query, self.seed = (
+            source,
+            length,
+            tasks,
+            shot,
+            query,
+            seed,
+        )
 
     def __len__(self) -> int:
         return self.length
@@ -281,7 +293,9 @@ class TargetEpisodes(Dataset):
         gen = torch.Generator().manual_seed(_seed(self.seed, 3, self.angle, self.k, index))
         pool_x, pool_y = self.target["pool_x"], self.target["pool_y"]
         support = _per_class(pool_y, self.k, gen).flatten()
-        source_gen = torch.Generator().manual_seed(_seed(self.seed, 4, index))  # the same source sample for every target
+        source_gen = torch.Generator().manual_seed(
+            _seed(self.seed, 4, index)
+        )  # the same source sample for every target
         sx, sy = self.source
         picked = torch.randperm(len(sy), generator=source_gen)[: min(self.source_sample, len(sy))]
         episode = {

@@ -119,7 +119,9 @@ class Scratch(FineTune):
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("part", "all")
-        require(kwargs["part"] == "all", "learner.adaptation.part", "all (a new network trains everything)", kwargs["part"])
+        require(
+            kwargs["part"] == "all", "learner.adaptation.part", "all (a new network trains everything)", kwargs["part"]
+        )
         super().__init__(**kwargs)
 
     def adapt(self, model: nn.Module, episode: Episode) -> nn.Module:
@@ -179,7 +181,9 @@ class Coral(Adaptation):
                 loss = F.cross_entropy(logits[: len(s)], ys[s])
                 loss = loss + self.coral_weight * coral_loss(aligned[: len(s)], aligned[len(s) :])
                 if labelled:
-                    loss = loss + self.labelled_weight * F.cross_entropy(adapted(episode.support), episode.support_labels)
+                    loss = loss + self.labelled_weight * F.cross_entropy(
+                        adapted(episode.support), episode.support_labels
+                    )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
