@@ -173,6 +173,11 @@ CASES: list[Case] = [
         api=lambda: _ga(offspring_size=0),
         api_text="GeneticAlgorithm(space, offspring_size=0)",
     ),
+    Case(
+        "domain adaptation: k above the target's examples per class",
+        "error: data.shots=[1, 5, 500] is not allowed: each k of data.shots must be an integer in [0, 100]",
+        train=("+experiment=rotated_mnist/finetune_all", "data.shots=[1,5,500]"),
+    ),
 ]
 
 
