@@ -176,19 +176,20 @@ def schema_conformance(record: dict) -> list[str]:
     f = record["figures"][0]
     lines = [
         "## Schemathesis with every check (`--checks all`, stateful phase included) on a live server\n",
-        "| backend | operations tested | phases passed | test cases | with failures | failures | failed operations "
-        "| errors | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| backend | exit | operations tested | phases (status) | test cases | with failures | failures "
+        "| failed operations | errors | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for backend, r in f["backends"].items():
         if "skipped" in r:
-            lines.append(f"| {backend} | skipped: {r['skipped']} | | | | | | | |")
+            lines.append(f"| {backend} | skipped: {r['skipped']} | | | | | | | | |")
             continue
         rep = r["report"]
         ops, cases = rep.get("operations", {}), rep.get("test_cases", {})
-        phases = [name for name, status in rep.get("phases", {}).items() if status == "success"]
+        phases = [f"{name} ({status})" for name, status in rep.get("phases", {}).items()]
+        exit_code = {0: "0 (passed)", -15: "-15 (stopped by SIGTERM)"}.get(r["exit_code"], str(r["exit_code"]))
         lines.append(
-            f"| {backend} | {ops.get('tested')} of {ops.get('total')} | {', '.join(phases)} | "
+            f"| {backend} | {exit_code} | {ops.get('tested')} of {ops.get('total')} | {', '.join(phases)} | "
             f"{cases.get('generated')} | {cases.get('with_failures')} | {rep.get('failure_count')} | "
             f"{', '.join(rep.get('failed_operations', [])) or '-'} | "
             f"{sum(e.get('count', 0) for e in rep.get('errors', []))} | {r['seconds']} |"

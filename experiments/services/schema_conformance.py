@@ -67,6 +67,12 @@ def config_text(cross_field: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(operation: str) -> str:
+    """``POST /v1/workspaces/{workspace}/teams`` as ``POST .../teams`` (the record writer would take the long
+    form for a machine path)."""
+    return operation.replace("/v1/workspaces/{workspace}", "...")
+
+
 def failures_of(report: dict) -> dict:
     """Operations, phases, test cases, failure groups and errors from schemathesis's JSON run report."""
     failures = report.get("failures", [])
@@ -76,8 +82,11 @@ def failures_of(report: dict) -> dict:
         "phases": {name: p.get("status") for name, p in report.get("phases", {}).items()},
         "test_cases": report.get("test_cases", {}),
         "failure_count": sum(f.get("count", 0) for f in failures),
-        "failed_operations": sorted({op for f in failures for op in f.get("operations", [])}),
-        "failures": [{k: f.get(k) for k in ("title", "count", "operations")} for f in failures][:40],
+        "failed_operations": sorted({_short(op) for f in failures for op in f.get("operations", [])}),
+        "failures": [
+            {"title": f.get("title"), "count": f.get("count"), "operations": list(map(_short, f.get("operations", [])))}
+            for f in failures
+        ][:40],
         "errors": report.get("errors", []),
         "warnings": report.get("warnings", []),
     }
