@@ -5,8 +5,9 @@ For --backend sqlite (a WAL file) and/or postgresql (a temporary server, metalab
 2. load + exactly-once: 8 client threads record 10,000 outcomes with the typed client (Idempotency-Key =
    the unit id); 5% of requests are sent a second time with the same key (a retry after a lost answer);
    then every outcome is listed back: none lost, none duplicated; requests/s and p50/p99 latency;
-3. SIGKILL: the same with 8 x 250 outcomes while the server is killed with SIGKILL mid-load and restarted;
-   clients retry with the same keys; every acknowledged write must be there once.
+3. SIGKILL: the same with 8 x 250 outcomes while the server is killed with SIGKILL mid-load and restarted,
+   --kills times (every --kill-after seconds of load); clients retry with the same keys; every acknowledged
+   write must be there once, and the variants' running sums must equal the stored rows.
 Server and clients are pinned to core 1 (--cpu) when taskset exists.
 Usage: python experiments/services/reliability.py --backend sqlite --backend postgresql
 """
@@ -87,7 +88,7 @@ class Server:
 
 
 def _client(server: Server) -> ServicesClient:
-    return ServicesClient(server.base, WORKSPACE, TOKEN, timeout=30, retries=12, backoff=0.1)
+    return ServicesClient(server.base, WORKSPACE, TOKEN, timeout=30, retries=40, backoff=0.1)  # ~2 min of retries
 
 
 def run_schemathesis(server: Server, max_examples: int, workdir: Path) -> dict:
@@ -128,9 +129,9 @@ def load(
     per_client: int,
     retry_share: float,
     kill_after: float | None = None,
-    restart: bool = True,
+    kills: int = 1,
 ) -> dict:
-    """``clients`` threads record ``per_client`` outcomes each; optionally SIGKILL the server mid-load."""
+    """``clients`` threads record ``per_client`` outcomes each; optionally SIGKILL the server ``kills`` times."""
     acknowledged: list[set[str]] = [set() for _ in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
@@ -155,14 +156,15 @@ def load(
     clock = time.perf_counter()
     for t in threads:
         t.start()
-    killed_at = None
-    if kill_after is not None:
+    killed_at = []
+    for _ in range(kills if kill_after is not None else 0):
         time.sleep(kill_after)
-        killed_at = sum(len(a) for a in acknowledged)
+        if not any(t.is_alive() for t in threads):
+            break
+        killed_at.append(sum(len(a) for a in acknowledged))
         server.kill()
         time.sleep(1.0)
-        if restart:
-            server.start()
+        server.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - clock
@@ -188,12 +190,18 @@ def verify(server: Server, experiment_id: int, acknowledged: set[str], expected:
         experiment = client.experiment(experiment_id)
     units = Counter(o.unit for o in stored)
     duplicates = sum(c - 1 for c in units.values() if c > 1)
+    sums = {v.name: (v.count, v.mean) for v in experiment.variants}
+    rows = {name: [o.value for o in stored if o.variant == name] for name in sums}
     return {
         "expected": expected,
         "stored": len(stored),
         "duplicates": duplicates,
         "acknowledged_missing": len(acknowledged - set(units)),
         "variant_counts_match_rows": sum(v.count for v in experiment.variants) == len(stored),
+        "variant_sums_match_rows": all(
+            count == len(rows[name]) and (count == 0 or abs(mean * count - sum(rows[name])) < 1e-6)
+            for name, (count, mean) in sums.items()
+        ),
     }
 
 
@@ -234,11 +242,12 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
         }
         print(backend, "load", result["load"], flush=True)
         kill_per_client = args.kill_outcomes // args.clients
-        run = load(server, kill_id, args.clients, kill_per_client, args.retry_share, kill_after=args.kill_after)
+        run = load(server, kill_id, args.clients, kill_per_client, args.retry_share, args.kill_after, args.kills)
         result["sigkill"] = {
             "clients": args.clients,
             "outcomes": kill_per_client * args.clients,
             "killed_after_seconds": args.kill_after,
+            "kills": len(run["acknowledged_when_killed"]),
             "acknowledged_when_killed": run["acknowledged_when_killed"],
             "client_error_count": len(run["errors"]),
             "client_errors": run["errors"][:5],
@@ -261,7 +270,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--outcomes", type=int, default=10_000)
     parser.add_argument("--kill-outcomes", type=int, default=2_000)
-    parser.add_argument("--kill-after", type=float, default=4.0, help="seconds into the kill run")
+    parser.add_argument("--kill-after", type=float, default=4.0, help="seconds of load before each kill")
+    parser.add_argument("--kills", type=int, default=3, help="SIGKILLs per backend, each followed by a restart")
     parser.add_argument("--retry-share", type=float, default=0.05)
     parser.add_argument("--schemathesis-examples", type=int, default=25)
     parser.add_argument("--cpu", default="1", help="core for server and clients (taskset); '' for none")

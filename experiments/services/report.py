@@ -99,24 +99,30 @@ def reliability(record: dict) -> list[str]:
     lines = [
         "## Reliability and load on a live server\n",
         "| backend | schemathesis (not_a_server_error) | outcomes | stored | lost (acknowledged missing) "
-        "| duplicates | "
-        "acknowledged/s | p50 ms | p99 ms | SIGKILL run: stored / expected, lost, duplicates |",
+        "| duplicates | acknowledged/s | p50 ms | p99 ms | SIGKILL run: kills, stored / expected, lost, duplicates, "
+        "sums = rows |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for backend, r in record["figures"][0]["backends"].items():
         if "skipped" in r:
             lines.append(f"| {backend} | skipped: {r['skipped']} | | | | | | | | |")
             continue
-        st = r.get("schemathesis", {})
+        st = r.get("schemathesis")
+        schemathesis = (
+            "not run (see the all-checks run)"
+            if st is None
+            else (f"{'passed' if st.get('passed') else 'FAILED'} ({st.get('max_examples')} examples/operation)")
+        )
         load, kill = r["load"], r["sigkill"]
         lat = load["latency_ms_first_attempt"]
+        at = kill["acknowledged_when_killed"]
         lines.append(
-            f"| {backend} | {'passed' if st.get('passed') else 'FAILED'} "
-            f"({st.get('max_examples')} examples/operation) | "
+            f"| {backend} | {schemathesis} | "
             f"{load['outcomes']} | {load['stored']} | {load['acknowledged_missing']} | {load['duplicates']} | "
             f"{load['acknowledged_per_second']} | {lat['p50']:.1f} | {lat['p99']:.1f} | "
-            f"{kill['stored']} / {kill['expected']}, {kill['acknowledged_missing']}, {kill['duplicates']} "
-            f"(killed after {kill['acknowledged_when_killed']} acknowledged) |"
+            f"{kill.get('kills', 1)}, {kill['stored']} / {kill['expected']}, {kill['acknowledged_missing']}, "
+            f"{kill['duplicates']}, {kill.get('variant_sums_match_rows', kill['variant_counts_match_rows'])} "
+            f"(killed after {', '.join(map(str, at)) if isinstance(at, list) else at} acknowledged) |"
         )
     lines.append(
         f"\n8 client threads, 5% of requests resent with the same Idempotency-Key. Record: {_env(record)}. "
@@ -208,5 +214,37 @@ def throughput(record: dict) -> list[str]:
     lines.append(
         f"\n1-minute load average at the start of the phases: {min(loads):.1f} to {max(loads):.1f}; runnable "
         f"processes: {', '.join('-' if n is None else str(n) for n in runnable)}; {quiet}. Record: {_env(record)}.\n"
+    )
+    return lines
+
+
+def schema_conformance(record: dict) -> list[str]:
+    f = record["figures"][0]
+    lines = [
+        "## Schemathesis with every check (`--checks all`, stateful phase included) on a live server\n",
+        "| backend | exit | operations tested | phases (status) | test cases | with failures | failures "
+        "| failed operations | errors | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for backend, r in f["backends"].items():
+        if "skipped" in r:
+            lines.append(f"| {backend} | skipped: {r['skipped']} | | | | | | | | |")
+            continue
+        rep = r["report"]
+        ops, cases = rep.get("operations", {}), rep.get("test_cases", {})
+        phases = [f"{name} ({status})" for name, status in rep.get("phases", {}).items()]
+        exit_code = {0: "0 (passed)", -15: "-15 (stopped by SIGTERM)"}.get(r["exit_code"], str(r["exit_code"]))
+        lines.append(
+            f"| {backend} | {exit_code} | {ops.get('tested')} of {ops.get('total')} | {', '.join(phases)} | "
+            f"{cases.get('generated')} | {cases.get('with_failures')} | {rep.get('failure_count')} | "
+            f"{', '.join(rep.get('failed_operations', [])) or '-'} | "
+            f"{sum(e.get('count', 0) for e in rep.get('errors', []))} | {r['seconds']} |"
+        )
+    any_run = next((r for r in f["backends"].values() if "report" in r), {})
+    lines.append(
+        f"\n{any_run.get('max_examples')} examples per operation and phase, seed {any_run.get('seed')}, "
+        f"schemathesis {any_run.get('report', {}).get('schemathesis_version')}. A schema-valid body may get its "
+        "documented 422 only on the operations whose body has a rule between fields (`x-cross-field-rule`: "
+        f"{', '.join(any_run.get('cross_field_operations', []))}). Record: {_env(record)}.\n"
     )
     return lines

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from svc_helpers import auth
 
-from metalab.services.errors import Conflict, Unprocessable
+from metalab.services.errors import Conflict
 from metalab.services.predictor import PredictorConfig, PredictorService, _split, fit_predict
 
 
@@ -69,7 +69,7 @@ def test_risk_flags_and_refusals(sessions):
             service.predict({"a": 0.5, "b": 0.5, "c": 0.5})
         for row, d, e, r in zip(x, targets["duration_s"], targets["error_rate"], targets["resources"]):
             service.record({"a": row[0], "b": row[1], "c": row[2]}, d, e, r)
-        with pytest.raises(Unprocessable, match="features a, b, c"):
+        with pytest.raises(Conflict, match="features a, b, c"):
             service.record({"a": 1.0}, 1.0, 0.0, 1.0)
         near = service.predict({"a": 0.5, "b": 0.5, "c": 0.1})
         far = service.predict({"a": 9.0, "b": -7.0, "c": 5.0})
@@ -89,7 +89,7 @@ def test_predictor_routes(api):
     low, high = answer.json()["interval"]["duration_s"]
     assert low < answer.json()["estimate"]["duration_s"] < high
     wrong = api.post("/v1/workspaces/alpha/predictions", json={"features": {"z": 1}}, headers=auth())
-    assert wrong.status_code == 422 and "features a, b, c" in wrong.json()["detail"]
+    assert wrong.status_code == 409 and "features a, b, c" in wrong.json()["detail"]
     too_many = api.post(
         "/v1/workspaces/alpha/predictions", json={"features": {"a": 0, "b": 0, "c": 0}, "k": 900}, headers=auth()
     )

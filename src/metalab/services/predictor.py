@@ -160,9 +160,11 @@ class PredictorService:
         return None if first is None else sorted(first)
 
     def _check_features(self, features: dict[str, float]) -> None:
+        """The workspace's first job fixed its feature names; other names conflict with that state (409, not 422:
+        the body is well formed, and the same body is right in a workspace with those features)."""
         names = self.feature_names()
         if names is not None and sorted(features) != names:
-            raise Unprocessable(
+            raise Conflict(
                 f"profile vectors of this workspace have the features {', '.join(names)}; "
                 f"got {', '.join(sorted(features))}"
             )
