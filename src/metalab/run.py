@@ -27,6 +27,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import DictConfig, OmegaConf
 
 from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
+from metalab.callbacks.diagnosis import alerts_of, diagnosis_summary_of, stop_reason_of
 from metalab.budget import FitHorizonToTimeBudget
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
@@ -93,6 +94,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
     record.update({"metrics": metrics, "global_step": trainer.global_step, "seed": cfg.seed,
                    "targets": OmegaConf.to_container(cfg.targets, resolve=True) if cfg.get("targets") else {},
                    "precision": precision.record(), "environment": environment_report()})
+    alerts = alerts_of(callbacks)
+    if alerts is not None:  # what the diagnosis found and did (metalab.callbacks.diagnosis)
+        record["alerts"] = alerts
+        record["diagnosis"] = diagnosis_summary_of(callbacks)
     run_record = getattr(learner, "run_record", None)  # what a learner adds beyond scalars (e.g. a NAS genotype)
     if callable(run_record):
         record.update(run_record())
@@ -126,6 +131,8 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> Ru
     datamodule = instantiate(cfg.data)
     learner = instantiate(cfg.learner, backbone=instantiate(cfg.model))
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
+    if cfg.get("diagnosis"):  # conf/diagnosis/: self-diagnosis and self-healing (empty with diagnosis=off)
+        callbacks.append(instantiate(cfg.diagnosis, "diagnosis"))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -224,6 +231,8 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
         reason = f"signal {signal_stop}"
     elif trainer.fast_dev_run:
         reason = f"trainer.fast_dev_run={int(trainer.fast_dev_run)} (debug: that many batches per stage)"
+    elif stop_reason_of(callbacks):
+        reason = stop_reason_of(callbacks)
     elif timer is not None and (timer.time_remaining() or 0) <= 0:
         reason = "max_time"
     elif max_steps not in (None, -1) and trainer.global_step >= max_steps:

@@ -114,6 +114,9 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         self.accuracy: nn.ModuleDict | None = None  # R during training: row 0 initial, row i+1 after task i
         self.final: nn.ModuleDict | None = None     # the test pass (one row)
         self._param_index: dict[str, nn.Parameter] = {}
+        # Set by the diagnosis callback (metalab.callbacks.diagnosis.SkipsNonFiniteSteps): skip, not raise.
+        self.skip_nonfinite_steps = False
+        self.skipped_steps: list[dict[str, Any]] = []
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @property
@@ -189,7 +192,9 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
             optimizer, backward = DirectStep(optimizer), torch.Tensor.backward
         for mini_batch in mini_batches(batch, self.stream.batch_size):
             result = continual_step(self, self.method, mini_batch, task, optimizer, backward=backward,
-                                    step=self.global_step)
+                                    step=self.global_step, skip_nonfinite=self.skip_nonfinite_steps)
+            if result.skipped:
+                self.skipped_steps.append({"step": self.global_step, "loss": result.loss.item()})
         self._log_step(result)
         return result.loss
 

@@ -1,0 +1,496 @@
+"""Self-diagnosis and self-healing training: a Lightning callback over the detectors of
+:mod:`metalab.callbacks.detectors` (issue 35).
+
+What it watches, once per training batch (Lightning's batch: a chunk of mini-batches for a chunked
+continual learner), and what it does (``conf/diagnosis/default.yaml``):
+
+- a non-finite loss: a learner that can skip steps (:class:`SkipsNonFiniteSteps`, the episodic and
+  continual learners) skips that step instead of raising; the callback then restores the model's buffers
+  (batch-norm statistics, which the poisoned forward pass already changed) from the last good snapshot.
+  A non-finite loss or gradient norm from any other learner means the update was applied: roll back;
+- gradient explosion (the global gradient norm far above its running median), a loss spike (a batch's
+  loss far above the running median) and divergence (the loss median over a window rising well above its
+  best): roll back to the last good in-memory snapshot (model and optimiser state, its learning rates
+  included, taken every ``rollback.snapshot_every`` healthy batches) and, when the trouble comes back within
+  ``rollback.recur_window`` batches of the last rollback, distrust the snapshot restored last (go one further
+  back) and lower the learning rate by ``rollback.lr_factor``: a one-off bad batch or a rate that jumped
+  is undone by the rollback alone, a rate that was too large all along is lowered until training holds;
+- a plateau of the training loss: lower the learning rate by ``plateau.lr_factor``;
+- a throughput collapse (seconds per step stuck far above their best; this process's CPU seconds by
+  default, so other jobs on a shared core are not taken for a fault of the run) and, in continual runs, a jump of
+  forgetting on earlier tasks at a task end: report (no automatic remedy is known);
+- non-finite losses on consecutive batches (the weights, not one batch, are broken): roll back;
+- more than ``rollback.max_rollbacks`` rollbacks, or nothing to roll back to: stop early, saying why
+  (``trainer.should_stop``).
+
+Every diagnosis and action is one console line, a metric to the loggers (``diagnosis/<kind>`` at that
+step), and an entry of :attr:`SelfHealing.alerts`, which ``metalab.run.train`` writes to ``metrics.json``.
+Public Lightning API only (batch hooks, ``trainer.optimizers``, ``trainer.lr_scheduler_configs``,
+``trainer.should_stop``, ``trainer.loggers``); no step hook is overridden, so the continual learner keeps
+its direct optimiser steps (``learners.continual.learner.direct_steps_allowed``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Protocol, runtime_checkable
+
+import lightning as L
+import torch
+
+from metalab.callbacks.detectors import ForgettingJump, PlateauDetector, RiseDetector, SpikeDetector
+from metalab.errors import ConfigError
+
+
+@runtime_checkable
+class SkipsNonFiniteSteps(Protocol):
+    """A learner that, when ``skip_nonfinite_steps`` is true, skips (does not apply) a step whose loss is
+    not finite, instead of raising, and appends ``{"step": global_step, "loss": value}`` to ``skipped_steps``."""
+
+    skip_nonfinite_steps: bool
+    skipped_steps: list[dict[str, Any]]
+
+
+# -- settings ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """What a setting must be: a check and the words that say so."""
+
+    check: Any
+    allowed: str
+
+
+POSITIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
+NONNEGATIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
+ABOVE_ONE = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v < math.inf,
+                 "a number > 1")
+FRACTION = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+                "a number in (0, 1)")
+NONNEGATIVE = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf,
+                   "a number >= 0")
+POINTS = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100,
+              "a number of accuracy points in (0, 100]")
+
+
+def action_rule(*actions: str) -> Rule:
+    return Rule(lambda v: v in actions, "one of " + ", ".join(actions))
+
+
+# Each detector's settings and their rules. A section set to null (or false) turns that detector off.
+SECTIONS: dict[str, dict[str, Rule]] = {
+    "non_finite": {"action": action_rule("skip", "rollback", "stop", "alert"), "rollback_after": POSITIVE_INT},
+    "gradient_explosion": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT,
+                           "action": action_rule("rollback", "stop", "alert")},
+    "loss_spike": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT,
+                   "action": action_rule("rollback", "stop", "alert")},
+    "divergence": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
+    "plateau": {"patience": POSITIVE_INT, "min_improvement": FRACTION, "window": POSITIVE_INT,
+                "lr_factor": FRACTION, "min_lr": NONNEGATIVE, "action": action_rule("reduce_lr", "stop", "alert")},
+    "throughput": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": NONNEGATIVE_INT,
+                   "clock": action_rule("cpu", "wall"), "action": action_rule("alert", "stop")},
+    "forgetting": {"threshold": POINTS, "scenario": Rule(lambda v: isinstance(v, str) and bool(v),
+                                                         "auto or a scenario name (task_il, class_il, domain_il)"),
+                   "action": action_rule("alert", "stop")},
+    "rollback": {"snapshot_every": POSITIVE_INT, "keep": POSITIVE_INT, "lr_factor": FRACTION,
+                 "recur_window": NONNEGATIVE_INT, "max_rollbacks": NONNEGATIVE_INT},
+}
+
+
+def check_settings(settings: dict[str, Any], prefix: str = "diagnosis") -> dict[str, dict[str, Any] | None]:
+    """Every section and key known and in range, else :class:`ConfigError` naming ``diagnosis.<section>.<key>``.
+    A section may leave keys out (then they keep their defaults) or be null/false (that detector is off)."""
+    checked: dict[str, dict[str, Any] | None] = {}
+    for section, values in settings.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{prefix}.{section} is not allowed: unknown diagnosis setting; allowed: "
+                              f"{', '.join(SECTIONS)}")
+        if values is None or values is False:
+            checked[section] = None
+            continue
+        if not hasattr(values, "items"):
+            raise ConfigError(f"{prefix}.{section}={values!r} is not allowed: must be a mapping of "
+                              f"{', '.join(SECTIONS[section])}, or null to turn it off")
+        for key, value in values.items():
+            rule = SECTIONS[section].get(key)
+            if rule is None:
+                raise ConfigError(f"{prefix}.{section}.{key} is not allowed: unknown key; allowed: "
+                                  f"{', '.join(SECTIONS[section])}")
+            if not rule.check(value):
+                raise ConfigError(f"{prefix}.{section}.{key}={value!r} is not allowed: must be {rule.allowed}")
+        checked[section] = dict(values)
+    return checked
+
+
+@dataclass
+class Alert:
+    """One diagnosis and what was done about it, as written to ``metrics.json``."""
+
+    step: int
+    kind: str
+    detail: str
+    action: str
+
+    def line(self) -> str:
+        return f"[metalab] diagnosis: step {self.step}: {self.kind}: {self.detail} -> {self.action}"
+
+
+@dataclass
+class Snapshot:
+    """The in-memory state a rollback returns to: parameters and buffers (not metric states: a rollback must
+    not undo evaluations), what the module adds to a checkpoint (``on_save_checkpoint``: a continual
+    method's replay buffer or Fisher), and the optimisers' state."""
+
+    step: int
+    batch: int                       # the callback's batch count when taken (margins are in batches)
+    tensors: dict[str, torch.Tensor]
+    extra: dict[str, Any]
+    optimizers: list[dict[str, Any]]
+
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "non_finite": {"action": "skip", "rollback_after": 2},
+    "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "action": "rollback"},
+    "loss_spike": {"factor": 20.0, "window": 50, "warmup": 10, "action": "rollback"},
+    "divergence": {"factor": 3.0, "window": 25, "action": "rollback"},
+    "plateau": {"patience": 5000, "min_improvement": 0.01, "window": 50, "lr_factor": 0.5, "min_lr": 1e-6,
+                "action": "reduce_lr"},
+    "throughput": {"factor": 10.0, "window": 20, "warmup": 10, "clock": "cpu", "action": "alert"},
+    "forgetting": {"threshold": 50.0, "scenario": "auto", "action": "alert"},
+    "rollback": {"snapshot_every": 10, "keep": 3, "lr_factor": 0.1, "recur_window": 100, "max_rollbacks": 6},
+}
+
+
+def build_diagnosis(**settings: Any) -> "SelfHealing":
+    """``_target_`` of ``conf/diagnosis/default.yaml``: check the settings (one :class:`ConfigError` naming the
+    key), fill in the defaults, build the callback."""
+    checked = check_settings(settings)
+    merged: dict[str, dict[str, Any] | None] = {}
+    for section, default in DEFAULTS.items():
+        if section in checked and checked[section] is None:
+            merged[section] = None
+        else:
+            merged[section] = {**default, **(checked.get(section) or {})}
+    if merged["rollback"] is None:
+        merged["rollback"] = {**DEFAULTS["rollback"], "max_rollbacks": 0}
+    return SelfHealing(merged)
+
+
+class SelfHealing(L.Callback):
+    """Diagnose each training batch and heal what can be healed; see the module docstring for the rules."""
+
+    def __init__(self, settings: dict[str, dict[str, Any] | None] | None = None) -> None:
+        self.settings = settings if settings is not None else {k: dict(v) for k, v in DEFAULTS.items()}
+        s = self.settings
+        self.grad_spike = SpikeDetector(s["gradient_explosion"]["factor"], s["gradient_explosion"]["window"],
+                                        s["gradient_explosion"]["warmup"]) if s["gradient_explosion"] else None
+        self.loss_spike = SpikeDetector(s["loss_spike"]["factor"], s["loss_spike"]["window"],
+                                        s["loss_spike"]["warmup"]) if s["loss_spike"] else None
+        self.divergence = RiseDetector(s["divergence"]["factor"], s["divergence"]["window"]) if s["divergence"] else None
+        self.plateau = (PlateauDetector(s["plateau"]["patience"], s["plateau"]["min_improvement"], s["plateau"]["window"])
+                        if s["plateau"] else None)
+        self.slowdown = RiseDetector(s["throughput"]["factor"], s["throughput"]["window"]) if s["throughput"] else None
+        self.forgetting = ForgettingJump(s["forgetting"]["threshold"]) if s["forgetting"] else None
+        self.alerts: list[Alert] = []
+        self.stop_reason: str | None = None
+        self.snapshots: list[Snapshot] = []
+        self.rollbacks = 0
+        self.hook_seconds = 0.0      # CPU time spent in this callback's per-batch hook (its cost, measured)
+        self.batches_seen = 0
+        self._batches = 0            # observations since the start (or the current task's start)
+        self._last_rollback: int | None = None
+        self._restored_batch = 0
+        self._consecutive_skips = 0
+        self._skips_seen = 0
+        self._task: Any = None
+        self._rows_seen: int | None = None
+        self._last_end: float | None = None
+        self._last_step = 0
+        self._params: list[torch.nn.Parameter] = []
+        wall = bool(s["throughput"]) and s["throughput"]["clock"] == "wall"
+        self._clock = time.perf_counter if wall else time.process_time
+
+    # -- Lightning hooks -----------------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if isinstance(pl_module, SkipsNonFiniteSteps) and self.settings["non_finite"]:
+            pl_module.skip_nonfinite_steps = self.settings["non_finite"]["action"] == "skip"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._params = [p for p in pl_module.parameters() if p.requires_grad]
+        self._skips_seen = len(getattr(pl_module, "skipped_steps", []))
+        self._take_snapshot(trainer, pl_module)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_forgetting(trainer, pl_module)
+        task = getattr(pl_module, "current_task", None) if hasattr(pl_module, "stream_info") else None
+        if task != self._task:  # a new task: new loss scale, and no rollback into the previous task
+            if self._task is not None:
+                self._new_task(trainer, pl_module)
+            self._task = task
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        started = time.process_time()
+        self._check_batch(trainer, pl_module, outputs, batch_idx)
+        self.hook_seconds += time.process_time() - started
+
+    def _check_batch(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch_idx: int) -> None:
+        now, step = self._clock(), trainer.global_step
+        # Seconds per step from the previous batch's end (data loading included), within an epoch only.
+        steps = step - self._last_step if batch_idx > 0 and self._last_end is not None else 0
+        seconds = now - self._last_end if steps else 0.0
+        self._last_end, self._last_step = now, step
+        self._batches += 1
+        self.batches_seen += 1
+        healthy = self._diagnose(trainer, pl_module, _loss_of(outputs), steps)
+        if steps > 0 and self.slowdown is not None and self._batches > self.settings["throughput"]["warmup"]:
+            found = self.slowdown.observe(seconds / steps)
+            if found:
+                self._act(trainer, pl_module, "throughput collapse", f"seconds per step: {found}",
+                          self.settings["throughput"]["action"])
+        if healthy and self._batches % self.settings["rollback"]["snapshot_every"] == 0:
+            self._take_snapshot(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_forgetting(trainer, pl_module)
+        if isinstance(pl_module, SkipsNonFiniteSteps):
+            pl_module.skip_nonfinite_steps = False
+        self.snapshots.clear()  # free the memory; a later fit starts its own
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"alerts": [asdict(a) for a in self.alerts], "rollbacks": self.rollbacks}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.alerts = [Alert(**a) for a in state_dict.get("alerts", [])]
+        self.rollbacks = int(state_dict.get("rollbacks", 0))
+
+    # -- diagnosis -----------------------------------------------------------------------------------------------
+    def _diagnose(self, trainer: L.Trainer, module: L.LightningModule, loss: float | None, steps: int) -> bool:
+        """Run the batch's checks in order of severity; act on the first that fires. True: healthy."""
+        s = self.settings
+        skipped = getattr(module, "skipped_steps", None)
+        if skipped is not None and len(skipped) > self._skips_seen:
+            new, self._skips_seen = skipped[self._skips_seen:], len(skipped)
+            self._consecutive_skips += 1
+            detail = f"loss {new[0]['loss']} on {len(new)} mini-batch(es) from step {new[0]['step']}"
+            persistent = len(new) > 1 or self._consecutive_skips >= s["non_finite"]["rollback_after"]
+            if persistent:  # not one poisoned batch: the weights themselves give non-finite losses
+                self._act(trainer, module, "non-finite loss", f"{detail}, {self._consecutive_skips} batch(es) in a "
+                          "row; the learner skipped the steps", "rollback")
+            else:
+                self._act(trainer, module, "non-finite loss", f"{detail}; the learner skipped it", "skip",
+                          step=new[0]["step"])
+            return False
+        self._consecutive_skips = 0
+        grad_norm = self._grad_norm() if (self.grad_spike is not None or s["non_finite"]) and steps > 0 else None
+        if s["non_finite"] and ((loss is not None and not math.isfinite(loss))
+                                or (grad_norm is not None and not math.isfinite(grad_norm))):
+            what = f"loss {loss}" if loss is not None and not math.isfinite(loss) else f"gradient norm {grad_norm}"
+            action = s["non_finite"]["action"]
+            self._act(trainer, module, "non-finite loss or gradient", f"{what} (the update was applied)",
+                      "rollback" if action == "skip" else action)
+            return False
+        checks = ((self.grad_spike, grad_norm, "gradient explosion", "gradient norm"),
+                  (self.loss_spike, loss, "loss spike", "loss"),
+                  (self.divergence, loss, "divergence", "loss"))
+        for detector, value, kind, name in checks:
+            if detector is None or value is None:
+                continue
+            found = detector.observe(value)
+            if found:
+                self._act(trainer, module, kind, f"{name} {found}", s[kind.replace(" ", "_")]["action"])
+                return False
+        if self.plateau is not None and loss is not None:
+            found = self.plateau.observe(loss)
+            if found:
+                self._act(trainer, module, "plateau", found, s["plateau"]["action"])
+        return True
+
+    def _check_forgetting(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        """New rows of a continual learner's accuracy matrix (``module.accuracy[scenario]``): a jump of forgetting."""
+        matrices = getattr(module, "accuracy", None)
+        if self.forgetting is None or not hasattr(matrices, "keys") or not len(matrices):
+            return
+        scenario = self.settings["forgetting"]["scenario"]
+        if scenario == "auto":
+            scenario = next((s for s in ("task_il", "domain_il", "class_il") if s in matrices.keys()), None)
+        if scenario not in matrices.keys():
+            return
+        matrix = matrices[scenario]
+        rows = matrix.rows_done()
+        if self._rows_seen is None:
+            self._rows_seen = rows
+        first_row = 1 if getattr(module, "evaluate_initial", True) else 0
+        values = matrix.compute().tolist() if rows > self._rows_seen else []
+        for row in range(max(self._rows_seen, first_row + 2), rows):  # row r: after task r-1 (row 0: untrained)
+            found = self.forgetting.observe(values[row - 1], values[row], earlier=row - 1)
+            if found:
+                self._act(trainer, module, "forgetting jump", f"{scenario}: {found}",
+                          self.settings["forgetting"]["action"])
+        self._rows_seen = rows
+
+    def _grad_norm(self) -> float | None:
+        grads = [p.grad for p in self._params if p.grad is not None]
+        if not grads:
+            return None
+        return float(torch.nn.utils.get_total_norm(grads))
+
+    # -- remedies ------------------------------------------------------------------------------------------------
+    def _act(self, trainer: L.Trainer, module: L.LightningModule, kind: str, detail: str, action: str,
+             step: int | None = None) -> None:
+        step = trainer.global_step if step is None else step
+        if action == "stop":
+            self._stop(trainer, module, kind, detail)
+            return
+        if action == "skip":
+            restored = self._restore_buffers(module)
+            done = "skipped the step" + (f"; restored buffers (batch-norm statistics) of step {restored}"
+                                         if restored is not None else "")
+        elif action == "rollback":
+            done = self._rollback(trainer, module, kind, detail)
+            if done is None:
+                return
+        elif action == "reduce_lr":
+            done = self._reduce_lr(trainer, self.settings["plateau"]["lr_factor"], self.settings["plateau"]["min_lr"])
+        else:
+            done = "reported (no automatic remedy)"
+        self._record(trainer, Alert(step, kind, detail, done))
+
+    def _rollback(self, trainer: L.Trainer, module: L.LightningModule, kind: str, detail: str) -> str | None:
+        """Restore the newest snapshot old enough to predate the trouble; when trouble recurs within
+        ``recur_window`` batches, distrust the snapshot restored last (go one further back) and lower the rate."""
+        settings = self.settings["rollback"]
+        if self.rollbacks >= settings["max_rollbacks"] or not self.snapshots:
+            why = "no snapshot to roll back to" if not self.snapshots else f"{self.rollbacks} rollbacks already"
+            self._stop(trainer, module, kind, f"{detail} ({why})")
+            return None
+        step = trainer.global_step
+        recurred = self._last_rollback is not None and self._batches - self._last_rollback <= settings["recur_window"]
+        if recurred and len(self.snapshots) > 1:  # trouble came back from the state restored last: distrust it
+            self.snapshots = [s for s in self.snapshots if s.batch < self._restored_batch] or self.snapshots[:1]
+        # Detection lags the cause by a few batches (a too-large step shows in the next batches' loss): take
+        # a snapshot at least half a snapshot interval old, a divergence window old for a divergence.
+        margin = (self.settings["divergence"]["window"] if kind == "divergence" and self.divergence
+                  else max(2, settings["snapshot_every"] // 2))
+        older = [s for s in self.snapshots if s.batch <= self._batches - margin]
+        snapshot = older[-1] if older else self.snapshots[0]
+        with torch.no_grad():
+            for name, tensor in _tensors(module):
+                tensor.copy_(snapshot.tensors[name])
+        if snapshot.extra:
+            module.on_load_checkpoint(copy.deepcopy(snapshot.extra))
+        for optimizer, state in zip(trainer.optimizers, snapshot.optimizers):  # its learning rates included
+            optimizer.load_state_dict(copy.deepcopy(state))
+        self.rollbacks += 1
+        self._restored_batch = snapshot.batch
+        self._last_rollback = self._batches
+        self.snapshots = [s for s in self.snapshots if s.step <= snapshot.step]
+        if self.divergence is not None:
+            self.divergence.reset()
+        done = f"rolled back to the state of step {snapshot.step} (learning rate {_first_lr(trainer):.3g})"
+        if recurred:
+            done += "; " + self._scale_lr(trainer, settings["lr_factor"], reason="recurred within "
+                                          f"{settings['recur_window']} batches")
+        return done
+
+    def _restore_buffers(self, module: L.LightningModule) -> int | None:
+        """Buffers (batch-norm running statistics) from the newest snapshot: a skipped step's forward pass
+        changed them before its loss turned out non-finite."""
+        if not self.snapshots:
+            return None
+        snapshot = self.snapshots[-1]
+        restored = False
+        with torch.no_grad():
+            for name, buffer in module.named_buffers():
+                if "buffer:" + name in snapshot.tensors:
+                    buffer.copy_(snapshot.tensors["buffer:" + name])
+                    restored = True
+        return snapshot.step if restored else None
+
+    def _reduce_lr(self, trainer: L.Trainer, factor: float, min_lr: float) -> str:
+        return self._scale_lr(trainer, factor, floor=min_lr)
+
+    def _scale_lr(self, trainer: L.Trainer, factor: float, floor: float = 0.0, reason: str = "") -> str:
+        """Multiply every parameter group's rate by ``factor`` (not below ``floor``), and the schedulers'
+        base rates too, so a schedule computed from them (LambdaLR, cosine) does not undo it."""
+        before = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = max(group["lr"] * factor, floor)
+        for config in trainer.lr_scheduler_configs:
+            if hasattr(config.scheduler, "base_lrs"):
+                config.scheduler.base_lrs = [max(b * factor, floor) for b in config.scheduler.base_lrs]
+        after = [group["lr"] for opt in trainer.optimizers for group in opt.param_groups]
+        for logger in trainer.loggers:
+            logger.log_metrics({"diagnosis/lr": after[0]}, step=trainer.global_step)
+        tail = f" ({reason})" if reason else ""
+        return f"learning rate {before[0]:.3g} -> {after[0]:.3g}{tail}"
+
+    def _stop(self, trainer: L.Trainer, module: L.LightningModule, kind: str, detail: str) -> None:
+        self.stop_reason = f"diagnosis: {kind} at step {trainer.global_step}"
+        trainer.should_stop = True
+        self._record(trainer, Alert(trainer.global_step, kind, detail, "stopped training early"))
+
+    def _take_snapshot(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        tensors = {name: t.detach().clone() for name, t in _tensors(module)}
+        extra: dict[str, Any] = {}
+        module.on_save_checkpoint(extra)
+        optimizers = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
+        self.snapshots.append(Snapshot(trainer.global_step, self._batches, tensors, copy.deepcopy(extra), optimizers))
+        del self.snapshots[:-self.settings["rollback"]["keep"]]
+
+    def _new_task(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        for detector in (self.grad_spike, self.loss_spike, self.plateau):
+            if detector is not None:
+                detector.reset()
+        if self.divergence is not None:
+            self.divergence.reset(forget_best=True)
+        self._batches, self._last_rollback = 0, None
+        self.snapshots.clear()
+        self._take_snapshot(trainer, module)
+
+    def _record(self, trainer: L.Trainer, alert: Alert) -> None:
+        self.alerts.append(alert)
+        print(alert.line(), flush=True)
+        key = "diagnosis/" + alert.kind.replace(" ", "_")
+        for logger in trainer.loggers:
+            logger.log_metrics({key: 1.0, "diagnosis/alerts": float(len(self.alerts))}, step=trainer.global_step)
+
+
+def _first_lr(trainer: L.Trainer) -> float:
+    return next((group["lr"] for opt in trainer.optimizers for group in opt.param_groups), float("nan"))
+
+
+def _tensors(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """Parameters and buffers by name (what a rollback restores in place)."""
+    return [*module.named_parameters(), *(("buffer:" + n, b) for n, b in module.named_buffers())]
+
+
+def _loss_of(outputs: Any) -> float | None:
+    """The training loss Lightning handed to ``on_train_batch_end`` (a tensor, or a dict with ``loss``)."""
+    if isinstance(outputs, dict):
+        outputs = outputs.get("loss")
+    if torch.is_tensor(outputs) and outputs.numel() == 1:
+        return float(outputs.detach())
+    return None
+
+
+def alerts_of(callbacks: list[Any]) -> list[dict[str, Any]] | None:
+    """The alerts of a run's :class:`SelfHealing` callback, for ``metrics.json``; None if diagnosis is off."""
+    healer = next((c for c in callbacks if isinstance(c, SelfHealing)), None)
+    return None if healer is None else [asdict(a) for a in healer.alerts]
+
+
+def diagnosis_summary_of(callbacks: list[Any]) -> dict[str, Any] | None:
+    """The diagnosis's own cost and counts for ``metrics.json``: CPU seconds in its per-batch hook, rollbacks."""
+    healer = next((c for c in callbacks if isinstance(c, SelfHealing)), None)
+    if healer is None:
+        return None
+    return {"hook_seconds": healer.hook_seconds, "batches": healer.batches_seen, "rollbacks": healer.rollbacks}
+
+
+def stop_reason_of(callbacks: list[Any]) -> str | None:
+    healer = next((c for c in callbacks if isinstance(c, SelfHealing)), None)
+    return None if healer is None else healer.stop_reason
