@@ -159,7 +159,7 @@ def test_rollbacks_run_out_and_training_stops_with_the_reason():
 # -- tiny real Trainer runs --------------------------------------------------------------------------------------
 def test_nan_loss_at_step_k_is_skipped_and_training_finishes_finite(tmp_path):
     healer, fault = SelfHealing(), FaultInjection(nan_loss_at_step=12)
-    learner, metrics = run_stream(ExperienceReplay(buffer_size=50), tmp_path, callbacks=[healer, fault])
+    learner, metrics = run_stream(ExperienceReplay(buffer_size=50), tmp_path, callbacks=[fault, healer])
     assert fault.fired == [{"fault": "nan_loss", "step": 12}]
     assert [(a.kind, a.step, a.action) for a in healer.alerts] == [("non-finite loss", 12, "skipped the step")]
     assert learner.skipped_steps == [{"step": 12, "loss": pytest.approx(float("nan"), nan_ok=True)}]
@@ -178,16 +178,36 @@ def longer_stream() -> SplitStreamDataModule:
                                               batch_size=10, eval_batch_size=50, seed=0)
 
 
-def test_a_hundredfold_learning_rate_is_rolled_back_and_lowered(tmp_path):
-    healer = build_diagnosis(rollback={"snapshot_every": 2})
-    fault = FaultInjection(lr_multiplier_at_step=45)  # the middle of task 1
+def test_a_hundredfold_learning_rate_is_rolled_back_to_the_rate_before_it(tmp_path):
+    healer, fault = SelfHealing(), FaultInjection(lr_multiplier_at_step=45)  # the middle of task 1
     _, clean = run_stream(Finetune(), tmp_path / "clean", stream=longer_stream())
-    learner, metrics = run_stream(Finetune(), tmp_path / "fault", stream=longer_stream(), callbacks=[healer, fault])
+    learner, metrics = run_stream(Finetune(), tmp_path / "fault", stream=longer_stream(), callbacks=[fault, healer])
     assert fault.fired == [{"fault": "lr_multiplier", "step": 45}]
-    actions = [a.action for a in healer.alerts]
-    assert actions and all(a.startswith("rolled back") for a in actions)
-    assert any("learning rate 0.1 -> 0.01" in a for a in actions)  # recurred: lowered
+    first = healer.alerts[0]
+    assert (first.kind, first.step) == ("learning-rate jump", 46) and first.action.startswith("rolled back to the state")
+    assert first.action.endswith("(learning rate 0.1)") and learner.optimizers().param_groups[0]["lr"] == 0.1
     assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["test/task_il/acc"] > 0.9 * clean["test/task_il/acc"]
+
+
+def test_without_the_rate_check_the_explosion_is_rolled_back_and_the_rate_lowered_when_it_recurs(tmp_path):
+    healer = build_diagnosis(lr_jump=None, rollback={"snapshot_every": 2})
+    fault = FaultInjection(lr_multiplier_at_step=45)
+    _, clean = run_stream(Finetune(), tmp_path / "clean", stream=longer_stream())
+    learner, metrics = run_stream(Finetune(), tmp_path / "fault", stream=longer_stream(), callbacks=[fault, healer])
+    actions = [a.action for a in healer.alerts]
+    assert healer.alerts[0].kind == "gradient explosion" and all(a.startswith("rolled back") for a in actions)
+    assert any("learning rate 0.1 -> 0.01" in a for a in actions)  # recurred: the older snapshot's rate, lowered
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["test/task_il/acc"] > 0.9 * clean["test/task_il/acc"]
+
+
+def test_corrupted_inputs_are_caught_before_the_step_and_the_batch_is_skipped_exactly(tmp_path):
+    healer, fault = SelfHealing(), FaultInjection(corrupt_inputs_at_step=45)
+    _, clean = run_stream(Finetune(), tmp_path / "clean", stream=longer_stream())
+    learner, metrics = run_stream(Finetune(), tmp_path / "fault", stream=longer_stream(), callbacks=[fault, healer])
+    assert [(a.kind, a.action) for a in healer.alerts] == [
+        ("corrupted inputs", "skipped the batch (restored the state from before it)")]
     assert metrics["test/task_il/acc"] > 0.9 * clean["test/task_il/acc"]
 
 

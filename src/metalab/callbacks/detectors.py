@@ -13,29 +13,60 @@ step that became many times slower) stand out by orders of magnitude.
 
 from __future__ import annotations
 
+import bisect
 import math
-import statistics
 from collections import deque
 from typing import Sequence
 
 
+class RunningMedian:
+    """The median of the last ``window`` values, kept sorted as they come (a few microseconds per value,
+    where re-sorting each time cost more than the rest of a batch's checks)."""
+
+    def __init__(self, window: int) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+        self.sorted: list[float] = []
+
+    def append(self, value: float) -> None:
+        if len(self.values) == self.values.maxlen:
+            del self.sorted[bisect.bisect_left(self.sorted, self.values[0])]
+        self.values.append(value)
+        bisect.insort(self.sorted, value)
+
+    def median(self) -> float:
+        n = len(self.sorted)
+        return self.sorted[n // 2] if n % 2 else 0.5 * (self.sorted[n // 2 - 1] + self.sorted[n // 2])
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def clear(self) -> None:
+        self.values.clear()
+        self.sorted.clear()
+
+
 class SpikeDetector:
     """One value far above the running median of the last ``window`` healthy values: ``value > factor *
-    median``, once ``warmup`` values were seen. Used for gradient explosion (the global gradient norm)
-    and for a poisoned batch (its loss). A flagged value is not added to the history, so one spike does
-    not raise the bar for the next."""
+    max(median, floor)``, once ``warmup`` values were seen; ``two_sided`` also flags ``value < median / factor``.
+    Used for gradient explosion (the global gradient norm), a poisoned batch (its loss) and corrupted inputs
+    (their RMS). ``floor``: a scale below which nothing counts as a spike (a loss near zero times 40 is still
+    a small loss). A flagged value is not added to the history, so one spike does not raise the bar for the next."""
 
-    def __init__(self, factor: float, window: int, warmup: int) -> None:
-        self.factor, self.warmup = factor, warmup
-        self.history: deque[float] = deque(maxlen=window)
+    def __init__(self, factor: float, window: int, warmup: int, floor: float = 0.0, two_sided: bool = False) -> None:
+        self.factor, self.warmup, self.floor, self.two_sided = factor, warmup, floor, two_sided
+        self.history = RunningMedian(window)
 
     def observe(self, value: float) -> str | None:
         if not math.isfinite(value):
             return None  # non-finite values are the non-finite check's business
         if len(self.history) >= max(1, self.warmup):
-            median = statistics.median(self.history)
-            if value > self.factor * median:
-                return f"{value:.3g} is {value / median:.3g}x the running median {median:.3g} (limit {self.factor:g}x)"
+            median = self.history.median()
+            if value > self.factor * max(median, self.floor):
+                return (f"{value:.3g} is {value / max(median, 1e-300):.3g}x the running median {median:.3g} "
+                        f"(limit {self.factor:g}x)")
+            if self.two_sided and value * self.factor < median:
+                return f"{value:.3g} is 1/{median / max(value, 1e-300):.3g} of the running median {median:.3g} " \
+                       f"(limit 1/{self.factor:g})"
         self.history.append(value)
         return None
 
@@ -53,7 +84,7 @@ class RiseDetector:
 
     def __init__(self, factor: float, window: int) -> None:
         self.factor, self.window = factor, window
-        self.values: deque[float] = deque(maxlen=window)
+        self.values = RunningMedian(window)
         self.best: float | None = None
 
     def observe(self, value: float) -> str | None:
@@ -62,7 +93,7 @@ class RiseDetector:
         self.values.append(value)
         if len(self.values) < self.window:
             return None
-        median = statistics.median(self.values)
+        median = self.values.median()
         if self.best is None or median < self.best:
             self.best = median
             return None
@@ -83,8 +114,8 @@ class PlateauDetector:
     the count starts again)."""
 
     def __init__(self, patience: int, min_improvement: float, window: int) -> None:
-        self.patience, self.min_improvement = patience, min_improvement
-        self.values: deque[float] = deque(maxlen=window)
+        self.patience, self.min_improvement, self.window = patience, min_improvement, window
+        self.values = RunningMedian(window)
         self.best: float | None = None
         self.since_best = 0
 
@@ -92,9 +123,9 @@ class PlateauDetector:
         if not math.isfinite(value):
             return None
         self.values.append(value)
-        if len(self.values) < (self.values.maxlen or 1):
+        if len(self.values) < self.window:
             return None
-        median = statistics.median(self.values)
+        median = self.values.median()
         if self.best is None or median < self.best * (1.0 - self.min_improvement):
             self.best, self.since_best = median, 0
             return None
@@ -108,6 +139,23 @@ class PlateauDetector:
     def reset(self) -> None:
         self.values.clear()
         self.best, self.since_best = None, 0
+
+
+class JumpAboveMax:
+    """A value more than ``factor`` times the largest healthy value seen so far (a learning rate that jumps:
+    warm-up and restarts never exceed the peak rate they have already reached, a misconfigured rate does)."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+        self.peak: float | None = None
+
+    def observe(self, value: float) -> str | None:
+        if not math.isfinite(value):
+            return None
+        if self.peak is not None and self.peak > 0 and value > self.factor * self.peak:
+            return f"{value:.3g} is {value / self.peak:.3g}x the largest so far {self.peak:.3g} (limit {self.factor:g}x)"
+        self.peak = value if self.peak is None else max(self.peak, value)
+        return None
 
 
 class ForgettingJump:

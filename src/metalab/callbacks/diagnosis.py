@@ -15,6 +15,10 @@ continual learner), and what it does (``conf/diagnosis/default.yaml``):
   ``rollback.recur_window`` batches of the last rollback, distrust the snapshot restored last (go one further
   back) and lower the learning rate by ``rollback.lr_factor``: a one-off bad batch or a rate that jumped
   is undone by the rollback alone, a rate that was too large all along is lowered until training holds;
+- corrupted inputs (a batch whose input RMS is ``input_scale.factor`` times above or below its running
+  median): checked before the step; the state is saved then and restored after the batch (the batch is skipped);
+- a learning-rate jump (``lr_jump.factor`` times the largest rate of the run so far; warm-up and restarts
+  never exceed their own peak): roll back, which restores the snapshot's rate;
 - a plateau of the training loss: lower the learning rate by ``plateau.lr_factor``;
 - a throughput collapse (seconds per step stuck far above their best; this process's CPU seconds by
   default, so other jobs on a shared core are not taken for a fault of the run) and, in continual runs, a jump of
@@ -41,7 +45,7 @@ from typing import Any, Protocol, runtime_checkable
 import lightning as L
 import torch
 
-from metalab.callbacks.detectors import ForgettingJump, PlateauDetector, RiseDetector, SpikeDetector
+from metalab.callbacks.detectors import ForgettingJump, JumpAboveMax, PlateauDetector, RiseDetector, SpikeDetector
 from metalab.errors import ConfigError
 
 
@@ -82,9 +86,12 @@ def action_rule(*actions: str) -> Rule:
 # Each detector's settings and their rules. A section set to null (or false) turns that detector off.
 SECTIONS: dict[str, dict[str, Rule]] = {
     "non_finite": {"action": action_rule("skip", "rollback", "stop", "alert"), "rollback_after": POSITIVE_INT},
-    "gradient_explosion": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT,
+    "input_scale": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT,
+                    "action": action_rule("skip", "stop", "alert")},
+    "lr_jump": {"factor": ABOVE_ONE, "action": action_rule("rollback", "stop", "alert")},
+    "gradient_explosion": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT, "floor": NONNEGATIVE,
                            "action": action_rule("rollback", "stop", "alert")},
-    "loss_spike": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT,
+    "loss_spike": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT, "floor": NONNEGATIVE,
                    "action": action_rule("rollback", "stop", "alert")},
     "divergence": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
     "plateau": {"patience": POSITIVE_INT, "min_improvement": FRACTION, "window": POSITIVE_INT,
@@ -152,8 +159,10 @@ class Snapshot:
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "non_finite": {"action": "skip", "rollback_after": 2},
-    "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "action": "rollback"},
-    "loss_spike": {"factor": 20.0, "window": 50, "warmup": 10, "action": "rollback"},
+    "input_scale": {"factor": 20.0, "window": 50, "warmup": 5, "action": "skip"},
+    "lr_jump": {"factor": 10.0, "action": "rollback"},
+    "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "floor": 1.0, "action": "rollback"},
+    "loss_spike": {"factor": 20.0, "window": 50, "warmup": 10, "floor": 1.0, "action": "rollback"},
     "divergence": {"factor": 3.0, "window": 25, "action": "rollback"},
     "plateau": {"patience": 5000, "min_improvement": 0.01, "window": 50, "lr_factor": 0.5, "min_lr": 1e-6,
                 "action": "reduce_lr"},
@@ -184,10 +193,14 @@ class SelfHealing(L.Callback):
     def __init__(self, settings: dict[str, dict[str, Any] | None] | None = None) -> None:
         self.settings = settings if settings is not None else {k: dict(v) for k, v in DEFAULTS.items()}
         s = self.settings
+        self.input_check = SpikeDetector(s["input_scale"]["factor"], s["input_scale"]["window"],
+                                         s["input_scale"]["warmup"], two_sided=True) if s["input_scale"] else None
+        self.lr_jump = JumpAboveMax(s["lr_jump"]["factor"]) if s["lr_jump"] else None
         self.grad_spike = SpikeDetector(s["gradient_explosion"]["factor"], s["gradient_explosion"]["window"],
-                                        s["gradient_explosion"]["warmup"]) if s["gradient_explosion"] else None
+                                        s["gradient_explosion"]["warmup"], s["gradient_explosion"]["floor"]
+                                        ) if s["gradient_explosion"] else None
         self.loss_spike = SpikeDetector(s["loss_spike"]["factor"], s["loss_spike"]["window"],
-                                        s["loss_spike"]["warmup"]) if s["loss_spike"] else None
+                                        s["loss_spike"]["warmup"], s["loss_spike"]["floor"]) if s["loss_spike"] else None
         self.divergence = RiseDetector(s["divergence"]["factor"], s["divergence"]["window"]) if s["divergence"] else None
         self.plateau = (PlateauDetector(s["plateau"]["patience"], s["plateau"]["min_improvement"], s["plateau"]["window"])
                         if s["plateau"] else None)
@@ -206,6 +219,7 @@ class SelfHealing(L.Callback):
         self._skips_seen = 0
         self._task: Any = None
         self._rows_seen: int | None = None
+        self._suspect_batch: tuple[str, Snapshot] | None = None  # (diagnosis, the state before this batch)
         self._last_end: float | None = None
         self._last_step = 0
         self._params: list[torch.nn.Parameter] = []
@@ -230,6 +244,19 @@ class SelfHealing(L.Callback):
                 self._new_task(trainer, pl_module)
             self._task = task
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        """Corrupted inputs (their RMS far from its running median, either way) are caught before the step:
+        the state is saved now and restored after the batch, so the batch is skipped exactly."""
+        if self.input_check is None:
+            return
+        started = time.process_time()
+        rms = _input_rms(batch)
+        found = self.input_check.observe(rms) if rms is not None else None
+        if found:
+            self._suspect_batch = (f"input RMS {found}", self._capture(trainer, pl_module))
+        self.hook_seconds += time.process_time() - started
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         started = time.process_time()
@@ -244,6 +271,11 @@ class SelfHealing(L.Callback):
         self._last_end, self._last_step = now, step
         self._batches += 1
         self.batches_seen += 1
+        if self._suspect_batch is not None:
+            (detail, before), self._suspect_batch = self._suspect_batch, None
+            self._act(trainer, pl_module, "corrupted inputs", detail, self.settings["input_scale"]["action"],
+                      before=before)
+            return
         healthy = self._diagnose(trainer, pl_module, _loss_of(outputs), steps)
         if steps > 0 and self.slowdown is not None and self._batches > self.settings["throughput"]["warmup"]:
             found = self.slowdown.observe(seconds / steps)
@@ -292,6 +324,11 @@ class SelfHealing(L.Callback):
             self._act(trainer, module, "non-finite loss or gradient", f"{what} (the update was applied)",
                       "rollback" if action == "skip" else action)
             return False
+        if self.lr_jump is not None and trainer.optimizers:
+            found = self.lr_jump.observe(_first_lr(trainer))
+            if found:
+                self._act(trainer, module, "learning-rate jump", f"learning rate {found}", s["lr_jump"]["action"])
+                return False
         checks = ((self.grad_spike, grad_norm, "gradient explosion", "gradient norm"),
                   (self.loss_spike, loss, "loss spike", "loss"),
                   (self.divergence, loss, "divergence", "loss"))
@@ -335,16 +372,20 @@ class SelfHealing(L.Callback):
         grads = [p.grad for p in self._params if p.grad is not None]
         if not grads:
             return None
-        return float(torch.nn.utils.get_total_norm(grads))
+        with torch.no_grad():  # torch._foreach_norm directly: get_total_norm's grouping by device cost as much again
+            return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     # -- remedies ------------------------------------------------------------------------------------------------
     def _act(self, trainer: L.Trainer, module: L.LightningModule, kind: str, detail: str, action: str,
-             step: int | None = None) -> None:
+             step: int | None = None, before: Snapshot | None = None) -> None:
         step = trainer.global_step if step is None else step
         if action == "stop":
             self._stop(trainer, module, kind, detail)
             return
-        if action == "skip":
+        if action == "skip" and before is not None:  # the whole batch: back to the state from before it
+            self._restore(trainer, module, before)
+            done = "skipped the batch (restored the state from before it)"
+        elif action == "skip":
             restored = self._restore_buffers(module)
             done = "skipped the step" + (f"; restored buffers (batch-norm statistics) of step {restored}"
                                          if restored is not None else "")
@@ -376,13 +417,7 @@ class SelfHealing(L.Callback):
                   else max(2, settings["snapshot_every"] // 2))
         older = [s for s in self.snapshots if s.batch <= self._batches - margin]
         snapshot = older[-1] if older else self.snapshots[0]
-        with torch.no_grad():
-            for name, tensor in _tensors(module):
-                tensor.copy_(snapshot.tensors[name])
-        if snapshot.extra:
-            module.on_load_checkpoint(copy.deepcopy(snapshot.extra))
-        for optimizer, state in zip(trainer.optimizers, snapshot.optimizers):  # its learning rates included
-            optimizer.load_state_dict(copy.deepcopy(state))
+        self._restore(trainer, module, snapshot)
         self.rollbacks += 1
         self._restored_batch = snapshot.batch
         self._last_rollback = self._batches
@@ -433,12 +468,24 @@ class SelfHealing(L.Callback):
         trainer.should_stop = True
         self._record(trainer, Alert(trainer.global_step, kind, detail, "stopped training early"))
 
-    def _take_snapshot(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def _capture(self, trainer: L.Trainer, module: L.LightningModule) -> Snapshot:
         tensors = {name: t.detach().clone() for name, t in _tensors(module)}
         extra: dict[str, Any] = {}
         module.on_save_checkpoint(extra)
         optimizers = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
-        self.snapshots.append(Snapshot(trainer.global_step, self._batches, tensors, copy.deepcopy(extra), optimizers))
+        return Snapshot(trainer.global_step, self._batches, tensors, copy.deepcopy(extra), optimizers)
+
+    def _restore(self, trainer: L.Trainer, module: L.LightningModule, snapshot: Snapshot) -> None:
+        with torch.no_grad():
+            for name, tensor in _tensors(module):
+                tensor.copy_(snapshot.tensors[name])
+        if snapshot.extra:
+            module.on_load_checkpoint(copy.deepcopy(snapshot.extra))
+        for optimizer, state in zip(trainer.optimizers, snapshot.optimizers):  # its learning rates included
+            optimizer.load_state_dict(copy.deepcopy(state))
+
+    def _take_snapshot(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.snapshots.append(self._capture(trainer, module))
         del self.snapshots[:-self.settings["rollback"]["keep"]]
 
     def _new_task(self, trainer: L.Trainer, module: L.LightningModule) -> None:
@@ -457,6 +504,19 @@ class SelfHealing(L.Callback):
         key = "diagnosis/" + alert.kind.replace(" ", "_")
         for logger in trainer.loggers:
             logger.log_metrics({key: 1.0, "diagnosis/alerts": float(len(self.alerts))}, step=trainer.global_step)
+
+
+def _input_rms(batch: Any) -> float | None:
+    """Root mean square of a batch's inputs (episodic ``support``/``query``, continual ``x``); None if none."""
+    if not isinstance(batch, dict):
+        return None
+    inputs = [batch[k] for k in ("support", "query", "x") if torch.is_tensor(batch.get(k))
+              and batch[k].is_floating_point()]
+    if not inputs:
+        return None
+    with torch.no_grad():
+        squares = sum(float(torch.linalg.vector_norm(x)) ** 2 for x in inputs)
+    return math.sqrt(squares / sum(x.numel() for x in inputs))
 
 
 def _first_lr(trainer: L.Trainer) -> float:

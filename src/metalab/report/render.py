@@ -6,6 +6,7 @@ report and generating it again reproduces it, and a test holds the committed rep
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def render_report(study: Study, collected: Collected, command: str) -> str:
     if verdicts:
         lines += ["## Checks on the means", ""]
         lines += [f"- {state}: {name} ({detail})" for name, detail, state in verdicts] + [""]
+    lines += _alerts(collected)
     figures = [p.name for p in _figure_names(study, collected)]
     if figures:
         lines += ["## Figures", ""]
@@ -87,6 +89,28 @@ def _results(collected: Collected) -> list[str]:
     if collected.missing:
         lines += ["", "Not in this report yet (no record): " + ", ".join(
             f"{run.label} seed {run.seed}" for run in collected.missing) + "."]
+    return lines + [""]
+
+
+def _alerts(collected: Collected) -> list[str]:
+    """What the self-diagnosis found and did in each run (``alerts`` of ``metrics.json``, issue 35); nothing
+    when no run raised an alert."""
+    found = []
+    for label, records in collected.records.items():
+        for record in records:
+            try:
+                alerts = json.loads((record.folder / "metrics.json").read_text()).get("alerts") or []
+            except (OSError, ValueError):
+                continue
+            found += [(label, record.run.seed, alert) for alert in alerts if isinstance(alert, dict)]
+    if not found:
+        return []
+    lines = ["## Diagnosis alerts", "", "What the self-diagnosis (`conf/diagnosis/`) found during training and "
+             "what it did, from each run's `metrics.json`.", "",
+             "| run | seed | step | diagnosis | detail | action |", "|---|---|---|---|---|---|"]
+    for label, seed, alert in found:
+        cells = [str(alert.get(k, "")).replace("|", "/") for k in ("step", "kind", "detail", "action")]
+        lines.append(f"| {label} | {seed} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
