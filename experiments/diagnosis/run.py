@@ -48,17 +48,17 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "experiment": "omniglot/protonet_5w1s",
         "metric": "test/5w1s/acc",
         "overrides": ["trainer.precision=32-true", "data.train.way=10", "data.train.query=5",
-                      "data.train_episodes=100", "trainer.max_epochs=2", "+trainer.limit_val_batches=0",
-                      "data.test=[5w1s]", "data.test_episodes=200", "callbacks.progress_bar=null"],
-        "fault_step": 120,
+                      "data.train_episodes=75", "trainer.max_epochs=2", "+trainer.limit_val_batches=0",
+                      "data.test=[5w1s]", "data.test_episodes=150", "callbacks.progress_bar=null"],
+        "fault_step": 90,
     },
     "split_mnist_er": {
         "experiment": "split_mnist/er_200",
         "metric": "test/class_il/acc",
         "overrides": ["trainer.precision=32-true", "data.train_examples_per_task=2000",
-                      "data.test_examples_per_task=500", "learner.batches_per_step=5", "learner.plot=false",
+                      "data.test_examples_per_task=500", "learner.batches_per_step=10", "learner.plot=false",
                       "callbacks.progress_bar=null"],
-        "fault_step": 500,  # the middle of task 2 (200 mini-batches of 10 per task, 40 Lightning batches of 5)
+        "fault_step": 500,  # the middle of task 2 (200 mini-batches of 10 per task, 20 Lightning batches of 10)
     },
 }
 FAULTS = {"nan_loss": "nan_loss_at_step", "lr_x100": "lr_multiplier_at_step",

@@ -46,9 +46,12 @@ def test_spike_detector_flags_what_the_reference_flags():
     values = np.exp(rng.normal(0.0, 0.3, 600))  # healthy gradient norms: lognormal noise
     spikes = [40, 41, 300, 599]
     values[spikes] *= 200.0
+    near = rng.choice(np.arange(60, 590), 40, replace=False)
+    values[near] *= rng.uniform(10.0, 40.0, 40)  # around the 20x limit: half flagged, half not
     detector = SpikeDetector(factor=20.0, window=50, warmup=10)
     flagged = [i for i, v in enumerate(values) if detector.observe(float(v))]
-    assert flagged == spike_reference(values, 20.0, 50, 10) == spikes
+    expected = spike_reference(values, 20.0, 50, 10)
+    assert flagged == expected and set(spikes) <= set(expected) and 10 < len(expected) < 40
 
 
 def test_spike_detector_is_quiet_on_noise_and_during_warmup():
@@ -191,7 +194,7 @@ def test_a_hundredfold_learning_rate_is_rolled_back_to_the_rate_before_it(tmp_pa
 
 
 def test_without_the_rate_check_the_explosion_is_rolled_back_and_the_rate_lowered_when_it_recurs(tmp_path):
-    healer = build_diagnosis(lr_jump=None, rollback={"snapshot_every": 2})
+    healer = build_diagnosis(lr_jump=None, gradient_explosion={"every": 1}, rollback={"snapshot_every": 2})
     fault = FaultInjection(lr_multiplier_at_step=45)
     _, clean = run_stream(Finetune(), tmp_path / "clean", stream=longer_stream())
     learner, metrics = run_stream(Finetune(), tmp_path / "fault", stream=longer_stream(), callbacks=[fault, healer])

@@ -90,7 +90,7 @@ SECTIONS: dict[str, dict[str, Rule]] = {
                     "action": action_rule("skip", "stop", "alert")},
     "lr_jump": {"factor": ABOVE_ONE, "action": action_rule("rollback", "stop", "alert")},
     "gradient_explosion": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT, "floor": NONNEGATIVE,
-                           "action": action_rule("rollback", "stop", "alert")},
+                           "every": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
     "loss_spike": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT, "floor": NONNEGATIVE,
                    "action": action_rule("rollback", "stop", "alert")},
     "divergence": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
@@ -161,7 +161,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "non_finite": {"action": "skip", "rollback_after": 2},
     "input_scale": {"factor": 20.0, "window": 50, "warmup": 5, "action": "skip"},
     "lr_jump": {"factor": 10.0, "action": "rollback"},
-    "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "floor": 1.0, "action": "rollback"},
+    "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "floor": 1.0, "every": 4, "action": "rollback"},
     "loss_spike": {"factor": 20.0, "window": 50, "warmup": 10, "floor": 1.0, "action": "rollback"},
     "divergence": {"factor": 3.0, "window": 25, "action": "rollback"},
     "plateau": {"patience": 5000, "min_improvement": 0.01, "window": 50, "lr_factor": 0.5, "min_lr": 1e-6,
@@ -316,7 +316,9 @@ class SelfHealing(L.Callback):
                           step=new[0]["step"])
             return False
         self._consecutive_skips = 0
-        grad_norm = self._grad_norm() if (self.grad_spike is not None or s["non_finite"]) and steps > 0 else None
+        every = s["gradient_explosion"]["every"] if s["gradient_explosion"] else 1
+        wanted = steps > 0 and self._batches % every == 0 and (self.grad_spike is not None or s["non_finite"])
+        grad_norm = self._grad_norm() if wanted else None  # sampled: the loss and rate checks run every batch
         if s["non_finite"] and ((loss is not None and not math.isfinite(loss))
                                 or (grad_norm is not None and not math.isfinite(grad_norm))):
             what = f"loss {loss}" if loss is not None and not math.isfinite(loss) else f"gradient norm {grad_norm}"
@@ -413,8 +415,12 @@ class SelfHealing(L.Callback):
             self.snapshots = [s for s in self.snapshots if s.batch < self._restored_batch] or self.snapshots[:1]
         # Detection lags the cause by a few batches (a too-large step shows in the next batches' loss): take
         # a snapshot at least half a snapshot interval old, a divergence window old for a divergence.
-        margin = (self.settings["divergence"]["window"] if kind == "divergence" and self.divergence
-                  else max(2, settings["snapshot_every"] // 2))
+        if kind == "divergence" and self.divergence:
+            margin = self.settings["divergence"]["window"]
+        elif kind == "learning-rate jump":  # checked every batch: the batch before this one ran at a sane rate
+            margin = 1
+        else:
+            margin = max(2, settings["snapshot_every"] // 2)
         older = [s for s in self.snapshots if s.batch <= self._batches - margin]
         snapshot = older[-1] if older else self.snapshots[0]
         self._restore(trainer, module, snapshot)
@@ -533,7 +539,7 @@ def _loss_of(outputs: Any) -> float | None:
     if isinstance(outputs, dict):
         outputs = outputs.get("loss")
     if torch.is_tensor(outputs) and outputs.numel() == 1:
-        return float(outputs.detach())
+        return outputs.item()
     return None
 
 
