@@ -114,6 +114,20 @@ def run_one(setting: str, variant: str, seed: int, fault_step: int, warmup: bool
             "wall_seconds": time.perf_counter() - wall, "own": record.get("diagnosis")}
 
 
+def collect_one(setting: str, variant: str, seed: int) -> dict[str, Any] | None:
+    """A finished run's figures from its run folder (``--collect``): accuracy, alerts and the diagnosis's own
+    hook time, but not the per-batch CPU time, which only a run in this process measures (NaN here)."""
+    spec = SETTINGS[setting]
+    path = RUNS / setting / f"{variant}_seed{seed}" / "metrics.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return {"setting": setting, "variant": variant, "seed": seed, "acc": record["metrics"][spec["metric"]],
+            "acc_ci95_episodes": record["metrics"].get(spec["metric"] + "_ci95"), "alerts": record.get("alerts"),
+            "steps": record["global_step"], "stopped": record["stopped"]["reason"], "cpu_per_batch": float("nan"),
+            "batches": 0, "wall_seconds": float("nan"), "own": record.get("diagnosis")}
+
+
 def mean_ci(values: list[float]) -> tuple[float, float]:
     """Mean and half-width of the 95% t-interval over seeds."""
     mean = statistics.fmean(values)
@@ -127,14 +141,21 @@ def summarise(setting: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
-    clean_mean, clean_ci = mean_ci([r["acc"] for r in by_variant["clean"]])
+    def interval(group: list[dict[str, Any]]) -> tuple[float, float]:
+        """Over seeds; with one seed, over that run's test episodes (the run's own 95% CI)."""
+        if len(group) == 1 and group[0].get("acc_ci95_episodes") is not None:
+            return group[0]["acc"], group[0]["acc_ci95_episodes"]
+        return mean_ci([r["acc"] for r in group])
+
+    clean_mean, clean_ci = interval(by_variant["clean"])
     rows = []
     for variant, group in by_variant.items():
-        mean, ci = mean_ci([r["acc"] for r in group])
+        mean, ci = interval(group)
         alerts = [a for r in group for a in (r["alerts"] or [])]
         kinds = sorted({f"{a['kind']} -> {a['action'].split(';')[0].split(' of step')[0].split(' to the')[0]}"
                         for a in alerts})
-        row = {"setting": setting, "variant": variant, "seeds": len(group), "acc_mean": round(mean, 2),
+        row = {"setting": setting, "variant": variant, "seeds": len(group),
+               "ci_over": "seeds" if len(group) > 1 else "test episodes", "acc_mean": round(mean, 2),
                "acc_ci95": round(ci, 2), "clean_ci_low": round(clean_mean - clean_ci, 2),
                "clean_ci_high": round(clean_mean + clean_ci, 2),
                "inside_clean_ci": bool(clean_mean - clean_ci <= mean <= clean_mean + clean_ci),
@@ -164,9 +185,23 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["clean", "clean_off", *FAULTS],
                         choices=["clean", "clean_off", *FAULTS])
     parser.add_argument("--no-record", action="store_true", help="print, do not append to the records file")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: summarise the finished runs of logs/diagnosis (no per-batch CPU times)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     for setting in args.settings:
+        if args.collect:
+            runs = [r for seed in args.seeds for v in args.variants if (r := collect_one(setting, v, seed))]
+            rows = summarise(setting, runs)
+            for row in rows:
+                print(json.dumps(row))
+            if not args.no_record:
+                append_record(RECORDS, rows, benchmark="diagnosis",
+                              settings={"setting": setting, "seeds": args.seeds, "collected": True,
+                                        "fault_step": SETTINGS[setting]["fault_step"],
+                                        "overrides": SETTINGS[setting]["overrides"],
+                                        "experiment": SETTINGS[setting]["experiment"]})
+            continue
         run_one(setting, "clean_off", args.seeds[0], 0, warmup=True)
         runs = []
         for seed in args.seeds:
