@@ -165,7 +165,8 @@ def summarise(setting: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "cpu_ms_per_batch": round(1000 * statistics.fmean(r["cpu_per_batch"] for r in group), 3)}
         own = [r["own"] for r in group if r["own"] and r["own"]["batches"]]
         if own:  # the callback's own CPU time in its per-batch hook
-            row["hook_cpu_ms_per_batch"] = round(1000 * statistics.fmean(o["hook_seconds"] / o["batches"] for o in own), 4)
+            per_batch = statistics.fmean(o["hook_seconds"] / o["batches"] for o in own)
+            row["hook_cpu_ms_per_batch"] = round(1000 * per_batch, 4)
         rows.append(row)
     on = [r["cpu_per_batch"] for r in by_variant["clean"]]
     off = [r["cpu_per_batch"] for r in by_variant.get("clean_off", [])]
@@ -219,7 +220,8 @@ def main() -> None:
             print(json.dumps(row))
         if not args.no_record:
             append_record(RECORDS, rows, benchmark="diagnosis",
-                          settings={"setting": setting, "seeds": args.seeds, "fault_step": SETTINGS[setting]["fault_step"],
+                          settings={"setting": setting, "seeds": args.seeds,
+                                    "fault_step": SETTINGS[setting]["fault_step"],
                                     "overrides": SETTINGS[setting]["overrides"],
                                     "experiment": SETTINGS[setting]["experiment"],
                                     "load_average_at_start": [round(x, 2) for x in load_before]})

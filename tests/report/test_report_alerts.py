@@ -30,8 +30,8 @@ def test_alerts_get_a_section_with_one_row_each(tmp_path):
     study = study_with_alerts(tmp_path, {0: [], 1: [ALERT]})
     text = render.render_report(study, collect.collect(study), "metalab report x")
     assert "## Diagnosis alerts" in text
-    assert "| protonet_5w1s | 1 | 31 | non-finite loss | loss nan on 1 mini-batch(es) from step 30 | skipped the step |" \
-        in text
+    row = "| protonet_5w1s | 1 | 31 | non-finite loss | loss nan on 1 mini-batch(es) from step 30 | skipped the step |"
+    assert row in text
     section = text.split("## Diagnosis alerts")[1].split("\n## ")[0]
     assert sum(line.startswith("| protonet_5w1s |") for line in section.splitlines()) == 1  # one alert, one row
 

@@ -153,7 +153,8 @@ class JumpAboveMax:
         if not math.isfinite(value):
             return None
         if self.peak is not None and self.peak > 0 and value > self.factor * self.peak:
-            return f"{value:.3g} is {value / self.peak:.3g}x the largest so far {self.peak:.3g} (limit {self.factor:g}x)"
+            return (f"{value:.3g} is {value / self.peak:.3g}x the largest so far {self.peak:.3g} "
+                    f"(limit {self.factor:g}x)")
         self.peak = value if self.peak is None else max(self.peak, value)
         return None
 

@@ -199,11 +199,11 @@ class SelfHealing(L.Callback):
         self.grad_spike = SpikeDetector(s["gradient_explosion"]["factor"], s["gradient_explosion"]["window"],
                                         s["gradient_explosion"]["warmup"], s["gradient_explosion"]["floor"]
                                         ) if s["gradient_explosion"] else None
-        self.loss_spike = SpikeDetector(s["loss_spike"]["factor"], s["loss_spike"]["window"],
-                                        s["loss_spike"]["warmup"], s["loss_spike"]["floor"]) if s["loss_spike"] else None
-        self.divergence = RiseDetector(s["divergence"]["factor"], s["divergence"]["window"]) if s["divergence"] else None
-        self.plateau = (PlateauDetector(s["plateau"]["patience"], s["plateau"]["min_improvement"], s["plateau"]["window"])
-                        if s["plateau"] else None)
+        spike, rise, flat = s["loss_spike"], s["divergence"], s["plateau"]
+        self.loss_spike = (SpikeDetector(spike["factor"], spike["window"], spike["warmup"], spike["floor"])
+                           if spike else None)
+        self.divergence = RiseDetector(rise["factor"], rise["window"]) if rise else None
+        self.plateau = PlateauDetector(flat["patience"], flat["min_improvement"], flat["window"]) if flat else None
         self.slowdown = RiseDetector(s["throughput"]["factor"], s["throughput"]["window"]) if s["throughput"] else None
         self.forgetting = ForgettingJump(s["forgetting"]["threshold"]) if s["forgetting"] else None
         self.alerts: list[Alert] = []
