@@ -4,7 +4,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test test-slow
+# LINT=strict (the default) fails `make test` on a lint or format finding; LINT=warn prints the findings and
+# goes on to the tests (for a local run in the middle of a change).
+LINT ?= strict
+
+.PHONY: install demo test test-slow lint
 
 install:
 	bash scripts/install.sh
@@ -12,7 +16,10 @@ install:
 demo: install
 	$(PY) train.py +experiment=omniglot/protonet_demo
 
-test: install
+lint: install
+	$(PY) -m ruff check . && $(PY) -m ruff format --check . || [ "$(LINT)" = warn ]
+
+test: install lint
 	TRITON_INTERPRET=1 WANDB_MODE=offline $(PY) -m pytest -m "not slow" --timeout=900 tests
 
 test-slow: install

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from metalab.cli_errors import exit_on_bad_overrides
 from metalab.errors import MetalabError
+from metalab.noise import quiet_third_party
 from metalab.run import train
 
 CONFIG_DIR, CONFIG_NAME = "conf", "train"
@@ -31,5 +32,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    quiet_third_party()  # before Hydra: a sweeper's library warnings come before the first run
     exit_on_bad_overrides(CONFIG_DIR, CONFIG_NAME, sys.argv[1:])
     main()

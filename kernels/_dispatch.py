@@ -36,9 +36,7 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.bfl
 _state = threading.local()
 _default_backend: str = os.environ.get("METALAB_KERNELS_BACKEND", "auto")
 if _default_backend not in BACKENDS:  # fail at import rather than at the first kernel call
-    raise ValueError(
-        f"METALAB_KERNELS_BACKEND={_default_backend!r} is not a kernels backend; allowed: {BACKENDS}"
-    )
+    raise ValueError(f"METALAB_KERNELS_BACKEND={_default_backend!r} is not a kernels backend; allowed: {BACKENDS}")
 
 
 def set_backend(name: str) -> None:

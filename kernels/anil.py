@@ -126,8 +126,9 @@ def _anil_kernel(
     if X_RESIDENT:
         # Small support set: features and one-hot labels are loaded once, kept in registers.
         n_mask = rn < N
-        x = tl.load(x_task + rn[:, None] * D + rd[None, :],
-                    mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)  # [BN, BD], zero padded
+        x = tl.load(x_task + rn[:, None] * D + rd[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(
+            ACC
+        )  # [BN, BD], zero padded
         y = tl.load(y_task + rn, mask=n_mask, other=-1)  # [BLOCK_N]
         onehot = (y[:, None] == rw[None, :]).to(ACC)  # [BLOCK_N, BLOCK_W]
         for _k in range(steps):
@@ -147,8 +148,9 @@ def _anil_kernel(
             for n0 in range(0, N, BLOCK_N):
                 rows = n0 + rn
                 n_mask = rows < N
-                x = tl.load(x_task + rows[:, None] * D + rd[None, :],
-                            mask=n_mask[:, None] & d_mask[None, :], other=0.0).to(ACC)
+                x = tl.load(
+                    x_task + rows[:, None] * D + rd[None, :], mask=n_mask[:, None] & d_mask[None, :], other=0.0
+                ).to(ACC)
                 y = tl.load(y_task + rows, mask=n_mask, other=-1)
                 onehot = (y[:, None] == rw[None, :]).to(ACC)
                 logits = tl.dot(x, w, input_precision="ieee") + b[None, :]
@@ -160,8 +162,7 @@ def _anil_kernel(
                 gb += tl.sum(g, axis=0)
             w -= lr * gw
             b -= lr * gb
-    tl.store(w_out_ptr + t * D * W + rd[:, None] * W + rw[None, :],
-             w.to(w_out_ptr.dtype.element_ty), mask=hw_mask)
+    tl.store(w_out_ptr + t * D * W + rd[:, None] * W + rw[None, :], w.to(w_out_ptr.dtype.element_ty), mask=hw_mask)
     tl.store(b_out_ptr + t * W + rw, b.to(b_out_ptr.dtype.element_ty), mask=w_mask)
 
 
@@ -188,8 +189,12 @@ def fits_kernel(N: int, D: int, W: int) -> bool:
 
 
 def _launch(
-    features: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-    lr: float, steps: int,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    lr: float,
+    steps: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     T, N, D = features.shape
     Wn = weight.shape[1]
@@ -199,8 +204,22 @@ def _launch(
     coef = torch.tensor([lr, 1.0 / N], dtype=acc, device=weight.device)
     BN, BD, BW = _tiles(N, D, Wn)
     _anil_kernel[(T,)](
-        features, labels, weight, bias, coef, w_out, b_out, N, D, Wn, steps,
-        ACC=tl_acc(acc), X_RESIDENT=N <= BN, BLOCK_N=BN, BLOCK_D=BD, BLOCK_W=BW,
+        features,
+        labels,
+        weight,
+        bias,
+        coef,
+        w_out,
+        b_out,
+        N,
+        D,
+        Wn,
+        steps,
+        ACC=tl_acc(acc),
+        X_RESIDENT=N <= BN,
+        BLOCK_N=BN,
+        BLOCK_D=BD,
+        BLOCK_W=BW,
         num_warps=8,  # measured spill-free up to the tile limits (benchmarks/kernels/compile_check.py)
     )
     return w_out, b_out
@@ -251,8 +270,7 @@ def anil_head_adapt(
         return _AnilHeadFn.apply(features, labels, weight, bias, lr, steps, False)
     check_tensor(OP, "features", features, ndims=(3,), shape_doc="[T, N, D]")
     T, N, D = features.shape
-    check_tensor(OP, "labels", labels, ndims=(2,), shape_doc=f"[T, N] = [{T}, {N}]",
-                 dtypes=(torch.int64,))
+    check_tensor(OP, "labels", labels, ndims=(2,), shape_doc=f"[T, N] = [{T}, {N}]", dtypes=(torch.int64,))
     check_tensor(OP, "weight", weight, ndims=(2,), shape_doc=f"[D, W] with D = {D}")
     Wn = weight.shape[1]
     check_tensor(OP, "bias", bias, ndims=(1,), shape_doc=f"[W] = [{Wn}]")

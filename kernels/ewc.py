@@ -34,9 +34,7 @@ OP = "ewc_penalty"
 DEFAULT_BLOCK = 1024
 
 
-def ewc_penalty_reference(
-    fisher: torch.Tensor, theta: torch.Tensor, theta_star: torch.Tensor
-) -> torch.Tensor:
+def ewc_penalty_reference(fisher: torch.Tensor, theta: torch.Tensor, theta_star: torch.Tensor) -> torch.Tensor:
     """``sum F * (theta - theta_star)^2`` in torch (autograd by torch), accumulated in fp32/fp64."""
     acc = torch.float64 if torch.float64 in (fisher.dtype, theta.dtype) else torch.float32
     diff = theta.to(acc) - theta_star.to(acc)
@@ -59,9 +57,7 @@ def _ewc_fwd_kernel(
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < P
     f = tl.load(f_ptr + offs, mask=mask, other=0.0).to(ACC)
-    d = tl.load(theta_ptr + offs, mask=mask, other=0.0).to(ACC) - tl.load(
-        star_ptr + offs, mask=mask, other=0.0
-    ).to(ACC)
+    d = tl.load(theta_ptr + offs, mask=mask, other=0.0).to(ACC) - tl.load(star_ptr + offs, mask=mask, other=0.0).to(ACC)
     fd = f * d
     tl.store(partial_ptr + pid, tl.sum(fd * d, axis=0))
     if NEED_GRAD:
@@ -69,7 +65,10 @@ def _ewc_fwd_kernel(
 
 
 def _launch(
-    fisher: torch.Tensor, theta: torch.Tensor, theta_star: torch.Tensor, need_grad: bool,
+    fisher: torch.Tensor,
+    theta: torch.Tensor,
+    theta_star: torch.Tensor,
+    need_grad: bool,
     block: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     P = theta.numel()
@@ -79,8 +78,15 @@ def _launch(
     partial = torch.empty(n_blocks, dtype=acc, device=theta.device)  # [n_blocks]
     grad = torch.empty_like(theta) if need_grad else None  # [P] in theta's dtype
     _ewc_fwd_kernel[(n_blocks,)](
-        fisher, theta, theta_star, partial, grad if grad is not None else partial, P,
-        NEED_GRAD=need_grad, ACC=tl_acc(acc), BLOCK=BLOCK,
+        fisher,
+        theta,
+        theta_star,
+        partial,
+        grad if grad is not None else partial,
+        P,
+        NEED_GRAD=need_grad,
+        ACC=tl_acc(acc),
+        BLOCK=BLOCK,
     )
     return partial.sum(), grad
 

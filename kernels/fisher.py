@@ -50,9 +50,7 @@ def _acc(*dtypes: torch.dtype) -> torch.dtype:
 
 
 @torch.no_grad()
-def fisher_accumulate_reference(
-    fisher: torch.Tensor, per_sample_grads: torch.Tensor, gamma: float
-) -> torch.Tensor:
+def fisher_accumulate_reference(fisher: torch.Tensor, per_sample_grads: torch.Tensor, gamma: float) -> torch.Tensor:
     """``gamma * fisher + mean_n per_sample_grads[n]^2`` -> [P] in ``fisher``'s dtype."""
     acc = _acc(fisher.dtype, per_sample_grads.dtype)
     out = gamma * fisher.to(acc) + per_sample_grads.to(acc).square().mean(dim=0)  # [P]
@@ -167,15 +165,21 @@ def _launch_square_accumulate(
     BLOCK_P = block_p if block_p is not None else min(256, pow2_at_least(P, 16))
     BLOCK_N = min(16, pow2_at_least(N))
     _square_accumulate_kernel[(triton.cdiv(P, BLOCK_P),)](
-        fisher if fisher is not None else grads, grads, coef, out, N, P,
-        HAS_F=fisher is not None, ACC=tl_acc(acc), BLOCK_N=BLOCK_N, BLOCK_P=BLOCK_P,
+        fisher if fisher is not None else grads,
+        grads,
+        coef,
+        out,
+        N,
+        P,
+        HAS_F=fisher is not None,
+        ACC=tl_acc(acc),
+        BLOCK_N=BLOCK_N,
+        BLOCK_P=BLOCK_P,
     )
     return out
 
 
-def _launch_linear_fisher(
-    a: torch.Tensor, d: torch.Tensor, blocks: tuple[int, int, int] | None
-) -> torch.Tensor:
+def _launch_linear_fisher(a: torch.Tensor, d: torch.Tensor, blocks: tuple[int, int, int] | None) -> torch.Tensor:
     N, Din = a.shape
     Dout = d.shape[1]
     acc = _acc(a.dtype, d.dtype)
@@ -187,7 +191,16 @@ def _launch_linear_fisher(
     BM, BN, BK = blocks
     grid = (triton.cdiv(Dout, BM), triton.cdiv(Din, BN))
     _linear_fisher_kernel[grid](
-        a, d, out, N, Din, Dout, ACC=tl_acc(acc), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+        a,
+        d,
+        out,
+        N,
+        Din,
+        Dout,
+        ACC=tl_acc(acc),
+        BLOCK_M=BM,
+        BLOCK_N=BN,
+        BLOCK_K=BK,
         num_warps=8 if BM * BN >= 4096 else 4,
     )
     return out
@@ -230,8 +243,7 @@ def fisher_accumulate(
         raise ValueError(f"{op}: `per_sample_grads` must be [N, P] with N, P >= 1, got {(N, P)}")
     if fisher.shape[0] != P:
         raise ValueError(
-            f"{op}: `fisher` has shape {tuple(fisher.shape)} but `per_sample_grads` has P = {P} "
-            f"columns; expected [{P}]"
+            f"{op}: `fisher` has shape {tuple(fisher.shape)} but `per_sample_grads` has P = {P} columns; expected [{P}]"
         )
     gamma = check_float(op, "gamma", gamma, low=0.0)
     if block_size is not None:
@@ -239,8 +251,7 @@ def fisher_accumulate(
     tensors = {"fisher": fisher, "per_sample_grads": per_sample_grads}
     check_same_device(op, tensors)
     use_triton(op, tensors)
-    return _launch_square_accumulate(fisher, per_sample_grads, gamma, 1.0 / N, fisher.dtype,
-                                     block_size)
+    return _launch_square_accumulate(fisher, per_sample_grads, gamma, 1.0 / N, fisher.dtype, block_size)
 
 
 @torch.no_grad()
@@ -268,9 +279,7 @@ def linear_fisher(
     check_tensor(op, "output_grads", output_grads, ndims=(2,), shape_doc="[N, Dout]")
     N, Din = activations.shape
     if output_grads.shape[0] != N:
-        raise ValueError(
-            f"{op}: `output_grads` has {output_grads.shape[0]} samples but `activations` has {N}"
-        )
+        raise ValueError(f"{op}: `output_grads` has {output_grads.shape[0]} samples but `activations` has {N}")
     if N < 1 or Din < 1 or output_grads.shape[1] < 1:
         raise ValueError(
             f"{op}: need N, Din, Dout >= 1, got activations {tuple(activations.shape)}, "
@@ -305,5 +314,4 @@ def linear_fisher_bias(output_grads: torch.Tensor, *, block_size: int | None = N
         _check_block(op, "block_size", block_size)
     tensors = {"output_grads": output_grads}
     use_triton(op, tensors)
-    return _launch_square_accumulate(None, output_grads, 0.0, 1.0, _acc(output_grads.dtype),
-                                     block_size)
+    return _launch_square_accumulate(None, output_grads, 0.0, 1.0, _acc(output_grads.dtype), block_size)

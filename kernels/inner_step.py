@@ -28,11 +28,11 @@ import triton.language as tl
 
 from metalab.kernels._dispatch import (
     acc_dtype,
-    triton_chosen,
     check_float,
     check_same_device,
     check_same_dtype,
     check_tensor,
+    triton_chosen,
     use_triton,
 )
 from metalab.kernels._tl import pow2_at_least, tl_acc
@@ -46,9 +46,7 @@ DEFAULT_BLOCK = 1024
 # ---------------------------------------------------------------------------------------------
 
 
-def inner_update_reference(
-    theta: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor
-) -> torch.Tensor:
+def inner_update_reference(theta: torch.Tensor, grads: torch.Tensor, lr: float | torch.Tensor) -> torch.Tensor:
     """``theta - lr * grads`` in plain torch (autograd by torch); the math the kernels must match.
 
     Computed in the accumulation dtype (fp32 for half types) and cast back, like the kernel.
@@ -151,17 +149,22 @@ def _block(P: int, block_size: int | None) -> int:
     return block_size if block_size is not None else min(DEFAULT_BLOCK, pow2_at_least(P, 16))
 
 
-def _launch_fwd(
-    theta: torch.Tensor, grads: torch.Tensor, lr: torch.Tensor, block: int | None
-) -> torch.Tensor:
+def _launch_fwd(theta: torch.Tensor, grads: torch.Tensor, lr: torch.Tensor, block: int | None) -> torch.Tensor:
     T, P = grads.shape
     out = torch.empty((T, P), dtype=grads.dtype, device=grads.device)  # [T, P]
     BLOCK = _block(P, block)
     n_blocks = triton.cdiv(P, BLOCK)
     _inner_update_fwd_kernel[(T * n_blocks,)](
-        theta, grads, lr, out, P, n_blocks,
-        THETA_PER_TASK=theta.dim() == 2, LR_PER_PARAM=lr.dim() == 1,
-        ACC=tl_acc(grads.dtype), BLOCK=BLOCK,
+        theta,
+        grads,
+        lr,
+        out,
+        P,
+        n_blocks,
+        THETA_PER_TASK=theta.dim() == 2,
+        LR_PER_PARAM=lr.dim() == 1,
+        ACC=tl_acc(grads.dtype),
+        BLOCK=BLOCK,
     )
     return out
 
@@ -183,13 +186,20 @@ def _launch_bwd(
     BLOCK = _block(P, block)
     dummy = go  # never dereferenced when the matching NEED_* flag is off
     _inner_update_bwd_kernel[(triton.cdiv(P, BLOCK),)](
-        go, grads, lr,
+        go,
+        grads,
+        lr,
         dsum if dsum is not None else dummy,
         dgrads if dgrads is not None else dummy,
         dlr if dlr is not None else dummy,
-        T, P,
-        LR_PER_PARAM=lr.dim() == 1, NEED_SUM=need_sum, NEED_DGRADS=need_dgrads,
-        NEED_DLR=need_dlr, ACC=tl_acc(grads.dtype), BLOCK=BLOCK,
+        T,
+        P,
+        LR_PER_PARAM=lr.dim() == 1,
+        NEED_SUM=need_sum,
+        NEED_DGRADS=need_dgrads,
+        NEED_DLR=need_dlr,
+        ACC=tl_acc(grads.dtype),
+        BLOCK=BLOCK,
     )
     return dsum, dgrads, dlr
 
@@ -304,8 +314,7 @@ def inner_update(
     check_tensor(OP, "theta", theta, ndims=(1, 2), shape_doc=f"[P] or [T, P] = [{P}] or [{T}, {P}]")
     if tuple(theta.shape) not in ((P,), (T, P)):
         raise ValueError(
-            f"{OP}: `theta` has shape {tuple(theta.shape)} but `grads` is {(T, P)}; "
-            f"expected [{P}] or [{T}, {P}]"
+            f"{OP}: `theta` has shape {tuple(theta.shape)} but `grads` is {(T, P)}; expected [{P}] or [{T}, {P}]"
         )
     tensors = {"theta": theta, "grads": grads}
     if isinstance(lr, torch.Tensor):
@@ -345,12 +354,12 @@ def inner_update_params(
     like :func:`inner_update`, and errors name the parameter.
     """
     if not triton_chosen({"params": next(iter(params.values()), None), "grads": next(iter(grads.values()), None)}):
-        return {name: inner_update_reference(p, grads[name], lr[name] if isinstance(lr, dict) else lr)
-                for name, p in params.items()}
+        return {
+            name: inner_update_reference(p, grads[name], lr[name] if isinstance(lr, dict) else lr)
+            for name, p in params.items()
+        }
     if params.keys() != grads.keys():
-        raise ValueError(
-            f"{OP}: `params` and `grads` have different keys: {sorted(params.keys() ^ grads.keys())}"
-        )
+        raise ValueError(f"{OP}: `params` and `grads` have different keys: {sorted(params.keys() ^ grads.keys())}")
     if isinstance(lr, dict) and lr.keys() != params.keys():
         raise ValueError(f"{OP}: `lr` has different keys from `params`: {sorted(lr.keys() ^ params.keys())}")
     out = {}

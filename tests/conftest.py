@@ -11,7 +11,7 @@ os.environ.setdefault("METALAB_RECORDS_DIR", __import__("tempfile").mkdtemp(pref
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from metalab.data.files import candidate_dirs, CHECKSUMS  # noqa: E402
+from metalab.data.files import CHECKSUMS  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -23,4 +23,5 @@ def _deterministic_torch():
 # Kept in helpers.py: a test module imports them from there (``from conftest import`` would find
 # whichever conftest.py was loaded last, e.g. tests/services/conftest.py).
 from helpers import data_available, needs_omniglot  # noqa: E402,F401
+
 assert "omniglot/omniglot.npz" in CHECKSUMS

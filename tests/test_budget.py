@@ -82,9 +82,18 @@ def test_probe_fits_the_schedule_and_max_steps_into_max_time(monkeypatch, tmp_pa
     monkeypatch.setattr(budget, "time", clock)
     monkeypatch.setattr(timer_module, "time", clock)
     probe = FitHorizonToTimeBudget(probe_steps=4, warmup_steps=1, margin=0.9)
-    trainer = L.Trainer(accelerator="cpu", max_time={"seconds": 100}, max_steps=max_steps, max_epochs=-1,
-                        callbacks=[probe], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_time={"seconds": 100},
+        max_steps=max_steps,
+        max_epochs=-1,
+        callbacks=[probe],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
     data = DataLoader(TensorDataset(torch.randn(16, 2)), batch_size=4)
     module = OneSecondSteps(clock)
     trainer.fit(module, data)

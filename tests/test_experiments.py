@@ -9,11 +9,14 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from metalab.config_checks import check_run_config
 from metalab.errors import DataError
 from metalab.run import build_run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
+)
 
 
 def _compose(overrides: list[str]) -> DictConfig:
@@ -43,11 +46,12 @@ def test_experiment_composes_and_every_target_instantiates(name, tmp_path):
     if name.endswith("/base") and OmegaConf.missing_keys(cfg):
         return  # a base that leaves a choice to the files built on it (nas/base: the searcher)
     targets = _target_paths(cfg)
-    assert {"data", "learner", "trainer"} <= set(targets)
+    assert {"learner", "trainer"} <= set(targets) and ("data" in targets) != ("problem" in targets)  # data or a problem
     for path in targets:  # every target names an importable object, also those a run does not build itself
         hydra.utils.get_object(OmegaConf.select(cfg, path)["_target_"])
+    check_run_config(cfg)  # what train() checks first (seed, threads, max_time, every optimiser) holds for each
     try:
-        objects = build_run(cfg)
+        objects = build_run(cfg, measure=False)
     except DataError as error:  # a constructor that reads data (nas_cells builds its CIFAR-10 split)
         pytest.skip(f"{name} reads data when built and it is absent: {str(error).split(';')[0]}")
     assert objects.trainer.max_steps == cfg.trainer.get("max_steps", -1)
@@ -63,10 +67,16 @@ def test_the_serial_engine_named_by_the_fast_path_error_is_a_key(learner, tmp_pa
 
 def test_a_misspelt_target_fails_here(tmp_path):
     """The check above is not vacuous: one wrong letter in a target is caught."""
-    cfg = _compose(["+experiment=split_mnist/ewc", "learner.method._target_=metalab.learners.continual.EWK",
-                    f"paths.output_dir={tmp_path}", f"paths.log_dir={tmp_path}"])
+    cfg = _compose(
+        [
+            "+experiment=split_mnist/ewc",
+            "learner.method._target_=metalab.learners.continual.EWK",
+            f"paths.output_dir={tmp_path}",
+            f"paths.log_dir={tmp_path}",
+        ]
+    )
     with pytest.raises(Exception, match="EWK"):
-        build_run(cfg)
+        build_run(cfg, measure=False)
 
 
 def test_derived_experiments_keep_their_base():

@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TINY_PROTONET, compose_run, needs_mnist, needs_omniglot  # noqa: E402
 
 from metalab.learners.meta.protonet import ProtoNet  # noqa: E402
@@ -130,16 +127,25 @@ def test_fast_dev_run_record_says_so_and_is_strict_json(tmp_path):
     """debug=fdr: the record names fast_dev_run as what stopped training and why no checkpoint exists, and
     holds no NaN (one step cannot be timed), so strict JSON readers can parse it."""
     train(compose_run(tmp_path, PROTONET + ["debug=fdr"]))
-    record = json.loads((tmp_path / "metrics.json").read_text(),
-                        parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}"))
+    record = json.loads(
+        (tmp_path / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(f"metrics.json holds {name}")
+    )
     assert record["stopped"]["reason"].startswith("trainer.fast_dev_run=1")
     assert "fast_dev_run" in record["checkpoint"]["note"]
 
 
 # Split MNIST on 40 training and 20 test images per task, 4 batches a task, a 16-16 MLP.
-SPLIT_MNIST = ["+experiment=split_mnist/ewc", "data.train_examples_per_task=40", "data.test_examples_per_task=20",
-               "model.hidden=[16,16]", "data.eval_batch_size=100", "callbacks.progress_bar.refresh_rate=0",
-               "trainer.accelerator=cpu", "logger=csv", "learner.plot=false"]
+SPLIT_MNIST = [
+    "+experiment=split_mnist/ewc",
+    "data.train_examples_per_task=40",
+    "data.test_examples_per_task=20",
+    "model.hidden=[16,16]",
+    "data.eval_batch_size=100",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.accelerator=cpu",
+    "logger=csv",
+    "learner.plot=false",
+]
 
 
 @needs_mnist

@@ -20,8 +20,9 @@ print(heap_free_bytes())
 
 
 def freed_bytes_kept(retain: bool) -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(retain=retain)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE.format(retain=retain)], capture_output=True, text=True, check=True
+    )
     return int(out.stdout.split()[-1])
 
 

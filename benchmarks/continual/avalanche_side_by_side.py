@@ -55,19 +55,30 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from common import (
+    RUNS,
+    EpochTimer,
+    avalanche_benchmark,
+    avalanche_permuted_mnist,
+    avalanche_strategy,
+    evaluate_row,
+    experiment_config,
+    our_batch_order,
+    summary_from_rows,
+    write_json,
+)
 
 from metalab.precision import resolve_precision
 from metalab.report.records import append_record
 
-from common import (RUNS, EpochTimer, avalanche_benchmark, avalanche_permuted_mnist, avalanche_strategy, evaluate_row,
-                    experiment_config, our_batch_order, summary_from_rows, write_json)
-
 PAIRS = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
 # Our variants run against the same Avalanche strategy as their base experiment (its run is shared):
 # er_500 with Avalanche's buffer policy (task-balanced subsets stored at task ends, not a reservoir).
-VARIANTS = {"er_500_task_end": ("er_500", ["learner.method.fill=task_end"]),
-            # lwf whose frozen teacher normalises with its stored statistics, as Mammoth's LwF does
-            "lwf_running_teacher": ("lwf", ["learner.method.teacher_bn=running"])}
+VARIANTS = {
+    "er_500_task_end": ("er_500", ["learner.method.fill=task_end"]),
+    # lwf whose frozen teacher normalises with its stored statistics, as Mammoth's LwF does
+    "lwf_running_teacher": ("lwf", ["learner.method.teacher_bn=running"]),
+}
 METHODS = [*PAIRS, *VARIANTS]
 
 
@@ -86,16 +97,28 @@ def run_ours(suite: str, name: str, seed: int, extra: list[str]) -> dict[str, An
     learner = hydra.utils.instantiate(cfg.learner, backbone=hydra.utils.instantiate(cfg.model), plot=False)
     timer = EpochTimer()
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.get("accelerator")).precision
-    trainer = hydra.utils.instantiate(cfg.trainer, precision=precision, callbacks=[timer], logger=False,
-                                      enable_checkpointing=False, enable_progress_bar=False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        precision=precision,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        **stream.trainer_arguments(),
+    )
     start = time.perf_counter()
     trainer.fit(learner, datamodule=stream)
     wall = time.perf_counter() - start
     matrices = {s: learner.accuracy[s].compute() for s in learner.scenarios}
     rows = [{s: matrices[s][i + 1].tolist() for s in matrices} for i in range(stream.n_tasks)]
     initial = {s: matrices[s][0].tolist() for s in matrices}
-    return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds,
-            "epoch_cpu_seconds": timer.cpu_seconds, "batches_per_epoch": timer.batches, "wall_seconds": wall}
+    return {
+        "summary": summary_from_rows(rows, initial),
+        "epoch_seconds": timer.seconds,
+        "epoch_cpu_seconds": timer.cpu_seconds,
+        "batches_per_epoch": timer.batches,
+        "wall_seconds": wall,
+    }
 
 
 def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_order: str = "ours") -> dict[str, Any]:
@@ -109,8 +132,11 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
     stream = hydra.utils.instantiate(cfg.data)
     stream.setup("fit")
     model = hydra.utils.instantiate(cfg.model)  # same RNG state as ours: same initial weights
-    bench = (avalanche_permuted_mnist(stream, seed, RUNS / "avalanche_mnist") if suite == "permuted_mnist"
-             else avalanche_benchmark(stream))
+    bench = (
+        avalanche_permuted_mnist(stream, seed, RUNS / "avalanche_mnist")
+        if suite == "permuted_mnist"
+        else avalanche_benchmark(stream)
+    )
 
     class Timer(SupervisedPlugin):
         def __init__(self) -> None:
@@ -129,10 +155,17 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
     timer = Timer()
     plugins = [timer, our_batch_order(stream)] if batch_order == "ours" and name != "er_500" else [timer]
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
-    common = dict(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
-                  train_mb_size=int(cfg.data.batch_size), train_epochs=int(cfg.data.epochs_per_task),
-                  eval_mb_size=int(cfg.data.eval_batch_size), device="cpu", plugins=plugins,
-                  evaluator=EvaluationPlugin(loggers=[]))
+    common = dict(
+        model=model,
+        optimizer=optimizer,
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=int(cfg.data.batch_size),
+        train_epochs=int(cfg.data.epochs_per_task),
+        eval_mb_size=int(cfg.data.eval_batch_size),
+        device="cpu",
+        plugins=plugins,
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
     strategy = avalanche_strategy(name, cfg.learner.method, **common)
     # The same mixed precision as Lightning's bf16-mixed plugin gives ours. One context spans many
     # optimiser steps here, so autocast's cache of bf16 weight copies must be off: with it, every
@@ -146,8 +179,12 @@ def run_avalanche(suite: str, name: str, seed: int, extra: list[str], batch_orde
             strategy.train(experience, num_workers=0)
             rows.append(evaluate_row(model, stream))
     wall = time.perf_counter() - start
-    return {"summary": summary_from_rows(rows, initial), "epoch_seconds": timer.seconds,
-            "epoch_cpu_seconds": timer.cpu_seconds, "wall_seconds": wall}
+    return {
+        "summary": summary_from_rows(rows, initial),
+        "epoch_seconds": timer.seconds,
+        "epoch_cpu_seconds": timer.cpu_seconds,
+        "wall_seconds": wall,
+    }
 
 
 def main() -> None:
@@ -156,12 +193,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--batch-order", choices=["ours", "avalanche"], default="ours",
-                        help="Avalanche's Naive/EWC/LwF train on our batches in our order, or shuffle their own")
+    parser.add_argument(
+        "--batch-order",
+        choices=["ours", "avalanche"],
+        default="ours",
+        help="Avalanche's Naive/EWC/LwF train on our batches in our order, or shuffle their own",
+    )
     parser.add_argument("--out", type=Path, default=RUNS / "avalanche_side_by_side")
-    parser.add_argument("--sides", nargs="+", choices=["ours", "avalanche"], default=["ours", "avalanche"],
-                        help="run only one side (a study runs our side through train.py and Avalanche's here)")
-    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for both sides, e.g. data.epochs_per_task=2")
+    parser.add_argument(
+        "--sides",
+        nargs="+",
+        choices=["ours", "avalanche"],
+        default=["ours", "avalanche"],
+        help="run only one side (a study runs our side through train.py and Avalanche's here)",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="extra Hydra overrides for both sides, e.g. data.epochs_per_task=2"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
@@ -171,18 +219,26 @@ def main() -> None:
         record = json.loads(path.read_text()) if path.is_file() else {}
         for name in args.methods:
             base = experiment_of(name)[0]
-            for side, runner, method, key in (("ours", run_ours, name, f"{name}/ours"),
-                                              ("avalanche", run_avalanche, base, f"{base}/avalanche")):
+            for side, runner, method, key in (
+                ("ours", run_ours, name, f"{name}/ours"),
+                ("avalanche", run_avalanche, base, f"{base}/avalanche"),
+            ):
                 if key in record or side not in args.sides:
                     continue
-                result = (runner(args.suite, method, seed, extra) if side == "ours"
-                          else runner(args.suite, method, seed, extra, args.batch_order))
+                result = (
+                    runner(args.suite, method, seed, extra)
+                    if side == "ours"
+                    else runner(args.suite, method, seed, extra, args.batch_order)
+                )
                 record[key] = result
                 write_json(path, record)
                 s = result["summary"]
                 figures = "  ".join(f"{sc} {s[sc]['acc']:6.2f} (forgetting {s[sc]['forgetting']:6.2f})" for sc in s)
-                print(f"[seed {seed}] {name:>8} {side:>9}: {figures}  epoch "
-                      f"{statistics.mean(result['epoch_seconds']):7.2f}s", flush=True)
+                print(
+                    f"[seed {seed}] {name:>8} {side:>9}: {figures}  epoch "
+                    f"{statistics.mean(result['epoch_seconds']):7.2f}s",
+                    flush=True,
+                )
     if args.sides == ["ours", "avalanche"]:
         report(args.out, args.suite, args.seeds, args.methods)
 
@@ -198,7 +254,9 @@ def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> dict[
         return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
     print(f"\n{suite}, seeds {seeds} (mean +- std over seeds)")
-    print("| method | side | " + " | ".join(f"{labels[sc]} {k}" for sc, k in columns) + " | s / epoch | CPU s / epoch |")
+    print(
+        "| method | side | " + " | ".join(f"{labels[sc]} {k}" for sc, k in columns) + " | s / epoch | CPU s / epoch |"
+    )
     print("|---|---|" + "---|" * len(columns) + "---|---|")
     table: dict[str, Any] = {}
     for name in methods:
@@ -208,15 +266,30 @@ def report(out: Path, suite: str, seeds: list[int], methods: list[str]) -> dict[
             rs = [r[f"{name if side == 'ours' else base}/{side}"] for r in records]
             cells = {f"{sc}/{k}": stat([r["summary"][sc][k] for r in rs]) for sc, k in columns}
             cells["epoch_seconds"] = stat([statistics.mean(r["epoch_seconds"]) for r in rs])
-            cells["epoch_cpu_seconds"] = stat([statistics.mean(r.get("epoch_cpu_seconds") or [float("nan")]) for r in rs])
+            cells["epoch_cpu_seconds"] = stat(
+                [statistics.mean(r.get("epoch_cpu_seconds") or [float("nan")]) for r in rs]
+            )
             label = name if side == "ours" else PAIRS[base]
             table[f"{label}/{side}"] = cells
             print(f"| {label} | {side} | " + " | ".join(f"{m:6.2f} +- {s:5.2f}" for m, s in cells.values()) + " |")
-    rows = [{"method": label.split("/")[0], "side": label.split("/")[1], "seeds": len(seeds),
-             **{f"{k.replace('/', '_')}_{stat}": v[i] for k, v in cells.items() for i, stat in enumerate(("mean", "std"))}}
-            for label, cells in table.items()]
-    append_record(f"benchmarks/continual/records/avalanche_side_by_side_{suite}.jsonl", rows,
-                  settings={"suite": suite, "seeds": seeds, "methods": methods})
+    rows = [
+        {
+            "method": label.split("/")[0],
+            "side": label.split("/")[1],
+            "seeds": len(seeds),
+            **{
+                f"{k.replace('/', '_')}_{stat}": v[i]
+                for k, v in cells.items()
+                for i, stat in enumerate(("mean", "std"))
+            },
+        }
+        for label, cells in table.items()
+    ]
+    append_record(
+        f"benchmarks/continual/records/avalanche_side_by_side_{suite}.jsonl",
+        rows,
+        settings={"suite": suite, "seeds": seeds, "methods": methods},
+    )
     return table
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -29,8 +30,10 @@ def experiment_config(name: str, overrides: list[str] | None = None) -> DictConf
     """The composed config of ``+experiment=<name>`` (e.g. ``split_mnist/ewc``) with ``overrides``."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         # paths.output_dir normally comes from Hydra's run dir, which compose() does not create.
-        return compose(config_name="train", overrides=[f"+experiment={name}", f"paths.output_dir={RUNS / 'scratch'}",
-                                                       *(overrides or [])])
+        return compose(
+            config_name="train",
+            overrides=[f"+experiment={name}", f"paths.output_dir={RUNS / 'scratch'}", *(overrides or [])],
+        )
 
 
 class EpochTimer(L.Callback):
@@ -57,8 +60,7 @@ class EpochTimer(L.Callback):
         self.batches.append(self._n)
 
 
-def evaluate_row(model: torch.nn.Module, stream: TaskStream, channels_last: bool = False
-                 ) -> dict[str, list[float]]:
+def evaluate_row(model: torch.nn.Module, stream: TaskStream, channels_last: bool = False) -> dict[str, list[float]]:
     """Accuracy (%) of ``model`` on every task of ``stream`` in each of its scenarios (ours and peers alike),
     by the same evaluation our learner runs (:func:`metalab.learners.continual.loop.evaluate_all_tasks`)."""
     prepare = PlainLearner(model, None, [], channels_last=channels_last).prepare
@@ -91,8 +93,9 @@ def avalanche_benchmark(stream: TaskStream):
     def dataset(part):
         return _make_taskaware_tensor_classification_dataset(part.x, part.y, task_labels=0, targets=part.y)
 
-    return benchmark_from_datasets(train=[dataset(p) for p in stream.train_tasks],
-                                   test=[dataset(p) for p in stream.test_tasks])
+    return benchmark_from_datasets(
+        train=[dataset(p) for p in stream.train_tasks], test=[dataset(p) for p in stream.test_tasks]
+    )
 
 
 def avalanche_strategy(name: str, method: Mapping[str, Any], **common: Any):
@@ -111,7 +114,7 @@ def avalanche_strategy(name: str, method: Mapping[str, Any], **common: Any):
         return Replay(mem_size=int(method["buffer_size"]), **common)
     if name == "lwf":
         t = float(method["temperature"])
-        return LwF(alpha=float(method["alpha"]) * t ** 2, temperature=t, **common)
+        return LwF(alpha=float(method["alpha"]) * t**2, temperature=t, **common)
     raise ValueError(f"no Avalanche counterpart for {name!r}")
 
 
@@ -154,8 +157,9 @@ def avalanche_permuted_mnist(stream: TaskStream, seed: int, mnist_root: Path):
         raise ValueError("Avalanche's PermutedMNIST permutes every task: set data.transform.first_unpermuted=false")
     stream.setup("fit")
     write_torchvision_mnist(mnist_root)
-    theirs = PermutedMNIST(stream.n_tasks, seed=seed, train_transform=None, eval_transform=None,
-                           dataset_root=str(mnist_root))
+    theirs = PermutedMNIST(
+        stream.n_tasks, seed=seed, train_transform=None, eval_transform=None, dataset_root=str(mnist_root)
+    )
 
     def cut(experiences, ours_tasks, labels, per_task, subset_seed):
         parts = []
@@ -199,8 +203,12 @@ def write_torchvision_mnist(root: Path) -> None:
     from metalab.data.streams import MNIST_FILE
 
     raw = root / "MNIST" / "raw"
-    names = {"x_train": "train-images-idx3-ubyte", "y_train": "train-labels-idx1-ubyte",
-             "x_test": "t10k-images-idx3-ubyte", "y_test": "t10k-labels-idx1-ubyte"}
+    names = {
+        "x_train": "train-images-idx3-ubyte",
+        "y_train": "train-labels-idx1-ubyte",
+        "x_test": "t10k-images-idx3-ubyte",
+        "y_test": "t10k-labels-idx1-ubyte",
+    }
     if all((raw / n).is_file() for n in names.values()):
         return
     raw.mkdir(parents=True, exist_ok=True)

@@ -18,20 +18,19 @@ Also reports the relative L2 distance of the batch-mean approximation from the e
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from common import RUNS, write_json
-from metalab.report.records import append_record
+
 from metalab.data.streams import SplitStreamDataModule
 from metalab.learners.continual import fisher as fisher_module
 from metalab.learners.continual.fisher import diagonal_fisher, fisher_by_sample_loop, squared_batch_mean_gradient
 from metalab.models.resnet import ResNet18
+from metalab.report.records import append_record
 
 
 def relative_l2(approx: dict[str, torch.Tensor], exact: dict[str, torch.Tensor]) -> float:
@@ -47,14 +46,26 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=128, help="memory chunk of the exact Fisher")
     parser.add_argument("--loop-images", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--train-epochs", type=int, default=3,
-                        help="SGD epochs on the images before measuring (a Fisher is taken after training a task)")
+    parser.add_argument(
+        "--train-epochs",
+        type=int,
+        default=3,
+        help="SGD epochs on the images before measuring (a Fisher is taken after training a task)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--channels-last", action="store_true", help="model and inputs channels-last (all methods)")
-    parser.add_argument("--block-elements", type=int, default=fisher_module.BLOCK_ELEMENTS,
-                        help="elements of one block of per-sample conv gradients (fisher.BLOCK_ELEMENTS)")
-    parser.add_argument("--grouped-min-positions", type=int, default=fisher_module.GROUPED_MIN_POSITIONS,
-                        help="output positions from which a conv's per-sample gradients use the grouped backward")
+    parser.add_argument(
+        "--block-elements",
+        type=int,
+        default=fisher_module.BLOCK_ELEMENTS,
+        help="elements of one block of per-sample conv gradients (fisher.BLOCK_ELEMENTS)",
+    )
+    parser.add_argument(
+        "--grouped-min-positions",
+        type=int,
+        default=fisher_module.GROUPED_MIN_POSITIONS,
+        help="output positions from which a conv's per-sample gradients use the grouped backward",
+    )
     parser.add_argument("--profile", action="store_true", help="also print where one exact Fisher spends its time")
     parser.add_argument("--out", type=Path, default=RUNS / "fisher_speed.json")
     args = parser.parse_args()
@@ -73,7 +84,7 @@ def main() -> None:
     for _ in range(args.train_epochs):
         for i in range(0, len(y), 32):
             optimizer.zero_grad()
-            F.cross_entropy(model(x[i:i + 32]), y[i:i + 32]).backward()
+            F.cross_entropy(model(x[i : i + 32]), y[i : i + 32]).backward()
             optimizer.step()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -81,7 +92,7 @@ def main() -> None:
     model.eval()
 
     def batches(size: int):
-        return [(x[i:i + size], y[i:i + size]) for i in range(0, len(y), size)]
+        return [(x[i : i + size], y[i : i + size]) for i in range(0, len(y), size)]
 
     from avalanche.benchmarks.utils.classification_dataset import _make_taskaware_tensor_classification_dataset
     from avalanche.training.plugins import EWCPlugin
@@ -94,8 +105,9 @@ def main() -> None:
     results = {}
     for _ in range(args.repeats):
         start = time.perf_counter()
-        importances = plugin.compute_importances(model, torch.nn.CrossEntropyLoss(), av_optimizer, av_data, "cpu",
-                                                 args.batch_size)
+        importances = plugin.compute_importances(
+            model, torch.nn.CrossEntropyLoss(), av_optimizer, av_data, "cpu", args.batch_size
+        )
         timings["avalanche"].append(time.perf_counter() - start)
         start = time.perf_counter()
         results["batch_mean"] = squared_batch_mean_gradient(model, batches(args.batch_size), train_mode=False)
@@ -117,9 +129,16 @@ def main() -> None:
     # The machine is shared: the minimum over interleaved repeats is the least-disturbed estimate.
     med = {k: min(v) for k, v in timings.items()}
     record = {
-        "images": len(y), "train_epochs": args.train_epochs, "batch_size": args.batch_size, "chunk": args.chunk, "threads": args.threads,
-        "block_elements": args.block_elements, "grouped_min_positions": args.grouped_min_positions,
-        "channels_last": args.channels_last, "seconds": timings, "min_seconds": med,
+        "images": len(y),
+        "train_epochs": args.train_epochs,
+        "batch_size": args.batch_size,
+        "chunk": args.chunk,
+        "threads": args.threads,
+        "block_elements": args.block_elements,
+        "grouped_min_positions": args.grouped_min_positions,
+        "channels_last": args.channels_last,
+        "seconds": timings,
+        "min_seconds": med,
         "per_sample_loop_seconds_scaled": loop_seconds,
         "exact_over_avalanche": med["exact"] / med["avalanche"],
         "exact_over_batch_mean": med["exact"] / med["batch_mean"],
@@ -129,23 +148,33 @@ def main() -> None:
         "relative_l2_exact_vs_loop_fp32": relative_l2(exact_subset, loop),
     }
     write_json(args.out, record)
-    append_record("benchmarks/continual/records/fisher_speed.jsonl",
-                  {k: v for k, v in record.items() if k not in ("seconds", "min_seconds")}
-                  | {f"{k}_min_seconds": v for k, v in med.items()})
-    print(f"reduced ResNet-18 trained {args.train_epochs} epoch(s), {len(y)} CIFAR-10 images, {args.threads} thread(s), "
-          f"{'channels-last' if args.channels_last else 'NCHW'}, min of {args.repeats} interleaved repeats, "
-          f"block {args.block_elements} elements, grouped from {args.grouped_min_positions} positions")
+    append_record(
+        "benchmarks/continual/records/fisher_speed.jsonl",
+        {k: v for k, v in record.items() if k not in ("seconds", "min_seconds")}
+        | {f"{k}_min_seconds": v for k, v in med.items()},
+    )
+    print(
+        f"reduced ResNet-18 trained {args.train_epochs} epoch(s), {len(y)} CIFAR-10 images, {args.threads} thread(s), "
+        f"{'channels-last' if args.channels_last else 'NCHW'}, min of {args.repeats} interleaved repeats, "
+        f"block {args.block_elements} elements, grouped from {args.grouped_min_positions} positions"
+    )
     print("| importance | seconds | x Avalanche |")
     print("|---|---|---|")
-    for key, label in (("avalanche", f"Avalanche EWCPlugin.compute_importances (batch {args.batch_size})"),
-                       ("batch_mean", f"our batch-mean restatement (batch {args.batch_size})"),
-                       ("exact", f"exact per-sample Fisher, layer-wise (chunk {args.chunk})")):
+    for key, label in (
+        ("avalanche", f"Avalanche EWCPlugin.compute_importances (batch {args.batch_size})"),
+        ("batch_mean", f"our batch-mean restatement (batch {args.batch_size})"),
+        ("exact", f"exact per-sample Fisher, layer-wise (chunk {args.chunk})"),
+    ):
         print(f"| {label} | {med[key]:.2f} | {med[key] / med['avalanche']:.2f} |")
-    print(f"| per-sample backward loop (scaled from {args.loop_images}) | {loop_seconds:.2f} | "
-          f"{loop_seconds / med['avalanche']:.2f} |")
-    print(f"relative L2 distance from the exact Fisher: Avalanche {record['relative_l2_avalanche_vs_exact']:.3f}, "
-          f"batch-mean restatement {record['relative_l2_batch_mean_vs_exact']:.3f}; "
-          f"exact vs per-sample loop (fp32) {record['relative_l2_exact_vs_loop_fp32']:.2e}")
+    print(
+        f"| per-sample backward loop (scaled from {args.loop_images}) | {loop_seconds:.2f} | "
+        f"{loop_seconds / med['avalanche']:.2f} |"
+    )
+    print(
+        f"relative L2 distance from the exact Fisher: Avalanche {record['relative_l2_avalanche_vs_exact']:.3f}, "
+        f"batch-mean restatement {record['relative_l2_batch_mean_vs_exact']:.3f}; "
+        f"exact vs per-sample loop (fp32) {record['relative_l2_exact_vs_loop_fp32']:.2e}"
+    )
 
 
 if __name__ == "__main__":

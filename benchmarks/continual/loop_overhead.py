@@ -26,18 +26,25 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from common import RUNS, EpochTimer, experiment_config, write_json
 
 from metalab.learners.continual.loop import PlainLearner, continual_step
-from common import RUNS, EpochTimer, experiment_config, write_json
 from metalab.report.records import append_record
 
 METHODS = ["finetune", "joint", "ewc", "online_ewc", "er_500", "derpp_500", "lwf", "progressive"]
 
 
 def build(name: str, batches: int, batch_size: int, precision: str, threads: int):
-    overrides = [f"data.n_tasks=2", "data.epochs_per_task=1", f"data.train_examples_per_task={batches * batch_size}",
-                 f"data.batch_size={batch_size}", "data.test_examples_per_task=50", "learner.evaluate_initial=false",
-                 f"trainer.precision={precision}", f"cpu_threads={threads}"]
+    overrides = [
+        "data.n_tasks=2",
+        "data.epochs_per_task=1",
+        f"data.train_examples_per_task={batches * batch_size}",
+        f"data.batch_size={batch_size}",
+        "data.test_examples_per_task=50",
+        "learner.evaluate_initial=false",
+        f"trainer.precision={precision}",
+        f"cpu_threads={threads}",
+    ]
     if name in ("ewc", "online_ewc"):
         overrides.append("learner.method.fisher_examples=256")
     cfg = experiment_config(f"split_cifar10/{name}", overrides)
@@ -50,8 +57,14 @@ def build(name: str, batches: int, batch_size: int, precision: str, threads: int
 def time_ours(cfg, stream, learner) -> tuple[float, int]:
     """Seconds per batch of the second task's epoch under Trainer.fit."""
     timer = EpochTimer()
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                                      enable_progress_bar=False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        **stream.trainer_arguments(),
+    )
     trainer.fit(learner, datamodule=stream)
     return timer.seconds[1] / timer.batches[1], timer.batches[1]
 
@@ -60,18 +73,29 @@ def time_plain(learner, stream, lr: float, batch_size: int, precision: str) -> f
     """Seconds per batch of a bare loop over task 1 with the learner's network and method state."""
     net, method = learner.net, learner.method
     net.train()
-    plain = PlainLearner(net, torch.optim.SGD(net.parameters(), lr=lr), [(p.x, p.y) for p in stream.train_tasks],
-                         learner.stream_info, channels_last=True)
+    plain = PlainLearner(
+        net,
+        torch.optim.SGD(net.parameters(), lr=lr),
+        [(p.x, p.y) for p in stream.train_tasks],
+        learner.stream_info,
+        channels_last=True,
+    )
     part = stream.task_train_dataset(1)
     order = torch.randperm(len(part), generator=torch.Generator().manual_seed(1))
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
     n_batches = len(part) // batch_size
     start = time.perf_counter()
     for b in range(n_batches):
-        idx = order[b * batch_size:(b + 1) * batch_size]
+        idx = order[b * batch_size : (b + 1) * batch_size]
         with autocast:  # as Lightning's precision plugin wraps training_step
-            continual_step(plain, method, {"x": part.x[idx], "y": part.y[idx], "task": part.task[idx]}, task=1,
-                           optimizer=plain.optimizer, step=b)
+            continual_step(
+                plain,
+                method,
+                {"x": part.x[idx], "y": part.y[idx], "task": part.task[idx]},
+                task=1,
+                optimizer=plain.optimizer,
+                step=b,
+            )
     return (time.perf_counter() - start) / n_batches
 
 
@@ -88,8 +112,10 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     results = {}
-    print(f"reduced ResNet-18, batch {args.batch_size}, {args.batches} batches, precision {args.precision}, "
-          f"{args.threads} thread(s); min of {args.repeats} alternating repeats")
+    print(
+        f"reduced ResNet-18, batch {args.batch_size}, {args.batches} batches, precision {args.precision}, "
+        f"{args.threads} thread(s); min of {args.repeats} alternating repeats"
+    )
     print("| method | ours ms/batch | plain ms/batch | ours / plain |")
     print("|---|---|---|---|")
     for name in args.methods:
@@ -102,14 +128,34 @@ def main() -> None:
         o, p = min(ours), min(plain)  # shared machine: the least-disturbed repeat of each side
         results[name] = {"ours_s_per_batch": ours, "plain_s_per_batch": plain, "ratio": o / p}
         print(f"| {name} | {o * 1000:.1f} | {p * 1000:.1f} | {o / p:.3f} |", flush=True)
-        write_json(args.out, {"precision": args.precision, "threads": args.threads, "batches": args.batches,
-                              "batch_size": args.batch_size, "results": results})
-    append_record("benchmarks/continual/records/loop_overhead.jsonl",
-                  [{"method": name, "ours_ms_per_batch": min(r["ours_s_per_batch"]) * 1000,
-                    "plain_ms_per_batch": min(r["plain_s_per_batch"]) * 1000, "ratio": r["ratio"]}
-                   for name, r in results.items()],
-                  settings={"precision": args.precision, "batches": args.batches, "batch_size": args.batch_size,
-                            "repeats": args.repeats})
+        write_json(
+            args.out,
+            {
+                "precision": args.precision,
+                "threads": args.threads,
+                "batches": args.batches,
+                "batch_size": args.batch_size,
+                "results": results,
+            },
+        )
+    append_record(
+        "benchmarks/continual/records/loop_overhead.jsonl",
+        [
+            {
+                "method": name,
+                "ours_ms_per_batch": min(r["ours_s_per_batch"]) * 1000,
+                "plain_ms_per_batch": min(r["plain_s_per_batch"]) * 1000,
+                "ratio": r["ratio"],
+            }
+            for name, r in results.items()
+        ],
+        settings={
+            "precision": args.precision,
+            "batches": args.batches,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+        },
+    )
 
 
 if __name__ == "__main__":

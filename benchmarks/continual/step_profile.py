@@ -30,28 +30,49 @@ import statistics
 import time
 import warnings
 from collections import defaultdict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import hydra
 import lightning as L
 import torch
 import torch.nn.functional as F
-
 from common import EpochTimer, experiment_config, our_batch_order
+
 from metalab.learners.continual.loop import PlainLearner, continual_step
 from metalab.learners.continual.methods import StreamInfo
 from metalab.report.records import append_record
 
 RECORDS = "benchmarks/continual/records/step_profile.jsonl"
-PACKAGES = ("lightning", "avalanche", "torchmetrics", "torch/utils/data", "torch/optim", "torch/autograd",
-            "torch/nn", "metalab", "hydra", "omegaconf")
+PACKAGES = (
+    "lightning",
+    "avalanche",
+    "torchmetrics",
+    "torch/utils/data",
+    "torch/optim",
+    "torch/autograd",
+    "torch/nn",
+    "metalab",
+    "hydra",
+    "omegaconf",
+)
 
 
 def build(experiment: str, batches: int, seed: int, batches_per_step: int = 1):
-    cfg = experiment_config(experiment, [f"seed={seed}", "data.n_tasks=1", "data.epochs_per_task=1",
-                                         f"data.train_examples_per_task={batches * 10}", "data.batch_size=10",
-                                         "data.test_examples_per_task=10", "learner.evaluate_initial=false",
-                                         "cpu_threads=1", f"learner.batches_per_step={batches_per_step}"])
+    cfg = experiment_config(
+        experiment,
+        [
+            f"seed={seed}",
+            "data.n_tasks=1",
+            "data.epochs_per_task=1",
+            f"data.train_examples_per_task={batches * 10}",
+            "data.batch_size=10",
+            "data.test_examples_per_task=10",
+            "learner.evaluate_initial=false",
+            "cpu_threads=1",
+            f"learner.batches_per_step={batches_per_step}",
+        ],
+    )
     L.seed_everything(seed, workers=True)
     stream = hydra.utils.instantiate(cfg.data)
     stream.setup("fit")
@@ -74,27 +95,34 @@ class ProfileEpoch(L.Callback):
             self.profile.disable()
 
 
-def run_ours(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None,
-             batches_per_step: int = 1) -> tuple[float, int]:
+def run_ours(
+    experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None, batches_per_step: int = 1
+) -> tuple[float, int]:
     """``Trainer.fit`` as train.py builds it (its callbacks aside), ``batches_per_step`` mini-batches per
     Lightning batch; the step count is of mini-batches (optimiser steps)."""
     cfg, stream, model = build(experiment, batches, seed, batches_per_step)
     learner = hydra.utils.instantiate(cfg.learner, backbone=model, plot=False)
     timer = EpochTimer()
-    trainer = hydra.utils.instantiate(cfg.trainer, precision="32-true", callbacks=[ProfileEpoch(profile), timer],
-                                      logger=False,
-                                      enable_checkpointing=False, enable_progress_bar=False,
-                                      enable_model_summary=False)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        precision="32-true",
+        callbacks=[ProfileEpoch(profile), timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **stream.trainer_arguments(),
+    )
     trainer.fit(learner, datamodule=stream)
     return timer.cpu_seconds[0], trainer.global_step
 
 
-def run_avalanche(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
-                  ) -> tuple[float, int]:
+def run_avalanche(
+    experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
+) -> tuple[float, int]:
     from avalanche.core import SupervisedPlugin
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive
-
     from common import avalanche_benchmark
 
     cfg, stream, model = build(experiment, batches, seed)
@@ -119,9 +147,17 @@ def run_avalanche(experiment: str, batches: int, seed: int, profile: cProfile.Pr
                 profile.disable()
 
     timer = CpuTimer()
-    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr)),
-                     criterion=torch.nn.CrossEntropyLoss(), train_mb_size=10, train_epochs=1, eval_mb_size=100,
-                     device="cpu", plugins=[our_batch_order(stream), timer], evaluator=EvaluationPlugin(loggers=[]))
+    strategy = Naive(
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr)),
+        criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=10,
+        train_epochs=1,
+        eval_mb_size=100,
+        device="cpu",
+        plugins=[our_batch_order(stream), timer],
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
     strategy.train(bench.train_stream[0], num_workers=0)
     return timer.cpu_seconds, timer.iterations
 
@@ -138,8 +174,7 @@ def _timed(epoch: Callable[[], int], profile: cProfile.Profile | None) -> tuple[
     return seconds, steps
 
 
-def run_plain(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
-              ) -> tuple[float, int]:
+def run_plain(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None) -> tuple[float, int]:
     cfg, stream, model = build(experiment, batches, seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
     model.train()
@@ -157,14 +192,21 @@ def run_plain(experiment: str, batches: int, seed: int, profile: cProfile.Profil
     return _timed(epoch, profile)
 
 
-def run_plain_step(experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
-                   ) -> tuple[float, int]:
+def run_plain_step(
+    experiment: str, batches: int, seed: int, profile: cProfile.Profile | None = None
+) -> tuple[float, int]:
     """The same work as ours without Lightning: our step function in a ``for`` loop over the same batches."""
     cfg, stream, model = build(experiment, batches, seed)
     method = hydra.utils.instantiate(cfg.learner.method)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(cfg.learner.optimizer.lr))
-    info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), stream.train_tasks[0].x[:1],
-                      stream.n_classes, stream.scenarios)
+    info = StreamInfo(
+        stream.n_tasks,
+        stream.classes_per_task,
+        stream.train_examples(),
+        stream.train_tasks[0].x[:1],
+        stream.n_classes,
+        stream.scenarios,
+    )
     learner = PlainLearner(model, optimizer, [(t.x, t.y) for t in stream.train_tasks], info)
     method.setup(info)
     method.before_task(learner, 0)
@@ -181,8 +223,12 @@ def run_plain_step(experiment: str, batches: int, seed: int, profile: cProfile.P
 
 
 SIDES: dict[str, Callable[..., tuple[float, int]]] = {
-    "ours": run_ours, "ours_chunked": run_ours, "avalanche": run_avalanche, "plain_step": run_plain_step,
-    "plain": run_plain}
+    "ours": run_ours,
+    "ours_chunked": run_ours,
+    "avalanche": run_avalanche,
+    "plain_step": run_plain_step,
+    "plain": run_plain,
+}
 
 
 def by_package(profile: cProfile.Profile) -> dict[str, float]:
@@ -191,8 +237,11 @@ def by_package(profile: cProfile.Profile) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
     for (filename, _, name), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
         if filename == "~":
-            key = "torch ops" if "torch" in name or "_C." in name or "method '" in name and "Tensor" in name \
+            key = (
+                "torch ops"
+                if "torch" in name or "_C." in name or "method '" in name and "Tensor" in name
                 else "builtins"
+            )
         else:
             path = filename.replace("\\", "/")
             key = next((p for p in PACKAGES if f"/{p}/" in path), "other python")
@@ -206,11 +255,16 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=600, help="mini-batches of 10 in the timed task")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sides", nargs="+", choices=list(SIDES), default=list(SIDES))
-    parser.add_argument("--chunk", type=int, default=50,
-                        help="learner.batches_per_step of the ours_chunked side (ours: 1, the loop before chunks)")
+    parser.add_argument(
+        "--chunk",
+        type=int,
+        default=50,
+        help="learner.batches_per_step of the ours_chunked side (ours: 1, the loop before chunks)",
+    )
     parser.add_argument("--top", type=int, default=12, help="functions of our side's profile to print")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="unprofiled timings per side, alternating sides; the median is the figure")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="unprofiled timings per side, alternating sides; the median is the figure"
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -229,14 +283,24 @@ def main() -> None:
         SIDES[side](args.experiment, args.batches, args.seed, profile, **extra)
         packages = by_package(profile)
         total = sum(packages.values())
-        row = {"side": side, "steps": steps, "cpu_ms_per_step": round(1000 * cpu / steps, 3),
-               "cpu_ms_per_step_rounds": [round(1000 * t / steps, 3) for t in timings[side]]}
-        row.update({f"profile_{k.replace(' ', '_').replace('/', '_')}_pct": round(100 * v / total, 1)
-                    for k, v in sorted(packages.items(), key=lambda kv: -kv[1])})
+        row = {
+            "side": side,
+            "steps": steps,
+            "cpu_ms_per_step": round(1000 * cpu / steps, 3),
+            "cpu_ms_per_step_rounds": [round(1000 * t / steps, 3) for t in timings[side]],
+        }
+        row.update(
+            {
+                f"profile_{k.replace(' ', '_').replace('/', '_')}_pct": round(100 * v / total, 1)
+                for k, v in sorted(packages.items(), key=lambda kv: -kv[1])
+            }
+        )
         rows.append(row)
-        print(f"{side}: {row['cpu_ms_per_step']:.3f} CPU ms/step over {steps} steps; profile by package: "
-              + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(packages.items(), key=lambda kv: -kv[1])),
-              flush=True)
+        print(
+            f"{side}: {row['cpu_ms_per_step']:.3f} CPU ms/step over {steps} steps; profile by package: "
+            + ", ".join(f"{k} {100 * v / total:.1f}%" for k, v in sorted(packages.items(), key=lambda kv: -kv[1])),
+            flush=True,
+        )
         if side.startswith("ours"):
             pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
     base = {r["side"]: r["cpu_ms_per_step"] for r in rows}
@@ -247,10 +311,22 @@ def main() -> None:
             row["x_avalanche"] = round(row["cpu_ms_per_step"] / base["avalanche"], 3)
     print("| side | CPU ms / step | x plain | x Avalanche |\n|---|---|---|---|")
     for row in rows:
-        print(f"| {row['side']} | {row['cpu_ms_per_step']:.3f} | {row.get('x_plain', '')} | {row.get('x_avalanche', '')} |")
-    append_record(RECORDS, rows, settings={"experiment": args.experiment, "batches": args.batches, "seed": args.seed,
-                                           "batch_size": 10, "threads": 1, "precision": "32-true",
-                                           "chunk": args.chunk, "rounds": args.rounds})
+        ratios = f"{row.get('x_plain', '')} | {row.get('x_avalanche', '')}"
+        print(f"| {row['side']} | {row['cpu_ms_per_step']:.3f} | {ratios} |")
+    append_record(
+        RECORDS,
+        rows,
+        settings={
+            "experiment": args.experiment,
+            "batches": args.batches,
+            "seed": args.seed,
+            "batch_size": 10,
+            "threads": 1,
+            "precision": "32-true",
+            "chunk": args.chunk,
+            "rounds": args.rounds,
+        },
+    )
 
 
 if __name__ == "__main__":

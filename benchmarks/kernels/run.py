@@ -25,15 +25,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere in the checkout
 
 from metalab import kernels  # noqa: E402
 from metalab.kernels.anil import anil_head_adapt_reference  # noqa: E402
@@ -44,7 +41,6 @@ from metalab.kernels.fisher import (  # noqa: E402
     linear_fisher_reference,
 )
 from metalab.kernels.inner_step import inner_update_reference  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # timing
@@ -134,35 +130,71 @@ def op_cases(device: str, quick: bool) -> list[dict]:
         def run():
             with kernels.backend("triton"):
                 return fn(*args)
+
         return run
 
     return [
-        dict(name=f"inner_update fwd T={T} P={P}", kernel=triton(kernels.inner_update, theta, grads, lr),
-             ref=inner_update_reference, args=(theta, grads, lr), bytes=el * (2 * T * P + 2 * P), flops=None),
-        dict(name=f"inner_update bwd T={T} P={P}",
-             kernel=(lambda: torch.autograd.grad(out_ker, (theta_g, grads_g, lr_g), go, retain_graph=True))
-             if out_ker is not None else None,
-             ref=lambda: torch.autograd.grad(out_ref, (theta_g, grads_g, lr_g), go, retain_graph=True), args=(),
-             bytes=el * (3 * T * P + 3 * P), flops=None, no_compile=True),
-        dict(name=f"fisher_accumulate N={N} P={PF}", kernel=triton(kernels.fisher_accumulate, fisher, psg, 0.9),
-             ref=fisher_accumulate_reference, args=(fisher, psg, 0.9), bytes=el * (N * PF + 2 * PF), flops=None),
-        dict(name=f"linear_fisher N={NL} {DIN}x{DOUT}", kernel=triton(kernels.linear_fisher, a, delta),
-             ref=linear_fisher_reference, args=(a, delta), bytes=el * (NL * (DIN + DOUT) + DIN * DOUT),
-             flops=2 * NL * DIN * DOUT),
-        dict(name=f"ewc_penalty+grad P={PE}", kernel=ewc_value_and_grad_ker,
-             ref=ewc_value_and_grad_ref, args=(ef, et, es), bytes=el * 4 * PE, flops=None),
-        dict(name=f"anil_head_adapt T={TA} N={NA} D={DA} W={WA} K={KA}",
-             kernel=triton(kernels.anil_head_adapt, xa, ya, wa, ba, 0.5, KA),
-             ref=anil_head_adapt_reference, args=(xa, ya, wa, ba, 0.5, KA),
-             bytes=el * (TA * NA * DA + TA * DA * WA) + 8 * TA * NA, flops=4 * TA * NA * DA * WA * KA),
+        dict(
+            name=f"inner_update fwd T={T} P={P}",
+            kernel=triton(kernels.inner_update, theta, grads, lr),
+            ref=inner_update_reference,
+            args=(theta, grads, lr),
+            bytes=el * (2 * T * P + 2 * P),
+            flops=None,
+        ),
+        dict(
+            name=f"inner_update bwd T={T} P={P}",
+            kernel=(lambda: torch.autograd.grad(out_ker, (theta_g, grads_g, lr_g), go, retain_graph=True))
+            if out_ker is not None
+            else None,
+            ref=lambda: torch.autograd.grad(out_ref, (theta_g, grads_g, lr_g), go, retain_graph=True),
+            args=(),
+            bytes=el * (3 * T * P + 3 * P),
+            flops=None,
+            no_compile=True,
+        ),
+        dict(
+            name=f"fisher_accumulate N={N} P={PF}",
+            kernel=triton(kernels.fisher_accumulate, fisher, psg, 0.9),
+            ref=fisher_accumulate_reference,
+            args=(fisher, psg, 0.9),
+            bytes=el * (N * PF + 2 * PF),
+            flops=None,
+        ),
+        dict(
+            name=f"linear_fisher N={NL} {DIN}x{DOUT}",
+            kernel=triton(kernels.linear_fisher, a, delta),
+            ref=linear_fisher_reference,
+            args=(a, delta),
+            bytes=el * (NL * (DIN + DOUT) + DIN * DOUT),
+            flops=2 * NL * DIN * DOUT,
+        ),
+        dict(
+            name=f"ewc_penalty+grad P={PE}",
+            kernel=ewc_value_and_grad_ker,
+            ref=ewc_value_and_grad_ref,
+            args=(ef, et, es),
+            bytes=el * 4 * PE,
+            flops=None,
+        ),
+        dict(
+            name=f"anil_head_adapt T={TA} N={NA} D={DA} W={WA} K={KA}",
+            kernel=triton(kernels.anil_head_adapt, xa, ya, wa, ba, 0.5, KA),
+            ref=anil_head_adapt_reference,
+            args=(xa, ya, wa, ba, 0.5, KA),
+            bytes=el * (TA * NA * DA + TA * DA * WA) + 8 * TA * NA,
+            flops=4 * TA * NA * DA * WA * KA,
+        ),
     ]
 
 
 def bench_gpu(quick: bool, device: str = "cuda") -> list[dict]:
     """The GPU table. ``device`` is "cuda" except in the smoke test (interpreted, fake timers)."""
     peaks = gpu_peaks()
-    print(f"device: {torch.cuda.get_device_name()}  peak DRAM {peaks['dram_gbps']} GB/s, "
-          f"peak fp32 {peaks['fp32_tflops']} TFLOP/s")
+    print(
+        f"device: {torch.cuda.get_device_name()}  peak DRAM {peaks['dram_gbps']} GB/s, "
+        f"peak fp32 {peaks['fp32_tflops']} TFLOP/s"
+    )
     rows = []
     for case in op_cases(device, quick):
         ref = case["ref"]
@@ -200,21 +232,23 @@ def bench_gpu(quick: bool, device: str = "cuda") -> list[dict]:
             if isinstance(cell, str):
                 print(f"| {row['op']} | {label} | {cell} | | |")
                 continue
-            rate = (f"{cell['tflops']:.2f} TFLOP/s" if "tflops" in cell else f"{cell['gbps']:.0f} GB/s")
+            rate = f"{cell['tflops']:.2f} TFLOP/s" if "tflops" in cell else f"{cell['gbps']:.0f} GB/s"
             pct = f"{cell['pct_peak']:.0f}%" if "pct_peak" in cell else "n/a"
             print(f"| {row['op']} | {label} | {cell['ms']:.3f} | {rate} | {pct} |")
     return rows
 
 
 def bench_cpu_references(quick: bool) -> list[dict]:
-    print("No CUDA device: GPU figures (Triton vs torch vs torch.compile, % of peak bandwidth/FLOPs) "
-          "need a GPU. Timing the torch references on the CPU for information only.\n")
+    print(
+        "No CUDA device: GPU figures (Triton vs torch vs torch.compile, % of peak bandwidth/FLOPs) "
+        "need a GPU. Timing the torch references on the CPU for information only.\n"
+    )
     rows = []
     print("| op (torch reference, CPU) | time (ms) | achieved |\n|---|---:|---:|")
     for case in op_cases("cpu", quick):
         ref, args = case["ref"], case["args"]
-        t = cpu_time(lambda: ref(*args), repeats=3)
-        rate = (f"{case['flops'] / t / 1e9:.1f} GFLOP/s" if case["flops"] else f"{case['bytes'] / t / 1e9:.1f} GB/s")
+        t = cpu_time(lambda ref=ref, args=args: ref(*args), repeats=3)
+        rate = f"{case['flops'] / t / 1e9:.1f} GFLOP/s" if case["flops"] else f"{case['bytes'] / t / 1e9:.1f} GB/s"
         print(f"| {case['name']} | {t * 1e3:.2f} | {rate} |")
         rows.append({"op": case["name"], "torch_cpu_ms": t * 1e3, "achieved": rate})
     return rows
@@ -249,7 +283,7 @@ def bench_fisher_identity(n: int, din: int, dout: int, chunk: int, repeats: int)
     def materialise_from_delta():  # the same inputs, but per-sample outer products written out
         w = torch.zeros(dout, din)
         for i in range(0, n, chunk):
-            w += torch.einsum("no,ni->noi", delta[i:i + chunk], x[i:i + chunk]).square().sum(0)
+            w += torch.einsum("no,ni->noi", delta[i : i + chunk], x[i : i + chunk]).square().sum(0)
         return w, delta.square().sum(0)
 
     def loss_one(p, xi, yi):
@@ -264,8 +298,7 @@ def bench_fisher_identity(n: int, din: int, dout: int, chunk: int, repeats: int)
     def loop_backward():
         w, b = torch.zeros(dout, din), torch.zeros(dout)
         for i in range(n):
-            gw, gb = torch.autograd.grad(F.cross_entropy(layer(x[i:i + 1]), y[i:i + 1]),
-                                         (layer.weight, layer.bias))
+            gw, gb = torch.autograd.grad(F.cross_entropy(layer(x[i : i + 1]), y[i : i + 1]), (layer.weight, layer.bias))
             w += gw.square()
             b += gb.square()
         return w, b
@@ -273,7 +306,12 @@ def bench_fisher_identity(n: int, din: int, dout: int, chunk: int, repeats: int)
     methods = [
         ("identity (delta^2)^T (a^2), torch reference", "given a, delta", identity_from_delta, repeats),
         ("identity incl. forward+backward", "from x, y", identity_pipeline, repeats),
-        (f"materialise delta_n a_n^T (chunks of {chunk})", "given a, delta", materialise_from_delta, max(1, repeats // 2)),
+        (
+            f"materialise delta_n a_n^T (chunks of {chunk})",
+            "given a, delta",
+            materialise_from_delta,
+            max(1, repeats // 2),
+        ),
         (f"torch.func vmap(grad) (chunk_size={chunk})", "from x, y", vmap_grad, max(1, repeats // 2)),
         (f"loop of {n} backward passes", "from x, y", loop_backward, 1),
     ]
@@ -281,23 +319,28 @@ def bench_fisher_identity(n: int, din: int, dout: int, chunk: int, repeats: int)
     rows = []
     for name, inputs, fn, reps in methods:
         w, b = fn()
-        err = max(((w - ref_w).abs().max() / ref_w.abs().max()).item(),
-                  ((b - ref_b).abs().max() / ref_b.abs().max()).item())
+        err = max(
+            ((w - ref_w).abs().max() / ref_w.abs().max()).item(), ((b - ref_b).abs().max() / ref_b.abs().max()).item()
+        )
         if err > 1e-4:
             raise AssertionError(f"{name}: disagrees with the identity (relative error {err:.2e})")
         t = cpu_time(fn, repeats=reps, warmup=1 if reps > 1 else 0)
         rows.append({"method": name, "inputs": inputs, "seconds": t, "rel_err_vs_identity": err})
     base_given = rows[0]["seconds"]
     base_full = rows[1]["seconds"]
-    print(f"\nFisher diagonal of Linear({din}, {dout}) over N={n} samples, CPU, "
-          f"{torch.get_num_threads()} thread(s), median of repeats")
+    print(
+        f"\nFisher diagonal of Linear({din}, {dout}) over N={n} samples, CPU, "
+        f"{torch.get_num_threads()} thread(s), median of repeats"
+    )
     print("| method | inputs | time (ms) | ratio to identity (same inputs) | max rel. diff |")
     print("|---|---|---:|---:|---:|")
     for row in rows:
         base = base_given if row["inputs"] == "given a, delta" else base_full
         row["ratio"] = row["seconds"] / base
-        print(f"| {row['method']} | {row['inputs']} | {row['seconds'] * 1e3:.1f} | {row['ratio']:.1f}x | "
-              f"{row['rel_err_vs_identity']:.1e} |")
+        print(
+            f"| {row['method']} | {row['inputs']} | {row['seconds'] * 1e3:.1f} | {row['ratio']:.1f}x | "
+            f"{row['rel_err_vs_identity']:.1e} |"
+        )
     return rows
 
 
@@ -330,8 +373,11 @@ def main() -> None:
     rows = [{"part": "fisher_identity", **row} for row in result["fisher_identity"]]
     rows += [{"part": "cpu_reference", **row} for row in result.get("cpu_references", [])]
     rows += [{"part": "gpu", **row} for row in result.get("gpu", [])] if isinstance(result.get("gpu"), list) else []
-    append_record("benchmarks/kernels/records/run.jsonl", rows,
-                  settings={"quick": args.quick, "fisher_samples": n, "fisher_dim": d, "repeats": args.repeats})
+    append_record(
+        "benchmarks/kernels/records/run.jsonl",
+        rows,
+        settings={"quick": args.quick, "fisher_samples": n, "fisher_dim": d, "repeats": args.repeats},
+    )
 
 
 if __name__ == "__main__":

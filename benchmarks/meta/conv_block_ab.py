@@ -16,7 +16,6 @@ import argparse
 import importlib.util
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +31,9 @@ def load_block(revision: str, tag: str) -> ModuleType:
         source = (ROOT / BLOCK).read_text()
     else:
         try:
-            source = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:{BLOCK}"], check=True,
-                                    capture_output=True, text=True).stdout
+            source = subprocess.run(
+                ["git", "-C", str(ROOT), "show", f"{revision}:{BLOCK}"], check=True, capture_output=True, text=True
+            ).stdout
         except subprocess.CalledProcessError as error:
             raise SystemExit(f"cannot read {BLOCK} at revision {revision!r}: {error.stderr.strip()}") from None
     path = Path(tempfile.mkdtemp()) / f"conv_block_{tag}.py"
@@ -45,7 +45,6 @@ def load_block(revision: str, tag: str) -> ModuleType:
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
     import maml_vs_learn2learn as bench
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,24 +74,37 @@ def main() -> None:
         functional.conv_bn_pool_relu = blocks[version]
         bench.meta_step(impl, batches[0])
     for k, batch in enumerate(batches[1:]):
-        for version in ((0, 1) if k % 2 == 0 else (1, 0)):
+        for version in (0, 1) if k % 2 == 0 else (1, 0):
             functional.conv_bn_pool_relu = blocks[version]
             start = time.perf_counter()
             bench.meta_step(impl, batch)
             seconds[version].append(time.perf_counter() - start)
     medians = [statistics.median(s) for s in seconds]
-    print(f"MAML {args.setting}, chunk_images={args.chunk_images} (support {args.support_chunk_images}), "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} alternating meta-steps each")
+    print(
+        f"MAML {args.setting}, chunk_images={args.chunk_images} (support {args.support_chunk_images}), "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} alternating meta-steps each"
+    )
     for revision, median in zip((args.revision_a, args.revision_b), medians):
         print(f"  {revision}: {median:.3f} s per meta-step")
     print(f"  {args.revision_b} / {args.revision_a}: {medians[1] / medians[0]:.3f}")
     from metalab.report.records import append_record
 
-    append_record("benchmarks/meta/records/conv_block_ab.jsonl",
-                  {"revision_a": args.revision_a, "revision_b": args.revision_b, "seconds_a": medians[0],
-                   "seconds_b": medians[1], "b_over_a": medians[1] / medians[0]},
-                  settings={"setting": args.setting, "rounds": args.rounds, "chunk_images": args.chunk_images,
-                            "support_chunk_images": args.support_chunk_images})
+    append_record(
+        "benchmarks/meta/records/conv_block_ab.jsonl",
+        {
+            "revision_a": args.revision_a,
+            "revision_b": args.revision_b,
+            "seconds_a": medians[0],
+            "seconds_b": medians[1],
+            "b_over_a": medians[1] / medians[0],
+        },
+        settings={
+            "setting": args.setting,
+            "rounds": args.rounds,
+            "chunk_images": args.chunk_images,
+            "support_chunk_images": args.support_chunk_images,
+        },
+    )
 
 
 if __name__ == "__main__":

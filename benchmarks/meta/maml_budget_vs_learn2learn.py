@@ -17,8 +17,10 @@ can be compared on a machine shared with other jobs; run both at once on the sam
 conditions. ``--deadline HH:MM`` (UTC) stops training early if the wall clock gets there first (the
 learning rate is then annealed over the wall time instead); the record says how much CPU time was used::
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py --side metalab --cpu-minutes 30
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py --side learn2learn --cpu-minutes 30
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py \
+        --side metalab --cpu-minutes 30
+    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/maml_budget_vs_learn2learn.py \
+        --side learn2learn --cpu-minutes 30
 """
 
 from __future__ import annotations
@@ -40,11 +42,18 @@ def datamodule(seed: int, test_episodes: int = TEST_EPISODES):
     from metalab.data.fewshot import FewShotDataModule
     from metalab.data.omniglot import load_omniglot_splits
 
-    dm = FewShotDataModule(pools=partial(load_omniglot_splits, split="vinyals_trainval"),
-                           train={"way": WAY, "shot": SHOT, "query": TRAIN_QUERY},
-                           val={"way": WAY, "shot": SHOT, "query": TEST_QUERY}, test=[f"{WAY}w{SHOT}s"],
-                           test_query=TEST_QUERY, train_episodes=50_000, test_episodes=test_episodes,
-                           tasks_per_batch=TASKS, eval_tasks_per_batch=50, seed=seed)
+    dm = FewShotDataModule(
+        pools=partial(load_omniglot_splits, split="vinyals_trainval"),
+        train={"way": WAY, "shot": SHOT, "query": TRAIN_QUERY},
+        val={"way": WAY, "shot": SHOT, "query": TEST_QUERY},
+        test=[f"{WAY}w{SHOT}s"],
+        test_query=TEST_QUERY,
+        train_episodes=50_000,
+        test_episodes=test_episodes,
+        tasks_per_batch=TASKS,
+        eval_tasks_per_batch=50,
+        seed=seed,
+    )
     dm.setup("fit")
     return dm
 
@@ -57,9 +66,16 @@ class Ours:
         from metalab.models.conv4 import Conv4
 
         model = Conv4(out_features=WAY, stride=2, pool=False, readout="mean")
-        self.learner = MAML(model, optimizer=torch.optim.Adam, inner_steps=1, inner_lr=INNER_LR,
-                            eval_inner_steps=EVAL_STEPS, first_order=first_order, chunk_images=150,
-                            support_chunk_images=40)
+        self.learner = MAML(
+            model,
+            optimizer=torch.optim.Adam,
+            inner_steps=1,
+            inner_lr=INNER_LR,
+            eval_inner_steps=EVAL_STEPS,
+            first_order=first_order,
+            chunk_images=150,
+            support_chunk_images=40,
+        )
         self.learner.backbone.to(memory_format=torch.channels_last)
         self.parameters = list(self.learner.parameters())
 
@@ -79,8 +95,9 @@ class Learn2Learn:
     def __init__(self, first_order: bool):
         import learn2learn as l2l
 
-        self.maml = l2l.algorithms.MAML(l2l.vision.models.OmniglotCNN(output_size=WAY), lr=INNER_LR,
-                                        first_order=first_order)
+        self.maml = l2l.algorithms.MAML(
+            l2l.vision.models.OmniglotCNN(output_size=WAY), lr=INNER_LR, first_order=first_order
+        )
         self.parameters = list(self.maml.parameters())
 
     def adapted(self, support, labels, steps):
@@ -90,8 +107,13 @@ class Learn2Learn:
         return learner
 
     def loss(self, batch) -> torch.Tensor:
-        losses = [F.cross_entropy(self.adapted(batch["support"][t], batch["support_labels"][t], 1)(batch["query"][t]),
-                                  batch["query_labels"][t]) for t in range(batch["support"].shape[0])]
+        losses = [
+            F.cross_entropy(
+                self.adapted(batch["support"][t], batch["support_labels"][t], 1)(batch["query"][t]),
+                batch["query_labels"][t],
+            )
+            for t in range(batch["support"].shape[0])
+        ]
         return torch.stack(losses).mean()
 
     def accuracies(self, batch) -> torch.Tensor:
@@ -106,7 +128,7 @@ class Learn2Learn:
 def train(side, dm, cpu_budget_s: float, deadline: dt.datetime | None, log_every: int) -> dict:
     optimizer = torch.optim.Adam(side.parameters, lr=META_LR)
     start_cpu, start_wall, steps = time.process_time(), time.perf_counter(), 0
-    wall_s = (deadline - dt.datetime.now(dt.timezone.utc)).total_seconds() if deadline is not None else math.inf
+    wall_s = (deadline - dt.datetime.now(dt.UTC)).total_seconds() if deadline is not None else math.inf
     for batch in dm.train_dataloader():
         used = time.process_time() - start_cpu
         # cosine annealing over the budget (not a step count); over the wall time left when the deadline
@@ -122,12 +144,18 @@ def train(side, dm, cpu_budget_s: float, deadline: dt.datetime | None, log_every
         optimizer.step()
         steps += 1
         if steps % log_every == 0:
-            print(f"step {steps} cpu {used / 60:.1f} min wall {(time.perf_counter() - start_wall) / 60:.1f} min "
-                  f"loss {loss.item():.3f}", flush=True)
+            print(
+                f"step {steps} cpu {used / 60:.1f} min wall {(time.perf_counter() - start_wall) / 60:.1f} min "
+                f"loss {loss.item():.3f}",
+                flush=True,
+            )
     cpu = time.process_time() - start_cpu
-    return {"meta_steps": steps, "train_cpu_min": round(cpu / 60, 2),
-            "train_wall_min": round((time.perf_counter() - start_wall) / 60, 2),
-            "meta_steps_per_cpu_s": round(steps / max(cpu, 1e-9), 3)}
+    return {
+        "meta_steps": steps,
+        "train_cpu_min": round(cpu / 60, 2),
+        "train_wall_min": round((time.perf_counter() - start_wall) / 60, 2),
+        "meta_steps_per_cpu_s": round(steps / max(cpu, 1e-9), 3),
+    }
 
 
 def test(side, dm) -> dict:
@@ -139,12 +167,16 @@ def test(side, dm) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--side", choices=["metalab", "learn2learn"], required=True)
-    parser.add_argument("--cpu-minutes", type=float, required=True, help="training budget in CPU minutes of this process")
+    parser.add_argument(
+        "--cpu-minutes", type=float, required=True, help="training budget in CPU minutes of this process"
+    )
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: stop training then even if the budget is not used")
     parser.add_argument("--second-order", action="store_true", help="MAML instead of first-order MAML")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-every", type=int, default=100)
-    parser.add_argument("--test-episodes", type=int, default=TEST_EPISODES, help="1000 for results; fewer for a smoke test")
+    parser.add_argument(
+        "--test-episodes", type=int, default=TEST_EPISODES, help="1000 for results; fewer for a smoke test"
+    )
     parser.add_argument("--note", default="", help="the record's notes: what else ran on the machine, pinning, etc.")
     args = parser.parse_args()
     if args.cpu_minutes <= 0:
@@ -153,7 +185,7 @@ def main() -> None:
     if args.deadline:
         try:
             hour, minute = (int(x) for x in args.deadline.split(":"))
-            deadline = dt.datetime.now(dt.timezone.utc).replace(hour=hour, minute=minute, second=0, microsecond=0)
+            deadline = dt.datetime.now(dt.UTC).replace(hour=hour, minute=minute, second=0, microsecond=0)
         except ValueError:
             parser.error(f"--deadline {args.deadline!r}: must be HH:MM (UTC)")
     from metalab.runtime import retain_freed_memory
@@ -162,14 +194,26 @@ def main() -> None:
     torch.manual_seed(args.seed)
     side = (Ours if args.side == "metalab" else Learn2Learn)(first_order=not args.second_order)
     dm = datamodule(args.seed, args.test_episodes)
-    result = {"side": args.side, "order": "second" if args.second_order else "first",
-              **train(side, dm, args.cpu_minutes * 60, deadline, args.log_every), **test(side, dm)}
+    result = {
+        "side": args.side,
+        "order": "second" if args.second_order else "first",
+        **train(side, dm, args.cpu_minutes * 60, deadline, args.log_every),
+        **test(side, dm),
+    }
     print(result, flush=True)
     from metalab.report.records import append_record
 
-    append_record("benchmarks/meta/records/maml_budget_vs_learn2learn.jsonl", result,
-                  settings={"cpu_minutes": args.cpu_minutes, "deadline": args.deadline, "seed": args.seed,
-                            "test_episodes": args.test_episodes}, notes=args.note or None)
+    append_record(
+        "benchmarks/meta/records/maml_budget_vs_learn2learn.jsonl",
+        result,
+        settings={
+            "cpu_minutes": args.cpu_minutes,
+            "deadline": args.deadline,
+            "seed": args.seed,
+            "test_episodes": args.test_episodes,
+        },
+        notes=args.note or None,
+    )
 
 
 if __name__ == "__main__":

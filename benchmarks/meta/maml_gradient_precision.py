@@ -10,9 +10,8 @@ in float64 the two meta-gradients agree to ~1e-14.
 
 from __future__ import annotations
 
-import torch
-
 import maml_vs_learn2learn as bench
+import torch
 
 CASES = [(True, 1), (False, 1), (True, 5), (False, 5)]
 
@@ -31,7 +30,10 @@ def relative(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 def main() -> None:
     batch = bench.episodes(1, "cpu")[0]
-    print("| order | inner steps | metalab64 vs learn2learn64 | learn2learn32 vs learn2learn64 | metalab32 vs learn2learn64 |")
+    print(
+        "| order | inner steps | metalab64 vs learn2learn64 | learn2learn32 vs learn2learn64 "
+        "| metalab32 vs learn2learn64 |"
+    )
     print("|---|---|---|---|---|")
     rows = []
     for first_order, steps in CASES:
@@ -39,11 +41,19 @@ def main() -> None:
         o64 = meta_gradient(bench.Ours, batch, torch.float64, first_order, steps)
         l32 = meta_gradient(bench.Learn2Learn, batch, torch.float32, first_order, steps)
         o32 = meta_gradient(bench.Ours, batch, torch.float32, first_order, steps)
-        print(f"| {'first' if first_order else 'second'} | {steps} | {relative(o64, l64):.1e} | "
-              f"{relative(l32, l64):.1e} | {relative(o32, l64):.1e} |")
-        rows.append({"order": "first" if first_order else "second", "inner_steps": steps,
-                     "metalab64_vs_learn2learn64": relative(o64, l64), "learn2learn32_vs_learn2learn64": relative(l32, l64),
-                     "metalab32_vs_learn2learn64": relative(o32, l64)})
+        print(
+            f"| {'first' if first_order else 'second'} | {steps} | {relative(o64, l64):.1e} | "
+            f"{relative(l32, l64):.1e} | {relative(o32, l64):.1e} |"
+        )
+        rows.append(
+            {
+                "order": "first" if first_order else "second",
+                "inner_steps": steps,
+                "metalab64_vs_learn2learn64": relative(o64, l64),
+                "learn2learn32_vs_learn2learn64": relative(l32, l64),
+                "metalab32_vs_learn2learn64": relative(o32, l64),
+            }
+        )
     from metalab.report.records import append_record
 
     append_record("benchmarks/meta/records/maml_gradient_precision.jsonl", rows)

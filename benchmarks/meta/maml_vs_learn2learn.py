@@ -57,8 +57,10 @@ SUPPORT_CHUNK_IMAGES = int(_SUPPORT) if _SUPPORT else None
 # process alike; "0": glibc's default. Set by --allocator, inherited by the memory subprocesses.
 RETAIN_FREED = os.environ.get("METALAB_RETAIN_FREED", "1") == "1"
 # "32" or "bf16" (autocast) per implementation; set by --precision / --peer-precision, inherited likewise
-PRECISION = {"metalab": os.environ.get("METALAB_PRECISION", "32"),
-             "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32")}
+PRECISION = {
+    "metalab": os.environ.get("METALAB_PRECISION", "32"),
+    "learn2learn": os.environ.get("METALAB_PEER_PRECISION", "32"),
+}
 NETWORK = os.environ.get("METALAB_BENCH_NETWORK", "conv4")  # set by --network, inherited likewise
 PEER_LAYOUT = os.environ.get("METALAB_PEER_LAYOUT", "nchw")  # set by --peer-layout, inherited likewise
 NETWORKS = ("conv4", "omniglot_cnn")
@@ -73,8 +75,9 @@ def episodes(n: int, device: str) -> list[dict[str, torch.Tensor]]:
     from metalab.data.omniglot import load_omniglot_splits
 
     spec = {"way": WAY, "shot": SHOT, "query": QUERY}
-    dm = FewShotDataModule(pools=load_omniglot_splits, train=spec, val=spec, test=["5w1s"],
-                           train_episodes=n, tasks_per_batch=TASKS)
+    dm = FewShotDataModule(
+        pools=load_omniglot_splits, train=spec, val=spec, test=["5w1s"], train_episodes=n, tasks_per_batch=TASKS
+    )
     dm.setup("fit")
     return [{k: v.to(device) for k, v in b.items()} for b in dm.train_dataloader()]
 
@@ -98,9 +101,15 @@ class Ours:
     def __init__(self, model, first_order, steps):
         from metalab.learners.meta.maml import MAML
 
-        self.learner = MAML(model, optimizer=torch.optim.Adam, inner_steps=steps, inner_lr=INNER_LR,
-                            first_order=first_order, chunk_images=CHUNK_IMAGES,
-                            support_chunk_images=SUPPORT_CHUNK_IMAGES)
+        self.learner = MAML(
+            model,
+            optimizer=torch.optim.Adam,
+            inner_steps=steps,
+            inner_lr=INNER_LR,
+            first_order=first_order,
+            chunk_images=CHUNK_IMAGES,
+            support_chunk_images=SUPPORT_CHUNK_IMAGES,
+        )
         self.learner.backbone.to(memory_format=torch.channels_last)
         self.opt = torch.optim.Adam(model.parameters(), lr=META_LR)
 
@@ -170,12 +179,15 @@ def memory_worker(name: str, setting: str, steps: int, device: str) -> None:
     The episodes are random images of the benchmark's shapes, so loading Omniglot does not set the peak.
     """
     g = torch.Generator().manual_seed(0)
-    batches = [{
-        "support": torch.rand(TASKS, WAY * SHOT, 1, 28, 28, generator=g),
-        "support_labels": torch.arange(WAY).repeat_interleave(SHOT).expand(TASKS, -1).clone(),
-        "query": torch.rand(TASKS, WAY * QUERY, 1, 28, 28, generator=g),
-        "query_labels": torch.arange(WAY).repeat_interleave(QUERY).expand(TASKS, -1).clone(),
-    } for _ in range(steps)]  # random images of the episodes' shapes: memory depends on shapes only
+    batches = [
+        {
+            "support": torch.rand(TASKS, WAY * SHOT, 1, 28, 28, generator=g),
+            "support_labels": torch.arange(WAY).repeat_interleave(SHOT).expand(TASKS, -1).clone(),
+            "query": torch.rand(TASKS, WAY * QUERY, 1, 28, 28, generator=g),
+            "query_labels": torch.arange(WAY).repeat_interleave(QUERY).expand(TASKS, -1).clone(),
+        }
+        for _ in range(steps)
+    ]  # random images of the episodes' shapes: memory depends on shapes only
     batches = [{k: v.to(device) for k, v in b.items()} for b in batches]
     first_order, inner = SETTINGS[setting]
     impl = IMPLS[name](make_model(device, name), first_order, inner)
@@ -242,8 +254,12 @@ def _peak_rss_kb() -> int:
 
 def peak_memory(name: str, setting: str, device: str) -> dict[str, float]:
     """``{"peak_mb": ..., "live_peak_mb": ...}`` (the latter on the CPU only) of a fresh subprocess."""
-    out = subprocess.run([sys.executable, __file__, "--memory-worker", name, setting, "--device", device],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory-worker", name, setting, "--device", device],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -268,8 +284,12 @@ def _canonical_order(model: torch.nn.Module) -> list[torch.Tensor]:
     if "classifier.weight" not in params:
         return list(params.values())
     blocks = sorted({int(n.split(".")[1]) for n in params if n.startswith("base.")})
-    return [params[f"base.{i}.{layer}.{kind}"] for i in blocks for layer in ("conv", "normalize")
-            for kind in ("weight", "bias")] + [params["classifier.weight"], params["classifier.bias"]]
+    return [
+        params[f"base.{i}.{layer}.{kind}"]
+        for i in blocks
+        for layer in ("conv", "normalize")
+        for kind in ("weight", "bias")
+    ] + [params["classifier.weight"], params["classifier.bias"]]
 
 
 def profile(name: str, setting: str, batches, device: str, top: int) -> None:
@@ -290,8 +310,10 @@ def profile(name: str, setting: str, batches, device: str, top: int) -> None:
             out = func(*args, **(kwargs or {}))
             sync(device)
             first = args[0] if args else None
-            key = (str(func.overloadpacket).removeprefix("aten."),
-                   tuple(first.shape) if isinstance(first, torch.Tensor) else ())
+            key = (
+                str(func.overloadpacket).removeprefix("aten."),
+                tuple(first.shape) if isinstance(first, torch.Tensor) else (),
+            )
             totals[key][0] += 1
             totals[key][1] += time.perf_counter() - start
             return out
@@ -308,8 +330,11 @@ def profile(name: str, setting: str, batches, device: str, top: int) -> None:
         meta_step(impl, batches[2 % len(batches)])
     timed = sum(t for _, t in totals.values())
     conv = sum(t for (op, _), (_, t) in totals.items() if op.startswith("convolution"))
-    print(f"\n{name} {setting}: meta-step {plain:.3f} s untimed; {timed:.3f} s inside {sum(c for c, _ in totals.values())} "
-          f"ops, of which convolutions (forward and backward) {conv:.3f} s ({conv / timed:.0%})")
+    calls = sum(c for c, _ in totals.values())
+    print(
+        f"\n{name} {setting}: meta-step {plain:.3f} s untimed; {timed:.3f} s inside {calls} "
+        f"ops, of which convolutions (forward and backward) {conv:.3f} s ({conv / timed:.0%})"
+    )
     print("| op | first input shape | calls | ms | share |\n|---|---|---|---|---|")
     for (op, shape), (calls, t) in sorted(totals.items(), key=lambda kv: -kv[1][1])[:top]:
         print(f"| {op} | {list(shape)} | {calls} | {t * 1e3:.1f} | {t / timed:.1%} |")
@@ -322,22 +347,53 @@ def main() -> None:
     parser.add_argument("--settings", default="fo1,so1,fo5,so5")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--query", type=int, default=None, help="queries per class (default 15, as the issue asks)")
-    parser.add_argument("--chunk-images", type=int, default=None, help="metalab: images per grouped convolution call (0: the whole meta-batch)")
-    parser.add_argument("--support-chunk-images", type=int, default=None,
-                        help="metalab: the same for the inner loop's support sets (default: --chunk-images)")
+    parser.add_argument(
+        "--chunk-images",
+        type=int,
+        default=None,
+        help="metalab: images per grouped convolution call (0: the whole meta-batch)",
+    )
+    parser.add_argument(
+        "--support-chunk-images",
+        type=int,
+        default=None,
+        help="metalab: the same for the inner loop's support sets (default: --chunk-images)",
+    )
     parser.add_argument("--precision", choices=["32", "bf16"], default=None, help="metalab: fp32 or bf16 autocast")
-    parser.add_argument("--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast")
-    parser.add_argument("--allocator", choices=["retain", "default"], default=None,
-                        help="retain (default, as train.py): glibc keeps freed memory for reuse; default: glibc as is")
-    parser.add_argument("--profile", metavar="SETTING", default=None,
-                        help="instead of the table: per-op wall time of one meta-step of each implementation")
+    parser.add_argument(
+        "--peer-precision", choices=["32", "bf16"], default=None, help="learn2learn: fp32 or bf16 autocast"
+    )
+    parser.add_argument(
+        "--allocator",
+        choices=["retain", "default"],
+        default=None,
+        help="retain (default, as train.py): glibc keeps freed memory for reuse; default: glibc as is",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="SETTING",
+        default=None,
+        help="instead of the table: per-op wall time of one meta-step of each implementation",
+    )
     parser.add_argument("--top", type=int, default=25, help="--profile: rows per implementation")
-    parser.add_argument("--network", choices=NETWORKS, default=None,
-                        help="conv4 (pooled, default) or omniglot_cnn (learn2learn's OmniglotCNN on both sides)")
-    parser.add_argument("--peer-layout", choices=["nchw", "channels_last"], default=None,
-                        help="learn2learn's memory layout (default nchw)")
-    parser.add_argument("--clock", choices=list(CLOCK), default="wall",
-                        help="time meta-steps by wall clock (default) or by this process's CPU time (shared machine)")
+    parser.add_argument(
+        "--network",
+        choices=NETWORKS,
+        default=None,
+        help="conv4 (pooled, default) or omniglot_cnn (learn2learn's OmniglotCNN on both sides)",
+    )
+    parser.add_argument(
+        "--peer-layout",
+        choices=["nchw", "channels_last"],
+        default=None,
+        help="learn2learn's memory layout (default nchw)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=list(CLOCK),
+        default="wall",
+        help="time meta-steps by wall clock (default) or by this process's CPU time (shared machine)",
+    )
     parser.add_argument("--note", default="", help="the record's notes: what else ran on the machine, pinning, etc.")
     parser.add_argument("--memory-worker", nargs=2, metavar=("IMPL", "SETTING"))
     args = parser.parse_args()
@@ -365,8 +421,10 @@ def main() -> None:
     if args.support_chunk_images is not None:
         SUPPORT_CHUNK_IMAGES = args.support_chunk_images
         os.environ["METALAB_SUPPORT_CHUNK_IMAGES"] = str(args.support_chunk_images)
-    for flag, name, var in ((args.precision, "metalab", "METALAB_PRECISION"),
-                            (args.peer_precision, "learn2learn", "METALAB_PEER_PRECISION")):
+    for flag, name, var in (
+        (args.precision, "metalab", "METALAB_PRECISION"),
+        (args.peer_precision, "learn2learn", "METALAB_PEER_PRECISION"),
+    ):
         if flag is not None:
             PRECISION[name] = flag
             os.environ[var] = flag
@@ -397,39 +455,72 @@ def main() -> None:
         diff = gradient_difference(setting, batches[0], args.device)
         rows.append((setting, med, mem, live, diff))
         print(f"{setting}: {med} {mem} {live} {diff:.1e}", file=sys.stderr)
-    print(f"\nMAML meta-step, {NETWORK} (learn2learn {PEER_LAYOUT}), Omniglot {WAY}-way {SHOT}-shot {QUERY} queries/class, meta-batch {TASKS}, "
-          f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
-          f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
-          f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
-          f"allocator {'retain' if RETAIN_FREED else 'glibc default'}, "
-          f"median of {args.rounds} rounds x {args.steps} steps, {CLOCK_NAME} clock")
-    print("| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
-          "metalab peak MB | memory ratio | max rel. grad. diff |")
+    print(
+        f"\nMAML meta-step, {NETWORK} (learn2learn {PEER_LAYOUT}), Omniglot {WAY}-way {SHOT}-shot "
+        f"{QUERY} queries/class, meta-batch {TASKS}, "
+        f"{args.device}, {torch.get_num_threads()} threads, metalab chunk_images={CHUNK_IMAGES} "
+        f"(support {CHUNK_IMAGES if SUPPORT_CHUNK_IMAGES is None else SUPPORT_CHUNK_IMAGES}), "
+        f"precision metalab {PRECISION['metalab']} / learn2learn {PRECISION['learn2learn']}, "
+        f"allocator {'retain' if RETAIN_FREED else 'glibc default'}, "
+        f"median of {args.rounds} rounds x {args.steps} steps, {CLOCK_NAME} clock"
+    )
+    print(
+        "| order | inner steps | learn2learn steps/s | metalab steps/s | speed-up | learn2learn peak MB | "
+        "metalab peak MB | memory ratio | max rel. grad. diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for setting, med, mem, _, diff in rows:
         first_order, steps = SETTINGS[setting]
-        l, o = med["learn2learn"], med["metalab"]
+        peer, o = med["learn2learn"], med["metalab"]
         ml, mo = mem["learn2learn"], mem["metalab"]
-        print(f"| {'first' if first_order else 'second'} | {steps} | {l:.2f} | {o:.2f} | {o / l:.2f}x | "
-              f"{ml:.0f} | {mo:.0f} | {mo / max(ml, 1e-9):.2f} | {diff:.1e} |")
+        print(
+            f"| {'first' if first_order else 'second'} | {steps} | {peer:.2f} | {o:.2f} | {o / peer:.2f}x | "
+            f"{ml:.0f} | {mo:.0f} | {mo / max(ml, 1e-9):.2f} | {diff:.1e} |"
+        )
     from metalab.report.records import append_record  # one JSON line per run: the tables in results.md
 
-    append_record("benchmarks/meta/records/maml_vs_learn2learn.jsonl", [
-        {"network": NETWORK, "order": "first" if SETTINGS[s][0] else "second", "inner_steps": SETTINGS[s][1],
-         "learn2learn_steps_per_s": med["learn2learn"], "metalab_steps_per_s": med["metalab"],
-         "speedup": med["metalab"] / med["learn2learn"], "learn2learn_peak_mb": mem["learn2learn"],
-         "metalab_peak_mb": mem["metalab"], "memory_ratio": mem["metalab"] / max(mem["learn2learn"], 1e-9),
-         "max_rel_grad_diff": diff, **_live_figures(live)} for s, med, mem, live, diff in rows],
-        settings={"device": args.device, "steps": args.steps, "rounds": args.rounds, "chunk_images": CHUNK_IMAGES,
-                  "support_chunk_images": SUPPORT_CHUNK_IMAGES, "precision": dict(PRECISION), "network": NETWORK,
-                  "peer_layout": PEER_LAYOUT, "query": QUERY, "clock": CLOCK_NAME}, notes=args.note or None)
+    append_record(
+        "benchmarks/meta/records/maml_vs_learn2learn.jsonl",
+        [
+            {
+                "network": NETWORK,
+                "order": "first" if SETTINGS[s][0] else "second",
+                "inner_steps": SETTINGS[s][1],
+                "learn2learn_steps_per_s": med["learn2learn"],
+                "metalab_steps_per_s": med["metalab"],
+                "speedup": med["metalab"] / med["learn2learn"],
+                "learn2learn_peak_mb": mem["learn2learn"],
+                "metalab_peak_mb": mem["metalab"],
+                "memory_ratio": mem["metalab"] / max(mem["learn2learn"], 1e-9),
+                "max_rel_grad_diff": diff,
+                **_live_figures(live),
+            }
+            for s, med, mem, live, diff in rows
+        ],
+        settings={
+            "device": args.device,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "chunk_images": CHUNK_IMAGES,
+            "support_chunk_images": SUPPORT_CHUNK_IMAGES,
+            "precision": dict(PRECISION),
+            "network": NETWORK,
+            "peer_layout": PEER_LAYOUT,
+            "query": QUERY,
+            "clock": CLOCK_NAME,
+        },
+        notes=args.note or None,
+    )
 
 
 def _live_figures(live: dict[str, float | None]) -> dict[str, float]:
     if live["metalab"] is None or live["learn2learn"] is None:
         return {}
-    return {"learn2learn_live_peak_mb": live["learn2learn"], "metalab_live_peak_mb": live["metalab"],
-            "live_memory_ratio": live["metalab"] / max(live["learn2learn"], 1e-9)}
+    return {
+        "learn2learn_live_peak_mb": live["learn2learn"],
+        "metalab_live_peak_mb": live["metalab"],
+        "live_memory_ratio": live["metalab"] / max(live["learn2learn"], 1e-9),
+    }
 
 
 if __name__ == "__main__":

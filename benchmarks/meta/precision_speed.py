@@ -1,22 +1,22 @@
-"""Training speed of one experiment under ``trainer.precision`` auto, bf16-mixed and 32-true, in one process.
+"""Is ``trainer.precision: auto`` as fast as the faster of fp32 and bf16, workload by workload? (issue 31)
 
-Issue 23: on a CPU without native bf16 the experiments' old ``bf16-mixed`` trained ~10x slower than fp32.
-This measures what each setting gives *on this machine*: the experiment's own data, model and learner
-(``+experiment=omniglot/protonet_5w1s`` by default: 60-way 1-shot 5-query Conv4 episodes), trained by
-Lightning with the run's throughput clock (``metalab.callbacks.TrainThroughput``, warm-up steps left out).
-Settings alternate round by round so machine noise hits all alike; the record keeps every round, the
-medians, what ``auto`` resolved to and why, and the environment report (CPU model and features); a
-summary line (median episodes/s per setting) is appended to ``benchmarks/meta/records/precision_speed.jsonl``.
+For each workload (the Conv4 ProtoNet on Omniglot, the Permuted MNIST MLP, the CartPole ES policy search),
+in one process: CPU seconds per training step in fp32 and in bf16-mixed, alternating round by round so that
+machine noise hits both alike (``metalab.precision.seconds_per_step``: copies of the run's own learner and
+data module, Lightning's public hooks), then what ``auto`` chooses for that run (``measure_precision`` with
+an empty cache, exactly as ``train.py`` calls it; a learner with ``fixed_precision`` gets it unmeasured).
+``auto`` is within 5 % when its choice's median time is at most 1.05x the faster median. One record per
+call, appended to ``benchmarks/meta/records/precision_speed.jsonl``, CPU and load average included.
 
-    OMP_NUM_THREADS=1 taskset -c 1 python benchmarks/meta/precision_speed.py --steps 20 --rounds 3
+    OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/meta/precision_speed.py --rounds 3 --steps 8
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,79 +26,86 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 
-from metalab.callbacks import TrainThroughput
-from metalab.environment import environment_report
-from metalab.precision import resolve_precision
-from metalab.report.records import append_record
+from metalab.precision import BF16, FP32, measure_precision, resolve_precision, seconds_per_step
+from metalab.report.records import append_record, repo_root
 
-REPO = Path(__file__).resolve().parents[2]
-SETTINGS = ("auto", "bf16-mixed", "32-true")
-
-
-def experiment_config(experiment: str, overrides: list[str]) -> Any:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"+experiment={experiment}", *overrides])
+WORKLOADS = {  # name: (experiment, overrides that keep a step the run's own but the data small)
+    "protonet_conv4": ("omniglot/protonet_5w1s", []),
+    "permuted_mnist_mlp": ("permuted_mnist/finetune", []),
+    "cartpole_es_policy": ("es/cartpole_openai_es", []),
+}
 
 
-def episodes_per_second(cfg: Any, setting: str, steps: int, warmup: int) -> float:
-    """Train ``steps + warmup`` steps of ``cfg`` at ``setting`` and return the clocked episodes/s."""
+def build(experiment: str, overrides: list[str]) -> tuple[Any, Any]:
+    with initialize_config_dir(config_dir=str(repo_root() / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"+experiment={experiment}", *overrides])
     L.seed_everything(cfg.seed)
     datamodule = hydra.utils.instantiate(cfg.data)
     learner = hydra.utils.instantiate(cfg.learner, backbone=hydra.utils.instantiate(cfg.model))
-    meter = TrainThroughput(warmup_steps=warmup)
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps + warmup, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[meter], deterministic=True, inference_mode=False,
-                        precision=resolve_precision(setting, "cpu").precision)
-    trainer.fit(learner, datamodule=datamodule)
-    return meter.episodes_per_second
+    return learner, datamodule
+
+
+def measure(name: str, rounds: int, steps: int, warmup: int) -> dict[str, Any]:
+    experiment, overrides = WORKLOADS[name]
+    learner, datamodule = build(experiment, overrides)
+    seconds: dict[str, list[float]] = {FP32: [], BF16: []}
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    for _ in range(rounds):
+        for setting in (FP32, BF16):
+            seconds[setting].append(seconds_per_step(learner, datamodule, setting, steps, warmup))
+    median = {s: statistics.median(v) for s, v in seconds.items()}
+    with tempfile.TemporaryDirectory() as cache:
+        auto = measure_precision(resolve_precision("auto", "cpu"), learner, datamodule, cache=Path(cache) / "p.json")
+    faster = min(median, key=median.get)
+    return {
+        "workload": name,
+        "experiment": experiment,
+        "fp32_s_per_step": median[FP32],
+        "bf16_s_per_step": median[BF16],
+        "bf16_speedup": median[FP32] / median[BF16],
+        "faster": faster,
+        "auto_chose": auto.precision,
+        "auto_over_faster": median[auto.precision] / median[faster],
+        "auto_within_5pct": median[auto.precision] <= 1.05 * median[faster],
+        "auto_reason": auto.reason,
+        "cpu_seconds": time.process_time() - cpu_start,
+        "wall_seconds": time.perf_counter() - wall_start,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--experiment", default="omniglot/protonet_5w1s")
-    parser.add_argument("--steps", type=int, default=20, help="clocked training steps per round and setting")
-    parser.add_argument("--warmup", type=int, default=3, help="steps before the clock starts")
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the experiments' cpu_threads)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "meta" / "results" / "precision_speed.json",
-                        help="the full record (every round); a summary line is appended to --records")
+    parser.add_argument("--steps", type=int, default=8, help="clocked training steps per round and setting")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--records", default="benchmarks/meta/records/precision_speed.jsonl")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = experiment_config(args.experiment, [f"data.train_episodes={args.steps + args.warmup}"])
-    auto = resolve_precision("auto", "cpu")
-    print(f"auto resolves to {auto.precision} ({auto.reason})")
-    rounds: dict[str, list[float]] = {s: [] for s in SETTINGS}
-    start, load_before = time.perf_counter(), os.getloadavg()
-    for r in range(args.rounds):
-        for setting in SETTINGS:
-            rounds[setting].append(episodes_per_second(cfg, setting, args.steps, args.warmup))
-            print(f"round {r + 1}: {setting:>10}: {rounds[setting][-1]:.3f} episodes/s", flush=True)
-    median = {s: statistics.median(v) for s, v in rounds.items()}
-    record = {
-        "experiment": args.experiment, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
-        "threads": args.threads, "auto": auto.record(), "episodes_per_s": rounds, "median_episodes_per_s": median,
-        "fp32_over_bf16": median["32-true"] / median["bf16-mixed"], "wall_seconds": time.perf_counter() - start,
-        "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},  # what else was running
-        "command": f"python benchmarks/meta/precision_speed.py --experiment {args.experiment} --steps {args.steps} "
-                   f"--warmup {args.warmup} --rounds {args.rounds} --threads {args.threads}",
-        "environment": environment_report(),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
-    rows = [{"precision": s, "resolved": resolve_precision(s, "cpu").precision, "episodes_per_s": median[s]}
-            for s in SETTINGS]
-    append_record(args.records, rows, benchmark="precision_speed",
-                  settings={k: record[k] for k in ("experiment", "steps", "warmup", "rounds", "threads")}
-                  | {"load_average_1_5_15min": record["load_average_1_5_15min"]})
-    cpu = record["environment"]["cpu"]["model"]
-    print(f"\n{args.experiment}, {args.threads} thread(s), median of {args.rounds} rounds x {args.steps} steps, "
-          f"CPU {cpu}\n| precision | episodes/s |\n|---|---|")
-    for setting in SETTINGS:
-        label = f"auto (-> {auto.precision})" if setting == "auto" else setting
-        print(f"| {label} | {median[setting]:.3f} |")
-    print(f"record: {args.out}")
+    load_before = os.getloadavg()
+    rows = []
+    for name in args.workloads:
+        rows.append(measure(name, args.rounds, args.steps, args.warmup))
+        row = rows[-1]
+        print(
+            f"{name}: fp32 {row['fp32_s_per_step']:.4f} s/step, bf16 {row['bf16_s_per_step']:.4f} s/step "
+            f"(bf16 {row['bf16_speedup']:.2f}x), auto -> {row['auto_chose']} ({row['auto_over_faster']:.3f}x the "
+            f"faster)",
+            flush=True,
+        )
+    append_record(
+        args.records,
+        rows,
+        benchmark="precision_auto",
+        settings={
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "threads": args.threads,
+            "load_average_before": list(load_before),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -56,10 +56,19 @@ def plain_loop(dm: FewShotDataModule, steps: int, precision: str) -> float:
 def lightning_loop(dm: FewShotDataModule, steps: int, precision: str) -> float:
     """Episodes/s of Trainer.fit with the run's default callbacks' throughput clock (5 warm-up steps)."""
     meter = TrainThroughput(warmup_steps=5)
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps + 5, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[meter], deterministic=torch.are_deterministic_algorithms_enabled(),
-                        inference_mode=False, precision=precision)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=steps + 5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[meter],
+        deterministic=torch.are_deterministic_algorithms_enabled(),
+        inference_mode=False,
+        precision=precision,
+    )
     trainer.fit(make_learner(), datamodule=dm)
     return meter.episodes_per_second
 
@@ -73,30 +82,44 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
-    parser.add_argument("--nondeterministic", action="store_true",
-                        help="both loops without torch.use_deterministic_algorithms (runs use it by default)")
+    parser.add_argument(
+        "--nondeterministic",
+        action="store_true",
+        help="both loops without torch.use_deterministic_algorithms (runs use it by default)",
+    )
     args = parser.parse_args()
     torch.use_deterministic_algorithms(not args.nondeterministic)
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = {"way": args.way, "shot": args.shot, "query": args.query}
-    dm = FewShotDataModule(pools=load_omniglot_splits, train=spec, val=spec, test=["5w5s"],
-                           train_episodes=args.steps + 10)
+    dm = FewShotDataModule(
+        pools=load_omniglot_splits, train=spec, val=spec, test=["5w5s"], train_episodes=args.steps + 10
+    )
     dm.setup("fit")
     plain, lightning = [], []
     for _ in range(args.rounds):
         plain.append(plain_loop(dm, args.steps, args.precision))
         lightning.append(lightning_loop(dm, args.steps, args.precision))
-    p, l = statistics.median(plain), statistics.median(lightning)
-    print(f"\nProtoNet {args.way}-way {args.shot}-shot {args.query}-query, Conv4 channels-last, {args.precision}, "
-          f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.steps} steps")
+    p, lit = statistics.median(plain), statistics.median(lightning)
+    print(
+        f"\nProtoNet {args.way}-way {args.shot}-shot {args.query}-query, Conv4 channels-last, {args.precision}, "
+        f"{torch.get_num_threads()} threads, median of {args.rounds} rounds x {args.steps} steps"
+    )
     print("| loop | episodes/s | relative |\n|---|---|---|")
     print(f"| plain PyTorch | {p:.2f} | 1.00 |")
-    print(f"| metalab (Lightning) | {l:.2f} | {l / p:.3f} |")
-    append_record("benchmarks/meta/records/protonet_loop_speed.jsonl",
-                  {"plain_episodes_per_s": p, "lightning_episodes_per_s": l, "relative": l / p},
-                  settings={"way": args.way, "shot": args.shot, "query": args.query, "steps": args.steps,
-                            "rounds": args.rounds, "precision": args.precision})
+    print(f"| metalab (Lightning) | {lit:.2f} | {lit / p:.3f} |")
+    append_record(
+        "benchmarks/meta/records/protonet_loop_speed.jsonl",
+        {"plain_episodes_per_s": p, "lightning_episodes_per_s": lit, "relative": lit / p},
+        settings={
+            "way": args.way,
+            "shot": args.shot,
+            "query": args.query,
+            "steps": args.steps,
+            "rounds": args.rounds,
+            "precision": args.precision,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -77,8 +77,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    batch = (torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,)), torch.randn(64, 3, 16, 16),
-             torch.randint(0, 10, (64,)))
+    batch = (
+        torch.randn(64, 3, 16, 16),
+        torch.randint(0, 10, (64,)),
+        torch.randn(64, 3, 16, 16),
+        torch.randint(0, 10, (64,)),
+    )
     val_images, val_labels = torch.randn(VALIDATION_IMAGES, 3, 16, 16), torch.randint(0, 10, (VALIDATION_IMAGES,))
     nets = {n: (SuperNetwork(16, n), CellNetwork(RESNET_CELL, 16, n), CellNetwork(ALL_CONV, 16, n)) for n in args.cells}
     times: dict[tuple[int, str], list[float]] = {}
@@ -89,21 +93,38 @@ def main() -> None:
             times.setdefault((n, "all_conv"), []).append(cell_step_seconds(all_conv, batch, args.steps))
             times.setdefault((n, "validation"), []).append(validation_seconds(resnet, val_images, val_labels))
     rows = []
-    for n, (supernet, resnet, all_conv) in nets.items():
-        median = {kind: statistics.median(times[(n, kind)]) for kind in ("supernet", "resnet", "all_conv", "validation")}
-        rows.append({"cells_per_stage": n, "supernet_step_s": round(median["supernet"], 3),
-                     "supernet_epoch_s": round(median["supernet"] * DARTS_STEPS_PER_EPOCH, 1),
-                     "resnet_cell_step_s": round(median["resnet"], 3),
-                     "all_conv_cell_step_s": round(median["all_conv"], 3),
-                     "resnet_architecture_s": round(median["resnet"] * FITNESS_STEPS + median["validation"], 1),
-                     "all_conv_architecture_s": round(median["all_conv"] * FITNESS_STEPS + median["validation"], 1),
-                     "supernet_parameters": count_parameters(supernet),
-                     "resnet_parameters": count_parameters(resnet)})
+    for n, (supernet, resnet, _) in nets.items():
+        median = {
+            kind: statistics.median(times[(n, kind)]) for kind in ("supernet", "resnet", "all_conv", "validation")
+        }
+        rows.append(
+            {
+                "cells_per_stage": n,
+                "supernet_step_s": round(median["supernet"], 3),
+                "supernet_epoch_s": round(median["supernet"] * DARTS_STEPS_PER_EPOCH, 1),
+                "resnet_cell_step_s": round(median["resnet"], 3),
+                "all_conv_cell_step_s": round(median["all_conv"], 3),
+                "resnet_architecture_s": round(median["resnet"] * FITNESS_STEPS + median["validation"], 1),
+                "all_conv_architecture_s": round(median["all_conv"] * FITNESS_STEPS + median["validation"], 1),
+                "supernet_parameters": count_parameters(supernet),
+                "resnet_parameters": count_parameters(resnet),
+            }
+        )
         print(rows[-1])
-    append_record("benchmarks/nas/records/search_cost.jsonl", rows, benchmark="nas_search_cost",
-                  settings={"rounds": args.rounds, "steps": args.steps, "threads": args.threads, "batch": 64,
-                            "resolution": 16, "channels": 16},
-                  notes="median over rounds; one process, settings alternated within each round")
+    append_record(
+        "benchmarks/nas/records/search_cost.jsonl",
+        rows,
+        benchmark="nas_search_cost",
+        settings={
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "threads": args.threads,
+            "batch": 64,
+            "resolution": 16,
+            "channels": 16,
+        },
+        notes="median over rounds; one process, settings alternated within each round",
+    )
 
 
 if __name__ == "__main__":

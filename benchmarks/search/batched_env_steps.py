@@ -40,12 +40,12 @@ def population(problem: PolicySearch, env_id: str, size: int) -> np.ndarray:
     centre = np.zeros(len(problem.space))
     hidden = problem.policy.shapes[0][1]
     first = np.zeros((4, hidden))
-    first[2, 0], first[3, 0] = 10.0, 2.0                      # unit 0: 10 angle + 2 angular speed
+    first[2, 0], first[3, 0] = 10.0, 2.0  # unit 0: 10 angle + 2 angular speed
     second = np.zeros((hidden, 2))
-    second[0] = [-1.0, 1.0]                                   # push right when the pole leans right
+    second[0] = [-1.0, 1.0]  # push right when the pole leans right
     centre[: 4 * hidden] = first.ravel()
     offset = 4 * hidden + hidden
-    centre[offset: offset + 2 * hidden] = second.ravel()
+    centre[offset : offset + 2 * hidden] = second.ravel()
     return centre + rng.normal(scale=0.1, size=(size, len(centre)))
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     for env_id, make in SETUPS.items():
         problem = make()
         genomes = population(problem, env_id, args.population)
-        problem.returns(genomes[:2], episodes=1, seed=0)          # build the envs outside the clock
+        problem.returns(genomes[:2], episodes=1, seed=0)  # build the envs outside the clock
         problem.env(args.population)
         batched_rates, loop_rates = [], []
         for round_ in range(args.rounds):
@@ -75,15 +75,27 @@ def main() -> None:
             start = time.perf_counter()
             returns = rollout_one_by_one(problem, genomes, env_id, seed=round_)
             loop_rates.append(episode_steps(env_id, returns, problem) / (time.perf_counter() - start))
-            print(f"{env_id} round {round_}: batched {batched_rates[-1]:.0f} steps/s, loop {loop_rates[-1]:.0f} steps/s",
-                  flush=True)
+            print(
+                f"{env_id} round {round_}: batched {batched_rates[-1]:.0f} steps/s, loop {loop_rates[-1]:.0f} steps/s",
+                flush=True,
+            )
         batched, loop = statistics.median(batched_rates), statistics.median(loop_rates)
-        rows.append({"env": env_id, "policies": args.population, "batched_steps_per_s": batched,
-                     "loop_steps_per_s": loop, "speedup": batched / loop})
+        rows.append(
+            {
+                "env": env_id,
+                "policies": args.population,
+                "batched_steps_per_s": batched,
+                "loop_steps_per_s": loop,
+                "speedup": batched / loop,
+            }
+        )
         print(rows[-1], flush=True)
-    append_record("benchmarks/search/records/batched_env_steps.jsonl", rows,
-                  settings={"population": args.population, "rounds": args.rounds, "hidden": [16]},
-                  notes=args.notes or None)
+    append_record(
+        "benchmarks/search/records/batched_env_steps.jsonl",
+        rows,
+        settings={"population": args.population, "rounds": args.rounds, "hidden": [16]},
+        notes=args.notes or None,
+    )
 
 
 if __name__ == "__main__":

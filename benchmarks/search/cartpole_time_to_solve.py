@@ -25,8 +25,8 @@ import time
 
 import numpy as np
 import torch
-
 from common import solve
+
 from metalab.report.records import append_record
 
 SOLVED, CHECK_EPISODES = 475.0, 100
@@ -38,13 +38,24 @@ def evotorch_run(algorithm: str, seed: int, max_generations: int, max_seconds: f
 
     torch.manual_seed(seed)
     np.random.seed(seed)
-    problem = GymNE("CartPole-v1", "Linear(obs_length, 16) >> Tanh() >> Linear(16, act_length)",
-                    observation_normalization=True, num_actors=None)
+    problem = GymNE(
+        "CartPole-v1",
+        "Linear(obs_length, 16) >> Tanh() >> Linear(16, act_length)",
+        observation_normalization=True,
+        num_actors=None,
+    )
     if algorithm == "cmaes":
         searcher = CMAES(problem, stdev_init=0.5, popsize=32)
     else:
-        searcher = PGPE(problem, popsize=64, center_learning_rate=0.075, stdev_learning_rate=0.1, radius_init=0.27,
-                        optimizer="clipup", optimizer_config={"max_speed": 0.15})
+        searcher = PGPE(
+            problem,
+            popsize=64,
+            center_learning_rate=0.075,
+            stdev_learning_rate=0.1,
+            radius_init=0.27,
+            optimizer="clipup",
+            optimizer_config={"max_speed": 0.15},
+        )
     searching, evaluations = 0.0, 0
     for generation in range(max_generations):
         start = time.perf_counter()
@@ -54,8 +65,13 @@ def evotorch_run(algorithm: str, seed: int, max_generations: int, max_seconds: f
         if float(searcher.population.evals.max()) >= SOLVED:
             returns = batched_check(problem.to_policy(searcher.status["center"]), seed=10_000_000 + generation)
             if float(returns) >= SOLVED:
-                return {"solved": True, "seconds": searching, "generations": generation + 1, "evaluations": evaluations,
-                        "check_return": float(returns)}
+                return {
+                    "solved": True,
+                    "seconds": searching,
+                    "generations": generation + 1,
+                    "evaluations": evaluations,
+                    "check_return": float(returns),
+                }
         if searching > max_seconds:
             return {"solved": False, "seconds": searching, "generations": generation + 1, "evaluations": evaluations}
     return {"solved": False, "seconds": searching, "generations": max_generations, "evaluations": evaluations}
@@ -94,7 +110,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--max-generations", type=int, default=200)
-    parser.add_argument("--max-seconds", type=float, default=180.0, help="search time after which a run counts as unsolved")
+    parser.add_argument(
+        "--max-seconds", type=float, default=180.0, help="search time after which a run counts as unsolved"
+    )
     parser.add_argument("--notes", default="", help="what else ran on the machine")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -114,17 +132,32 @@ def record(results: dict[str, list[dict]], args: argparse.Namespace, seeds_done:
         times = [o["seconds"] if o["solved"] else math.inf for o in outcomes]
         unsolved = [o["seconds"] for o in outcomes if not o["solved"]]
         median = statistics.median(times)
-        rows.append({"method": method, "solved": f"{sum(o['solved'] for o in outcomes)}/{len(outcomes)}",
-                     "median_s_to_solve": median if math.isfinite(median) else None,
-                     "median_generations": statistics.median(o["generations"] for o in outcomes),
-                     "median_evaluations": statistics.median(o["evaluations"] for o in outcomes),
-                     "seconds_per_seed": [round(t, 2) if math.isfinite(t) else None for t in times],
-                     "unsolved_after_s": [round(t, 1) for t in unsolved]})
+        rows.append(
+            {
+                "method": method,
+                "solved": f"{sum(o['solved'] for o in outcomes)}/{len(outcomes)}",
+                "median_s_to_solve": median if math.isfinite(median) else None,
+                "median_generations": statistics.median(o["generations"] for o in outcomes),
+                "median_evaluations": statistics.median(o["evaluations"] for o in outcomes),
+                "seconds_per_seed": [round(t, 2) if math.isfinite(t) else None for t in times],
+                "unsolved_after_s": [round(t, 1) for t in unsolved],
+            }
+        )
     for row in rows:
         print(row)
-    append_record("benchmarks/search/records/cartpole_time_to_solve.jsonl", rows,
-                  settings={"seeds": args.seeds, "seeds_done": seeds_done, "max_generations": args.max_generations, "max_seconds": args.max_seconds, "solved_at": SOLVED,
-                            "check_episodes": CHECK_EPISODES}, notes=args.notes or None)
+    append_record(
+        "benchmarks/search/records/cartpole_time_to_solve.jsonl",
+        rows,
+        settings={
+            "seeds": args.seeds,
+            "seeds_done": seeds_done,
+            "max_generations": args.max_generations,
+            "max_seconds": args.max_seconds,
+            "solved_at": SOLVED,
+            "check_episodes": CHECK_EPISODES,
+        },
+        notes=args.notes or None,
+    )
 
 
 if __name__ == "__main__":

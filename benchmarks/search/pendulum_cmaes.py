@@ -11,8 +11,8 @@ import math
 import statistics
 
 import torch
-
 from common import solve
+
 from metalab.report.records import append_record
 
 
@@ -30,16 +30,28 @@ def main() -> None:
         print(f"seed {seed}: {outcomes[-1]}", flush=True)
     solved = [o for o in outcomes if o["solved"]]
     times = [o["seconds"] if o["solved"] else math.inf for o in outcomes]
-    row = {"method": "metalab_cmaes", "solved": f"{len(solved)}/{len(outcomes)}",
-           "median_s_to_solve": statistics.median(times) if math.isfinite(statistics.median(times)) else None,
-           "seconds_per_seed": [round(t, 1) if math.isfinite(t) else None for t in times],
-           "generations_per_seed": [o["generations"] for o in outcomes],
-           "test_return_per_seed": [round(o["test_return"], 1) if o["solved"] else None for o in outcomes],
-           "min_test_return": min((o["test_return"] for o in solved), default=None)}
+    row = {
+        "method": "metalab_cmaes",
+        "solved": f"{len(solved)}/{len(outcomes)}",
+        "median_s_to_solve": statistics.median(times) if math.isfinite(statistics.median(times)) else None,
+        "seconds_per_seed": [round(t, 1) if math.isfinite(t) else None for t in times],
+        "generations_per_seed": [o["generations"] for o in outcomes],
+        "test_return_per_seed": [round(o["test_return"], 1) if o["solved"] else None for o in outcomes],
+        "min_test_return": min((o["test_return"] for o in solved), default=None),
+    }
     print(row)
-    append_record("benchmarks/search/records/pendulum_cmaes.jsonl", row,
-                  settings={"seeds": args.seeds, "max_generations": args.max_generations, "max_seconds": args.max_seconds,
-                            "solved_at": -200.0, "episodes": 100}, notes=args.notes or None)
+    append_record(
+        "benchmarks/search/records/pendulum_cmaes.jsonl",
+        row,
+        settings={
+            "seeds": args.seeds,
+            "max_generations": args.max_generations,
+            "max_seconds": args.max_seconds,
+            "solved_at": -200.0,
+            "episodes": 100,
+        },
+        notes=args.notes or None,
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ REFERENCE = (1.1, 1.1)
 
 def run_ours(variant: int, population: int, evaluations: int, seed: int) -> tuple[np.ndarray, float]:
     problem = ZDT(variant, n_variables=30)
-    searcher = GeneticAlgorithm(problem.space, population_size=population, survival_fraction=1.0, objectives=2, seed=seed)
+    searcher = GeneticAlgorithm(
+        problem.space, population_size=population, survival_fraction=1.0, objectives=2, seed=seed
+    )
     start = time.perf_counter()
     for _ in range(evaluations // population):
         candidates = searcher.ask()
@@ -63,7 +65,9 @@ def main() -> None:
     indicator = HV(ref_point=np.array(REFERENCE))
     rows = []
     for variant in (int(v) for v in args.problems.split(",")):
-        figures: dict[str, list[float]] = {k: [] for k in ("ours_hv", "pymoo_hv", "ours_s", "pymoo_s", "ours_hv_pymoo_indicator")}
+        figures: dict[str, list[float]] = {
+            k: [] for k in ("ours_hv", "pymoo_hv", "ours_s", "pymoo_s", "ours_hv_pymoo_indicator")
+        }
         for seed in range(args.seeds):
             front, seconds = run_ours(variant, args.population, args.evaluations, seed)
             figures["ours_hv"].append(hypervolume_2d(front, REFERENCE))
@@ -72,22 +76,42 @@ def main() -> None:
             front, seconds = run_pymoo(variant, args.population, args.evaluations, seed)
             figures["pymoo_hv"].append(hypervolume_2d(front, REFERENCE))
             figures["pymoo_s"].append(seconds)
-            print(f"ZDT{variant} seed {seed}: hv ours {figures['ours_hv'][-1]:.5f} pymoo {figures['pymoo_hv'][-1]:.5f}; "
-                  f"s ours {figures['ours_s'][-1]:.2f} pymoo {figures['pymoo_s'][-1]:.2f}", flush=True)
+            print(
+                f"ZDT{variant} seed {seed}: hv ours {figures['ours_hv'][-1]:.5f} pymoo {figures['pymoo_hv'][-1]:.5f}; "
+                f"s ours {figures['ours_s'][-1]:.2f} pymoo {figures['pymoo_s'][-1]:.2f}",
+                flush=True,
+            )
         median = {k: statistics.median(v) for k, v in figures.items()}
         assert abs(median["ours_hv"] - median["ours_hv_pymoo_indicator"]) < 1e-9, "the two hypervolume codes disagree"
-        rows.append({"problem": f"ZDT{variant}", "seeds": args.seeds,
-                     "median_hv_ours": median["ours_hv"], "median_hv_pymoo": median["pymoo_hv"],
-                     "min_hv_ours": min(figures["ours_hv"]), "min_hv_pymoo": min(figures["pymoo_hv"]),
-                     "median_s_ours": median["ours_s"], "median_s_pymoo": median["pymoo_s"],
-                     "hv_ours_ge_pymoo": median["ours_hv"] >= median["pymoo_hv"],
-                     "time_ratio_ours_over_pymoo": median["ours_s"] / median["pymoo_s"]})
+        rows.append(
+            {
+                "problem": f"ZDT{variant}",
+                "seeds": args.seeds,
+                "median_hv_ours": median["ours_hv"],
+                "median_hv_pymoo": median["pymoo_hv"],
+                "min_hv_ours": min(figures["ours_hv"]),
+                "min_hv_pymoo": min(figures["pymoo_hv"]),
+                "median_s_ours": median["ours_s"],
+                "median_s_pymoo": median["pymoo_s"],
+                "hv_ours_ge_pymoo": median["ours_hv"] >= median["pymoo_hv"],
+                "time_ratio_ours_over_pymoo": median["ours_s"] / median["pymoo_s"],
+            }
+        )
         print(rows[-1], flush=True)
         # after every problem (the rows so far): a slow run still leaves the figures it has
-        append_record("benchmarks/search/records/zdt_vs_pymoo.jsonl", rows,
-                      settings={"population": args.population, "evaluations": args.evaluations, "n_variables": 30,
-                                "reference": list(REFERENCE), "seeds": args.seeds,
-                                "taskset": os.environ.get("TASKSET", "")}, notes=args.notes or None)
+        append_record(
+            "benchmarks/search/records/zdt_vs_pymoo.jsonl",
+            rows,
+            settings={
+                "population": args.population,
+                "evaluations": args.evaluations,
+                "n_variables": 30,
+                "reference": list(REFERENCE),
+                "seeds": args.seeds,
+                "taskset": os.environ.get("TASKSET", ""),
+            },
+            notes=args.notes or None,
+        )
 
 
 if __name__ == "__main__":

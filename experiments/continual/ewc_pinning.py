@@ -40,8 +40,10 @@ def main() -> None:
     from metalab.report.records import repo_root
 
     with initialize_config_dir(config_dir=str(repo_root() / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["+experiment=permuted_mnist/ewc", f"seed={args.seed}",
-                                                      "paths.output_dir=logs/scratch"])
+        cfg = compose(
+            config_name="train",
+            overrides=["+experiment=permuted_mnist/ewc", f"seed={args.seed}", "paths.output_dir=logs/scratch"],
+        )
     L.seed_everything(args.seed, workers=True)
     stream = hydra.utils.instantiate(cfg.data)
     stream.setup("fit")
@@ -49,8 +51,14 @@ def main() -> None:
     method = hydra.utils.instantiate(cfg.learner.method)
     lr = float(cfg.learner.optimizer.lr)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
-    info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), stream.train_tasks[0].x[:1],
-                      stream.n_classes, stream.scenarios)
+    info = StreamInfo(
+        stream.n_tasks,
+        stream.classes_per_task,
+        stream.train_examples(),
+        stream.train_tasks[0].x[:1],
+        stream.n_classes,
+        stream.scenarios,
+    )
     learner = PlainLearner(model, optimizer, [(t.x, t.y) for t in stream.train_tasks], info)
     method.setup(info)
     model.train()
@@ -59,9 +67,15 @@ def main() -> None:
     fisher = method.task_fisher(learner, 0)
     values = torch.cat([f.flatten() for f in fisher.values()]).double()
     quantiles = torch.quantile(values, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).tolist()
-    row: dict[str, Any] = {"seed": args.seed, "weights": values.numel(), "fisher_median": quantiles[0],
-                           "fisher_p90": quantiles[1], "fisher_p99": quantiles[2], "fisher_max": float(values.max()),
-                           "lr": lr}
+    row: dict[str, Any] = {
+        "seed": args.seed,
+        "weights": values.numel(),
+        "fisher_median": quantiles[0],
+        "fisher_p90": quantiles[1],
+        "fisher_p99": quantiles[2],
+        "fisher_max": float(values.max()),
+        "lr": lr,
+    }
     for lam in LAMBDAS:
         stiffness = lr * lam * values
         row[f"lambda{lam:g}_pct_held_half"] = round(100 * float((stiffness > 1).double().mean()), 3)
@@ -69,8 +83,12 @@ def main() -> None:
     for key, value in row.items():
         print(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
     if not args.no_record:
-        append_record(RECORD, [row], benchmark="ewc_pinning",
-                      settings={"experiment": "permuted_mnist/ewc", "task": 0, "fisher": "empirical, all 1,000 images"})
+        append_record(
+            RECORD,
+            [row],
+            benchmark="ewc_pinning",
+            settings={"experiment": "permuted_mnist/ewc", "task": 0, "fisher": "empirical, all 1,000 images"},
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,12 @@ KEYS = ("acc", "forgetting", "bwt", "fwt")
 WELL_ABOVE_POINTS = 3.0  # "well above": more than this many points and more than the two stds added together
 AVALANCHE_TOLERANCE = 1.5  # the side-by-side criterion, in points of average accuracy
 T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78}  # two-sided 5% critical values of Student's t
-PAIRS = [("finetune", "Naive (Avalanche)"), ("ewc", "EWC (Avalanche)"), ("er_500", "Replay (Avalanche)"),
-         ("er_500_task_end", "Replay (Avalanche)")]
+PAIRS = [
+    ("finetune", "Naive (Avalanche)"),
+    ("ewc", "EWC (Avalanche)"),
+    ("er_500", "Replay (Avalanche)"),
+    ("er_500_task_end", "Replay (Avalanche)"),
+]
 
 
 def load_runs(folder: Path) -> dict[str, dict[int, dict[str, float]]]:
@@ -75,35 +79,51 @@ def checks(runs: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]
     if "joint" in acc:
         others = {label: statistics.mean(acc[label]) for label in ours if label != "joint"}
         best = max(others, key=others.get)
-        out.append({"check": "joint above every method of ours",
-                    "detail": f"joint {statistics.mean(acc['joint']):.2f} vs best other {best} {others[best]:.2f}",
-                    "verified": all(statistics.mean(acc["joint"]) > v for v in others.values())})
+        out.append(
+            {
+                "check": "joint above every method of ours",
+                "detail": f"joint {statistics.mean(acc['joint']):.2f} vs best other {best} {others[best]:.2f}",
+                "verified": all(statistics.mean(acc["joint"]) > v for v in others.values()),
+            }
+        )
     if "finetune" in acc:
         ft_mean, ft_std = mean_std(acc["finetune"])
         for label in ("ewc", "online_ewc", "er_500", "derpp_500"):
             if label in acc:
                 mean, std = mean_std(acc[label])
                 gap = mean - ft_mean
-                out.append({"check": f"{label} well above fine-tune (> {WELL_ABOVE_POINTS:g} points and > the two "
-                                     "stds added)",
-                            "detail": f"{mean:.2f} vs {ft_mean:.2f}: {gap:+.2f}, stds {std:.2f} + {ft_std:.2f}; "
-                                      + paired(runs, label, "finetune"),
-                            "verified": gap > WELL_ABOVE_POINTS and gap > std + ft_std})
+                out.append(
+                    {
+                        "check": f"{label} well above fine-tune (> {WELL_ABOVE_POINTS:g} points and > the two "
+                        "stds added)",
+                        "detail": f"{mean:.2f} vs {ft_mean:.2f}: {gap:+.2f}, stds {std:.2f} + {ft_std:.2f}; "
+                        + paired(runs, label, "finetune"),
+                        "verified": gap > WELL_ABOVE_POINTS and gap > std + ft_std,
+                    }
+                )
     for label, theirs in PAIRS:
         if label in acc and theirs in acc:
             gap = statistics.mean(acc[label]) - statistics.mean(acc[theirs])
-            out.append({"check": f"{label} within {AVALANCHE_TOLERANCE:g} points of {theirs} (or better)",
-                        "detail": f"{statistics.mean(acc[label]):.2f} vs {statistics.mean(acc[theirs]):.2f}: "
-                                  f"{gap:+.2f}; " + paired(runs, label, theirs),
-                        "verified": gap >= -AVALANCHE_TOLERANCE})
+            out.append(
+                {
+                    "check": f"{label} within {AVALANCHE_TOLERANCE:g} points of {theirs} (or better)",
+                    "detail": f"{statistics.mean(acc[label]):.2f} vs {statistics.mean(acc[theirs]):.2f}: "
+                    f"{gap:+.2f}; " + paired(runs, label, theirs),
+                    "verified": gap >= -AVALANCHE_TOLERANCE,
+                }
+            )
     if "er_500" in acc and "er_500_task_end" in acc:
         t, dof = paired_t(runs, "er_500_task_end", "er_500")
         gap = statistics.mean(acc["er_500_task_end"]) - statistics.mean(acc["er_500"])
-        out.append({"check": "replay buffer: task-balanced (task_end) differs from reservoir beyond noise (paired t "
-                             f"over seeds, |t| > {T975[dof] if dof in T975 else float('nan'):.2f}: p < 0.05 two-sided)",
-                    "detail": f"task_end - reservoir {gap:+.2f} points, paired t {t:.2f} ({dof} df); "
-                              + paired(runs, "er_500_task_end", "er_500"),
-                    "verified": dof in T975 and abs(t) > T975[dof]})
+        out.append(
+            {
+                "check": "replay buffer: task-balanced (task_end) differs from reservoir beyond noise (paired t "
+                f"over seeds, |t| > {T975[dof] if dof in T975 else float('nan'):.2f}: p < 0.05 two-sided)",
+                "detail": f"task_end - reservoir {gap:+.2f} points, paired t {t:.2f} ({dof} df); "
+                + paired(runs, "er_500_task_end", "er_500"),
+                "verified": dof in T975 and abs(t) > T975[dof],
+            }
+        )
     return out
 
 
@@ -123,8 +143,11 @@ def main() -> None:
         for key in KEYS:
             row[f"{key}_mean"], row[f"{key}_std"] = (round(v, 2) for v in mean_std([r[key] for r in seeds.values()]))
         rows.append(row)
-        print(f"| {label} | {row['seeds']} | " + " | ".join(f"{row[f'{k}_mean']:.2f} +- {row[f'{k}_std']:.2f}"
-                                                          for k in KEYS) + " |")
+        print(
+            f"| {label} | {row['seeds']} | "
+            + " | ".join(f"{row[f'{k}_mean']:.2f} +- {row[f'{k}_std']:.2f}" for k in KEYS)
+            + " |"
+        )
     verdicts = checks(runs)
     for check in verdicts:
         print(f"- {'verified' if check['verified'] else 'NOT verified'}: {check['check']} ({check['detail']})")
@@ -133,9 +156,16 @@ def main() -> None:
     settings = {"study": "experiments/permuted_mnist.yaml", "budget": args.budget, "scenario": "domain_il"}
     append_record(RECORD, rows, benchmark="permuted_mnist_methods", settings=settings)
     append_record(RECORD, verdicts, benchmark="permuted_mnist_checks", settings=settings)
-    append_record(RECORD, [{"run": label, "seed": seed, **{k: round(v, 2) for k, v in figures.items()}}
-                           for label, seeds in runs.items() for seed, figures in sorted(seeds.items())],
-                  benchmark="permuted_mnist_runs", settings=settings)
+    append_record(
+        RECORD,
+        [
+            {"run": label, "seed": seed, **{k: round(v, 2) for k, v in figures.items()}}
+            for label, seeds in runs.items()
+            for seed, figures in sorted(seeds.items())
+        ],
+        benchmark="permuted_mnist_runs",
+        settings=settings,
+    )
 
 
 if __name__ == "__main__":

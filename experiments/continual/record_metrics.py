@@ -29,8 +29,11 @@ def collect(root: Path, suite: str, seed: int) -> dict[str, Any]:
             continue
         metrics = json.loads((run / "metrics.json").read_text())
         values = {k: v for k, v in metrics["metrics"].items() if not k.endswith(TIMINGS)}
-        record[method] = {"global_step": metrics.get("global_step"), "metrics": values,
-                          "continual": json.loads((run / "continual_metrics.json").read_text())}
+        record[method] = {
+            "global_step": metrics.get("global_step"),
+            "metrics": values,
+            "continual": json.loads((run / "continual_metrics.json").read_text()),
+        }
     return record
 
 
@@ -59,8 +62,12 @@ def main() -> None:
     d.add_argument("records", type=Path, nargs=2)
     args = parser.parse_args()
     if args.command == "collect":
-        record = {"suite": args.suite, "seed": args.seed, "note": args.note,
-                  "runs": collect(args.root, args.suite, args.seed)}
+        record = {
+            "suite": args.suite,
+            "seed": args.seed,
+            "note": args.note,
+            "runs": collect(args.root, args.suite, args.seed),
+        }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         print(f"{len(record['runs'])} runs -> {args.out}")
@@ -70,8 +77,10 @@ def main() -> None:
     diffs = differences({m: a[m] for m in methods}, {m: b[m] for m in methods})
     for line in diffs[:50]:
         print(line)
-    print(f"{len(methods)} methods in both ({', '.join(methods)}); "
-          f"{'bit-identical' if not diffs else f'{len(diffs)} differences'}")
+    print(
+        f"{len(methods)} methods in both ({', '.join(methods)}); "
+        f"{'bit-identical' if not diffs else f'{len(diffs)} differences'}"
+    )
     sys.exit(1 if diffs else 0)
 
 

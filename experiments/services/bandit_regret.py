@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from _record import HERE, now, write_record
 from scipy import stats
 
-from _record import HERE, now, write_record
 from metalab.services.simulate import bandit_regret, mabwiser_regret
 
 MEANS = [0.10, 0.15, 0.20, 0.25, 0.30]
@@ -26,28 +26,45 @@ def summary(regret: np.ndarray) -> dict:
     checkpoints = {str(t): float(mean[t - 1]) for t in (100, 1000, 2000, 5000, 10000) if t <= pulls}
     half_point = pulls // 2
     # regret(T) / regret(T/2): 2 for linear regret, ~1 for logarithmic
-    return {"final_mean": float(final.mean()), "final_ci95": [float(final.mean() - half), float(final.mean() + half)],
-            "mean_at": checkpoints, "ratio_T_over_half_T": float(mean[-1] / mean[half_point - 1]),
-            "uniform_would_be": float(pulls * (max(MEANS) - np.mean(MEANS)))}
+    return {
+        "final_mean": float(final.mean()),
+        "final_ci95": [float(final.mean() - half), float(final.mean() + half)],
+        "mean_at": checkpoints,
+        "ratio_T_over_half_T": float(mean[-1] / mean[half_point - 1]),
+        "uniform_would_be": float(pulls * (max(MEANS) - np.mean(MEANS))),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pulls", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=100)
-    parser.add_argument("--library-runs", type=int, default=100,
-                        help="runs of MABWiser (one Python call per pull: ~0.5 ms each on this CPU when idle)")
+    parser.add_argument(
+        "--library-runs",
+        type=int,
+        default=100,
+        help="runs of MABWiser (one Python call per pull: ~0.5 ms each on this CPU when idle)",
+    )
     args = parser.parse_args()
     started = now()
-    figures: dict = {"means": MEANS, "pulls": args.pulls, "runs": args.runs, "library_runs": args.library_runs,
-                     "library": "mabwiser 2.7.4"}
+    figures: dict = {
+        "means": MEANS,
+        "pulls": args.pulls,
+        "runs": args.runs,
+        "library_runs": args.library_runs,
+        "library": "mabwiser 2.7.4",
+    }
     curves = {}
     for allocation in ("thompson", "ucb"):
         ours = bandit_regret(allocation, MEANS, args.pulls, args.runs, seed=0)
         theirs = mabwiser_regret(allocation, MEANS, args.pulls, args.library_runs, seed=1)
         welch = stats.ttest_ind(ours[:, -1], theirs[:, -1], equal_var=False)
-        figures[allocation] = {"ours": summary(ours), "mabwiser": summary(theirs),
-                               "welch_t_final": float(welch.statistic), "welch_p_final": float(welch.pvalue)}
+        figures[allocation] = {
+            "ours": summary(ours),
+            "mabwiser": summary(theirs),
+            "welch_t_final": float(welch.statistic),
+            "welch_p_final": float(welch.pvalue),
+        }
         curves[allocation] = (ours.mean(axis=0), theirs.mean(axis=0))
         print(allocation, figures[allocation])
     _plot(curves, args.pulls)

@@ -26,9 +26,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from _record import HERE  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from _record import HERE  # noqa: E402
 from metalab.report.records import append_record  # noqa: E402
 from metalab.services.errors import ServiceError  # noqa: E402
 from metalab.services.store import create_store_engine, migrate, session_factory  # noqa: E402
@@ -42,7 +42,7 @@ WITHOUT = WITH[:-1]
 
 def statistic(releases, sum_scale, count_scale) -> np.ndarray:
     """Log-likelihood-ratio direction for a shift of (UPPER, 1) in (sum, count) under independent Gaussians."""
-    return np.array([r.noisy_sum * UPPER / sum_scale ** 2 + r.noisy_count / count_scale ** 2 for r in releases])
+    return np.array([r.noisy_sum * UPPER / sum_scale**2 + r.noisy_count / count_scale**2 for r in releases])
 
 
 def epsilon_lower_bound(present: np.ndarray, absent: np.ndarray, rng: np.random.Generator) -> dict[str, float]:
@@ -64,8 +64,10 @@ def epsilon_lower_bound(present: np.ndarray, absent: np.ndarray, rng: np.random.
 def audit(epsilon: float, draws: int, seed: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     present = [private_mean(WITH, LOWER, UPPER, epsilon, DELTA) for _ in range(draws)]
     absent = [private_mean(WITHOUT, LOWER, UPPER, epsilon, DELTA) for _ in range(draws)]
-    a, b = statistic(present, present[0].sum_scale, present[0].count_scale), statistic(absent, present[0].sum_scale,
-                                                                                          present[0].count_scale)
+    a, b = (
+        statistic(present, present[0].sum_scale, present[0].count_scale),
+        statistic(absent, present[0].sum_scale, present[0].count_scale),
+    )
     return epsilon_lower_bound(a, b, np.random.default_rng(seed)), a, b
 
 
@@ -78,7 +80,9 @@ def budget_demo() -> list[dict[str, object]]:
         session.add_all(Workspace(name=n) for n in names)
     with sessions() as session:
         for i, name in enumerate(names):
-            TransferService(session, name).publish({"records": 1e6, "gpus": 1.0 + 0.1 * i}, {"batch": 32.0 + 8 * i}, 3.0)
+            TransferService(session, name).publish(
+                {"records": 1e6, "gpus": 1.0 + 0.1 * i}, {"batch": 32.0 + 8 * i}, 3.0
+            )
         session.commit()
     answers = []
     for query in range(1, 5):
@@ -87,12 +91,24 @@ def budget_demo() -> list[dict[str, object]]:
             try:
                 release, _ = service.insight("batch", LOWER, UPPER, 1.0)
                 session.commit()
-                answers.append({"query": query, "status": 200, "mean": release.mean,
-                                "spent_epsilon_team3": TransferService(session, "team3").budget()["spent_epsilon"]})
+                answers.append(
+                    {
+                        "query": query,
+                        "status": 200,
+                        "mean": release.mean,
+                        "spent_epsilon_team3": TransferService(session, "team3").budget()["spent_epsilon"],
+                    }
+                )
             except ServiceError as error:
                 session.rollback()
-                answers.append({"query": query, "status": error.status_code, "detail": str(error),
-                                "spent_epsilon_team3": TransferService(session, "team3").budget()["spent_epsilon"]})
+                answers.append(
+                    {
+                        "query": query,
+                        "status": error.status_code,
+                        "detail": str(error),
+                        "spent_epsilon_team3": TransferService(session, "team3").budget()["spent_epsilon"],
+                    }
+                )
     return answers
 
 
@@ -113,24 +129,56 @@ def main() -> None:
     fpr = np.linspace(0, 1, 200)
     for statistic_present, statistic_absent, label in [(a, b, "release at eps 1"), (la, lb, "release at eps 4")]:
         thresholds = np.quantile(statistic_absent, np.linspace(0, 1, 400))
-        right.plot([np.mean(statistic_absent > t) for t in thresholds], [np.mean(statistic_present > t) for t in thresholds],
-                   label=label)
+        right.plot(
+            [np.mean(statistic_absent > t) for t in thresholds],
+            [np.mean(statistic_present > t) for t in thresholds],
+            label=label,
+        )
     right.plot(fpr, np.minimum(1, np.exp(1.0) * fpr + DELTA), "k--", label="limit of (1, 1e-6)-DP")
-    right.set(xlabel="false positive rate", ylabel="true positive rate", xscale="log", xlim=(1e-4, 1),
-              title=f"{args.draws} releases per data set")
+    right.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        xscale="log",
+        xlim=(1e-4, 1),
+        title=f"{args.draws} releases per data set",
+    )
     right.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(HERE / "dp_attack.png", dpi=110)
-    rows = [{"check": "attack on release at eps=1 (claim 1)", "claimed_epsilon": 1.0, **honest,
-             "within_claim": honest["epsilon_lower_bound"] <= 1.0},
-            {"check": "attack on release at eps=4 (claim 1: must break)", "claimed_epsilon": 1.0, **loose,
-             "within_claim": loose["epsilon_lower_bound"] <= 1.0}]
-    rows += [{"check": f"budget 3.0, query {x['query']} at eps 1", "status": x["status"],
-              "spent_epsilon_team3": x["spent_epsilon_team3"]} for x in answers]
-    append_record("experiments/services/records/dp_attack.jsonl", rows,
-                  settings={"draws": args.draws, "delta": DELTA, "bounds": [LOWER, UPPER], "workspaces": len(WITH),
-                            "figure": "dp_attack.png"},
-                  notes="; ".join(str(x.get("detail", "")) for x in answers if x["status"] != 200))
+    rows = [
+        {
+            "check": "attack on release at eps=1 (claim 1)",
+            "claimed_epsilon": 1.0,
+            **honest,
+            "within_claim": honest["epsilon_lower_bound"] <= 1.0,
+        },
+        {
+            "check": "attack on release at eps=4 (claim 1: must break)",
+            "claimed_epsilon": 1.0,
+            **loose,
+            "within_claim": loose["epsilon_lower_bound"] <= 1.0,
+        },
+    ]
+    rows += [
+        {
+            "check": f"budget 3.0, query {x['query']} at eps 1",
+            "status": x["status"],
+            "spent_epsilon_team3": x["spent_epsilon_team3"],
+        }
+        for x in answers
+    ]
+    append_record(
+        "experiments/services/records/dp_attack.jsonl",
+        rows,
+        settings={
+            "draws": args.draws,
+            "delta": DELTA,
+            "bounds": [LOWER, UPPER],
+            "workspaces": len(WITH),
+            "figure": "dp_attack.png",
+        },
+        notes="; ".join(str(x.get("detail", "")) for x in answers if x["status"] != 200),
+    )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,23 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from _record import HERE  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from _record import HERE  # noqa: E402
 from metalab.report.records import append_record  # noqa: E402
 from metalab.services.registry import DriftConfig, ModelRegistryService, drift_report  # noqa: E402
 from metalab.services.store import create_store_engine, migrate, session_factory  # noqa: E402
 from metalab.services.store.models import Workspace  # noqa: E402
 
-SCENARIOS = {"no shift": (0.0, 1.0), "mean +0.1 sd": (0.1, 1.0), "mean +0.35 sd": (0.35, 1.0),
-             "mean +0.6 sd": (0.6, 1.0), "mean +1 sd": (1.0, 1.0), "sd x1.25": (0.0, 1.25), "sd x1.8": (0.0, 1.8)}
+SCENARIOS = {
+    "no shift": (0.0, 1.0),
+    "mean +0.1 sd": (0.1, 1.0),
+    "mean +0.35 sd": (0.35, 1.0),
+    "mean +0.6 sd": (0.6, 1.0),
+    "mean +1 sd": (1.0, 1.0),
+    "sd x1.25": (0.0, 1.25),
+    "sd x1.8": (0.0, 1.8),
+}
 
 
 def true_level(shift: float, scale: float, config: DriftConfig) -> tuple[float, str]:
@@ -56,14 +63,23 @@ def level_accuracy(streams: int, n: int, rng: np.random.Generator, config: Drift
     rows = []
     for name, (shift, scale) in SCENARIOS.items():
         score, level = true_level(shift, scale, config)
-        found = [drift_report({"x": rng.normal(0, 1, n).tolist()}, {"x": rng.normal(shift, scale, n).tolist()}, config)
-                 for _ in range(streams)]
+        found = [
+            drift_report({"x": rng.normal(0, 1, n).tolist()}, {"x": rng.normal(shift, scale, n).tolist()}, config)
+            for _ in range(streams)
+        ]
         levels = [r.level for r in found]
-        rows.append({"scenario": name, "true_score": score, "true_level": level,
-                     "share_right_level": float(np.mean([x == level for x in levels])),
-                     "share_none": levels.count("none") / streams, "share_warning": levels.count("warning") / streams,
-                     "share_critical": levels.count("critical") / streams,
-                     "median_score": float(np.median([r.score for r in found]))})
+        rows.append(
+            {
+                "scenario": name,
+                "true_score": score,
+                "true_level": level,
+                "share_right_level": float(np.mean([x == level for x in levels])),
+                "share_none": levels.count("none") / streams,
+                "share_warning": levels.count("warning") / streams,
+                "share_critical": levels.count("critical") / streams,
+                "median_score": float(np.median([r.score for r in found])),
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -71,12 +87,25 @@ def level_accuracy(streams: int, n: int, rng: np.random.Generator, config: Drift
 def false_alarms(streams: int, rng: np.random.Generator, config: DriftConfig) -> list[dict]:
     rows = []
     for n in (50, 200, 2000):
-        alarms = sum(drift_report({"x": rng.normal(0, 1, n).tolist(), "y": rng.exponential(1, n).tolist()},
-                                  {"x": rng.normal(0, 1, n).tolist(), "y": rng.exponential(1, n).tolist()},
-                                  config).level != "none" for _ in range(streams))
+        alarms = sum(
+            drift_report(
+                {"x": rng.normal(0, 1, n).tolist(), "y": rng.exponential(1, n).tolist()},
+                {"x": rng.normal(0, 1, n).tolist(), "y": rng.exponential(1, n).tolist()},
+                config,
+            ).level
+            != "none"
+            for _ in range(streams)
+        )
         low, high = stats.binomtest(alarms, streams).proportion_ci(0.95, method="exact")
-        rows.append({"scenario": f"no shift, {n} values per side, 2 features", "false_alarm_rate": alarms / streams,
-                     "false_alarm_ci95_low": low, "false_alarm_ci95_high": high, "nominal": config.alpha})
+        rows.append(
+            {
+                "scenario": f"no shift, {n} values per side, 2 features",
+                "false_alarm_rate": alarms / streams,
+                "false_alarm_ci95_low": low,
+                "false_alarm_ci95_high": high,
+                "nominal": config.alpha,
+            }
+        )
         print(rows[-1], flush=True)
     return rows
 
@@ -91,11 +120,14 @@ def rollback_story(rng: np.random.Generator) -> tuple[dict, list[float], list[tu
         session.add(Workspace(name="ops"))
         session.flush()
         registry = ModelRegistryService(session, "ops")
-        registry.register("ranker", "v1", {"accuracy": 0.91}, "models/ranker/v1.ckpt", {"x": rng.normal(0, 1, 2000).tolist()})
+        registry.register(
+            "ranker", "v1", {"accuracy": 0.91}, "models/ranker/v1.ckpt", {"x": rng.normal(0, 1, 2000).tolist()}
+        )
         for batch in range(30):
             if batch == 10:
-                registry.register("ranker", "v2", {"accuracy": 0.84}, "models/ranker/v2.ckpt",
-                                  {"x": rng.normal(0, 1, 2000).tolist()})
+                registry.register(
+                    "ranker", "v2", {"accuracy": 0.84}, "models/ranker/v2.ckpt", {"x": rng.normal(0, 1, 2000).tolist()}
+                )
                 events.append((batch, "v2 promoted"))
             if batch == 15:
                 report = registry.check_drift("ranker", {"x": rng.normal(0.8, 1, 2000).tolist()})
@@ -107,11 +139,17 @@ def rollback_story(rng: np.random.Generator) -> tuple[dict, list[float], list[tu
             served.append(float(np.mean(rng.random(500) < true_accuracy[active])))
         session.commit()
         kinds = [e.kind for e in registry.events("ranker")]
-        result = {"scenario": "rollback v2 -> v1", "active_after": registry.active("ranker").version,
-                  "active_metrics_after": registry.active("ranker").metrics["accuracy"], "v1_metrics": 0.91,
-                  "restored": registry.active("ranker").metrics == {"accuracy": 0.91},
-                  "served_accuracy_before_v2": float(np.mean(served[:10])), "served_accuracy_v2": float(np.mean(served[10:16])),
-                  "served_accuracy_after_rollback": float(np.mean(served[16:])), "events": ",".join(kinds)}
+        result = {
+            "scenario": "rollback v2 -> v1",
+            "active_after": registry.active("ranker").version,
+            "active_metrics_after": registry.active("ranker").metrics["accuracy"],
+            "v1_metrics": 0.91,
+            "restored": registry.active("ranker").metrics == {"accuracy": 0.91},
+            "served_accuracy_before_v2": float(np.mean(served[:10])),
+            "served_accuracy_v2": float(np.mean(served[10:16])),
+            "served_accuracy_after_rollback": float(np.mean(served[16:])),
+            "events": ",".join(kinds),
+        }
     return result, served, events
 
 
@@ -133,8 +171,12 @@ def main() -> None:
         bottom += share
     for i, r in enumerate(levels):
         left.text(i, 1.02, r["true_level"], ha="center", fontsize=7)
-    left.set(xticks=range(len(levels)), ylim=(0, 1.12), ylabel=f"share of {args.streams} streams",
-             title="level found (bars) vs true level (text above)")
+    left.set(
+        xticks=range(len(levels)),
+        ylim=(0, 1.12),
+        ylabel=f"share of {args.streams} streams",
+        title="level found (bars) vs true level (text above)",
+    )
     left.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     left.legend(fontsize=8, loc="lower left")
     right.plot(range(len(served)), served, "o-")
@@ -144,9 +186,18 @@ def main() -> None:
     right.set(xlabel="batch of 500 requests", ylabel="served accuracy", title="rollback restores v1")
     figure.tight_layout()
     figure.savefig(HERE / "drift.png", dpi=110)
-    append_record("experiments/services/records/drift.jsonl", levels + alarms + [story],
-                  settings={"streams": args.streams, "values_per_side": 2000, "warning": config.warning,
-                            "critical": config.critical, "alpha": config.alpha, "figure": "drift.png"})
+    append_record(
+        "experiments/services/records/drift.jsonl",
+        levels + alarms + [story],
+        settings={
+            "streams": args.streams,
+            "values_per_side": 2000,
+            "warning": config.warning,
+            "critical": config.critical,
+            "alpha": config.alpha,
+            "figure": "drift.png",
+        },
+    )
 
 
 if __name__ == "__main__":

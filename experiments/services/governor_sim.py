@@ -32,11 +32,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _record import HERE  # noqa: E402
+
 from metalab.report.records import append_record  # noqa: E402
 from metalab.services.errors import Conflict  # noqa: E402
-from metalab.services.governor import GovernorService, GovernorSettings, GovernorState, Knob  # noqa: E402
+from metalab.services.governor import GovernorService, GovernorSettings, Knob  # noqa: E402
 from metalab.services.store import create_store_engine, migrate, session_factory  # noqa: E402
 from metalab.services.store.models import Workspace  # noqa: E402
 
@@ -45,8 +45,13 @@ BOUNDS = {k.name: (k.low, k.high) for k in KNOBS}
 
 
 def telemetry(values: dict, rng: np.random.Generator, noise: float) -> dict[str, float]:
-    gain = (1 - 0.5 * (math.log10(values["lr"]) + 2) ** 2 - ((values["batch"] - 128) / 512) ** 2
-            + 0.1 * bool(values["cache"]) + rng.normal(0, noise))
+    gain = (
+        1
+        - 0.5 * (math.log10(values["lr"]) + 2) ** 2
+        - ((values["batch"] - 128) / 512) ** 2
+        + 0.1 * bool(values["cache"])
+        + rng.normal(0, noise)
+    )
     return {"gain": gain, "stability": 1 - 0.3 * (values["lr"] > 0.05), "resource": 0.5 * values["batch"] / 512}
 
 
@@ -94,22 +99,32 @@ def bad_change(seed: int, sessions, bad_lr: float = 0.1) -> dict:
     # recovered: the mean reward of the 20 updates after the rollback is within 0.1 (3 sd of that difference
     # of means at noise sd 0.1) of the 20 updates before the change
     recovered = len(after_rollback) >= 20 and abs(np.mean(after_rollback[:20]) - np.mean(rewards[30:50])) <= 0.1
-    return {"rolled_back_after": rolled_back_after, "recovered": recovered, "bounded": bounded,
-            "rewards": rewards, "emas": emas}
+    return {
+        "rolled_back_after": rolled_back_after,
+        "recovered": recovered,
+        "bounded": bounded,
+        "rewards": rewards,
+        "emas": emas,
+    }
 
 
 def oscillation(seed: int, cooldown: int, sessions, updates: int = 300) -> dict:
     rng = np.random.default_rng(10_000 + seed)
     with sessions() as session:
         service = GovernorService(session, "sim")
-        governor = service.create(f"o{seed}-{cooldown}", f"noisy-{seed}-{cooldown}", KNOBS, GovernorSettings(cooldown=cooldown))
+        governor = service.create(
+            f"o{seed}-{cooldown}", f"noisy-{seed}-{cooldown}", KNOBS, GovernorSettings(cooldown=cooldown)
+        )
         previous, direction, changes, reversals, last_move, trace = None, 1, 0, 0, None, []
         for _ in range(updates):
             state, reward, _ = service.telemetry(governor.id, telemetry(service.get(governor.id)[1].values, rng, 0.3))
             trace.append(state.values["lr"])
             if previous is not None and reward < previous:
                 direction = -direction
-                proposal = {"lr": state.values["lr"] * (2.0 if direction > 0 else 0.5), "cache": not state.values["cache"]}
+                proposal = {
+                    "lr": state.values["lr"] * (2.0 if direction > 0 else 0.5),
+                    "cache": not state.values["cache"],
+                }
                 try:
                     service.change(governor.id, proposal, "reward fell")
                     changes += 1
@@ -123,8 +138,16 @@ def oscillation(seed: int, cooldown: int, sessions, updates: int = 300) -> dict:
 
 
 def priors(sessions) -> dict:
-    domains = {"vision-a": (0.010, 128), "vision-b": (0.012, 120), "vision-c": (0.009, 140), "vision-d": (0.011, 128),
-               "vision-e": (0.010, 136), "speech-a": (0.001, 32), "speech-b": (0.0012, 40), "corrupt": (0.1, 512)}
+    domains = {
+        "vision-a": (0.010, 128),
+        "vision-b": (0.012, 120),
+        "vision-c": (0.009, 140),
+        "vision-d": (0.011, 128),
+        "vision-e": (0.010, 136),
+        "speech-a": (0.001, 32),
+        "speech-b": (0.0012, 40),
+        "corrupt": (0.1, 512),
+    }
     with sessions() as session:
         service = GovernorService(session, "sim")
         for name, (lr, batch) in domains.items():
@@ -161,32 +184,73 @@ def main() -> None:
     top = max(finite.max(), mild_finite.max() if len(mild_finite) else 1)
     axes[1].hist([finite, mild_finite], bins=np.arange(0.5, top + 1.5), label=["lr 0.1 (-0.65)", "lr 0.05 (-0.25)"])
     axes[1].legend(fontsize=8)
-    axes[1].set(xlabel="updates from the bad change to the rollback", ylabel="seeds",
-                title=f"{args.seeds} seeds per bad change")
+    axes[1].set(
+        xlabel="updates from the bad change to the rollback", ylabel="seeds", title=f"{args.seeds} seeds per bad change"
+    )
     for c in cooldowns:
-        axes[2].plot(swings[c][0]["trace"], label=f"cooldown {c}: {np.mean([r['changes'] for r in swings[c]]):.0f} changes")
-    axes[2].set(xlabel="telemetry update", ylabel="learning rate (log)", yscale="log",
-                title="naive agent on a noisy reward (seed 0)")
+        axes[2].plot(
+            swings[c][0]["trace"], label=f"cooldown {c}: {np.mean([r['changes'] for r in swings[c]]):.0f} changes"
+        )
+    axes[2].set(
+        xlabel="telemetry update",
+        ylabel="learning rate (log)",
+        yscale="log",
+        title="naive agent on a noisy reward (seed 0)",
+    )
     axes[2].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(HERE / "governor.png", dpi=110)
     rows = []
-    for label, found, done in [("bad change lr 0.1 rolled back", finite, runs), ("bad change lr 0.05 rolled back", mild_finite, mild)]:
-        rows.append({"check": label, "seeds": args.seeds, "rolled_back": len(found),
-                     "median_updates": float(np.median(found)), "p95_updates": float(np.quantile(found, 0.95)),
-                     "max_updates": float(found.max()), "reward_recovered_share": float(np.mean([r["recovered"] for r in done])),
-                     "knobs_always_in_bounds": all(r["bounded"] for r in done)})
+    for label, found, done in [
+        ("bad change lr 0.1 rolled back", finite, runs),
+        ("bad change lr 0.05 rolled back", mild_finite, mild),
+    ]:
+        rows.append(
+            {
+                "check": label,
+                "seeds": args.seeds,
+                "rolled_back": len(found),
+                "median_updates": float(np.median(found)),
+                "p95_updates": float(np.quantile(found, 0.95)),
+                "max_updates": float(found.max()),
+                "reward_recovered_share": float(np.mean([r["recovered"] for r in done])),
+                "knobs_always_in_bounds": all(r["bounded"] for r in done),
+            }
+        )
     for c in cooldowns:
-        rows.append({"check": f"naive agent, cooldown {c}", "seeds": args.oscillation_seeds, "updates": 300,
-                     "mean_changes": float(np.mean([r["changes"] for r in swings[c]])),
-                     "mean_reversals": float(np.mean([r["reversals"] for r in swings[c]])),
-                     "knobs_always_in_bounds": all(in_bounds({"lr": v}) for r in swings[c] for v in r["trace"])})
-    rows.append({"check": "cross-domain prior", "outliers": ",".join(prior["outliers"]),
-                 "combined_lr": prior["combined"]["lr"], "combined_batch": prior["combined"]["batch"],
-                 "weight_each_vision": prior["weights"]["vision-a"], "weight_each_speech": prior["weights"]["speech-a"]})
-    append_record("experiments/services/records/governor.jsonl", rows,
-                  settings={"ema_alpha": 0.3, "cooldown": 5, "rollback_cooldown": 20, "evaluation_window": 10,
-                            "drop_z": 3.0, "min_drop": 0.05, "figure": "governor.png"})
+        rows.append(
+            {
+                "check": f"naive agent, cooldown {c}",
+                "seeds": args.oscillation_seeds,
+                "updates": 300,
+                "mean_changes": float(np.mean([r["changes"] for r in swings[c]])),
+                "mean_reversals": float(np.mean([r["reversals"] for r in swings[c]])),
+                "knobs_always_in_bounds": all(in_bounds({"lr": v}) for r in swings[c] for v in r["trace"]),
+            }
+        )
+    rows.append(
+        {
+            "check": "cross-domain prior",
+            "outliers": ",".join(prior["outliers"]),
+            "combined_lr": prior["combined"]["lr"],
+            "combined_batch": prior["combined"]["batch"],
+            "weight_each_vision": prior["weights"]["vision-a"],
+            "weight_each_speech": prior["weights"]["speech-a"],
+        }
+    )
+    append_record(
+        "experiments/services/records/governor.jsonl",
+        rows,
+        settings={
+            "ema_alpha": 0.3,
+            "cooldown": 5,
+            "rollback_cooldown": 20,
+            "evaluation_window": 10,
+            "drop_z": 3.0,
+            "min_drop": 0.05,
+            "figure": "governor.png",
+        },
+    )
 
 
 if __name__ == "__main__":

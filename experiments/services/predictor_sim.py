@@ -24,8 +24,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _record import HERE  # noqa: E402
+
 from metalab.report.records import append_record  # noqa: E402
 from metalab.services.predictor import TARGETS, PredictorConfig, fit_predict  # noqa: E402
 
@@ -71,35 +71,68 @@ def main() -> None:
         results[size] = runs
         coverage = np.array([r["coverage_duration_s"] for r in runs])
         errors = np.array([r["median_relative_error"] for r in runs])
-        rows.append({"completed_jobs": size, "repeats": args.repeats,
-                     "coverage_duration_mean": float(coverage.mean()),
-                     "coverage_duration_min": float(coverage.min()), "coverage_duration_max": float(coverage.max()),
-                     "coverage_error_rate_mean": float(np.mean([r["coverage_error_rate"] for r in runs])),
-                     "coverage_resources_mean": float(np.mean([r["coverage_resources"] for r in runs])),
-                     "median_duration_error": float(np.median(errors)),
-                     "mission_tolerance": MISSION_TOLERANCE[size],
-                     "share_within_tolerance": float(np.mean([r["within_tolerance"] for r in runs]))})
+        rows.append(
+            {
+                "completed_jobs": size,
+                "repeats": args.repeats,
+                "coverage_duration_mean": float(coverage.mean()),
+                "coverage_duration_min": float(coverage.min()),
+                "coverage_duration_max": float(coverage.max()),
+                "coverage_error_rate_mean": float(np.mean([r["coverage_error_rate"] for r in runs])),
+                "coverage_resources_mean": float(np.mean([r["coverage_resources"] for r in runs])),
+                "median_duration_error": float(np.median(errors)),
+                "mission_tolerance": MISSION_TOLERANCE[size],
+                "share_within_tolerance": float(np.mean([r["within_tolerance"] for r in runs])),
+            }
+        )
         print(rows[-1], flush=True)
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for i, size in enumerate(SIZES):
-        left.scatter(np.full(args.repeats, i) + np.random.default_rng(i).uniform(-0.15, 0.15, args.repeats),
-                     [r["coverage_duration_s"] for r in results[size]], s=12)
+        left.scatter(
+            np.full(args.repeats, i) + np.random.default_rng(i).uniform(-0.15, 0.15, args.repeats),
+            [r["coverage_duration_s"] for r in results[size]],
+            s=12,
+        )
     left.axhspan(0.88, 0.92, color="g", alpha=0.15, label="88-92%")
     left.axhline(0.9, color="k", lw=0.8)
-    left.set(xticks=range(len(SIZES)), xticklabels=[f"{s:,}" for s in SIZES], xlabel="completed jobs in the library",
-             ylabel="held-out coverage of 90% duration intervals", title=f"{args.held_out} held-out jobs per library")
+    left.set(
+        xticks=range(len(SIZES)),
+        xticklabels=[f"{s:,}" for s in SIZES],
+        xlabel="completed jobs in the library",
+        ylabel="held-out coverage of 90% duration intervals",
+        title=f"{args.held_out} held-out jobs per library",
+    )
     left.legend()
-    right.plot([f"{s:,}" for s in SIZES], [r["median_duration_error"] * 100 for r in rows], "o-", label="median |error|")
-    right.plot([f"{s:,}" for s in SIZES], [MISSION_TOLERANCE[s] * 100 for s in SIZES], "k--", label="mission: +-30/15/5%")
-    right.axhline(np.median(np.abs(np.random.default_rng(0).normal(0, DURATION_NOISE, 100_000))) * 100, color="gray",
-                  ls=":", label="noise floor (median |noise|)")
-    right.set(xlabel="completed jobs in the library", ylabel="duration error (%)", yscale="log", title="k = 10 nearest jobs")
+    right.plot(
+        [f"{s:,}" for s in SIZES], [r["median_duration_error"] * 100 for r in rows], "o-", label="median |error|"
+    )
+    right.plot(
+        [f"{s:,}" for s in SIZES], [MISSION_TOLERANCE[s] * 100 for s in SIZES], "k--", label="mission: +-30/15/5%"
+    )
+    right.axhline(
+        np.median(np.abs(np.random.default_rng(0).normal(0, DURATION_NOISE, 100_000))) * 100,
+        color="gray",
+        ls=":",
+        label="noise floor (median |noise|)",
+    )
+    right.set(
+        xlabel="completed jobs in the library", ylabel="duration error (%)", yscale="log", title="k = 10 nearest jobs"
+    )
     right.legend()
     figure.tight_layout()
     figure.savefig(HERE / "predictor.png", dpi=110)
-    append_record("experiments/services/records/predictor.jsonl", rows,
-                  settings={"k": 10, "confidence": 0.9, "calibration_fraction": 0.25, "held_out": args.held_out,
-                            "duration_noise_sigma": DURATION_NOISE, "figure": "predictor.png"})
+    append_record(
+        "experiments/services/records/predictor.jsonl",
+        rows,
+        settings={
+            "k": 10,
+            "confidence": 0.9,
+            "calibration_fraction": 0.25,
+            "held_out": args.held_out,
+            "duration_noise_sigma": DURATION_NOISE,
+            "figure": "predictor.png",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Usage: python experiments/services/reliability.py --backend sqlite --backend pos
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -30,8 +29,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _record import busy_processes, now, write_record
 
-from _record import REPO, busy_processes, now, write_record
 from metalab.services.api import schemas as s
 from metalab.services.api.client import ServicesClient
 from metalab.services.store.postgres_server import TemporaryPostgres, unavailable_reason
@@ -61,9 +60,12 @@ class Server:
     def start(self) -> None:
         pin = ["taskset", "-c", self.cpu] if self.cpu and shutil.which("taskset") else []
         env = {**os.environ, "METALAB_TOKENS": f"{WORKSPACE}:{TOKEN}", "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([*pin, sys.executable, "-m", "metalab", "serve", "--port", str(self.port),
-                                         "--database-url", self.url], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        self.process = subprocess.Popen(
+            [*pin, sys.executable, "-m", "metalab", "serve", "--port", str(self.port), "--database-url", self.url],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),
+        )
         deadline = time.monotonic() + 900  # imports alone took 100 s on a core shared by ~40 processes
         while time.monotonic() < deadline:
             try:
@@ -90,20 +92,44 @@ def _client(server: Server) -> ServicesClient:
 
 def run_schemathesis(server: Server, max_examples: int, workdir: Path) -> dict:
     config = workdir / "schemathesis.toml"
-    config.write_text(f'headers = {{ Authorization = "Bearer {TOKEN}" }}\n\n[parameters]\n"path.workspace" = "{WORKSPACE}"\n')
+    config.write_text(
+        f'headers = {{ Authorization = "Bearer {TOKEN}" }}\n\n[parameters]\n"path.workspace" = "{WORKSPACE}"\n'
+    )
     binary = Path(sys.executable).with_name("schemathesis")
-    command = [str(binary), "--config-file", str(config), "run", server.base + "/openapi.json",
-               "--checks", "not_a_server_error", "--max-examples", str(max_examples), "--no-color"]
+    command = [
+        str(binary),
+        "--config-file",
+        str(config),
+        "run",
+        server.base + "/openapi.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(max_examples),
+        "--no-color",
+    ]
     clock = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
     tail = done.stdout.strip().splitlines()[-12:]
     print("\n".join(tail), flush=True)
-    return {"exit_code": done.returncode, "passed": done.returncode == 0, "max_examples": max_examples,
-            "summary_tail": tail, "seconds": round(time.perf_counter() - clock, 1)}
+    return {
+        "exit_code": done.returncode,
+        "passed": done.returncode == 0,
+        "max_examples": max_examples,
+        "summary_tail": tail,
+        "seconds": round(time.perf_counter() - clock, 1),
+    }
 
 
-def load(server: Server, experiment_id: int, clients: int, per_client: int, retry_share: float,
-         kill_after: float | None = None, restart: bool = True) -> dict:
+def load(
+    server: Server,
+    experiment_id: int,
+    clients: int,
+    per_client: int,
+    retry_share: float,
+    kill_after: float | None = None,
+    restart: bool = True,
+) -> dict:
     """``clients`` threads record ``per_client`` outcomes each; optionally SIGKILL the server mid-load."""
     acknowledged: list[set[str]] = [set() for _ in range(clients)]
     latencies: list[list[float]] = [[] for _ in range(clients)]
@@ -141,10 +167,19 @@ def load(server: Server, experiment_id: int, clients: int, per_client: int, retr
         t.join()
     wall = time.perf_counter() - clock
     flat = np.array([x for lat in latencies for x in lat])
-    return {"acknowledged": set().union(*acknowledged), "errors": errors, "wall_seconds": wall,
-            "latency_ms": {"p50": float(np.percentile(flat, 50) * 1e3), "p99": float(np.percentile(flat, 99) * 1e3),
-                           "mean": float(flat.mean() * 1e3)} if len(flat) else None,
-            "acknowledged_when_killed": killed_at}
+    return {
+        "acknowledged": set().union(*acknowledged),
+        "errors": errors,
+        "wall_seconds": wall,
+        "latency_ms": {
+            "p50": float(np.percentile(flat, 50) * 1e3),
+            "p99": float(np.percentile(flat, 99) * 1e3),
+            "mean": float(flat.mean() * 1e3),
+        }
+        if len(flat)
+        else None,
+        "acknowledged_when_killed": killed_at,
+    }
 
 
 def verify(server: Server, experiment_id: int, acknowledged: set[str], expected: int) -> dict:
@@ -153,9 +188,13 @@ def verify(server: Server, experiment_id: int, acknowledged: set[str], expected:
         experiment = client.experiment(experiment_id)
     units = Counter(o.unit for o in stored)
     duplicates = sum(c - 1 for c in units.values() if c > 1)
-    return {"expected": expected, "stored": len(stored), "duplicates": duplicates,
-            "acknowledged_missing": len(acknowledged - set(units)),
-            "variant_counts_match_rows": sum(v.count for v in experiment.variants) == len(stored)}
+    return {
+        "expected": expected,
+        "stored": len(stored),
+        "duplicates": duplicates,
+        "acknowledged_missing": len(acknowledged - set(units)),
+        "variant_counts_match_rows": sum(v.count for v in experiment.variants) == len(stored),
+    }
 
 
 def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
@@ -173,27 +212,38 @@ def run_backend(backend: str, args: argparse.Namespace, workdir: Path) -> dict:
     try:
         server.start()
         with _client(server) as client:
+
             def experiment(name: str) -> int:
                 spec = s.ExperimentCreate(name=name, variants=["a", "b"], auto_complete=False)
                 return client.create_experiment(spec).id
+
             load_id, kill_id = experiment("load"), experiment("kill")
         per_client = args.outcomes // args.clients
         run = load(server, load_id, args.clients, per_client, args.retry_share)
-        result["load"] = {"clients": args.clients, "outcomes": per_client * args.clients, "retry_share": args.retry_share,
-                          "wall_seconds": round(run["wall_seconds"], 2),
-                          "acknowledged_per_second": round(len(run["acknowledged"]) / run["wall_seconds"], 1),
-                          "latency_ms_first_attempt": run["latency_ms"], "client_errors": run["errors"][:5],
-                          "client_error_count": len(run["errors"]),
-                          **verify(server, load_id, run["acknowledged"], per_client * args.clients),
-                          "busy_processes_during": busy_processes()}
+        result["load"] = {
+            "clients": args.clients,
+            "outcomes": per_client * args.clients,
+            "retry_share": args.retry_share,
+            "wall_seconds": round(run["wall_seconds"], 2),
+            "acknowledged_per_second": round(len(run["acknowledged"]) / run["wall_seconds"], 1),
+            "latency_ms_first_attempt": run["latency_ms"],
+            "client_errors": run["errors"][:5],
+            "client_error_count": len(run["errors"]),
+            **verify(server, load_id, run["acknowledged"], per_client * args.clients),
+            "busy_processes_during": busy_processes(),
+        }
         print(backend, "load", result["load"], flush=True)
         kill_per_client = args.kill_outcomes // args.clients
         run = load(server, kill_id, args.clients, kill_per_client, args.retry_share, kill_after=args.kill_after)
-        result["sigkill"] = {"clients": args.clients, "outcomes": kill_per_client * args.clients,
-                             "killed_after_seconds": args.kill_after,
-                             "acknowledged_when_killed": run["acknowledged_when_killed"],
-                             "client_error_count": len(run["errors"]), "client_errors": run["errors"][:5],
-                             **verify(server, kill_id, run["acknowledged"], kill_per_client * args.clients)}
+        result["sigkill"] = {
+            "clients": args.clients,
+            "outcomes": kill_per_client * args.clients,
+            "killed_after_seconds": args.kill_after,
+            "acknowledged_when_killed": run["acknowledged_when_killed"],
+            "client_error_count": len(run["errors"]),
+            "client_errors": run["errors"][:5],
+            **verify(server, kill_id, run["acknowledged"], kill_per_client * args.clients),
+        }
         print(backend, "sigkill", result["sigkill"], flush=True)
         # last: its generated requests complete and create experiments at random
         if args.schemathesis_examples > 0:
@@ -227,9 +277,13 @@ def main() -> None:
             backends[backend] = run_backend(backend, args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    write_record(args.name, {"backends": backends, "settings": vars(args)}, started,
-                 notes="server and clients share the pinned core(s); other helpers' runs were on the machine too "
-                       "(see busy_processes_*).")
+    write_record(
+        args.name,
+        {"backends": backends, "settings": vars(args)},
+        started,
+        notes="server and clients share the pinned core(s); other helpers' runs were on the machine too "
+        "(see busy_processes_*).",
+    )
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from _record import now, write_record
 from scipy import stats
 
-from _record import now, write_record
 from metalab.services.simulate import sequential_monitoring
 
 SCENARIOS = [  # name, means, binary, sd
@@ -32,17 +32,28 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=10_000)
     args = parser.parse_args()
     started = now()
-    figures: dict = {"experiments": args.experiments, "horizon_outcomes": args.horizon, "alpha": 0.05,
-                     "mixture_scale": 0.1, "min_samples_per_variant": 100, "allocation": "equal", "scenarios": {}}
+    figures: dict = {
+        "experiments": args.experiments,
+        "horizon_outcomes": args.horizon,
+        "alpha": 0.05,
+        "mixture_scale": 0.1,
+        "min_samples_per_variant": 100,
+        "allocation": "equal",
+        "scenarios": {},
+    }
     for seed, (name, means, binary, sd) in enumerate(SCENARIOS):
         clock = time.perf_counter()
         result = sequential_monitoring(args.experiments, args.horizon, means, binary, sd=sd, seed=seed)
         rejected = int((result["stopped_at"] > 0).sum())
         ci = stats.binomtest(rejected, args.experiments).proportion_ci(0.95, method="wilson")
-        row = {"means": means, "binary": binary, "rejection_rate": result["rejection_rate"],
-               "rejection_rate_ci95": [float(ci.low), float(ci.high)],
-               "mean_stopping_time_of_rejections": result["mean_stopping_time"],
-               "seconds": round(time.perf_counter() - clock, 1)}
+        row = {
+            "means": means,
+            "binary": binary,
+            "rejection_rate": result["rejection_rate"],
+            "rejection_rate_ci95": [float(ci.low), float(ci.high)],
+            "mean_stopping_time_of_rejections": result["mean_stopping_time"],
+            "seconds": round(time.perf_counter() - clock, 1),
+        }
         row["kind"] = "false_positive_rate" if len(set(means)) == 1 else "power"
         figures["scenarios"][name] = row
         print(name, row, flush=True)

@@ -24,18 +24,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
 from _record import HERE  # noqa: E402
+
 from metalab.report.records import append_record  # noqa: E402
 from metalab.search.pareto import hypervolume_2d  # noqa: E402
 from metalab.services.store import create_store_engine, migrate, session_factory  # noqa: E402
 from metalab.services.store.models import Workspace  # noqa: E402
 from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolService, genetic_algorithm  # noqa: E402
 
-GENES = {"batch_size": {"type": "int", "low": 8, "high": 1024},
-         "parallelism": {"type": "int", "low": 1, "high": 32},
-         "compression": {"type": "categorical", "choices": ["none", "lz4", "zstd"]},
-         "checkpoint_interval_s": {"type": "float", "low": 10.0, "high": 3600.0, "log": True}}
+GENES = {
+    "batch_size": {"type": "int", "low": 8, "high": 1024},
+    "parallelism": {"type": "int", "low": 1, "high": 32},
+    "compression": {"type": "categorical", "choices": ["none", "lz4", "zstd"]},
+    "checkpoint_interval_s": {"type": "float", "low": 10.0, "high": 3600.0, "log": True},
+}
 LOW = np.array([8, 1, 0, np.log(10.0)])
 HIGH = np.array([1024, 32, 2, np.log(3600.0)])
 OPTIMUM = np.array([256, 12, 2, np.log(300.0)])
@@ -51,11 +53,11 @@ def distance_to_optimum(genome: np.ndarray) -> float:
     u, star = normalised(genome), normalised(OPTIMUM)
     gap = u - star
     gap[2] = float(round(genome[2]) != OPTIMUM[2])
-    return float(np.sqrt((gap ** 2).sum()))
+    return float(np.sqrt((gap**2).sum()))
 
 
 def speed(genome: np.ndarray, rng: np.random.Generator) -> float:
-    return float(1000.0 * np.exp(-distance_to_optimum(genome) ** 2 / (2 * 0.3 ** 2)) * rng.lognormal(0.0, 0.05))
+    return float(1000.0 * np.exp(-(distance_to_optimum(genome) ** 2) / (2 * 0.3**2)) * rng.lognormal(0.0, 0.05))
 
 
 def time_and_error(genome: np.ndarray) -> tuple[float, float]:
@@ -85,7 +87,9 @@ def run_single(seed: int, generations: int, population: int, survival: float) ->
     rng = np.random.default_rng(1000 + seed)
     with new_store()() as session:
         pool = StrategyPoolService(session, "sim")
-        profile = pool.create_profile(ProfileSpec("etl", GENES, [Objective("speed", "max")], population, survival, seed))
+        profile = pool.create_profile(
+            ProfileSpec("etl", GENES, [Objective("speed", "max")], population, survival, seed)
+        )
         distances = []
         for _ in range(generations + 1):
             result = pool.evolve(profile.id)
@@ -124,35 +128,70 @@ def main() -> None:
     parser.add_argument("--pareto-population", type=int, default=40)
     parser.add_argument("--survival-fraction", type=float, default=0.2, help="the pool's default: top 20%% survive")
     args = parser.parse_args()
-    distances = np.array([run_single(s, args.generations, args.population, args.survival_fraction) for s in range(args.seeds)])
-    volumes = np.array([run_pareto(s, args.pareto_generations, args.pareto_population, args.survival_fraction) for s in range(args.seeds)])
+    distances = np.array(
+        [run_single(s, args.generations, args.population, args.survival_fraction) for s in range(args.seeds)]
+    )
+    volumes = np.array(
+        [
+            run_pareto(s, args.pareto_generations, args.pareto_population, args.survival_fraction)
+            for s in range(args.seeds)
+        ]
+    )
     best_volume = true_front_hypervolume()
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     generations = np.arange(1, distances.shape[1] + 1)
     left.plot(generations, np.median(distances, 0), label="median over seeds")
     left.fill_between(generations, *np.quantile(distances, [0.1, 0.9], axis=0), alpha=0.3, label="10-90%")
-    left.set(xlabel="generation", ylabel="default strategy: distance to optimum", yscale="log",
-             title=f"one objective, population {args.population}")
+    left.set(
+        xlabel="generation",
+        ylabel="default strategy: distance to optimum",
+        yscale="log",
+        title=f"one objective, population {args.population}",
+    )
     left.legend()
     g2 = np.arange(1, volumes.shape[1] + 1)
     right.plot(g2, np.median(volumes, 0), label="median over seeds")
     right.fill_between(g2, *np.quantile(volumes, [0.1, 0.9], axis=0), alpha=0.3, label="10-90%")
     right.axhline(best_volume, color="k", ls="--", label="true Pareto front")
-    right.set(xlabel="generation", ylabel=f"hypervolume (ref {REFERENCE})",
-              title=f"time vs error rate, population {args.pareto_population}")
+    right.set(
+        xlabel="generation",
+        ylabel=f"hypervolume (ref {REFERENCE})",
+        title=f"time vs error rate, population {args.pareto_population}",
+    )
     right.legend()
     figure.tight_layout()
     figure.savefig(HERE / "strategy_pool.png", dpi=110)
     rows = []
     for g in sorted({1, 2, 5, 10, 15, 20, distances.shape[1]} & set(generations.tolist())):
-        rows.append({"objective": "speed", "generation": g, "median_distance": float(np.median(distances[:, g - 1])),
-                     "max_distance": float(distances[:, g - 1].max())})
+        rows.append(
+            {
+                "objective": "speed",
+                "generation": g,
+                "median_distance": float(np.median(distances[:, g - 1])),
+                "max_distance": float(distances[:, g - 1].max()),
+            }
+        )
     for g in sorted({1, 2, 5, 10, 20, 30, volumes.shape[1]} & set(g2.tolist())):
-        rows.append({"objective": "time+error", "generation": g, "median_hypervolume": float(np.median(volumes[:, g - 1])),
-                     "min_hypervolume": float(volumes[:, g - 1].min()), "true_front_hypervolume": best_volume})
-    append_record("experiments/services/records/strategy_pool.jsonl", rows,
-                  settings={"seeds": args.seeds, "population": args.population, "pareto_population": args.pareto_population,
-                            "survival_fraction": args.survival_fraction, "figure": "strategy_pool.png"})
+        rows.append(
+            {
+                "objective": "time+error",
+                "generation": g,
+                "median_hypervolume": float(np.median(volumes[:, g - 1])),
+                "min_hypervolume": float(volumes[:, g - 1].min()),
+                "true_front_hypervolume": best_volume,
+            }
+        )
+    append_record(
+        "experiments/services/records/strategy_pool.jsonl",
+        rows,
+        settings={
+            "seeds": args.seeds,
+            "population": args.population,
+            "pareto_population": args.pareto_population,
+            "survival_fraction": args.survival_fraction,
+            "figure": "strategy_pool.png",
+        },
+    )
 
 
 if __name__ == "__main__":

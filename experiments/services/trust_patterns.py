@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+from _record import now, write_record
 from scipy import stats
 
-from _record import now, write_record
 from metalab.services.patterns import accuracy_and_coverage, discover
 from metalab.services.simulate import outcomes_until_distrusted, pattern_key, planted_world, trust_ranking
 from metalab.services.trust import TrustConfig
@@ -26,8 +26,13 @@ ACCURACIES = [0.50, 0.55, 0.60, 0.65, 0.70, 0.75, 0.80, 0.85, 0.90, 0.95]
 
 def describe(values: list[float]) -> dict:
     v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "min": float(v.min()), "median": float(np.median(v)),
-            "p95": float(np.percentile(v, 95)), "max": float(v.max())}
+    return {
+        "mean": float(v.mean()),
+        "min": float(v.min()),
+        "median": float(np.median(v)),
+        "p95": float(np.percentile(v, 95)),
+        "max": float(v.max()),
+    }
 
 
 def main() -> None:
@@ -37,17 +42,35 @@ def main() -> None:
     args = parser.parse_args()
     started = now()
     config = TrustConfig()
-    rho = [stats.spearmanr(ACCURACIES, trust_ranking(ACCURACIES, 200, config, seed)).statistic for seed in range(args.seeds)]
+    rho = [
+        stats.spearmanr(ACCURACIES, trust_ranking(ACCURACIES, 200, config, seed)).statistic
+        for seed in range(args.seeds)
+    ]
     steps = [outcomes_until_distrusted(0.9, 0.3, 200, 500, config, seed) for seed in range(args.seeds)]
     never = sum(s is None for s in steps)
     figures: dict = {
-        "trust_config": {"weights": config.weights, "window": config.window, "half_life": config.half_life,
-                         "confidence_k": config.confidence_k, "threshold": config.threshold},
-        "ranking": {"accuracies": ACCURACIES, "outcomes_per_agent": 200, "seeds": args.seeds, "spearman": describe(rho),
-                    "share_of_seeds_at_least_0.9": float(np.mean(np.asarray(rho) >= 0.9))},
-        "turned_bad": {"good": 0.9, "bad": 0.3, "outcomes_before": 200, "seeds": args.seeds,
-                       "outcomes_until_below_threshold": describe([s for s in steps if s is not None]),
-                       "never_within_500": never},
+        "trust_config": {
+            "weights": config.weights,
+            "window": config.window,
+            "half_life": config.half_life,
+            "confidence_k": config.confidence_k,
+            "threshold": config.threshold,
+        },
+        "ranking": {
+            "accuracies": ACCURACIES,
+            "outcomes_per_agent": 200,
+            "seeds": args.seeds,
+            "spearman": describe(rho),
+            "share_of_seeds_at_least_0.9": float(np.mean(np.asarray(rho) >= 0.9)),
+        },
+        "turned_bad": {
+            "good": 0.9,
+            "bad": 0.3,
+            "outcomes_before": 200,
+            "seeds": args.seeds,
+            "outcomes_until_below_threshold": describe([s for s in steps if s is not None]),
+            "never_within_500": never,
+        },
     }
     print(figures, flush=True)
     rows = []
@@ -57,15 +80,25 @@ def main() -> None:
         keys = {pattern_key(p.kind, p.condition) for p in found}
         hits = len(keys & train.planted)
         quality = accuracy_and_coverage(test.records, found)
-        rows.append({"precision": hits / max(len(keys), 1), "recall": hits / len(train.planted),
-                     "accuracy": quality["accuracy"], "coverage": quality["coverage"],
-                     "spurious": sorted(f"{k}:{v}" for k, v in keys - train.planted),
-                     "missed": sorted(f"{k}:{v}" for k, v in train.planted - keys)})
-    figures["patterns"] = {"seeds": args.pattern_seeds, "train_subjects": 1500, "test_subjects": 500,
-                           "planted": len(planted_world(1, 0).planted),
-                           **{m: describe([r[m] for r in rows]) for m in ("precision", "recall", "accuracy", "coverage")},
-                           "spurious_seen": sorted({s for r in rows for s in r["spurious"]}),
-                           "missed_seen": sorted({s for r in rows for s in r["missed"]})}
+        rows.append(
+            {
+                "precision": hits / max(len(keys), 1),
+                "recall": hits / len(train.planted),
+                "accuracy": quality["accuracy"],
+                "coverage": quality["coverage"],
+                "spurious": sorted(f"{k}:{v}" for k, v in keys - train.planted),
+                "missed": sorted(f"{k}:{v}" for k, v in train.planted - keys),
+            }
+        )
+    figures["patterns"] = {
+        "seeds": args.pattern_seeds,
+        "train_subjects": 1500,
+        "test_subjects": 500,
+        "planted": len(planted_world(1, 0).planted),
+        **{m: describe([r[m] for r in rows]) for m in ("precision", "recall", "accuracy", "coverage")},
+        "spurious_seen": sorted({s for r in rows for s in r["spurious"]}),
+        "missed_seen": sorted({s for r in rows for s in r["missed"]}),
+    }
     print(figures["patterns"], flush=True)
     write_record("trust_patterns", figures, started)
 

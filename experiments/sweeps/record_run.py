@@ -35,8 +35,9 @@ def machine_load() -> dict:
 def commit() -> str:
     here = Path(__file__).resolve().parent
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+    ).stdout.strip()
     return head + ("+uncommitted" if dirty else "")
 
 
@@ -46,16 +47,27 @@ def main() -> int:
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    record = {"name": args.name, "command": command, "commit": commit(), "environment": environment_report(),
-              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "load_start": machine_load()}
+    record = {
+        "name": args.name,
+        "command": command,
+        "commit": commit(),
+        "environment": environment_report(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "load_start": machine_load(),
+    }
     log = RECORDS / f"{args.name}.log"
     RECORDS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with log.open("w") as out:
         status = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    record.update(exit_status=status, wall_seconds=round(time.perf_counter() - start, 1),
-                  cpu_seconds=round(usage.ru_utime + usage.ru_stime, 1), load_end=machine_load(), log=log.name)
+    record.update(
+        exit_status=status,
+        wall_seconds=round(time.perf_counter() - start, 1),
+        cpu_seconds=round(usage.ru_utime + usage.ru_stime, 1),
+        load_end=machine_load(),
+        log=log.name,
+    )
     (RECORDS / f"{args.name}.json").write_text(without_machine_paths(json.dumps(record, indent=2)))
     print(json.dumps({k: record[k] for k in ("name", "exit_status", "wall_seconds", "cpu_seconds")}))
     return status

@@ -4,7 +4,9 @@ An experiment that promises "N CPU-minutes" cannot anneal over a fixed step coun
 in 110 minutes on a CPU with AVX-512 BF16 and far fewer on one without (issue 23). So the schedule's
 length (its *horizon*) is left open, :class:`FitHorizonToTimeBudget` measures seconds per step over a
 short probe at the start of training and sets the horizon to the steps that fit in what is left of
-``trainer.max_time``; training then stops at the horizon, where the schedule ends. The learning rate is
+``trainer.max_time``; training then stops at the horizon, where the schedule ends (the callback sets
+``trainer.should_stop`` there, Lightning's public way to end a fit early; validation runs once more at that
+step, as for any early stop). The learning rate is
 held at its initial value during the probe (a few dozen steps, where a cosine over thousands is 1.0 to
 five digits anyway). The horizon is stored in the checkpoint (scheduler and callback state), so a resumed
 run keeps it, and in ``metrics.json`` beside the step reached.
@@ -40,8 +42,14 @@ class AnnealToHorizon(torch.optim.lr_scheduler.LRScheduler):
     (e.g. ``${trainer.max_steps}``) for a run with a fixed step budget.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, shape: str = "cosine", end_factor: float = 0.0,
-                 horizon: int | None = None, last_epoch: int = -1) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        shape: str = "cosine",
+        end_factor: float = 0.0,
+        horizon: int | None = None,
+        last_epoch: int = -1,
+    ) -> None:
         if shape not in SHAPES:
             raise ConfigError(f"learner.scheduler.shape={shape!r} is not allowed: must be one of {', '.join(SHAPES)}")
         if not 0.0 <= end_factor <= 1.0:
@@ -62,8 +70,8 @@ class AnnealToHorizon(torch.optim.lr_scheduler.LRScheduler):
 
 
 class FitHorizonToTimeBudget(L.Callback):
-    """Probe seconds per training step, then set every :class:`AnnealToHorizon`'s horizon and ``max_steps``
-    to the steps that fit in the rest of ``trainer.max_time`` (and at most a ``trainer.max_steps`` given).
+    """Probe seconds per training step, then set every :class:`AnnealToHorizon`'s horizon to the steps that fit
+    in the rest of ``trainer.max_time`` (and at most a ``trainer.max_steps`` given), and stop training there.
 
     ``warmup_steps`` are left out of the probe (one-off allocation costs); ``margin`` keeps a share of the
     remaining time for validation and the final checkpoint.
@@ -71,8 +79,10 @@ class FitHorizonToTimeBudget(L.Callback):
 
     def __init__(self, probe_steps: int = 30, warmup_steps: int = 5, margin: float = 0.9) -> None:
         if probe_steps < 1 or warmup_steps < 0 or not 0 < margin <= 1:
-            raise ConfigError("callbacks.time_budget: probe_steps >= 1, warmup_steps >= 0 and 0 < margin <= 1 "
-                              f"are required; got {probe_steps}, {warmup_steps}, {margin}")
+            raise ConfigError(
+                "callbacks.time_budget: probe_steps >= 1, warmup_steps >= 0 and 0 < margin <= 1 "
+                f"are required; got {probe_steps}, {warmup_steps}, {margin}"
+            )
         self.probe_steps, self.warmup_steps, self.margin = probe_steps, warmup_steps, margin
         self.horizon: int | None = None
         self.seconds_per_step: float | None = None
@@ -82,12 +92,16 @@ class FitHorizonToTimeBudget(L.Callback):
         if self.horizon is not None:  # resumed: keep the horizon the run chose
             self._apply(trainer)
         elif self._timer(trainer) is None and trainer.max_steps in (None, -1):
-            raise ConfigError("callbacks.time_budget needs trainer.max_time (or trainer.max_steps) to fit a "
-                              "schedule to; set one or remove callbacks.time_budget")
+            raise ConfigError(
+                "callbacks.time_budget needs trainer.max_time (or trainer.max_steps) to fit a "
+                "schedule to; set one or remove callbacks.time_budget"
+            )
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.horizon is not None:
+            self._stop_at_horizon(trainer)
             return
         step = trainer.global_step
         if step == self.warmup_steps:
@@ -95,9 +109,21 @@ class FitHorizonToTimeBudget(L.Callback):
         elif step == self.warmup_steps + self.probe_steps:
             self.seconds_per_step = (time.perf_counter() - self._probe_start) / self.probe_steps
             self.horizon = self._horizon(trainer, step)
-            print(f"[metalab] time budget: {self.seconds_per_step:.3f} s/step over {self.probe_steps} steps -> "
-                  f"the schedule anneals over {self.horizon} steps", flush=True)
+            print(
+                f"[metalab] time budget: {self.seconds_per_step:.3f} s/step over {self.probe_steps} steps -> "
+                f"the schedule anneals over {self.horizon} steps",
+                flush=True,
+            )
             self._apply(trainer)
+            self._stop_at_horizon(trainer)
+
+    def reached(self, trainer: L.Trainer) -> bool:
+        """Whether training has reached the fitted horizon (what ended it, for the run record)."""
+        return self.horizon is not None and trainer.global_step >= self.horizon
+
+    def _stop_at_horizon(self, trainer: L.Trainer) -> None:
+        if self.reached(trainer):
+            trainer.should_stop = True
 
     def _horizon(self, trainer: L.Trainer, step: int) -> int:
         timer = self._timer(trainer)
@@ -109,7 +135,7 @@ class FitHorizonToTimeBudget(L.Callback):
         return max(min(limits), step + 1)
 
     def _apply(self, trainer: L.Trainer) -> None:
-        trainer.fit_loop.epoch_loop.max_steps = self.horizon
+        self._stop_at_horizon(trainer)  # a run resumed at its horizon trains no further step
         for config in trainer.lr_scheduler_configs:
             if isinstance(config.scheduler, AnnealToHorizon):
                 config.scheduler.horizon = self.horizon

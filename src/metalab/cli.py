@@ -22,18 +22,40 @@ SUBCOMMAND_MODULES: list[str] = [
     "metalab.services.commands",
     "metalab.sweeps.runner",
 ]
+# The commands each module adds: when the command line names one, only its module is imported, so a typo
+# in ``metalab serve --bogus`` is reported before Optuna, OmegaConf and the other modules' imports
+# (a test holds this table against the parsers the modules really add).
+COMMAND_MODULES: dict[str, str] = {
+    "env": "metalab.environment",
+    "report": "metalab.report.cli",
+    "tables": "metalab.report.cli",
+    "serve": "metalab.services.commands",
+    "jobs": "metalab.services.commands",
+    "sweep": "metalab.sweeps.runner",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _named_command(argv: list[str]) -> str | None:
+    first = next((word for word in argv if not word.startswith("-")), None)
+    return first if first in COMMAND_MODULES else None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or only of the one ``argv`` names (then only its module is imported)."""
     parser = argparse.ArgumentParser(prog="metalab", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="<command>")
-    for module in SUBCOMMAND_MODULES:
+    command = _named_command(argv) if argv is not None else None
+    for module in [COMMAND_MODULES[command]] if command else SUBCOMMAND_MODULES:
         importlib.import_module(module).add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)  # argument errors first, before any heavy import
+    from metalab.noise import quiet_third_party
+
+    quiet_third_party()  # library-to-library warnings (e.g. Optuna's) off the console of every subcommand
     try:
         return int(args.func(args) or 0)
     except MetalabError as error:

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import HydraException, MissingConfigException
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,6 +26,10 @@ def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) ->
     """
     if any(a.startswith("-") and a not in ("-m", "--multirun") for a in argv):
         return
+    message = _sweeper_param_override([a for a in argv if not a.startswith("-")])
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     overrides = [a for a in argv if not a.startswith("-") and not _is_sweep(a)]
     conf_dir = Path(sys.argv[0]).resolve().parent / config_dir
     try:
@@ -33,10 +37,10 @@ def exit_on_bad_overrides(config_dir: str, config_name: str, argv: list[str]) ->
             compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
             message = _wrongly_typed_value(config_name, overrides, conf_dir)
     except MissingConfigException as error:
-        message = _missing_option(error, conf_dir)
+        message = missing_option(error, conf_dir)
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        cause = f" ({_gist(str(error.__cause__))})" if error.__cause__ else ""
-        message = f"{_gist(str(error))}{cause}"
+        cause = f" ({gist(str(error.__cause__))})" if error.__cause__ else ""
+        message = f"{gist(str(error))}{cause}"
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
@@ -56,8 +60,28 @@ def _wrongly_typed_value(config_name: str, overrides: list[str], conf_dir: Path)
             continue
         value, before = override.value(), OmegaConf.select(base, override.key_or_group, default=None)
         if isinstance(before, (int, float)) and not isinstance(before, bool) and isinstance(value, str):
-            return (f"{override.key_or_group}={value!r} is not allowed: {override.key_or_group} must be a number "
-                    f"(the config has {before!r})")
+            return (
+                f"{override.key_or_group}={value!r} is not allowed: {override.key_or_group} must be a number "
+                f"(the config has {before!r})"
+            )
+    return None
+
+
+def _sweeper_param_override(overrides: list[str]) -> str | None:
+    """``hydra.sweeper.params.learner.optimizer.lr=interval(...)``: Hydra reads the dotted name as nested
+    keys (and the unquoted range as a sweep of Hydra's own config), but ``params`` is one flat mapping
+    keyed by dotted names. Say how to write it instead of Hydra's two-paragraph message."""
+    prefix = "hydra.sweeper.params."
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if not key.startswith(prefix) or not sep:
+            continue
+        name, space = key.removeprefix(prefix), value.strip().strip("'\"")
+        return (
+            f"{key}={value} is not allowed: hydra.sweeper.params is one mapping keyed by dotted names; "
+            f"set an entry with 'hydra.sweeper.params={{{name}:\"{space}\"}}' (quoted as shown) or search "
+            f"the key itself: '{name}={space}'"
+        )
     return None
 
 
@@ -76,24 +100,29 @@ def _is_sweep(override: str) -> bool:
         return False
 
 
-def _missing_option(error: MissingConfigException, conf_dir: Path) -> str:
+def missing_option(error: MissingConfigException, conf_dir: Path) -> str:
     """``unknown experiment 'omniglot/x'; available: ...`` for a config group option that does not exist."""
     missing = str(error.missing_cfg_file or "")
     group, _, name = missing.rpartition("/")
-    listed = [line.strip() for line in str(error).splitlines()  # option names, not the search path's lines
-              if line.startswith("\t") and "=" not in line and " " not in line.strip()]
+    listed = [
+        line.strip()
+        for line in str(error).splitlines()  # option names, not the search path's lines
+        if line.startswith("\t") and "=" not in line and " " not in line.strip()
+    ]
     if group.startswith("hydra/") and listed:  # e.g. hydra/sweeper/sampler: Hydra lists plugin options too
         return f"unknown {group} {name!r}; available: {', '.join(sorted(listed))}"
     top = group.split("/")[0] if group else ""
-    options = sorted(
-        str(p.relative_to(conf_dir / top).with_suffix("")) for p in (conf_dir / top).rglob("*.yaml")
-    ) if top and (conf_dir / top).is_dir() else []
+    options = (
+        sorted(str(p.relative_to(conf_dir / top).with_suffix("")) for p in (conf_dir / top).rglob("*.yaml"))
+        if top and (conf_dir / top).is_dir()
+        else []
+    )
     label = top or "config"
     what = missing.removeprefix(f"{top}/") if top else missing
     return f"unknown {label} {what!r}; available: {', '.join(options) or 'none'}"
 
 
-def _gist(message: str) -> str:
+def gist(message: str) -> str:
     """The informative lines of a Hydra/OmegaConf message, joined on one line."""
     lines = []
     for line in message.splitlines():

@@ -31,8 +31,10 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
         if sep and key.strip() not in fields:
             fields[key.strip()] = value.strip()
     flags = set(fields.get("flags", "").split())
-    return {"model": fields.get("model name") or platform.processor() or platform.machine(),
-            "features": {name: name in flags for name in CPU_FEATURES}}
+    return {
+        "model": fields.get("model name") or platform.processor() or platform.machine(),
+        "features": {name: name in flags for name in CPU_FEATURES},
+    }
 
 
 def _version(package: str) -> str | None:
@@ -50,8 +52,14 @@ def environment_report() -> dict[str, Any]:
     if torch.cuda.is_available():
         gpu = {"name": torch.cuda.get_device_name(0), "bf16": torch.cuda.is_bf16_supported()}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_info(), "usable_cores": cores, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "packages": {p: _version(p) for p in PACKAGES}, "gpu": gpu}
+    return {
+        "cpu": cpu_info(),
+        "usable_cores": cores,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "packages": {p: _version(p) for p in PACKAGES},
+        "gpu": gpu,
+    }
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,8 +74,10 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     features = ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in report["cpu"]["features"].items())
-    print(f"cpu: {report['cpu']['model']}\n  {features}\nusable cores: {report['usable_cores']}, "
-          f"torch threads: {report['torch_threads']}\npython {report['python']}; "
-          + ", ".join(f"{k} {v}" for k, v in report["packages"].items() if v)
-          + f"\ngpu: {report['gpu'] or 'none'}")
+    print(
+        f"cpu: {report['cpu']['model']}\n  {features}\nusable cores: {report['usable_cores']}, "
+        f"torch threads: {report['torch_threads']}\npython {report['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in report["packages"].items() if v)
+        + f"\ngpu: {report['gpu'] or 'none'}"
+    )
     return 0

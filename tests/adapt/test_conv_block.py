@@ -51,13 +51,13 @@ def derivatives(out, wrt, order: int, seed: int = 0):
     """Values of order 1..``order`` derivatives of a random scalar function of ``out``, each taken of
     a random projection of the previous ones, so every order is exercised in full."""
     g = torch.Generator().manual_seed(seed)
-    scalar = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + (out ** 2).sum()
+    scalar = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + (out**2).sum()
     results = []
     for _ in range(order):
         grads = torch.autograd.grad(scalar, wrt, create_graph=True, allow_unused=True)
         grads = [torch.zeros_like(w) if d is None else d for d, w in zip(grads, wrt)]
         results.append(grads)
-        scalar = sum((d * torch.randn(d.shape, generator=g, dtype=d.dtype)).sum() + (d ** 2).sum() for d in grads)
+        scalar = sum((d * torch.randn(d.shape, generator=g, dtype=d.dtype)).sum() + (d**2).sum() for d in grads)
     return results
 
 
@@ -72,11 +72,13 @@ def relative(a, b) -> float:
 @pytest.mark.parametrize("flat", [False, True])
 @pytest.mark.parametrize("positive_scales", [False, True])
 def test_block_equals_plain_layers_to_third_order(side, channels_last, form, flat, positive_scales):
-    x, params = block_inputs(side, channels_last, x_grad=form == "pool_first", flat=flat,
-                             positive_scales=positive_scales)
+    x, params = block_inputs(
+        side, channels_last, x_grad=form == "pool_first", flat=flat, positive_scales=positive_scales
+    )
     wrt = params + ([x] if x.requires_grad else [])
-    ours = conv_bn_pool_relu(x, *params, groups=TASKS, patch_moments=form == "patch_moments",
-                             twice_differentiable=form != "plain")
+    ours = conv_bn_pool_relu(
+        x, *params, groups=TASKS, patch_moments=form == "patch_moments", twice_differentiable=form != "plain"
+    )
     ref = plain_block(x, *params, groups=TASKS)
     assert ours.shape == ref.shape == (5, TASKS * OUT_CH, side // 2, side // 2)
     assert (ours - ref).abs().max() < 1e-12
@@ -105,8 +107,10 @@ def test_block_under_bf16_autocast_is_as_close_as_native_layers(form):
     (gw_exact,) = torch.autograd.grad(exact.square().sum(), [params32[0]])
     errors = {}
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        for name, kwargs in {"ours": {"patch_moments": form == "patch_moments", "twice_differentiable": True},
-                             "native": {}}.items():
+        for name, kwargs in {
+            "ours": {"patch_moments": form == "patch_moments", "twice_differentiable": True},
+            "native": {},
+        }.items():
             out = conv_bn_pool_relu(x32, *params32, groups=TASKS, **kwargs)
             (gw,) = torch.autograd.grad(out.float().square().sum(), [params32[0]], create_graph=name == "ours")
             errors[name] = (relative([out.float()], [exact]), relative([gw], [gw_exact]))
@@ -149,8 +153,15 @@ def test_block_without_pooling_equals_plain_layers_to_third_order(side, channels
     layers; the patch form is not used without pooling, so ``patch_moments`` must fall back exactly."""
     x, params = block_inputs(side, channels_last, x_grad=form == "twice_differentiable", flat=True)
     wrt = params + ([x] if x.requires_grad else [])
-    ours = conv_bn_pool_relu(x, *params, groups=TASKS, stride=stride, pool=False,
-                             patch_moments=form == "patch_moments", twice_differentiable=form != "plain")
+    ours = conv_bn_pool_relu(
+        x,
+        *params,
+        groups=TASKS,
+        stride=stride,
+        pool=False,
+        patch_moments=form == "patch_moments",
+        twice_differentiable=form != "plain",
+    )
     ref = plain_strided_block(x, *params, groups=TASKS, stride=stride)
     out_side = (side - 1) // stride + 1
     assert ours.shape == ref.shape == (5, TASKS * OUT_CH, out_side, out_side)

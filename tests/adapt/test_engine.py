@@ -2,15 +2,11 @@
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import compose_run, needs_omniglot  # noqa: E402
+from torch import nn
 
 from metalab.adapt import InnerLoop, TaskBatchedModel  # noqa: E402
 from metalab.data.sine import SineDataModule  # noqa: E402
@@ -86,17 +82,27 @@ def test_one_grayscale_task_per_call_still_runs_channels_last(monkeypatch):
 def test_support_chunking_leaves_second_order_meta_gradients_unchanged():
     """Chunking the support sets apart from the query sets is a schedule, not a different model."""
     torch.manual_seed(0)
-    batch = {"support": torch.randn(4, 3, 1, 8, 8, dtype=torch.float64), "support_labels": torch.arange(3).expand(4, -1),
-             "query": torch.randn(4, 6, 1, 8, 8, dtype=torch.float64),
-             "query_labels": torch.arange(3).repeat_interleave(2).expand(4, -1)}
+    batch = {
+        "support": torch.randn(4, 3, 1, 8, 8, dtype=torch.float64),
+        "support_labels": torch.arange(3).expand(4, -1),
+        "query": torch.randn(4, 6, 1, 8, 8, dtype=torch.float64),
+        "query_labels": torch.arange(3).repeat_interleave(2).expand(4, -1),
+    }
     grads = []
     for support_chunk in (None, 3, 6):
         model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8).double()
         torch.manual_seed(1)
         for p in model.parameters():
             p.data.normal_(0, 0.3)
-        learner = MAML(model, optimizer=torch.optim.SGD, inner_steps=2, inner_lr=0.1, channels_last=False,
-                       chunk_images=12, support_chunk_images=support_chunk)
+        learner = MAML(
+            model,
+            optimizer=torch.optim.SGD,
+            inner_steps=2,
+            inner_lr=0.1,
+            channels_last=False,
+            chunk_images=12,
+            support_chunk_images=support_chunk,
+        )
         learner.training_loss(batch)[0].backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     for g in grads[1:]:
@@ -105,10 +111,15 @@ def test_support_chunking_leaves_second_order_meta_gradients_unchanged():
 
 def test_meta_sgd_learns_inner_rates():
     model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8)
-    learner = MAML(model, optimizer=torch.optim.SGD, inner_steps=1, inner_lr=0.1, learn_inner_lr=True,
-                   channels_last=False)
-    batch = {"support": torch.randn(2, 3, 1, 8, 8), "support_labels": torch.arange(3).expand(2, -1),
-             "query": torch.randn(2, 6, 1, 8, 8), "query_labels": torch.arange(3).repeat_interleave(2).expand(2, -1)}
+    learner = MAML(
+        model, optimizer=torch.optim.SGD, inner_steps=1, inner_lr=0.1, learn_inner_lr=True, channels_last=False
+    )
+    batch = {
+        "support": torch.randn(2, 3, 1, 8, 8),
+        "support_labels": torch.arange(3).expand(2, -1),
+        "query": torch.randn(2, 6, 1, 8, 8),
+        "query_labels": torch.arange(3).repeat_interleave(2).expand(2, -1),
+    }
     loss, _ = learner.training_loss(batch)
     loss.backward()
     rates = list(learner.inner_lrs.values())
@@ -117,10 +128,20 @@ def test_meta_sgd_learns_inner_rates():
 
 
 TINY_MAML = [
-    "learner=maml", "model.out_features=5", "model.hidden=8",
-    "data.train={way:5,shot:1,query:2}", "data.val={way:5,shot:1,query:2}", "data.test=[5w1s]",
-    "data.test_query=2", "data.train_episodes=2", "data.val_episodes=2", "data.test_episodes=4",
-    "data.tasks_per_batch=3", "data.eval_tasks_per_batch=2", "trainer.max_epochs=2", "trainer.accelerator=cpu",
+    "learner=maml",
+    "model.out_features=5",
+    "model.hidden=8",
+    "data.train={way:5,shot:1,query:2}",
+    "data.val={way:5,shot:1,query:2}",
+    "data.test=[5w1s]",
+    "data.test_query=2",
+    "data.train_episodes=2",
+    "data.val_episodes=2",
+    "data.test_episodes=4",
+    "data.tasks_per_batch=3",
+    "data.eval_tasks_per_batch=2",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
     "callbacks.progress_bar.refresh_rate=0",
 ]
 
@@ -161,7 +182,9 @@ def test_grouped_features_under_bf16_are_close_to_fp32():
 @needs_omniglot
 def test_head_and_episode_way_must_agree(tmp_path):
     overrides = [o if o != "model.out_features=5" else "model.out_features=4" for o in TINY_MAML]
-    with pytest.raises(ConfigError, match=r"data.train way=5 is not allowed: the model's head has model.out_features=4"):
+    with pytest.raises(
+        ConfigError, match=r"data.train way=5 is not allowed: the model's head has model.out_features=4"
+    ):
         train(compose_run(tmp_path, overrides))
 
 
@@ -177,9 +200,17 @@ def test_tiny_sine_run_learns_well_below_the_zero_predictor(tmp_path):
     outer update stays near the zero predictor or above it (mutations tried: outer loss negated -> 7.8e6;
     inner step ``theta + lr g`` -> non-finite inner loss; inner loop returning the initial parameters ->
     3.09: each fails here)."""
-    overrides = ["+experiment=sine/maml_k10", "trainer.max_steps=100", "learner.optimizer.lr=0.01",
-                 "data.test_episodes=100", "data.val_episodes=10", "trainer.check_val_every_n_epoch=1000",
-                 "trainer.accelerator=cpu", "callbacks.progress_bar.refresh_rate=0", "logger=none"]
+    overrides = [
+        "+experiment=sine/maml_k10",
+        "trainer.max_steps=100",
+        "learner.optimizer.lr=0.01",
+        "data.test_episodes=100",
+        "data.val_episodes=10",
+        "trainer.check_val_every_n_epoch=1000",
+        "trainer.accelerator=cpu",
+        "callbacks.progress_bar.refresh_rate=0",
+        "logger=none",
+    ]
     cfg = compose_run(tmp_path, overrides)
     train(cfg)
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
@@ -204,11 +235,22 @@ def test_torch_and_triton_backends_agree(adapt):
         torch.manual_seed(0)
         for p in model.parameters():
             p.data = torch.randn_like(p) * 0.3
-        learner = MAML(model, optimizer=torch.optim.SGD, inner_steps=2, inner_lr=0.1, first_order=True,
-                       adapt=adapt, channels_last=False)
+        learner = MAML(
+            model,
+            optimizer=torch.optim.SGD,
+            inner_steps=2,
+            inner_lr=0.1,
+            first_order=True,
+            adapt=adapt,
+            channels_last=False,
+        )
         g = torch.Generator().manual_seed(1)
-        batch = {"support": torch.randn(2, 6, 1, 8, 8, generator=g), "support_labels": torch.arange(3).repeat(2).expand(2, -1),
-                 "query": torch.randn(2, 6, 1, 8, 8, generator=g), "query_labels": torch.arange(3).repeat(2).expand(2, -1)}
+        batch = {
+            "support": torch.randn(2, 6, 1, 8, 8, generator=g),
+            "support_labels": torch.arange(3).repeat(2).expand(2, -1),
+            "query": torch.randn(2, 6, 1, 8, 8, generator=g),
+            "query_labels": torch.arange(3).repeat(2).expand(2, -1),
+        }
         with kernels.backend(backend):
             loss, _ = learner.training_loss(batch)
             loss.backward()
@@ -219,24 +261,34 @@ def test_torch_and_triton_backends_agree(adapt):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("layer, replacement, found", [
-    ("features.1.0", nn.Conv2d(4, 4, 3, padding=2, dilation=2), r"Conv2d\(kernel_size=\(3, 3\).*dilation=\(2, 2\)"),
-    ("features.0.2", nn.MaxPool2d(2, ceil_mode=True), r"MaxPool2d\(kernel_size=2.*ceil_mode=True"),
-    ("features.1.2", nn.AvgPool2d(2), "AvgPool2d"),
-    ("features.0.1", nn.BatchNorm2d(4, affine=False), r"BatchNorm2d\(affine=False\)"),
-])
+@pytest.mark.parametrize(
+    "layer, replacement, found",
+    [
+        ("features.1.0", nn.Conv2d(4, 4, 3, padding=2, dilation=2), r"Conv2d\(kernel_size=\(3, 3\).*dilation=\(2, 2\)"),
+        ("features.0.2", nn.MaxPool2d(2, ceil_mode=True), r"MaxPool2d\(kernel_size=2.*ceil_mode=True"),
+        ("features.1.2", nn.AvgPool2d(2), "AvgPool2d"),
+        ("features.0.1", nn.BatchNorm2d(4, affine=False), r"BatchNorm2d\(affine=False\)"),
+    ],
+)
 def test_unsupported_block_geometry_is_named(layer, replacement, found):
     """A Conv4 the grouped fast path cannot run: one ConfigError naming the layer, what it is, and what
     the fast path supports; the serial engine still runs the model."""
     model = Conv4(hidden=4, blocks=2, out_features=3, image_size=8)
     block, index = layer.rsplit(".", 1)
     model.get_submodule(block)[int(index)] = replacement
-    with pytest.raises(ConfigError, match=rf"model layer '{layer}' is {found}.*does not support: each block must "
-                                          r"be Conv2d .* -> BatchNorm2d \(affine\) -> optional MaxPool2d\(2\) -> ReLU"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"model layer '{layer}' is {found}.*does not support: each block must "
+        r"be Conv2d .* -> BatchNorm2d \(affine\) -> optional MaxPool2d\(2\) -> ReLU",
+    ):
         MAML(model, optimizer=torch.optim.SGD)
     learner = MAML(model, optimizer=torch.optim.SGD, channels_last=False, engine="serial")
-    batch = {"support": torch.randn(2, 3, 1, 8, 8), "support_labels": torch.arange(3).expand(2, -1),
-             "query": torch.randn(2, 3, 1, 8, 8), "query_labels": torch.arange(3).expand(2, -1)}
+    batch = {
+        "support": torch.randn(2, 3, 1, 8, 8),
+        "support_labels": torch.arange(3).expand(2, -1),
+        "query": torch.randn(2, 3, 1, 8, 8),
+        "query_labels": torch.arange(3).expand(2, -1),
+    }
     assert torch.isfinite(learner.training_loss(batch)[0])
 
 

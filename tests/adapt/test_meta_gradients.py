@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 l2l = pytest.importorskip("learn2learn")  # a peer, installed by scripts/install.sh; the parity tests need it
 
-from metalab.adapt import reference
-from metalab.learners.meta.maml import MAML
-from metalab.models.conv4 import Conv4, strided_conv4_like
+from metalab.adapt import reference  # noqa: E402 (after the peer's importorskip)
+from metalab.learners.meta.maml import MAML  # noqa: E402
+from metalab.models.conv4 import Conv4, strided_conv4_like  # noqa: E402
 
 TASKS, WAY, SHOT, QUERY = 3, 3, 2, 2
 SIDE = {"pooled": 8, "strided": 28}  # learn2learn's OmniglotCNN takes 28x28 images only
@@ -55,8 +55,16 @@ def episode_batch(kind: str) -> dict:
 
 
 def ours(model, batch, steps, first_order, lr=0.3, channels_last=False, adapt="all", engine="auto"):
-    learner = MAML(model, optimizer=torch.optim.SGD, inner_steps=steps, inner_lr=lr, first_order=first_order,
-                   channels_last=channels_last, adapt=adapt, engine=engine)
+    learner = MAML(
+        model,
+        optimizer=torch.optim.SGD,
+        inner_steps=steps,
+        inner_lr=lr,
+        first_order=first_order,
+        channels_last=channels_last,
+        adapt=adapt,
+        engine=engine,
+    )
     learner.train()
     loss, _ = learner.training_loss(batch)
     grads = torch.autograd.grad(loss, list(model.parameters()))
@@ -157,14 +165,16 @@ def test_serial_engine_tests_like_the_grouped_one(kind):
     before = {n: b.clone() for n, b in model.named_buffers()}
     logits = {}
     for engine in ("auto", "serial"):
-        learner = MAML(model, optimizer=torch.optim.SGD, inner_lr=0.3, eval_inner_steps=2, channels_last=False,
-                       engine=engine)
+        learner = MAML(
+            model, optimizer=torch.optim.SGD, inner_lr=0.3, eval_inner_steps=2, channels_last=False, engine=engine
+        )
         learner.eval()
         logits[engine] = learner.query_logits(batch)
     assert torch.allclose(logits["serial"], logits["auto"], rtol=0, atol=1e-10)
     assert all(torch.equal(b, before[n]) for n, b in model.named_buffers())
-    assert not model.training and all(m.track_running_stats for m in model.modules()
-                                      if isinstance(m, torch.nn.BatchNorm2d))
+    assert not model.training and all(
+        m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)
+    )
 
 
 def test_float32_agreement_is_reported():

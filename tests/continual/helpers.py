@@ -31,18 +31,27 @@ def tiny_stream(**kwargs) -> SplitStreamDataModule:
     return SplitStreamDataModule.from_tensors(*synthetic_tensors(), **options)
 
 
-def run_stream(method: ContinualMethod, tmp_path: Path, seed: int = 0, lr: float = 0.1, stream=None,
-               **trainer_kwargs) -> tuple[ContinualLearner, dict[str, float]]:
+def run_stream(
+    method: ContinualMethod, tmp_path: Path, seed: int = 0, lr: float = 0.1, stream=None, **trainer_kwargs
+) -> tuple[ContinualLearner, dict[str, float]]:
     """Fit and test ``method`` on the tiny stream; return the learner and the test metrics."""
     L.seed_everything(seed, workers=True)
     stream = stream or tiny_stream(seed=seed)
     learner = ContinualLearner(MLP(36, (16, 16)), method, functools.partial(torch.optim.SGD, lr=lr), plot=False)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, deterministic=True, default_root_dir=str(tmp_path),
-                        **trainer_kwargs)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=str(tmp_path),
+        **{**stream.trainer_arguments(), **trainer_kwargs},
+    )
     trainer.fit(learner, datamodule=stream)
     trainer.test(learner, datamodule=stream, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     return learner, metrics
+
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -20,9 +19,7 @@ import torch
 from torch import nn
 
 pytest.importorskip("avalanche")
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "continual"))
-from common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
-
+from benchmarks.continual.common import avalanche_benchmark, avalanche_strategy, our_batch_order  # noqa: E402
 from continual.helpers import tiny_stream  # noqa: E402
 from metalab.learners.continual import ContinualLearner, ContinualMethod, Finetune, LwF  # noqa: E402
 
@@ -35,11 +32,20 @@ def tiny_cnn() -> nn.Module:
 
 
 def train_ours(method: ContinualMethod, net: nn.Module, tmp_path: Path) -> nn.Module:
-    learner = ContinualLearner(net, method, functools.partial(torch.optim.SGD, lr=LR), channels_last=False,
-                               evaluate_initial=False, plot=False)
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(tmp_path))
-    trainer.fit(learner, datamodule=tiny_stream())
+    learner = ContinualLearner(
+        net, method, functools.partial(torch.optim.SGD, lr=LR), channels_last=False, evaluate_initial=False, plot=False
+    )
+    stream = tiny_stream()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+        **stream.trainer_arguments(),
+    )
+    trainer.fit(learner, datamodule=stream)
     return learner.net
 
 
@@ -47,24 +53,36 @@ def train_avalanche(name: str, ours: ContinualMethod, net: nn.Module) -> nn.Modu
     from avalanche.training.plugins import EvaluationPlugin
 
     stream = tiny_stream()
-    strategy = avalanche_strategy(name, vars(ours), model=net, optimizer=torch.optim.SGD(net.parameters(), lr=LR),
-                                  criterion=nn.CrossEntropyLoss(), train_mb_size=stream.batch_size,
-                                  train_epochs=stream.epochs_per_task, device="cpu",
-                                  plugins=[our_batch_order(stream)], evaluator=EvaluationPlugin(loggers=[]))
+    strategy = avalanche_strategy(
+        name,
+        vars(ours),
+        model=net,
+        optimizer=torch.optim.SGD(net.parameters(), lr=LR),
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=stream.batch_size,
+        train_epochs=stream.epochs_per_task,
+        device="cpu",
+        plugins=[our_batch_order(stream)],
+        evaluator=EvaluationPlugin(loggers=[]),
+    )
     for experience in avalanche_benchmark(stream).train_stream:
         strategy.train(experience, num_workers=0)
     return net
 
 
 def max_weight_gap(a: nn.Module, b: nn.Module) -> float:
-    return max(float((p - q).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values())
-               if p.is_floating_point())
+    return max(
+        float((p - q).abs().max())
+        for p, q in zip(a.state_dict().values(), b.state_dict().values())
+        if p.is_floating_point()
+    )
 
 
-@pytest.mark.parametrize("ours, theirs, same", [(Finetune(), "finetune", True),
-                                                (LwF(teacher_bn="batch"), "lwf", True),
-                                                (LwF(teacher_bn="running"), "lwf", False)],
-                         ids=["finetune-naive", "lwf_batch_teacher-lwf", "lwf_running_teacher-lwf"])
+@pytest.mark.parametrize(
+    "ours, theirs, same",
+    [(Finetune(), "finetune", True), (LwF(teacher_bn="batch"), "lwf", True), (LwF(teacher_bn="running"), "lwf", False)],
+    ids=["finetune-naive", "lwf_batch_teacher-lwf", "lwf_running_teacher-lwf"],
+)
 def test_same_batches_give_avalanches_weights(ours, theirs, same, tmp_path):
     torch.manual_seed(0)
     initial = tiny_cnn()

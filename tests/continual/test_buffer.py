@@ -54,14 +54,17 @@ def test_task_balanced_buffer_shares_slots_evenly_and_only_shrinks_old_subsets()
 
 
 def test_task_end_replay_holds_only_finished_tasks():
-    learner = PlainLearner(torch.nn.Linear(3, 4), None, [(torch.randn(40, 3), torch.full((40,), 2 * task))
-                                                         for task in range(2)])
+    learner = PlainLearner(
+        torch.nn.Linear(3, 4), None, [(torch.randn(40, 3), torch.full((40,), 2 * task)) for task in range(2)]
+    )
     er = ExperienceReplay(buffer_size=16, replay_batch_size=8, fill="task_end")
     batch = {"x": torch.randn(8, 3), "y": torch.zeros(8, dtype=torch.long), "task": torch.zeros(8, dtype=torch.long)}
     er.after_step(learner, batch, torch.zeros(8, 2))
     assert er.replay_batch(learner, 8) is None  # nothing replayed while the first task trains
     er.after_task(learner, 0)
-    er.after_step(learner, {**batch, "y": torch.full((8,), 2), "task": torch.ones(8, dtype=torch.long)}, torch.zeros(8, 2))
+    er.after_step(
+        learner, {**batch, "y": torch.full((8,), 2), "task": torch.ones(8, dtype=torch.long)}, torch.zeros(8, 2)
+    )
     replay = er.replay_batch(learner, 8)
     assert replay.labels.eq(0).all()  # task 1's batches never enter the buffer
     er.after_task(learner, 1)

@@ -8,17 +8,22 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from continual.helpers import REPO, run_stream, synthetic_tensors
 from metalab.data.domain_streams import DomainIncrementalStream, PixelPermutation, Rotation
 from metalab.data.streams import subset_indices
 from metalab.errors import ConfigError
 from metalab.learners.continual import ExperienceReplay, Finetune, LwF, Progressive
 
-from continual.helpers import REPO, run_stream, synthetic_tensors
-
 
 def tiny_domain_stream(n_tasks: int = 3, transform=None, **kwargs) -> DomainIncrementalStream:
-    options = dict(n_tasks=n_tasks, transform=transform or PixelPermutation(seed=0), epochs_per_task=1, batch_size=10,
-                   eval_batch_size=50, seed=0)
+    options = dict(
+        n_tasks=n_tasks,
+        transform=transform or PixelPermutation(seed=0),
+        epochs_per_task=1,
+        batch_size=10,
+        eval_batch_size=50,
+        seed=0,
+    )
     options.update(kwargs)
     return DomainIncrementalStream.from_tensors(*synthetic_tensors(), **options)
 
@@ -53,8 +58,9 @@ def test_rotation_by_quarter_turns_is_exact():
     assert torch.allclose(rotate(x, 0), x, atol=1e-6)
     # A counter-clockwise quarter turn on screen (y axis down) moves column j of row i to row (w-1-j), col i.
     quarter = rotate(x, 1)
-    assert torch.allclose(quarter, torch.rot90(x, 1, dims=(-2, -1)), atol=1e-5) or \
-        torch.allclose(quarter, torch.rot90(x, -1, dims=(-2, -1)), atol=1e-5)
+    assert torch.allclose(quarter, torch.rot90(x, 1, dims=(-2, -1)), atol=1e-5) or torch.allclose(
+        quarter, torch.rot90(x, -1, dims=(-2, -1)), atol=1e-5
+    )
     assert torch.allclose(rotate(x, 2), torch.rot90(x, 2, dims=(-2, -1)), atol=1e-5)
 
 
@@ -110,9 +116,16 @@ def test_methods_that_need_task_ids_are_refused(tmp_path):
 def test_a_transform_is_chosen_in_config():
     """data.transform._target_ picks the domain shift: Rotated MNIST without new stream code."""
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[
-            "+experiment=permuted_mnist/finetune", "~data.transform.seed", "~data.transform.first_unpermuted",
-            "data.transform._target_=metalab.data.domain_streams.Rotation", "+data.transform.step_degrees=90"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "+experiment=permuted_mnist/finetune",
+                "~data.transform.seed",
+                "~data.transform.first_unpermuted",
+                "data.transform._target_=metalab.data.domain_streams.Rotation",
+                "+data.transform.step_degrees=90",
+            ],
+        )
     stream = instantiate(cfg.data, train_examples_per_task=None, test_examples_per_task=None)
     stream._tensors = synthetic_tensors()
     stream.setup("fit")
@@ -120,10 +133,13 @@ def test_a_transform_is_chosen_in_config():
     assert torch.allclose(stream.train_tasks[2].x, torch.rot90(x_tr, 2, dims=(-2, -1)), atol=1e-5)
 
 
-@pytest.mark.parametrize("transform, message", [
-    (None, r"data.transform=None is not allowed"),
-    (lambda x, task: x[:, :, :3], r"must map images \[n, c, h, w\] to the same shape"),
-])
+@pytest.mark.parametrize(
+    "transform, message",
+    [
+        (None, r"data.transform=None is not allowed"),
+        (lambda x, task: x[:, :, :3], r"must map images \[n, c, h, w\] to the same shape"),
+    ],
+)
 def test_bad_transforms(transform, message):
     with pytest.raises(ConfigError, match=message):
         stream = DomainIncrementalStream.from_tensors(*synthetic_tensors(), n_tasks=2, transform=transform)

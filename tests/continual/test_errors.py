@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from continual.helpers import run_stream, synthetic_tensors
 from metalab.data.streams import SplitStreamDataModule, task_il_mask
 from metalab.errors import ConfigError, DataError, NumericalError
 from metalab.learners.continual import EWC, ExperienceReplay
-
-from continual.helpers import run_stream, synthetic_tensors
 
 
 def test_replay_buffer_larger_than_the_stream(tmp_path):
@@ -44,21 +43,27 @@ def test_nan_penalty_stops_training(tmp_path):
         run_stream(PoisonedEWC(ewc_lambda=1.0), tmp_path)
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    (dict(n_tasks=6), "data.n_tasks * data.classes_per_task"),
-    (dict(dataset="cifar100"), "data.dataset"),
-    (dict(train_examples_per_task=0), "data.train_examples_per_task"),
-    (dict(epochs_per_task=0), "data.epochs_per_task"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(n_tasks=6), "data.n_tasks * data.classes_per_task"),
+        (dict(dataset="cifar100"), "data.dataset"),
+        (dict(train_examples_per_task=0), "data.train_examples_per_task"),
+        (dict(epochs_per_task=0), "data.epochs_per_task"),
+    ],
+)
 def test_stream_settings_out_of_range(kwargs, key):
     with pytest.raises(ConfigError, match=key.replace("*", r"\*")):
         SplitStreamDataModule(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, key", [
-    (dict(ewc_lambda=float("nan")), "learner.method.ewc_lambda"),
-    (dict(gamma=1.5), "learner.method.gamma"),
-])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(ewc_lambda=float("nan")), "learner.method.ewc_lambda"),
+        (dict(gamma=1.5), "learner.method.gamma"),
+    ],
+)
 def test_ewc_settings_out_of_range(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         EWC(**kwargs)

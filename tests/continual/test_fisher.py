@@ -6,9 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from metalab.learners.continual.fisher import (diagonal_fisher, fisher_by_sample_loop, per_sample_squared_grads,
-                                               squared_batch_mean_gradient)
 from metalab.errors import ConfigError
+from metalab.learners.continual.fisher import (
+    diagonal_fisher,
+    fisher_by_sample_loop,
+    per_sample_squared_grads,
+    squared_batch_mean_gradient,
+)
 from metalab.models.mlp import MLP
 from metalab.models.resnet import ResNet18
 
@@ -39,12 +43,15 @@ class OddConvNet(nn.Module):
         return self.out(torch.tanh(self.seq(tokens)).mean(1))
 
 
-@pytest.mark.parametrize("build, shape, classes", [
-    (lambda: MLP(36, (12, 9), n_classes=10), (11, 1, 6, 6), 10),
-    (lambda: ResNet18(n_classes=10, nf=4), (7, 3, 8, 8), 10),
-    (OddConvNet, (6, 2, 9, 9), 7),  # few output positions: the unfold path
-    (OddConvNet, (5, 2, 40, 36), 7),  # many output positions: the grouped weight-backward path
-])
+@pytest.mark.parametrize(
+    "build, shape, classes",
+    [
+        (lambda: MLP(36, (12, 9), n_classes=10), (11, 1, 6, 6), 10),
+        (lambda: ResNet18(n_classes=10, nf=4), (7, 3, 8, 8), 10),
+        (OddConvNet, (6, 2, 9, 9), 7),  # few output positions: the unfold path
+        (OddConvNet, (5, 2, 40, 36), 7),  # many output positions: the grouped weight-backward path
+    ],
+)
 def test_layerwise_fisher_matches_per_sample_loop_float64(build, shape, classes):
     torch.manual_seed(0)
     x = torch.randn(*shape, dtype=torch.float64)
@@ -110,6 +117,7 @@ def test_linear_layers_use_the_fused_fisher_kernels_where_triton_runs(monkeypatc
     """Where Triton runs (forced here, interpreted on CPU), the Fisher of linear layers comes from
     kernels.linear_fisher / linear_fisher_bias and equals the torch path and the per-sample loop."""
     from metalab import kernels
+
     if not kernels.interpreter_active():
         pytest.skip("Triton runs on CPU only with TRITON_INTERPRET=1 set before import")
     calls = []

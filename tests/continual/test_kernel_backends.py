@@ -8,10 +8,9 @@ import json
 import pytest
 import torch
 
+from continual.helpers import run_stream
 from metalab import kernels
 from metalab.learners.continual import EWC
-
-from continual.helpers import run_stream
 
 
 @pytest.mark.parametrize("online", [False, True])

@@ -26,9 +26,11 @@ def _learner(seed: int = 0) -> PlainLearner:
 
 def _batch(n: int, seed: int, task: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {"x": torch.randn(n, FEATURES, generator=g, dtype=torch.float64),
-            "y": task * CLASSES_PER_TASK + torch.randint(0, CLASSES_PER_TASK, (n,), generator=g),
-            "task": torch.full((n,), task)}
+    return {
+        "x": torch.randn(n, FEATURES, generator=g, dtype=torch.float64),
+        "y": task * CLASSES_PER_TASK + torch.randint(0, CLASSES_PER_TASK, (n,), generator=g),
+        "task": torch.full((n,), task),
+    }
 
 
 def _log_softmax(z: torch.Tensor) -> torch.Tensor:
@@ -47,8 +49,9 @@ def _assert_one_sgd_step_on(learner: PlainLearner, before: dict[str, torch.Tenso
     loss = loss_by_hand(lambda x: torch.func.functional_call(net, params, (x,)))
     grads = torch.autograd.grad(loss, list(params.values()))
     for (name, p), g in zip(params.items(), grads):
-        torch.testing.assert_close(dict(net.named_parameters())[name].detach(), p.detach() - LR * g,
-                                   rtol=0, atol=1e-7, msg=name)
+        torch.testing.assert_close(
+            dict(net.named_parameters())[name].detach(), p.detach() - LR * g, rtol=0, atol=1e-7, msg=name
+        )
 
 
 def test_derpp_step_is_sgd_on_label_ce_plus_logit_mse_and_label_ce_on_two_buffer_samples():
@@ -57,8 +60,9 @@ def test_derpp_step_is_sgd_on_label_ce_plus_logit_mse_and_label_ce_on_two_buffer
     method = DERPlusPlus(buffer_size=8, replay_batch_size=replay_size, alpha=alpha, beta=beta, seed=0)
     # A fixed buffer: 8 examples with known labels and known stored logits (fills in order while not full).
     stored = _batch(8, seed=1)
-    stored_logits = torch.randn(8, CLASSES_PER_TASK * N_TASKS, generator=torch.Generator().manual_seed(2),
-                                dtype=torch.float64)
+    stored_logits = torch.randn(
+        8, CLASSES_PER_TASK * N_TASKS, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+    )
     method.after_step(learner, stored, stored_logits)
     drawn = []
     real_replay_batch = method.replay_batch
@@ -104,6 +108,6 @@ def test_lwf_step_is_sgd_on_ce_plus_temperature_scaled_kl_to_the_previous_model_
         log_p = _log_softmax(teacher_logits[:, :old] / temperature)  # Li & Hoiem 2017, Eq. 2, as KL
         log_q = _log_softmax(logits[:, :old] / temperature)
         kl = (log_p.exp() * (log_p - log_q)).sum(1).mean()
-        return _cross_entropy(logits, batch["y"]) + alpha * temperature ** 2 * kl
+        return _cross_entropy(logits, batch["y"]) + alpha * temperature**2 * kl
 
     _assert_one_sgd_step_on(learner, before, loss_by_hand)

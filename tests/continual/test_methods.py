@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 
+from continual.helpers import run_stream, tiny_stream
 from metalab.errors import ConfigError
-from metalab.learners.continual import (EWC, DERPlusPlus, ExperienceReplay, Finetune, Joint, LwF, Progressive)
+from metalab.learners.continual import EWC, DERPlusPlus, ExperienceReplay, Finetune, Joint, LwF, Progressive
 from metalab.learners.continual.loop import PlainLearner
 from metalab.learners.continual.methods import StreamInfo
-
-from continual.helpers import run_stream, tiny_stream
 
 METHODS = {
     "finetune": lambda: Finetune(),
@@ -30,8 +29,13 @@ METHODS = {
 @pytest.mark.parametrize("name", list(METHODS))
 def test_each_method_trains_the_whole_stream(name, tmp_path):
     learner, metrics = run_stream(METHODS[name](), tmp_path)
-    for key in ("test/class_il/acc", "test/task_il/acc", "test/class_il/forgetting", "test/task_il/bwt",
-                "test/task_il/fwt"):
+    for key in (
+        "test/class_il/acc",
+        "test/task_il/acc",
+        "test/class_il/forgetting",
+        "test/task_il/bwt",
+        "test/task_il/fwt",
+    ):
         assert math.isfinite(metrics[key]), key
     assert learner.accuracy["class_il"].rows_done() == 6  # initial model + one row per task
     assert metrics["test/task_il/acc"] > 60.0  # the synthetic tasks are easy: every method learns something
@@ -47,8 +51,9 @@ def test_progressive_networks_never_forget_in_task_il(tmp_path):
 def test_replay_and_joint_beat_finetune_in_class_il(tmp_path):
     # 3 epochs per task: enough for fine-tuning to forget the earlier tasks' classes
     _, finetune = run_stream(Finetune(), tmp_path, stream=tiny_stream(epochs_per_task=3))
-    _, replay = run_stream(ExperienceReplay(buffer_size=100, replay_batch_size=10), tmp_path,
-                           stream=tiny_stream(epochs_per_task=3))
+    _, replay = run_stream(
+        ExperienceReplay(buffer_size=100, replay_batch_size=10), tmp_path, stream=tiny_stream(epochs_per_task=3)
+    )
     _, joint = run_stream(Joint(), tmp_path, stream=tiny_stream(epochs_per_task=3))
     assert joint["test/class_il/acc"] >= replay["test/class_il/acc"] > finetune["test/class_il/acc"] + 20
 
@@ -65,6 +70,7 @@ def test_offline_ewc_constant_memory_form_equals_the_sum_of_per_task_penalties()
     ewc = EWC(ewc_lambda=3.0)
     anchors, fishers = [], []
     from metalab.learners.continual.fisher import diagonal_fisher
+
     for task in range(3):
         with torch.no_grad():
             for p in net.parameters():
@@ -75,8 +81,9 @@ def test_offline_ewc_constant_memory_form_equals_the_sum_of_per_task_penalties()
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    expected = sum(1.5 * (f[n] * (p - a[n]) ** 2).sum() for f, a in zip(fishers, anchors)
-                   for n, p in net.named_parameters())
+    expected = sum(
+        1.5 * (f[n] * (p - a[n]) ** 2).sum() for f, a in zip(fishers, anchors) for n, p in net.named_parameters()
+    )
     got = ewc.penalty(fake, {}, torch.zeros(1))
     torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9)
     # the gradient too (what training actually uses)
@@ -93,6 +100,7 @@ def test_online_ewc_decays_old_importance():
     fake = PlainLearner(net, None, data)
     ewc = EWC(ewc_lambda=1.0, online=True, gamma=0.5)
     from metalab.learners.continual.fisher import diagonal_fisher
+
     f0 = diagonal_fisher(net, [data[0]])
     ewc.after_task(fake, 0)
     f1 = diagonal_fisher(net, [data[1]])
@@ -130,6 +138,7 @@ def test_proximal_ewc_step_is_the_exact_minimiser_and_matches_the_gradient_step_
 
 def test_proximal_ewc_is_stable_where_the_gradient_penalty_diverges(tmp_path):
     from metalab.errors import NumericalError
+
     with pytest.raises(NumericalError, match="ewc penalty"):
         run_stream(EWC(ewc_lambda=1e5), tmp_path, stream=tiny_stream(epochs_per_task=2))
     _, finetune = run_stream(Finetune(), tmp_path, stream=tiny_stream(epochs_per_task=2))

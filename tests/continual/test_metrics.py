@@ -6,13 +6,18 @@ import pytest
 import torch
 
 from metalab.errors import ConfigError
-from metalab.metrics.continual import (AccuracyMatrix, average_accuracy, average_forgetting, backward_transfer,
-                                       forward_transfer, plot_accuracy_matrix, summarise)
+from metalab.metrics.continual import (
+    AccuracyMatrix,
+    average_accuracy,
+    average_forgetting,
+    backward_transfer,
+    forward_transfer,
+    plot_accuracy_matrix,
+    summarise,
+)
 
 # R[i, j]: accuracy on task j after training task i (3 tasks).
-R = torch.tensor([[90.0, 40.0, 30.0],
-                  [60.0, 80.0, 45.0],
-                  [50.0, 70.0, 85.0]])
+R = torch.tensor([[90.0, 40.0, 30.0], [60.0, 80.0, 45.0], [50.0, 70.0, 85.0]])
 INITIAL = torch.tensor([10.0, 20.0, 25.0])
 
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from continual.helpers import tiny_stream
 from metalab.callbacks import RNGStateInCheckpoint
 from metalab.learners.continual import EWC, ContinualLearner, DERPlusPlus, LwF
 from metalab.models.mlp import MLP
-
-from continual.helpers import tiny_stream
 
 
 class StopAfterEpoch(L.Callback):
@@ -29,13 +28,23 @@ class StopAfterEpoch(L.Callback):
 def _fit(method, root, ckpt_path=None, stop_after=None) -> dict:
     L.seed_everything(0, workers=True)
     learner = ContinualLearner(MLP(36, (16, 16)), method, functools.partial(torch.optim.SGD, lr=0.1), plot=False)
-    callbacks = [ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
-                 RNGStateInCheckpoint()]
+    callbacks = [
+        ModelCheckpoint(dirpath=root / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1),
+        RNGStateInCheckpoint(),
+    ]
     if stop_after is not None:
         callbacks.append(StopAfterEpoch(stop_after))
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        deterministic=True, default_root_dir=str(root), callbacks=callbacks)
     stream = tiny_stream()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=str(root),
+        callbacks=callbacks,
+        **stream.trainer_arguments(),
+    )
     trainer.fit(learner, datamodule=stream, ckpt_path=ckpt_path)
     if stop_after is not None:
         return {}
@@ -43,11 +52,15 @@ def _fit(method, root, ckpt_path=None, stop_after=None) -> dict:
     return json.loads((root / "continual_metrics.json").read_text())
 
 
-@pytest.mark.parametrize("factory", [
-    lambda: DERPlusPlus(buffer_size=30, replay_batch_size=10, seed=0),
-    lambda: EWC(ewc_lambda=2.0, sampled_labels=True, seed=0),
-    lambda: LwF(),
-], ids=["derpp", "ewc_sampled", "lwf"])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda: DERPlusPlus(buffer_size=30, replay_batch_size=10, seed=0),
+        lambda: EWC(ewc_lambda=2.0, sampled_labels=True, seed=0),
+        lambda: LwF(),
+    ],
+    ids=["derpp", "ewc_sampled", "lwf"],
+)
 def test_resume_equals_uninterrupted(factory, tmp_path):
     straight = _fit(factory(), tmp_path / "straight")
     _fit(factory(), tmp_path / "resumed", stop_after=1)  # tasks 0 and 1, then stop

@@ -12,17 +12,23 @@ import json
 import pytest
 from hydra import compose, initialize_config_dir
 
-from metalab.run import train
-
 from continual.helpers import REPO
+from metalab.run import train
 
 
 def _run(name: str, tmp_path) -> dict:
     out = tmp_path / name
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"+experiment=split_mnist/{name}", "seed=0", "cpu_threads=1",
-                                                      f"paths.output_dir={out}",
-                                                      "callbacks.progress_bar.refresh_rate=0"])
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                f"+experiment=split_mnist/{name}",
+                "seed=0",
+                "cpu_threads=1",
+                f"paths.output_dir={out}",
+                "callbacks.progress_bar.refresh_rate=0",
+            ],
+        )
     train(cfg)
     return json.loads((out / "metrics.json").read_text())["metrics"]
 

@@ -39,9 +39,9 @@ def test_layout_is_class_major_with_remapped_labels():
     support_class = (ep["support"][:, 0, 0, 0] // 100).long()
     query_class = (ep["query"][:, 0, 0, 0] // 100).long()
     # every label names one original class, the same in support and query, all classes distinct
-    mapping = {int(l): int(c) for l, c in zip(ep["support_labels"], support_class)}
+    mapping = {int(label): int(c) for label, c in zip(ep["support_labels"], support_class)}
     assert len(set(mapping.values())) == 5
-    assert all(mapping[int(l)] == int(c) for l, c in zip(ep["query_labels"], query_class))
+    assert all(mapping[int(label)] == int(c) for label, c in zip(ep["query_labels"], query_class))
     # no example appears twice within a class
     ids = torch.cat([ep["support"][:, 0, 0, 0], ep["query"][:, 0, 0, 0]])
     assert ids.unique().numel() == ids.numel()

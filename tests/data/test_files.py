@@ -3,14 +3,15 @@
 import shutil
 
 import pytest
+from helpers import data_available
 
 from metalab.data import files
 from metalab.errors import DataError
 
-from helpers import data_available
-
-needs_val_split = pytest.mark.skipif(not data_available("omniglot/splits/vinyals/val.txt"),
-                                     reason="shared/data/omniglot/splits not found (the real file is copied)")
+needs_val_split = pytest.mark.skipif(
+    not data_available("omniglot/splits/vinyals/val.txt"),
+    reason="shared/data/omniglot/splits not found (the real file is copied)",
+)
 
 
 def test_missing_file_names_every_place_looked(tmp_path, monkeypatch):

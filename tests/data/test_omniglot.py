@@ -1,10 +1,9 @@
 """The Omniglot pools match the published split sizes and never share characters."""
 
 import torch
+from helpers import needs_omniglot
 
 from metalab.data.omniglot import load_omniglot_splits
-
-from helpers import needs_omniglot
 
 pytestmark = needs_omniglot
 
@@ -19,6 +18,7 @@ def test_vinyals_split_sizes_and_disjointness():
     assert not (chars["train"] & chars["test"]) and not (chars["val"] & chars["test"])
     assert not (chars["train"] & chars["val"])
     assert len(chars["train"] | chars["val"] | chars["test"]) == 1623
+
 
 def test_images_are_ink_on_blank_and_rotations_differ():
     pool = load_omniglot_splits("vinyals", image_size=28)["test"]

@@ -14,7 +14,10 @@ def test_benchmark_quick(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/kernels/run.py"), "--quick", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
@@ -54,8 +57,10 @@ def test_gpu_table_code_path_interpreted(monkeypatch, capsys):
         case = cases[row["op"]]
         variants = ["triton", "torch"] + ([] if case.get("no_compile") else ["torch.compile"])
         results = {label: next(outputs) for label in variants}
-        flat = {label: torch.cat([t.detach().double().flatten() for t in (r if isinstance(r, tuple) else (r,))])
-                for label, r in results.items()}
+        flat = {
+            label: torch.cat([t.detach().double().flatten() for t in (r if isinstance(r, tuple) else (r,))])
+            for label, r in results.items()
+        }
         torch.testing.assert_close(flat["triton"], flat["torch"], rtol=1e-4, atol=1e-5, msg=row["op"])
         for label in variants:
             cell = row[label]

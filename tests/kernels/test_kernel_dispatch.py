@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from metalab import kernels
 import metalab.kernels._dispatch as dispatch
 import metalab.kernels.inner_step as iu
+from metalab import kernels
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,8 +92,7 @@ def test_forced_triton_without_interpreter_in_a_fresh_process():
         "except ValueError as e:\n"
         "    print('ERR', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ERR linear_fisher" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout
 
@@ -130,31 +129,111 @@ def _bad_inputs():
         ("inner_update", dict(theta=f.to("meta"), grads=g, lr=0.1), ValueError, "`grads` is on cpu but `theta`"),
         ("inner_update", dict(theta=[0.0] * 5, grads=g, lr=0.1), TypeError, "`theta` must be a torch.Tensor"),
         # anil_head_adapt
-        ("anil_head_adapt", dict(features=x, labels=y.int(), weight=w, bias=b, lr=0.1, steps=1), TypeError, "`labels` has dtype"),
-        ("anil_head_adapt", dict(features=x, labels=y + 1, weight=w, bias=b, lr=0.1, steps=1), ValueError, "`labels` must lie in \\[0, 1\\]"),
-        ("anil_head_adapt", dict(features=x, labels=y[:, :3].contiguous(), weight=w, bias=b, lr=0.1, steps=1), ValueError, "`labels` has shape"),
-        ("anil_head_adapt", dict(features=x, labels=y, weight=torch.randn(4, 2), bias=b, lr=0.1, steps=1), ValueError, "`weight` has shape"),
-        ("anil_head_adapt", dict(features=x, labels=y, weight=w, bias=torch.randn(3), lr=0.1, steps=1), ValueError, "`bias` has shape"),
-        ("anil_head_adapt", dict(features=x, labels=y, weight=w, bias=b.double(), lr=0.1, steps=1), TypeError, "`bias` has dtype"),
-        ("anil_head_adapt", dict(features=x.transpose(1, 2), labels=y, weight=w, bias=b, lr=0.1, steps=1), ValueError, "`features` must be contiguous"),
+        (
+            "anil_head_adapt",
+            dict(features=x, labels=y.int(), weight=w, bias=b, lr=0.1, steps=1),
+            TypeError,
+            "`labels` has dtype",
+        ),
+        (
+            "anil_head_adapt",
+            dict(features=x, labels=y + 1, weight=w, bias=b, lr=0.1, steps=1),
+            ValueError,
+            "`labels` must lie in \\[0, 1\\]",
+        ),
+        (
+            "anil_head_adapt",
+            dict(features=x, labels=y[:, :3].contiguous(), weight=w, bias=b, lr=0.1, steps=1),
+            ValueError,
+            "`labels` has shape",
+        ),
+        (
+            "anil_head_adapt",
+            dict(features=x, labels=y, weight=torch.randn(4, 2), bias=b, lr=0.1, steps=1),
+            ValueError,
+            "`weight` has shape",
+        ),
+        (
+            "anil_head_adapt",
+            dict(features=x, labels=y, weight=w, bias=torch.randn(3), lr=0.1, steps=1),
+            ValueError,
+            "`bias` has shape",
+        ),
+        (
+            "anil_head_adapt",
+            dict(features=x, labels=y, weight=w, bias=b.double(), lr=0.1, steps=1),
+            TypeError,
+            "`bias` has dtype",
+        ),
+        (
+            "anil_head_adapt",
+            dict(features=x.transpose(1, 2), labels=y, weight=w, bias=b, lr=0.1, steps=1),
+            ValueError,
+            "`features` must be contiguous",
+        ),
         ("anil_head_adapt", dict(features=x, labels=y, weight=w, bias=b, lr=0.1, steps=-1), ValueError, "`steps`"),
-        ("anil_head_adapt", dict(features=x[0], labels=y, weight=w, bias=b, lr=0.1, steps=1), ValueError, "`features` must have shape \\[T, N, D\\]"),
+        (
+            "anil_head_adapt",
+            dict(features=x[0], labels=y, weight=w, bias=b, lr=0.1, steps=1),
+            ValueError,
+            "`features` must have shape \\[T, N, D\\]",
+        ),
         # fisher_accumulate
-        ("fisher_accumulate", dict(fisher=torch.rand(4), per_sample_grads=g, gamma=0.9), ValueError, "`fisher` has shape"),
-        ("fisher_accumulate", dict(fisher=f, per_sample_grads=NONCONTIG, gamma=0.9), ValueError, "`per_sample_grads` must be contiguous"),
-        ("fisher_accumulate", dict(fisher=f, per_sample_grads=g.long(), gamma=0.9), TypeError, "`per_sample_grads` has dtype"),
+        (
+            "fisher_accumulate",
+            dict(fisher=torch.rand(4), per_sample_grads=g, gamma=0.9),
+            ValueError,
+            "`fisher` has shape",
+        ),
+        (
+            "fisher_accumulate",
+            dict(fisher=f, per_sample_grads=NONCONTIG, gamma=0.9),
+            ValueError,
+            "`per_sample_grads` must be contiguous",
+        ),
+        (
+            "fisher_accumulate",
+            dict(fisher=f, per_sample_grads=g.long(), gamma=0.9),
+            TypeError,
+            "`per_sample_grads` has dtype",
+        ),
         ("fisher_accumulate", dict(fisher=f, per_sample_grads=g, gamma=-0.1), ValueError, "`gamma` must be >= 0"),
         ("fisher_accumulate", dict(fisher=f, per_sample_grads=torch.randn(0, 5), gamma=0.9), ValueError, "N, P >= 1"),
         # linear_fisher
-        ("linear_fisher", dict(activations=a, output_grads=torch.randn(5, 2)), ValueError, "`output_grads` has 5 samples"),
-        ("linear_fisher", dict(activations=a[:, 0], output_grads=d), ValueError, "`activations` must have shape \\[N, Din\\]"),
-        ("linear_fisher", dict(activations=torch.randn(3, 4).T, output_grads=d), ValueError, "`activations` must be contiguous"),
-        ("linear_fisher", dict(activations=a, output_grads=d.to(torch.complex64)), TypeError, "`output_grads` has dtype"),
+        (
+            "linear_fisher",
+            dict(activations=a, output_grads=torch.randn(5, 2)),
+            ValueError,
+            "`output_grads` has 5 samples",
+        ),
+        (
+            "linear_fisher",
+            dict(activations=a[:, 0], output_grads=d),
+            ValueError,
+            "`activations` must have shape \\[N, Din\\]",
+        ),
+        (
+            "linear_fisher",
+            dict(activations=torch.randn(3, 4).T, output_grads=d),
+            ValueError,
+            "`activations` must be contiguous",
+        ),
+        (
+            "linear_fisher",
+            dict(activations=a, output_grads=d.to(torch.complex64)),
+            TypeError,
+            "`output_grads` has dtype",
+        ),
         ("linear_fisher_bias", dict(output_grads=d[:, 0]), ValueError, "`output_grads` must have shape"),
         # ewc_penalty
         ("ewc_penalty", dict(fisher=torch.rand(4), theta=f, theta_star=f), ValueError, "`fisher` has shape"),
         ("ewc_penalty", dict(fisher=f, theta=f, theta_star=f.double()), TypeError, "`theta_star` has dtype"),
-        ("ewc_penalty", dict(fisher=torch.rand(3, 4).T, theta=torch.randn(4, 3), theta_star=torch.randn(4, 3)), ValueError, "`fisher` must be contiguous"),
+        (
+            "ewc_penalty",
+            dict(fisher=torch.rand(3, 4).T, theta=torch.randn(4, 3), theta_star=torch.randn(4, 3)),
+            ValueError,
+            "`fisher` must be contiguous",
+        ),
         ("ewc_penalty", dict(fisher=f.int(), theta=f, theta_star=f), TypeError, "`fisher` has dtype"),
     ]
 

@@ -79,9 +79,9 @@ def test_backends_identical_on_tiny_online_ewc_run():
                     loss.backward()
                     opt.step()
                 out = lin(x)
-                delta = torch.autograd.grad(
-                    torch.nn.functional.cross_entropy(out, y, reduction="sum"), out
-                )[0]  # [N, 3] per-sample output gradients
+                delta = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y, reduction="sum"), out)[
+                    0
+                ]  # [N, 3] per-sample output gradients
                 # Per-sample gradients of a linear layer: g_n = delta_n a_n^T (weight), delta_n (bias).
                 rows = {
                     "weight": torch.einsum("no,ni->noi", delta, x).reshape(len(y), -1),  # [N, 3*8]
@@ -89,9 +89,9 @@ def test_backends_identical_on_tiny_online_ewc_run():
                 }
                 identity = {"weight": kernels.linear_fisher(x, delta), "bias": kernels.linear_fisher_bias(delta)}
                 for n in fisher:  # online EWC: F <- 0.9 F + mean_n g_n^2
-                    fisher[n] = kernels.fisher_accumulate(
-                        fisher[n].flatten(), rows[n].contiguous(), 0.9
-                    ).view_as(fisher[n])
+                    fisher[n] = kernels.fisher_accumulate(fisher[n].flatten(), rows[n].contiguous(), 0.9).view_as(
+                        fisher[n]
+                    )
                     # the layer identity gives the same new term without per-sample gradients
                     fresh = kernels.fisher_accumulate(torch.zeros(rows[n].shape[1]), rows[n].contiguous(), 0.0)
                     torch.testing.assert_close(fresh.view_as(identity[n]), identity[n] / len(y))

@@ -168,8 +168,7 @@ def test_drop_in_for_the_continual_learners_linear_fisher():
     x, y = torch.randn(11, 6), torch.randint(0, 4, (11,))
     theirs = fisher_mod.per_sample_squared_grads(net, x, y)
     saved = {}
-    hooks = [net[i].register_forward_hook(lambda m, inp, out, i=i: saved.__setitem__(i, (inp[0], out)))
-             for i in (0, 2)]
+    hooks = [net[i].register_forward_hook(lambda m, inp, out, i=i: saved.__setitem__(i, (inp[0], out))) for i in (0, 2)]
     loss = F.cross_entropy(net(x), y, reduction="sum")
     for h in hooks:
         h.remove()

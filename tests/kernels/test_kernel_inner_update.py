@@ -149,11 +149,16 @@ def test_inner_update_params_dict(lr_kind):
     # Shared conv-like parameters, per-task linear ones, Meta-SGD lrs: shapes restored, values and
     # gradients equal to the per-tensor reference.
     T = 3
-    params = {"conv.weight": torch.randn(4, 2, 3, 3, requires_grad=True),
-              "fc.bias": torch.randn(T, 5, requires_grad=True)}
+    params = {
+        "conv.weight": torch.randn(4, 2, 3, 3, requires_grad=True),
+        "fc.bias": torch.randn(T, 5, requires_grad=True),
+    }
     grads = {"conv.weight": torch.randn(T, 4, 2, 3, 3), "fc.bias": torch.randn(T, 5)}
-    lr = 0.2 if lr_kind == "float" else {
-        "conv.weight": torch.rand(4, 2, 3, 3, requires_grad=True), "fc.bias": torch.rand(5, requires_grad=True)}
+    lr = (
+        0.2
+        if lr_kind == "float"
+        else {"conv.weight": torch.rand(4, 2, 3, 3, requires_grad=True), "fc.bias": torch.rand(5, requires_grad=True)}
+    )
     with kernels.backend("triton"):
         out = kernels.inner_update_params(params, grads, lr)
     leaves = list(params.values()) + (list(lr.values()) if isinstance(lr, dict) else [])

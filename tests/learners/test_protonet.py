@@ -1,17 +1,14 @@
 """ProtoNet math, and whole tiny runs: reproducible, resumable, with a metrics.json."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import TINY_PROTONET, compose_run, needs_omniglot  # noqa: E402
 
-from metalab.learners.meta.protonet import ProtoNet, squared_euclidean  # noqa: E402
 from metalab.errors import NumericalError  # noqa: E402
+from metalab.learners.meta.protonet import ProtoNet, squared_euclidean  # noqa: E402
 from metalab.run import train  # noqa: E402
 
 
@@ -26,8 +23,12 @@ def test_logits_are_distances_to_support_means():
     support = torch.randn(2, 3 * 2, 1, 2, 2)  # 2 tasks, 3 way, 2 shot
     query = torch.randn(2, 3 * 4, 1, 2, 2)
     labels = torch.arange(3).repeat_interleave(2).expand(2, -1)
-    batch = {"support": support, "support_labels": labels, "query": query,
-             "query_labels": torch.arange(3).repeat_interleave(4).expand(2, -1)}
+    batch = {
+        "support": support,
+        "support_labels": labels,
+        "query": query,
+        "query_labels": torch.arange(3).repeat_interleave(4).expand(2, -1),
+    }
     logits = learner.query_logits(batch)
     protos = support.flatten(2).view(2, 3, 2, 4).mean(2)
     expected = -((query.flatten(2)[:, :, None] - protos[:, None]) ** 2).sum(-1)
@@ -42,7 +43,7 @@ def _metrics(run_dir: Path) -> dict:
 @needs_omniglot
 def test_same_seed_same_metrics_and_run_record(tmp_path):
     a = train(compose_run(tmp_path / "a", TINY_PROTONET))
-    b = train(compose_run(tmp_path / "b", TINY_PROTONET))
+    train(compose_run(tmp_path / "b", TINY_PROTONET))
     ma, mb = _metrics(tmp_path / "a"), _metrics(tmp_path / "b")
     assert a is None and ma["test/5w1s/acc"] == mb["test/5w1s/acc"]
     assert ma["val/acc"] == mb["val/acc"] and ma["train/loss"] == mb["train/loss"]
@@ -108,8 +109,12 @@ def test_bf16_autocast_keeps_distances_in_fp32():
 
     learner = ProtoNet(Conv4(hidden=16), optimizer=torch.optim.Adam)
     learner.backbone.train()
-    batch = {"support": torch.rand(2, 5, 1, 28, 28), "support_labels": torch.arange(5).expand(2, -1),
-             "query": torch.rand(2, 10, 1, 28, 28), "query_labels": torch.arange(5).repeat(2).expand(2, -1)}
+    batch = {
+        "support": torch.rand(2, 5, 1, 28, 28),
+        "support_labels": torch.arange(5).expand(2, -1),
+        "query": torch.rand(2, 10, 1, 28, 28),
+        "query_labels": torch.arange(5).repeat(2).expand(2, -1),
+    }
     exact = learner.query_logits(batch)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = learner.query_logits(batch)

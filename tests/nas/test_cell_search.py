@@ -16,15 +16,23 @@ def conv3x3_count(genomes: np.ndarray) -> np.ndarray:
 
 
 def test_aging_over_cells_removes_the_oldest_even_when_it_is_the_fittest():
-    ga = GeneticAlgorithm(search_space(), population_size=4, selection="aging", sample_size=2, offspring_size=2,
-                          crossover_probability=0.0, mutation_rate=0.3, seed=0)
+    ga = GeneticAlgorithm(
+        search_space(),
+        population_size=4,
+        selection="aging",
+        sample_size=2,
+        offspring_size=2,
+        crossover_probability=0.0,
+        mutation_rate=0.3,
+        seed=0,
+    )
     first = ga.ask()
-    ga.tell(first, [100.0, 1.0, 2.0, 3.0])          # the oldest (id 0) is by far the fittest
+    ga.tell(first, [100.0, 1.0, 2.0, 3.0])  # the oldest (id 0) is by far the fittest
     children = ga.ask()
     assert all(isinstance(Genotype.from_indices(c.genome), Genotype) for c in children)
     ga.tell(children, [0.0, 0.0])
     assert [c.id for c in ga.population] == [2, 3, 4, 5]  # ids 0 and 1, the two oldest, died
-    assert ga.best().id == 0                               # the best ever told is still remembered
+    assert ga.best().id == 0  # the best ever told is still remembered
 
 
 def test_random_search_keeps_the_best_told_and_resumes_exactly():

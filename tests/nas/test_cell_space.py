@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from metalab.errors import ConfigError
-from metalab.nas.space import (EDGES, OPERATIONS, RESNET_CELL, SPACE_SIZE, Genotype, GenotypeError, all_genotypes,
-                               search_space)
+from metalab.nas.space import (
+    EDGES,
+    OPERATIONS,
+    RESNET_CELL,
+    SPACE_SIZE,
+    Genotype,
+    GenotypeError,
+    all_genotypes,
+    search_space,
+)
 
 
 def test_the_space_has_15625_distinct_cells_numbered_0_to_15624():
@@ -36,17 +44,24 @@ def test_searchers_see_six_categorical_genes_over_the_five_operations():
     assert str(Genotype.from_indices(genome)) == str(Genotype(tuple(space.decode(genome).values())))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("|conv_5x5~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|",
-     "unknown operation 'conv_5x5' on edge 0->1; the operations are: none, skip_connect, nor_conv_1x1, "
-     "nor_conv_3x3, avg_pool_3x3"),
-    ("resnet", "genotype 'resnet' does not parse: expected NAS-Bench-201's form"),
-    ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+", "does not parse"),
-    ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|", "does not fit the space: it has 2 node groups, a cell has 3"),
-    ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~2|+|skip_connect~0|none~1|skip_connect~2|",
-     "does not fit the space: node 2 must take one input from each of nodes 0, 1 in order"),
-    ("|nor_conv_3x3~0|+|none~0|+|skip_connect~0|none~1|skip_connect~2|", "does not fit the space: node 2"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "|conv_5x5~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|",
+            "unknown operation 'conv_5x5' on edge 0->1; the operations are: none, skip_connect, nor_conv_1x1, "
+            "nor_conv_3x3, avg_pool_3x3",
+        ),
+        ("resnet", "genotype 'resnet' does not parse: expected NAS-Bench-201's form"),
+        ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+", "does not parse"),
+        ("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|", "does not fit the space: it has 2 node groups, a cell has 3"),
+        (
+            "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~2|+|skip_connect~0|none~1|skip_connect~2|",
+            "does not fit the space: node 2 must take one input from each of nodes 0, 1 in order",
+        ),
+        ("|nor_conv_3x3~0|+|none~0|+|skip_connect~0|none~1|skip_connect~2|", "does not fit the space: node 2"),
+    ],
+)
 def test_a_bad_genotype_is_one_clear_config_error(text, message):
     with pytest.raises(GenotypeError) as error:
         Genotype.parse(text)

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from metalab.data.cifar10 import PairDataset, PairedBatchSampler
-from metalab.data.streams import _identity
+from metalab.data.streams import identity_collate
+from metalab.errors import ConfigError
 from metalab.learners.nas import DartsLearner
 from metalab.nas.darts import architecture_gradient, auxiliary_skip_beta, classification_loss
 from metalab.nas.network import SuperNetwork
-from metalab.errors import ConfigError
 
 
 def tiny_batch(seed: int, n: int = 6, dtype=torch.float32):
@@ -53,8 +53,9 @@ class OneBatch(L.LightningDataModule):
         self.pairs = PairDataset(train, valid)
 
     def train_dataloader(self):
-        return torch.utils.data.DataLoader(self.pairs, batch_sampler=PairedBatchSampler(len(self.pairs.train[1]), 6, 0, 0),
-                                           collate_fn=_identity)
+        return torch.utils.data.DataLoader(
+            self.pairs, batch_sampler=PairedBatchSampler(len(self.pairs.train[1]), 6, 0, 0), collate_fn=identity_collate
+        )
 
 
 @pytest.mark.parametrize("guard", ["dartsminus", "none"])
@@ -69,9 +70,16 @@ def test_one_learner_step_moves_alpha_against_the_validation_gradient_at_the_sta
     start = supernet.arch_logits.detach().clone()
     reference = architecture_gradient(supernet, *valid, skip_beta=1.0 if guard == "dartsminus" else 0.0)
     start_weights = [p.detach().clone() for p in supernet.weight_parameters()]
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, accelerator="cpu", precision="32-true",
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        precision="32-true",
+        default_root_dir=tmp_path,
+    )
     trainer.fit(learner, datamodule=OneBatch(train, valid))
     moved = supernet.arch_logits.detach() - start
     clear = reference.abs() > 1e-4  # Adam's eps blurs the sign of near-zero entries

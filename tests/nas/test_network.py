@@ -6,8 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from metalab.nas.network import (CellNetwork, SearchCell, SuperNetwork, discrete_state_from_supernet,
-                                 make_operation, mixed_operation)
+from metalab.nas.network import (
+    CellNetwork,
+    SearchCell,
+    SuperNetwork,
+    discrete_state_from_supernet,
+    make_operation,
+    mixed_operation,
+)
 from metalab.nas.space import EDGES, OPERATIONS, RESNET_CELL, Genotype
 
 
@@ -32,8 +38,10 @@ def _cell_by_hand(cell: SearchCell, weights: torch.Tensor, x: torch.Tensor, beta
         for position, (source, edge_target) in enumerate(EDGES):
             if edge_target == target:
                 ops = cell.cell.edges[f"{source}_{target}"]
-                mixed = sum(weights[position, k] * (ops[n](nodes[source]) if n != "none" else 0)
-                            for k, n in enumerate(OPERATIONS))
+                mixed = sum(
+                    weights[position, k] * (ops[n](nodes[source]) if n != "none" else 0)
+                    for k, n in enumerate(OPERATIONS)
+                )
                 total = total + mixed + beta * nodes[source]
         nodes.append(total)
     return nodes[3]
@@ -45,13 +53,19 @@ def test_search_cell_sums_mixed_edges_into_nodes_with_the_auxiliary_skip(beta):
     cell = SearchCell(4, affine=False)
     weights = torch.softmax(torch.randn(len(EDGES), len(OPERATIONS)), dim=-1)
     x = torch.randn(2, 4, 5, 5)
-    torch.testing.assert_close(cell(x, weights, skip_beta=beta), _cell_by_hand(cell, weights, x, beta),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        cell(x, weights, skip_beta=beta), _cell_by_hand(cell, weights, x, beta), rtol=1e-5, atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("genotype", [RESNET_CELL, Genotype.parse(
-    "|nor_conv_1x1~0|+|avg_pool_3x3~0|none~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|"),
-    Genotype(("none",) * 6)])
+@pytest.mark.parametrize(
+    "genotype",
+    [
+        RESNET_CELL,
+        Genotype.parse("|nor_conv_1x1~0|+|avg_pool_3x3~0|none~1|+|nor_conv_3x3~0|skip_connect~1|avg_pool_3x3~2|"),
+        Genotype(("none",) * 6),
+    ],
+)
 def test_supernet_with_one_hot_weights_equals_the_discrete_network(genotype):
     torch.manual_seed(2)
     supernet = SuperNetwork(channels=4, cells_per_stage=2, cell_affine=True)

@@ -10,14 +10,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import compose_run, data_available
 
 from metalab.run import train
-from helpers import compose_run, data_available
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_cifar = pytest.mark.skipif(not data_available("cifar10/cifar10.npz"), reason="CIFAR-10 data file not found")
-TINY_DARTS = ["+experiment=nas/darts", "data.search_examples=96", "data.batch_size=16", "model.channels=4",
-              "callbacks.progress_bar.refresh_rate=0", "logger=none"]
+TINY_DARTS = [
+    "+experiment=nas/darts",
+    "data.search_examples=96",
+    "data.batch_size=16",
+    "model.channels=4",
+    "callbacks.progress_bar.refresh_rate=0",
+    "logger=none",
+]
 
 
 def run(tmp: Path, overrides: list[str]) -> dict:
@@ -34,10 +40,19 @@ def test_a_killed_darts_search_resumes_to_the_uninterrupted_result(tmp_path):
     whole = run(tmp_path / "whole", [*TINY_DARTS, "trainer.max_epochs=2"])
     assert (tmp_path / "whole" / "cell.png").is_file() and whole["genotype"].count("~") == 6
     with pytest.raises(RuntimeError, match="simulated kill"):
-        run(tmp_path / "killed", [*TINY_DARTS, "trainer.max_epochs=2", "+callbacks.crash._target_=nas_helpers.CrashAtStep",
-                                  "+callbacks.crash.step=8"])
-    resumed = run(tmp_path / "resumed", [*TINY_DARTS, "trainer.max_epochs=2",
-                                         f"ckpt_path={tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}"])
+        run(
+            tmp_path / "killed",
+            [
+                *TINY_DARTS,
+                "trainer.max_epochs=2",
+                "+callbacks.crash._target_=nas_helpers.CrashAtStep",
+                "+callbacks.crash.step=8",
+            ],
+        )
+    resumed = run(
+        tmp_path / "resumed",
+        [*TINY_DARTS, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'killed' / 'checkpoints' / 'last.ckpt'}"],
+    )
     assert resumed["operation_weights"] == whole["operation_weights"]
     assert resumed["genotype"] == whole["genotype"] and resumed["genotype_history"] == whole["genotype_history"]
     final = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -45,16 +60,29 @@ def test_a_killed_darts_search_resumes_to_the_uninterrupted_result(tmp_path):
     assert all(torch.equal(final[k], again[k]) for k in final)
 
 
-@pytest.mark.parametrize("genotype, expected", [
-    ("'|conv_5x5~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|'",
-     "error: unknown operation 'conv_5x5' on edge 0->1; the operations are: none, skip_connect,"),
-    ("resnet", "error: genotype 'resnet' does not parse: expected NAS-Bench-201's form"),
-    ("'|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|'", "error: genotype '|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|' "
-                                                    "does not fit the space: it has 2 node groups, a cell has 3"),
-])
+@pytest.mark.parametrize(
+    "genotype, expected",
+    [
+        (
+            "'|conv_5x5~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|'",
+            "error: unknown operation 'conv_5x5' on edge 0->1; the operations are: none, skip_connect,",
+        ),
+        ("resnet", "error: genotype 'resnet' does not parse: expected NAS-Bench-201's form"),
+        (
+            "'|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|'",
+            "error: genotype '|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|' "
+            "does not fit the space: it has 2 node groups, a cell has 3",
+        ),
+    ],
+)
 def test_a_bad_genotype_on_the_command_line_is_one_error_line(genotype, expected, tmp_path):
-    result = subprocess.run([sys.executable, "train.py", "+experiment=nas/retrain", f"genotype={genotype}",
-                             f"hydra.run.dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "train.py", "+experiment=nas/retrain", f"genotype={genotype}", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
     assert "Traceback" not in result.stderr

@@ -33,7 +33,9 @@ def test_append_record_writes_one_line_with_its_context(tmp_path, monkeypatch):
 
 def test_commands_are_recorded_without_machine_paths():
     root = repo_root()
-    command = relative_command([str(root / "benchmarks/meta/x.py"), "--out", f"--dir={root / 'logs'}", "/tmp/else"], root)
+    command = relative_command(
+        [str(root / "benchmarks/meta/x.py"), "--out", f"--dir={root / 'logs'}", "/tmp/else"], root
+    )
     assert command == "python benchmarks/meta/x.py --out --dir=logs /tmp/else"
 
 
@@ -56,15 +58,21 @@ def test_records_dir_redirects_trial_runs(tmp_path, monkeypatch):
 def _records(tmp_path: Path) -> Path:
     path = tmp_path / "r.jsonl"  # absolute and outside the repository: written as given
     for speed, rounds in ((1.23456, 3), (2.5, 5)):
-        append_record(path, [{"order": "first", "speedup": speed}, {"order": "second", "speedup": speed * 2}],
-                      benchmark="maml", settings={"rounds": rounds})
+        append_record(
+            path,
+            [{"order": "first", "speedup": speed}, {"order": "second", "speedup": speed * 2}],
+            benchmark="maml",
+            settings={"rounds": rounds},
+        )
     append_record(path, {"other": 1}, benchmark="else")
     return path
 
 
 def test_table_selects_filters_and_formats(tmp_path):
     records = read_records(_records(tmp_path))
-    spec = TableSpec.parse("records=r.jsonl where=benchmark:maml last=1 columns=order,speedup:speed-up context=none", "t")
+    spec = TableSpec.parse(
+        "records=r.jsonl where=benchmark:maml last=1 columns=order,speedup:speed-up context=none", "t"
+    )
     assert render_table(records, spec) == "| order | speed-up |\n|---|---|\n| first | 2.5 |\n| second | 5 |"
     spec = TableSpec.parse("records=r.jsonl where=settings.rounds:3 columns=speedup format=.2f context=none", "t")
     assert render_table(records, spec).splitlines()[2:] == ["| 1.23 |", "| 2.47 |"]
@@ -72,11 +80,15 @@ def test_table_selects_filters_and_formats(tmp_path):
 
 def test_marked_blocks_are_regenerated_and_prose_kept(tmp_path):
     _records(tmp_path)
-    text = ("# Results\nprose before\n<!-- metalab:table records=r.jsonl where=benchmark:else context=none -->\n"
-            "| typed by hand | 9.99 |\n<!-- metalab:end -->\nprose after\n")
+    text = (
+        "# Results\nprose before\n<!-- metalab:table records=r.jsonl where=benchmark:else context=none -->\n"
+        "| typed by hand | 9.99 |\n<!-- metalab:end -->\nprose after\n"
+    )
     out = render_markdown(text, tmp_path)
-    assert out == ("# Results\nprose before\n<!-- metalab:table records=r.jsonl where=benchmark:else context=none -->\n"
-                   "| other |\n|---|\n| 1 |\n<!-- metalab:end -->\nprose after\n")
+    assert out == (
+        "# Results\nprose before\n<!-- metalab:table records=r.jsonl where=benchmark:else context=none -->\n"
+        "| other |\n|---|\n| 1 |\n<!-- metalab:end -->\nprose after\n"
+    )
     assert render_markdown(out, tmp_path) == out
     with pytest.raises(MetalabError, match="not allowed"):
         render_markdown("<!-- metalab:table records=r.jsonl colums=a -->\n<!-- metalab:end -->", tmp_path)
@@ -85,6 +97,23 @@ def test_marked_blocks_are_regenerated_and_prose_kept(tmp_path):
 def test_committed_tables_equal_what_the_committed_records_give():
     """Every table marked in the repository's Markdown is exactly what its committed records generate."""
     assert not [str(p.relative_to(ROOT)) for p in refresh(root=ROOT, check=True)]
+
+
+def test_a_render_marker_draws_its_section_from_the_newest_record(tmp_path):
+    _records(tmp_path)
+    (tmp_path / "draw.py").write_text("def section(record):\n    return [f\"rows: {len(record['figures'])}\", '']\n")
+    text = "<!-- metalab:render records=r.jsonl with=draw.py:section -->\nold\n<!-- metalab:end -->\n"
+    newest = read_records(tmp_path / "r.jsonl")[-1]
+    assert render_markdown(text, tmp_path) == text.replace("old", f"rows: {len(newest['figures'])}")
+    with pytest.raises(MetalabError, match="has no function 'nope'"):
+        render_markdown(text.replace("section", "nope"), tmp_path)
+    with pytest.raises(MetalabError, match="takes records="):
+        render_markdown("<!-- metalab:render records=r.jsonl -->\n<!-- metalab:end -->\n", tmp_path)
+
+
+def test_the_services_results_page_is_generated_and_checked():
+    """experiments/services/results.md is made by `metalab tables` (so the check above covers it)."""
+    assert ROOT / "experiments" / "services" / "results.md" in marked_files(ROOT)
 
 
 def test_metalab_tables_check_command(tmp_path):

@@ -4,7 +4,6 @@ resume an interrupted run from its checkpoint."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import TINY, omniglot_available, write_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,13 +18,18 @@ needs_omniglot = pytest.mark.skipif(not omniglot_available(), reason="shared/dat
 
 
 def report(study: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metalab", "report", str(study), "--runs-dir", str(runs), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, "-m", "metalab", "report", str(study), "--runs-dir", str(runs), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
 
 
 def results_table(report_md: Path) -> str:
     text = report_md.read_text()
-    return text[text.index("## Results"):text.index("## Environment")]
+    return text[text.index("## Results") : text.index("## Environment")]
 
 
 @needs_omniglot
@@ -36,12 +38,20 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
     first = report(study, tmp_path / "runs", "--jobs", "2")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "2 runs, 0 already done, 2 to run (2 at a time)" in first.stdout
+    for seed in (0, 1):  # one finished line per run with its headline score, then the summary
+        assert f"finished protonet_5w1s seed {seed}: test/5w1s/acc " in first.stdout, first.stdout
+    assert "2 run(s) finished now, 0 failed, 0 done before" in first.stdout
     report_md = study.parent / "tiny" / "report.md"
     table = report_md.read_text()
     assert "| protonet_5w1s | 5w1s % |" in table and "| 2 seeds |" in table
     assert (study.parent / "tiny" / "figures" / "tiny" / "curves.png").is_file()
     records = study.parent / "tiny" / "runs" / "tiny" / "protonet_5w1s" / "seed0"
-    assert sorted(p.name for p in records.iterdir()) == ["config_resolved.yaml", "metrics.csv", "metrics.json", "run.json"]
+    assert sorted(p.name for p in records.iterdir()) == [
+        "config_resolved.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "run.json",
+    ]
     assert str(tmp_path) not in (records / "config_resolved.yaml").read_text()  # no machine paths in records
     report_md.unlink()
     again = report(study, tmp_path / "runs")
@@ -58,7 +68,9 @@ def test_rerun_skips_done_runs_and_reproduces_the_report(tmp_path):
 @pytest.mark.slow
 def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("trainer.max_epochs", "data.train_episodes"))] + [
-        "trainer.max_epochs=5", "data.train_episodes=300"]
+        "trainer.max_epochs=5",
+        "data.train_episodes=300",
+    ]
     reference_study = write_study(tmp_path / "reference", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
     assert report(reference_study, tmp_path / "runs_a").returncode == 0
     study = write_study(tmp_path / "interrupted", ["omniglot/protonet_5w1s"], overrides, seeds=[0])
@@ -81,9 +93,13 @@ def test_an_interrupted_run_is_resumed_not_restarted(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["resumed_from_checkpoint"] is True
     ours = json.loads((run_dir / "metrics.json").read_text())
-    theirs = json.loads((runs_a_dir := tmp_path / "runs_a" / "tiny" / "tiny" / "protonet_5w1s" / "seed0" / "metrics.json").read_text())
+    theirs = json.loads(
+        (runs_a_dir := tmp_path / "runs_a" / "tiny" / "tiny" / "protonet_5w1s" / "seed0" / "metrics.json").read_text()
+    )
     test_keys = sorted(k for k in theirs["metrics"] if k.startswith("test/"))
-    assert test_keys and {k: ours["metrics"][k] for k in test_keys} == {k: theirs["metrics"][k] for k in test_keys}, runs_a_dir
+    assert test_keys and {k: ours["metrics"][k] for k in test_keys} == {k: theirs["metrics"][k] for k in test_keys}, (
+        runs_a_dir
+    )
     assert ours["global_step"] == theirs["global_step"]
 
 

@@ -27,11 +27,11 @@ def read_wandb_file(path: Path) -> list[Any]:
         if left < 7:
             position += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
         if length == 0 and kind == 0:  # zero padding up to the block's end
             position += left
             continue
-        pending += data[position + 7:position + 7 + length]
+        pending += data[position + 7 : position + 7 + length]
         position += 7 + length
         if kind in (FULL, LAST):
             record = pb.Record()
@@ -52,5 +52,7 @@ def summary_of(path: Path) -> dict[str, Any]:
         elif kind == "config":
             out["config"].update({u.key: json.loads(u.value_json) for u in record.config.update})
         elif kind == "history":
-            out["history"].update({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+            out["history"].update(
+                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
+            )
     return out

@@ -41,10 +41,14 @@ def test_centered_ranks():
     np.testing.assert_allclose(centered_ranks(np.array([10.0, -3.0, 7.0, 100.0, 0.0])), [0.25, -0.5, 0.0, 0.5, -0.25])
 
 
-@pytest.mark.parametrize("make", [
-    lambda space: OpenAIES(space, population_size=50, sigma=0.1, learning_rate=0.1, seed=0),
-    lambda space: CMAES(space, population_size=12, sigma=1.0, seed=0),
-], ids=["openai_es", "cmaes"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda space: OpenAIES(space, population_size=50, sigma=0.1, learning_rate=0.1, seed=0),
+        lambda space: CMAES(space, population_size=12, sigma=1.0, seed=0),
+    ],
+    ids=["openai_es", "cmaes"],
+)
 def test_es_converges_on_the_quadratic(make):
     es = make(SearchSpace.box(5, -5, 5))
     for _ in range(150):
@@ -53,10 +57,14 @@ def test_es_converges_on_the_quadratic(make):
     assert np.linalg.norm(es.best().genome - CENTRE) < 0.1
 
 
-@pytest.mark.parametrize("make", [
-    lambda: OpenAIES(SearchSpace.box(4, -3, 3), population_size=8, seed=3),
-    lambda: CMAES(SearchSpace.box(4, -3, 3), population_size=6, seed=3),
-], ids=["openai_es", "cmaes"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: OpenAIES(SearchSpace.box(4, -3, 3), population_size=8, seed=3),
+        lambda: CMAES(SearchSpace.box(4, -3, 3), population_size=6, seed=3),
+    ],
+    ids=["openai_es", "cmaes"],
+)
 def test_resume_from_state_equals_an_uninterrupted_run(make):
     def run(es, generations):
         for _ in range(generations):
@@ -72,8 +80,11 @@ def test_resume_from_state_equals_an_uninterrupted_run(make):
     np.testing.assert_array_equal(stack(resumed.ask()), stack(straight.ask()))
 
 
-@pytest.mark.parametrize("make", [lambda s: OpenAIES(s, population_size=10, seed=0), lambda s: CMAES(s, population_size=10, seed=0)],
-                         ids=["openai_es", "cmaes"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda s: OpenAIES(s, population_size=10, seed=0), lambda s: CMAES(s, population_size=10, seed=0)],
+    ids=["openai_es", "cmaes"],
+)
 def test_nan_fitness_is_discarded_and_the_search_goes_on(make, caplog):
     es = make(SearchSpace.box(5, -5, 5))
     candidates = es.ask()
@@ -87,8 +98,11 @@ def test_nan_fitness_is_discarded_and_the_search_goes_on(make, caplog):
     es.tell(candidates, quadratic(stack(candidates)))
 
 
-@pytest.mark.parametrize("make", [lambda s: OpenAIES(s, population_size=10), lambda s: CMAES(s, population_size=10)],
-                         ids=["openai_es", "cmaes"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda s: OpenAIES(s, population_size=10), lambda s: CMAES(s, population_size=10)],
+    ids=["openai_es", "cmaes"],
+)
 def test_tell_with_the_wrong_count(make):
     es = make(SearchSpace.box(3, -1, 1))
     with pytest.raises(TellError, match="got 7 fitness values for 10 candidates"):

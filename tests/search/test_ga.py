@@ -13,16 +13,20 @@ from metalab.search import GeneticAlgorithm, SearchSpace, TellError
 from metalab.search.base import stack
 from metalab.search.problems import ZDT
 
-SPACE = SearchSpace.from_config({"x": {"type": "float", "low": -5, "high": 5},
-                                 "y": {"type": "float", "low": 1e-3, "high": 10, "log": True},
-                                 "n": {"type": "int", "low": 0, "high": 9},
-                                 "c": {"type": "categorical", "choices": ["a", "b", "c"]}})
+SPACE = SearchSpace.from_config(
+    {
+        "x": {"type": "float", "low": -5, "high": 5},
+        "y": {"type": "float", "low": 1e-3, "high": 10, "log": True},
+        "n": {"type": "int", "low": 0, "high": 9},
+        "c": {"type": "categorical", "choices": ["a", "b", "c"]},
+    }
+)
 
 
 def score(space, genomes):
     """Maximum 0 at x=1, y=1, n=7, c='b'."""
     values = [space.decode(g) for g in genomes]
-    return np.array([-(v["x"] - 1) ** 2 - np.log(v["y"]) ** 2 - abs(v["n"] - 7) - (v["c"] != "b") for v in values])
+    return np.array([-((v["x"] - 1) ** 2) - np.log(v["y"]) ** 2 - abs(v["n"] - 7) - (v["c"] != "b") for v in values])
 
 
 def run(ga, generations, problem=None):
@@ -35,8 +39,15 @@ def run(ga, generations, problem=None):
 
 @pytest.mark.parametrize("selection", ["elitist", "aging"])
 def test_ga_finds_the_optimum_of_a_mixed_space(selection):
-    ga = GeneticAlgorithm(SPACE, population_size=40, selection=selection, offspring_size=None if selection == "elitist" else 10,
-                          sample_size=8, mutation_rate=0.5, seed=0)
+    ga = GeneticAlgorithm(
+        SPACE,
+        population_size=40,
+        selection=selection,
+        offspring_size=None if selection == "elitist" else 10,
+        sample_size=8,
+        mutation_rate=0.5,
+        seed=0,
+    )
     run(ga, 60)
     best = SPACE.decode(ga.best().genome)
     assert best["n"] == 7 and best["c"] == "b"
@@ -71,7 +82,9 @@ def test_lineage_traces_back_to_the_random_individuals():
         seen.add(node)
         frontier.extend(ga.lineage[node]["parents"])
     ancestors_at_birth = {ga.lineage[i]["generation"] for i in seen}
-    assert 0 in ancestors_at_birth and all(not ga.lineage[i]["parents"] for i in seen if ga.lineage[i]["generation"] == 0)
+    assert 0 in ancestors_at_birth and all(
+        not ga.lineage[i]["parents"] for i in seen if ga.lineage[i]["generation"] == 0
+    )
 
 
 @pytest.mark.parametrize("selection, objectives", [("elitist", 1), ("aging", 1), ("elitist", 2)])
@@ -80,8 +93,15 @@ def test_resume_from_state_equals_an_uninterrupted_run(selection, objectives):
     space = problem.space if problem else SPACE
 
     def fresh():
-        return GeneticAlgorithm(space, population_size=12, selection=selection, objectives=objectives, offspring_size=6,
-                                sample_size=4, seed=7)
+        return GeneticAlgorithm(
+            space,
+            population_size=12,
+            selection=selection,
+            objectives=objectives,
+            offspring_size=6,
+            sample_size=4,
+            seed=7,
+        )
 
     straight = run(fresh(), 10, problem)
     first_half = run(fresh(), 5, problem)
@@ -97,8 +117,12 @@ def test_resume_from_state_equals_an_uninterrupted_run(selection, objectives):
 
 def test_nsga2_reaches_the_zdt1_front():
     problem = ZDT(1, n_variables=10)
-    ga = run(GeneticAlgorithm(problem.space, population_size=40, survival_fraction=1.0, objectives=2, seed=0), 60, problem)
-    assert problem.assess(ga)["hypervolume"] > 0.82  # the true front: 0.8767; 40 points of it: ~0.86; 40 random points: 0.0
+    ga = run(
+        GeneticAlgorithm(problem.space, population_size=40, survival_fraction=1.0, objectives=2, seed=0), 60, problem
+    )
+    assert (
+        problem.assess(ga)["hypervolume"] > 0.82
+    )  # the true front: 0.8767; 40 points of it: ~0.86; 40 random points: 0.0
 
 
 def test_nan_fitness_is_discarded_with_a_warning(caplog):
@@ -123,12 +147,15 @@ def test_tell_with_the_wrong_count_or_objectives():
         ga.tell(candidates, np.zeros((10, 2)))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"selection": "tournament"}, "selection='tournament' is not allowed"),
-    ({"survival_fraction": 0.0}, r"survival_fraction=0.0 is not allowed: survival_fraction must be in \(0, 1\]"),
-    ({"population_size": 1}, "population_size must be >= 2"),
-    ({"selection": "aging", "sample_size": 50}, r"sample_size must be in \[1, population_size\]"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"selection": "tournament"}, "selection='tournament' is not allowed"),
+        ({"survival_fraction": 0.0}, r"survival_fraction=0.0 is not allowed: survival_fraction must be in \(0, 1\]"),
+        ({"population_size": 1}, "population_size must be >= 2"),
+        ({"selection": "aging", "sample_size": 50}, r"sample_size must be in \[1, population_size\]"),
+    ],
+)
 def test_bad_settings(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         GeneticAlgorithm(SPACE, population_size=kwargs.pop("population_size", 10), **kwargs)

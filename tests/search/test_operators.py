@@ -8,8 +8,14 @@ import pytest
 from metalab.search.operators import crossover, mutate, polynomial_mutation, sbx_crossover
 from metalab.search.space import CategoricalGene, FloatGene, IntGene, SearchSpace
 
-SPACE = SearchSpace([FloatGene("f", -1.0, 2.0), FloatGene("lr", 1e-4, 1.0, log=True), IntGene("n", 1, 3),
-                     CategoricalGene("op", ("conv", "pool", "skip", "zero"))])
+SPACE = SearchSpace(
+    [
+        FloatGene("f", -1.0, 2.0),
+        FloatGene("lr", 1e-4, 1.0, log=True),
+        IntGene("n", 1, 3),
+        CategoricalGene("op", ("conv", "pool", "skip", "zero")),
+    ]
+)
 
 
 def test_mutation_keeps_bounds_and_types():
@@ -35,8 +41,9 @@ def test_polynomial_mutation_is_unbiased_and_local():
     genomes = np.full((200000, 1), 0.5)
     moved = polynomial_mutation(genomes, np.zeros(1), np.ones(1), eta=20.0, rate=1.0, rng=rng)
     delta = moved - 0.5
-    assert abs(delta.mean()) < 1e-3           # symmetric around the parent in the middle of the range
-    # Deb's distribution: P(|delta| > d) = (1 - d)^(eta+1) for the unbounded form; the bound correction at 0.5 is ~0.5^21
+    assert abs(delta.mean()) < 1e-3  # symmetric around the parent in the middle of the range
+    # Deb's distribution: P(|delta| > d) = (1 - d)^(eta+1) for the unbounded form; the bound correction at 0.5
+    # is ~0.5^21
     for d in (0.01, 0.05, 0.1):
         assert np.mean(np.abs(delta) > d) == pytest.approx((1 - d) ** 21, abs=0.005)
 

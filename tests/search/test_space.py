@@ -10,9 +10,11 @@ import pytest
 from metalab.errors import ConfigError, MetalabError
 from metalab.search import CategoricalGene, FloatGene, IntGene, SearchSpace
 
-CONFIG = {"lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
-          "layers": {"type": "int", "low": 1, "high": 4},
-          "activation": {"type": "categorical", "choices": ["relu", "tanh", "gelu"]}}
+CONFIG = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "layers": {"type": "int", "low": 1, "high": 4},
+    "activation": {"type": "categorical", "choices": ["relu", "tanh", "gelu"]},
+}
 
 
 def test_space_from_config_samples_inside_bounds_and_decodes():
@@ -27,16 +29,25 @@ def test_space_from_config_samples_inside_bounds_and_decodes():
     assert genomes[0, 0] == pytest.approx(math.log(decoded[0]["lr"]))
 
 
-@pytest.mark.parametrize("config, message", [
-    ({}, "search space is empty"),
-    ({"x": {"type": "float", "low": 2.0, "high": 1.0}}, r"x.low=2.0 > x.high=1.0 is not allowed"),
-    ({"x": {"type": "int", "low": 5, "high": 1}}, r"x.low=5 > x.high=1"),
-    ({"x": {"type": "gaussian", "low": 0, "high": 1}}, r"x.type='gaussian' is not allowed: .* float, int, categorical"),
-    ({"x": {"low": 0, "high": 1}}, r"x.type=None is not allowed"),
-    ({"x": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}, "log-scale gene needs low > 0"),
-    ({"x": {"type": "categorical", "choices": []}}, "needs at least one choice"),
-    ({"x": {"type": "float", "low": 0.0, "hgh": 1.0}}, r"x: .*unexpected keyword.*keys of a float gene: low, high, log"),
-])
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({}, "search space is empty"),
+        ({"x": {"type": "float", "low": 2.0, "high": 1.0}}, r"x.low=2.0 > x.high=1.0 is not allowed"),
+        ({"x": {"type": "int", "low": 5, "high": 1}}, r"x.low=5 > x.high=1"),
+        (
+            {"x": {"type": "gaussian", "low": 0, "high": 1}},
+            r"x.type='gaussian' is not allowed: .* float, int, categorical",
+        ),
+        ({"x": {"low": 0, "high": 1}}, r"x.type=None is not allowed"),
+        ({"x": {"type": "float", "low": 0.0, "high": 1.0, "log": True}}, "log-scale gene needs low > 0"),
+        ({"x": {"type": "categorical", "choices": []}}, "needs at least one choice"),
+        (
+            {"x": {"type": "float", "low": 0.0, "hgh": 1.0}},
+            r"x: .*unexpected keyword.*keys of a float gene: low, high, log",
+        ),
+    ],
+)
 def test_bad_space_configs_raise_one_clear_error(config, message):
     with pytest.raises(ConfigError, match=message) as caught:
         SearchSpace.from_config(config)

@@ -10,12 +10,12 @@ import uuid
 
 import pytest
 from fastapi.testclient import TestClient
+from svc_helpers import TOKENS
 
 from metalab.services.api.app import create_app
 from metalab.services.config import ServiceSettings
 from metalab.services.store import create_store_engine, migrate, session_factory
 from metalab.services.store.postgres_server import TemporaryPostgres, unavailable_reason
-from svc_helpers import TOKENS
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +68,16 @@ def api(store_url):
         yield client
     app.state.engine.dispose()
 
+
+@pytest.fixture
+def sqlite_sessions(sqlite_url):
+    """Like ``sessions`` on SQLite only (for long replays that need not run twice)."""
+    engine = create_store_engine(sqlite_url)
+    migrate(engine)
+    from metalab.services.store.models import Workspace
+
+    factory = session_factory(engine)
+    with factory() as session, session.begin():
+        session.add_all([Workspace(name="alpha"), Workspace(name="beta")])
+    yield factory
+    engine.dispose()

@@ -1,44 +1,67 @@
 """HTTP API: auth on every route, idempotency, pagination, 4xx messages, the typed client (SQLite and PostgreSQL)."""
 
 import re
+from datetime import UTC
 
 import pytest
 from fastapi.routing import APIRoute
+from svc_helpers import TOKENS, auth
 
 from metalab.services.api import schemas as s
 from metalab.services.api.client import ApiError, ServicesClient
-from svc_helpers import TOKENS, auth
 
 
 def _seed(api):
-    experiment = api.post("/v1/workspaces/alpha/experiments", json={"name": "e", "variants": ["a", "b"]}, headers=auth())
-    recommendation = api.post("/v1/workspaces/alpha/recommendations",
-                              json={"agent": "x", "type": "ops", "confidence": 0.7}, headers=auth())
+    experiment = api.post(
+        "/v1/workspaces/alpha/experiments", json={"name": "e", "variants": ["a", "b"]}, headers=auth()
+    )
+    recommendation = api.post(
+        "/v1/workspaces/alpha/recommendations", json={"agent": "x", "type": "ops", "confidence": 0.7}, headers=auth()
+    )
     assert experiment.status_code == 201 and recommendation.status_code == 201
-    ids = {"experiment_id": experiment.json()["id"], "recommendation_id": recommendation.json()["id"],
-           "agent": "x", "job": "trust"}
+    ids = {
+        "experiment_id": experiment.json()["id"],
+        "recommendation_id": recommendation.json()["id"],
+        "agent": "x",
+        "job": "trust",
+    }
     return ids | _seed_learning_services(api)
 
 
-LEARNING_BODIES = {"/v1/workspaces/{workspace}/strategies/{strategy_id}/outcomes": {"values": {"speed": 1.0}},
-                   "/v1/workspaces/{workspace}/governors/{governor_id}/changes": {"values": {"lr": 0.5}},
-                   "/v1/workspaces/{workspace}/governors/{governor_id}/telemetry": {"gain": 1, "stability": 1,
-                                                                                    "resource": 0}}
+LEARNING_BODIES = {
+    "/v1/workspaces/{workspace}/strategies/{strategy_id}/outcomes": {"values": {"speed": 1.0}},
+    "/v1/workspaces/{workspace}/governors/{governor_id}/changes": {"values": {"lr": 0.5}},
+    "/v1/workspaces/{workspace}/governors/{governor_id}/telemetry": {"gain": 1, "stability": 1, "resource": 0},
+}
 
 
 def _seed_learning_services(api):
     """Ids for the issue-20 routes (strategy pool, ...)."""
-    profile = api.post("/v1/workspaces/alpha/profiles", headers=auth(), json={
-        "name": "p", "genes": {"batch": {"type": "int", "low": 1, "high": 8}}, "population_size": 5})
+    profile = api.post(
+        "/v1/workspaces/alpha/profiles",
+        headers=auth(),
+        json={"name": "p", "genes": {"batch": {"type": "int", "low": 1, "high": 8}}, "population_size": 5},
+    )
     evolved = api.post(f"/v1/workspaces/alpha/profiles/{profile.json()['id']}/evolve", headers=auth())
-    model = api.post("/v1/workspaces/alpha/models/m1/versions", headers=auth(), json={
-        "version": "v1", "artifact": "a", "reference": {"x": [float(i) for i in range(40)]}})
+    model = api.post(
+        "/v1/workspaces/alpha/models/m1/versions",
+        headers=auth(),
+        json={"version": "v1", "artifact": "a", "reference": {"x": [float(i) for i in range(40)]}},
+    )
     assert model.status_code == 201, model.text
-    governor = api.post("/v1/workspaces/alpha/governors", headers=auth(), json={
-        "name": "g1", "domain": "d1", "knobs": {"lr": {"low": 0.0, "high": 1.0}}})
+    governor = api.post(
+        "/v1/workspaces/alpha/governors",
+        headers=auth(),
+        json={"name": "g1", "domain": "d1", "knobs": {"lr": {"low": 0.0, "high": 1.0}}},
+    )
     assert governor.status_code == 201, governor.text
-    return {"profile_id": profile.json()["id"], "strategy_id": evolved.json()["pending"][0]["id"], "model": "m1",
-            "governor_id": governor.json()["id"], "domain": "d1"}
+    return {
+        "profile_id": profile.json()["id"],
+        "strategy_id": evolved.json()["pending"][0]["id"],
+        "model": "m1",
+        "governor_id": governor.json()["id"],
+        "domain": "d1",
+    }
 
 
 def _workspace_routes(api):
@@ -63,7 +86,11 @@ def test_every_workspace_route_refuses_missing_wrong_and_foreign_tokens(api):
         wrong = {"Authorization": "Bearer not-a-real-token-000000"}
         assert api.request(method, url, json=body, headers=wrong).status_code == 401, (method, path, "wrong token")
         assert api.request(method, url, json=body, headers={"Authorization": "Basic abc"}).status_code == 401
-        assert api.request(method, url, json=body, headers=auth("beta")).status_code == 403, (method, path, "other workspace")
+        assert api.request(method, url, json=body, headers=auth("beta")).status_code == 403, (
+            method,
+            path,
+            "other workspace",
+        )
         if "_id}" in path:  # alpha's ids asked for through beta's own workspace: not found
             response = api.request(method, _url(path, "beta", ids), json=_valid_body(path), headers=auth("beta"))
             assert response.status_code == 404, (method, path, response.text)
@@ -91,8 +118,11 @@ def test_idempotent_writes_replay_and_refuse_a_changed_body(api):
     assert again.headers["Idempotent-Replayed"] == "true"
     changed = api.post(url, json={"variant": "b", "value": 1}, headers=headers)
     assert changed.status_code == 409 and "different request" in changed.json()["detail"]
-    same_key_other_workspace = api.post(f"/v1/workspaces/beta/experiments", json={"name": "e", "variants": ["a", "b"]},
-                                        headers={**auth("beta"), "Idempotency-Key": "outcome-1"})
+    same_key_other_workspace = api.post(
+        "/v1/workspaces/beta/experiments",
+        json={"name": "e", "variants": ["a", "b"]},
+        headers={**auth("beta"), "Idempotency-Key": "outcome-1"},
+    )
     assert same_key_other_workspace.status_code == 201  # keys are per workspace
     listed = api.get(url, headers=auth()).json()["items"]
     assert len(listed) == 1
@@ -111,24 +141,35 @@ def test_pagination_visits_every_item_once(api):
     assert seen == [f"e{i}" for i in range(7)]
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("POST", "/experiments", {"name": "x", "variants": ["only"]}),
-    ("POST", "/experiments", {"name": "x", "variants": ["a", "a"]}),
-    ("POST", "/experiments", {"name": "x\u0000", "variants": ["a", "b"]}),
-    ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "alpha": 2}),
-    ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "surprise": 1}),
-    ("GET", "/experiments/99999999999999999999", None),
-    ("GET", "/experiments/0", None),
-    ("GET", "/experiments/2147483648", None),  # above SQL INTEGER: PostgreSQL would overflow (found by schemathesis)
-    ("GET", "/experiments?cursor=4611686018427387903", None),
-    ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "mixture_scale": 1e-308}),  # tau^2 underflows to 0
-    ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "max_outcomes": 10**12}),
-    ("GET", "/experiments?limit=0", None),
-    ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 1.5}),
-    ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 0.5, "content": {"k": "\u0000"}}),
-    ("POST", "/jobs/nope", None),
-    ("GET", "/experiments/12345", None),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("POST", "/experiments", {"name": "x", "variants": ["only"]}),
+        ("POST", "/experiments", {"name": "x", "variants": ["a", "a"]}),
+        ("POST", "/experiments", {"name": "x\u0000", "variants": ["a", "b"]}),
+        ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "alpha": 2}),
+        ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "surprise": 1}),
+        ("GET", "/experiments/99999999999999999999", None),
+        ("GET", "/experiments/0", None),
+        (
+            "GET",
+            "/experiments/2147483648",
+            None,
+        ),  # above SQL INTEGER: PostgreSQL would overflow (found by schemathesis)
+        ("GET", "/experiments?cursor=4611686018427387903", None),
+        (
+            "POST",
+            "/experiments",
+            {"name": "x", "variants": ["a", "b"], "mixture_scale": 1e-308},
+        ),  # tau^2 underflows to 0
+        ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "max_outcomes": 10**12}),
+        ("GET", "/experiments?limit=0", None),
+        ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 1.5}),
+        ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 0.5, "content": {"k": "\u0000"}}),
+        ("POST", "/jobs/nope", None),
+        ("GET", "/experiments/12345", None),
+    ],
+)
 def test_bad_requests_get_a_4xx_with_a_message(api, method, path, body):
     response = api.request(method, "/v1/workspaces/alpha" + path, json=body, headers=auth())
     assert 400 <= response.status_code < 500, response.text
@@ -137,10 +178,15 @@ def test_bad_requests_get_a_4xx_with_a_message(api, method, path, body):
 
 def test_non_json_body_and_nan_are_refused(api):
     url = "/v1/workspaces/alpha/experiments"
-    assert api.post(url, content=b"{not json", headers={**auth(), "Content-Type": "application/json"}).status_code == 422
+    assert (
+        api.post(url, content=b"{not json", headers={**auth(), "Content-Type": "application/json"}).status_code == 422
+    )
     ids = _seed(api)
-    nan = api.post(f"{url}/{ids['experiment_id']}/outcomes", content=b'{"variant": "a", "value": NaN}',
-                   headers={**auth(), "Content-Type": "application/json"})
+    nan = api.post(
+        f"{url}/{ids['experiment_id']}/outcomes",
+        content=b'{"variant": "a", "value": NaN}',
+        headers={**auth(), "Content-Type": "application/json"},
+    )
     assert nan.status_code == 422
 
 
@@ -170,3 +216,23 @@ def test_openapi_schema_declares_bearer_auth(api):
     schema = api.get("/openapi.json").json()
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert api.get("/health").json() == {"status": "ok"}
+
+
+def test_timestamps_come_back_in_utc_with_an_offset(api):
+    """Issue 38: SQLite returned naive timestamps on read; both backends now give UTC with an offset."""
+
+    from metalab.services.store.models import ExperimentOutcome
+
+    created = api.post("/v1/workspaces/alpha/experiments", json={"name": "tz", "variants": ["a", "b"]}, headers=auth())
+    experiment_id = created.json()["id"]
+    outcome = api.post(
+        f"/v1/workspaces/alpha/experiments/{experiment_id}/outcomes", json={"variant": "a", "value": 1}, headers=auth()
+    )
+    read = api.get(f"/v1/workspaces/alpha/experiments/{experiment_id}/outcomes", headers=auth()).json()["items"][0]
+    again = api.get(f"/v1/workspaces/alpha/experiments/{experiment_id}", headers=auth()).json()
+    for stamp in (created.json()["created_at"], again["created_at"], outcome.json()["created_at"], read["created_at"]):
+        assert stamp.endswith("Z") or stamp.endswith("+00:00"), stamp
+    assert read["created_at"] == outcome.json()["created_at"] and again["created_at"] == created.json()["created_at"]
+    with api.app.state.sessions() as session:
+        stored = session.get(ExperimentOutcome, read["id"])
+        assert stored.created_at.tzinfo is not None and stored.created_at.utcoffset() == UTC.utcoffset(None)

@@ -1,16 +1,19 @@
-"""Concurrent writers with retries record every outcome exactly once (small; experiments/services/reliability.py is 8 x 10,000 on a live server)."""
+"""Concurrent writers with retries record every outcome exactly once (small; experiments/services/reliability.py is
+8 x 10,000 on a live server)."""
 
 import threading
 from collections import Counter
 
 from fastapi.testclient import TestClient
-
 from svc_helpers import auth
 
 
 def test_concurrent_clients_with_resent_requests_lose_and_duplicate_nothing(api):
-    experiment = api.post("/v1/workspaces/alpha/experiments", json={"name": "c", "variants": ["a", "b"],
-                                                                    "auto_complete": False}, headers=auth()).json()
+    experiment = api.post(
+        "/v1/workspaces/alpha/experiments",
+        json={"name": "c", "variants": ["a", "b"], "auto_complete": False},
+        headers=auth(),
+    ).json()
     url = f"/v1/workspaces/alpha/experiments/{experiment['id']}/outcomes"
     failures = []
 

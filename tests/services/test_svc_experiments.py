@@ -43,7 +43,10 @@ def test_stored_running_minimum_equals_the_vectorised_analysis(sessions):
     wilson = stats.binomtest(int(total[0]), int(count[0])).proportion_ci(method="wilson")
     assert a.interval == pytest.approx((wilson.low, wilson.high))
     z, n, p = 1.959963984540054, count[0], total[0] / count[0]  # the Wilson interval written out
-    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    centre, half = (
+        (p + z * z / (2 * n)) / (1 + z * z / n),
+        z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)),
+    )
     assert a.interval == pytest.approx((centre - half, centre + half))
 
 
@@ -52,8 +55,9 @@ def test_auto_completes_with_the_better_variant_among_three(sessions):
     means = {"control": 0.0, "worse": -0.2, "better": 0.8}
     names = list(means)
     data = [(names[i % 3], float(rng.normal(means[names[i % 3]], 1.0))) for i in range(3000)]
-    spec = ExperimentSpec(name="mv", variants=names, outcome_type="continuous", min_samples_per_variant=30,
-                          mixture_scale=0.3)
+    spec = ExperimentSpec(
+        name="mv", variants=names, outcome_type="continuous", min_samples_per_variant=30, mixture_scale=0.3
+    )
     experiment_id = _feed(sessions, spec, data)
     with sessions() as session:
         experiment, analysis = ExperimentService(session, "alpha").analyse(experiment_id)
@@ -66,8 +70,14 @@ def test_auto_completes_with_the_better_variant_among_three(sessions):
 def test_minimised_metric_picks_the_lower_mean(sessions):
     rng = np.random.default_rng(2)
     data = [("old" if i % 2 == 0 else "new", float(rng.normal(1.0 if i % 2 == 0 else 0.5, 0.3))) for i in range(2000)]
-    spec = ExperimentSpec(name="latency", variants=["old", "new"], outcome_type="continuous", maximize=False,
-                          min_samples_per_variant=20, mixture_scale=0.5)
+    spec = ExperimentSpec(
+        name="latency",
+        variants=["old", "new"],
+        outcome_type="continuous",
+        maximize=False,
+        min_samples_per_variant=20,
+        mixture_scale=0.5,
+    )
     experiment_id = _feed(sessions, spec, data)
     with sessions() as session:
         experiment, analysis = ExperimentService(session, "alpha").analyse(experiment_id)

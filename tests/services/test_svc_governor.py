@@ -5,12 +5,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-from metalab.learners.meta.outer_update import reptile_update
-from metalab.services.errors import Conflict, Unprocessable
-from metalab.services.governor import (GovernorService, GovernorSettings, GovernorState, Knob, combine_priors, meta_reward,
-                                       observe, propose)
 from svc_helpers import auth
+
+from metalab.adapt.outer_update import reptile_update
+from metalab.services.errors import Conflict, Unprocessable
+from metalab.services.governor import (
+    GovernorService,
+    GovernorSettings,
+    GovernorState,
+    Knob,
+    combine_priors,
+    meta_reward,
+    observe,
+    propose,
+)
 
 KNOBS = [Knob("lr", "float", 1e-4, 0.1, 0.01), Knob("batch", "int", 8, 512, 64), Knob("cache", "bool")]
 
@@ -36,8 +44,9 @@ def test_ema_matches_pandas_and_meta_reward_is_the_weighted_sum():
         observe(state, float(r))
         emas.append(state.ema)
     assert np.allclose(emas, pd.Series(rewards).ewm(alpha=0.3, adjust=False).mean())
-    assert meta_reward({"gain": 2.0, "stability": 0.5, "resource": 1.0}, {"gain": 1.0, "stability": 0.5, "resource": 0.3}) \
-        == pytest.approx(2.0 + 0.25 - 0.3)
+    assert meta_reward(
+        {"gain": 2.0, "stability": 0.5, "resource": 1.0}, {"gain": 1.0, "stability": 0.5, "resource": 0.3}
+    ) == pytest.approx(2.0 + 0.25 - 0.3)
 
 
 def test_values_are_clamped_into_bounds():
@@ -57,7 +66,7 @@ def test_bad_change_is_rolled_back_and_cooldowns_hold():
     propose(state, {"lr": 0.1})
     with pytest.raises(Conflict, match="cooling down"):
         propose(state, {"lr": 0.05})
-    for step in range(1, 11):
+    for step in range(1, 11):  # noqa: B007 (read after the loop: the step of the rollback)
         if observe(state, float(rng.normal(0.0, 0.1))) == "rollback":  # the change costs a whole unit of reward
             break
     assert step <= 3 and state.values == good
@@ -80,9 +89,15 @@ def test_good_change_is_accepted_and_pulls_the_domain_prior(sessions):
 
 def test_combined_prior_drops_outliers_and_weights_diversity():
     knobs = [Knob("a", "float", 0.0, 10.0), Knob("b", "float", 0.0, 1.0)]
-    priors = {"d1": {"a": 2.0, "b": 0.2}, "d2": {"a": 2.1, "b": 0.2}, "d3": {"a": 2.0, "b": 0.25},
-              "d4": {"a": 6.0, "b": 0.6}, "d5": {"a": 2.2, "b": 0.18}, "d6": {"a": 6.2, "b": 0.58},
-              "junk": {"a": 10.0, "b": 1.0}}
+    priors = {
+        "d1": {"a": 2.0, "b": 0.2},
+        "d2": {"a": 2.1, "b": 0.2},
+        "d3": {"a": 2.0, "b": 0.25},
+        "d4": {"a": 6.0, "b": 0.6},
+        "d5": {"a": 2.2, "b": 0.18},
+        "d6": {"a": 6.2, "b": 0.58},
+        "junk": {"a": 10.0, "b": 1.0},
+    }
     result = combine_priors({"a": 5.0, "b": 0.5}, priors, knobs, step_size=0.5)
     assert result.outliers == ["junk"]
     # by hand: d1, d2, d3, d5 lie within 0.1 of each other in unit coordinates (4 neighbours each, weight 1/4),
@@ -95,20 +110,34 @@ def test_combined_prior_drops_outliers_and_weights_diversity():
 
 
 def test_governor_routes(api):
-    body = {"name": "g", "domain": "nlp", "knobs": {"lr": {"low": 0.0001, "high": 0.1, "default": 0.01},
-                                                    "batch": {"type": "int", "low": 8, "high": 512}}, "cooldown": 3}
+    body = {
+        "name": "g",
+        "domain": "nlp",
+        "knobs": {"lr": {"low": 0.0001, "high": 0.1, "default": 0.01}, "batch": {"type": "int", "low": 8, "high": 512}},
+        "cooldown": 3,
+    }
     created = api.post("/v1/workspaces/alpha/governors", json=body, headers=auth())
     assert created.status_code == 201, created.text
     gid = created.json()["id"]
     changed = api.post(f"/v1/workspaces/alpha/governors/{gid}/changes", json={"values": {"lr": 7}}, headers=auth())
-    assert changed.status_code == 200 and changed.json()["governor"]["values"]["lr"] == 0.1 and changed.json()["clamped"] == ["lr"]
+    assert (
+        changed.status_code == 200
+        and changed.json()["governor"]["values"]["lr"] == 0.1
+        and changed.json()["clamped"] == ["lr"]
+    )
     again = api.post(f"/v1/workspaces/alpha/governors/{gid}/changes", json={"values": {"lr": 0.02}}, headers=auth())
     assert again.status_code == 409 and "cooling down" in again.json()["detail"]
-    update = api.post(f"/v1/workspaces/alpha/governors/{gid}/telemetry", json={"gain": 1, "stability": 1, "resource": 0},
-                      headers=auth())
+    update = api.post(
+        f"/v1/workspaces/alpha/governors/{gid}/telemetry",
+        json={"gain": 1, "stability": 1, "resource": 0},
+        headers=auth(),
+    )
     assert update.status_code == 200 and update.json()["reward"] == pytest.approx(1.5)
-    prior = api.put("/v1/workspaces/alpha/priors/nlp", json={"knobs": body["knobs"], "values": {"lr": 0.05, "batch": 32}},
-                    headers=auth())
+    prior = api.put(
+        "/v1/workspaces/alpha/priors/nlp",
+        json={"knobs": body["knobs"], "values": {"lr": 0.05, "batch": 32}},
+        headers=auth(),
+    )
     assert prior.status_code == 200
     combined = api.post("/v1/workspaces/alpha/priors/combine", json={}, headers=auth())
     assert combined.status_code == 200 and combined.json()["values"]["batch"] == 32

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from metalab.services.patterns import PatternService, RecordView, accuracy_and_coverage, discover, _wilson_low
+from metalab.services.patterns import PatternService, RecordView, _wilson_low, accuracy_and_coverage, discover
 from metalab.services.simulate import pattern_key, planted_world
 from metalab.services.trust import TrustService
 
@@ -20,8 +20,10 @@ def test_planted_patterns_are_found_and_predict_held_out_outcomes():
 
 def test_no_patterns_in_coin_flips():
     rng = np.random.default_rng(0)
-    records = [RecordView(f"agent{i % 5}", "ops", f"act{i % 7}", float(rng.uniform(0.3, 0.99)), 1, bool(rng.random() < 0.5))
-               for i in range(2000)]
+    records = [
+        RecordView(f"agent{i % 5}", "ops", f"act{i % 7}", float(rng.uniform(0.3, 0.99)), 1, bool(rng.random() < 0.5))
+        for i in range(2000)
+    ]
     assert discover(records) == []
 
 

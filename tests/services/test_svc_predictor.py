@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from svc_helpers import auth
 
 from metalab.services.errors import Conflict, Unprocessable
 from metalab.services.predictor import PredictorConfig, PredictorService, _split, fit_predict
-from svc_helpers import auth
 
 
 def library(n, seed=0):
@@ -54,7 +54,10 @@ def test_held_out_coverage_is_near_nominal():
     x, targets = library(3000, seed=1)
     fresh_x, fresh = library(1000, seed=2)
     predictions = fit_predict(x, targets, fresh_x, PredictorConfig())
-    inside = [p.interval["duration_s"][0] <= d <= p.interval["duration_s"][1] for p, d in zip(predictions, fresh["duration_s"])]
+    inside = [
+        p.interval["duration_s"][0] <= d <= p.interval["duration_s"][1]
+        for p, d in zip(predictions, fresh["duration_s"])
+    ]
     assert 0.86 <= np.mean(inside) <= 0.94  # 750 calibration jobs, 1000 held out: ~0.9 +- 0.02
 
 
@@ -79,16 +82,22 @@ def test_predictor_routes(api):
     for row, d, e, r in zip(x, targets["duration_s"], targets["error_rate"], targets["resources"]):
         body = {"features": {"a": row[0], "b": row[1], "c": row[2]}, "duration_s": d, "error_rate": e, "resources": r}
         assert api.post("/v1/workspaces/alpha/completed-jobs", json=body, headers=auth()).status_code == 201
-    answer = api.post("/v1/workspaces/alpha/predictions", json={"features": {"a": 0.3, "b": 0.3, "c": 0.3}}, headers=auth())
+    answer = api.post(
+        "/v1/workspaces/alpha/predictions", json={"features": {"a": 0.3, "b": 0.3, "c": 0.3}}, headers=auth()
+    )
     assert answer.status_code == 200, answer.text
     low, high = answer.json()["interval"]["duration_s"]
     assert low < answer.json()["estimate"]["duration_s"] < high
     wrong = api.post("/v1/workspaces/alpha/predictions", json={"features": {"z": 1}}, headers=auth())
     assert wrong.status_code == 422 and "features a, b, c" in wrong.json()["detail"]
-    too_many = api.post("/v1/workspaces/alpha/predictions", json={"features": {"a": 0, "b": 0, "c": 0}, "k": 900},
-                        headers=auth())
+    too_many = api.post(
+        "/v1/workspaces/alpha/predictions", json={"features": {"a": 0, "b": 0, "c": 0}, "k": 900}, headers=auth()
+    )
     assert too_many.status_code == 409
-    assert api.post("/v1/workspaces/beta/predictions", json={"features": {"a": 0}}, headers=auth("beta")).status_code == 409
+    assert (
+        api.post("/v1/workspaces/beta/predictions", json={"features": {"a": 0}}, headers=auth("beta")).status_code
+        == 409
+    )
 
 
 @pytest.mark.parametrize("n,confidence", [(100, 0.9), (1000, 0.9), (200, 0.8), (500, 0.95)])

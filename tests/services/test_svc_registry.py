@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 import pytest
+from svc_helpers import auth
 
 from metalab.services.errors import Conflict, Unprocessable
 from metalab.services.registry import DriftConfig, ModelRegistryService, drift_report, population_stability_index
-from svc_helpers import auth
 
 
 def psi_by_hand(reference, recent, bins):
@@ -25,8 +25,13 @@ def psi_by_hand(reference, recent, bins):
 
 def ks_by_hand(a, b):
     points = np.sort(np.concatenate([a, b]))
-    return max(abs(np.searchsorted(np.sort(a), x, side="right") / len(a) - np.searchsorted(np.sort(b), x, side="right") / len(b))
-               for x in points)
+    return max(
+        abs(
+            np.searchsorted(np.sort(a), x, side="right") / len(a)
+            - np.searchsorted(np.sort(b), x, side="right") / len(b)
+        )
+        for x in points
+    )
 
 
 def test_psi_and_score_against_hand_computations():
@@ -48,7 +53,10 @@ def test_known_mean_shifts_get_their_level(shift, level):
     recent = {"x": rng.normal(shift, 1, 3000).tolist(), "y": rng.normal(5, 2, 3000).tolist()}
     report = drift_report(reference, recent, DriftConfig())
     assert report.level == level
-    assert report.recommendation == {"none": "continue monitoring", "warning": "retrain soon", "critical": "retrain now"}[level]
+    assert (
+        report.recommendation
+        == {"none": "continue monitoring", "warning": "retrain soon", "critical": "retrain now"}[level]
+    )
 
 
 def test_no_shift_false_alarm_rate_is_at_most_alpha():
@@ -65,15 +73,24 @@ def test_rollback_restores_the_named_version_and_is_recorded(sessions):
     with sessions() as session:
         registry = ModelRegistryService(session, "alpha", retrain_hooks=[lambda *args: calls.append(args)])
         rng = np.random.default_rng(3)
-        registry.register("ranker", "v1", {"accuracy": 0.91}, "s3://models/ranker/v1", {"x": rng.normal(0, 1, 200).tolist()})
-        registry.register("ranker", "v2", {"accuracy": 0.84}, "s3://models/ranker/v2", {"x": rng.normal(0, 1, 200).tolist()})
+        registry.register(
+            "ranker", "v1", {"accuracy": 0.91}, "s3://models/ranker/v1", {"x": rng.normal(0, 1, 200).tolist()}
+        )
+        registry.register(
+            "ranker", "v2", {"accuracy": 0.84}, "s3://models/ranker/v2", {"x": rng.normal(0, 1, 200).tolist()}
+        )
         assert registry.active("ranker").metrics == {"accuracy": 0.84}
         report = registry.check_drift("ranker", {"x": rng.normal(2, 1, 200).tolist()})
         assert report.level == "critical" and len(calls) == 1 and calls[0][2] == "v2"
         registry.rollback("ranker", "v1", "v2 underperforms")
         assert registry.active("ranker").metrics == {"accuracy": 0.91}
         last = registry.events("ranker")[-1]
-        assert (last.kind, last.from_version, last.to_version, last.details["reason"]) == ("rollback", "v2", "v1", "v2 underperforms")
+        assert (last.kind, last.from_version, last.to_version, last.details["reason"]) == (
+            "rollback",
+            "v2",
+            "v1",
+            "v2 underperforms",
+        )
         with pytest.raises(Conflict, match="already active"):
             registry.rollback("ranker", "v1")
         with pytest.raises(Unprocessable, match="lacks the features x"):
@@ -81,13 +98,19 @@ def test_rollback_restores_the_named_version_and_is_recorded(sessions):
 
 
 def test_registry_routes(api):
-    body = {"version": "v1", "metrics": {"accuracy": 0.9}, "artifact": "runs/1/model.ckpt", "reference": {"x": list(range(40))}}
+    body = {
+        "version": "v1",
+        "metrics": {"accuracy": 0.9},
+        "artifact": "runs/1/model.ckpt",
+        "reference": {"x": list(range(40))},
+    }
     assert api.post("/v1/workspaces/alpha/models/ranker/versions", json=body, headers=auth()).status_code == 201
     assert api.post("/v1/workspaces/alpha/models/ranker/versions", json=body, headers=auth()).status_code == 409
     body2 = {**body, "version": "v2", "metrics": {"accuracy": 0.7}}
     assert api.post("/v1/workspaces/alpha/models/ranker/versions", json=body2, headers=auth()).status_code == 201
-    drift = api.post("/v1/workspaces/alpha/models/ranker/drift", json={"recent": {"x": [v + 100 for v in range(40)]}},
-                     headers=auth())
+    drift = api.post(
+        "/v1/workspaces/alpha/models/ranker/drift", json={"recent": {"x": [v + 100 for v in range(40)]}}, headers=auth()
+    )
     assert drift.status_code == 200 and drift.json()["level"] == "critical" and drift.json()["retrain_requested"]
     back = api.post("/v1/workspaces/alpha/models/ranker/rollback", json={"version": "v1"}, headers=auth())
     assert back.status_code == 200 and back.json()["metrics"] == {"accuracy": 0.9}

@@ -11,9 +11,10 @@ from hypothesis import HealthCheck, settings
 
 schemathesis = pytest.importorskip("schemathesis")
 
+from svc_helpers import TOKENS, auth  # noqa: E402
+
 from metalab.services.api.app import create_app  # noqa: E402
 from metalab.services.config import ServiceSettings  # noqa: E402
-from svc_helpers import TOKENS, auth  # noqa: E402
 
 _STORE = Path(tempfile.mkdtemp(prefix="metalab-schemathesis-")) / "store.db"
 APP = create_app(ServiceSettings(database_url=f"sqlite:///{_STORE}", tokens=dict(TOKENS)))

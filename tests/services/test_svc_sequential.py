@@ -11,8 +11,14 @@ from metalab.services.simulate import sequential_monitoring
 @pytest.mark.parametrize("d, v, tau2", [(0.0, 0.01, 0.04), (0.3, 0.02, 0.01), (-0.5, 0.1, 0.3), (0.05, 1e-4, 1e-3)])
 def test_likelihood_ratio_matches_numerical_mixture(d, v, tau2):
     """Lambda = integral of N(d; theta, v) / N(d; 0, v) over theta ~ N(0, tau^2), by quadrature."""
+
     def integrand(theta):
-        return stats.norm.pdf(d, theta, np.sqrt(v)) / stats.norm.pdf(d, 0, np.sqrt(v)) * stats.norm.pdf(theta, 0, np.sqrt(tau2))
+        return (
+            stats.norm.pdf(d, theta, np.sqrt(v))
+            / stats.norm.pdf(d, 0, np.sqrt(v))
+            * stats.norm.pdf(theta, 0, np.sqrt(tau2))
+        )
+
     scale = np.sqrt(tau2)
     reference, _ = integrate.quad(integrand, -12 * scale, 12 * scale, points=[0.0, d], limit=200)
     assert np.exp(sequential.log_likelihood_ratio(d, v, tau2)) == pytest.approx(reference, rel=1e-6)
@@ -22,7 +28,9 @@ def test_likelihood_ratio_matches_numerical_mixture(d, v, tau2):
 def test_confidence_sequence_is_where_the_ratio_reaches_one_over_alpha(v, tau2, alpha):
     radius = sequential.confidence_sequence_radius(v, tau2, alpha)
     assert sequential.log_likelihood_ratio(radius, v, tau2) == pytest.approx(np.log(1 / alpha))
-    assert sequential.p_value_at_look(radius * 0.99, v, tau2) > alpha > sequential.p_value_at_look(radius * 1.01, v, tau2)
+    assert (
+        sequential.p_value_at_look(radius * 0.99, v, tau2) > alpha > sequential.p_value_at_look(radius * 1.01, v, tau2)
+    )
 
 
 def test_plugin_variance_of_running_sums():

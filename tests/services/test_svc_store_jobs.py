@@ -8,8 +8,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select, text
 
 from metalab.cli import main
-from metalab.services.config import ServiceSettings, parse_tokens
 from metalab.errors import ConfigError
+from metalab.services.config import ServiceSettings, parse_tokens
 from metalab.services.experiments import ExperimentService, ExperimentSpec
 from metalab.services.jobs import run_job
 from metalab.services.store import Base, create_store_engine, migrate
@@ -42,10 +42,19 @@ def test_jobs_are_idempotent_and_cleanup_respects_retention(sessions):
             trust.evaluate(rec.id, 0.9, success=True)
         old, _ = trust.record("ancient", "ops", 0.5)
         old.created_at = utcnow() - timedelta(days=400)
-        session.add(IdempotencyRecord(workspace="alpha", key="old", request_hash="x", status_code=201, response={},
-                                      created_at=utcnow() - timedelta(days=30)))
-        experiment = ExperimentService(session, "alpha").create(ExperimentSpec(name="e", variants=["a", "b"],
-                                                                               min_samples_per_variant=5, max_outcomes=10))
+        session.add(
+            IdempotencyRecord(
+                workspace="alpha",
+                key="old",
+                request_hash="x",
+                status_code=201,
+                response={},
+                created_at=utcnow() - timedelta(days=30),
+            )
+        )
+        experiment = ExperimentService(session, "alpha").create(
+            ExperimentSpec(name="e", variants=["a", "b"], min_samples_per_variant=5, max_outcomes=10)
+        )
         session.commit()
     with sessions() as session:
         for i in range(10):  # reaches max_outcomes but with auto_complete on it is completed at once

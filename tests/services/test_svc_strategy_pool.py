@@ -4,16 +4,18 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+from svc_helpers import auth
 
-from metalab.search import GeneticAlgorithm, SearchSpace, stack
+from metalab.search import GeneticAlgorithm, SearchSpace
 from metalab.services.errors import Conflict, NotFound, Unprocessable
 from metalab.services.graph import KnowledgeGraphService
 from metalab.services.strategies import Objective, ProfileSpec, StrategyPoolService
-from svc_helpers import auth
 
-GENES = {"batch_size": {"type": "int", "low": 8, "high": 512},
-         "compression": {"type": "categorical", "choices": ["none", "lz4", "zstd"]},
-         "checkpoint_interval": {"type": "float", "low": 10.0, "high": 1000.0, "log": True}}
+GENES = {
+    "batch_size": {"type": "int", "low": 8, "high": 512},
+    "compression": {"type": "categorical", "choices": ["none", "lz4", "zstd"]},
+    "checkpoint_interval": {"type": "float", "low": 10.0, "high": 1000.0, "log": True},
+}
 OPTIMUM = np.array([128.0, 2.0, np.log(200.0)])
 SCALE = np.array([504.0, 2.0, np.log(100.0)])
 
@@ -42,7 +44,9 @@ def test_pool_runs_exactly_the_core_genetic_algorithm(sessions):
     with sessions() as session:
         pool, profile, defaults = run_pool(session, 4, objectives)
         session.commit()
-        ga = GeneticAlgorithm(SearchSpace.from_config(GENES), population_size=10, survival_fraction=0.2, objectives=2, seed=3)
+        ga = GeneticAlgorithm(
+            SearchSpace.from_config(GENES), population_size=10, survival_fraction=0.2, objectives=2, seed=3
+        )
         reference_defaults = [None]
         for _ in range(3):
             asked = ga.ask()
@@ -69,7 +73,9 @@ def test_single_objective_default_is_the_best_evaluated_and_lineage_is_in_the_gr
             if parent not in expected:
                 expected.add(parent)
                 frontier.extend(pool.strategy(parent).parents)
-        assert expected and graph.ancestors(f"strategy:{child.id}", "evolved_from") == sorted(f"strategy:{i}" for i in expected)
+        assert expected and graph.ancestors(f"strategy:{child.id}", "evolved_from") == sorted(
+            f"strategy:{i}" for i in expected
+        )
 
 
 def test_evolve_refuses_untested_strategies_and_bad_outcomes(sessions):
@@ -98,8 +104,10 @@ def test_graph_types_traversal_and_export(sessions):
         with pytest.raises(NotFound):
             graph.add("strategy:999", "evolved_from", "strategy:998")
         chain = graph.path("error_pattern:oom", "error_pattern:timeout")
-        assert [(e.source, e.target) for e in chain] == [("error_pattern:oom", "solution:more-memory"),
-                                                         ("error_pattern:timeout", "solution:more-memory")]
+        assert [(e.source, e.target) for e in chain] == [
+            ("error_pattern:oom", "solution:more-memory"),
+            ("error_pattern:timeout", "solution:more-memory"),
+        ]
         assert graph.path("error_pattern:oom", "solution:nothing") is None
         root = ET.fromstring(graph.export("graphml"))
         ns = {"g": "http://graphml.graphdrawing.org/xmlns"}
@@ -112,20 +120,28 @@ def test_strategy_and_graph_routes(api):
     assert profile.status_code == 201, profile.text
     pid = profile.json()["id"]
     assert api.post("/v1/workspaces/alpha/profiles", json=body, headers=auth()).status_code == 409
-    bad = api.post("/v1/workspaces/alpha/profiles", json={**body, "name": "x", "genes": {"b": {"type": "int", "low": 5, "high": 1}}},
-                   headers=auth())
+    bad = api.post(
+        "/v1/workspaces/alpha/profiles",
+        json={**body, "name": "x", "genes": {"b": {"type": "int", "low": 5, "high": 1}}},
+        headers=auth(),
+    )
     assert bad.status_code == 422 and "low must be <= high" in bad.json()["detail"]
     pending = api.post(f"/v1/workspaces/alpha/profiles/{pid}/evolve", headers=auth()).json()["pending"]
     assert api.post(f"/v1/workspaces/alpha/profiles/{pid}/evolve", headers=auth()).status_code == 409
     for i, strategy in enumerate(pending):
-        r = api.post(f"/v1/workspaces/alpha/strategies/{strategy['id']}/outcomes", json={"values": {"speed": float(i)}},
-                     headers=auth())
+        r = api.post(
+            f"/v1/workspaces/alpha/strategies/{strategy['id']}/outcomes",
+            json={"values": {"speed": float(i)}},
+            headers=auth(),
+        )
         assert r.status_code == 201, r.text
     evolved = api.post(f"/v1/workspaces/alpha/profiles/{pid}/evolve", headers=auth()).json()
     assert evolved["default"]["id"] == pending[-1]["id"] and evolved["profile"]["generation"] == 1
     child = evolved["pending"][0]["id"]
     ancestors = api.get("/v1/workspaces/alpha/graph/ancestors", params={"node": f"strategy:{child}"}, headers=auth())
     assert ancestors.status_code == 200 and ancestors.json()["ancestors"]
-    assert api.get("/v1/workspaces/alpha/graph/ancestors", params={"node": "strategy"}, headers=auth()).status_code == 422
+    assert (
+        api.get("/v1/workspaces/alpha/graph/ancestors", params={"node": "strategy"}, headers=auth()).status_code == 422
+    )
     export = api.get("/v1/workspaces/alpha/graph/export", params={"format": "json"}, headers=auth())
     assert export.status_code == 200 and len(export.json()["edges"]) >= len(evolved["pending"])

@@ -5,11 +5,18 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+from svc_helpers import auth
 
 from metalab.services.errors import Conflict
 from metalab.services.store.models import Workspace
-from metalab.services.transfer import BudgetExhausted, TransferConfig, TransferService, calibrated_mean_release, private_mean, similarity
-from svc_helpers import auth
+from metalab.services.transfer import (
+    BudgetExhausted,
+    TransferConfig,
+    TransferService,
+    calibrated_mean_release,
+    private_mean,
+    similarity,
+)
 
 
 def analytic_gaussian_epsilon(sigma_over_sensitivity: float, delta: float) -> float:
@@ -81,12 +88,19 @@ def test_budget_is_charged_to_every_contributor_and_refuses_when_spent(sessions)
 
 def test_transfer_routes(api):
     for workspace in ("alpha", "beta"):
-        r = api.post(f"/v1/workspaces/{workspace}/transfer/profile", json={"features": {"a": 1.0}, "metrics": {"m": 1.0}},
-                     headers=auth(workspace))
+        r = api.post(
+            f"/v1/workspaces/{workspace}/transfer/profile",
+            json={"features": {"a": 1.0}, "metrics": {"m": 1.0}},
+            headers=auth(workspace),
+        )
         assert r.status_code == 200, r.text
-    few = api.post("/v1/workspaces/alpha/transfer/insights", json={"metric": "m", "lower": 0, "upper": 2}, headers=auth())
+    few = api.post(
+        "/v1/workspaces/alpha/transfer/insights", json={"metric": "m", "lower": 0, "upper": 2}, headers=auth()
+    )
     assert few.status_code == 409 and "fewer than 5" in few.json()["detail"]
-    bounds = api.post("/v1/workspaces/alpha/transfer/insights", json={"metric": "m", "lower": 3, "upper": 2}, headers=auth())
+    bounds = api.post(
+        "/v1/workspaces/alpha/transfer/insights", json={"metric": "m", "lower": 3, "upper": 2}, headers=auth()
+    )
     assert bounds.status_code in (409, 422)
     budget = api.get("/v1/workspaces/alpha/transfer/budget", headers=auth())
     assert budget.status_code == 200 and budget.json()["spent_epsilon"] == 0.0

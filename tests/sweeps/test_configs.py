@@ -17,10 +17,13 @@ def composed(overrides):
         return compose(config_name="train", overrides=overrides, return_hydra_config=True)
 
 
-@pytest.mark.parametrize("search, experiment, searched", [
-    ("protonet_optuna", "omniglot/protonet_5w1s", {"learner.optimizer.lr", "data.train.way", "model.hidden"}),
-    ("ewc_optuna", "split_mnist/ewc", {"learner.method.ewc_lambda", "learner.optimizer.lr"}),
-])
+@pytest.mark.parametrize(
+    "search, experiment, searched",
+    [
+        ("protonet_optuna", "omniglot/protonet_5w1s", {"learner.optimizer.lr", "data.train.way", "model.hidden"}),
+        ("ewc_optuna", "split_mnist/ewc", {"learner.method.ewc_lambda", "learner.optimizer.lr"}),
+    ],
+)
 def test_hparams_search_files_give_a_space_a_budget_and_a_seeded_sampler(search, experiment, searched):
     cfg = composed([f"hparams_search={search}", f"+experiment={experiment}"])
     space = read_search_space(cfg.hydra.sweeper.params)

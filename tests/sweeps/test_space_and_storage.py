@@ -6,13 +6,19 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 
 from metalab.errors import ConfigError
 from metalab.sweeps.space import read_search_space
-from metalab.sweeps.storage import _redact, open_storage
+from metalab.sweeps.storage import open_storage, redact_password
 
 
 def test_sweeps_become_distributions_and_plain_values_stay_fixed():
-    space = read_search_space({"learner.optimizer.lr": "tag(log, interval(1e-4, 1e-2))",
-                               "model.hidden": "choice(32, 64)", "learner.scheduler.step_size": "int(interval(10, 20))",
-                               "data.train_episodes": "15", "test": "False"})
+    space = read_search_space(
+        {
+            "learner.optimizer.lr": "tag(log, interval(1e-4, 1e-2))",
+            "model.hidden": "choice(32, 64)",
+            "learner.scheduler.step_size": "int(interval(10, 20))",
+            "data.train_episodes": "15",
+            "test": "False",
+        }
+    )
     lr = space.distributions["learner.optimizer.lr"]
     assert isinstance(lr, FloatDistribution) and lr.log and (lr.low, lr.high) == (1e-4, 1e-2)
     assert isinstance(space.distributions["model.hidden"], CategoricalDistribution)
@@ -20,17 +26,24 @@ def test_sweeps_become_distributions_and_plain_values_stay_fixed():
     assert space.fixed == {"data.train_episodes": "15", "test": "False"}
     # fixed entries come first, sampled ones last: both outrank the config files as overrides
     assert space.trial_overrides({"model.hidden": 32, "learner.optimizer.lr": 0.001}) == [
-        "data.train_episodes=15", "test=False", "model.hidden=32", "learner.optimizer.lr=0.001"]
+        "data.train_episodes=15",
+        "test=False",
+        "model.hidden=32",
+        "learner.optimizer.lr=0.001",
+    ]
 
 
-@pytest.mark.parametrize("params, message", [
-    ({}, "nothing to search"),
-    (None, "nothing to search"),
-    ({"data.train_episodes": "15"}, "nothing to search"),
-    ({"learner.optimizer.lr": "interval(1e-4,"}, "hydra.sweeper.params.learner.optimizer.lr: cannot read"),
-    ({"learner.optimizer.lr": "interval(0.1, 0.01)"}, "learner.optimizer.lr"),
-    ({"model.hidden": "choice()"}, "model.hidden"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({}, "nothing to search"),
+        (None, "nothing to search"),
+        ({"data.train_episodes": "15"}, "nothing to search"),
+        ({"learner.optimizer.lr": "interval(1e-4,"}, "hydra.sweeper.params.learner.optimizer.lr: cannot read"),
+        ({"learner.optimizer.lr": "interval(0.1, 0.01)"}, "learner.optimizer.lr"),
+        ({"model.hidden": "choice()"}, "model.hidden"),
+    ],
+)
 def test_bad_search_spaces_are_one_clear_error(params, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as error:
         read_search_space(params)
@@ -58,5 +71,5 @@ def test_journal_and_sqlite_storages_hold_a_study(tmp_path):
 
 
 def test_passwords_are_redacted():
-    assert _redact("postgresql+psycopg://me:pw@db:5432/x") == "postgresql+psycopg://me:***@db:5432/x"
-    assert _redact("sqlite:///a.db") == "sqlite:///a.db"
+    assert redact_password("postgresql+psycopg://me:pw@db:5432/x") == "postgresql+psycopg://me:***@db:5432/x"
+    assert redact_password("sqlite:///a.db") == "sqlite:///a.db"

@@ -33,9 +33,13 @@ def test_default_evaluates_on_the_test_set():
     assert all(bool((t.x == -1).all()) for t in module.test_tasks)
 
 
-@pytest.mark.parametrize("kwargs, key", [({"eval_split": "val"}, "data.eval_split"),
-                                         ({"eval_split": "validation", "validation_examples_per_task": 80},
-                                          "data.validation_examples_per_task")])
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"eval_split": "val"}, "data.eval_split"),
+        ({"eval_split": "validation", "validation_examples_per_task": 80}, "data.validation_examples_per_task"),
+    ],
+)
 def test_bad_values_name_the_key(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         stream(**kwargs)

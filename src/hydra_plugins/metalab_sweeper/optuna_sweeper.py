@@ -31,4 +31,3 @@ class OptunaSweeper(PluginOptunaSweeper):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         return super().sweep(arguments)
-

@@ -3,7 +3,8 @@
 The block is ``relu(maxpool2(batchnorm(conv(x))))`` with batch statistics per channel (MAML's batch
 norm); ``x`` is ``"n (t c) h w"`` and the convolution has ``groups=t``. Its geometry comes from the model:
 any square kernel, stride and zero padding for the convolution, and 2x2 max-pooling or none (the
-strided Omniglot network of Finn et al. 2017 has no pooling: ``relu(batchnorm(conv(x)))``). Written with the plain layers,
+strided Omniglot network of Finn et al. 2017 has no pooling: ``relu(batchnorm(conv(x)))``). Written with the plain
+layers,
 MAML's second order spends much of its time outside the convolutions: batch norm's double backward
 makes many element-wise passes over the full-resolution maps, and PyTorch's double backward of a
 grouped convolution runs one small convolution per group (what timing the ops of a second-order
@@ -54,10 +55,21 @@ import torch.nn.functional as F
 _DIL = [1, 1]
 
 
-def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
-                      beta: torch.Tensor, groups: int, eps: float = 1e-5, *, stride: int = 1, padding: int = 1,
-                      pool: bool = True, patch_moments: bool = False,
-                      twice_differentiable: bool = False) -> torch.Tensor:
+def conv_bn_pool_relu(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    groups: int,
+    eps: float = 1e-5,
+    *,
+    stride: int = 1,
+    padding: int = 1,
+    pool: bool = True,
+    patch_moments: bool = False,
+    twice_differentiable: bool = False,
+) -> torch.Tensor:
     """``"n (t c) h w -> n (t o) h' w'"``: conv (``stride``, zero ``padding``, ``groups``), batch norm with
     batch statistics, 2x2 max-pool if ``pool``, ReLU. ``weight "(t o) c k k"``; ``bias``, ``gamma``,
     ``beta`` ``"(t o)"``.
@@ -74,8 +86,15 @@ def conv_bn_pool_relu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     patch_layout = pool and stride == 1 and padding == 1 and tuple(weight.shape[-2:]) == (3, 3)
     from_patches = patch_moments and patch_layout and not x.requires_grad
     if not from_patches and not twice_differentiable:
-        z = F.batch_norm(F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups), None, None,
-                         gamma, beta, training=True, eps=eps)
+        z = F.batch_norm(
+            F.conv2d(x, weight, bias, stride=stride, padding=padding, groups=groups),
+            None,
+            None,
+            gamma,
+            beta,
+            training=True,
+            eps=eps,
+        )
         return F.relu(F.max_pool2d(z, 2) if pool else z)  # pool first: same values and gradients, 4x less ReLU work
     if not pool:
         z = _grouped_conv(x, weight, bias, groups, stride, padding)
@@ -170,8 +189,9 @@ class _PoolMomentsBackward(torch.autograd.Function):
         if grad_pooled is None:
             grad_z = torch.zeros_like(like_z)
         else:
-            grad_z = torch.ops.aten.max_pool2d_with_indices_backward(grad_pooled.to(work), like_z, [2, 2], [2, 2],
-                                                                     [0, 0], [1, 1], False, argmax)
+            grad_z = torch.ops.aten.max_pool2d_with_indices_backward(
+                grad_pooled.to(work), like_z, [2, 2], [2, 2], [0, 0], [1, 1], False, argmax
+            )
         offset = grad_mean / m if grad_mean is not None else None
         if grad_var is not None:
             slope = 2 * grad_var / m
@@ -269,8 +289,9 @@ def _channel_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((0, 2, 3))
 
 
-def _moments_from_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                          groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _moments_from_patches(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of ``conv(x; weight, bias)`` per output channel, from the patches' moments."""
     n, tc, h, w = x.shape
     c = tc // groups
@@ -278,7 +299,7 @@ def _moments_from_patches(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         # The nine shifted copies of the zero-padded input, stacked in the order of the conv weights'
         # (c, dy, dx): "t c 9 n h w" -> "t (c 9) (n h w)" (several times faster than F.unfold here).
         padded = F.pad(x.to(weight.dtype), (1, 1, 1, 1)).transpose(0, 1).reshape(groups, c, n, h + 2, w + 2)
-        taps = [padded[..., dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)]
+        taps = [padded[..., dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)]
         patches = torch.stack(taps, dim=2).reshape(groups, c * 9, n * h * w)
         k = c * 9
         m = patches.mean(-1)  # "t k"
@@ -299,8 +320,9 @@ def _autocast_inputs(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.to(dtype) for t in tensors)
 
 
-def _grouped_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int = 1,
-                  padding: int = 1) -> torch.Tensor:
+def _grouped_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int, stride: int = 1, padding: int = 1
+) -> torch.Tensor:
     return _GroupedConv.apply(*_autocast_inputs(x, weight, bias), (groups, stride, padding))
 
 
@@ -314,8 +336,9 @@ def _conv(x, weight, bias, groups, stride=1, padding=1):
 
 def _conv_grads(grad, x, weight, groups, mask, stride=1, padding=1):
     """``convolution_backward`` of ``conv(x, weight)`` for output gradient ``grad``: (dx, dW, db) per mask."""
-    return torch.ops.aten.convolution_backward(grad, x, weight, [weight.shape[0]], [stride, stride],
-                                               [padding, padding], _DIL, False, [0, 0], groups, mask)
+    return torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]], [stride, stride], [padding, padding], _DIL, False, [0, 0], groups, mask
+    )
 
 
 class _GroupedConv(torch.autograd.Function):
@@ -369,10 +392,16 @@ class _GroupedConvBackward(torch.autograd.Function):
         if bias is not None:
             terms.append(bias.view(1, -1, 1, 1).expand_as(grad))
         d_grad = terms[0].add_(terms[1]) if len(terms) == 2 else terms[0] if terms else None  # 2: both fresh
-        d_x = _conv_grads(grad, x, hw, groups, [True, False, False], stride, padding)[0] \
-            if hw is not None and ctx.needs_input_grad[1] else None
-        d_w = _conv_grads(grad, hx, weight, groups, [False, True, False], stride, padding)[1] \
-            if hx is not None and ctx.needs_input_grad[2] else None
+        d_x = (
+            _conv_grads(grad, x, hw, groups, [True, False, False], stride, padding)[0]
+            if hw is not None and ctx.needs_input_grad[1]
+            else None
+        )
+        d_w = (
+            _conv_grads(grad, hx, weight, groups, [False, True, False], stride, padding)[1]
+            if hx is not None and ctx.needs_input_grad[2]
+            else None
+        )
         return d_grad, d_x, d_w, None, None
 
 
@@ -384,8 +413,11 @@ _CACHE_ELEMENTS = 2**20
 
 
 def _layout(t: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() \
+    return (
+        torch.channels_last
+        if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
         else torch.contiguous_format
+    )
 
 
 def _images_per_chunk(channels: int, height: int, width: int) -> int:
@@ -403,14 +435,21 @@ class _ConvMaxPool(torch.autograd.Function):
         step = _images_per_chunk(weight.shape[0], h, w)
         pooled = argmax = None
         for start in range(0, n, step):  # chunks of images, pooled into one output (n-slices keep the layout)
-            full = _conv(x[start:start + step], weight, bias, groups)
+            full = _conv(x[start : start + step], weight, bias, groups)
             if pooled is None:
                 shape, layout = (n, full.shape[1], h // 2, w // 2), _layout(full)
                 pooled = torch.empty(shape, dtype=full.dtype, device=x.device, memory_format=layout)
                 argmax = torch.empty(shape, dtype=torch.long, device=x.device, memory_format=layout)
-            torch.ops.aten.max_pool2d_with_indices.out(full, [2, 2], [2, 2], [0, 0], [1, 1], False,
-                                                       out=pooled[start:start + step],
-                                                       indices=argmax[start:start + step])
+            torch.ops.aten.max_pool2d_with_indices.out(
+                full,
+                [2, 2],
+                [2, 2],
+                [0, 0],
+                [1, 1],
+                False,
+                out=pooled[start : start + step],
+                indices=argmax[start : start + step],
+            )
         ctx.save_for_backward(x, argmax)
         ctx.groups = groups
         return pooled
@@ -440,10 +479,12 @@ class _ConvMaxPoolBackward(torch.autograd.Function):
         step = _images_per_chunk(channels, x.shape[2], x.shape[3])
         gw = gb = None
         for gc, xc, ic in zip(grad.split(step), x.split(step), argmax.split(step)):
-            like_full = torch.empty((xc.shape[0], channels, *xc.shape[2:]), dtype=grad.dtype, device=grad.device,
-                                    memory_format=layout)
-            spread = torch.ops.aten.max_pool2d_with_indices_backward(gc, like_full, [2, 2], [2, 2], [0, 0], [1, 1],
-                                                                     False, ic)
+            like_full = torch.empty(
+                (xc.shape[0], channels, *xc.shape[2:]), dtype=grad.dtype, device=grad.device, memory_format=layout
+            )
+            spread = torch.ops.aten.max_pool2d_with_indices_backward(
+                gc, like_full, [2, 2], [2, 2], [0, 0], [1, 1], False, ic
+            )
             _, w_part, b_part = _conv_grads(spread, xc, like_weight, groups, [False, True, True])
             gw, gb = (w_part, b_part) if gw is None else (gw + w_part, gb + b_part)
         return gw, gb
@@ -456,6 +497,8 @@ class _ConvMaxPoolBackward(torch.autograd.Function):
         if hw is None:
             hw = torch.zeros(argmax.shape[1], x.shape[1] // ctx.groups, 3, 3, dtype=hb.dtype, device=hb.device)
         step = _images_per_chunk(argmax.shape[1], x.shape[2], x.shape[3])
-        parts = [_conv(xc, hw, hb, ctx.groups).flatten(2).gather(2, ic.flatten(2)).view(ic.shape)
-                 for xc, ic in zip(x.split(step), argmax.split(step))]
+        parts = [
+            _conv(xc, hw, hb, ctx.groups).flatten(2).gather(2, ic.flatten(2)).view(ic.shape)
+            for xc, ic in zip(x.split(step), argmax.split(step))
+        ]
         return parts[0] if len(parts) == 1 else torch.cat(parts), None, None, None

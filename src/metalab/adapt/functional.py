@@ -11,7 +11,8 @@ Two implementations, chosen by the module:
   to similar per-task work). Batch norm then normalises over ``[n, (t c), h, w]``: each channel of
   each task with that task's own batch statistics, exactly what MAML does (native batch norm *under
   vmap* was measured to give second-order meta-gradients wrong by ~6% with torch 2.13, an earlier pin,
-  not re-measured on 2.14.1; this form is exact, tests/adapt). Each block is :func:`metalab.adapt.conv_block.conv_bn_pool_relu`, which
+  not re-measured on 2.14.1; this form is exact, tests/adapt). Each block is
+  :func:`metalab.adapt.conv_block.conv_bn_pool_relu`, which
   rewrites conv -> batch norm -> pool -> ReLU into a form with the same values and derivatives but a
   cheap double backward for MAML's support pass (``twice_differentiable=True``), and takes the first
   block's statistics from the input patches.
@@ -32,8 +33,8 @@ Two implementations, chosen by the module:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from einops import rearrange, reduce
@@ -46,8 +47,10 @@ from metalab.models.conv4 import Conv4
 
 Params = dict[str, torch.Tensor]
 
-SUPPORTED_BLOCK = ("Conv2d (square kernel, equal stride and zero padding on both axes, bias, dilation 1, "
-                   "groups 1) -> BatchNorm2d (affine) -> optional MaxPool2d(2) -> ReLU")
+SUPPORTED_BLOCK = (
+    "Conv2d (square kernel, equal stride and zero padding on both axes, bias, dilation 1, "
+    "groups 1) -> BatchNorm2d (affine) -> optional MaxPool2d(2) -> ReLU"
+)
 
 
 @dataclass(frozen=True)
@@ -71,26 +74,46 @@ def grouped_geometry(module: Conv4) -> list[BlockGeometry]:
         expected = [nn.Conv2d, nn.BatchNorm2d] + ([nn.MaxPool2d] if pool else []) + [nn.ReLU]
         expected_relu_first = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
         if kinds != expected and kinds != expected_relu_first:
-            at = next((k for k, (a, b) in enumerate(zip(kinds, expected)) if a is not b), min(len(kinds), len(expected)))
+            at = next(
+                (k for k, (a, b) in enumerate(zip(kinds, expected)) if a is not b), min(len(kinds), len(expected))
+            )
             name = f"features.{i}.{at}" if at < len(layers) else f"features.{i}"
             found = type(layers[at]).__name__ if at < len(layers) else "end of block"
             _unsupported(name, found)
         conv, norm = layers[0], layers[1]
         square = len(set(conv.kernel_size)) == 1 and len(set(conv.stride)) == 1
         padding = conv.padding if isinstance(conv.padding, tuple) else None
-        if not (square and padding and len(set(padding)) == 1 and conv.bias is not None
-                and set(conv.dilation) == {1} and conv.groups == 1 and conv.padding_mode == "zeros"):
-            _unsupported(f"features.{i}.0", f"Conv2d(kernel_size={conv.kernel_size}, stride={conv.stride}, "
-                         f"padding={conv.padding}, dilation={conv.dilation}, groups={conv.groups}, "
-                         f"bias={conv.bias is not None}, padding_mode={conv.padding_mode!r})")
+        if not (
+            square
+            and padding
+            and len(set(padding)) == 1
+            and conv.bias is not None
+            and set(conv.dilation) == {1}
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+        ):
+            _unsupported(
+                f"features.{i}.0",
+                f"Conv2d(kernel_size={conv.kernel_size}, stride={conv.stride}, "
+                f"padding={conv.padding}, dilation={conv.dilation}, groups={conv.groups}, "
+                f"bias={conv.bias is not None}, padding_mode={conv.padding_mode!r})",
+            )
         if not norm.affine:
             _unsupported(f"features.{i}.1", "BatchNorm2d(affine=False)")
         if pool:
             mp = next(layer for layer in layers if isinstance(layer, nn.MaxPool2d))
-            if (_pair(mp.kernel_size), _pair(mp.stride), _pair(mp.padding), _pair(mp.dilation), mp.ceil_mode) \
-                    != ((2, 2), (2, 2), (0, 0), (1, 1), False):
-                _unsupported(f"features.{i}.{layers.index(mp)}", f"MaxPool2d(kernel_size={mp.kernel_size}, "
-                             f"stride={mp.stride}, padding={mp.padding}, ceil_mode={mp.ceil_mode})")
+            if (_pair(mp.kernel_size), _pair(mp.stride), _pair(mp.padding), _pair(mp.dilation), mp.ceil_mode) != (
+                (2, 2),
+                (2, 2),
+                (0, 0),
+                (1, 1),
+                False,
+            ):
+                _unsupported(
+                    f"features.{i}.{layers.index(mp)}",
+                    f"MaxPool2d(kernel_size={mp.kernel_size}, "
+                    f"stride={mp.stride}, padding={mp.padding}, ceil_mode={mp.ceil_mode})",
+                )
         blocks.append(BlockGeometry(conv.stride[0], padding[0], pool, norm.eps))
     return blocks
 
@@ -115,8 +138,9 @@ class TaskBatchedModel:
 
     ENGINES = ("auto", "serial")
 
-    def __init__(self, module: nn.Module, channels_last: bool = True, chunk_images: int = 0,
-                 engine: str = "auto") -> None:
+    def __init__(
+        self, module: nn.Module, channels_last: bool = True, chunk_images: int = 0, engine: str = "auto"
+    ) -> None:
         """``engine``: ``"auto"`` (grouped for a Conv4, vmap otherwise) or ``"serial"`` (one
         ``functional_call`` per task, as :mod:`metalab.adapt.reference`: any module, slowly)."""
         if engine not in self.ENGINES:
@@ -130,18 +154,21 @@ class TaskBatchedModel:
         self.readout = getattr(module, "readout", "flatten")
         self.head_names = {n for n, _ in module.named_parameters() if n.startswith("head.")} if self.grouped else set()
 
-    def __call__(self, params: Params, x: torch.Tensor, chunk_images: int | None = None,
-                 twice_differentiable: bool = False) -> torch.Tensor:
+    def __call__(
+        self, params: Params, x: torch.Tensor, chunk_images: int | None = None, twice_differentiable: bool = False
+    ) -> torch.Tensor:
         return self.head(params, self.body(params, x, chunk_images, twice_differentiable))
 
-    def body(self, params: Params, x: torch.Tensor, chunk_images: int | None = None,
-             twice_differentiable: bool = False) -> torch.Tensor:
+    def body(
+        self, params: Params, x: torch.Tensor, chunk_images: int | None = None, twice_differentiable: bool = False
+    ) -> torch.Tensor:
         """``"t n ... -> t n d"`` features (everything but the head); ``chunk_images`` overrides the
         model's setting for this call; ``twice_differentiable``: the caller will differentiate the
         result twice (MAML's support pass), which picks the cheaper form of the grouped blocks."""
         if self.serial:
-            return torch.stack([functional_call(self.module, {k: p[t] for k, p in params.items()}, (x[t],))
-                                for t in range(x.shape[0])])
+            return torch.stack(
+                [functional_call(self.module, {k: p[t] for k, p in params.items()}, (x[t],)) for t in range(x.shape[0])]
+            )
         if not self.grouped:
             return _vmapped(self.module, params, x)
         tasks, n = x.shape[:2]
@@ -154,8 +181,14 @@ class TaskBatchedModel:
         # gradients, while each slice's backward writes a zero-filled full-size gradient (O(chunks^2)).
         pieces = {name: p.split(chunk) for name, p in params.items()}
         parts = [
-            grouped_conv4_features({name: pieces[name][k] for name in params}, xk, self.geometry, self.channels_last,
-                                   twice_differentiable, self.readout)
+            grouped_conv4_features(
+                {name: pieces[name][k] for name in params},
+                xk,
+                self.geometry,
+                self.channels_last,
+                twice_differentiable,
+                self.readout,
+            )
             for k, xk in enumerate(x.split(chunk))
         ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -168,8 +201,14 @@ class TaskBatchedModel:
         return torch.baddbmm(bias.unsqueeze(1), features, weight.transpose(1, 2))
 
 
-def grouped_conv4_features(params: Params, x: torch.Tensor, geometry: list[BlockGeometry], channels_last: bool,
-                           twice_differentiable: bool = False, readout: str = "flatten") -> torch.Tensor:
+def grouped_conv4_features(
+    params: Params,
+    x: torch.Tensor,
+    geometry: list[BlockGeometry],
+    channels_last: bool,
+    twice_differentiable: bool = False,
+    readout: str = "flatten",
+) -> torch.Tensor:
     """Conv4 body for ``t`` tasks with tasks folded into channel groups: ``"t n c h w -> t n d"``."""
     tasks, n = x.shape[:2]
     h = rearrange(x, "t n c h w -> n (t c) h w")
@@ -177,11 +216,20 @@ def grouped_conv4_features(params: Params, x: torch.Tensor, geometry: list[Block
         h = _channels_last(h)
     for i, block in enumerate(geometry):
         # Per-task batch statistics: channel (t, o) is normalised over (n, h, w) of its own task only.
-        h = conv_bn_pool_relu(h, params[f"features.{i}.0.weight"].flatten(0, 1),  # "t o c k k" -> "(t o) c k k"
-                              params[f"features.{i}.0.bias"].flatten(), params[f"features.{i}.1.weight"].flatten(),
-                              params[f"features.{i}.1.bias"].flatten(), groups=tasks, eps=block.eps,
-                              stride=block.stride, padding=block.padding, pool=block.pool, patch_moments=i == 0,
-                              twice_differentiable=twice_differentiable)
+        h = conv_bn_pool_relu(
+            h,
+            params[f"features.{i}.0.weight"].flatten(0, 1),  # "t o c k k" -> "(t o) c k k"
+            params[f"features.{i}.0.bias"].flatten(),
+            params[f"features.{i}.1.weight"].flatten(),
+            params[f"features.{i}.1.bias"].flatten(),
+            groups=tasks,
+            eps=block.eps,
+            stride=block.stride,
+            padding=block.padding,
+            pool=block.pool,
+            patch_moments=i == 0,
+            twice_differentiable=twice_differentiable,
+        )
     if readout == "mean":
         return reduce(h, "n (t c) h w -> t n c", "mean", t=tasks)
     return rearrange(h, "n (t c) h w -> t n (c h w)", t=tasks)

@@ -17,8 +17,8 @@ end; running averages are neither used nor updated (:func:`batch_statistics`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,8 +45,16 @@ def batch_statistics(module: nn.Module) -> Iterator[None]:
             m.training, m.track_running_stats = training, tracked
 
 
-def adapt_one_task(module: nn.Module, init: Params, support: torch.Tensor, labels: torch.Tensor, steps: int,
-                   lr: float | Params, first_order: bool, names: list[str] | None = None) -> Params:
+def adapt_one_task(
+    module: nn.Module,
+    init: Params,
+    support: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+    lr: float | Params,
+    first_order: bool,
+    names: list[str] | None = None,
+) -> Params:
     """Parameters after ``steps`` SGD steps on one task's support set (``"n ..."``, labels ``"n"``).
 
     ``lr``: one rate, or one tensor per adapted name (Meta-SGD). ``names``: the parameters to adapt
@@ -64,20 +72,34 @@ def adapt_one_task(module: nn.Module, init: Params, support: torch.Tensor, label
     return params
 
 
-def query_logits(module: nn.Module, init: Params, batch: dict[str, torch.Tensor], steps: int,
-                 lr: float | Params, first_order: bool, names: list[str] | None = None) -> torch.Tensor:
+def query_logits(
+    module: nn.Module,
+    init: Params,
+    batch: dict[str, torch.Tensor],
+    steps: int,
+    lr: float | Params,
+    first_order: bool,
+    names: list[str] | None = None,
+) -> torch.Tensor:
     """``"t n way"``: each task's query logits after adapting to its support set, one task at a time."""
     logits = []
     with batch_statistics(module):
         for t in range(batch["support"].shape[0]):
-            fast = adapt_one_task(module, init, batch["support"][t], batch["support_labels"][t], steps, lr,
-                                  first_order, names)
+            fast = adapt_one_task(
+                module, init, batch["support"][t], batch["support_labels"][t], steps, lr, first_order, names
+            )
             logits.append(functional_call(module, fast, (batch["query"][t],)))
     return torch.stack(logits)
 
 
-def meta_loss(module: nn.Module, batch: dict[str, torch.Tensor], steps: int, lr: float | Params,
-              first_order: bool, names: list[str] | None = None) -> torch.Tensor:
+def meta_loss(
+    module: nn.Module,
+    batch: dict[str, torch.Tensor],
+    steps: int,
+    lr: float | Params,
+    first_order: bool,
+    names: list[str] | None = None,
+) -> torch.Tensor:
     """MAML's outer loss: the mean over tasks of the adapted query loss; its gradient is the meta-gradient."""
     logits = query_logits(module, dict(module.named_parameters()), batch, steps, lr, first_order, names)
     return F.cross_entropy(logits.flatten(0, 1), batch["query_labels"].flatten())

@@ -24,8 +24,9 @@ class FinalStateCheckpoint(ModelCheckpoint):
     A stop decided elsewhere (e.g. during validation) is caught at ``on_train_end``.
     """
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if self._training_ends_after_this_batch(trainer):
             self._save_final_state(trainer)

@@ -26,22 +26,30 @@ class StopOnSignal(L.Callback):
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.install()
+
+    def install(self) -> None:
+        """Catch the first SIGTERM/SIGINT from now on (also used by the plain search loop, which has no Trainer)."""
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be installed from the main thread
         self.received = None
 
         def ask_to_stop(signum: int, frame: FrameType | None) -> None:
             self.received = signal.Signals(signum).name
-            print(f"[metalab] {self.received} received: stopping after this step, saving last.ckpt, then testing "
-                  "(send it again to stop at once)", flush=True)
+            print(
+                f"[metalab] {self.received} received: stopping after this step, saving last.ckpt, then testing "
+                "(send it again to stop at once)",
+                flush=True,
+            )
             signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
 
         for sig in SIGNALS:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, ask_to_stop)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._stop_if_asked(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -56,12 +64,13 @@ class StopOnSignal(L.Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
+        self.restore()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
+        self.restore()
 
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """Put back the handlers that were there before :meth:`install`."""
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}

@@ -24,8 +24,9 @@ class TrainThroughput(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if trainer.global_step > self.warmup_steps:
             self.seconds += now - self._last
@@ -41,4 +42,3 @@ class TrainThroughput(L.Callback):
     @property
     def episodes_per_second(self) -> float:
         return self.tasks / self.seconds if self.seconds else float("nan")
-

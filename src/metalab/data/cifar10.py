@@ -16,7 +16,7 @@ modules use the same resolution, so a searched cell is retrained on the images i
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import lightning as L
 import torch
@@ -24,7 +24,7 @@ from einops import reduce
 from torch.utils.data import DataLoader, Dataset
 
 from metalab.data.resumable import ResumableDataLoader
-from metalab.data.streams import SeededBatchSampler, _identity, _load_arrays
+from metalab.data.streams import SeededBatchSampler, identity_collate, load_arrays
 from metalab.errors import require
 
 Tensors = tuple[torch.Tensor, torch.Tensor]
@@ -43,7 +43,7 @@ def downsample(x: torch.Tensor, resolution: int) -> torch.Tensor:
 def cifar10_arrays(resolution: int, data_dir: str | None = None) -> tuple[Tensors, Tensors]:
     """``((x_train, y_train), (x_test, y_test))`` normalised with CIFAR-10's mean/std, at ``resolution``."""
     require(resolution in RESOLUTIONS, "data.resolution", f"one of {RESOLUTIONS}", resolution)
-    x_train, y_train, x_test, y_test = _load_arrays("cifar10", data_dir)
+    x_train, y_train, x_test, y_test = load_arrays("cifar10", data_dir)
     return (downsample(x_train, resolution), y_train), (downsample(x_test, resolution), y_test)
 
 
@@ -53,14 +53,15 @@ def training_subset(examples: int, subset_seed: int) -> torch.Tensor:
     return order[:examples]
 
 
-def search_split(search_examples: int, subset_seed: int, resolution: int,
-                 data_dir: str | None = None) -> tuple[Tensors, Tensors]:
+def search_split(
+    search_examples: int, subset_seed: int, resolution: int, data_dir: str | None = None
+) -> tuple[Tensors, Tensors]:
     """The search halves ``((x, y) train, (x, y) validation)``, ``search_examples // 2`` images each."""
     require(2 <= search_examples <= TRAIN_SIZE, "data.search_examples", f"in [2, {TRAIN_SIZE}]", search_examples)
     (x, y), _ = cifar10_arrays(resolution, data_dir)
     picked = training_subset(search_examples, subset_seed)
     half = search_examples // 2
-    train, valid = picked[:half], picked[half:2 * half]
+    train, valid = picked[:half], picked[half : 2 * half]
     return (x[train], y[train]), (x[valid], y[valid])
 
 
@@ -76,8 +77,12 @@ class PairDataset(Dataset):
     def __getitems__(self, pairs: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         first = torch.as_tensor([p[0] for p in pairs], dtype=torch.long)
         second = torch.as_tensor([p[1] for p in pairs], dtype=torch.long)
-        return {"x": self.train[0][first], "y": self.train[1][first],
-                "x_val": self.valid[0][second], "y_val": self.valid[1][second]}
+        return {
+            "x": self.train[0][first],
+            "y": self.train[1][first],
+            "x_val": self.valid[0][second],
+            "y_val": self.valid[1][second],
+        }
 
 
 class PairedBatchSampler:
@@ -106,12 +111,23 @@ class Cifar10SearchData(L.LightningDataModule):
     the search-train half, each step paired with a search-validation batch. Set the trainer's
     ``reload_dataloaders_every_n_epochs: 1`` so each epoch draws a new order."""
 
-    def __init__(self, search_examples: int = 6000, batch_size: int = 64, resolution: int = 16, subset_seed: int = 0,
-                 seed: int = 0, data_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        search_examples: int = 6000,
+        batch_size: int = 64,
+        resolution: int = 16,
+        subset_seed: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+    ) -> None:
         super().__init__()
         require(batch_size >= 1, "data.batch_size", ">= 1", batch_size)
-        require(batch_size <= search_examples // 2, "data.batch_size", f"<= half of data.search_examples "
-                f"({search_examples // 2})", batch_size)
+        require(
+            batch_size <= search_examples // 2,
+            "data.batch_size",
+            f"<= half of data.search_examples ({search_examples // 2})",
+            batch_size,
+        )
         self.search_examples, self.batch_size, self.resolution = search_examples, batch_size, resolution
         self.subset_seed, self.seed, self.data_dir = subset_seed, seed, data_dir
         self.halves: tuple[Tensors, Tensors] | None = None
@@ -125,7 +141,7 @@ class Cifar10SearchData(L.LightningDataModule):
         train, valid = self.halves
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
         sampler = PairedBatchSampler(len(train[1]), self.batch_size, self.seed, epoch)
-        return ResumableDataLoader(PairDataset(train, valid), batch_sampler=sampler, collate_fn=_identity)
+        return ResumableDataLoader(PairDataset(train, valid), batch_sampler=sampler, collate_fn=identity_collate)
 
 
 class TensorBatches(Dataset):
@@ -146,14 +162,30 @@ class Cifar10Classification(L.LightningDataModule):
     """Train on ``train_examples`` random training images (``null``: all 50,000), test on the test split
     (``test_examples`` of it, ``null``: all 10,000). Used to retrain a chosen cell."""
 
-    def __init__(self, train_examples: int | None = 10_000, test_examples: int | None = None, batch_size: int = 64,
-                 eval_batch_size: int = 500, resolution: int = 16, subset_seed: int = 0, seed: int = 0,
-                 data_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        train_examples: int | None = 10_000,
+        test_examples: int | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 500,
+        resolution: int = 16,
+        subset_seed: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+    ) -> None:
         super().__init__()
-        require(train_examples is None or 1 <= train_examples <= TRAIN_SIZE, "data.train_examples",
-                f"null or in [1, {TRAIN_SIZE}]", train_examples)
-        require(test_examples is None or 1 <= test_examples <= 10_000, "data.test_examples", "null or in [1, 10000]",
-                test_examples)
+        require(
+            train_examples is None or 1 <= train_examples <= TRAIN_SIZE,
+            "data.train_examples",
+            f"null or in [1, {TRAIN_SIZE}]",
+            train_examples,
+        )
+        require(
+            test_examples is None or 1 <= test_examples <= 10_000,
+            "data.test_examples",
+            "null or in [1, 10000]",
+            test_examples,
+        )
         require(batch_size >= 1, "data.batch_size", ">= 1", batch_size)
         self.train_examples, self.test_examples = train_examples, test_examples
         self.batch_size, self.eval_batch_size, self.resolution = batch_size, eval_batch_size, resolution
@@ -175,12 +207,12 @@ class Cifar10Classification(L.LightningDataModule):
         self.setup()
         epoch = self.trainer.current_epoch if getattr(self, "trainer", None) is not None else 0
         sampler = SeededBatchSampler(len(self.train_set), self.batch_size, True, self.seed, epoch)
-        return ResumableDataLoader(self.train_set, batch_sampler=sampler, collate_fn=_identity)
+        return ResumableDataLoader(self.train_set, batch_sampler=sampler, collate_fn=identity_collate)
 
     def test_dataloader(self) -> DataLoader:
         self.setup()
         sampler = SeededBatchSampler(len(self.test_set), self.eval_batch_size, False, 0, 0)
-        return DataLoader(self.test_set, batch_sampler=sampler, collate_fn=_identity)
+        return DataLoader(self.test_set, batch_sampler=sampler, collate_fn=identity_collate)
 
 
 def batches(data: Tensors, batch_size: int, generator: torch.Generator) -> Iterator[Tensors]:
@@ -189,5 +221,5 @@ def batches(data: Tensors, batch_size: int, generator: torch.Generator) -> Itera
     while True:
         order = torch.randperm(len(y), generator=generator)
         for start in range(0, len(y) - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             yield x[index], y[index]

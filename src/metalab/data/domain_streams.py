@@ -61,8 +61,9 @@ class PixelPermutation:
         drawn = self._drawn.get(n_pixels, [])
         if len(drawn) <= draw:  # draw again from the start: draw k depends on the k draws before it
             rng = np.random.RandomState(self.seed)
-            drawn = self._drawn[n_pixels] = [torch.from_numpy(rng.permutation(n_pixels)).long()
-                                             for _ in range(draw + 1)]
+            drawn = self._drawn[n_pixels] = [
+                torch.from_numpy(rng.permutation(n_pixels)).long() for _ in range(draw + 1)
+            ]
         return drawn[draw]
 
     def __call__(self, x: torch.Tensor, task: int) -> torch.Tensor:
@@ -105,16 +106,39 @@ class DomainIncrementalStream(TaskStream):
 
     scenarios = ("domain_il",)
 
-    def __init__(self, dataset: str = "mnist", n_tasks: int = 10, transform: TaskTransform | None = None,
-                 epochs_per_task: int = 1, batch_size: int = 10, eval_batch_size: int = 1000,
-                 train_examples_per_task: int | None = None, test_examples_per_task: int | None = None,
-                 subset_seed: int = 0, seed: int = 0, data_dir: str | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        n_tasks: int = 10,
+        transform: TaskTransform | None = None,
+        epochs_per_task: int = 1,
+        batch_size: int = 10,
+        eval_batch_size: int = 1000,
+        train_examples_per_task: int | None = None,
+        test_examples_per_task: int | None = None,
+        subset_seed: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
         require(dataset in DATASETS, "data.dataset", f"one of {', '.join(DATASETS)}", dataset)
         if not isinstance(transform, TaskTransform):
-            raise ConfigError(f"data.transform={transform!r} is not allowed: data.transform must be a per-task input "
-                              "transform given by its _target_, e.g. metalab.data.domain_streams.PixelPermutation")
-        super().__init__(n_tasks, epochs_per_task, batch_size, eval_batch_size, train_examples_per_task,
-                         test_examples_per_task, subset_seed, seed, data_dir, num_workers)
+            raise ConfigError(
+                f"data.transform={transform!r} is not allowed: data.transform must be a per-task input "
+                "transform given by its _target_, e.g. metalab.data.domain_streams.PixelPermutation"
+            )
+        super().__init__(
+            n_tasks,
+            epochs_per_task,
+            batch_size,
+            eval_batch_size,
+            train_examples_per_task,
+            test_examples_per_task,
+            subset_seed,
+            seed,
+            data_dir,
+            num_workers,
+        )
         self.dataset, self.transform = dataset, transform
 
     @property
@@ -129,10 +153,12 @@ class DomainIncrementalStream(TaskStream):
         if self.train_tasks:
             return
         x_tr, y_tr, x_te, y_te = self._arrays(self.dataset)
-        self.train_tasks = [self._task(x_tr, y_tr, t, self.train_examples_per_task, self.subset_seed)
-                            for t in range(self.n_tasks)]
-        self.test_tasks = [self._task(x_te, y_te, t, self.test_examples_per_task, self.subset_seed + 1)
-                           for t in range(self.n_tasks)]
+        self.train_tasks = [
+            self._task(x_tr, y_tr, t, self.train_examples_per_task, self.subset_seed) for t in range(self.n_tasks)
+        ]
+        self.test_tasks = [
+            self._task(x_te, y_te, t, self.test_examples_per_task, self.subset_seed + 1) for t in range(self.n_tasks)
+        ]
 
     def _task(self, x: torch.Tensor, y: torch.Tensor, task: int, per_task: int | None, seed: int) -> TaskSplit:
         if per_task is not None:
@@ -141,6 +167,8 @@ class DomainIncrementalStream(TaskStream):
         moved = self.transform(x, task)
         if not isinstance(moved, torch.Tensor) or moved.shape != x.shape:
             got = tuple(moved.shape) if isinstance(moved, torch.Tensor) else type(moved).__name__
-            raise ConfigError(f"data.transform must map images [n, c, h, w] to the same shape; "
-                              f"{type(self.transform).__name__} gave {got} for {tuple(x.shape)} on task {task}")
+            raise ConfigError(
+                f"data.transform must map images [n, c, h, w] to the same shape; "
+                f"{type(self.transform).__name__} gave {got} for {tuple(x.shape)} on task {task}"
+            )
         return TaskSplit(x=moved.contiguous(), y=y, task=task)

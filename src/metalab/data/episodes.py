@@ -14,8 +14,9 @@ reproducible and a resumed run sees exactly the episodes an uninterrupted one wo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning as L
 from torch.utils.data import DataLoader
@@ -76,8 +77,9 @@ class FewShotDataModule(L.LightningDataModule):
                 spec.validate(self.pools["test"], f"data.test[{name}]")
 
     def train_dataloader(self) -> DataLoader:
-        ds = EpisodeDataset(self.pools["train"], self.train_spec, self.train_episodes * self.tasks_per_batch,
-                            self.seed, TRAIN_STREAM)
+        ds = EpisodeDataset(
+            self.pools["train"], self.train_spec, self.train_episodes * self.tasks_per_batch, self.seed, TRAIN_STREAM
+        )
         return self._loader(ds, self.tasks_per_batch, EpochEpisodeSampler(len(ds)), loader=ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
@@ -93,10 +95,17 @@ class FewShotDataModule(L.LightningDataModule):
             for name, spec in self.test_specs.items()
         ]
 
-    def _loader(self, ds: EpisodeDataset, batch: int, sampler: Any = None,
-                loader: type[DataLoader] = DataLoader) -> DataLoader:
-        return loader(ds, batch_size=batch, sampler=sampler, shuffle=False, num_workers=self.num_workers,
-                      persistent_workers=self.num_workers > 0)
+    def _loader(
+        self, ds: EpisodeDataset, batch: int, sampler: Any = None, loader: type[DataLoader] = DataLoader
+    ) -> DataLoader:
+        return loader(
+            ds,
+            batch_size=batch,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
 
 def _spec(cfg: Mapping[str, int], key: str) -> EpisodeSpec:

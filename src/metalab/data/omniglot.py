@@ -86,7 +86,9 @@ def load_omniglot_splits(
     if split in SPLITS:
         files = SPLITS[split]
         return {
-            stage: _pool_from_split_file(f"{split}:{stage}", locate(f"{VINYALS_DIR}/{name}.txt", data_dir), images, index)
+            stage: _pool_from_split_file(
+                f"{split}:{stage}", locate(f"{VINYALS_DIR}/{name}.txt", data_dir), images, index
+            )
             for stage, name in zip(("train", "val", "test"), files)
         }
     if split == ALPHABET_SPLIT:

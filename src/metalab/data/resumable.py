@@ -10,7 +10,8 @@ functions of (seed, epoch), so skipping is exact and costs nothing: no batch is 
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
 
 from torch.utils.data import DataLoader
 
@@ -52,8 +53,11 @@ class ResumableDataLoader(DataLoader):
         if not 0 < skip < len(self):
             return 0
         if not self.can_skip:
-            warnings.warn(f"this loader's sampler ({type(self.sampler).__name__}) cannot skip: the pass that was "
-                          f"{skip} batches in restarts from its first batch", stacklevel=2)
+            warnings.warn(
+                f"this loader's sampler ({type(self.sampler).__name__}) cannot skip: the pass that was "
+                f"{skip} batches in restarts from its first batch",
+                stacklevel=2,
+            )
             return 0
         if isinstance(self.batch_sampler, SkippableSampler):
             self.batch_sampler.skip_next(skip)

@@ -24,9 +24,17 @@ TRAIN_STREAM, VAL_STREAM, TEST_STREAM = 0, 1, 2
 class SineTasks(Dataset):
     """``episodes`` sine tasks (indices beyond ``len`` continue the stream, for later epochs)."""
 
-    def __init__(self, episodes: int, shot: int, query: int, seed: int, stream: int,
-                 amplitude: tuple[float, float] = (0.1, 5.0), phase: tuple[float, float] = (0.0, math.pi),
-                 x_range: tuple[float, float] = (-5.0, 5.0)) -> None:
+    def __init__(
+        self,
+        episodes: int,
+        shot: int,
+        query: int,
+        seed: int,
+        stream: int,
+        amplitude: tuple[float, float] = (0.1, 5.0),
+        phase: tuple[float, float] = (0.0, math.pi),
+        x_range: tuple[float, float] = (-5.0, 5.0),
+    ) -> None:
         self.episodes, self.shot, self.query, self.seed, self.stream = episodes, shot, query, seed, stream
         self.amplitude, self.phase, self.x_range = amplitude, phase, x_range
 
@@ -39,8 +47,12 @@ class SineTasks(Dataset):
         phi = _uniform(g, 1, *self.phase)
         x = _uniform(g, (self.shot + self.query, 1), *self.x_range)
         y = a * torch.sin(x - phi)
-        return {"support": x[: self.shot], "support_labels": y[: self.shot],
-                "query": x[self.shot :], "query_labels": y[self.shot :]}
+        return {
+            "support": x[: self.shot],
+            "support_labels": y[: self.shot],
+            "query": x[self.shot :],
+            "query_labels": y[self.shot :],
+        }
 
 
 def _uniform(g: torch.Generator, shape, low: float, high: float) -> torch.Tensor:
@@ -50,13 +62,30 @@ def _uniform(g: torch.Generator, shape, low: float, high: float) -> torch.Tensor
 class SineDataModule(L.LightningDataModule):
     """Meta-batches of sine tasks: ``train_shot`` support points in training, ``test_shot`` at test."""
 
-    def __init__(self, train_shot: int = 10, test_shot: int = 10, query: int = 10, test_query: int = 100,
-                 tasks_per_batch: int = 25, train_episodes: int = 100, val_episodes: int = 100,
-                 test_episodes: int = 1000, eval_tasks_per_batch: int = 100, seed: int = 0, eval_seed: int = 0) -> None:
+    def __init__(
+        self,
+        train_shot: int = 10,
+        test_shot: int = 10,
+        query: int = 10,
+        test_query: int = 100,
+        tasks_per_batch: int = 25,
+        train_episodes: int = 100,
+        val_episodes: int = 100,
+        test_episodes: int = 1000,
+        eval_tasks_per_batch: int = 100,
+        seed: int = 0,
+        eval_seed: int = 0,
+    ) -> None:
         super().__init__()
-        for key, value in {"data.train_shot": train_shot, "data.test_shot": test_shot, "data.query": query,
-                           "data.test_query": test_query, "data.tasks_per_batch": tasks_per_batch,
-                           "data.train_episodes": train_episodes, "data.test_episodes": test_episodes}.items():
+        for key, value in {
+            "data.train_shot": train_shot,
+            "data.test_shot": test_shot,
+            "data.query": query,
+            "data.test_query": test_query,
+            "data.tasks_per_batch": tasks_per_batch,
+            "data.train_episodes": train_episodes,
+            "data.test_episodes": test_episodes,
+        }.items():
             if value < 1:
                 raise ConfigError(f"{key}={value} is not allowed: must be >= 1")
         self.hparams_ = dict(train_shot=train_shot, test_shot=test_shot, query=query, test_query=test_query)

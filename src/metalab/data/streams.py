@@ -19,7 +19,8 @@ indexing op, not 32 ``__getitem__`` calls and a collate; this keeps the loop at 
 
 The data module serves the *current* task's training loader. With one ``Trainer.fit`` over
 ``n_tasks * epochs_per_task`` epochs and ``reload_dataloaders_every_n_epochs=1`` the current task is
-``trainer.current_epoch // epochs_per_task`` (the continual learner sets both trainer values).
+``trainer.current_epoch // epochs_per_task``: :meth:`TaskStream.trainer_arguments` names both Trainer
+arguments and :func:`metalab.run.build_run` passes them to the Trainer it builds.
 
 CIFAR-10 caveat: the offline copy (shared/data/cifar10) was built from JPEG-compressed images (quality
 ~75), so pixels are close to, but not bit-identical with, the official arrays; its channel std is about
@@ -29,9 +30,10 @@ close to, not exactly, published figures.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -40,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from metalab.data.files import locate
 from metalab.data.resumable import ResumableDataLoader
-from metalab.errors import ConfigError, DataError, require
+from metalab.errors import DataError, require
 
 Batch = dict[str, torch.Tensor]
 
@@ -82,7 +84,7 @@ class TaskDataset(Dataset):
         return {"x": self.x[idx], "y": self.y[idx], "task": self.task[idx]}
 
 
-def _identity(batch: Batch) -> Batch:
+def identity_collate(batch: Batch) -> Batch:
     return batch
 
 
@@ -109,7 +111,7 @@ class SeededBatchSampler(Sampler[list[int]]):
         else:
             order = torch.arange(self.n)
         for start in range(skip * self.batch_size, self.n, self.batch_size):
-            chunk = order[start:start + self.batch_size]
+            chunk = order[start : start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 return
             yield chunk.tolist()
@@ -124,14 +126,17 @@ def task_il_mask(task_ids: torch.Tensor | None, n_classes: int, classes_per_task
     Raises :class:`DataError` when ``task_ids`` is missing: task-IL evaluation needs them.
     """
     if task_ids is None:
-        raise DataError("task-IL evaluation needs task ids, but the batch has no 'task' field; "
-                        "serve batches as {'x', 'y', 'task'} (metalab.data.streams.TaskDataset) or evaluate class-IL only")
+        raise DataError(
+            "task-IL evaluation needs task ids, but the batch has no 'task' field; "
+            "serve batches as {'x', 'y', 'task'} (metalab.data.streams.TaskDataset) or evaluate class-IL only"
+        )
     owner = torch.arange(n_classes, device=task_ids.device) // classes_per_task  # [classes]
     return owner.unsqueeze(0) == task_ids.unsqueeze(1)
 
 
-def split_by_task(x: torch.Tensor, labels: torch.Tensor, class_order: list[int], classes_per_task: int,
-                  split: str) -> list[TaskSplit]:
+def split_by_task(
+    x: torch.Tensor, labels: torch.Tensor, class_order: list[int], classes_per_task: int, split: str
+) -> list[TaskSplit]:
     """Cut ``x [n, ...]``, ``labels [n]`` (original classes) into tasks following ``class_order``.
 
     Labels become positions in ``class_order``. A task without any example is a :class:`DataError`:
@@ -147,8 +152,10 @@ def split_by_task(x: torch.Tensor, labels: torch.Tensor, class_order: list[int],
         rows = (remapped >= lo) & (remapped < hi)
         if not bool(rows.any()):
             classes = class_order[lo:hi]
-            raise DataError(f"task {t} is empty in the {split} split: no examples of classes {classes}; "
-                            "check the data file or data.class_order_seed / data.classes_per_task")
+            raise DataError(
+                f"task {t} is empty in the {split} split: no examples of classes {classes}; "
+                "check the data file or data.class_order_seed / data.classes_per_task"
+            )
         tasks.append(TaskSplit(x=x[rows].contiguous(), y=remapped[rows], task=t))
     return tasks
 
@@ -161,7 +168,7 @@ def make_class_order(n_classes: int, class_order_seed: int | None) -> list[int]:
 
 
 @lru_cache(maxsize=2)
-def _load_arrays(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def load_arrays(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(x_train, y_train, x_test, y_test)``: images ``[n, c, h, w]`` float32 normalised, labels long."""
     if dataset == "cifar10":
         with np.load(locate(CIFAR10_FILE, data_dir)) as z:
@@ -177,9 +184,14 @@ def _load_arrays(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, torc
 
         def images(a: np.ndarray) -> torch.Tensor:  # "n h w" uint8 -> "n 1 h w" in [0, 1] (Mammoth: no normalisation)
             return torch.from_numpy(a).unsqueeze(1).float().div_(255)
+
     x_tr, y_tr, x_te, y_te = arrays
-    return (images(x_tr).contiguous(), torch.from_numpy(y_tr.astype(np.int64)),
-            images(x_te).contiguous(), torch.from_numpy(y_te.astype(np.int64)))
+    return (
+        images(x_tr).contiguous(),
+        torch.from_numpy(y_tr.astype(np.int64)),
+        images(x_te).contiguous(),
+        torch.from_numpy(y_te.astype(np.int64)),
+    )
 
 
 def _subsample(tasks: list[TaskSplit], per_task: int | None, seed: int) -> list[TaskSplit]:
@@ -197,8 +209,12 @@ def _hold_out(tasks: list[TaskSplit], per_task: int, seed: int) -> tuple[list[Ta
     """Split each task's training examples into (kept for training, ``per_task`` held out for validation)."""
     kept, held = [], []
     for t in tasks:
-        require(per_task < len(t), "data.validation_examples_per_task", f"below the {len(t)} training examples "
-                f"of task {t.task}", per_task)
+        require(
+            per_task < len(t),
+            "data.validation_examples_per_task",
+            f"below the {len(t)} training examples of task {t.task}",
+            per_task,
+        )
         order = torch.randperm(len(t), generator=torch.Generator().manual_seed(seed * 1000 + t.task))
         out, keep = order[:per_task].sort().values, order[per_task:].sort().values
         kept.append(TaskSplit(t.x[keep].contiguous(), t.y[keep], t.task))
@@ -257,16 +273,28 @@ class TaskStream(L.LightningDataModule):
 
     scenarios: tuple[str, ...] = ()
 
-    def __init__(self, n_tasks: int, epochs_per_task: int = 1, batch_size: int = 32, eval_batch_size: int = 256,
-                 train_examples_per_task: int | None = None, test_examples_per_task: int | None = None,
-                 subset_seed: int = 0, seed: int = 0, data_dir: str | None = None, num_workers: int = 0) -> None:
+    def __init__(
+        self,
+        n_tasks: int,
+        epochs_per_task: int = 1,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        train_examples_per_task: int | None = None,
+        test_examples_per_task: int | None = None,
+        subset_seed: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+        num_workers: int = 0,
+    ) -> None:
         super().__init__()
         require(n_tasks >= 1, "data.n_tasks", "at least 1", n_tasks)
         require(epochs_per_task >= 1, "data.epochs_per_task", "at least 1", epochs_per_task)
         require(batch_size >= 1, "data.batch_size", "at least 1", batch_size)
         require(eval_batch_size >= 1, "data.eval_batch_size", "at least 1", eval_batch_size)
-        for key, value in (("train_examples_per_task", train_examples_per_task),
-                           ("test_examples_per_task", test_examples_per_task)):
+        for key, value in (
+            ("train_examples_per_task", train_examples_per_task),
+            ("test_examples_per_task", test_examples_per_task),
+        ):
             require(value is None or value >= 1, f"data.{key}", "null (all) or at least 1", value)
         self.n_tasks, self.epochs_per_task = n_tasks, epochs_per_task
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -278,15 +306,16 @@ class TaskStream(L.LightningDataModule):
         self.test_tasks: list[TaskSplit] = []
 
     @classmethod
-    def from_tensors(cls, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-                     **kwargs: Any) -> "TaskStream":
+    def from_tensors(
+        cls, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, **kwargs: Any
+    ) -> TaskStream:
         """A stream over given tensors (tests and notebooks): ``x [n, c, h, w]``, ``y [n]`` in 0..9."""
         module = cls(**kwargs)
         module._tensors = (x_train, y_train, x_test, y_test)
         return module
 
     def _arrays(self, dataset: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return getattr(self, "_tensors", None) or _load_arrays(dataset, self.data_dir)
+        return getattr(self, "_tensors", None) or load_arrays(dataset, self.data_dir)
 
     @property
     def n_classes(self) -> int:
@@ -302,6 +331,12 @@ class TaskStream(L.LightningDataModule):
         """Original class of each label (for the run record)."""
         return list(range(self.n_classes))
 
+    def trainer_arguments(self) -> dict[str, int]:
+        """The Trainer arguments this stream decides: one fit covers every task's epochs, and the training
+        loader is rebuilt each epoch so that it serves the current task (``Trainer(**stream.trainer_arguments())``;
+        :func:`metalab.run.build_run` does it for a configured run)."""
+        return {"max_epochs": self.n_tasks * self.epochs_per_task, "reload_dataloaders_every_n_epochs": 1}
+
     # -- what the learner asks for -----------------------------------------------------------------------
     def current_task(self) -> int:
         epoch = self.trainer.current_epoch if self._has_trainer() else 0
@@ -315,20 +350,23 @@ class TaskStream(L.LightningDataModule):
         parts = self.train_tasks[: task + 1] if self.cumulative else [self.train_tasks[task]]
         return TaskDataset(parts)
 
-    def task_train_loader(self, task: int, shuffle: bool = True, batch_size: int | None = None,
-                          epoch: int | None = None) -> DataLoader:
+    def task_train_loader(
+        self, task: int, shuffle: bool = True, batch_size: int | None = None, epoch: int | None = None
+    ) -> DataLoader:
         """Batches of ``task``; their order is fixed by the seed and ``epoch`` (the stream-wide epoch index,
         by default the trainer's), so another training loop can replay exactly the batches ours saw."""
         data = self.task_train_dataset(task)
         if epoch is None:
             epoch = self.trainer.current_epoch if self._has_trainer() else 0
         sampler = SeededBatchSampler(len(data), batch_size or self.batch_size, shuffle, self.seed, epoch)
-        return ResumableDataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
+        return ResumableDataLoader(
+            data, batch_sampler=sampler, collate_fn=identity_collate, num_workers=self.num_workers
+        )
 
     def task_test_loader(self, task: int) -> DataLoader:
         data = TaskDataset([self.test_tasks[task]])
         sampler = SeededBatchSampler(len(data), self.eval_batch_size, False, 0, 0)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_identity, num_workers=self.num_workers)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=identity_collate, num_workers=self.num_workers)
 
     def train_examples(self) -> int:
         """Training examples over the whole stream (what a replay buffer could ever hold)."""
@@ -341,8 +379,9 @@ class TaskStream(L.LightningDataModule):
         if self.batches_per_step == 1:
             return loader
         chunks = ChunkedBatchSampler(loader.batch_sampler, self.batches_per_step)
-        return ResumableDataLoader(loader.dataset, batch_sampler=chunks, collate_fn=_identity,
-                                   num_workers=self.num_workers)
+        return ResumableDataLoader(
+            loader.dataset, batch_sampler=chunks, collate_fn=identity_collate, num_workers=self.num_workers
+        )
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.task_test_loader(t) for t in range(self.n_tasks)]
@@ -362,21 +401,51 @@ class SplitStreamDataModule(TaskStream):
 
     scenarios = ("class_il", "task_il")
 
-    def __init__(self, dataset: str = "cifar10", n_tasks: int = 5, classes_per_task: int = 2,
-                 class_order_seed: int | None = None, epochs_per_task: int = 1, batch_size: int = 32,
-                 eval_batch_size: int = 256, train_examples_per_task: int | None = None,
-                 test_examples_per_task: int | None = None, subset_seed: int = 0, seed: int = 0,
-                 data_dir: str | None = None, num_workers: int = 0, eval_split: str = "test",
-                 validation_examples_per_task: int = 1000) -> None:
+    def __init__(
+        self,
+        dataset: str = "cifar10",
+        n_tasks: int = 5,
+        classes_per_task: int = 2,
+        class_order_seed: int | None = None,
+        epochs_per_task: int = 1,
+        batch_size: int = 32,
+        eval_batch_size: int = 256,
+        train_examples_per_task: int | None = None,
+        test_examples_per_task: int | None = None,
+        subset_seed: int = 0,
+        seed: int = 0,
+        data_dir: str | None = None,
+        num_workers: int = 0,
+        eval_split: str = "test",
+        validation_examples_per_task: int = 1000,
+    ) -> None:
         require(eval_split in ("test", "validation"), "data.eval_split", "test or validation", eval_split)
-        require(validation_examples_per_task >= 1, "data.validation_examples_per_task", "at least 1",
-                validation_examples_per_task)
+        require(
+            validation_examples_per_task >= 1,
+            "data.validation_examples_per_task",
+            "at least 1",
+            validation_examples_per_task,
+        )
         require(dataset in DATASETS, "data.dataset", f"one of {', '.join(DATASETS)}", dataset)
         require(classes_per_task >= 1, "data.classes_per_task", "at least 1", classes_per_task)
-        require(n_tasks * classes_per_task <= 10, "data.n_tasks * data.classes_per_task",
-                f"at most the 10 classes of {dataset}", n_tasks * classes_per_task)
-        super().__init__(n_tasks, epochs_per_task, batch_size, eval_batch_size, train_examples_per_task,
-                         test_examples_per_task, subset_seed, seed, data_dir, num_workers)
+        require(
+            n_tasks * classes_per_task <= 10,
+            "data.n_tasks * data.classes_per_task",
+            f"at most the 10 classes of {dataset}",
+            n_tasks * classes_per_task,
+        )
+        super().__init__(
+            n_tasks,
+            epochs_per_task,
+            batch_size,
+            eval_batch_size,
+            train_examples_per_task,
+            test_examples_per_task,
+            subset_seed,
+            seed,
+            data_dir,
+            num_workers,
+        )
         self.dataset, self._classes_per_task = dataset, classes_per_task
         self.eval_split, self.validation_examples_per_task = eval_split, validation_examples_per_task
         self._class_order = make_class_order(10, class_order_seed)[: n_tasks * classes_per_task]

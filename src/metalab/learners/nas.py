@@ -1,9 +1,9 @@
-"""Architecture search and retraining as LightningModules (shells over :mod:`metalab.nas`).
+"""Architecture search and retraining (shells over :mod:`metalab.nas`).
 
 - :class:`DartsLearner`: first-order DARTS on the supernet, manual optimisation, one architecture step
   (search-validation batch) then one weight step (search-train batch) per training step.
-- :class:`CellSearchLearner`: regularized evolution or random search through the project's
-  :class:`~metalab.learners.search.SearchLearner`, plus the chosen cell's record and picture.
+- :class:`CellSearchLearner`: regularized evolution or random search on the plain loop of
+  :class:`~metalab.learners.search.SearchRun`, plus the chosen cell's record and picture.
 - :class:`CellClassifier`: a genotype's network retrained from scratch and tested on the CIFAR-10 test split.
 
 Each puts its genotype into the run's ``metrics.json`` (``run_record``, read by :func:`metalab.run.train`)
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from metalab.errors import require
-from metalab.learners.search import SearchLearner
+from metalab.learners.search import SearchRun
 from metalab.nas.darts import auxiliary_skip_beta, classification_loss
 from metalab.nas.network import CellNetwork, SuperNetwork, count_parameters
 from metalab.nas.plot import draw_cell
@@ -52,10 +52,19 @@ class DartsLearner(L.LightningModule):
     0.001, momentum 0.9, weight decay 3e-4, gradient norm clipped at 5; alpha: Adam betas (0.5, 0.999), weight
     decay 1e-3) except ``arch_lr``: DARTS's 3e-4 moves alpha too little in a search of a few hundred steps."""
 
-    def __init__(self, backbone: SuperNetwork, guard: str = "dartsminus", beta_start: float = 1.0,
-                 weight_lr: float = 0.025, weight_lr_min: float = 0.001, momentum: float = 0.9,
-                 weight_decay: float = 3e-4, grad_clip: float = 5.0, arch_lr: float = 3e-3,
-                 arch_weight_decay: float = 1e-3) -> None:
+    def __init__(
+        self,
+        backbone: SuperNetwork,
+        guard: str = "dartsminus",
+        beta_start: float = 1.0,
+        weight_lr: float = 0.025,
+        weight_lr_min: float = 0.001,
+        momentum: float = 0.9,
+        weight_decay: float = 3e-4,
+        grad_clip: float = 5.0,
+        arch_lr: float = 3e-3,
+        arch_weight_decay: float = 1e-3,
+    ) -> None:
         super().__init__()
         auxiliary_skip_beta(guard, 0, 1)  # validates the guard name up front
         require(arch_lr > 0, "learner.arch_lr", "> 0", arch_lr)
@@ -66,18 +75,21 @@ class DartsLearner(L.LightningModule):
         self.arch_lr, self.arch_weight_decay = arch_lr, arch_weight_decay
         self.automatic_optimization = False
         self.search_steps = 0
-        self.history: list[dict[str, Any]] = []   # the derived cell at the end of every epoch
+        self.history: list[dict[str, Any]] = []  # the derived cell at the end of every epoch
         self.clock = ProcessClock()
         self.epoch_started = 0.0
         self.epoch_seconds: list[float] = []
 
     def configure_optimizers(self):
-        weights = torch.optim.SGD(self.supernet.weight_parameters(), lr=self.weight_lr, momentum=self.momentum,
-                                  weight_decay=self.weight_decay)
-        arch = torch.optim.Adam([self.supernet.arch_logits], lr=self.arch_lr, betas=(0.5, 0.999),
-                                weight_decay=self.arch_weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(weights, T_max=self.total_steps(),
-                                                              eta_min=self.weight_lr_min)
+        weights = torch.optim.SGD(
+            self.supernet.weight_parameters(), lr=self.weight_lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+        arch = torch.optim.Adam(
+            [self.supernet.arch_logits], lr=self.arch_lr, betas=(0.5, 0.999), weight_decay=self.arch_weight_decay
+        )
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
+            weights, T_max=self.total_steps(), eta_min=self.weight_lr_min
+        )
         return [weights, arch], [schedule]
 
     def total_steps(self) -> int:
@@ -126,11 +138,14 @@ class DartsLearner(L.LightningModule):
         self.epoch_seconds.append(time.perf_counter() - self.epoch_started)
         genotype = self.supernet.derive()
         weights = self.supernet.operation_weights().detach()
-        self.history.append({"epoch": self.current_epoch, "genotype": str(genotype),
-                             "skip_connect": genotype.count("skip_connect")})
+        self.history.append(
+            {"epoch": self.current_epoch, "genotype": str(genotype), "skip_connect": genotype.count("skip_connect")}
+        )
         self.log("search/derived_skips", float(genotype.count("skip_connect")))
-        self.log("search/derived_parameter_free",
-                 float(sum(op in ("none", "skip_connect", "avg_pool_3x3") for op in genotype.ops)))
+        self.log(
+            "search/derived_parameter_free",
+            float(sum(op in ("none", "skip_connect", "avg_pool_3x3") for op in genotype.ops)),
+        )
         for k, name in enumerate(OPERATIONS):
             self.log(f"search/mean_weight_{name}", weights[:, k].mean())
         self.log("search/epoch_seconds", self.epoch_seconds[-1])
@@ -145,16 +160,25 @@ class DartsLearner(L.LightningModule):
     def run_record(self) -> dict[str, Any]:
         genotype = self.supernet.derive()
         weights = self.supernet.operation_weights().detach()
-        return {"genotype": str(genotype), "genotype_history": self.history,
-                "operation_weights": {name: [round(float(w), 4) for w in weights[:, k]]
-                                      for k, name in enumerate(OPERATIONS)},
-                "search_cpu_seconds": self.clock.now(), "supernet_epoch_seconds": self.epoch_seconds,
-                "supernet_parameters": count_parameters(self.supernet) - self.supernet.arch_logits.numel(),
-                "guard": self.guard}
+        return {
+            "genotype": str(genotype),
+            "genotype_history": self.history,
+            "operation_weights": {
+                name: [round(float(w), 4) for w in weights[:, k]] for k, name in enumerate(OPERATIONS)
+            },
+            "search_cpu_seconds": self.clock.now(),
+            "supernet_epoch_seconds": self.epoch_seconds,
+            "supernet_parameters": count_parameters(self.supernet) - self.supernet.arch_logits.numel(),
+            "guard": self.guard,
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["darts_state"] = {"search_steps": self.search_steps, "history": self.history,
-                                     "cpu_seconds": self.clock.now(), "epoch_seconds": self.epoch_seconds}
+        checkpoint["darts_state"] = {
+            "search_steps": self.search_steps,
+            "history": self.history,
+            "cpu_seconds": self.clock.now(),
+            "epoch_seconds": self.epoch_seconds,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint["darts_state"]
@@ -162,9 +186,10 @@ class DartsLearner(L.LightningModule):
         self.clock.seconds, self.epoch_seconds = float(state["cpu_seconds"]), list(state["epoch_seconds"])
 
 
-class CellSearchLearner(SearchLearner):
-    """Regularized evolution or random search over cells (``backbone``: a
-    :class:`~metalab.nas.fitness.CellTrainingProblem`); the chosen cell goes into the record and ``cell.png``."""
+class CellSearchLearner(SearchRun):
+    """Regularized evolution or random search over cells (``problem``: a
+    :class:`~metalab.nas.fitness.CellTrainingProblem`) on the plain loop of :class:`~metalab.learners.search.SearchRun`;
+    the chosen cell goes into the record and ``cell.png``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -173,27 +198,32 @@ class CellSearchLearner(SearchLearner):
     def chosen(self) -> Genotype:
         return Genotype.from_indices(self.searcher.best().genome)
 
-    def on_train_start(self) -> None:
+    def on_fit_start(self) -> None:
         self.clock.start()
 
-    def on_train_end(self) -> None:
-        super().on_train_end()
+    def on_fit_end(self) -> None:
+        super().on_fit_end()
         self.clock.stop()
-        out = Path(self.trainer.default_root_dir)
-        (out / "genotype.txt").write_text(str(self.chosen()) + "\n")
-        draw_cell(self.chosen(), out / "cell.png", f"{type(self.searcher).__name__}\n{self.chosen()}")
+        (self.output_dir / "genotype.txt").write_text(str(self.chosen()) + "\n")
+        draw_cell(self.chosen(), self.output_dir / "cell.png", f"{type(self.searcher).__name__}\n{self.chosen()}")
 
     def run_record(self) -> dict[str, Any]:
         history = self.problem.history
-        return {"genotype": str(self.chosen()), "evaluations": history, "search_cpu_seconds": self.clock.now(),
-                "best_fitness": self.problem.cache.get(str(self.chosen()))}
+        return {
+            "genotype": str(self.chosen()),
+            "evaluations": history,
+            "search_cpu_seconds": self.clock.now(),
+            "best_fitness": self.problem.cache.get(str(self.chosen())),
+        }
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["cell_search_state"] = {"problem": self.problem.state_dict(), "cpu_seconds": self.clock.now()}
+    def state(self) -> dict[str, Any]:
+        return {
+            **super().state(),
+            "cell_search_state": {"problem": self.problem.state_dict(), "cpu_seconds": self.clock.now()},
+        }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+    def load_state(self, checkpoint: dict[str, Any]) -> None:
+        super().load_state(checkpoint)
         state = checkpoint["cell_search_state"]
         self.problem.load_state_dict(state["problem"])
         self.clock.seconds = float(state["cpu_seconds"])
@@ -210,8 +240,9 @@ class CellClassifier(L.LightningModule):
         self.clock = ProcessClock()
 
     def configure_optimizers(self):
-        optimizer = torch.optim.SGD(self.network.parameters(), lr=self.lr, momentum=0.9, nesterov=True,
-                                    weight_decay=self.weight_decay)
+        optimizer = torch.optim.SGD(
+            self.network.parameters(), lr=self.lr, momentum=0.9, nesterov=True, weight_decay=self.weight_decay
+        )
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -219,8 +250,12 @@ class CellClassifier(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self.network(batch["x"])
         loss = F.cross_entropy(logits, batch["y"])
-        self.log_dict({"train/loss": loss.detach(), "train/acc": (logits.argmax(-1) == batch["y"]).float().mean()},
-                      on_step=True, on_epoch=True, prog_bar=True)
+        self.log_dict(
+            {"train/loss": loss.detach(), "train/acc": (logits.argmax(-1) == batch["y"]).float().mean()},
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+        )
         return loss
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -234,12 +269,18 @@ class CellClassifier(L.LightningModule):
 
     def on_train_end(self) -> None:
         self.clock.stop()
-        draw_cell(self.network.genotype, Path(self.trainer.default_root_dir) / "cell.png",
-                  f"retrained\n{self.network.genotype}")
+        draw_cell(
+            self.network.genotype,
+            Path(self.trainer.default_root_dir) / "cell.png",
+            f"retrained\n{self.network.genotype}",
+        )
 
     def run_record(self) -> dict[str, Any]:
-        return {"genotype": str(self.network.genotype), "parameters": count_parameters(self.network),
-                "train_cpu_seconds": self.clock.now()}
+        return {
+            "genotype": str(self.network.genotype),
+            "parameters": count_parameters(self.network),
+            "train_cpu_seconds": self.clock.now(),
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cpu_seconds"] = self.clock.now()

@@ -34,13 +34,29 @@ class AccuracyMatrix(Metric):
         if n_tasks < 1:
             raise ConfigError(f"n_tasks={n_tasks} is not allowed: must be at least 1")
         self.n_tasks = n_tasks
-        self.add_state("correct", default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
-                       dist_reduce_fx="sum", persistent=True)
-        self.add_state("total", default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
-                       dist_reduce_fx="sum", persistent=True)
+        self.add_state(
+            "correct",
+            default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
+            dist_reduce_fx="sum",
+            persistent=True,
+        )
+        self.add_state(
+            "total",
+            default=torch.zeros(n_tasks + 1, n_tasks, dtype=torch.float64),
+            dist_reduce_fx="sum",
+            persistent=True,
+        )
 
-    def update(self, row: int, task: int, predictions: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-               *, correct: int | None = None, total: int | None = None) -> None:
+    def update(
+        self,
+        row: int,
+        task: int,
+        predictions: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        *,
+        correct: int | None = None,
+        total: int | None = None,
+    ) -> None:
         """Count one batch's ``predictions`` against ``targets``, or add the ``correct`` of ``total`` counts of
         an evaluation (:func:`metalab.learners.continual.loop.evaluate_task`) to entry ``(row, task)``."""
         if predictions is not None:
@@ -111,20 +127,22 @@ def summarise(r: torch.Tensor, initial: torch.Tensor | None = None) -> dict[str,
 
 
 def plot_accuracy_matrix(r: torch.Tensor, path: str | Path, title: str) -> Path:
-    """Save a heatmap of ``R`` (rows: after training task i; columns: evaluated on task j) as a PNG."""
-    import matplotlib
+    """Save a heatmap of ``R`` (rows: after training task i; columns: evaluated on task j) as a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a :class:`matplotlib.figure.Figure` of its own, not through pyplot: the global backend stays
+    what the user has (a notebook's inline backend keeps showing the user's own figures)."""
+    from matplotlib.figure import Figure
 
     t = r.shape[0]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * t, 0.8 + 0.8 * t))
+    fig = Figure(figsize=(1.0 + 0.8 * t, 0.8 + 0.8 * t))
+    ax = fig.subplots()
     image = ax.imshow(r.numpy(), vmin=0, vmax=100, cmap="viridis")
     for i in range(t):
         for j in range(r.shape[1]):
             value = float(r[i, j])
-            ax.text(j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black",
-                    fontsize=8)
+            ax.text(
+                j, i, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black", fontsize=8
+            )
     ax.set_xlabel("evaluated on task j")
     ax.set_ylabel("after training task i")
     ax.set_xticks(range(r.shape[1]))
@@ -134,5 +152,4 @@ def plot_accuracy_matrix(r: torch.Tensor, path: str | Path, title: str) -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

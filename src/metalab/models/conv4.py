@@ -24,8 +24,10 @@ def conv_block(in_channels: int, out_channels: int, stride: int = 1, pool: bool 
     The pool runs before the ReLU: ``relu(max(x)) == max(relu(x))`` exactly (ReLU is monotone), with
     the same gradients, and the ReLU then touches a quarter of the elements.
     """
-    layers = [nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
-              nn.BatchNorm2d(out_channels)]
+    layers = [
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1),
+        nn.BatchNorm2d(out_channels),
+    ]
     if pool:
         layers.append(nn.MaxPool2d(2))
     layers.append(nn.ReLU(inplace=True))
@@ -41,8 +43,17 @@ class Conv4(nn.Module):
     ``"(c h w)"``, ``"mean"`` averages it over ``h w``.
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, blocks: int = 4, out_features: int = 0,
-                 image_size: int = 28, stride: int = 1, pool: bool = True, readout: str = "flatten") -> None:
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        blocks: int = 4,
+        out_features: int = 0,
+        image_size: int = 28,
+        stride: int = 1,
+        pool: bool = True,
+        readout: str = "flatten",
+    ) -> None:
         super().__init__()
         require(stride in (1, 2), "model.stride", "1 or 2", stride)
         require(readout in READOUTS, "model.readout", f"one of {READOUTS}", readout)
@@ -72,8 +83,15 @@ def strided_conv4_like(omniglot_cnn: nn.Module) -> Conv4:
     state = omniglot_cnn.state_dict()
     blocks = sum(1 for k in state if k.endswith(".conv.weight") and k.startswith("base."))
     hidden, in_channels = state["base.0.conv.weight"].shape[:2]
-    model = Conv4(in_channels=in_channels, hidden=hidden, blocks=blocks, out_features=state["classifier.weight"].shape[0],
-                  stride=2, pool=False, readout="mean").to(state["classifier.weight"].dtype)  # before loading: no rounding
+    model = Conv4(
+        in_channels=in_channels,
+        hidden=hidden,
+        blocks=blocks,
+        out_features=state["classifier.weight"].shape[0],
+        stride=2,
+        pool=False,
+        readout="mean",
+    ).to(state["classifier.weight"].dtype)  # before loading: no rounding
     renamed = {}
     for key, value in state.items():
         if key.startswith("base."):

@@ -7,7 +7,7 @@ lateral connections; activations are not in place (the exact Fisher reads saved 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

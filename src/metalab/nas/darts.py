@@ -32,22 +32,25 @@ GUARDS = ("dartsminus", "none")
 
 
 def auxiliary_skip_beta(guard: str, step: int, total_steps: int, beta_start: float = 1.0) -> float:
-    """DARTS-'s ``beta`` at ``step`` of ``total_steps``: ``beta_start * (1 - step / total_steps)``; 0 without the guard."""
+    """DARTS-'s ``beta`` at ``step`` of ``total_steps``: ``beta_start * (1 - step / total_steps)``; 0 without the
+    guard."""
     require(guard in GUARDS, "learner.guard", f"one of {', '.join(GUARDS)}", guard)
     if guard == "none":
         return 0.0
     return beta_start * max(0.0, 1.0 - step / max(1, total_steps))
 
 
-def classification_loss(supernet: SuperNetwork, x: torch.Tensor, y: torch.Tensor,
-                        skip_beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def classification_loss(
+    supernet: SuperNetwork, x: torch.Tensor, y: torch.Tensor, skip_beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cross-entropy and accuracy (fraction) of the supernet on one batch."""
     logits = supernet(x, skip_beta=skip_beta)
     return F.cross_entropy(logits, y), (logits.argmax(dim=-1) == y).float().mean()
 
 
-def architecture_gradient(supernet: SuperNetwork, x_val: torch.Tensor, y_val: torch.Tensor,
-                          skip_beta: float = 0.0) -> torch.Tensor:
+def architecture_gradient(
+    supernet: SuperNetwork, x_val: torch.Tensor, y_val: torch.Tensor, skip_beta: float = 0.0
+) -> torch.Tensor:
     """First-order DARTS's architecture gradient ``dL_val(w, alpha) / d alpha`` at the current w (no
     weight gradient is accumulated). The learner's step takes the same loss through ``manual_backward``;
     this plain form is the reference the tests and benchmarks call."""

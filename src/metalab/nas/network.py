@@ -26,9 +26,11 @@ class ReLUConvBN(nn.Sequential):
     """ReLU -> conv -> batch norm (NAS-Bench-201's ``nor_conv``)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int, stride: int = 1, affine: bool = True) -> None:
-        super().__init__(nn.ReLU(inplace=False),
-                         nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
-                         nn.BatchNorm2d(c_out, affine=affine))
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel_size, stride=stride, padding=kernel_size // 2, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
 
 
 class Zero(nn.Module):
@@ -62,12 +64,16 @@ class CellEdges(nn.Module):
 
     def __init__(self, ops_per_edge: list[tuple[str, ...]], channels: int, affine: bool) -> None:
         super().__init__()
-        self.edges = nn.ModuleDict({
-            edge_key(source, target): nn.ModuleDict({op: make_operation(op, channels, affine) for op in ops})
-            for (source, target), ops in zip(EDGES, ops_per_edge)})
+        self.edges = nn.ModuleDict(
+            {
+                edge_key(source, target): nn.ModuleDict({op: make_operation(op, channels, affine) for op in ops})
+                for (source, target), ops in zip(EDGES, ops_per_edge)
+            }
+        )
 
     def run(self, x: torch.Tensor, edge_output) -> torch.Tensor:
-        """Node ``j`` = sum over ``i < j`` of ``edge_output(edge index, ops of edge i->j, node i)``; returns the last node."""
+        """Node ``j`` = sum over ``i < j`` of ``edge_output(edge index, ops of edge i->j, node i)``; returns the last
+        node."""
         nodes = [x]
         for target in range(1, NODES):
             total = None
@@ -114,6 +120,7 @@ class SearchCell(nn.Module):
         def edge_output(position: int, ops: nn.ModuleDict, node: torch.Tensor) -> torch.Tensor:
             out = mixed_operation(ops, weights[position], node)
             return out + skip_beta * node if skip_beta else out
+
         return self.cell.run(x, edge_output)
 
 
@@ -157,8 +164,14 @@ class _Skeleton(nn.Module):
 class CellNetwork(_Skeleton):
     """The discrete network of one genotype (retraining, short-training fitness, the hand-designed cell)."""
 
-    def __init__(self, genotype: "Genotype | str", channels: int = 16, cells_per_stage: int = 1, n_classes: int = 10,
-                 in_channels: int = 3) -> None:
+    def __init__(
+        self,
+        genotype: Genotype | str,
+        channels: int = 16,
+        cells_per_stage: int = 1,
+        n_classes: int = 10,
+        in_channels: int = 3,
+    ) -> None:
         genotype = parse_genotype(genotype)  # a config gives the string form; a bad one is one GenotypeError
         self.genotype = genotype
         super().__init__(lambda width: DiscreteCell(genotype, width), channels, cells_per_stage, n_classes, in_channels)
@@ -175,10 +188,18 @@ class SuperNetwork(_Skeleton):
     cells, mixed by a softmax over operations. The cells' batch norms have no affine parameters (as in
     DARTS's search), the stem, reductions and classifier do."""
 
-    def __init__(self, channels: int = 16, cells_per_stage: int = 1, n_classes: int = 10, in_channels: int = 3,
-                 init_scale: float = 1e-3, cell_affine: bool = False) -> None:
-        super().__init__(lambda width: SearchCell(width, affine=cell_affine), channels, cells_per_stage, n_classes,
-                         in_channels)
+    def __init__(
+        self,
+        channels: int = 16,
+        cells_per_stage: int = 1,
+        n_classes: int = 10,
+        in_channels: int = 3,
+        init_scale: float = 1e-3,
+        cell_affine: bool = False,
+    ) -> None:
+        super().__init__(
+            lambda width: SearchCell(width, affine=cell_affine), channels, cells_per_stage, n_classes, in_channels
+        )
         self.arch_logits = nn.Parameter(init_scale * torch.randn(len(EDGES), len(OPERATIONS)))
 
     def operation_weights(self) -> torch.Tensor:

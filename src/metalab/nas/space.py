@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -55,13 +55,15 @@ class Genotype:
             raise GenotypeError(f"a cell has {len(EDGES)} edges, got {len(ops)} operations")
         for (source, target), op in zip(EDGES, ops):
             if op not in OPERATIONS:
-                raise GenotypeError(f"unknown operation {op!r} on {_edge_label(source, target)}; "
-                                    f"the operations are: {', '.join(OPERATIONS)}")
+                raise GenotypeError(
+                    f"unknown operation {op!r} on {_edge_label(source, target)}; "
+                    f"the operations are: {', '.join(OPERATIONS)}"
+                )
         object.__setattr__(self, "ops", ops)
 
     # -------------------------------------------------------------------------------- string form
     @classmethod
-    def parse(cls, text: str) -> "Genotype":
+    def parse(cls, text: str) -> Genotype:
         """``|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|`` -> Genotype.
 
         Raises :class:`GenotypeError` (one line) for a string that does not parse, one that does not fit
@@ -70,19 +72,25 @@ class Genotype:
         text = str(text).strip()
         groups = text.split("+")
         if not text or not all(_GROUP.match(group) for group in groups):
-            raise GenotypeError(f"genotype {text!r} does not parse: expected NAS-Bench-201's form "
-                                "|op~0|+|op~0|op~1|+|op~0|op~1|op~2| (one +-separated group per node)")
+            raise GenotypeError(
+                f"genotype {text!r} does not parse: expected NAS-Bench-201's form "
+                "|op~0|+|op~0|op~1|+|op~0|op~1|op~2| (one +-separated group per node)"
+            )
         if len(groups) != NODES - 1:
-            raise GenotypeError(f"genotype {text!r} does not fit the space: it has {len(groups)} node groups, "
-                                f"a cell has {NODES - 1} (nodes 1..{NODES - 1})")
+            raise GenotypeError(
+                f"genotype {text!r} does not fit the space: it has {len(groups)} node groups, "
+                f"a cell has {NODES - 1} (nodes 1..{NODES - 1})"
+            )
         ops = []
         for target, group in enumerate(groups, start=1):
             entries = [entry.rsplit("~", 1) for entry in group.strip("|").split("|")]
             sources = [int(source) for _, source in entries]
             if sources != list(range(target)):
-                raise GenotypeError(f"genotype {text!r} does not fit the space: node {target} must take one "
-                                    f"input from each of nodes {', '.join(map(str, range(target)))} in order "
-                                    f"(~{'|~'.join(map(str, range(target)))}), got ~{'|~'.join(map(str, sources))}")
+                raise GenotypeError(
+                    f"genotype {text!r} does not fit the space: node {target} must take one "
+                    f"input from each of nodes {', '.join(map(str, range(target)))} in order "
+                    f"(~{'|~'.join(map(str, range(target)))}), got ~{'|~'.join(map(str, sources))}"
+                )
             ops += [op for op, _ in entries]
         return cls(tuple(ops))
 
@@ -96,7 +104,7 @@ class Genotype:
 
     # ------------------------------------------------------------------------- searcher encodings
     @classmethod
-    def from_indices(cls, indices: Sequence[float]) -> "Genotype":
+    def from_indices(cls, indices: Sequence[float]) -> Genotype:
         """From a genome row of :func:`search_space` (operation indices, possibly as floats)."""
         return cls(tuple(OPERATIONS[int(round(i))] for i in indices))
 
@@ -119,7 +127,7 @@ class Genotype:
         return sum(o == op for o in self.ops)
 
 
-def parse_genotype(value: "str | Genotype") -> Genotype:
+def parse_genotype(value: str | Genotype) -> Genotype:
     """A genotype given either way (config values arrive as strings)."""
     return value if isinstance(value, Genotype) else Genotype.parse(value)
 

@@ -11,13 +11,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metalab.report.study import Run, Study
+from metalab.report.study import Run, Study, is_stale
 
-SCORES = ("acc", "mse")                 # the headline score of a test: higher-better accuracy, lower-better MSE
+SCORES = ("acc", "mse")  # the headline score of a test: higher-better accuracy, lower-better MSE
 EXTRA_SCORES = ("forgetting", "bwt", "fwt")
 # Two-sided 95% Student t quantiles for 1..30 degrees of freedom (then the normal 1.96 is within 2%).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(degrees_of_freedom: int) -> float:
@@ -32,6 +62,7 @@ class RunRecord:
     targets: dict[str, Any]
     info: dict[str, Any]
     steps: int | None
+    stale: bool = False  # made by a config other than the study's now (shown only when kept on purpose)
 
 
 @dataclass
@@ -47,32 +78,45 @@ class Estimate:
 @dataclass
 class Row:
     label: str
-    test: str                   # e.g. 5w1s, class_il
-    score: str                  # acc or mse
+    test: str  # e.g. 5w1s, class_il
+    score: str  # acc or mse
     estimate: Estimate
     paper: Any
     goal: Any
     source: str
-    met: str                    # "met", "not met" or "no goal"
+    met: str  # "met", "not met" or "no goal"
     extras: dict[str, Estimate] = field(default_factory=dict)
+    stale: bool = False  # some of its records were made by another config (kept on request)
+
+    @property
+    def shown_label(self) -> str:
+        return f"{self.label} (STALE: made by another config)" if self.stale else self.label
 
 
 @dataclass
 class Collected:
-    records: dict[str, list[RunRecord]]   # label -> its runs that have records, in seed order
-    missing: list[Run]                    # planned runs without a record yet
-    errors: list[str]                     # unreadable records, one message each
+    records: dict[str, list[RunRecord]]  # label -> its runs that have records, in seed order
+    missing: list[Run]  # planned runs without a record yet
+    errors: list[str]  # unreadable records, one message each
+    stale: list[Run] = field(default_factory=list)  # recorded by a config other than the study's now
 
 
-def collect(study: Study) -> Collected:
-    """Every planned run's record from the study folder; unreadable ones are reported, not fatal."""
+def collect(study: Study, keep_stale: bool = False) -> Collected:
+    """Every planned run's record from the study folder; unreadable ones are reported, not fatal. A stale
+    record (made by another config than the run has now) is left out and listed, or with ``keep_stale``
+    kept and marked."""
     records: dict[str, list[RunRecord]] = {label: [] for label in study.labels}
-    missing, errors = [], []
+    missing, errors, stale = [], [], []
     for run in study.runs:
         folder = study.records_dir(run)
         if not (folder / "metrics.json").is_file():
             missing.append(run)
             continue
+        run_is_stale = is_stale(study, run, folder)
+        if run_is_stale:
+            stale.append(run)
+            if not keep_stale:
+                continue
         try:
             data = json.loads((folder / "metrics.json").read_text())
             if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
@@ -80,13 +124,16 @@ def collect(study: Study) -> Collected:
             info = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
         except (OSError, ValueError) as error:
             shown = _relative(folder / "metrics.json", study.root)
-            errors.append(f"{shown} is unreadable ({error}); the report leaves out {run.label} seed {run.seed}; "
-                          f"delete {_relative(folder, study.root)} (and its run folder) to run it again")
+            errors.append(
+                f"{shown} is unreadable ({error}); the report leaves out {run.label} seed {run.seed}; "
+                f"delete {_relative(folder, study.root)} (and its run folder) to run it again"
+            )
             continue
         metrics = {k: float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
-        records[run.label].append(RunRecord(run, folder, metrics, data.get("targets") or {}, info,
-                                            data.get("global_step")))
-    return Collected(records, missing, errors)
+        records[run.label].append(
+            RunRecord(run, folder, metrics, data.get("targets") or {}, info, data.get("global_step"), run_is_stale)
+        )
+    return Collected(records, missing, errors, stale)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -117,8 +164,14 @@ def rows(collected: Collected) -> list[Row]:
     for label, runs in collected.records.items():
         if not runs:
             continue
-        tests = sorted({k.split("/")[1] for r in runs for k in r.metrics if k.startswith("test/")
-                        and k.count("/") == 2 and k.rsplit("/", 1)[1] in SCORES})
+        tests = sorted(
+            {
+                k.split("/")[1]
+                for r in runs
+                for k in r.metrics
+                if k.startswith("test/") and k.count("/") == 2 and k.rsplit("/", 1)[1] in SCORES
+            }
+        )
         for test in tests:
             for score in SCORES:
                 found = estimate(runs, f"test/{test}/{score}")
@@ -126,8 +179,20 @@ def rows(collected: Collected) -> list[Row]:
                     continue
                 target = runs[0].targets.get(test) if isinstance(runs[0].targets.get(test), dict) else {}
                 extras = {name: e for name in EXTRA_SCORES if (e := estimate(runs, f"test/{test}/{name}"))}
-                out.append(Row(label, test, score, found, target.get("paper"), target.get("goal"),
-                               str(target.get("source", "")), verdict(found.mean, target.get("goal"), score), extras))
+                out.append(
+                    Row(
+                        label,
+                        test,
+                        score,
+                        found,
+                        target.get("paper"),
+                        target.get("goal"),
+                        str(target.get("source", "")),
+                        verdict(found.mean, target.get("goal"), score),
+                        extras,
+                        any(r.stale for r in runs),
+                    )
+                )
     return out
 
 

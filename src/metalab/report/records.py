@@ -17,7 +17,8 @@ traced to a line a command wrote, and tables in the docs are generated from thos
 booleans, None). The record adds, without being asked: the command (``python <script> <args>``, with
 paths relative to the repository), the git commit (and whether the worktree had uncommitted changes),
 the CPU model and its instruction-set features, torch's thread count, ``OMP_NUM_THREADS``, the load
-average when the record was written (what else was running), the package versions and the UTC date. Records are appended, never rewritten: a rerun adds a line, and a table
+average when the record was written (what else was running), the package versions and the UTC date. Records are
+appended, never rewritten: a rerun adds a line, and a table
 chooses which lines it shows (``last=1``, ``where=...``; see :mod:`metalab.report.tables`).
 
 Files are JSON Lines (``.jsonl``): one record per line, so appends from concurrent runs and diffs stay
@@ -32,8 +33,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from metalab.errors import MetalabError
 
@@ -54,10 +56,19 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
     """``{"commit": short hash or None, "dirty": bool}`` of the repository at ``root``."""
     root = root or repo_root()
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=10).stdout
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": False}
     return {"commit": commit, "dirty": bool(status.strip())}
@@ -98,36 +109,58 @@ def machine() -> dict[str, Any]:
     from metalab.environment import environment_report
 
     report = environment_report()
-    return {"cpu": report["cpu"]["model"],
-            "cpu_features": sorted(k for k, v in report["cpu"]["features"].items() if v),
-            "usable_cores": report["usable_cores"], "torch_threads": report["torch_threads"],
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "python": report["python"],
-            # what else was running: timings on a shared machine are only comparable at similar load
-            "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
-            "packages": {k: v for k, v in report["packages"].items() if v}, "gpu": report["gpu"]}
+    return {
+        "cpu": report["cpu"]["model"],
+        "cpu_features": sorted(k for k, v in report["cpu"]["features"].items() if v),
+        "usable_cores": report["usable_cores"],
+        "torch_threads": report["torch_threads"],
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": report["python"],
+        # what else was running: timings on a shared machine are only comparable at similar load
+        "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "packages": {k: v for k, v in report["packages"].items() if v},
+        "gpu": report["gpu"],
+    }
 
 
-def make_record(figures: Row | Iterable[Row], *, benchmark: str | None = None, command: str | None = None,
-                settings: Mapping[str, Any] | None = None, notes: str | None = None) -> dict[str, Any]:
+def make_record(
+    figures: Row | Iterable[Row],
+    *,
+    benchmark: str | None = None,
+    command: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    notes: str | None = None,
+) -> dict[str, Any]:
     """The record :func:`append_record` writes (without writing it)."""
     rows = [dict(figures)] if isinstance(figures, Mapping) else [dict(r) for r in figures]
     if not rows:
         raise MetalabError("append_record: no figures given (pass one row or a list of rows)")
     root = repo_root()
     script = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "python"
-    record = {"benchmark": benchmark or script, "command": command or relative_command(root=root),
-              **git_commit(root), **machine(),
-              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-              "settings": dict(settings or {}), "figures": rows}
+    record = {
+        "benchmark": benchmark or script,
+        "command": command or relative_command(root=root),
+        **git_commit(root),
+        **machine(),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "settings": dict(settings or {}),
+        "figures": rows,
+    }
     if notes:
         record["notes"] = notes
     json.dumps(record, allow_nan=True)  # fail here, not halfway through a line, if a value is not JSON
     return record
 
 
-def append_record(path: str | Path, figures: Row | Iterable[Row], *, benchmark: str | None = None,
-                  command: str | None = None, settings: Mapping[str, Any] | None = None,
-                  notes: str | None = None) -> dict[str, Any]:
+def append_record(
+    path: str | Path,
+    figures: Row | Iterable[Row],
+    *,
+    benchmark: str | None = None,
+    command: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+    notes: str | None = None,
+) -> dict[str, Any]:
     """Append one record of ``figures`` to the JSON Lines file ``path`` and return it.
 
     ``path`` relative to the repository root (``benchmarks/<area>/records/<name>.jsonl`` by
@@ -141,8 +174,9 @@ def append_record(path: str | Path, figures: Row | Iterable[Row], *, benchmark: 
     record = make_record(figures, benchmark=benchmark, command=command, settings=settings, notes=notes)
     target = Path(path)
     if os.environ.get("METALAB_RECORDS_DIR"):  # tests and trial runs: keep the committed records clean
-        target = Path(os.environ["METALAB_RECORDS_DIR"]) / (target.relative_to(repo_root()) if target.is_absolute()
-                                                           and target.is_relative_to(repo_root()) else target)
+        target = Path(os.environ["METALAB_RECORDS_DIR"]) / (
+            target.relative_to(repo_root()) if target.is_absolute() and target.is_relative_to(repo_root()) else target
+        )
     elif not target.is_absolute():
         target = repo_root() / target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -11,5 +11,16 @@ from metalab.search.es import CMAES, OpenAIES
 from metalab.search.ga import GeneticAlgorithm
 from metalab.search.space import CategoricalGene, FloatGene, IntGene, SearchSpace
 
-__all__ = ["CMAES", "Candidate", "CategoricalGene", "FloatGene", "GeneticAlgorithm", "IntGene", "OpenAIES",
-           "SearchSpace", "Searcher", "TellError", "stack"]
+__all__ = [
+    "CMAES",
+    "Candidate",
+    "CategoricalGene",
+    "FloatGene",
+    "GeneticAlgorithm",
+    "IntGene",
+    "OpenAIES",
+    "SearchSpace",
+    "Searcher",
+    "TellError",
+    "stack",
+]

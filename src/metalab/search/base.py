@@ -11,8 +11,9 @@ objectives. Multi-objective fitness is a ``[n, objectives]`` array.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -60,8 +61,9 @@ def stack(candidates: Sequence[Candidate]) -> np.ndarray:
     return np.stack([c.genome for c in candidates]) if candidates else np.zeros((0, 0))
 
 
-def checked_fitness(candidates: Sequence[Candidate], fitnesses: Any, objectives: int | None,
-                    searcher: str) -> tuple[list[Candidate], np.ndarray]:
+def checked_fitness(
+    candidates: Sequence[Candidate], fitnesses: Any, objectives: int | None, searcher: str
+) -> tuple[list[Candidate], np.ndarray]:
     """Validate a ``tell``; return the candidates with finite fitness and their ``[n, objectives]`` array.
 
     A wrong count or shape is the caller's bug and raises; a NaN/inf fitness is the evaluation's accident
@@ -71,15 +73,18 @@ def checked_fitness(candidates: Sequence[Candidate], fitnesses: Any, objectives:
     if values.ndim == 1:
         values = values[:, None]
     if values.ndim != 2 or values.shape[0] != len(candidates):
-        raise TellError(f"{searcher}.tell got {values.shape[0] if values.ndim else 'a scalar'} fitness values "
-                        f"for {len(candidates)} candidates: give one value (or one row of objectives) per candidate")
+        raise TellError(
+            f"{searcher}.tell got {values.shape[0] if values.ndim else 'a scalar'} fitness values "
+            f"for {len(candidates)} candidates: give one value (or one row of objectives) per candidate"
+        )
     if objectives is not None and values.shape[1] != objectives:
         raise TellError(f"{searcher}.tell got {values.shape[1]} objectives per candidate; this search has {objectives}")
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
         dropped = [c.id for c, ok in zip(candidates, finite) if not ok]
-        log.warning("%s: %d candidate(s) with non-finite fitness discarded (ids %s)", searcher, len(dropped),
-                    dropped[:10])
+        log.warning(
+            "%s: %d candidate(s) with non-finite fitness discarded (ids %s)", searcher, len(dropped), dropped[:10]
+        )
     return [c for c, ok in zip(candidates, finite) if ok], values[finite]
 
 

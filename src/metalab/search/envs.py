@@ -72,8 +72,9 @@ class BatchedPendulum:
 
     def __init__(self, num_envs: int, max_episode_steps: int = 200) -> None:
         self.num_envs, self.max_episode_steps = num_envs, max_episode_steps
-        self.single_observation_space = gym.spaces.Box(np.array([-1.0, -1.0, -8.0], dtype=np.float32),
-                                                       np.array([1.0, 1.0, 8.0], dtype=np.float32))
+        self.single_observation_space = gym.spaces.Box(
+            np.array([-1.0, -1.0, -8.0], dtype=np.float32), np.array([1.0, 1.0, 8.0], dtype=np.float32)
+        )
         self.single_action_space = gym.spaces.Box(-2.0, 2.0, shape=(1,), dtype=np.float32)
         self.angle = self.speed = np.zeros(num_envs)
         self.steps = 0
@@ -97,7 +98,9 @@ class BatchedPendulum:
         torque = np.clip(np.asarray(actions, np.float64).reshape(self.num_envs), -self.max_torque, self.max_torque)
         wrapped = (self.angle + np.pi) % (2 * np.pi) - np.pi
         cost = wrapped**2 + 0.1 * self.speed**2 + 0.001 * torque**2
-        acceleration = 3 * self.gravity / (2 * self.length) * np.sin(self.angle) + 3.0 / (self.mass * self.length**2) * torque
+        acceleration = (
+            3 * self.gravity / (2 * self.length) * np.sin(self.angle) + 3.0 / (self.mass * self.length**2) * torque
+        )
         self.speed = np.clip(self.speed + acceleration * self.dt, -self.max_speed, self.max_speed)
         self.angle = self.angle + self.speed * self.dt
         self.steps += 1

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,8 +42,9 @@ def es_gradient(noise: np.ndarray, weights: np.ndarray, sigma: float) -> np.ndar
 class _Adam:
     """Adam (Kingma and Ba 2015) for *ascent* on a numpy vector; the state is three plain values."""
 
-    def __init__(self, dimension: int, learning_rate: float, beta1: float = 0.9, beta2: float = 0.999,
-                 epsilon: float = 1e-8) -> None:
+    def __init__(
+        self, dimension: int, learning_rate: float, beta1: float = 0.9, beta2: float = 0.999, epsilon: float = 1e-8
+    ) -> None:
         self.learning_rate, self.beta1, self.beta2, self.epsilon = learning_rate, beta1, beta2, epsilon
         self.first, self.second, self.steps = np.zeros(dimension), np.zeros(dimension), 0
 
@@ -68,12 +70,23 @@ class OpenAIES:
     fitness shaping, Adam on the mean, optional L2 weight decay. Genes are treated as real numbers and not
     clipped (a flat parameter vector has no natural bounds; the space's centre is the starting point)."""
 
-    def __init__(self, space: SearchSpace, population_size: int = 256, sigma: float = 0.1, learning_rate: float = 0.03,
-                 weight_decay: float = 0.0, fitness_shaping: str = "centered_ranks", initial_mean: Any = None,
-                 initial_std: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        population_size: int = 256,
+        sigma: float = 0.1,
+        learning_rate: float = 0.03,
+        weight_decay: float = 0.0,
+        fitness_shaping: str = "centered_ranks",
+        initial_mean: Any = None,
+        initial_std: float = 0.0,
+        seed: int = 0,
+    ) -> None:
         if population_size < 2 or population_size % 2:
-            raise ConfigError(f"population_size={population_size!r} is not allowed: OpenAI-ES samples antithetic "
-                              "pairs, so population_size must be even and >= 2")
+            raise ConfigError(
+                f"population_size={population_size!r} is not allowed: OpenAI-ES samples antithetic "
+                "pairs, so population_size must be even and >= 2"
+            )
         if fitness_shaping not in ("centered_ranks", "none"):
             raise ConfigError(f"fitness_shaping={fitness_shaping!r} is not allowed: use centered_ranks or none")
         require_positive("sigma", sigma)
@@ -100,7 +113,9 @@ class OpenAIES:
         kept, values = checked_fitness(candidates, fitnesses, 1, "OpenAIES")
         self.generation += 1
         if len(kept) < 2:
-            log.warning("OpenAIES: fewer than 2 finite fitness values in generation %d; mean not moved", self.generation)
+            log.warning(
+                "OpenAIES: fewer than 2 finite fitness values in generation %d; mean not moved", self.generation
+            )
             return
         noise = (stack(kept) - self.mean) / self.sigma
         weights = centered_ranks(values[:, 0]) if self.fitness_shaping == "centered_ranks" else values[:, 0]
@@ -113,15 +128,23 @@ class OpenAIES:
 
     def state_dict(self) -> dict[str, Any]:
         adam = self.optimizer
-        return {"rng": self.rng.bit_generator.state, "mean": self.mean.copy(), "generation": self.generation,
-                "next_id": self.next_id, "adam": {"first": adam.first.copy(), "second": adam.second.copy(), "steps": adam.steps}}
+        return {
+            "rng": self.rng.bit_generator.state,
+            "mean": self.mean.copy(),
+            "generation": self.generation,
+            "next_id": self.next_id,
+            "adam": {"first": adam.first.copy(), "second": adam.second.copy(), "steps": adam.steps},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.mean = np.asarray(state["mean"], dtype=np.float64).copy()
         self.generation, self.next_id = int(state["generation"]), int(state["next_id"])
         adam = state["adam"]
-        self.optimizer.first, self.optimizer.second = np.asarray(adam["first"]).copy(), np.asarray(adam["second"]).copy()
+        self.optimizer.first, self.optimizer.second = (
+            np.asarray(adam["first"]).copy(),
+            np.asarray(adam["second"]).copy(),
+        )
         self.optimizer.steps = int(adam["steps"])
 
 
@@ -134,8 +157,16 @@ class CMAES:
     ``cmaes`` (it then only samples inside them); flat policy parameters use ``bounded=False``.
     """
 
-    def __init__(self, space: SearchSpace, population_size: int | None = None, sigma: float = 0.5,
-                 initial_mean: Any = None, initial_std: float = 0.0, bounded: bool = True, seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        population_size: int | None = None,
+        sigma: float = 0.5,
+        initial_mean: Any = None,
+        initial_std: float = 0.0,
+        bounded: bool = True,
+        seed: int = 0,
+    ) -> None:
         from cmaes import CMA
 
         require_positive("sigma", sigma)

@@ -20,7 +20,8 @@ generation, so a result can be traced back to the random individuals it came fro
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,22 +37,55 @@ SELECTIONS = ("elitist", "aging")
 class GeneticAlgorithm:
     """Ask/tell genetic algorithm (see the module docstring for the two selection schemes)."""
 
-    def __init__(self, space: SearchSpace, population_size: int = 100, survival_fraction: float = 0.2,
-                 selection: str = "elitist", objectives: int = 1, offspring_size: int | None = None,
-                 crossover_probability: float = 0.9, mutation_rate: float | None = None, crossover_eta: float = 15.0,
-                 mutation_eta: float = 20.0, sample_size: int = 10, seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: SearchSpace,
+        population_size: int = 100,
+        survival_fraction: float = 0.2,
+        selection: str = "elitist",
+        objectives: int = 1,
+        offspring_size: int | None = None,
+        crossover_probability: float = 0.9,
+        mutation_rate: float | None = None,
+        crossover_eta: float = 15.0,
+        mutation_eta: float = 20.0,
+        sample_size: int = 10,
+        seed: int = 0,
+    ) -> None:
         if selection not in SELECTIONS:
-            raise ConfigError(f"selection={selection!r} is not allowed: selection must be one of {', '.join(SELECTIONS)}")
+            raise ConfigError(
+                f"selection={selection!r} is not allowed: selection must be one of {', '.join(SELECTIONS)}"
+            )
         if population_size < 2:
             raise ConfigError(f"population_size={population_size!r} is not allowed: population_size must be >= 2")
         if not 0 < survival_fraction <= 1:
-            raise ConfigError(f"survival_fraction={survival_fraction!r} is not allowed: survival_fraction must be in (0, 1]")
+            raise ConfigError(
+                f"survival_fraction={survival_fraction!r} is not allowed: survival_fraction must be in (0, 1]"
+            )
         if objectives < 1:
             raise ConfigError(f"objectives={objectives!r} is not allowed: objectives must be >= 1")
         if not 0 <= crossover_probability <= 1:
             raise ConfigError(f"crossover_probability={crossover_probability!r} is not allowed: it must be in [0, 1]")
+        if mutation_rate is not None and not 0 <= mutation_rate <= 1:
+            raise ConfigError(
+                f"mutation_rate={mutation_rate!r} is not allowed: mutation_rate must be in [0, 1] "
+                "(the probability that a gene mutates) or null (1 / number of genes)"
+            )
+        for name, eta in (("crossover_eta", crossover_eta), ("mutation_eta", mutation_eta)):
+            if not (math.isfinite(eta) and eta >= 0):  # SBX / polynomial mutation raise u to 1 / (eta + 1)
+                raise ConfigError(
+                    f"{name}={eta!r} is not allowed: {name} must be a finite number >= 0 "
+                    "(the distribution index: larger keeps children closer to their parents)"
+                )
+        if offspring_size is not None and offspring_size < 1:
+            raise ConfigError(
+                f"offspring_size={offspring_size!r} is not allowed: offspring_size must be >= 1 "
+                "or null (population_size children per generation)"
+            )
         if selection == "aging" and not 1 <= sample_size <= population_size:
-            raise ConfigError(f"sample_size={sample_size!r} is not allowed: sample_size must be in [1, population_size]")
+            raise ConfigError(
+                f"sample_size={sample_size!r} is not allowed: sample_size must be in [1, population_size]"
+            )
         self.space = space
         self.population_size = population_size
         self.survivor_count = max(1, round(survival_fraction * population_size))
@@ -65,9 +99,9 @@ class GeneticAlgorithm:
         self.rng = np.random.default_rng(seed)
         self.generation = 0
         self.next_id = 0
-        self.population: list[Candidate] = []            # survivors (elitist) or the age queue, oldest first (aging)
-        self.fitness = np.zeros((0, objectives))          # their fitness, same order
-        self.lineage: dict[int, dict[str, Any]] = {}      # id -> {"parents": [...], "generation": g}
+        self.population: list[Candidate] = []  # survivors (elitist) or the age queue, oldest first (aging)
+        self.fitness = np.zeros((0, objectives))  # their fitness, same order
+        self.lineage: dict[int, dict[str, Any]] = {}  # id -> {"parents": [...], "generation": g}
         self._best: tuple[Candidate, np.ndarray] | None = None  # best single-objective individual ever told
 
     # ----------------------------------------------------------------------------------------- ask
@@ -106,7 +140,9 @@ class GeneticAlgorithm:
         size = len(self.population)
         if self.selection == "elitist":
             return self.rng.integers(0, size, size=(count, 2)).min(axis=1)
-        samples = np.stack([self.rng.choice(size, size=min(self.sample_size, size), replace=False) for _ in range(count)])
+        samples = np.stack(
+            [self.rng.choice(size, size=min(self.sample_size, size), replace=False) for _ in range(count)]
+        )
         winners = np.empty(count, dtype=np.int64)
         for row, sample in enumerate(samples):
             winners[row] = sample[rank_order(self.fitness[sample])[0]]
@@ -164,22 +200,42 @@ class GeneticAlgorithm:
     # ------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {
-            "rng": self.rng.bit_generator.state, "generation": self.generation, "next_id": self.next_id,
-            "population": {"ids": [c.id for c in self.population], "parents": [list(c.parents) for c in self.population],
-                           "genomes": stack(self.population).copy(), "fitness": self.fitness.copy()},
+            "rng": self.rng.bit_generator.state,
+            "generation": self.generation,
+            "next_id": self.next_id,
+            "population": {
+                "ids": [c.id for c in self.population],
+                "parents": [list(c.parents) for c in self.population],
+                "genomes": stack(self.population).copy(),
+                "fitness": self.fitness.copy(),
+            },
             "lineage": {k: dict(v) for k, v in self.lineage.items()},
-            "best": None if self._best is None else {"id": self._best[0].id, "parents": list(self._best[0].parents),
-                                                     "genome": self._best[0].genome.copy(), "fitness": self._best[1].copy()},
+            "best": None
+            if self._best is None
+            else {
+                "id": self._best[0].id,
+                "parents": list(self._best[0].parents),
+                "genome": self._best[0].genome.copy(),
+                "fitness": self._best[1].copy(),
+            },
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.generation, self.next_id = int(state["generation"]), int(state["next_id"])
         saved = state["population"]
-        self.population = [Candidate(int(i), np.asarray(g, dtype=np.float64), tuple(p))
-                           for i, g, p in zip(saved["ids"], saved["genomes"], saved["parents"])]
+        self.population = [
+            Candidate(int(i), np.asarray(g, dtype=np.float64), tuple(p))
+            for i, g, p in zip(saved["ids"], saved["genomes"], saved["parents"])
+        ]
         self.fitness = np.asarray(saved["fitness"], dtype=np.float64).reshape(-1, self.objectives)
         self.lineage = {int(k): dict(v) for k, v in state["lineage"].items()}
         best = state["best"]
-        self._best = None if best is None else (Candidate(int(best["id"]), np.asarray(best["genome"]), tuple(best["parents"])),
-                                                np.asarray(best["fitness"]))
+        self._best = (
+            None
+            if best is None
+            else (
+                Candidate(int(best["id"]), np.asarray(best["genome"]), tuple(best["parents"])),
+                np.asarray(best["fitness"]),
+            )
+        )

@@ -17,8 +17,15 @@ from metalab.search.space import SearchSpace
 _TINY = 1e-14
 
 
-def sbx_crossover(first: np.ndarray, second: np.ndarray, low: np.ndarray, high: np.ndarray, eta: float,
-                  rng: np.random.Generator, gene_probability: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+def sbx_crossover(
+    first: np.ndarray,
+    second: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    eta: float,
+    rng: np.random.Generator,
+    gene_probability: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray]:
     """Two ``[n, genes]`` child arrays from parent arrays of the same shape (bounded SBX).
 
     Each gene is crossed with ``gene_probability``; a crossed gene's children are spread around the
@@ -35,8 +42,11 @@ def sbx_crossover(first: np.ndarray, second: np.ndarray, low: np.ndarray, high: 
         beta = 1.0 + 2.0 * distance_to_bound / safe_gap
         alpha = 2.0 - beta ** -(eta + 1.0)
         inside = u <= 1.0 / alpha
-        return np.where(inside, (u * alpha) ** (1.0 / (eta + 1.0)),
-                        (1.0 / np.maximum(2.0 - u * alpha, _TINY)) ** (1.0 / (eta + 1.0)))
+        return np.where(
+            inside,
+            (u * alpha) ** (1.0 / (eta + 1.0)),
+            (1.0 / np.maximum(2.0 - u * alpha, _TINY)) ** (1.0 / (eta + 1.0)),
+        )
 
     low_child = 0.5 * (smaller + larger - spread(smaller - low) * gap)
     high_child = 0.5 * (smaller + larger + spread(high - larger) * gap)
@@ -47,8 +57,9 @@ def sbx_crossover(first: np.ndarray, second: np.ndarray, low: np.ndarray, high: 
     return np.where(cross, child_a, first), np.where(cross, child_b, second)
 
 
-def polynomial_mutation(genomes: np.ndarray, low: np.ndarray, high: np.ndarray, eta: float, rate: float,
-                        rng: np.random.Generator) -> np.ndarray:
+def polynomial_mutation(
+    genomes: np.ndarray, low: np.ndarray, high: np.ndarray, eta: float, rate: float, rng: np.random.Generator
+) -> np.ndarray:
     """Each gene moves with probability ``rate`` by a bounded polynomial perturbation (Deb 2001)."""
     span = np.where(high > low, high - low, 1.0)
     mutate = (rng.random(genomes.shape) < rate) & (high > low)
@@ -61,8 +72,9 @@ def polynomial_mutation(genomes: np.ndarray, low: np.ndarray, high: np.ndarray, 
     return np.where(mutate, np.clip(genomes + delta * span, low, high), genomes)
 
 
-def resample_choices(genomes: np.ndarray, columns: np.ndarray, n_choices: np.ndarray, rate: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def resample_choices(
+    genomes: np.ndarray, columns: np.ndarray, n_choices: np.ndarray, rate: float, rng: np.random.Generator
+) -> np.ndarray:
     """Categorical mutation: with probability ``rate`` a slot takes one of the *other* choices, uniformly."""
     genomes = genomes.copy()
     for column, count in zip(columns, n_choices):
@@ -74,8 +86,9 @@ def resample_choices(genomes: np.ndarray, columns: np.ndarray, n_choices: np.nda
     return genomes
 
 
-def crossover(space: SearchSpace, first: np.ndarray, second: np.ndarray, eta: float,
-              rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def crossover(
+    space: SearchSpace, first: np.ndarray, second: np.ndarray, eta: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Children of parent arrays, each gene by its type's operator."""
     child_a, child_b = sbx_crossover(first, second, space.low, space.high, eta, rng)
     categorical = space.kinds == "categorical"
@@ -86,8 +99,9 @@ def crossover(space: SearchSpace, first: np.ndarray, second: np.ndarray, eta: fl
     return space.clip(child_a), space.clip(child_b)
 
 
-def integer_mutation(genomes: np.ndarray, low: np.ndarray, high: np.ndarray, eta: float, rate: float,
-                     rng: np.random.Generator) -> np.ndarray:
+def integer_mutation(
+    genomes: np.ndarray, low: np.ndarray, high: np.ndarray, eta: float, rate: float, rng: np.random.Generator
+) -> np.ndarray:
     """Polynomial mutation rounded to whole steps; a selected gene always moves by at least one step
     (a perturbation that rounds back to the same integer would make small int ranges never mutate)."""
     selected = (rng.random(genomes.shape) < rate) & (high > low)
@@ -106,8 +120,9 @@ def mutate(space: SearchSpace, genomes: np.ndarray, eta: float, rate: float, rng
     mutated = polynomial_mutation(genomes, space.low, space.high, eta, rate, rng)
     mutated[:, categorical] = genomes[:, categorical]
     if integer.any():
-        mutated[:, integer] = integer_mutation(genomes[:, integer], space.low[integer], space.high[integer], eta,
-                                               rate, rng)
+        mutated[:, integer] = integer_mutation(
+            genomes[:, integer], space.low[integer], space.high[integer], eta, rate, rng
+        )
     if categorical.any():
         columns = np.flatnonzero(categorical)
         mutated = resample_choices(mutated, columns, (space.high[columns] + 1).astype(np.int64), rate, rng)

@@ -10,17 +10,15 @@ import numpy as np
 
 def write_pareto_front(searcher: Any, problem: Any, directory: Path) -> Path:
     """``pareto_front.png`` (our front over the problem's true front, objectives minimised) and ``pareto_front.csv``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a figure of its own: pyplot's global backend is left alone
 
     _, fitness = searcher.pareto_front()
     objectives = -fitness  # fitness is maximised; the problems' objectives are minimised
     objectives = objectives[np.argsort(objectives[:, 0])]
     directory.mkdir(parents=True, exist_ok=True)
     np.savetxt(directory / "pareto_front.csv", objectives, delimiter=",", header="f1,f2", comments="")
-    figure, axes = plt.subplots(figsize=(5, 4))
+    figure = Figure(figsize=(5, 4))
+    axes = figure.subplots()
     if hasattr(problem, "true_front"):
         true = problem.true_front()
         axes.plot(true[:, 0], true[:, 1], ".", color="0.7", markersize=1, label="true front")
@@ -31,5 +29,4 @@ def write_pareto_front(searcher: Any, problem: Any, directory: Path) -> Path:
     figure.tight_layout()
     path = directory / "pareto_front.png"
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path

@@ -10,8 +10,9 @@ as the reference (tests) and the baseline (benchmarks).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -40,9 +41,9 @@ class StackedMLP:
         flat = torch.as_tensor(genomes, dtype=torch.float32)
         layers, offset = [], 0
         for fan_in, fan_out in self.shapes:
-            weight = rearrange(flat[:, offset: offset + fan_in * fan_out], "p (i o) -> p i o", i=fan_in)
+            weight = rearrange(flat[:, offset : offset + fan_in * fan_out], "p (i o) -> p i o", i=fan_in)
             offset += fan_in * fan_out
-            bias = rearrange(flat[:, offset: offset + fan_out], "p o -> p 1 o")
+            bias = rearrange(flat[:, offset : offset + fan_out], "p o -> p 1 o")
             offset += fan_out
             layers.append((weight, bias))
         return layers
@@ -80,11 +81,27 @@ class PolicySearch:
 
     objectives = 1
 
-    def __init__(self, env: Callable[[int], BatchedEnv] | None = None, hidden: Sequence[int] = (16,),
-                 activation: str = "tanh", episodes: int = 1, eval_episodes: int = 100, solved_at: float | None = None,
-                 weight_bound: float = 10.0, common_starts: bool = True) -> None:
+    def __init__(
+        self,
+        env: Callable[[int], BatchedEnv] | None = None,
+        hidden: Sequence[int] = (16,),
+        activation: str = "tanh",
+        episodes: int = 1,
+        eval_episodes: int = 100,
+        solved_at: float | None = None,
+        weight_bound: float = 10.0,
+        common_starts: bool = True,
+    ) -> None:
         if episodes < 1 or eval_episodes < 1:
-            raise ConfigError(f"episodes={episodes!r}, eval_episodes={eval_episodes!r} are not allowed: both must be >= 1")
+            raise ConfigError(
+                f"episodes={episodes!r}, eval_episodes={eval_episodes!r} are not allowed: both must be >= 1"
+            )
+        hidden = list(hidden)
+        if not all(isinstance(width, int) and not isinstance(width, bool) and width >= 1 for width in hidden):
+            raise ConfigError(
+                f"hidden={hidden!r} is not allowed: hidden must be a list of layer widths >= 1 "
+                "(e.g. [16]; [] for a linear policy)"
+            )
         self.make_env = env or partial(GymnasiumVectorEnv, "CartPole-v1")
         probe = self.make_env(num_envs=1)
         self.observation_size = int(math.prod(probe.single_observation_space.shape))
@@ -132,15 +149,14 @@ class PolicySearch:
     def assess(self, searcher: Any, seed: int = 0) -> dict[str, float]:
         returns = self.evaluate_solution(searcher.best().genome, seed)
         ci95 = 1.96 * returns.std(ddof=1) / math.sqrt(len(returns)) if len(returns) > 1 else float("nan")
-        record = {"mean_return": float(returns.mean()), "mean_return_ci95": float(ci95), "episodes": float(len(returns))}
-        if self.solved_at is not None:
-            record["solved"] = float(returns.mean() >= self.solved_at)
-        return record
+        # no "solved" here: that is decided once, by metalab.search.solved.solve_check
+        return {"mean_return": float(returns.mean()), "mean_return_ci95": float(ci95), "episodes": float(len(returns))}
 
 
 @torch.no_grad()
-def rollout_one_by_one(problem: PolicySearch, genomes: np.ndarray, env_id: str, seed: int,
-                       initial_states: np.ndarray | None = None) -> np.ndarray:
+def rollout_one_by_one(
+    problem: PolicySearch, genomes: np.ndarray, env_id: str, seed: int, initial_states: np.ndarray | None = None
+) -> np.ndarray:
     """Reference and baseline: each policy in turn, one gymnasium env, one forward per step.
 
     ``initial_states`` (``[policy, state]``) overrides the env's start state, so a test can give both
@@ -152,7 +168,11 @@ def rollout_one_by_one(problem: PolicySearch, genomes: np.ndarray, env_id: str, 
         observation, _ = env.reset(seed=seed + index)
         if initial_states is not None:
             env.unwrapped.state = initial_states[index].copy()
-            observation = env.unwrapped._get_obs() if hasattr(env.unwrapped, "_get_obs") else initial_states[index].astype(np.float32)
+            observation = (
+                env.unwrapped._get_obs()
+                if hasattr(env.unwrapped, "_get_obs")
+                else initial_states[index].astype(np.float32)
+            )
         done = False
         while not done:
             batch = repeat(torch.as_tensor(observation, dtype=torch.float32), "o -> 1 1 o")

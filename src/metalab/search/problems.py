@@ -9,6 +9,7 @@ seed and the generation, never from global random state.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -42,6 +43,12 @@ class ZDT:
             raise ConfigError(f"variant={variant!r} is not allowed: ZDT variant must be 1, 2 or 3")
         if n_variables < 2:
             raise ConfigError(f"n_variables={n_variables!r} is not allowed: ZDT needs at least 2 variables")
+        reference = list(reference)
+        if len(reference) != 2 or not all(isinstance(r, (int, float)) and math.isfinite(r) for r in reference):
+            raise ConfigError(
+                f"reference={reference!r} is not allowed: reference must be 2 finite numbers "
+                "(the hypervolume's reference point (f1, f2), e.g. [1.1, 1.1])"
+            )
         self.variant, self.n_variables = variant, n_variables
         self.reference = tuple(float(r) for r in reference)
         self.space = SearchSpace.box(n_variables, 0.0, 1.0)
@@ -70,6 +77,7 @@ class ZDT:
         values = self.objective_values(genomes)
         if self.variant == 3:  # only the non-dominated pieces of the g = 1 curve form ZDT3's front
             from metalab.search.pareto import non_dominated_fronts
+
             values = values[np.sort(non_dominated_fronts(-values)[0])]
         return values
 

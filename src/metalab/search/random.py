@@ -7,7 +7,8 @@ evaluations as the searcher it is compared with.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,12 +49,17 @@ class RandomSearch:
         return self._best[0]
 
     def state_dict(self) -> dict[str, Any]:
-        best = None if self._best is None else {"id": self._best[0].id, "genome": self._best[0].genome.copy(),
-                                                "fitness": self._best[1]}
+        best = (
+            None
+            if self._best is None
+            else {"id": self._best[0].id, "genome": self._best[0].genome.copy(), "fitness": self._best[1]}
+        )
         return {"rng": self.rng.bit_generator.state, "next_id": self.next_id, "told": self.told, "best": best}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.next_id, self.told = int(state["next_id"]), int(state["told"])
         best = state["best"]
-        self._best = None if best is None else (Candidate(int(best["id"]), np.asarray(best["genome"])), float(best["fitness"]))
+        self._best = (
+            None if best is None else (Candidate(int(best["id"]), np.asarray(best["genome"])), float(best["fitness"]))
+        )

@@ -10,8 +10,9 @@ every genome a plain numeric row lets a whole population be one ``[n, genes]`` a
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class SearchSpace:
         self.kinds = np.array([g.kind for g in self.genes])
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Mapping[str, Any]]) -> "SearchSpace":
+    def from_config(cls, config: Mapping[str, Mapping[str, Any]]) -> SearchSpace:
         """``{name: {type: float|int|categorical, low:, high:, log:, choices:}}`` -> space (the Hydra form)."""
         if not config:
             raise ConfigError("search space is empty: give at least one gene (float, int or categorical)")
@@ -118,17 +119,20 @@ class SearchSpace:
             spec = dict(spec)
             kind = spec.pop("type", None)
             if kind not in GENE_TYPES:
-                raise ConfigError(f"{name}.type={kind!r} is not allowed: the gene type must be one of "
-                                  f"{', '.join(GENE_TYPES)}")
+                raise ConfigError(
+                    f"{name}.type={kind!r} is not allowed: the gene type must be one of {', '.join(GENE_TYPES)}"
+                )
             try:
                 genes.append(GENE_TYPES[kind](name=str(name), **spec))
             except TypeError as error:
-                raise ConfigError(f"{name}: {error} (keys of a {kind} gene: "
-                                  f"{', '.join(k for k in GENE_TYPES[kind].__dataclass_fields__ if k != 'name')})") from None
+                raise ConfigError(
+                    f"{name}: {error} (keys of a {kind} gene: "
+                    f"{', '.join(k for k in GENE_TYPES[kind].__dataclass_fields__ if k != 'name')})"
+                ) from None
         return cls(genes)
 
     @classmethod
-    def box(cls, dimension: int, low: float = 0.0, high: float = 1.0, prefix: str = "x") -> "SearchSpace":
+    def box(cls, dimension: int, low: float = 0.0, high: float = 1.0, prefix: str = "x") -> SearchSpace:
         """``dimension`` float genes with the same bounds (benchmark problems, flat parameter vectors)."""
         if dimension < 1:
             raise ConfigError(f"dimension={dimension!r} is not allowed: a search space needs at least one gene")
@@ -145,8 +149,9 @@ class SearchSpace:
         """``n`` genomes uniform in internal coordinates (log-uniform for log genes, uniform ints/choices)."""
         genomes = rng.uniform(self.low, self.high, size=(n, len(self)))
         discrete = self.kinds != "float"
-        genomes[:, discrete] = rng.integers(self.low[discrete].astype(np.int64), self.high[discrete].astype(np.int64) + 1,
-                                            size=(n, int(discrete.sum())))
+        genomes[:, discrete] = rng.integers(
+            self.low[discrete].astype(np.int64), self.high[discrete].astype(np.int64) + 1, size=(n, int(discrete.sum()))
+        )
         return genomes
 
     def clip(self, genomes: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Agent-facing learning services: a store, plain service classes over it, and an HTTP API.
 
-Three layers, one direction (see DESIGN.md, "services/"):
+Three layers, one direction (see docs/architecture.md, "Layers"):
 
 ``store``   SQLAlchemy models and Alembic migrations (SQLite in WAL mode by default, any SQLAlchemy URL).
 ``experiments``, ``trust``, ``patterns``, ``jobs``

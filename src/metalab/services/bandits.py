@@ -25,8 +25,9 @@ from metalab.services.sequential import plugin_variance
 
 
 class AllocationPolicy(Protocol):
-    def choose(self, count: NDArray, total: NDArray, total_squares: NDArray, binary: bool,
-               rng: np.random.Generator) -> NDArray:
+    def choose(
+        self, count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, rng: np.random.Generator
+    ) -> NDArray:
         """Index of the arm to pull, one per leading batch position."""
 
 

@@ -1,10 +1,11 @@
 """Where the store is and which bearer token opens which workspace.
 
 Read in this order, the first that sets a value wins: explicit arguments, the environment
-(``METALAB_DATABASE_URL``; ``METALAB_TOKENS`` as ``workspace:token,workspace:token``), a JSON config
-file (``{"database_url": ..., "tokens": {"workspace": "token"}}``), then the default: a SQLite file
-``logs/services/metalab.db`` under ``$METALAB_ROOT`` (the run directory root, ``.`` by default), so a
-first start needs no server.
+(``METALAB_DATABASE_URL``; ``METALAB_TOKENS`` as ``workspace:token,workspace:token``;
+``METALAB_MAX_BODY_BYTES``), a JSON config file (``{"database_url": ..., "tokens": {"workspace": "token"},
+"max_body_bytes": ...}``), then the default: a SQLite file ``logs/services/metalab.db`` under
+``$METALAB_ROOT`` (the run directory root, ``.`` by default), so a first start needs no server, and a
+body limit of 1 MiB (the API's largest legitimate bodies are a few kB of JSON).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from metalab.errors import ConfigError
 
 WORKSPACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MIN_TOKEN_LENGTH = 16
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES_CEILING = 1 << 30
 
 
 def default_database_url() -> str:
@@ -34,6 +37,8 @@ def parse_tokens(text: str, source: str) -> dict[str, str]:
         workspace, sep, token = item.partition(":")
         if not sep:
             raise ConfigError(f"{source}: entry {item.split(':')[0]!r}... must be 'workspace:token'")
+        if workspace.strip() in tokens:
+            raise ConfigError(f"{source}: workspace {workspace.strip()!r} appears twice; give each workspace one token")
         tokens[workspace.strip()] = token.strip()
     return tokens
 
@@ -42,9 +47,13 @@ def _validate_tokens(tokens: dict[str, str], source: str) -> None:
     seen: set[str] = set()
     for workspace, token in tokens.items():
         if not WORKSPACE_PATTERN.match(workspace):
-            raise ConfigError(f"{source}: workspace {workspace!r} must be 1-64 characters of letters, digits, '_', '.', '-'")
+            raise ConfigError(
+                f"{source}: workspace {workspace!r} must be 1-64 characters of letters, digits, '_', '.', '-'"
+            )
         if len(token) < MIN_TOKEN_LENGTH:
-            raise ConfigError(f"{source}: the token of workspace {workspace!r} must have at least {MIN_TOKEN_LENGTH} characters")
+            raise ConfigError(
+                f"{source}: the token of workspace {workspace!r} must have at least {MIN_TOKEN_LENGTH} characters"
+            )
         if token in seen:
             raise ConfigError(f"{source}: two workspaces share one token; each workspace needs its own")
         seen.add(token)
@@ -56,9 +65,11 @@ class ServiceSettings:
 
     database_url: str = field(default_factory=default_database_url)
     tokens: dict[str, str] = field(default_factory=dict)  # workspace -> token
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES  # larger bodies get 413 before they are read
 
     def __post_init__(self) -> None:
         _validate_tokens(self.tokens, "tokens")
+        _validate_body_limit(self.max_body_bytes, "max_body_bytes")
 
     def workspace_of(self, token: str) -> str | None:
         """The workspace a token opens, compared in constant time so timing tells nothing."""
@@ -69,8 +80,13 @@ class ServiceSettings:
         return found
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, database_url: str | None = None,
-             tokens: dict[str, str] | None = None) -> "ServiceSettings":
+    def load(
+        cls,
+        config_file: str | Path | None = None,
+        database_url: str | None = None,
+        tokens: dict[str, str] | None = None,
+        max_body_bytes: int | None = None,
+    ) -> ServiceSettings:
         file_values: dict = {}
         if config_file is not None:
             path = Path(config_file)
@@ -83,10 +99,49 @@ class ServiceSettings:
             if not isinstance(file_values, dict):
                 raise ConfigError(f"config file {str(path)!r} must hold a JSON object")
         env_tokens = os.environ.get("METALAB_TOKENS")
-        resolved_tokens = (tokens if tokens is not None
-                           else parse_tokens(env_tokens, "METALAB_TOKENS") if env_tokens
-                           else file_values.get("tokens", {}))
+        resolved_tokens = (
+            tokens
+            if tokens is not None
+            else parse_tokens(env_tokens, "METALAB_TOKENS")
+            if env_tokens
+            else file_values.get("tokens", {})
+        )
         if not isinstance(resolved_tokens, dict):
             raise ConfigError("tokens must map workspace names to tokens")
-        url = database_url or os.environ.get("METALAB_DATABASE_URL") or file_values.get("database_url") or default_database_url()
-        return cls(database_url=url, tokens={str(k): str(v) for k, v in resolved_tokens.items()})
+        url = (
+            database_url
+            or os.environ.get("METALAB_DATABASE_URL")
+            or file_values.get("database_url")
+            or default_database_url()
+        )
+        if not isinstance(url, str):
+            raise ConfigError(f"database_url must be a string (a SQLAlchemy URL), got {type(url).__name__}")
+        limit = _body_limit(max_body_bytes, file_values.get("max_body_bytes"))
+        return cls(database_url=url, tokens={str(k): str(v) for k, v in resolved_tokens.items()}, max_body_bytes=limit)
+
+
+def _body_limit(explicit: int | None, from_file: object) -> int:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("METALAB_MAX_BODY_BYTES")
+    if env is not None:
+        if not env.strip().isdigit():
+            raise ConfigError(
+                f"METALAB_MAX_BODY_BYTES={env!r} is not allowed: it must be an integer in 1..{MAX_BODY_BYTES_CEILING}"
+            )
+        return int(env)
+    if from_file is None:
+        return DEFAULT_MAX_BODY_BYTES
+    if isinstance(from_file, bool) or not isinstance(from_file, int):
+        raise ConfigError(
+            f"max_body_bytes={from_file!r} in the config file is not allowed: it must be an integer in "
+            f"1..{MAX_BODY_BYTES_CEILING}"
+        )
+    return from_file
+
+
+def _validate_body_limit(value: object, source: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_BODY_BYTES_CEILING:
+        raise ConfigError(
+            f"{source}={value!r} is not allowed: {source} must be an integer in 1..{MAX_BODY_BYTES_CEILING}"
+        )

@@ -1,35 +1,52 @@
-"""Experiment engine: A/B and multivariate tests over named variants, analysed after every outcome.
+"""Experiment engine: A/B, multivariate and bandit-allocated experiments over named variants.
 
-The first variant is the control; every other variant is compared with it by the always-valid mSPRT of
-:mod:`metalab.services.sequential` at level alpha / (k - 1) (Bonferroni over the k - 1 comparisons).
-Allocation policies live in :mod:`metalab.services.bandits`; per-variant intervals come from scipy
-(Wilson score interval for binary outcomes, Student t for continuous ones); probability to be best is a
-Monte Carlo over the same posteriors Thompson sampling draws from.
+Writes are appends. Recording an outcome is one insert plus atomic increments of the variant's running sums
+(``UPDATE variants SET count = count + 1, total = total + :x, ...``), the always-valid state of this look (an
+O(pairs) closed form: the running minimum of the mSPRT p-values) and, when that state decides, the completion.
+Estimates, probabilities to be best and intervals are computed when the analysis is read. The experiment's row
+is locked (PostgreSQL; SQLite's writers queue on the database) only for those few statements, so that every
+look is the state after a prefix of the outcomes, exactly as when every outcome was analysed on its own.
 
-``analyse_arms`` and ``decide`` are pure functions of the arms' running sums, so the simulations in
-``experiments/services`` and this service share one decision rule.
+Two decision rules, one per kind of allocation; both are vectorised over leading batch axes and used as they
+are by the simulations (:mod:`metalab.services.simulate`):
+
+- ``equal`` allocation (a classic A/B test): every variant against the first (the control) by the always-valid
+mSPRT of :mod:`metalab.services.sequential` at level alpha / (k - 1) (Bonferroni over the k - 1 comparisons);
+a winner when a variant beats the control, the control when every variant loses. - adaptive allocation
+(``thompson``, ``ucb``): these policies stop pulling poor arms, the control included, so comparisons with the
+control alone never end (issue 38). Every pair of arms is compared by the same mSPRT (running minimum of each
+pair's p-value), and an arm wins when it significantly beats every other arm at alpha / (k - 1): a best-arm
+stopping rule in the spirit of successive elimination (Even-Dar, Mannor and Mansour, JMLR 7, 2006), with
+always-valid pairwise tests in place of fixed-time bounds, i.e. always-valid comparisons of each arm with the
+current best. A wrong best arm needs a false rejection in one of the k - 1 pairs that contain the true best,
+so P(wrong winner) <= alpha (Bonferroni); the analysis reports each arm against the current best. With a plug-
+in variance, and under adaptive allocation (which makes the arms' counts data-dependent), the guarantee is
+asymptotic; the engine waits for ``min_samples_per_variant`` outcomes per arm, and
+experiments/services/adaptive_decisions.py measures wrong decisions and A/A false decisions under Thompson
+sampling.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
-from sqlalchemy import select
+from numpy.typing import NDArray
+from sqlalchemy import JSON, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from metalab.services import sequential
 from metalab.services.bandits import policy_for
 from metalab.services.errors import Conflict, NotFound, Unprocessable
-from metalab.services.store.models import Experiment, ExperimentOutcome, Variant
+from metalab.services.estimates import probability_best, t_interval, wilson_interval
+from metalab.services.store.models import Experiment, ExperimentOutcome, Variant, utcnow
 
 OutcomeType = Literal["binary", "continuous"]
 Allocation = Literal["equal", "thompson", "ucb"]
-PROBABILITY_DRAWS = 20_000
+CONTINUE, WINNER, CONTROL_WINS = 0, 1, 2  # verdict codes of the vectorised rules
 
 
 @dataclass(frozen=True)
@@ -47,6 +64,10 @@ class ExperimentSpec:
     max_outcomes: int | None = None
     auto_complete: bool = True
 
+    @property
+    def adaptive(self) -> bool:
+        return self.allocation != "equal"
+
 
 @dataclass(frozen=True)
 class Arms:
@@ -61,11 +82,12 @@ class Arms:
 @dataclass
 class Comparison:
     variant: str
-    difference: float  # mean(variant) - mean(control), in the outcome's units
-    interval: tuple[float, float]  # always-valid (1 - alpha/(k-1)) confidence sequence at this look
+    difference: float  # mean(variant) - mean(reference), in the outcome's units
+    interval: tuple[float, float]  # always-valid confidence sequence for the difference at this look
     p_value_now: float
     p_value: float  # always valid: the minimum over all looks so far
     significant: bool
+    reference: str = ""  # the control (mSPRT) or the current best arm (adaptive allocation)
 
 
 @dataclass
@@ -96,109 +118,312 @@ class Analysis:
         return asdict(self)
 
 
-def arms_from_variants(variants: list[Variant]) -> Arms:
-    return Arms(names=[v.name for v in variants], count=np.array([v.count for v in variants], dtype=float),
-                total=np.array([v.total for v in variants], dtype=float),
-                total_squares=np.array([v.total_squares for v in variants], dtype=float))
+@dataclass(frozen=True)
+class RecordedOutcome:
+    id: int
+    variant: str
+    value: float
+    unit: str | None
+    created_at: datetime
+    experiment_status: str
+    winner: str | None
 
 
-def look_p_values(count: np.ndarray, total: np.ndarray, total_squares: np.ndarray, binary: bool, mixture_scale: float,
-                  min_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+# ---- the decision rules (pure, vectorised: arms on the last axis) -------------------------------------------
+def look_p_values(
+    count: NDArray, total: NDArray, total_squares: NDArray, binary: bool, mixture_scale: float, min_samples: int
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
     """One look at every treatment against the control (arms on the last axis, any batch axes in front).
 
     Returns the difference from the control, its variance, tau^2 and the p-value at this look (1 until
     both arms have ``min_samples`` outcomes); arrays over the treatments.
     """
+    k = np.shape(count)[-1]
+    return pair_p_values(
+        count, total, total_squares, binary, mixture_scale, min_samples, np.zeros(k - 1, dtype=int), np.arange(1, k)
+    )
+
+
+def pair_p_values(
+    count: NDArray,
+    total: NDArray,
+    total_squares: NDArray,
+    binary: bool,
+    mixture_scale: float,
+    min_samples: int,
+    first: NDArray,
+    second: NDArray,
+) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+    """The mSPRT look of every pair (mean[second] - mean[first]); arms on the last axis, pairs on the result's."""
     var = sequential.plugin_variance(count, total, total_squares, binary)
     mean = total / np.maximum(count, 1.0)
-    difference = mean[..., 1:] - mean[..., :1]
-    variance = sequential.difference_variance(count[..., :1], var[..., :1], count[..., 1:], var[..., 1:])
-    tau2 = sequential.mixture_tau2(var[..., :1], var[..., 1:], mixture_scale)
-    ready = (count[..., 1:] >= min_samples) & (count[..., :1] >= min_samples)
+    difference = mean[..., second] - mean[..., first]
+    variance = sequential.difference_variance(count[..., first], var[..., first], count[..., second], var[..., second])
+    tau2 = sequential.mixture_tau2(var[..., first], var[..., second], mixture_scale)
+    ready = (count[..., first] >= min_samples) & (count[..., second] >= min_samples)
     p_now = np.where(ready, sequential.p_value_at_look(difference, variance, tau2), 1.0)
     return difference, variance, tau2, p_now
 
 
-def analyse_arms(arms: Arms, spec: ExperimentSpec, previous_min_p: dict[str, float]) -> Analysis:
-    """Estimates, comparisons with the control, and the decision, from the arms' running sums."""
-    binary = spec.outcome_type == "binary"
-    sign = 1.0  # the arms are already oriented so that larger is better
-    level = spec.alpha / max(len(arms.names) - 1, 1)
-    difference, variance, tau2, p_now = look_p_values(arms.count, arms.total, arms.total_squares, binary,
-                                                      spec.mixture_scale, spec.min_samples_per_variant)
-    radius = sequential.confidence_sequence_radius(variance, tau2, level)
-    comparisons, min_p = [], {}
-    for index, name in enumerate(arms.names[1:]):
-        p = float(min(previous_min_p.get(name, 1.0), p_now[index]))
-        min_p[name] = p
-        comparisons.append(Comparison(variant=name, difference=float(difference[index]),
-                                      interval=(float(difference[index] - radius[index]), float(difference[index] + radius[index])),
-                                      p_value_now=float(p_now[index]), p_value=p, significant=p <= level))
-    estimates = _estimates(arms, binary, sign)
-    decision = decide(arms, comparisons, spec, level, sign)
-    return Analysis(outcomes=int(arms.count.sum()), estimates=estimates, comparisons=comparisons,
-                    decision=decision, min_p_values=min_p)
+def all_pairs(k: int) -> tuple[NDArray, NDArray]:
+    return np.triu_indices(k, 1)
 
 
-def decide(arms: Arms, comparisons: list[Comparison], spec: ExperimentSpec, level: float, sign: float) -> Decision:
-    """Winner when a treatment beats the control; the control when every treatment loses to it."""
-    control = arms.names[0]
-    better = [c for c in comparisons if c.significant and sign * c.difference > 0]
-    worse = [c for c in comparisons if c.significant and sign * c.difference < 0]
-    if better:
-        best = max(better, key=lambda c: sign * c.difference)
-        return Decision("winner", best.variant,
-                        f"'{best.variant}' beats the control '{control}' (improvement {best.difference:+.4g}, "
-                        f"always-valid p = {best.p_value:.3g} <= {level:.3g}, confidence sequence "
-                        f"[{best.interval[0]:.4g}, {best.interval[1]:.4g}]) after {int(arms.count.sum())} outcomes")
-    if comparisons and len(worse) == len(comparisons):
-        return Decision("control_wins", control,
-                        f"every variant is worse than the control '{control}' (largest always-valid p = "
-                        f"{max(c.p_value for c in worse):.3g} <= {level:.3g}) after {int(arms.count.sum())} outcomes")
-    total = int(arms.count.sum())
+def control_verdict(difference: NDArray, min_p: NDArray, level: float) -> tuple[NDArray, NDArray]:
+    """mSPRT rule: (code, arm index) -- a winner beats the control; the control wins when all variants lose."""
+    significant = min_p <= level
+    better, worse = significant & (difference > 0), significant & (difference < 0)
+    best = 1 + np.argmax(np.where(better, difference, -np.inf), axis=-1)
+    code = np.where(better.any(axis=-1), WINNER, np.where(worse.all(axis=-1), CONTROL_WINS, CONTINUE))
+    return code, np.where(code == WINNER, best, 0)
+
+
+def best_arm_verdict(difference: NDArray, min_p: NDArray, level: float, k: int) -> tuple[NDArray, NDArray]:
+    """Adaptive rule: (code, arm index) -- an arm wins when it significantly beats every other arm.
+
+    ``difference`` and ``min_p`` are over :func:`all_pairs` (mean[j] - mean[i] for i < j).
+    """
+    first, second = all_pairs(k)
+    significant = min_p <= level
+    beats = np.zeros(difference.shape[:-1] + (k, k), dtype=bool)  # beats[..., i, j]: i significantly above j
+    beats[..., first, second] = significant & (difference < 0)
+    beats[..., second, first] = significant & (difference > 0)
+    wins = beats.sum(axis=-1) == k - 1
+    index = np.argmax(wins, axis=-1)
+    code = np.where(wins.any(axis=-1), np.where(index == 0, CONTROL_WINS, WINNER), CONTINUE)
+    return code, index
+
+
+def level_of(spec: ExperimentSpec, arms: int) -> float:
+    """Bonferroni over the k - 1 comparisons with the control, or (adaptive) with the best arm."""
+    return spec.alpha / max(arms - 1, 1)
+
+
+# ---- one experiment's state at a look --------------------------------------------------------------------
+@dataclass
+class Look:
+    """The always-valid state after the latest outcome over its pairs: what is stored and what decides."""
+
+    first: NDArray  # pair (first[p], second[p]): the control and each variant, or (adaptive) every pair
+    second: NDArray
+    difference: NDArray  # mean[second] - mean[first]
+    radius: NDArray  # confidence sequence half-width at the level
+    p_now: NDArray
+    min_p: NDArray  # running minimum over all looks
+
+
+def _pair_keys(names: list[str], look_first: NDArray, look_second: NDArray, adaptive: bool) -> list[tuple[str, ...]]:
+    if not adaptive:
+        return [(names[j],) for j in look_second]
+    return [(names[i], names[j]) for i, j in zip(look_first, look_second)]
+
+
+def stored_min_p(stored: dict[str, Any], keys: list[tuple[str, ...]]) -> NDArray:
+    """Running minima from the JSON column: {variant: p} against the control, or {arm: {other arm: p}}."""
+    values = []
+    for key in keys:
+        value = stored.get(key[0], 1.0)
+        values.append(value.get(key[1], 1.0) if len(key) == 2 and isinstance(value, dict) else value)
+    return np.array(values, dtype=float)
+
+
+def min_p_json(keys: list[tuple[str, ...]], min_p: NDArray) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, p in zip(keys, min_p):
+        if len(key) == 1:
+            out[key[0]] = float(p)
+        else:
+            out.setdefault(key[0], {})[key[1]] = float(p)
+    return out
+
+
+def take_look(arms: Arms, spec: ExperimentSpec, stored: dict[str, Any]) -> tuple[Look, dict[str, Any]]:
+    """This look's p-values, radii and running minima; and the running minima as they are stored."""
+    k = len(arms.names)
+    first, second = all_pairs(k) if spec.adaptive else (np.zeros(k - 1, dtype=int), np.arange(1, k))
+    difference, variance, tau2, p_now = pair_p_values(
+        arms.count,
+        arms.total,
+        arms.total_squares,
+        spec.outcome_type == "binary",
+        spec.mixture_scale,
+        spec.min_samples_per_variant,
+        first,
+        second,
+    )
+    keys = _pair_keys(arms.names, first, second, spec.adaptive)
+    min_p = np.minimum(stored_min_p(stored, keys), p_now)
+    radius = sequential.confidence_sequence_radius(variance, tau2, level_of(spec, k))
+    return Look(first, second, difference, radius, p_now, min_p), min_p_json(keys, min_p)
+
+
+def decide(arms: Arms, look: Look, spec: ExperimentSpec) -> Decision:
+    """The decision at this look, with the reason in words."""
+    level, control, total = level_of(spec, len(arms.names)), arms.names[0], int(arms.count.sum())
+    if spec.adaptive:
+        code, index = best_arm_verdict(look.difference, look.min_p, level, len(arms.names))
+    else:
+        code, index = control_verdict(look.difference, look.min_p, level)
+    if code == WINNER and not spec.adaptive:
+        i = int(index) - 1
+        interval = (look.difference[i] - look.radius[i], look.difference[i] + look.radius[i])
+        return Decision(
+            "winner",
+            arms.names[i + 1],
+            f"'{arms.names[i + 1]}' beats the control '{control}' (improvement {look.difference[i]:+.4g}, "
+            f"always-valid p = {look.min_p[i]:.3g} <= {level:.3g}, confidence sequence "
+            f"[{interval[0]:.4g}, {interval[1]:.4g}]) after {total} outcomes",
+        )
+    if code == CONTROL_WINS and not spec.adaptive:
+        return Decision(
+            "control_wins",
+            control,
+            f"every variant is worse than the control '{control}' (largest always-valid p = "
+            f"{float(look.min_p.max()):.3g} <= {level:.3g}) after {total} outcomes",
+        )
+    if code != CONTINUE:
+        best = int(index)
+        involved = (look.first == best) | (look.second == best)
+        return Decision(
+            "winner" if code == WINNER else "control_wins",
+            arms.names[best],
+            f"'{arms.names[best]}' beats every other arm (largest always-valid p against them = "
+            f"{float(look.min_p[involved].max()):.3g} <= {level:.3g}) after {total} outcomes",
+        )
     if spec.max_outcomes is not None and total >= spec.max_outcomes:
-        return Decision("inconclusive", None,
-                        f"reached max_outcomes={spec.max_outcomes} with no variant significantly different from "
-                        f"the control at {level:.3g}; keep the control '{control}'")
+        which = (
+            "no arm significantly better than all others"
+            if spec.adaptive
+            else "no variant significantly different from the control"
+        )
+        return Decision(
+            "inconclusive",
+            None,
+            f"reached max_outcomes={spec.max_outcomes} with {which} at {level:.3g}; keep the control '{control}'",
+        )
     waiting = spec.min_samples_per_variant - int(arms.count.min())
     if waiting > 0:
-        return Decision("continue", None, f"waiting for min_samples_per_variant={spec.min_samples_per_variant} "
-                                          f"outcomes per variant (the smallest variant needs {waiting} more)")
+        return Decision(
+            "continue",
+            None,
+            f"waiting for min_samples_per_variant={spec.min_samples_per_variant} "
+            f"outcomes per variant (the smallest variant needs {waiting} more)",
+        )
+    if spec.adaptive:
+        return Decision("continue", None, f"no arm beats every other arm at always-valid level {level:.3g} yet")
     return Decision("continue", None, f"no variant differs from the control at always-valid level {level:.3g} yet")
 
 
-def _estimates(arms: Arms, binary: bool, sign: float) -> list[VariantEstimate]:
-    rng = np.random.default_rng(0)  # fixed: the same data always give the same probability to be best
+def comparisons_of(arms: Arms, look: Look, spec: ExperimentSpec) -> list[Comparison]:
+    """mSPRT: every variant against the control; adaptive: every arm against the current best."""
+    level = level_of(spec, len(arms.names))
+    reference = int(np.argmax(arms.total / np.maximum(arms.count, 1.0))) if spec.adaptive else 0
+    comparisons = []
+    for p in range(len(look.first)):
+        i, j = int(look.first[p]), int(look.second[p])
+        if reference not in (i, j):
+            continue
+        sign, other = (1.0, j) if i == reference else (-1.0, i)  # difference = mean[other] - mean[reference]
+        d, r = sign * look.difference[p], look.radius[p]
+        comparisons.append(
+            Comparison(
+                variant=arms.names[other],
+                difference=float(d),
+                interval=(float(d - r), float(d + r)),
+                p_value_now=float(look.p_now[p]),
+                p_value=float(look.min_p[p]),
+                significant=bool(look.min_p[p] <= level),
+                reference=arms.names[reference],
+            )
+        )
+    return comparisons
+
+
+def estimates_of(arms: Arms, binary: bool) -> list[VariantEstimate]:
     count, total = arms.count, arms.total
     var = sequential.plugin_variance(count, total, arms.total_squares, binary)
-    if binary:
-        draws = rng.beta(1.0 + total, 1.0 + count - total, size=(PROBABILITY_DRAWS, len(count)))
-    else:
-        mean = total / np.maximum(count, 1.0)
-        scale = np.where(count > 1, np.sqrt(var / np.maximum(count, 1.0)), 1e6)
-        draws = rng.normal(mean, scale, size=(PROBABILITY_DRAWS, len(count)))
-    best = np.bincount(np.argmax(sign * draws, axis=1), minlength=len(count)) / PROBABILITY_DRAWS
+    best = probability_best(count, total, var, binary)
     estimates = []
     for i, name in enumerate(arms.names):
         n = int(count[i])
         mean = float(total[i] / n) if n else None
         interval = None
         if binary and n:
-            ci = stats.binomtest(int(round(total[i])), n).proportion_ci(0.95, method="wilson")
-            interval = (float(ci.low), float(ci.high))
-        elif n > 1:
-            low, high = stats.t.interval(0.95, n - 1, loc=mean, scale=float(np.sqrt(var[i] / n)))
-            interval = (float(low), float(high))
+            interval = wilson_interval(float(round(total[i])), n)
+        elif not binary and n > 1:
+            interval = t_interval(mean, float(var[i]), n)
         estimates.append(VariantEstimate(name, n, mean, interval, float(best[i])))
     return estimates
 
 
+def analyse_arms(arms: Arms, spec: ExperimentSpec, look: Look) -> Analysis:
+    """Estimates, comparisons and the decision of one look (what a read computes; never run per write)."""
+    keys = _pair_keys(arms.names, look.first, look.second, spec.adaptive)
+    return Analysis(
+        outcomes=int(arms.count.sum()),
+        estimates=estimates_of(arms, spec.outcome_type == "binary"),
+        comparisons=comparisons_of(arms, look, spec),
+        decision=decide(arms, look, spec),
+        min_p_values=min_p_json(keys, look.min_p),
+    )
+
+
 def spec_of(experiment: Experiment) -> ExperimentSpec:
-    return ExperimentSpec(name=experiment.name, variants=[v.name for v in experiment.variants],
-                          outcome_type=experiment.outcome_type, allocation=experiment.allocation,
-                          maximize=experiment.maximize, alpha=experiment.alpha, mixture_scale=experiment.mixture_scale,
-                          min_samples_per_variant=experiment.min_samples_per_variant,
-                          max_outcomes=experiment.max_outcomes, auto_complete=experiment.auto_complete)
+    return ExperimentSpec(
+        name=experiment.name,
+        variants=[v.name for v in experiment.variants],
+        outcome_type=experiment.outcome_type,
+        allocation=experiment.allocation,
+        maximize=experiment.maximize,
+        alpha=experiment.alpha,
+        mixture_scale=experiment.mixture_scale,
+        min_samples_per_variant=experiment.min_samples_per_variant,
+        max_outcomes=experiment.max_outcomes,
+        auto_complete=experiment.auto_complete,
+    )
+
+
+def oriented(names: list[str], count, total, total_squares, maximize: bool, binary: bool) -> Arms:
+    """Running sums with larger = better (a minimised metric is negated; binary is flipped to 1 - x)."""
+    count, total, squares = (np.asarray(x, dtype=float) for x in (count, total, total_squares))
+    if maximize:
+        return Arms(names, count, total, squares)
+    if binary:
+        return Arms(names, count, count - total, count - 2 * total + squares)
+    return Arms(names, count, -total, squares)
+
+
+# The write path's statements, built once (building them per call cost more than executing them).
+_E, _V, _O = Experiment.__table__, Variant.__table__, ExperimentOutcome.__table__
+_SPEC_COLUMNS = (
+    "name",
+    "outcome_type",
+    "allocation",
+    "maximize",
+    "alpha",
+    "mixture_scale",
+    "min_samples_per_variant",
+    "max_outcomes",
+    "auto_complete",
+)
+_LOCK = (
+    select(_E.c.status, _E.c.winner, _E.c.min_p_values, *(_E.c[c] for c in _SPEC_COLUMNS))
+    .where(_E.c.id == bindparam("eid"), _E.c.workspace == bindparam("ws"))
+    .with_for_update()
+)
+_INCREMENT = (
+    _V.update()
+    .where(_V.c.experiment_id == bindparam("eid"), _V.c.name == bindparam("vname"))
+    .values(count=_V.c.count + 1, total=_V.c.total + bindparam("x"), total_squares=_V.c.total_squares + bindparam("x2"))
+    .returning(_V.c.id)
+)
+_ARMS = (
+    select(_V.c.id, _V.c.name, _V.c.count, _V.c.total, _V.c.total_squares)
+    .where(_V.c.experiment_id == bindparam("eid"))
+    .order_by(_V.c.position)
+)
+_INSERT = _O.insert().returning(_O.c.id)
+_MIN_P = _E.update().where(_E.c.id == bindparam("eid")).values(min_p_values=bindparam("mp", type_=JSON))
 
 
 class ExperimentService:
@@ -213,15 +438,26 @@ class ExperimentService:
             raise Unprocessable("an experiment needs at least two variants (the first is the control)")
         if len(set(spec.variants)) != len(spec.variants):
             raise Unprocessable("variant names must be distinct")
-        existing = self.session.scalar(select(Experiment.id).where(Experiment.workspace == self.workspace,
-                                                                   Experiment.name == spec.name))
+        existing = self.session.scalar(
+            select(Experiment.id).where(Experiment.workspace == self.workspace, Experiment.name == spec.name)
+        )
         if existing is not None:
             raise Conflict(f"an experiment named {spec.name!r} already exists (id {existing})")
-        experiment = Experiment(workspace=self.workspace, name=spec.name, outcome_type=spec.outcome_type,
-                                allocation=spec.allocation, maximize=spec.maximize, alpha=spec.alpha,
-                                mixture_scale=spec.mixture_scale, min_samples_per_variant=spec.min_samples_per_variant,
-                                max_outcomes=spec.max_outcomes, auto_complete=spec.auto_complete, status="running",
-                                min_p_values={}, variants=[Variant(position=i, name=n) for i, n in enumerate(spec.variants)])
+        experiment = Experiment(
+            workspace=self.workspace,
+            name=spec.name,
+            outcome_type=spec.outcome_type,
+            allocation=spec.allocation,
+            maximize=spec.maximize,
+            alpha=spec.alpha,
+            mixture_scale=spec.mixture_scale,
+            min_samples_per_variant=spec.min_samples_per_variant,
+            max_outcomes=spec.max_outcomes,
+            auto_complete=spec.auto_complete,
+            status="running",
+            min_p_values={},
+            variants=[Variant(position=i, name=n) for i, n in enumerate(spec.variants)],
+        )
         self.session.add(experiment)
         try:
             self.session.flush()
@@ -231,8 +467,11 @@ class ExperimentService:
         return experiment
 
     def get(self, experiment_id: int, lock: bool = False) -> Experiment:
-        query = (select(Experiment).where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
-                 .options(selectinload(Experiment.variants)))
+        query = (
+            select(Experiment)
+            .where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
+            .options(selectinload(Experiment.variants))
+        )
         if lock:
             query = query.with_for_update()
         experiment = self.session.scalar(query)
@@ -241,48 +480,138 @@ class ExperimentService:
         return experiment
 
     def list(self, limit: int, after_id: int = 0) -> list[Experiment]:
-        return list(self.session.scalars(
-            select(Experiment).where(Experiment.workspace == self.workspace, Experiment.id > after_id)
-            .options(selectinload(Experiment.variants)).order_by(Experiment.id).limit(limit)))
+        return list(
+            self.session.scalars(
+                select(Experiment)
+                .where(Experiment.workspace == self.workspace, Experiment.id > after_id)
+                .options(selectinload(Experiment.variants))
+                .order_by(Experiment.id)
+                .limit(limit)
+            )
+        )
 
-    def assign(self, experiment_id: int, rng: np.random.Generator | None = None) -> tuple[Experiment, str]:
-        """The variant the next unit should get; a completed experiment always answers its winner."""
-        experiment = self.get(experiment_id)
-        if experiment.status != "running":
-            return experiment, experiment.winner or experiment.variants[0].name
-        arms = self._oriented_arms(experiment)
-        index = policy_for(experiment.allocation).choose(arms.count, arms.total, arms.total_squares,
-                                                         experiment.outcome_type == "binary", rng or np.random.default_rng())
-        return experiment, arms.names[int(index)]
+    def assign(self, experiment_id: int, rng: np.random.Generator | None = None) -> tuple[Experiment | Any, str]:
+        """The variant the next unit should get (one query, O(arms)); a completed experiment answers its winner."""
+        rows = self.session.execute(
+            select(
+                Experiment.id,
+                Experiment.status,
+                Experiment.winner,
+                Experiment.allocation,
+                Experiment.outcome_type,
+                Experiment.maximize,
+                Variant.name,
+                Variant.count,
+                Variant.total,
+                Variant.total_squares,
+            )
+            .join(Variant, Variant.experiment_id == Experiment.id)
+            .where(Experiment.id == experiment_id, Experiment.workspace == self.workspace)
+            .order_by(Variant.position)
+        ).all()
+        if not rows:
+            raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
+        head = rows[0]
+        if head.status != "running":
+            return head, head.winner or head.name
+        binary = head.outcome_type == "binary"
+        arms = oriented(
+            [r.name for r in rows],
+            [r.count for r in rows],
+            [r.total for r in rows],
+            [r.total_squares for r in rows],
+            head.maximize,
+            binary,
+        )
+        index = policy_for(head.allocation).choose(
+            arms.count, arms.total, arms.total_squares, binary, rng or np.random.default_rng()
+        )
+        return head, arms.names[int(index)]
 
-    def record_outcome(self, experiment_id: int, variant_name: str, value: float, unit: str | None = None) -> ExperimentOutcome:
-        """Store one outcome, update the running sums and the always-valid p-values, maybe complete."""
-        experiment = self.get(experiment_id, lock=True)
+    def record_outcome(
+        self, experiment_id: int, variant_name: str, value: float, unit: str | None = None
+    ) -> RecordedOutcome:
+        """Append one outcome: an insert, the variant's sums incremented in SQL, this look's state, maybe complete."""
+        connection = self.session.connection()
+        experiment = connection.execute(_LOCK, {"eid": experiment_id, "ws": self.workspace}).first()
+        if experiment is None:
+            raise NotFound(f"experiment {experiment_id} not found in workspace {self.workspace!r}")
         if experiment.status != "running":
-            raise Conflict(f"experiment {experiment_id} is {experiment.status} (winner {experiment.winner!r}); "
-                           "it takes no more outcomes")
-        if experiment.outcome_type == "binary" and value not in (0, 1):
+            raise Conflict(
+                f"experiment {experiment_id} is {experiment.status} (winner {experiment.winner!r}); "
+                "it takes no more outcomes"
+            )
+        binary = experiment.outcome_type == "binary"
+        if binary and value not in (0, 1):
             raise Unprocessable(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
-        variant = next((v for v in experiment.variants if v.name == variant_name), None)
-        if variant is None:
-            raise Unprocessable(f"unknown variant {variant_name!r}; the variants are "
-                                + ", ".join(repr(v.name) for v in experiment.variants))
-        variant.count += 1
-        variant.total += float(value)
-        variant.total_squares += float(value) * float(value)
-        outcome = ExperimentOutcome(workspace=self.workspace, experiment_id=experiment.id, variant_id=variant.id,
-                                    value=float(value), unit=unit)
-        self.session.add(outcome)
-        analysis = analyse_arms(self._oriented_arms(experiment), spec_of(experiment), experiment.min_p_values)
-        experiment.min_p_values = analysis.min_p_values
-        if experiment.auto_complete and analysis.decision.decision != "continue":
-            self._complete(experiment, analysis.decision)
-        self.session.flush()
-        return outcome
+        value = float(value)
+        variant_id = connection.execute(
+            _INCREMENT, {"eid": experiment_id, "vname": variant_name, "x": value, "x2": value * value}
+        ).scalar()
+        rows = connection.execute(_ARMS, {"eid": experiment_id}).all()
+        if variant_id is None:
+            raise Unprocessable(
+                f"unknown variant {variant_name!r}; the variants are " + ", ".join(repr(r.name) for r in rows)
+            )
+        created_at = utcnow()
+        outcome_id = connection.execute(
+            _INSERT,
+            {
+                "workspace": self.workspace,
+                "experiment_id": experiment_id,
+                "variant_id": variant_id,
+                "value": value,
+                "unit": unit,
+                "created_at": created_at,
+            },
+        ).scalar()
+        spec = ExperimentSpec(
+            **{key: experiment._mapping[key] for key in _SPEC_COLUMNS}, variants=[r.name for r in rows]
+        )
+        arms = oriented(
+            spec.variants,
+            [r.count for r in rows],
+            [r.total for r in rows],
+            [r.total_squares for r in rows],
+            spec.maximize,
+            binary,
+        )
+        look, min_p = take_look(arms, spec, experiment.min_p_values or {})
+        connection.execute(_MIN_P, {"eid": experiment_id, "mp": min_p})
+        status, winner = "running", None
+        if spec.auto_complete:
+            decision = decide(arms, look, spec)
+            if decision.decision != "continue":
+                status, winner = "completed", decision.winner
+                connection.execute(
+                    update(Experiment)
+                    .where(Experiment.id == experiment_id)
+                    .values(
+                        status=status,
+                        winner=winner,
+                        decision=decision.decision,
+                        reason=decision.reason,
+                        completed_at=utcnow(),
+                    )
+                )
+        return RecordedOutcome(outcome_id, variant_name, value, unit, created_at, status, winner)
+
+    def _look(self, experiment: Experiment) -> tuple[Arms, ExperimentSpec, Look]:
+        spec = spec_of(experiment)
+        variants = experiment.variants
+        arms = oriented(
+            [v.name for v in variants],
+            [v.count for v in variants],
+            [v.total for v in variants],
+            [v.total_squares for v in variants],
+            spec.maximize,
+            spec.outcome_type == "binary",
+        )
+        return arms, spec, take_look(arms, spec, experiment.min_p_values or {})[0]
 
     def analyse(self, experiment_id: int) -> tuple[Experiment, Analysis]:
         experiment = self.get(experiment_id)
-        analysis = analyse_arms(self._oriented_arms(experiment), spec_of(experiment), experiment.min_p_values)
+        analysis = analyse_arms(*self._look(experiment))
         self._report_in_outcome_units(experiment, analysis)
         if experiment.status == "completed":
             analysis.decision = Decision(experiment.decision or "manual", experiment.winner, experiment.reason or "")
@@ -293,8 +622,9 @@ class ExperimentService:
         if experiment.status != "running":
             raise Conflict(f"experiment {experiment_id} is already {experiment.status}")
         if winner is not None and winner not in [v.name for v in experiment.variants]:
-            raise Unprocessable(f"unknown winner {winner!r}; the variants are "
-                                + ", ".join(repr(v.name) for v in experiment.variants))
+            raise Unprocessable(
+                f"unknown winner {winner!r}; the variants are " + ", ".join(repr(v.name) for v in experiment.variants)
+            )
         self._complete(experiment, Decision("manual", winner, reason or "completed by request"))
         self.session.flush()
         return experiment
@@ -302,13 +632,15 @@ class ExperimentService:
     def auto_complete_running(self) -> int:
         """Complete every running experiment whose analysis is final (the learning-cycle job); returns how many."""
         completed = 0
-        running = self.session.scalars(select(Experiment.id).where(Experiment.workspace == self.workspace,
-                                                                   Experiment.status == "running")).all()
+        running = self.session.scalars(
+            select(Experiment.id).where(Experiment.workspace == self.workspace, Experiment.status == "running")
+        ).all()
         for experiment_id in running:
             experiment = self.get(experiment_id, lock=True)
-            analysis = analyse_arms(self._oriented_arms(experiment), spec_of(experiment), experiment.min_p_values)
-            if experiment.auto_complete and analysis.decision.decision != "continue":
-                self._complete(experiment, analysis.decision)
+            arms, spec, look = self._look(experiment)
+            decision = decide(arms, look, spec)
+            if experiment.auto_complete and decision.decision != "continue":
+                self._complete(experiment, decision)
                 completed += 1
         self.session.flush()
         return completed
@@ -319,17 +651,7 @@ class ExperimentService:
         experiment.winner = decision.winner
         experiment.decision = decision.decision
         experiment.reason = decision.reason
-        experiment.completed_at = datetime.now(timezone.utc)
-
-    @staticmethod
-    def _oriented_arms(experiment: Experiment) -> Arms:
-        """Running sums with larger = better (a minimised metric is negated; binary is flipped to 1 - x)."""
-        arms = arms_from_variants(experiment.variants)
-        if experiment.maximize:
-            return arms
-        if experiment.outcome_type == "binary":
-            return Arms(arms.names, arms.count, arms.count - arms.total, arms.count - 2 * arms.total + arms.total_squares)
-        return Arms(arms.names, arms.count, -arms.total, arms.total_squares)
+        experiment.completed_at = utcnow()
 
     @staticmethod
     def _report_in_outcome_units(experiment: Experiment, analysis: Analysis) -> None:

@@ -15,10 +15,11 @@ Finch 2009, "Incremental calculation of weighted mean and variance").
   toward it by one Reptile step.
 
 Priors across domains: the per-domain priors (normalised to [0, 1] by the knobs' bounds) are combined by
-the core's Reptile update (:func:`metalab.learners.meta.outer_update.reptile_update`) after dropping outlier
+the core's Reptile update (:func:`metalab.adapt.outer_update.reptile_update`) after dropping outlier
 domains, those no other domain corroborates: a distance to the nearest other domain with a robust z-score
 (median absolute deviation) above ``outlier_z`` and larger than ``min_outlier_distance`` (a lone domain
-cannot be told from a bad record), and with diversity weights (a domain's weight is 1 / the number of domains within ``radius`` of
+cannot be told from a bad record), and with diversity weights (a domain's weight is 1 / the number of domains
+within ``radius`` of
 it, so a cluster of near-identical domains counts about once). A new governor starts from its domain's
 prior, else the combined prior, else each knob's default.
 """
@@ -34,7 +35,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from metalab.learners.meta.outer_update import reptile_update
+from metalab.adapt.outer_update import reptile_update
 from metalab.services.errors import Conflict, NotFound, Unprocessable
 from metalab.services.store.models import DomainPrior, Governor, GovernorEvent, utcnow
 
@@ -109,7 +110,7 @@ class GovernorState:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GovernorState":
+    def from_dict(cls, data: dict[str, Any]) -> GovernorState:
         data = dict(data)
         data["knobs"] = [Knob(**k) for k in data["knobs"]]
         data["settings"] = GovernorSettings(**data["settings"])
@@ -121,8 +122,11 @@ def meta_reward(telemetry: dict[str, float], weights: dict[str, float]) -> float
     missing = [k for k in ("gain", "stability", "resource") if k not in telemetry]
     if missing:
         raise Unprocessable(f"telemetry needs gain, stability and resource (missing {', '.join(missing)})")
-    return (weights.get("gain", 0.0) * telemetry["gain"] + weights.get("stability", 0.0) * telemetry["stability"]
-            - weights.get("resource", 0.0) * telemetry["resource"])
+    return (
+        weights.get("gain", 0.0) * telemetry["gain"]
+        + weights.get("stability", 0.0) * telemetry["stability"]
+        - weights.get("resource", 0.0) * telemetry["resource"]
+    )
 
 
 def propose(state: GovernorState, changes: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -183,9 +187,15 @@ class Combination:
     outliers: list[str]
 
 
-def combine_priors(current: dict[str, Any] | None, priors: dict[str, dict[str, Any]], knobs: list[Knob],
-                   step_size: float = 1.0, outlier_z: float = 3.5, radius: float = 0.1,
-                   min_outlier_distance: float = 0.2) -> Combination:
+def combine_priors(
+    current: dict[str, Any] | None,
+    priors: dict[str, dict[str, Any]],
+    knobs: list[Knob],
+    step_size: float = 1.0,
+    outlier_z: float = 3.5,
+    radius: float = 0.1,
+    min_outlier_distance: float = 0.2,
+) -> Combination:
     """One Reptile step of the cross-domain prior toward the diversity-weighted mean of the inlier domains."""
     if not priors:
         raise Conflict("no domain priors to combine yet")
@@ -200,12 +210,14 @@ def combine_priors(current: dict[str, Any] | None, priors: dict[str, dict[str, A
     close = np.linalg.norm(kept[:, None, :] - kept[None, :, :], axis=-1) <= radius
     weights = 1.0 / close.sum(axis=1)
     weights /= weights.sum()
-    start = (np.array([k.normalise(current[k.name]) for k in knobs]) if current is not None
-             else kept.mean(axis=0))
+    start = np.array([k.normalise(current[k.name]) for k in knobs]) if current is not None else kept.mean(axis=0)
     unit = reptile_update(start, kept, step_size, weights)
     kept_names = [d for d, o in zip(names, outlier) if not o]
-    return Combination({k.name: k.denormalise(u) for k, u in zip(knobs, unit)},
-                       {d: float(w) for d, w in zip(kept_names, weights)}, [d for d, o in zip(names, outlier) if o])
+    return Combination(
+        {k.name: k.denormalise(u) for k, u in zip(knobs, unit)},
+        {d: float(w) for d, w in zip(kept_names, weights)},
+        [d for d, o in zip(names, outlier) if o],
+    )
 
 
 class GovernorService:
@@ -215,8 +227,14 @@ class GovernorService:
     def _prior(self, domain: str) -> DomainPrior | None:
         return self.session.get(DomainPrior, (self.workspace, domain))
 
-    def create(self, name: str, domain: str, knobs: list[Knob], settings: GovernorSettings,
-               values: dict[str, Any] | None = None) -> Governor:
+    def create(
+        self,
+        name: str,
+        domain: str,
+        knobs: list[Knob],
+        settings: GovernorSettings,
+        values: dict[str, Any] | None = None,
+    ) -> Governor:
         if not knobs or len({k.name for k in knobs}) != len(knobs):
             raise Unprocessable("a governor needs at least one knob, with distinct names")
         start = {k.name: k.initial() for k in knobs}
@@ -237,8 +255,9 @@ class GovernorService:
         return governor
 
     def get(self, governor_id: int) -> tuple[Governor, GovernorState]:
-        found = self.session.scalar(select(Governor).where(Governor.id == governor_id, Governor.workspace == self.workspace)
-                                    .with_for_update())
+        found = self.session.scalar(
+            select(Governor).where(Governor.id == governor_id, Governor.workspace == self.workspace).with_for_update()
+        )
         if found is None:
             raise NotFound(f"governor {governor_id} not found in workspace {self.workspace!r}")
         return found, GovernorState.from_dict(found.state)
@@ -246,16 +265,28 @@ class GovernorService:
     def _save(self, governor: Governor, state: GovernorState, kind: str | None, details: dict[str, Any]) -> None:
         governor.state = state.as_dict()
         if kind is not None:
-            self.session.add(GovernorEvent(workspace=self.workspace, governor_id=governor.id, update_index=state.updates,
-                                           kind=kind, values=dict(state.values), details=details))
+            self.session.add(
+                GovernorEvent(
+                    workspace=self.workspace,
+                    governor_id=governor.id,
+                    update_index=state.updates,
+                    kind=kind,
+                    values=dict(state.values),
+                    details=details,
+                )
+            )
         self.session.flush()
 
     def change(self, governor_id: int, changes: dict[str, Any], reason: str = "") -> tuple[GovernorState, list[str]]:
         governor, state = self.get(governor_id)
         before = dict(state.values)
         values, clamped = propose(state, changes)
-        self._save(governor, state, "change" if values != before else None,
-                   {"reason": reason, "clamped": clamped, "before": before})
+        self._save(
+            governor,
+            state,
+            "change" if values != before else None,
+            {"reason": reason, "clamped": clamped, "before": before},
+        )
         return state, clamped
 
     def telemetry(self, governor_id: int, telemetry: dict[str, float]) -> tuple[GovernorState, float, str]:
@@ -274,8 +305,15 @@ class GovernorService:
         knobs = state.knobs
         good = np.array([[k.normalise(state.good_values[k.name]) for k in knobs]])
         if prior is None or sorted(prior.values) != sorted(k.name for k in knobs):
-            self.session.add(DomainPrior(workspace=self.workspace, domain=domain, knobs=[asdict(k) for k in knobs],
-                                         values=dict(state.good_values), updates=1))
+            self.session.add(
+                DomainPrior(
+                    workspace=self.workspace,
+                    domain=domain,
+                    knobs=[asdict(k) for k in knobs],
+                    values=dict(state.good_values),
+                    updates=1,
+                )
+            )
         else:
             start = np.array([k.normalise(prior.values[k.name]) for k in knobs])
             unit = reptile_update(start, good, state.settings.prior_step)
@@ -286,9 +324,14 @@ class GovernorService:
 
     def events(self, governor_id: int, limit: int = 100, after_id: int = 0) -> list[GovernorEvent]:
         governor, _ = self.get(governor_id)
-        return list(self.session.scalars(select(GovernorEvent).where(GovernorEvent.governor_id == governor.id,
-                                                                     GovernorEvent.id > after_id)
-                                         .order_by(GovernorEvent.id).limit(limit)))
+        return list(
+            self.session.scalars(
+                select(GovernorEvent)
+                .where(GovernorEvent.governor_id == governor.id, GovernorEvent.id > after_id)
+                .order_by(GovernorEvent.id)
+                .limit(limit)
+            )
+        )
 
     def set_prior(self, domain: str, knobs: list[Knob], values: dict[str, Any]) -> DomainPrior:
         if domain == GLOBAL_PRIOR:
@@ -296,7 +339,9 @@ class GovernorService:
         prior = self._prior(domain)
         clamped = {k.name: k.clamp(values.get(k.name, k.initial())) for k in knobs}
         if prior is None:
-            prior = DomainPrior(workspace=self.workspace, domain=domain, knobs=[asdict(k) for k in knobs], values=clamped)
+            prior = DomainPrior(
+                workspace=self.workspace, domain=domain, knobs=[asdict(k) for k in knobs], values=clamped
+            )
             self.session.add(prior)
         else:
             prior.knobs, prior.values, prior.updated_at = [asdict(k) for k in knobs], clamped, utcnow()
@@ -304,23 +349,37 @@ class GovernorService:
         return prior
 
     def priors(self) -> list[DomainPrior]:
-        return list(self.session.scalars(select(DomainPrior).where(DomainPrior.workspace == self.workspace)
-                                         .order_by(DomainPrior.domain)))
+        return list(
+            self.session.scalars(
+                select(DomainPrior).where(DomainPrior.workspace == self.workspace).order_by(DomainPrior.domain)
+            )
+        )
 
     def combine(self, step_size: float = 1.0) -> Combination:
         """Update the combined prior ``*`` from the domains sharing the knobs of the most common knob set."""
         domains = [p for p in self.priors() if p.domain != GLOBAL_PRIOR]
         if not domains:
             raise Conflict("no domain priors to combine yet")
-        signature = max({tuple(sorted(v["name"] for v in p.knobs)) for p in domains},
-                        key=lambda s: sum(tuple(sorted(v["name"] for v in p.knobs)) == s for p in domains))
+        signature = max(
+            {tuple(sorted(v["name"] for v in p.knobs)) for p in domains},
+            key=lambda s: sum(tuple(sorted(v["name"] for v in p.knobs)) == s for p in domains),
+        )
         same = [p for p in domains if tuple(sorted(v["name"] for v in p.knobs)) == signature]
         knobs = [Knob(**k) for k in same[0].knobs]
         current = self._prior(GLOBAL_PRIOR)
-        result = combine_priors(current.values if current else None, {p.domain: p.values for p in same}, knobs, step_size)
+        result = combine_priors(
+            current.values if current else None, {p.domain: p.values for p in same}, knobs, step_size
+        )
         if current is None:
-            self.session.add(DomainPrior(workspace=self.workspace, domain=GLOBAL_PRIOR, knobs=[asdict(k) for k in knobs],
-                                         values=result.values, updates=1))
+            self.session.add(
+                DomainPrior(
+                    workspace=self.workspace,
+                    domain=GLOBAL_PRIOR,
+                    knobs=[asdict(k) for k in knobs],
+                    values=result.values,
+                    updates=1,
+                )
+            )
         else:
             current.values, current.updates, current.updated_at = result.values, current.updates + 1, utcnow()
         self.session.flush()

@@ -59,8 +59,10 @@ def node(kind: str, key: object) -> str:
 def parse_node(text: str) -> tuple[str, str]:
     match = NODE.match(text)
     if match is None:
-        raise Unprocessable(f"node {text!r} must be 'kind:key' (kind lowercase letters and '_', key letters, digits, "
-                            "'_', '.', '-', at most 150 characters)")
+        raise Unprocessable(
+            f"node {text!r} must be 'kind:key' (kind lowercase letters and '_', key letters, digits, "
+            "'_', '.', '-', at most 150 characters)"
+        )
     return match["kind"], match["key"]
 
 
@@ -70,8 +72,13 @@ def build_graph(edges: list[Edge]) -> nx.MultiDiGraph:
     for e in edges:
         for end in (e.source, e.target):
             graph.add_node(end, kind=parse_node(end)[0])
-        graph.add_edge(e.source, e.target, key=e.relation, relation=e.relation,
-                       **{k: v for k, v in e.attributes.items() if isinstance(v, (str, int, float, bool))})
+        graph.add_edge(
+            e.source,
+            e.target,
+            key=e.relation,
+            relation=e.relation,
+            **{k: v for k, v in e.attributes.items() if isinstance(v, (str, int, float, bool))},
+        )
     return graph
 
 
@@ -123,8 +130,11 @@ class KnowledgeGraphService:
         model = STORED_KINDS.get(kind)
         if model is None:
             return
-        found = key.isdigit() and self.session.scalar(
-            select(model.id).where(model.id == int(key), model.workspace == self.workspace)) is not None
+        found = (
+            key.isdigit()
+            and self.session.scalar(select(model.id).where(model.id == int(key), model.workspace == self.workspace))
+            is not None
+        )
         if not found:
             raise NotFound(f"{kind} {key} not found in workspace {self.workspace!r}")
 
@@ -135,26 +145,36 @@ class KnowledgeGraphService:
         source_kind, target_kind = RELATIONS[relation]
         self._check_node(source, source_kind, relation)
         self._check_node(target, target_kind, relation)
-        existing = self.session.scalar(select(GraphEdge).where(
-            GraphEdge.workspace == self.workspace, GraphEdge.source == source, GraphEdge.relation == relation,
-            GraphEdge.target == target))
+        existing = self.session.scalar(
+            select(GraphEdge).where(
+                GraphEdge.workspace == self.workspace,
+                GraphEdge.source == source,
+                GraphEdge.relation == relation,
+                GraphEdge.target == target,
+            )
+        )
         if existing is not None:
             return existing
-        edge = GraphEdge(workspace=self.workspace, source=source, relation=relation, target=target,
-                         attributes=attributes or {})
+        edge = GraphEdge(
+            workspace=self.workspace, source=source, relation=relation, target=target, attributes=attributes or {}
+        )
         self.session.add(edge)
         self.session.flush()
         return edge
 
     def set_only_source(self, target: str, relation: str, source: str) -> None:
         """Make ``source`` the only ``relation`` edge into ``target`` (a profile has one best strategy)."""
-        self.session.execute(delete(GraphEdge).where(GraphEdge.workspace == self.workspace,
-                                                     GraphEdge.relation == relation, GraphEdge.target == target))
+        self.session.execute(
+            delete(GraphEdge).where(
+                GraphEdge.workspace == self.workspace, GraphEdge.relation == relation, GraphEdge.target == target
+            )
+        )
         self.add(source, relation, target)
 
     def edges(self) -> list[Edge]:
-        rows = self.session.scalars(select(GraphEdge).where(GraphEdge.workspace == self.workspace)
-                                    .order_by(GraphEdge.id))
+        rows = self.session.scalars(
+            select(GraphEdge).where(GraphEdge.workspace == self.workspace).order_by(GraphEdge.id)
+        )
         return [Edge(r.source, r.relation, r.target, r.attributes) for r in rows]
 
     def graph(self) -> nx.MultiDiGraph:

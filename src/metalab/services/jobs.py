@@ -8,17 +8,26 @@ recorded in ``job_runs``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from metalab.services.experiments import ExperimentService
 from metalab.services.patterns import PatternService
-from metalab.services.store.models import (Evaluation, Experiment, ExperimentOutcome, IdempotencyRecord, JobRun,
-                                           Recommendation, Workspace, utcnow)
+from metalab.services.store.models import (
+    Evaluation,
+    Experiment,
+    ExperimentOutcome,
+    IdempotencyRecord,
+    JobRun,
+    Recommendation,
+    Workspace,
+    utcnow,
+)
 from metalab.services.trust import TrustService
 
 
@@ -39,29 +48,42 @@ def refresh_patterns(session: Session, workspace: str, retention: RetentionPolic
 def learning_cycle(session: Session, workspace: str, retention: RetentionPolicy) -> dict[str, Any]:
     """Complete experiments whose analysis is final, then recompute trust and patterns."""
     completed = ExperimentService(session, workspace).auto_complete_running()
-    return {"experiments_completed": completed, **recompute_trust(session, workspace, retention),
-            **refresh_patterns(session, workspace, retention)}
+    return {
+        "experiments_completed": completed,
+        **recompute_trust(session, workspace, retention),
+        **refresh_patterns(session, workspace, retention),
+    }
 
 
 def retention_cleanup(session: Session, workspace: str, retention: RetentionPolicy) -> dict[str, Any]:
     now = utcnow()
     key_cutoff = now - timedelta(days=retention.idempotency_days)
     record_cutoff = now - timedelta(days=retention.records_days)
-    old_recommendations = select(Recommendation.id).where(Recommendation.workspace == workspace,
-                                                          Recommendation.created_at < record_cutoff)
+    old_recommendations = select(Recommendation.id).where(
+        Recommendation.workspace == workspace, Recommendation.created_at < record_cutoff
+    )
     completed = select(Experiment.id).where(Experiment.workspace == workspace, Experiment.status == "completed")
     counts = {
-        "idempotency_keys": session.execute(delete(IdempotencyRecord).where(
-            IdempotencyRecord.workspace == workspace, IdempotencyRecord.created_at < key_cutoff)).rowcount,
-        "evaluations": session.execute(delete(Evaluation).where(
-            Evaluation.recommendation_id.in_(old_recommendations))).rowcount,
-        "recommendations": session.execute(delete(Recommendation).where(
-            Recommendation.id.in_(old_recommendations))).rowcount,
+        "idempotency_keys": session.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.workspace == workspace, IdempotencyRecord.created_at < key_cutoff
+            )
+        ).rowcount,
+        "evaluations": session.execute(
+            delete(Evaluation).where(Evaluation.recommendation_id.in_(old_recommendations))
+        ).rowcount,
+        "recommendations": session.execute(
+            delete(Recommendation).where(Recommendation.id.in_(old_recommendations))
+        ).rowcount,
         # the variants keep their running sums, so a completed experiment's analysis survives
-        "experiment_outcomes": session.execute(delete(ExperimentOutcome).where(
-            ExperimentOutcome.experiment_id.in_(completed), ExperimentOutcome.created_at < record_cutoff)).rowcount,
-        "job_runs": session.execute(delete(JobRun).where(JobRun.workspace == workspace,
-                                                         JobRun.finished_at < record_cutoff)).rowcount,
+        "experiment_outcomes": session.execute(
+            delete(ExperimentOutcome).where(
+                ExperimentOutcome.experiment_id.in_(completed), ExperimentOutcome.created_at < record_cutoff
+            )
+        ).rowcount,
+        "job_runs": session.execute(
+            delete(JobRun).where(JobRun.workspace == workspace, JobRun.finished_at < record_cutoff)
+        ).rowcount,
     }
     return counts
 
@@ -74,8 +96,12 @@ JOBS: dict[str, Callable[[Session, str, RetentionPolicy], dict[str, Any]]] = {
 }
 
 
-def run_job(name: str, sessions: sessionmaker[Session], workspaces: list[str] | None = None,
-            retention: RetentionPolicy | None = None) -> dict[str, dict[str, Any]]:
+def run_job(
+    name: str,
+    sessions: sessionmaker[Session],
+    workspaces: list[str] | None = None,
+    retention: RetentionPolicy | None = None,
+) -> dict[str, dict[str, Any]]:
     """Run job ``name`` for each workspace (all in the store by default), one transaction per workspace."""
     job = JOBS[name]
     retention = retention or RetentionPolicy()

@@ -18,8 +18,9 @@ A new recommendation is predicted by the most confident pattern it meets (none: 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from scipy import stats
 from sqlalchemy import delete, select
@@ -41,7 +42,8 @@ class PatternConfig:
 
 @dataclass(frozen=True)
 class RecordView:
-    """The parts of a recommendation patterns look at; ``agreeing_agents`` counts distinct agents with the same (subject, action)."""
+    """The parts of a recommendation patterns look at; ``agreeing_agents`` counts distinct agents with the same
+    (subject, action)."""
 
     agent: str
     kind: str
@@ -86,8 +88,15 @@ def _wilson_low(successes: int, n: int) -> float:
     return float(stats.binomtest(successes, n).proportion_ci(0.95, method="wilson").low)
 
 
-def _pattern(kind: str, condition: dict, description: str, members: list[RecordView], total: int,
-             config: PatternConfig, direction: bool | None = None) -> FoundPattern | None:
+def _pattern(
+    kind: str,
+    condition: dict,
+    description: str,
+    members: list[RecordView],
+    total: int,
+    config: PatternConfig,
+    direction: bool | None = None,
+) -> FoundPattern | None:
     n = len(members)
     if n < config.min_support:
         return None
@@ -108,12 +117,22 @@ def discover(records: list[RecordView], config: PatternConfig | None = None) -> 
     if total == 0:
         return []
     found = [
-        _pattern("high_confidence", {"min_confidence": config.high_confidence},
-                 f"stated confidence >= {config.high_confidence}",
-                 [r for r in records if r.confidence >= config.high_confidence], total, config),
-        _pattern("consensus", {"min_agents": config.consensus_agents},
-                 f"{config.consensus_agents} or more agents recommend the same action on the same subject",
-                 [r for r in records if r.agreeing_agents >= config.consensus_agents], total, config),
+        _pattern(
+            "high_confidence",
+            {"min_confidence": config.high_confidence},
+            f"stated confidence >= {config.high_confidence}",
+            [r for r in records if r.confidence >= config.high_confidence],
+            total,
+            config,
+        ),
+        _pattern(
+            "consensus",
+            {"min_agents": config.consensus_agents},
+            f"{config.consensus_agents} or more agents recommend the same action on the same subject",
+            [r for r in records if r.agreeing_agents >= config.consensus_agents],
+            total,
+            config,
+        ),
     ]
     by_agent: dict[str, list[RecordView]] = defaultdict(list)
     by_action: dict[tuple[str, str], list[RecordView]] = defaultdict(list)
@@ -123,16 +142,43 @@ def discover(records: list[RecordView], config: PatternConfig | None = None) -> 
             by_action[(r.kind, r.action)].append(r)
     for agent, members in sorted(by_agent.items()):
         if sum(bool(r.success) for r in members) / len(members) >= config.expert_approval:
-            found.append(_pattern("expert_opinion", {"agent": agent}, f"recommended by {agent!r}, approval rate >= "
-                                  f"{config.expert_approval}", members, total, config, direction=True))
+            found.append(
+                _pattern(
+                    "expert_opinion",
+                    {"agent": agent},
+                    f"recommended by {agent!r}, approval rate >= {config.expert_approval}",
+                    members,
+                    total,
+                    config,
+                    direction=True,
+                )
+            )
     for (kind, action), members in sorted(by_action.items()):
         rate = sum(bool(r.success) for r in members) / len(members)
         if rate >= config.indicator_rate:
-            found.append(_pattern("success_indicator", {"type": kind, "action": action},
-                                  f"{kind}/{action} usually succeeds", members, total, config, direction=True))
+            found.append(
+                _pattern(
+                    "success_indicator",
+                    {"type": kind, "action": action},
+                    f"{kind}/{action} usually succeeds",
+                    members,
+                    total,
+                    config,
+                    direction=True,
+                )
+            )
         elif rate <= config.avoidance_rate:
-            found.append(_pattern("failure_avoidance", {"type": kind, "action": action},
-                                  f"{kind}/{action} usually fails: avoid", members, total, config, direction=False))
+            found.append(
+                _pattern(
+                    "failure_avoidance",
+                    {"type": kind, "action": action},
+                    f"{kind}/{action} usually fails: avoid",
+                    members,
+                    total,
+                    config,
+                    direction=False,
+                )
+            )
     return [p for p in found if p is not None]
 
 
@@ -150,8 +196,12 @@ def accuracy_and_coverage(records: list[RecordView], patterns: list[FoundPattern
         if pattern is not None:
             covered += 1
             correct += pattern.predicts_success == bool(r.success)
-    return {"coverage": covered / len(records) if records else 0.0,
-            "accuracy": correct / covered if covered else 0.0, "covered": covered, "records": len(records)}
+    return {
+        "coverage": covered / len(records) if records else 0.0,
+        "accuracy": correct / covered if covered else 0.0,
+        "covered": covered,
+        "records": len(records),
+    }
 
 
 class PatternService:
@@ -164,13 +214,29 @@ class PatternService:
 
     def _views(self, evaluated_only: bool) -> list[RecordView]:
         rows = self.session.execute(
-            select(Recommendation.agent, Recommendation.kind, Recommendation.action, Recommendation.subject,
-                   Recommendation.confidence, Evaluation.success)
+            select(
+                Recommendation.agent,
+                Recommendation.kind,
+                Recommendation.action,
+                Recommendation.subject,
+                Recommendation.confidence,
+                Evaluation.success,
+            )
             .outerjoin(Evaluation, Evaluation.recommendation_id == Recommendation.id)
-            .where(Recommendation.workspace == self.workspace)).all()
+            .where(Recommendation.workspace == self.workspace)
+        ).all()
         counts = agreeing_agents((a, s, act) for a, _, act, s, _, _ in rows)
-        views = [RecordView(a, k, act, c, counts.get((s, act), 1) if s is not None and act is not None else 1,
-                            None if ok is None else bool(ok)) for a, k, act, s, c, ok in rows]
+        views = [
+            RecordView(
+                a,
+                k,
+                act,
+                c,
+                counts.get((s, act), 1) if s is not None and act is not None else 1,
+                None if ok is None else bool(ok),
+            )
+            for a, k, act, s, c, ok in rows
+        ]
         return [v for v in views if v.success is not None] if evaluated_only else views
 
     def refresh(self) -> list[FoundPattern]:
@@ -179,16 +245,38 @@ class PatternService:
         self.session.execute(delete(Pattern).where(Pattern.workspace == self.workspace))
         now = utcnow()
         for p in found:
-            self.session.add(Pattern(workspace=self.workspace, kind=p.kind, condition=p.condition, description=p.description,
-                                     predicts_success=p.predicts_success, success_rate=p.success_rate,
-                                     frequency=p.frequency, support=p.support, confidence=p.confidence, computed_at=now))
+            self.session.add(
+                Pattern(
+                    workspace=self.workspace,
+                    kind=p.kind,
+                    condition=p.condition,
+                    description=p.description,
+                    predicts_success=p.predicts_success,
+                    success_rate=p.success_rate,
+                    frequency=p.frequency,
+                    support=p.support,
+                    confidence=p.confidence,
+                    computed_at=now,
+                )
+            )
         self.session.flush()
         return found
 
     def stored(self) -> list[FoundPattern]:
         rows = self.session.scalars(select(Pattern).where(Pattern.workspace == self.workspace).order_by(Pattern.id))
-        return [FoundPattern(p.kind, p.condition, p.description, p.predicts_success, p.success_rate, p.frequency,
-                             p.support, p.confidence) for p in rows]
+        return [
+            FoundPattern(
+                p.kind,
+                p.condition,
+                p.description,
+                p.predicts_success,
+                p.success_rate,
+                p.frequency,
+                p.support,
+                p.confidence,
+            )
+            for p in rows
+        ]
 
     def model_quality(self) -> dict[str, float]:
         """Accuracy and coverage of the stored patterns on the evaluated recommendations (in-sample)."""
@@ -197,9 +285,22 @@ class PatternService:
     def predict_for(self, recommendation: Recommendation) -> FoundPattern | None:
         agreeing = 1
         if recommendation.subject is not None and recommendation.action is not None:
-            agreeing = len(set(self.session.scalars(select(Recommendation.agent).where(
-                Recommendation.workspace == self.workspace, Recommendation.subject == recommendation.subject,
-                Recommendation.action == recommendation.action))))
-        view = RecordView(recommendation.agent, recommendation.kind, recommendation.action, recommendation.confidence,
-                          max(agreeing, 1))
+            agreeing = len(
+                set(
+                    self.session.scalars(
+                        select(Recommendation.agent).where(
+                            Recommendation.workspace == self.workspace,
+                            Recommendation.subject == recommendation.subject,
+                            Recommendation.action == recommendation.action,
+                        )
+                    )
+                )
+            )
+        view = RecordView(
+            recommendation.agent,
+            recommendation.kind,
+            recommendation.action,
+            recommendation.confidence,
+            max(agreeing, 1),
+        )
         return predict(view, self.stored())

@@ -81,8 +81,9 @@ def _split(n: int, config: PredictorConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[calibration:]), np.sort(order[:calibration])
 
 
-def fit_predict(features: np.ndarray, targets: dict[str, np.ndarray], new: np.ndarray,
-                config: PredictorConfig) -> list[Prediction]:
+def fit_predict(
+    features: np.ndarray, targets: dict[str, np.ndarray], new: np.ndarray, config: PredictorConfig
+) -> list[Prediction]:
     """Predictions for the rows of ``new`` [m, d] from a library ``features`` [n, d] with ``targets`` {name: [n]}."""
     n = len(features)
     if n < config.min_jobs:
@@ -93,7 +94,9 @@ def fit_predict(features: np.ndarray, targets: dict[str, np.ndarray], new: np.nd
     estimates, intervals = {}, {}
     for name in TARGETS:
         y = np.log(targets[name]) if name in LOG_TARGETS else targets[name]
-        model = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=config.k)).fit(features[train], y[train])
+        model = make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=config.k)).fit(
+            features[train], y[train]
+        )
         conformal = SplitConformalRegressor(model, confidence_level=config.confidence, prefit=True)
         conformal.conformalize(features[calibration], y[calibration])
         point, bounds = conformal.predict_interval(new)
@@ -105,7 +108,9 @@ def fit_predict(features: np.ndarray, targets: dict[str, np.ndarray], new: np.nd
     return [_prediction(i, estimates, intervals, distance, n, len(calibration), config) for i in range(len(new))]
 
 
-def _neighbour_distance(train: np.ndarray, calibration: np.ndarray, new: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+def _neighbour_distance(
+    train: np.ndarray, calibration: np.ndarray, new: np.ndarray, k: int
+) -> tuple[np.ndarray, float]:
     """Mean distance of each new job to its k neighbours, and the 95th percentile of it among calibration jobs."""
     scaler = StandardScaler().fit(train)
     knn = KNeighborsRegressor(n_neighbors=k).fit(scaler.transform(train), np.zeros(len(train)))
@@ -114,8 +119,15 @@ def _neighbour_distance(train: np.ndarray, calibration: np.ndarray, new: np.ndar
     return new_distance, float(np.quantile(calibration_distance, 0.95))
 
 
-def _prediction(i: int, estimates: dict, intervals: dict, distance: tuple[np.ndarray, float], n: int,
-                calibration: int, config: PredictorConfig) -> Prediction:
+def _prediction(
+    i: int,
+    estimates: dict,
+    intervals: dict,
+    distance: tuple[np.ndarray, float],
+    n: int,
+    calibration: int,
+    config: PredictorConfig,
+) -> Prediction:
     estimate = {name: float(estimates[name][i]) for name in TARGETS}
     interval = {name: (float(intervals[name][0][i]), float(intervals[name][1][i])) for name in TARGETS}
     interval["error_rate"] = (max(0.0, interval["error_rate"][0]), min(1.0, interval["error_rate"][1]))
@@ -129,8 +141,9 @@ def _prediction(i: int, estimates: dict, intervals: dict, distance: tuple[np.nda
         flags.append("uncertain_duration")
     if n < config.small_library:
         flags.append("small_library")
-    return Prediction(estimate, interval, interval["resources"][1], flags, config.k, n, calibration,
-                      float(distance[0][i]))
+    return Prediction(
+        estimate, interval, interval["resources"][1], flags, config.k, n, calibration, float(distance[0][i])
+    )
 
 
 class PredictorService:
@@ -141,43 +154,61 @@ class PredictorService:
         self.config = config or PredictorConfig()
 
     def feature_names(self) -> list[str] | None:
-        first = self.session.scalar(select(CompletedJob.features).where(CompletedJob.workspace == self.workspace).limit(1))
+        first = self.session.scalar(
+            select(CompletedJob.features).where(CompletedJob.workspace == self.workspace).limit(1)
+        )
         return None if first is None else sorted(first)
 
     def _check_features(self, features: dict[str, float]) -> None:
         names = self.feature_names()
         if names is not None and sorted(features) != names:
-            raise Unprocessable(f"profile vectors of this workspace have the features {', '.join(names)}; "
-                                f"got {', '.join(sorted(features))}")
+            raise Unprocessable(
+                f"profile vectors of this workspace have the features {', '.join(names)}; "
+                f"got {', '.join(sorted(features))}"
+            )
 
-    def record(self, features: dict[str, float], duration_s: float, error_rate: float, resources: float) -> CompletedJob:
+    def record(
+        self, features: dict[str, float], duration_s: float, error_rate: float, resources: float
+    ) -> CompletedJob:
         self._check_features(features)
         if duration_s <= 0 or resources <= 0 or not 0 <= error_rate <= 1:
             raise Unprocessable("duration_s and resources must be > 0 and error_rate in [0, 1]")
-        job = CompletedJob(workspace=self.workspace, features={k: float(v) for k, v in features.items()},
-                           duration_s=duration_s, error_rate=error_rate, resources=resources)
+        job = CompletedJob(
+            workspace=self.workspace,
+            features={k: float(v) for k, v in features.items()},
+            duration_s=duration_s,
+            error_rate=error_rate,
+            resources=resources,
+        )
         self.session.add(job)
         self.session.flush()
         return job
 
     def count(self) -> int:
-        return int(self.session.scalar(select(func.count()).select_from(CompletedJob)
-                                       .where(CompletedJob.workspace == self.workspace)))
+        return int(
+            self.session.scalar(
+                select(func.count()).select_from(CompletedJob).where(CompletedJob.workspace == self.workspace)
+            )
+        )
 
     def predict(self, features: dict[str, float], k: int | None = None, confidence: float | None = None) -> Prediction:
         config = self.config
         if k is not None or confidence is not None:
-            config = PredictorConfig(**{**config.__dict__, **({"k": k} if k else {}),
-                                        **({"confidence": confidence} if confidence else {})})
+            config = PredictorConfig(
+                **{**config.__dict__, **({"k": k} if k else {}), **({"confidence": confidence} if confidence else {})}
+            )
         names = self.feature_names()
         if names is None:
             raise Conflict(f"the predictor needs at least {config.min_jobs} completed jobs; this workspace has 0")
         self._check_features(features)
-        rows = self.session.execute(select(CompletedJob.features, CompletedJob.duration_s, CompletedJob.error_rate,
-                                           CompletedJob.resources).where(CompletedJob.workspace == self.workspace)
-                                    .order_by(CompletedJob.id)).all()
+        rows = self.session.execute(
+            select(CompletedJob.features, CompletedJob.duration_s, CompletedJob.error_rate, CompletedJob.resources)
+            .where(CompletedJob.workspace == self.workspace)
+            .order_by(CompletedJob.id)
+        ).all()
         library = np.array([[r[0][name] for name in names] for r in rows], dtype=np.float64)
-        targets: dict[str, Any] = {name: np.array([r[i + 1] for r in rows], dtype=np.float64)
-                                   for i, name in enumerate(TARGETS)}
+        targets: dict[str, Any] = {
+            name: np.array([r[i + 1] for r in rows], dtype=np.float64) for i, name in enumerate(TARGETS)
+        }
         new = np.array([[features[name] for name in names]], dtype=np.float64)
         return fit_predict(library, targets, new, config)[0]

@@ -21,8 +21,9 @@ Recommendation: continue monitoring / retrain soon / retrain now. A critical che
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from scipy import stats
@@ -86,8 +87,16 @@ def feature_drift(name: str, reference: np.ndarray, recent: np.ndarray, bins: in
     ks = stats.ks_2samp(recent, reference)
     psi = population_stability_index(reference, recent, bins)
     t_p = float(t.pvalue) if np.isfinite(t.pvalue) else (1.0 if np.mean(recent) == np.mean(reference) else 0.0)
-    return FeatureDrift(name, float(np.mean(recent) - np.mean(reference)), float(np.nan_to_num(t.statistic)), t_p,
-                        float(ks.statistic), float(ks.pvalue), psi, max(float(ks.statistic), 1.0 - float(np.exp(-psi))))
+    return FeatureDrift(
+        name,
+        float(np.mean(recent) - np.mean(reference)),
+        float(np.nan_to_num(t.statistic)),
+        t_p,
+        float(ks.statistic),
+        float(ks.pvalue),
+        psi,
+        max(float(ks.statistic), 1.0 - float(np.exp(-psi))),
+    )
 
 
 def drift_report(reference: dict[str, list[float]], recent: dict[str, list[float]], config: DriftConfig) -> DriftReport:
@@ -98,8 +107,10 @@ def drift_report(reference: dict[str, list[float]], recent: dict[str, list[float
     short = [f for f in reference if len(recent[f]) < config.min_samples]
     if short:
         raise Unprocessable(f"at least {config.min_samples} recent values per feature are needed ({', '.join(short)})")
-    features = [feature_drift(f, np.asarray(reference[f], dtype=float), np.asarray(recent[f], dtype=float), config.bins)
-                for f in sorted(reference)]
+    features = [
+        feature_drift(f, np.asarray(reference[f], dtype=float), np.asarray(recent[f], dtype=float), config.bins)
+        for f in sorted(reference)
+    ]
     worst = max(features, key=lambda d: d.score)
     threshold = config.alpha / (2 * len(features))
     significant = min(min(d.t_p_value, d.ks_p_value) for d in features) < threshold
@@ -117,16 +128,33 @@ class RetrainHook(Protocol):
 
 
 class ModelRegistryService:
-    def __init__(self, session: Session, workspace: str, config: DriftConfig | None = None,
-                 retrain_hooks: list[RetrainHook] | None = None):
+    def __init__(
+        self,
+        session: Session,
+        workspace: str,
+        config: DriftConfig | None = None,
+        retrain_hooks: list[RetrainHook] | None = None,
+    ):
         self.session, self.workspace = session, workspace
         self.config = config or DriftConfig()
         self.retrain_hooks: list[Callable[..., None]] = list(retrain_hooks or [])
 
-    def _record(self, model: str, kind: str, from_version: str | None = None, to_version: str | None = None,
-                details: dict[str, Any] | None = None) -> ModelEvent:
-        event = ModelEvent(workspace=self.workspace, model=model, kind=kind, from_version=from_version,
-                           to_version=to_version, details=details or {})
+    def _record(
+        self,
+        model: str,
+        kind: str,
+        from_version: str | None = None,
+        to_version: str | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> ModelEvent:
+        event = ModelEvent(
+            workspace=self.workspace,
+            model=model,
+            kind=kind,
+            from_version=from_version,
+            to_version=to_version,
+            details=details or {},
+        )
         self.session.add(event)
         return event
 
@@ -137,27 +165,48 @@ class ModelRegistryService:
         return found
 
     def version(self, name: str, version: str) -> ModelVersion:
-        found = self.session.scalar(select(ModelVersion).where(ModelVersion.workspace == self.workspace,
-                                                               ModelVersion.model == name, ModelVersion.version == version))
+        found = self.session.scalar(
+            select(ModelVersion).where(
+                ModelVersion.workspace == self.workspace, ModelVersion.model == name, ModelVersion.version == version
+            )
+        )
         if found is None:
             raise NotFound(f"model {name!r} has no version {version!r} in workspace {self.workspace!r}")
         return found
 
     def versions(self, name: str) -> list[ModelVersion]:
         self.model(name)
-        return list(self.session.scalars(select(ModelVersion).where(ModelVersion.workspace == self.workspace,
-                                                                    ModelVersion.model == name).order_by(ModelVersion.id)))
+        return list(
+            self.session.scalars(
+                select(ModelVersion)
+                .where(ModelVersion.workspace == self.workspace, ModelVersion.model == name)
+                .order_by(ModelVersion.id)
+            )
+        )
 
-    def register(self, name: str, version: str, metrics: dict[str, float], artifact: str,
-                 reference: dict[str, list[float]], activate: bool = True) -> ModelVersion:
+    def register(
+        self,
+        name: str,
+        version: str,
+        metrics: dict[str, float],
+        artifact: str,
+        reference: dict[str, list[float]],
+        activate: bool = True,
+    ) -> ModelVersion:
         if any(len(v) > MAX_REFERENCE or len(v) < self.config.min_samples for v in reference.values()):
             raise Unprocessable(f"each reference feature needs {self.config.min_samples} to {MAX_REFERENCE} values")
         registered = self.session.get(RegisteredModel, (self.workspace, name))
         if registered is None:
             registered = RegisteredModel(workspace=self.workspace, name=name)
             self.session.add(registered)
-        entry = ModelVersion(workspace=self.workspace, model=name, version=version, metrics=metrics, artifact=artifact,
-                             reference=reference)
+        entry = ModelVersion(
+            workspace=self.workspace,
+            model=name,
+            version=version,
+            metrics=metrics,
+            artifact=artifact,
+            reference=reference,
+        )
         self.session.add(entry)
         try:
             self.session.flush()
@@ -179,8 +228,12 @@ class ModelRegistryService:
         """Drift of recent inputs against the active version's reference; critical -> retrain hook."""
         current = self.active(name)
         report = drift_report(current.reference, recent, self.config)
-        self._record(name, "drift_check", to_version=current.version,
-                     details={"score": report.score, "level": report.level, "recommendation": report.recommendation})
+        self._record(
+            name,
+            "drift_check",
+            to_version=current.version,
+            details={"score": report.score, "level": report.level, "recommendation": report.recommendation},
+        )
         if report.level == "critical":
             self._record(name, "retrain_requested", to_version=current.version, details={"score": report.score})
             for hook in self.retrain_hooks:
@@ -201,6 +254,11 @@ class ModelRegistryService:
 
     def events(self, name: str, limit: int = 100, after_id: int = 0) -> list[ModelEvent]:
         self.model(name)
-        return list(self.session.scalars(select(ModelEvent).where(ModelEvent.workspace == self.workspace,
-                                                                  ModelEvent.model == name, ModelEvent.id > after_id)
-                                         .order_by(ModelEvent.id).limit(limit)))
+        return list(
+            self.session.scalars(
+                select(ModelEvent)
+                .where(ModelEvent.workspace == self.workspace, ModelEvent.model == name, ModelEvent.id > after_id)
+                .order_by(ModelEvent.id)
+                .limit(limit)
+            )
+        )

@@ -16,7 +16,7 @@ normal-mixture confidence sequence of Robbins (1970), as written in Howard, Ramd
 
 With a plug-in variance the guarantee is asymptotic (Johari et al. 2022, section 4); the experiment
 engine waits for ``min_samples_per_variant`` outcomes per arm before it acts, and
-``experiments/services/sequential_aa.py`` measures the false-positive rate this gives. Every function
+``experiments/services/sequential_ab.py`` measures the false-positive rate this gives. Every function
 takes numpy arrays of any shape so simulations evaluate thousands of looks at once with this same code.
 """
 
@@ -50,7 +50,7 @@ def difference_variance(count_a: ArrayLike, var_a: ArrayLike, count_b: ArrayLike
 def mixture_tau2(var_a: ArrayLike, var_b: ArrayLike, mixture_scale: float) -> NDArray:
     """tau^2 of the mixing prior: ``mixture_scale`` standard deviations of a pooled outcome, squared."""
     pooled = 0.5 * (np.asarray(var_a) + np.asarray(var_b))
-    return (mixture_scale ** 2) * pooled
+    return (mixture_scale**2) * pooled
 
 
 def log_likelihood_ratio(difference: ArrayLike, variance: ArrayLike, tau2: ArrayLike) -> NDArray:

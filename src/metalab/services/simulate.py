@@ -10,43 +10,85 @@ from typing import Any
 import numpy as np
 
 from metalab.services.bandits import policy_for
-from metalab.services.experiments import look_p_values
+from metalab.services.experiments import (
+    CONTINUE,
+    ExperimentSpec,
+    all_pairs,
+    best_arm_verdict,
+    control_verdict,
+    pair_p_values,
+)
 from metalab.services.patterns import RecordView, agreeing_agents
 from metalab.services.trust import EvaluatedOutcome, TrustConfig, compute_trust
 
 
 # ---- experiment engine ------------------------------------------------------------------------------------
-def sequential_monitoring(n_experiments: int, horizon: int, means: list[float], binary: bool, *, alpha: float = 0.05,
-                          mixture_scale: float = 0.1, min_samples: int = 100, sd: float = 1.0,
-                          allocation: str = "equal", seed: int = 0) -> dict[str, Any]:
-    """Run ``n_experiments`` experiments side by side, analysing each after every outcome, up to ``horizon``.
+def sequential_monitoring(
+    n_experiments: int,
+    horizon: int,
+    means: list[float],
+    binary: bool,
+    *,
+    alpha: float = 0.05,
+    mixture_scale: float = 0.1,
+    min_samples: int = 100,
+    sd: float = 1.0,
+    allocation: str = "equal",
+    rule: str | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Run ``n_experiments`` experiments side by side, deciding after every outcome, up to ``horizon``.
 
-    Returns the outcome count at which each experiment first rejected (0 = never) and the share that
-    rejected; with equal ``means`` that share is the false-positive rate under continuous monitoring.
+    The decision rule is the engine's own (``rule``: "control" = mSPRT against the control, "best_arm" =
+    an arm beats every other arm; by default the one the engine uses for ``allocation``). Returns the
+    outcome count at which each experiment first decided (0 = never), the arm it named (-1 = none), the
+    share that decided, and the cumulative pseudo-regret of the allocation (pulls of the best mean lost).
     """
     rng = np.random.default_rng(seed)
     k = len(means)
+    spec = ExperimentSpec(
+        name="simulated",
+        variants=[str(i) for i in range(k)],
+        allocation=allocation,
+        alpha=alpha,
+        mixture_scale=mixture_scale,
+        min_samples_per_variant=min_samples,
+    )
+    best_arm = (rule or ("best_arm" if spec.adaptive else "control")) == "best_arm"
+    level = alpha / max(k - 1, 1)
+    first, second = all_pairs(k) if best_arm else (np.zeros(k - 1, dtype=int), np.arange(1, k))
     count, total, squares = (np.zeros((n_experiments, k)) for _ in range(3))
-    running_min = np.ones((n_experiments, k - 1))
+    running_min = np.ones((n_experiments, len(first)))
     stopped_at = np.zeros(n_experiments, dtype=int)
+    named = np.full(n_experiments, -1)
     rows = np.arange(n_experiments)
     policy = policy_for(allocation)
-    level = alpha / (k - 1)
     mean_of_arm = np.asarray(means, dtype=float)
+    regret = np.zeros(n_experiments)
     for t in range(1, horizon + 1):
         arm = policy.choose(count, total, squares, binary, rng)
         m = mean_of_arm[arm]
+        regret += mean_of_arm.max() - m
         y = (rng.random(n_experiments) < m).astype(float) if binary else rng.normal(m, sd)
         count[rows, arm] += 1
         total[rows, arm] += y
         squares[rows, arm] += y * y
-        *_, p_now = look_p_values(count, total, squares, binary, mixture_scale, min_samples)
+        difference, *_, p_now = pair_p_values(count, total, squares, binary, mixture_scale, min_samples, first, second)
         running_min = np.minimum(running_min, p_now)
-        newly = (stopped_at == 0) & (running_min.min(axis=-1) <= level)
-        stopped_at[newly] = t
+        if best_arm:
+            code, index = best_arm_verdict(difference, running_min, level, k)
+        else:
+            code, index = control_verdict(difference, running_min, level)
+        newly = (stopped_at == 0) & (code != CONTINUE)
+        stopped_at[newly], named[newly] = t, index[newly]
     rejected = stopped_at > 0
-    return {"stopped_at": stopped_at, "rejection_rate": float(rejected.mean()),
-            "mean_stopping_time": float(stopped_at[rejected].mean()) if rejected.any() else None}
+    return {
+        "stopped_at": stopped_at,
+        "named": named,
+        "rejection_rate": float(rejected.mean()),
+        "mean_stopping_time": float(stopped_at[rejected].mean()) if rejected.any() else None,
+        "regret": regret,
+    }
 
 
 def bandit_regret(allocation: str, means: list[float], pulls: int, runs: int, seed: int = 0) -> np.ndarray:
@@ -108,12 +150,15 @@ def agent_outcome(accuracy: float, rng: np.random.Generator) -> EvaluatedOutcome
 
 def trust_ranking(accuracies: list[float], outcomes: int, config: TrustConfig, seed: int = 0) -> list[float]:
     rng = np.random.default_rng(seed)
-    return [compute_trust(f"agent{i}", [agent_outcome(a, rng) for _ in range(outcomes)], config).trust
-            for i, a in enumerate(accuracies)]
+    return [
+        compute_trust(f"agent{i}", [agent_outcome(a, rng) for _ in range(outcomes)], config).trust
+        for i, a in enumerate(accuracies)
+    ]
 
 
-def outcomes_until_distrusted(good: float, bad: float, before: int, after: int, config: TrustConfig,
-                              seed: int = 0) -> int | None:
+def outcomes_until_distrusted(
+    good: float, bad: float, before: int, after: int, config: TrustConfig, seed: int = 0
+) -> int | None:
     """Outcomes after an agent turns from ``good`` to ``bad`` accuracy until its trust is at or below the threshold."""
     rng = np.random.default_rng(seed)
     history = [agent_outcome(good, rng) for _ in range(before)]
@@ -158,7 +203,9 @@ def planted_world(n_subjects: int, seed: int = 0) -> PlantedWorld:
             expert = agent in EXPERTS
             pool = SUCCESS_ACTIONS + NEUTRAL_ACTIONS if expert else all_actions
             kind, action = herd if herd is not None and herd in pool else pool[int(rng.integers(len(pool)))]
-            confidence = float(rng.uniform(0.8, 0.95)) if expert and rng.random() < 0.3 else float(rng.uniform(0.3, 0.79))
+            confidence = (
+                float(rng.uniform(0.8, 0.95)) if expert and rng.random() < 0.3 else float(rng.uniform(0.3, 0.79))
+            )
             rows.append((agent, subject, kind, action, confidence))
     counts = agreeing_agents((a, s, act) for a, s, _, act, _ in rows)
     records = []
@@ -177,9 +224,12 @@ def planted_world(n_subjects: int, seed: int = 0) -> PlantedWorld:
         else:
             p = 0.5
         records.append(RecordView(agent, kind, action, confidence, agreeing, bool(rng.random() < p)))
-    planted = ({("consensus", ""), ("high_confidence", "")} | {("expert_opinion", e) for e in EXPERTS}
-               | {("success_indicator", f"{k}/{a}") for k, a in SUCCESS_ACTIONS}
-               | {("failure_avoidance", f"{k}/{a}") for k, a in FAILURE_ACTIONS})
+    planted = (
+        {("consensus", ""), ("high_confidence", "")}
+        | {("expert_opinion", e) for e in EXPERTS}
+        | {("success_indicator", f"{k}/{a}") for k, a in SUCCESS_ACTIONS}
+        | {("failure_avoidance", f"{k}/{a}") for k, a in FAILURE_ACTIONS}
+    )
     return PlantedWorld(records, planted)
 
 

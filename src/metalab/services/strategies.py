@@ -81,9 +81,14 @@ def to_json(value: Any) -> Any:
 
 def genetic_algorithm(profile: StrategyProfile) -> GeneticAlgorithm:
     """The core algorithm of a profile, restored to where its last ``evolve`` left it."""
-    ga = GeneticAlgorithm(space_of(profile.genes), population_size=profile.population_size,
-                          survival_fraction=profile.survival_fraction, selection="elitist",
-                          objectives=len(profile.objectives), seed=profile.seed)
+    ga = GeneticAlgorithm(
+        space_of(profile.genes),
+        population_size=profile.population_size,
+        survival_fraction=profile.survival_fraction,
+        selection="elitist",
+        objectives=len(profile.objectives),
+        seed=profile.seed,
+    )
     if profile.ga_state is not None:
         ga.load_state_dict(profile.ga_state)
     return ga
@@ -111,10 +116,16 @@ class StrategyPoolService:
             raise Unprocessable("objectives must be at least one, with distinct names")
         if spec.population_size < 5:
             raise Unprocessable("population_size must be at least 5")
-        profile = StrategyProfile(workspace=self.workspace, name=spec.name, genes=spec.genes,
-                                  objectives=[{"name": o.name, "goal": o.goal} for o in spec.objectives],
-                                  population_size=spec.population_size, survival_fraction=spec.survival_fraction,
-                                  seed=spec.seed, generation=0)
+        profile = StrategyProfile(
+            workspace=self.workspace,
+            name=spec.name,
+            genes=spec.genes,
+            objectives=[{"name": o.name, "goal": o.goal} for o in spec.objectives],
+            population_size=spec.population_size,
+            survival_fraction=spec.survival_fraction,
+            seed=spec.seed,
+            generation=0,
+        )
         self.session.add(profile)
         try:
             self.session.flush()
@@ -124,20 +135,24 @@ class StrategyPoolService:
         return profile
 
     def profile(self, profile_id: int) -> StrategyProfile:
-        found = self.session.scalar(select(StrategyProfile).where(StrategyProfile.id == profile_id,
-                                                                  StrategyProfile.workspace == self.workspace))
+        found = self.session.scalar(
+            select(StrategyProfile).where(StrategyProfile.id == profile_id, StrategyProfile.workspace == self.workspace)
+        )
         if found is None:
             raise NotFound(f"profile {profile_id} not found in workspace {self.workspace!r}")
         return found
 
     def strategy(self, strategy_id: int) -> Strategy:
-        found = self.session.scalar(select(Strategy).where(Strategy.id == strategy_id,
-                                                           Strategy.workspace == self.workspace))
+        found = self.session.scalar(
+            select(Strategy).where(Strategy.id == strategy_id, Strategy.workspace == self.workspace)
+        )
         if found is None:
             raise NotFound(f"strategy {strategy_id} not found in workspace {self.workspace!r}")
         return found
 
-    def strategies(self, profile_id: int, role: str | None = None, limit: int = 500, after_id: int = 0) -> list[Strategy]:
+    def strategies(
+        self, profile_id: int, role: str | None = None, limit: int = 500, after_id: int = 0
+    ) -> list[Strategy]:
         query = select(Strategy).where(Strategy.profile_id == self.profile(profile_id).id, Strategy.id > after_id)
         if role is not None:
             query = query.where(Strategy.role == role)
@@ -150,15 +165,21 @@ class StrategyPoolService:
         names = [o["name"] for o in profile.objectives]
         missing, extra = set(names) - set(values), set(values) - set(names)
         if missing or extra:
-            raise Unprocessable(f"an outcome of profile {profile.name!r} needs exactly the objectives "
-                                f"{', '.join(names)} (missing: {', '.join(sorted(missing)) or '-'}; "
-                                f"unknown: {', '.join(sorted(extra)) or '-'})")
+            raise Unprocessable(
+                f"an outcome of profile {profile.name!r} needs exactly the objectives "
+                f"{', '.join(names)} (missing: {', '.join(sorted(missing)) or '-'}; "
+                f"unknown: {', '.join(sorted(extra)) or '-'})"
+            )
         n = strategy.outcomes
-        strategy.objective_means = {k: (strategy.objective_means.get(k, 0.0) * n + float(values[k])) / (n + 1)
-                                    for k in names}
+        strategy.objective_means = {
+            k: (strategy.objective_means.get(k, 0.0) * n + float(values[k])) / (n + 1) for k in names
+        }
         strategy.outcomes = n + 1
-        self.session.add(StrategyOutcome(workspace=self.workspace, strategy_id=strategy.id,
-                                         values={k: float(values[k]) for k in names}))
+        self.session.add(
+            StrategyOutcome(
+                workspace=self.workspace, strategy_id=strategy.id, values={k: float(values[k]) for k in names}
+            )
+        )
         self.session.flush()
         return strategy
 
@@ -171,11 +192,18 @@ class StrategyPoolService:
         if pending:
             untried = [s.id for s in pending if s.outcomes == 0]
             if untried:
-                raise Conflict(f"{len(untried)} pending strategies have no outcome yet (ids {untried[:10]}); record "
-                               "an outcome for each before evolving")
-            candidates = [Candidate(s.candidate_id, np.asarray(s.genome, dtype=np.float64),
-                                    tuple(int(p) for p in ga.lineage.get(s.candidate_id, {}).get("parents", [])))
-                          for s in pending]
+                raise Conflict(
+                    f"{len(untried)} pending strategies have no outcome yet (ids {untried[:10]}); record "
+                    "an outcome for each before evolving"
+                )
+            candidates = [
+                Candidate(
+                    s.candidate_id,
+                    np.asarray(s.genome, dtype=np.float64),
+                    tuple(int(p) for p in ga.lineage.get(s.candidate_id, {}).get("parents", [])),
+                )
+                for s in pending
+            ]
             ga.tell(candidates, np.array([fitness_of(s.objective_means, objectives) for s in pending]))
             self._assign_roles(profile, ga)
         children = ga.ask()
@@ -183,9 +211,16 @@ class StrategyPoolService:
         new = []
         for child in children:
             parent_ids = [by_candidate[p].id for p in child.parents if p in by_candidate]
-            strategy = Strategy(workspace=self.workspace, profile_id=profile.id, candidate_id=child.id,
-                                generation=ga.generation, genome=child.genome.tolist(),
-                                params=to_json(ga.space.decode(child.genome)), parents=parent_ids, role="pending")
+            strategy = Strategy(
+                workspace=self.workspace,
+                profile_id=profile.id,
+                candidate_id=child.id,
+                generation=ga.generation,
+                genome=child.genome.tolist(),
+                params=to_json(ga.space.decode(child.genome)),
+                parents=parent_ids,
+                role="pending",
+            )
             self.session.add(strategy)
             new.append(strategy)
         self.session.flush()
@@ -199,7 +234,9 @@ class StrategyPoolService:
         return EvolveResult(profile, default, self.strategies(profile.id, role="alternative", limit=10**9), new)
 
     def _by_candidate(self, profile_id: int) -> dict[int, Strategy]:
-        return {s.candidate_id: s for s in self.session.scalars(select(Strategy).where(Strategy.profile_id == profile_id))}
+        return {
+            s.candidate_id: s for s in self.session.scalars(select(Strategy).where(Strategy.profile_id == profile_id))
+        }
 
     def _assign_roles(self, profile: StrategyProfile, ga: GeneticAlgorithm) -> None:
         by_candidate = self._by_candidate(profile.id)

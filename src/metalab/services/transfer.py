@@ -9,7 +9,8 @@ The release is OpenDP's: the clipped sum and the count of the cohort's values
 (``make_sum`` / ``make_count`` over ``vector_domain(atom_domain(bounds=(lower, upper)))`` under the
 symmetric distance, i.e. adding or removing one workspace), each through the Gaussian mechanism, composed
 under zero-concentrated DP and converted to (epsilon, delta)-DP; the noise scale is the least that OpenDP's
-own ``map`` certifies (epsilon, delta)-DP (a bisection, :func:`smallest_private_scale`) for one workspace (epsilon = 1.0, delta =
+own ``map`` certifies (epsilon, delta)-DP (a bisection, :func:`smallest_private_scale`) for one workspace
+(epsilon = 1.0, delta =
 1e-6 by default). The mean is sum / count, post-processing. OpenDP accounts for floating-point rounding
 in the sum's sensitivity; nothing here computes a sensitivity or draws noise itself.
 
@@ -72,10 +73,12 @@ def _mechanism(lower: float, upper: float, count_scale: float):
     largest |value| (its sensitivity under add/remove), so both carry the same share of the budget."""
     domain = dp.vector_domain(dp.atom_domain(bounds=(float(lower), float(upper)), nan=False))
     reach = max(abs(lower), abs(upper), 1e-12)
-    return dp.c.make_composition([
-        dp.t.make_sum(domain, dp.symmetric_distance()) >> dp.m.then_gaussian(count_scale * reach),
-        dp.t.make_count(domain, dp.symmetric_distance()) >> dp.m.then_gaussian(count_scale),
-    ])
+    return dp.c.make_composition(
+        [
+            dp.t.make_sum(domain, dp.symmetric_distance()) >> dp.m.then_gaussian(count_scale * reach),
+            dp.t.make_count(domain, dp.symmetric_distance()) >> dp.m.then_gaussian(count_scale),
+        ]
+    )
 
 
 @lru_cache(maxsize=256)
@@ -109,7 +112,9 @@ def smallest_private_scale(is_private, low: float = 1e-3, high: float = 1e4, ste
 
 
 def private_mean(values: list[float], lower: float, upper: float, epsilon: float, delta: float) -> Release:
-    measurement, sum_scale, count_scale = calibrated_mean_release(float(lower), float(upper), float(epsilon), float(delta))
+    measurement, sum_scale, count_scale = calibrated_mean_release(
+        float(lower), float(upper), float(epsilon), float(delta)
+    )
     noisy_sum, noisy_count = measurement([float(np.clip(v, lower, upper)) for v in values])
     mean = float(np.clip(noisy_sum / max(float(noisy_count), 1.0), lower, upper))
     return Release(mean, float(noisy_sum), float(noisy_count), sum_scale, count_scale, epsilon, delta)
@@ -131,14 +136,19 @@ class TransferService:
         self.session, self.workspace = session, workspace
         self.config = config or TransferConfig()
 
-    def publish(self, features: dict[str, float], metrics: dict[str, float],
-                budget_epsilon: float | None = None) -> TransferProfile:
+    def publish(
+        self, features: dict[str, float], metrics: dict[str, float], budget_epsilon: float | None = None
+    ) -> TransferProfile:
         """Create or update this workspace's shared profile; the budget is set once, at the first publish."""
         profile = self.session.get(TransferProfile, self.workspace)
         if profile is None:
-            profile = TransferProfile(workspace=self.workspace, features={}, metrics={},
-                                      budget_epsilon=budget_epsilon or self.config.budget_epsilon,
-                                      budget_delta=self.config.budget_delta)
+            profile = TransferProfile(
+                workspace=self.workspace,
+                features={},
+                metrics={},
+                budget_epsilon=budget_epsilon or self.config.budget_epsilon,
+                budget_delta=self.config.budget_delta,
+            )
             self.session.add(profile)
         elif budget_epsilon is not None and budget_epsilon != profile.budget_epsilon:
             raise Conflict("the privacy budget is set once, when the profile is first published")
@@ -148,9 +158,11 @@ class TransferService:
         return profile
 
     def spent(self, workspace: str | None = None) -> tuple[float, float]:
-        row = self.session.execute(select(func.coalesce(func.sum(PrivacyCharge.epsilon), 0.0),
-                                          func.coalesce(func.sum(PrivacyCharge.delta), 0.0))
-                                   .where(PrivacyCharge.workspace == (workspace or self.workspace))).one()
+        row = self.session.execute(
+            select(
+                func.coalesce(func.sum(PrivacyCharge.epsilon), 0.0), func.coalesce(func.sum(PrivacyCharge.delta), 0.0)
+            ).where(PrivacyCharge.workspace == (workspace or self.workspace))
+        ).one()
         return float(row[0]), float(row[1])
 
     def budget(self) -> dict[str, float]:
@@ -158,9 +170,13 @@ class TransferService:
         if profile is None:
             raise NotFound(f"workspace {self.workspace!r} has not published a transfer profile")
         epsilon, delta = self.spent()
-        return {"budget_epsilon": profile.budget_epsilon, "spent_epsilon": epsilon,
-                "remaining_epsilon": profile.budget_epsilon - epsilon, "budget_delta": profile.budget_delta,
-                "spent_delta": delta}
+        return {
+            "budget_epsilon": profile.budget_epsilon,
+            "spent_epsilon": epsilon,
+            "remaining_epsilon": profile.budget_epsilon - epsilon,
+            "budget_delta": profile.budget_delta,
+            "spent_delta": delta,
+        }
 
     def cohort(self, metric: str, min_similarity: float) -> list[TransferProfile]:
         mine = self.session.get(TransferProfile, self.workspace)
@@ -169,25 +185,36 @@ class TransferService:
         profiles = self.session.scalars(select(TransferProfile).order_by(TransferProfile.workspace).with_for_update())
         return [p for p in profiles if metric in p.metrics and similarity(mine.features, p.features) >= min_similarity]
 
-    def insight(self, metric: str, lower: float, upper: float, epsilon: float | None = None,
-                min_similarity: float | None = None) -> tuple[Release, int]:
+    def insight(
+        self, metric: str, lower: float, upper: float, epsilon: float | None = None, min_similarity: float | None = None
+    ) -> tuple[Release, int]:
         """A private mean of ``metric`` over similar workspaces; charges every contributor (or refuses)."""
         epsilon = self.config.epsilon if epsilon is None else epsilon
         delta = self.config.delta
         calibrated_mean_release(float(lower), float(upper), float(epsilon), float(delta))  # bad bounds: 422 first
         members = self.cohort(metric, self.config.min_similarity if min_similarity is None else min_similarity)
         if len(members) < self.config.min_workspaces:
-            raise Conflict(f"fewer than {self.config.min_workspaces} similar workspaces share {metric!r}: "
-                           "no insight is released")
-        short = [p.workspace for p in members if self.spent(p.workspace)[0] + epsilon > p.budget_epsilon + 1e-12
-                 or self.spent(p.workspace)[1] + delta > p.budget_delta + 1e-18]
+            raise Conflict(
+                f"fewer than {self.config.min_workspaces} similar workspaces share {metric!r}: no insight is released"
+            )
+        short = [
+            p.workspace
+            for p in members
+            if self.spent(p.workspace)[0] + epsilon > p.budget_epsilon + 1e-12
+            or self.spent(p.workspace)[1] + delta > p.budget_delta + 1e-18
+        ]
         if short:
-            raise BudgetExhausted(f"privacy budget spent: this release (epsilon {epsilon}) would exceed the budget of "
-                                  f"{len(short)} contributing workspace(s); nothing was released or charged")
+            raise BudgetExhausted(
+                f"privacy budget spent: this release (epsilon {epsilon}) would exceed the budget of "
+                f"{len(short)} contributing workspace(s); nothing was released or charged"
+            )
         release = private_mean([p.metrics[metric] for p in members], lower, upper, epsilon, delta)
         for p in members:
-            self.session.add(PrivacyCharge(workspace=p.workspace, requested_by=self.workspace, metric=metric,
-                                           epsilon=epsilon, delta=delta))
+            self.session.add(
+                PrivacyCharge(
+                    workspace=p.workspace, requested_by=self.workspace, metric=metric, epsilon=epsilon, delta=delta
+                )
+            )
         self.session.flush()
         return release, self.config.min_workspaces
 

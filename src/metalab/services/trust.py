@@ -34,8 +34,9 @@ DIMENSIONS = ("accuracy", "consistency", "timeliness", "reliability")
 
 @dataclass(frozen=True)
 class TrustConfig:
-    weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 0.40, "consistency": 0.25,
-                                                               "timeliness": 0.15, "reliability": 0.20})
+    weights: dict[str, float] = field(
+        default_factory=lambda: {"accuracy": 0.40, "consistency": 0.25, "timeliness": 0.15, "reliability": 0.20}
+    )
     window: int = 200  # most recent evaluations used
     half_life: float = 25.0  # evaluations after which an outcome's weight halves
     confidence_k: float = 20.0  # confidence factor n / (n + k)
@@ -47,7 +48,9 @@ class TrustConfig:
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(DIMENSIONS)
         if unknown or any(w < 0 for w in self.weights.values()) or sum(self.weights.values()) <= 0:
-            raise Unprocessable(f"trust weights must be non-negative numbers for {', '.join(DIMENSIONS)} with a positive sum")
+            raise Unprocessable(
+                f"trust weights must be non-negative numbers for {', '.join(DIMENSIONS)} with a positive sum"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class TrustReport:
 
 def compute_trust(agent: str, history: list[EvaluatedOutcome], config: TrustConfig) -> TrustReport:
     """Trust of one agent from its evaluated outcomes (oldest first); only the last ``window`` count."""
-    recent = history[-config.window:]
+    recent = history[-config.window :]
     n = len(recent)
     if n == 0:
         return TrustReport(agent, 0.0, {d: None for d in DIMENSIONS}, 0.0, "stable", 0, False, boost(0.0, config))
@@ -100,8 +103,16 @@ def compute_trust(agent: str, history: list[EvaluatedOutcome], config: TrustConf
     base = sum(used[d] * dimensions[d] for d in used) / max(sum(used.values()), 1e-12)
     factor = n / (n + config.confidence_k)
     trust = float(base * factor)
-    return TrustReport(agent, trust, dimensions, float(factor), trend(quality, config), n,
-                       trust > config.threshold, boost(trust, config))
+    return TrustReport(
+        agent,
+        trust,
+        dimensions,
+        float(factor),
+        trend(quality, config),
+        n,
+        trust > config.threshold,
+        boost(trust, config),
+    )
 
 
 def trend(quality: np.ndarray, config: TrustConfig) -> Literal["improving", "stable", "declining"]:
@@ -126,23 +137,42 @@ class TrustService:
         self.workspace = workspace
         self.config = config or TrustConfig()
 
-    def record(self, agent: str, kind: str, confidence: float, content: dict[str, Any] | None = None,
-               reasoning: str = "", evidence: list[Any] | None = None, action: str | None = None,
-               subject: str | None = None) -> tuple[Recommendation, TrustReport]:
+    def record(
+        self,
+        agent: str,
+        kind: str,
+        confidence: float,
+        content: dict[str, Any] | None = None,
+        reasoning: str = "",
+        evidence: list[Any] | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+    ) -> tuple[Recommendation, TrustReport]:
         """Store a recommendation; the agent's current trust comes back with it (for the decision boost)."""
         content = content or {}
         if action is None and isinstance(content.get("action"), str):
             action = content["action"][:200]
-        recommendation = Recommendation(workspace=self.workspace, agent=agent, kind=kind, action=action, subject=subject,
-                                        content=content, confidence=confidence, reasoning=reasoning,
-                                        evidence=evidence or [])
+        recommendation = Recommendation(
+            workspace=self.workspace,
+            agent=agent,
+            kind=kind,
+            action=action,
+            subject=subject,
+            content=content,
+            confidence=confidence,
+            reasoning=reasoning,
+            evidence=evidence or [],
+        )
         self.session.add(recommendation)
         self.session.flush()
         return recommendation, self.agent_trust(agent)
 
     def get(self, recommendation_id: int) -> Recommendation:
-        found = self.session.scalar(select(Recommendation).where(Recommendation.id == recommendation_id,
-                                                                 Recommendation.workspace == self.workspace))
+        found = self.session.scalar(
+            select(Recommendation).where(
+                Recommendation.id == recommendation_id, Recommendation.workspace == self.workspace
+            )
+        )
         if found is None:
             raise NotFound(f"recommendation {recommendation_id} not found in workspace {self.workspace!r}")
         return found
@@ -153,15 +183,29 @@ class TrustService:
             query = query.where(Recommendation.agent == agent)
         return list(self.session.scalars(query.order_by(Recommendation.id).limit(limit)))
 
-    def evaluate(self, recommendation_id: int, overall_quality: float, scores: dict[str, float] | None = None,
-                 success: bool | None = None, feedback: str = "") -> Evaluation:
+    def evaluate(
+        self,
+        recommendation_id: int,
+        overall_quality: float,
+        scores: dict[str, float] | None = None,
+        success: bool | None = None,
+        feedback: str = "",
+    ) -> Evaluation:
         """Record the outcome of a recommendation (once); success defaults to overall quality >= 0.5."""
         recommendation = self.get(recommendation_id)
-        if self.session.scalar(select(Evaluation.id).where(Evaluation.recommendation_id == recommendation.id)) is not None:
+        if (
+            self.session.scalar(select(Evaluation.id).where(Evaluation.recommendation_id == recommendation.id))
+            is not None
+        ):
             raise Conflict(f"recommendation {recommendation_id} has already been evaluated")
-        evaluation = Evaluation(workspace=self.workspace, recommendation_id=recommendation.id, scores=scores or {},
-                                overall_quality=overall_quality,
-                                success=bool(overall_quality >= 0.5 if success is None else success), feedback=feedback)
+        evaluation = Evaluation(
+            workspace=self.workspace,
+            recommendation_id=recommendation.id,
+            scores=scores or {},
+            overall_quality=overall_quality,
+            success=bool(overall_quality >= 0.5 if success is None else success),
+            feedback=feedback,
+        )
         self.session.add(evaluation)
         self.session.flush()
         return evaluation
@@ -171,12 +215,22 @@ class TrustService:
             select(Evaluation.success, Evaluation.overall_quality, Recommendation.confidence, Evaluation.scores)
             .join(Recommendation, Recommendation.id == Evaluation.recommendation_id)
             .where(Recommendation.workspace == self.workspace, Recommendation.agent == agent)
-            .order_by(Evaluation.id.desc()).limit(self.config.window)).all()
-        return [EvaluatedOutcome(bool(s), float(q), float(c), _timeliness(scores)) for s, q, c, scores in reversed(rows)]
+            .order_by(Evaluation.id.desc())
+            .limit(self.config.window)
+        ).all()
+        return [
+            EvaluatedOutcome(bool(s), float(q), float(c), _timeliness(scores)) for s, q, c, scores in reversed(rows)
+        ]
 
     def agents(self) -> list[str]:
-        return list(self.session.scalars(select(Recommendation.agent).distinct()
-                                         .where(Recommendation.workspace == self.workspace).order_by(Recommendation.agent)))
+        return list(
+            self.session.scalars(
+                select(Recommendation.agent)
+                .distinct()
+                .where(Recommendation.workspace == self.workspace)
+                .order_by(Recommendation.agent)
+            )
+        )
 
     def agent_trust(self, agent: str) -> TrustReport:
         return compute_trust(agent, self.history(agent), self.config)
@@ -193,9 +247,18 @@ class TrustService:
         reports = self.all_trust()
         self.session.execute(delete(TrustSnapshot).where(TrustSnapshot.workspace == self.workspace))
         for r in reports:
-            self.session.add(TrustSnapshot(workspace=self.workspace, agent=r.agent, trust=r.trust, dimensions=r.dimensions,
-                                           confidence_factor=r.confidence_factor, trend=r.trend,
-                                           evaluations=r.evaluations, computed_at=utcnow()))
+            self.session.add(
+                TrustSnapshot(
+                    workspace=self.workspace,
+                    agent=r.agent,
+                    trust=r.trust,
+                    dimensions=r.dimensions,
+                    confidence_factor=r.confidence_factor,
+                    trend=r.trend,
+                    evaluations=r.evaluations,
+                    computed_at=utcnow(),
+                )
+            )
         self.session.flush()
         return len(reports)
 

@@ -5,14 +5,20 @@ Each entry of ``params`` is a Hydra override value: a sweep (``interval(...)``, 
 entries carry the per-trial budget, because command-line overrides outrank every config file: the
 experiment (``+experiment=...``), composed after ``hparams_search``, cannot undo them.
 
+A plain value of a key that is also searched takes the key out of the search space, whichever comes
+first: ``data.train.way=5`` on the command line fixes the way that ``hparams_search`` searches. That is
+what Hydra's Optuna sweeper does (hydra-optuna-sweeper 1.3, ``OptunaSweeperImpl.sweep``: "Remove fixed
+parameters from Optuna search space"), so both routes run the same trials for the same command line.
+
 Parsing goes through the Optuna sweeper plugin's own function, so ``train.py -m`` and ``metalab sweep``
 read a yaml file the same way; this module adds the checks that turn a bad space into one clear message.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution
@@ -35,11 +41,12 @@ class SearchSpace:
 def read_search_space(params: Mapping[str, Any] | None, extra_arguments: list[str] = ()) -> SearchSpace:
     """Parse ``hydra.sweeper.params`` (plus sweep arguments from the command line).
 
+    Later entries replace earlier ones of the same kind; a key with a fixed value anywhere is not searched.
     Raises :class:`ConfigError` for an empty space (nothing to search) and for an entry Hydra's override
     grammar cannot parse, naming the key.
     """
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
     entries = [f"{k}={v}" for k, v in (params or {}).items()] + list(extra_arguments)
     parser = OverridesParser.create()
@@ -51,17 +58,23 @@ def read_search_space(params: Mapping[str, Any] | None, extra_arguments: list[st
             override = parser.parse_override(entry)
             value = create_optuna_distribution_from_override(override)
         except (HydraException, ValueError, AssertionError, NotImplementedError) as error:
-            raise ConfigError(f"hydra.sweeper.params.{key}: cannot read {entry.split('=', 1)[-1]!r} "
-                              f"({_first_line(error)}); write e.g. interval(0.001, 0.1), "
-                              "tag(log, interval(1e-4, 1e-2)), choice(16, 32) or range(1, 10)") from None
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: cannot read {entry.split('=', 1)[-1]!r} "
+                f"({_first_line(error)}); write e.g. interval(0.001, 0.1), "
+                "tag(log, interval(1e-4, 1e-2)), choice(16, 32) or range(1, 10)"
+            ) from None
         if isinstance(value, BaseDistribution):
             _check_distribution(key, value)
             distributions[key] = value
         else:
             fixed[key] = value
+    for key in fixed:  # a fixed value wins over a sweep of the same key, as in Hydra's sweeper
+        distributions.pop(key, None)
     if not distributions:
-        raise ConfigError("hydra.sweeper.params has nothing to search: give at least one entry such as "
-                          "learner.optimizer.lr: tag(log, interval(1e-4, 1e-2)) (see conf/hparams_search/)")
+        raise ConfigError(
+            "hydra.sweeper.params has nothing to search: give at least one entry such as "
+            "learner.optimizer.lr: tag(log, interval(1e-4, 1e-2)) (see conf/hparams_search/)"
+        )
     return SearchSpace(distributions, fixed)
 
 

@@ -14,6 +14,8 @@ heartbeat in Optuna 5; :mod:`.runner` reaps its dead workers' trials by process 
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from metalab.errors import ConfigError
 
 JOURNAL_PREFIX = "journal:"
+SCHEMA_RACE_RETRIES = 5
 
 
 def open_storage(spec: Any, heartbeat_seconds: int | None = None) -> optuna.storages.BaseStorage | None:
@@ -45,8 +48,10 @@ def open_storage(spec: Any, heartbeat_seconds: int | None = None) -> optuna.stor
     if spec.startswith(JOURNAL_PREFIX):
         return journal_storage(spec.removeprefix(JOURNAL_PREFIX))
     if "://" not in spec:
-        raise ConfigError(f"storage={spec!r} is not allowed: give an SQLAlchemy URL (sqlite:///sweeps.db, "
-                          "postgresql+psycopg://user@host:5432/db) or journal:<file> for several local workers")
+        raise ConfigError(
+            f"storage={spec!r} is not allowed: give an SQLAlchemy URL (sqlite:///sweeps.db, "
+            "postgresql+psycopg://user@host:5432/db) or journal:<file> for several local workers"
+        )
     return rdb_storage(spec, heartbeat_seconds)
 
 
@@ -68,14 +73,34 @@ def rdb_storage(url: str, heartbeat_seconds: int | None = None) -> optuna.storag
         Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
     heartbeat = {}
     if heartbeat_seconds:
-        heartbeat = dict(heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-                         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+        heartbeat = dict(
+            heartbeat_interval=heartbeat_seconds,
+            grace_period=3 * heartbeat_seconds,
+            failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+        )
     engine_kwargs = {"connect_args": {"connect_timeout": 10}} if url.startswith("postgresql") else {}
-    try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-    except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
-        raise ConfigError(f"storage={_redact(url)!r} cannot be reached ({_reason(error)}); check the URL, "
-                          "that the server runs and accepts this user") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
+            if attempt < SCHEMA_RACE_RETRIES and _schema_race(error):
+                time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+                continue
+            raise ConfigError(
+                f"storage={redact_password(url)!r} cannot be reached ({_reason(error)}); check the URL, "
+                "that the server runs and accepts this user"
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _schema_race(error: BaseException) -> bool:
+    """Whether opening failed because another worker was creating Optuna's tables at the same moment.
+
+    Workers started together on an empty database all run ``CREATE TABLE`` (PostgreSQL then refuses the
+    losers with a duplicate key in its catalogue, or "already exists"); once one has won, opening again
+    finds the tables and goes through."""
+    text = str(getattr(error, "orig", None) or error)
+    return "duplicate key value violates unique constraint" in text or "already exists" in text
 
 
 def describe(storage: Any) -> str:
@@ -83,11 +108,11 @@ def describe(storage: Any) -> str:
     if storage is None:
         return "in memory"
     if isinstance(storage, optuna.storages.RDBStorage):
-        return _redact(storage.url)
+        return redact_password(storage.url)
     return type(storage).__name__
 
 
-def _redact(url: str) -> str:
+def redact_password(url: str) -> str:
     """``postgresql://user:secret@host`` -> ``postgresql://user:***@host``."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")

@@ -24,8 +24,8 @@ running statistics: the Fisher is computed in eval mode, which is also how the m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +63,16 @@ def _trainable_layers(model: nn.Module) -> dict[str, nn.Module]:
         else:
             unsupported.append(f"{name} ({type(module).__name__})")
     if unsupported:
-        raise ConfigError(f"exact Fisher supports {', '.join(t.__name__ for t in SUPPORTED)} layers; "
-                          f"these own trainable parameters and are not supported: {', '.join(unsupported)}")
+        raise ConfigError(
+            f"exact Fisher supports {', '.join(t.__name__ for t in SUPPORTED)} layers; "
+            f"these own trainable parameters and are not supported: {', '.join(unsupported)}"
+        )
     return layers
 
 
-def _sample_or_true_labels(logits: torch.Tensor, labels: torch.Tensor, sampled: bool,
-                           generator: torch.Generator | None) -> torch.Tensor:
+def _sample_or_true_labels(
+    logits: torch.Tensor, labels: torch.Tensor, sampled: bool, generator: torch.Generator | None
+) -> torch.Tensor:
     """Empirical Fisher uses the true labels; the (true) Fisher draws labels from the model's softmax."""
     if not sampled:
         return labels
@@ -77,9 +80,14 @@ def _sample_or_true_labels(logits: torch.Tensor, labels: torch.Tensor, sampled: 
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def per_sample_squared_grads(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, sampled: bool = False,
-                             generator: torch.Generator | None = None,
-                             logit_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def per_sample_squared_grads(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    sampled: bool = False,
+    generator: torch.Generator | None = None,
+    logit_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """``{param name: sum_n g_n ** 2}`` over the ``n`` examples of ``x`` (one forward, one backward).
 
     ``logit_mask [n_classes]``: if given, the loss only sees these outputs (e.g. the classes seen so far).
@@ -92,9 +100,12 @@ def per_sample_squared_grads(model: nn.Module, x: torch.Tensor, labels: torch.Te
     def record(name: str):
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             if name in calls:
-                raise ConfigError(f"layer {name} is called more than once per forward; the exact per-sample "
-                                  "Fisher needs each layer used once (use fisher on a model without weight sharing)")
+                raise ConfigError(
+                    f"layer {name} is called more than once per forward; the exact per-sample "
+                    "Fisher needs each layer used once (use fisher on a model without weight sharing)"
+                )
             calls[name] = _Call(module, inputs[0].detach(), output)
+
         return hook
 
     for name, module in layers.items():
@@ -153,8 +164,10 @@ def _conv2d_squared_grads(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor)
     backward with the block's samples as groups, which beats unfold + bmm there; small ones unfold.
     """
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str) or conv.groups != 1:
-        raise ConfigError(f"exact Fisher supports Conv2d with groups=1, zero padding given as numbers; "
-                          f"got groups={conv.groups}, padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
+        raise ConfigError(
+            f"exact Fisher supports Conv2d with groups=1, zero padding given as numbers; "
+            f"got groups={conv.groups}, padding={conv.padding!r}, padding_mode={conv.padding_mode!r}"
+        )
     n, c_out, h_out, w_out = delta.shape
     c_in, (kh, kw) = conv.in_channels, conv.kernel_size
     k = c_in * kh * kw
@@ -162,18 +175,29 @@ def _conv2d_squared_grads(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor)
     weight = torch.zeros(c_out, k, dtype=delta.dtype, device=delta.device)
     grouped = h_out * w_out >= GROUPED_MIN_POSITIONS
     for start in range(0, n, block):
-        a_b, d_b = a[start:start + block], delta[start:start + block]
+        a_b, d_b = a[start : start + block], delta[start : start + block]
         m = len(d_b)
         if grouped:
             # Samples as groups: input "1 (m i) h w", output grad "1 (m o) h' w'" -> weight grad "(m o) i kh kw".
             shape_only = conv.weight.detach().repeat(m, 1, 1, 1)  # only its shape matters here
             _, per_sample, _ = torch.ops.aten.convolution_backward(
-                d_b.reshape(1, m * c_out, h_out, w_out), a_b.reshape(1, m * c_in, *a.shape[2:]), shape_only, None,
-                list(conv.stride), list(conv.padding), list(conv.dilation), False, [0, 0], m, [False, True, False])
+                d_b.reshape(1, m * c_out, h_out, w_out),
+                a_b.reshape(1, m * c_in, *a.shape[2:]),
+                shape_only,
+                None,
+                list(conv.stride),
+                list(conv.padding),
+                list(conv.dilation),
+                False,
+                [0, 0],
+                m,
+                [False, True, False],
+            )
             per_sample = per_sample.view(m, c_out, k)
         else:
-            cols = F.unfold(a_b, conv.kernel_size, dilation=conv.dilation, padding=conv.padding,
-                            stride=conv.stride)  # "m k l"
+            cols = F.unfold(
+                a_b, conv.kernel_size, dilation=conv.dilation, padding=conv.padding, stride=conv.stride
+            )  # "m k l"
             per_sample = torch.bmm(d_b.reshape(m, c_out, -1), cols.transpose(1, 2))  # "m o k"
         for g in per_sample:
             weight.addcmul_(g, g)
@@ -185,8 +209,10 @@ def _conv2d_squared_grads(conv: nn.Conv2d, a: torch.Tensor, delta: torch.Tensor)
 
 def _batchnorm_squared_grads(bn: nn.Module, a: torch.Tensor, delta: torch.Tensor) -> dict[str, torch.Tensor]:
     if bn.training or bn.running_mean is None:
-        raise ConfigError("exact Fisher needs batch norm with running statistics in eval mode: in training mode "
-                          "the samples of a batch are coupled and per-sample gradients do not exist")
+        raise ConfigError(
+            "exact Fisher needs batch norm with running statistics in eval mode: in training mode "
+            "the samples of a batch are coupled and per-sample gradients do not exist"
+        )
     shape = [1, -1] + [1] * (a.dim() - 2)
     x_hat = (a - bn.running_mean.view(shape)) * torch.rsqrt(bn.running_var.view(shape) + bn.eps)
     dims = tuple(range(2, a.dim()))
@@ -202,9 +228,13 @@ def _zeros_like_trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def diagonal_fisher(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], sampled: bool = False,
-                    generator: torch.Generator | None = None,
-                    logit_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    sampled: bool = False,
+    generator: torch.Generator | None = None,
+    logit_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Exact diagonal Fisher ``E_n[g_n^2]`` over all examples of ``batches`` (``x [n, ...]``, ``y [n]``).
 
     Runs the model in eval mode (see module docstring) and restores its mode afterwards. Batches are the
@@ -227,9 +257,14 @@ def diagonal_fisher(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     return {name: value / count for name, value in total.items()}
 
 
-def fisher_by_sample_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sampled: bool = False,
-                          generator: torch.Generator | None = None,
-                          logit_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def fisher_by_sample_loop(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sampled: bool = False,
+    generator: torch.Generator | None = None,
+    logit_mask: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Reference: one backward per example, ``E_n[g_n^2]`` (slow; tests and benchmarks only)."""
     was_training = model.training
     model.eval()
@@ -237,10 +272,10 @@ def fisher_by_sample_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sa
     total = {n: torch.zeros_like(p) for n, p in params.items()}
     try:
         for i in range(len(y)):
-            logits = model(x[i:i + 1])
+            logits = model(x[i : i + 1])
             if logit_mask is not None:
                 logits = logits[:, logit_mask]
-            target = _sample_or_true_labels(logits, y[i:i + 1], sampled, generator)
+            target = _sample_or_true_labels(logits, y[i : i + 1], sampled, generator)
             grads = torch.autograd.grad(F.cross_entropy(logits, target), list(params.values()))
             for name, g in zip(params, grads):
                 total[name] += g.square()
@@ -249,8 +284,9 @@ def fisher_by_sample_loop(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sa
     return {n: v / len(y) for n, v in total.items()}
 
 
-def squared_batch_mean_gradient(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                                train_mode: bool = True) -> dict[str, torch.Tensor]:
+def squared_batch_mean_gradient(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], train_mode: bool = True
+) -> dict[str, torch.Tensor]:
     """The common approximation (Avalanche's EWC): ``mean over batches of (mean-loss gradient)^2``.
 
     Kept only to measure how far it is from :func:`diagonal_fisher` and what it costs; do not train with it.

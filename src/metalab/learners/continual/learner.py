@@ -12,13 +12,18 @@ Each step is :func:`~metalab.learners.continual.loop.continual_step` (with Light
 optimisation, so the step, the optimiser's step and the hooks after it are one plain function) and each
 evaluation :func:`~metalab.learners.continual.loop.evaluate_all_tasks`: a benchmark
 (``benchmarks/continual/loop_overhead.py``) runs the same two functions from a plain PyTorch loop.
+
+Only Lightning's public API is used: the stream names the Trainer arguments it needs
+(:meth:`~metalab.data.streams.TaskStream.trainer_arguments`, passed by :func:`metalab.run.build_run`), steps go
+through ``manual_backward`` and the ``LightningOptimizer``, and the learner counts its own training batches.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import lightning as L
 import torch
@@ -26,59 +31,16 @@ from torch import nn
 
 from metalab.data.streams import TaskStream
 from metalab.errors import ConfigError
-from metalab.learners.continual.loop import (NetworkMembers, StepResult, continual_step, evaluate_all_tasks,
-                                             mini_batches, scenario_predictions)
+from metalab.learners.continual.loop import (
+    NetworkMembers,
+    StepResult,
+    continual_step,
+    evaluate_all_tasks,
+    mini_batches,
+    scenario_predictions,
+)
 from metalab.learners.continual.methods import Batch, ContinualMethod, StreamInfo, check_method, check_method_fits
 from metalab.metrics.continual import AccuracyMatrix, plot_accuracy_matrix, summarise
-
-
-# Hooks Lightning calls around each backward and optimiser step; when no callback and not the learner
-# overrides them, calling them is all Lightning's wrappers add to a plain fp32 step on one device.
-STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-
-
-def direct_steps_allowed(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether ``loss.backward()`` and the bare optimiser's ``step()`` do exactly what Lightning's
-    ``manual_backward`` and ``LightningOptimizer.step`` would: the plain fp32 precision plugin on a single
-    device, Lightning's pass-through profiler, no ``backward`` override, and no callback or module that
-    overrides a hook of :data:`STEP_HOOKS` (so skipping the calls skips nothing)."""
-    from lightning.pytorch.plugins.precision import Precision
-    from lightning.pytorch.profilers import PassThroughProfiler
-    from lightning.pytorch.strategies import SingleDeviceStrategy
-    from lightning.pytorch.utilities.model_helpers import is_overridden
-
-    if type(trainer.precision_plugin) is not Precision or type(trainer.strategy) is not SingleDeviceStrategy:
-        return False
-    if not isinstance(trainer.profiler, PassThroughProfiler) or is_overridden("backward", module, L.LightningModule):
-        return False
-    return not any(is_overridden(hook, module, L.LightningModule) for hook in STEP_HOOKS) and not any(
-        is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in STEP_HOOKS)
-
-
-class DirectStep:
-    """The optimiser of Lightning's manual optimisation, stepped without the per-call hook dispatch.
-
-    ``step`` keeps Lightning's step accounting (``global_step``, the progress saved in checkpoints) by
-    calling the same ``_on_before_step``/``_on_after_step`` the manual-optimisation loop installs on
-    the ``LightningOptimizer``; only the precision plugin's wrapper (hooks nobody overrides, see
-    :func:`direct_steps_allowed`) is skipped.
-    """
-
-    def __init__(self, lightning_optimizer: Any) -> None:
-        self.optimizer = lightning_optimizer.optimizer
-        self._before, self._after = lightning_optimizer._on_before_step, lightning_optimizer._on_after_step
-
-    def zero_grad(self) -> None:
-        self.optimizer.zero_grad()
-
-    def step(self) -> None:
-        self._before()
-        self.optimizer.step()
-        self._after()
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return self.optimizer.param_groups
 
 
 class ContinualLearner(NetworkMembers, L.LightningModule):
@@ -92,14 +54,19 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
     EPYC), and a chunk pays it once. What happens per Lightning batch (callbacks' batch hooks, the logger's
     writes every ``log_every_n_steps`` batches, a stop by signal or ``max_time``) happens per chunk; with
     ``trainer.max_steps`` set the learner takes one mini-batch per Lightning batch, so the run stops at
-    that exact step. In plain fp32 on one device, when nothing overrides Lightning's backward and
-    optimiser-step hooks, each mini-batch calls ``loss.backward()`` and the optimiser directly
-    (:func:`direct_steps_allowed`, :class:`DirectStep`): the same arithmetic without the hook dispatch.
+    that exact step.
     """
 
-    def __init__(self, backbone: nn.Module, method: ContinualMethod,
-                 optimizer: Callable[..., torch.optim.Optimizer], channels_last: bool = True,
-                 evaluate_initial: bool = True, plot: bool = True, batches_per_step: int = 1) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        method: ContinualMethod,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        channels_last: bool = True,
+        evaluate_initial: bool = True,
+        plot: bool = True,
+        batches_per_step: int = 1,
+    ) -> None:
         super().__init__()
         self.automatic_optimization = False  # the step, optimiser step included, is continual_step
         self.net = backbone
@@ -109,10 +76,10 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         if not (isinstance(batches_per_step, int) and batches_per_step >= 1):
             raise ConfigError(f"learner.batches_per_step={batches_per_step!r} is not allowed: must be an integer >= 1")
         self.batches_per_step = batches_per_step
-        self._direct_steps = False
+        self.batches_trained = 0  # Lightning batches trained over the stream (saved in checkpoints; see _log_step)
         self.stream_info: StreamInfo | None = None
         self.accuracy: nn.ModuleDict | None = None  # R during training: row 0 initial, row i+1 after task i
-        self.final: nn.ModuleDict | None = None     # the test pass (one row)
+        self.final: nn.ModuleDict | None = None  # the test pass (one row)
         self._param_index: dict[str, nn.Parameter] = {}
         # Set by the diagnosis callback (metalab.callbacks.diagnosis.SkipsNonFiniteSteps): skip, not raise.
         self.skip_nonfinite_steps = False
@@ -123,8 +90,10 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
     def stream(self) -> TaskStream:
         stream = self.trainer.datamodule if self._trainer is not None else None
         if not isinstance(stream, TaskStream):
-            raise ConfigError("the continual learner needs a task stream (data=split_cifar10, split_mnist or "
-                              f"permuted_mnist: a metalab.data.streams.TaskStream); got {type(stream).__name__}")
+            raise ConfigError(
+                "the continual learner needs a task stream (data=split_cifar10, split_mnist or "
+                f"permuted_mnist: a metalab.data.streams.TaskStream); got {type(stream).__name__}"
+            )
         return stream
 
     @property
@@ -137,8 +106,14 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         stream.setup(stage)
         if self.stream_info is None:
             example = stream.train_tasks[0].x[:1]
-            self.stream_info = StreamInfo(stream.n_tasks, stream.classes_per_task, stream.train_examples(), example,
-                                          stream.n_classes, stream.scenarios)
+            self.stream_info = StreamInfo(
+                stream.n_tasks,
+                stream.classes_per_task,
+                stream.train_examples(),
+                example,
+                stream.n_classes,
+                stream.scenarios,
+            )
             check_method_fits(self.method, self.stream_info)
             self.method.setup(self.stream_info)
             self.net = self.method.build_network(self.net, self.stream_info)
@@ -151,12 +126,25 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         stops_at_a_step = self._trainer is not None and self.trainer.max_steps not in (None, -1)
         stream.batches_per_step = 1 if stops_at_a_step else self.batches_per_step
         if stage == "fit":
-            epochs = stream.n_tasks * stream.epochs_per_task
-            if self.trainer.max_epochs not in (None, -1, epochs):
-                print(f"[metalab] trainer.max_epochs={self.trainer.max_epochs} replaced by "
-                      f"data.n_tasks * data.epochs_per_task = {epochs}")
-            self.trainer.fit_loop.max_epochs = epochs
-            self.trainer.reload_dataloaders_every_n_epochs = 1  # the loader follows the current task
+            self.check_trainer_fits(stream)
+
+    def check_trainer_fits(self, stream: TaskStream) -> None:
+        """The Trainer must have been built with the stream's :meth:`~TaskStream.trainer_arguments` (one fit over
+        the whole stream, the loader reloaded each epoch); otherwise the run would silently train on task 0."""
+        trainer, needed = self.trainer, stream.trainer_arguments()
+        given = {
+            "max_epochs": trainer.max_epochs,
+            "reload_dataloaders_every_n_epochs": trainer.reload_dataloaders_every_n_epochs,
+        }
+        if trainer.fast_dev_run:  # debug: a few batches, whatever the stream's length
+            given["max_epochs"] = needed["max_epochs"]
+        wrong = {key: value for key, value in given.items() if value != needed[key]}
+        if wrong:
+            shown = ", ".join(f"trainer.{key}={value}" for key, value in wrong.items())
+            raise ConfigError(
+                f"{shown} is not allowed for a task stream: the continual learner needs "
+                f"Trainer(**stream.trainer_arguments()) = {needed} (metalab.run.build_run passes them)"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(params=self.net.parameters())
@@ -176,7 +164,6 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def on_train_start(self) -> None:
-        self._direct_steps = direct_steps_allowed(self.trainer, self)
         if self.evaluate_initial and self.accuracy[self.scenarios[0]].rows_done() == 0:
             self.evaluate_all_tasks(row=0)
 
@@ -187,15 +174,22 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         """One :func:`continual_step` per mini-batch of the (chunked) batch; logs the last one's loss."""
-        task, optimizer, backward = self.current_task, self.optimizers(), self.manual_backward
-        if self._direct_steps:
-            optimizer, backward = DirectStep(optimizer), torch.Tensor.backward
+        task, optimizer = self.current_task, self.optimizers()
         for mini_batch in mini_batches(batch, self.stream.batch_size):
-            result = continual_step(self, self.method, mini_batch, task, optimizer, backward=backward,
-                                    step=self.global_step, skip_nonfinite=self.skip_nonfinite_steps)
+            result = continual_step(
+                self,
+                self.method,
+                mini_batch,
+                task,
+                optimizer,
+                backward=self.manual_backward,
+                step=self.global_step,
+                skip_nonfinite=self.skip_nonfinite_steps,
+            )
             if result.skipped:
                 self.skipped_steps.append({"step": self.global_step, "loss": result.loss.item()})
         self._log_step(result)
+        self.batches_trained += 1
         return result.loss
 
     def _log_step(self, result: StepResult) -> None:
@@ -204,11 +198,12 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
 
         Lightning's ``log`` costs about 2.5 ms a call on this CPU (it walks its result object every
         time), which was most of a Split MNIST step (0.3 ms of compute); the logger only writes every
-        n-th batch, so the other calls bought nothing but a progress bar that refreshes every batch.
+        n-th batch, so the other calls bought nothing but a progress bar that refreshes every batch. The
+        logger writes after the Lightning batch whose 1-based count over the run is a multiple of
+        ``log_every_n_steps``; ``batches_trained`` (this batch not yet counted) is that count minus one.
         """
         trainer = self.trainer
-        if (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % max(1, trainer.log_every_n_steps) == 0 \
-                or trainer.is_last_batch:
+        if (self.batches_trained + 1) % max(1, trainer.log_every_n_steps) == 0 or trainer.is_last_batch:
             if result.penalty is not None:
                 self.log("train/penalty", result.penalty)
             self.log("train/loss", result.loss, prog_bar=True)
@@ -274,7 +269,9 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
     # -- checkpoints: method state (buffer, Fisher, old model, active column) ---------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["continual_method"] = self.method.state_dict()
+        checkpoint["continual_batches_trained"] = self.batches_trained
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "continual_method" in checkpoint:
             self.method.load_state_dict(self, checkpoint["continual_method"])
+        self.batches_trained = int(checkpoint.get("continual_batches_trained", 0))

@@ -9,8 +9,9 @@ the plain-PyTorch floor of ``benchmarks/continual/loop_overhead.py`` calls them 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,30 +21,38 @@ from metalab.data.streams import TaskStream, task_il_mask
 from metalab.errors import ConfigError, NumericalError
 from metalab.learners.continual.methods.base import Batch, ContinualLearnerView, ContinualMethod, StreamInfo
 
-SCENARIOS = ("class_il", "task_il")                   # the class splits' scenarios
+SCENARIOS = ("class_il", "task_il")  # the class splits' scenarios
 ALL_SCENARIOS = ("class_il", "task_il", "domain_il")  # domain-IL: metalab.data.domain_streams
 
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: torch.Tensor            # the minimised loss, detached
+    loss: torch.Tensor  # the minimised loss, detached
     penalty: torch.Tensor | None  # the method's regulariser, detached (None: the method has none)
-    logits: torch.Tensor          # "n classes": the current batch's logits before the update, detached
-    skipped: bool = False         # the loss was not finite and the step was skipped (skip_nonfinite)
+    logits: torch.Tensor  # "n classes": the current batch's logits before the update, detached
+    skipped: bool = False  # the loss was not finite and the step was skipped (skip_nonfinite)
 
 
-def current_task_loss(logits: torch.Tensor, y: torch.Tensor, task: int, classes_per_task: int,
-                      mask_to_task: bool) -> torch.Tensor:
+def current_task_loss(
+    logits: torch.Tensor, y: torch.Tensor, task: int, classes_per_task: int, mask_to_task: bool
+) -> torch.Tensor:
     """Cross-entropy on the current batch, over all classes or only the current task's (``mask_to_task``)."""
     if not mask_to_task:
         return F.cross_entropy(logits, y)
     lo = task * classes_per_task
-    return F.cross_entropy(logits[:, lo:lo + classes_per_task], y - lo)
+    return F.cross_entropy(logits[:, lo : lo + classes_per_task], y - lo)
 
 
-def continual_step(learner: ContinualLearnerView, method: ContinualMethod, batch: Batch, task: int,
-                   optimizer: Any, backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
-                   step: int = 0, skip_nonfinite: bool = False) -> StepResult:
+def continual_step(
+    learner: ContinualLearnerView,
+    method: ContinualMethod,
+    batch: Batch,
+    task: int,
+    optimizer: Any,
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+    step: int = 0,
+    skip_nonfinite: bool = False,
+) -> StepResult:
     """One training step of ``method`` on ``batch`` of ``task``, the optimiser's step included.
 
     One forward over ``[batch; replayed examples]``, so replay costs only its extra examples; loss =
@@ -59,21 +68,25 @@ def continual_step(learner: ContinualLearnerView, method: ContinualMethod, batch
     inputs = x if replay is None else torch.cat([x, replay.x])
     logits_all = learner.net(learner.prepare(inputs))  # "(n + m) classes"
     logits = logits_all[:n]
-    loss = current_task_loss(logits, y, task, learner.stream_info.classes_per_task,
-                             method.masks_training_logits_to_task)
+    loss = current_task_loss(
+        logits, y, task, learner.stream_info.classes_per_task, method.masks_training_logits_to_task
+    )
     if replay is not None:
         loss = loss + method.replay_loss(learner, logits_all[n:], replay)
     penalty = method.penalty(learner, batch, logits)
     if penalty is not None:
         if not skip_nonfinite and not torch.isfinite(penalty):
-            raise NumericalError(f"the {method.name} penalty became {penalty.item()} at step {step} (task {task}); "
-                                 "check learner.method settings (e.g. ewc_lambda) and lower learner.optimizer.lr")
+            raise NumericalError(
+                f"the {method.name} penalty became {penalty.item()} at step {step} (task {task}); "
+                "check learner.method settings (e.g. ewc_lambda) and lower learner.optimizer.lr"
+            )
         loss = loss + penalty
     if not torch.isfinite(loss):
         if skip_nonfinite:
             return StepResult(loss.detach(), None if penalty is None else penalty.detach(), logits.detach(), True)
-        raise NumericalError(f"training loss became {loss.item()} at step {step} (task {task}); "
-                             "lower learner.optimizer.lr")
+        raise NumericalError(
+            f"training loss became {loss.item()} at step {step} (task {task}); lower learner.optimizer.lr"
+        )
     optimizer.zero_grad()
     backward(loss)
     optimizer.step()
@@ -103,8 +116,9 @@ class TaskScore:
         return 100.0 * self.correct[scenario] / self.total
 
 
-def scenario_predictions(logits: torch.Tensor, task_ids: torch.Tensor | None, classes_per_task: int,
-                         scenarios: Sequence[str] = SCENARIOS) -> dict[str, torch.Tensor]:
+def scenario_predictions(
+    logits: torch.Tensor, task_ids: torch.Tensor | None, classes_per_task: int, scenarios: Sequence[str] = SCENARIOS
+) -> dict[str, torch.Tensor]:
     """Predicted classes ``[n]`` per scenario.
 
     class-IL and domain-IL take the argmax over every output (domain-IL: every task has the same classes
@@ -123,34 +137,43 @@ def scenario_predictions(logits: torch.Tensor, task_ids: torch.Tensor | None, cl
 
 
 @torch.no_grad()
-def evaluate_task(net: nn.Module, batches: Iterable[Batch], classes_per_task: int,
-                  prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                  forward_context: Callable[[], ContextManager] = contextlib.nullcontext,
-                  scenarios: Sequence[str] = SCENARIOS) -> TaskScore:
+def evaluate_task(
+    net: nn.Module,
+    batches: Iterable[Batch],
+    classes_per_task: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    scenarios: Sequence[str] = SCENARIOS,
+) -> TaskScore:
     """Correct counts per scenario of ``net`` (in the mode it is in) over one task's batches."""
     correct = dict.fromkeys(scenarios, 0)
     total = 0
     for batch in batches:
         with forward_context():
             logits = net(prepare(batch["x"])).float()
-        for scenario, predicted in scenario_predictions(logits, batch.get("task"), classes_per_task,
-                                                        scenarios).items():
+        for scenario, predicted in scenario_predictions(logits, batch.get("task"), classes_per_task, scenarios).items():
             correct[scenario] += int((predicted == batch["y"]).sum())
         total += len(batch["y"])
     return TaskScore(correct, total)
 
 
-def evaluate_all_tasks(net: nn.Module, stream: TaskStream,
-                       prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
-                       forward_context: Callable[[], ContextManager] = contextlib.nullcontext) -> list[TaskScore]:
+def evaluate_all_tasks(
+    net: nn.Module,
+    stream: TaskStream,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda x: x,
+    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> list[TaskScore]:
     """:func:`evaluate_task` on every task of ``stream``'s test split in each of the stream's scenarios, in
     evaluation mode (restored after)."""
     was_training = net.training
     net.eval()
     try:
-        return [evaluate_task(net, stream.task_test_loader(task), stream.classes_per_task, prepare, forward_context,
-                              stream.scenarios)
-                for task in range(stream.n_tasks)]
+        return [
+            evaluate_task(
+                net, stream.task_test_loader(task), stream.classes_per_task, prepare, forward_context, stream.scenarios
+            )
+            for task in range(stream.n_tasks)
+        ]
     finally:
         net.train(was_training)
 
@@ -187,9 +210,14 @@ class PlainLearner(NetworkMembers):
     contract names, so a method that runs here uses nothing else of the Lightning learner.
     """
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer | None,
-                 tasks: Sequence[tuple[torch.Tensor, torch.Tensor]], stream_info: StreamInfo | None = None,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        tasks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        stream_info: StreamInfo | None = None,
+        channels_last: bool = False,
+    ) -> None:
         self.net, self.optimizer, self.tasks = net, optimizer, list(tasks)
         self.stream_info, self.channels_last = stream_info, channels_last
         self.index_parameters()

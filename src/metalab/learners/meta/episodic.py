@@ -8,7 +8,8 @@ rate schedule from config, and a clear stop when the loss turns NaN.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch

@@ -3,19 +3,23 @@
 Each task of the meta-batch is adapted with ``inner_steps`` SGD steps on its support set (all tasks
 at once, first order); the initialisation then moves toward the mean of the adapted weights:
 ``theta <- theta + eps * mean_t(theta_t - theta)``. This is done by handing the optimiser the
-"gradient" ``theta - mean_t(theta_t)`` (the negated :func:`~metalab.learners.meta.outer_update.reptile_direction`,
+"gradient" ``theta - mean_t(theta_t)`` (the negated :func:`~metalab.adapt.outer_update.reptile_direction`,
 the one copy of the interpolation, shared with the services' governor): with SGD(lr=eps) it is exactly
 ``reptile_update(theta, theta_t, eps)``.
 A meta-batch of 1 is serial Reptile; more tasks is batched Reptile.
+
+The paper's inner loop (Nichol et al. 2018, Appendix A, and its code, openai/supervised-reptile) is Adam with
+beta1 = 0 on mini-batches of the task's examples, its state carried across tasks: ``inner_optimizer: adam``,
+``inner_batch``, ``eval_inner_batch`` (see :mod:`metalab.learners.meta.maml`); ``sgd`` is plain SGD.
 """
 
 from __future__ import annotations
 
 import torch
 
+from metalab.adapt.outer_update import reptile_direction
 from metalab.learners.meta.episodic import Batch
 from metalab.learners.meta.maml import MAML
-from metalab.learners.meta.outer_update import reptile_direction
 
 
 class Reptile(MAML):
@@ -28,7 +32,7 @@ class Reptile(MAML):
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         params = dict(self.backbone.named_parameters())
-        fast = self.inner.adapt(self.support_forward(first_order=True), params, batch["support"], batch["support_labels"])
+        fast = self.adapt_support(batch["support"], batch["support_labels"], self.inner.steps, first_order=True)
         optimizer = self.optimizers()
         optimizer.zero_grad()
         with torch.no_grad():

@@ -26,31 +26,50 @@ class ApiError(Exception):
 
 
 class ServicesClient:
-    def __init__(self, base_url: str, workspace: str, token: str, *, timeout: float = 10.0, retries: int = 5,
-                 backoff: float = 0.2, transport: httpx.BaseTransport | None = None):
-        self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport,
-                                 headers={"Authorization": f"Bearer {token}"})
+    def __init__(
+        self,
+        base_url: str,
+        workspace: str,
+        token: str,
+        *,
+        timeout: float = 10.0,
+        retries: int = 5,
+        backoff: float = 0.2,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers={"Authorization": f"Bearer {token}"}
+        )
         self.prefix = f"/v1/workspaces/{workspace}"
         self.retries, self.backoff = retries, backoff
 
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "ServicesClient":
+    def __enter__(self) -> ServicesClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ---- plumbing -----------------------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                 idempotency_key: str | None = None) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         last_error: Exception | None = None
         for attempt in range(self.retries + 1):
             try:
                 response = self.http.request(method, self.prefix + path, json=json, params=params, headers=headers)
-            except httpx.TransportError as error:  # connection refused / reset / timeout: the write may or may not have landed
+            except (
+                httpx.TransportError
+            ) as error:  # connection refused / reset / timeout: the write may or may not have landed
                 last_error = error
             else:
                 if response.status_code < 500:
@@ -85,8 +104,14 @@ class ServicesClient:
     def assign(self, experiment_id: int) -> s.AssignmentOut:
         return s.AssignmentOut.model_validate(self._request("POST", f"/experiments/{experiment_id}/assignments").json())
 
-    def record_outcome(self, experiment_id: int, variant: str, value: float, unit: str | None = None,
-                       idempotency_key: str | None = None) -> s.OutcomeOut:
+    def record_outcome(
+        self,
+        experiment_id: int,
+        variant: str,
+        value: float,
+        unit: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> s.OutcomeOut:
         body = s.OutcomeCreate(variant=variant, value=value, unit=unit)
         return self._write(f"/experiments/{experiment_id}/outcomes", body, s.OutcomeOut, idempotency_key)
 
@@ -106,16 +131,25 @@ class ServicesClient:
         return self._read(f"/experiments/{experiment_id}/analysis", s.AnalysisOut)
 
     def complete(self, experiment_id: int, winner: str | None = None, reason: str | None = None) -> s.ExperimentOut:
-        return self._write(f"/experiments/{experiment_id}/complete", s.CompleteRequest(winner=winner, reason=reason),
-                           s.ExperimentOut, None)
+        return self._write(
+            f"/experiments/{experiment_id}/complete",
+            s.CompleteRequest(winner=winner, reason=reason),
+            s.ExperimentOut,
+            None,
+        )
 
     # ---- recommendations and trust ------------------------------------------------------------------------
-    def recommend(self, recommendation: s.RecommendationCreate, idempotency_key: str | None = None) -> s.RecommendationOut:
+    def recommend(
+        self, recommendation: s.RecommendationCreate, idempotency_key: str | None = None
+    ) -> s.RecommendationOut:
         return self._write("/recommendations", recommendation, s.RecommendationOut, idempotency_key)
 
-    def evaluate(self, recommendation_id: int, evaluation: s.EvaluationCreate,
-                 idempotency_key: str | None = None) -> s.EvaluationOut:
-        return self._write(f"/recommendations/{recommendation_id}/evaluation", evaluation, s.EvaluationOut, idempotency_key)
+    def evaluate(
+        self, recommendation_id: int, evaluation: s.EvaluationCreate, idempotency_key: str | None = None
+    ) -> s.EvaluationOut:
+        return self._write(
+            f"/recommendations/{recommendation_id}/evaluation", evaluation, s.EvaluationOut, idempotency_key
+        )
 
     def trust(self, agent: str) -> s.TrustOut:
         return self._read(f"/agents/{agent}/trust", s.TrustOut)
@@ -140,17 +174,27 @@ class ServicesClient:
     def evolve(self, profile_id: int, idempotency_key: str | None = None) -> s.EvolveOut:
         return self._write(f"/profiles/{profile_id}/evolve", None, s.EvolveOut, idempotency_key)
 
-    def strategies(self, profile_id: int, role: str | None = None, limit: int = 50, cursor: int = 0) -> s.Page[s.StrategyOut]:
-        return self._read(f"/profiles/{profile_id}/strategies", s.Page[s.StrategyOut], role=role, limit=limit, cursor=cursor)
+    def strategies(
+        self, profile_id: int, role: str | None = None, limit: int = 50, cursor: int = 0
+    ) -> s.Page[s.StrategyOut]:
+        return self._read(
+            f"/profiles/{profile_id}/strategies", s.Page[s.StrategyOut], role=role, limit=limit, cursor=cursor
+        )
 
-    def record_strategy_outcome(self, strategy_id: int, values: dict[str, float],
-                                idempotency_key: str | None = None) -> s.StrategyOut:
-        return self._write(f"/strategies/{strategy_id}/outcomes", s.StrategyOutcomeCreate(values=values), s.StrategyOut,
-                           idempotency_key)
+    def record_strategy_outcome(
+        self, strategy_id: int, values: dict[str, float], idempotency_key: str | None = None
+    ) -> s.StrategyOut:
+        return self._write(
+            f"/strategies/{strategy_id}/outcomes",
+            s.StrategyOutcomeCreate(values=values),
+            s.StrategyOut,
+            idempotency_key,
+        )
 
     def add_edge(self, source: str, relation: str, target: str, idempotency_key: str | None = None) -> s.EdgeOut:
-        return self._write("/graph/edges", s.EdgeCreate(source=source, relation=relation, target=target), s.EdgeOut,
-                           idempotency_key)
+        return self._write(
+            "/graph/edges", s.EdgeCreate(source=source, relation=relation, target=target), s.EdgeOut, idempotency_key
+        )
 
     def ancestors(self, node: str, relation: str | None = "evolved_from") -> s.AncestorsOut:
         return self._read("/graph/ancestors", s.AncestorsOut, node=node, relation=relation)
@@ -183,8 +227,9 @@ class ServicesClient:
         return self._write("/transfer/insights", request, s.InsightOut, idempotency_key)
 
     # ---- model registry -------------------------------------------------------------------------------------
-    def register_model_version(self, model: str, version: s.ModelVersionCreate,
-                               idempotency_key: str | None = None) -> s.ModelVersionOut:
+    def register_model_version(
+        self, model: str, version: s.ModelVersionCreate, idempotency_key: str | None = None
+    ) -> s.ModelVersionOut:
         return self._write(f"/models/{model}/versions", version, s.ModelVersionOut, idempotency_key)
 
     def model(self, model: str) -> s.ModelOut:
@@ -194,8 +239,9 @@ class ServicesClient:
         return self._write(f"/models/{model}/drift", s.DriftRequest(recent=recent), s.DriftOut, None)
 
     def rollback(self, model: str, version: str, reason: str = "") -> s.ModelVersionOut:
-        return self._write(f"/models/{model}/rollback", s.RollbackRequest(version=version, reason=reason),
-                           s.ModelVersionOut, None)
+        return self._write(
+            f"/models/{model}/rollback", s.RollbackRequest(version=version, reason=reason), s.ModelVersionOut, None
+        )
 
     def model_events(self, model: str, limit: int = 50, cursor: int = 0) -> s.Page[s.ModelEventOut]:
         return self._read(f"/models/{model}/events", s.Page[s.ModelEventOut], limit=limit, cursor=cursor)
@@ -207,13 +253,19 @@ class ServicesClient:
     def governor(self, governor_id: int) -> s.GovernorOut:
         return self._read(f"/governors/{governor_id}", s.GovernorOut)
 
-    def change_knobs(self, governor_id: int, values: dict[str, Any], reason: str = "",
-                     idempotency_key: str | None = None) -> s.ChangeOut:
-        return self._write(f"/governors/{governor_id}/changes", s.KnobChange(values=values, reason=reason), s.ChangeOut,
-                           idempotency_key)
+    def change_knobs(
+        self, governor_id: int, values: dict[str, Any], reason: str = "", idempotency_key: str | None = None
+    ) -> s.ChangeOut:
+        return self._write(
+            f"/governors/{governor_id}/changes",
+            s.KnobChange(values=values, reason=reason),
+            s.ChangeOut,
+            idempotency_key,
+        )
 
-    def governor_telemetry(self, governor_id: int, gain: float, stability: float, resource: float,
-                           idempotency_key: str | None = None) -> s.TelemetryOut:
+    def governor_telemetry(
+        self, governor_id: int, gain: float, stability: float, resource: float, idempotency_key: str | None = None
+    ) -> s.TelemetryOut:
         body = s.TelemetryCreate(gain=gain, stability=stability, resource=resource)
         return self._write(f"/governors/{governor_id}/telemetry", body, s.TelemetryOut, idempotency_key)
 
@@ -225,8 +277,9 @@ class ServicesClient:
 
     def set_prior(self, domain: str, prior: s.PriorCreate) -> s.PriorOut:
         payload = prior.model_dump(mode="json")
-        return s.PriorOut.model_validate(self._request("PUT", f"/priors/{domain}", json=payload,
-                                                       idempotency_key=str(uuid.uuid4())).json())
+        return s.PriorOut.model_validate(
+            self._request("PUT", f"/priors/{domain}", json=payload, idempotency_key=str(uuid.uuid4())).json()
+        )
 
     def combine_priors(self, step_size: float = 1.0) -> s.CombinationOut:
         return self._write("/priors/combine", s.CombineRequest(step_size=step_size), s.CombinationOut, None)

@@ -28,6 +28,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 def _check_json(value: Any) -> Any:
     """Free-form JSON must be small, finite and free of NUL characters (they cannot be stored everywhere)."""
+
     def walk(item: Any) -> None:
         if isinstance(item, str) and "\x00" in item:
             raise ValueError("strings must not contain NUL characters")
@@ -42,6 +43,7 @@ def _check_json(value: Any) -> Any:
         elif isinstance(item, list):
             for child in item:
                 walk(child)
+
     walk(value)
     if len(json.dumps(value)) > MAX_JSON_BYTES:
         raise ValueError(f"must serialise to at most {MAX_JSON_BYTES} bytes of JSON")
@@ -59,6 +61,26 @@ class Strict(BaseModel):
 T = TypeVar("T")
 
 
+def tighten_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """State the key pattern of every ``dict[Pattern, V]``: pydantic writes it as ``patternProperties`` only,
+    which lets keys of any other form through the schema although the server refuses them (422)."""
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            patterns = node.get("patternProperties")
+            if node.get("type") == "object" and isinstance(patterns, dict) and len(patterns) == 1:
+                node.setdefault("propertyNames", {})["pattern"] = next(iter(patterns))
+                node["additionalProperties"] = False
+            for child in node.values():
+                walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk(schema)
+    return schema
+
+
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: int | None = Field(None, description="pass as ?cursor= for the next page; null on the last page")
@@ -66,7 +88,12 @@ class Page(BaseModel, Generic[T]):
 
 class ExperimentCreate(Strict):
     name: Name
-    variants: list[ShortName] = Field(min_length=2, max_length=20, description="the first is the control")
+    variants: list[ShortName] = Field(
+        min_length=2,
+        max_length=20,
+        description="the first is the control; distinct",
+        json_schema_extra={"uniqueItems": True},
+    )
     outcome_type: Literal["binary", "continuous"] = "binary"
     allocation: Literal["equal", "thompson", "ucb"] = "equal"
     maximize: bool = True
@@ -142,9 +169,10 @@ class VariantEstimateOut(BaseModel):
 
 class ComparisonOut(BaseModel):
     variant: str
-    difference: float = Field(description="mean(variant) - mean(control)")
+    reference: str = Field(description="the control (equal allocation) or the current best arm (thompson, ucb)")
+    difference: float = Field(description="mean(variant) - mean(reference)")
     interval: tuple[float, float] = Field(description="always-valid confidence sequence at level alpha/(k-1)")
-    p_value_now: float
+    p_value_now: float = Field(description="mSPRT p-value at this look")
     p_value: float = Field(description="always-valid p-value (mSPRT, running minimum over all looks)")
     significant: bool
 
@@ -201,8 +229,9 @@ class RecommendationOut(BaseModel):
 
 class EvaluationCreate(Strict):
     overall_quality: Probability
-    scores: dict[ShortName, Probability] = Field(default_factory=dict, max_length=50,
-                                                 description="quality per dimension in [0, 1]; 'timeliness' feeds trust")
+    scores: dict[ShortName, Probability] = Field(
+        default_factory=dict, max_length=50, description="quality per dimension in [0, 1]; 'timeliness' feeds trust"
+    )
     success: bool | None = Field(None, description="defaults to overall_quality >= 0.5")
     feedback: Text = ""
 
@@ -267,7 +296,8 @@ class GeneSpec(Strict):
     high: Finite | None = None
     log: bool | None = Field(None, description="float genes only: search log(value)")
     choices: list[Annotated[str, StringConstraints(max_length=100, pattern=NO_NUL)] | Finite | bool] | None = Field(
-        None, min_length=1, max_length=100)
+        None, min_length=1, max_length=100
+    )
 
     def as_config(self) -> dict[str, Any]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -281,8 +311,9 @@ class ObjectiveSpec(Strict):
 class ProfileCreate(Strict):
     name: Name
     genes: dict[GeneName, GeneSpec] = Field(min_length=1, max_length=50)
-    objectives: list[ObjectiveSpec] = Field(default_factory=lambda: [ObjectiveSpec(name="speed")], min_length=1,
-                                            max_length=8)
+    objectives: list[ObjectiveSpec] = Field(
+        default_factory=lambda: [ObjectiveSpec(name="speed")], min_length=1, max_length=8
+    )
     population_size: int = Field(20, ge=5, le=1000)
     survival_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the population that survives")
     seed: int = Field(0, ge=0, le=2**31 - 1)
@@ -434,16 +465,19 @@ class CohortOut(BaseModel):
 # ---- model registry ------------------------------------------------------------------------------------------
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.\-]+$")]
 VersionName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
-Sample = Annotated[list[Finite], Field(min_length=1, max_length=10_000)]
+# RegistryConfig.min_samples (30, the API uses the default) to registry.MAX_REFERENCE values per feature
+Sample = Annotated[list[Finite], Field(min_length=30, max_length=10_000)]
 
 
 class ModelVersionCreate(Strict):
     version: VersionName
     metrics: dict[GeneName, Finite] = Field(default_factory=dict, max_length=64)
     artifact: Annotated[str, StringConstraints(min_length=1, max_length=1000, pattern=NO_NUL)] = Field(
-        description="where the artifact lives (a path or URI; the registry stores the reference only)")
-    reference: dict[GeneName, Sample] = Field(min_length=1, max_length=64,
-                                              description="a sample of each input feature, for drift checks")
+        description="where the artifact lives (a path or URI; the registry stores the reference only)"
+    )
+    reference: dict[GeneName, Sample] = Field(
+        min_length=1, max_length=64, description="a sample of each input feature, for drift checks"
+    )
     activate: bool = True
 
 

@@ -6,19 +6,44 @@ analysis after every outcome reads a handful of rows instead of scanning all out
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator):
+    """A time-zone-aware UTC timestamp on every backend (issue 38).
+
+    PostgreSQL stores ``timestamp with time zone`` and returns it in the session's zone; SQLite has no
+    time-zone type and returns naive values. Both are written as UTC and read back as UTC with an offset.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("timestamps must be time-zone aware")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UtcDateTime()}
 
 
 class Workspace(Base):
@@ -59,12 +84,14 @@ class Experiment(Base):
     winner: Mapped[str | None] = mapped_column(String(100), nullable=True)
     decision: Mapped[str | None] = mapped_column(String(32), nullable=True)
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    # Always-valid p-value of each treatment against the control: the running minimum over every look.
+    # Always-valid p-values, the running minimum over every look: {variant: p} against the control, or under
+    # adaptive allocation {arm: {other arm: p}} for every pair.
     min_p_values: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    variants: Mapped[list["Variant"]] = relationship(order_by="Variant.position", cascade="all, delete-orphan",
-                                                     back_populates="experiment")
+    variants: Mapped[list[Variant]] = relationship(
+        order_by="Variant.position", cascade="all, delete-orphan", back_populates="experiment"
+    )
 
 
 class Variant(Base):
@@ -105,8 +132,9 @@ class Recommendation(Base):
     reasoning: Mapped[str] = mapped_column(Text, default="")
     evidence: Mapped[list[Any]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    evaluation: Mapped["Evaluation | None"] = relationship(back_populates="recommendation", uselist=False,
-                                                          cascade="all, delete-orphan")
+    evaluation: Mapped[Evaluation | None] = relationship(
+        back_populates="recommendation", uselist=False, cascade="all, delete-orphan"
+    )
 
 
 class Evaluation(Base):
@@ -168,9 +196,11 @@ class GraphEdge(Base):
     """A typed relation between two stored things, ``source --relation--> target`` (nodes are ``kind:key``)."""
 
     __tablename__ = "graph_edges"
-    __table_args__ = (UniqueConstraint("workspace", "source", "relation", "target", name="uq_graph_edge"),
-                      Index("ix_graph_edges_workspace_source", "workspace", "source"),
-                      Index("ix_graph_edges_workspace_target", "workspace", "target"))
+    __table_args__ = (
+        UniqueConstraint("workspace", "source", "relation", "target", name="uq_graph_edge"),
+        Index("ix_graph_edges_workspace_source", "workspace", "source"),
+        Index("ix_graph_edges_workspace_target", "workspace", "target"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"))
     source: Mapped[str] = mapped_column(String(200))
@@ -341,3 +371,42 @@ class DomainPrior(Base):
     values: Mapped[dict[str, Any]] = mapped_column(JSON)
     updates: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# ---- issue 35.3: expert registry and learned consensus ---------------------------------------------------
+class Expert(Base):
+    """An agent or model with skills (skill -> level 1..5), its weighted-majority weight and its record."""
+
+    __tablename__ = "experts"
+    __table_args__ = (UniqueConstraint("workspace", "name", name="uq_expert_workspace_name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(16))  # agent | model | human
+    skills: Mapped[dict[str, Any]] = mapped_column(JSON)
+    weight: Mapped[float] = mapped_column(Float, default=1.0)  # weighted majority (Littlestone & Warmuth 1994)
+    vote_weight: Mapped[float] = mapped_column(Float, default=1.0)  # logistic vote weight (online gradient)
+    correct: Mapped[int] = mapped_column(Integer, default=0)  # resolved rounds whose outcome its position matched
+    resolved: Mapped[int] = mapped_column(Integer, default=0)  # resolved rounds it took a position in
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConsensusRound(Base):
+    """One decision: the proposals and critiques as submitted, the decision and its transcript, the outcome."""
+
+    __tablename__ = "consensus_rounds"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace: Mapped[str] = mapped_column(ForeignKey("workspaces.name", ondelete="CASCADE"), index=True)
+    question: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(String(16))
+    beta: Mapped[float] = mapped_column(Float)
+    answers: Mapped[int | None] = mapped_column(Integer, nullable=True)  # how many answers the question has
+    proposals: Mapped[list[Any]] = mapped_column(JSON)
+    critiques: Mapped[list[Any]] = mapped_column(JSON)
+    positions: Mapped[dict[str, Any]] = mapped_column(JSON)  # expert -> answer it stood for
+    decision: Mapped[str] = mapped_column(String(200))
+    confidence: Mapped[float] = mapped_column(Float)
+    transcript: Mapped[list[Any]] = mapped_column(JSON)
+    outcome: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(nullable=True)

@@ -24,7 +24,9 @@ def find_bindir() -> Path | None:
     candidates = []
     if shutil.which("pg_config"):
         try:
-            candidates.append(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip())
+            candidates.append(
+                subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+            )
         except subprocess.CalledProcessError:
             pass
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
@@ -37,12 +39,15 @@ def find_bindir() -> Path | None:
 def unavailable_reason() -> str | None:
     """Why a temporary server cannot be started here (None when it can)."""
     if find_bindir() is None:
-        return "no PostgreSQL server binaries (initdb, postgres) found via pg_config --bindir or /usr/lib/postgresql/*/bin"
+        return (
+            "no PostgreSQL server binaries (initdb, postgres) found via pg_config --bindir or /usr/lib/postgresql/*/bin"
+        )
     if os.geteuid() == 0 and not shutil.which("runuser"):
         return "running as root without runuser: initdb/postgres refuse root"
     if os.geteuid() == 0:
         try:
             import pwd
+
             pwd.getpwnam("postgres")
         except KeyError:
             return "running as root and there is no 'postgres' user to run the server as"
@@ -72,7 +77,7 @@ class TemporaryPostgres:
     def _as_server_user(self, argv: list[str]) -> list[str]:
         return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
 
-    def start(self) -> "TemporaryPostgres":
+    def start(self) -> TemporaryPostgres:
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(reason)
@@ -81,16 +86,46 @@ class TemporaryPostgres:
         sockets.mkdir()
         if os.geteuid() == 0:
             import pwd
+
             user = pwd.getpwnam("postgres")
             for path in (self.root, sockets):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        subprocess.run(self._as_server_user([str(self.bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                                             "--auth=trust", "-E", "UTF8", "--no-sync"]),
-                       check=True, capture_output=True)
-        self.process = subprocess.Popen(self._as_server_user(
-            [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-k", str(sockets),
-             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"]),
-            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "wb"))
+        subprocess.run(
+            self._as_server_user(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        self.process = subprocess.Popen(
+            self._as_server_user(
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "max_connections=200",
+                ]
+            ),
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.root / "server.log", "wb"),
+        )
         self._wait_and_create_database()
         return self
 
@@ -100,7 +135,9 @@ class TemporaryPostgres:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as conn:
+                with psycopg.connect(
+                    f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+                ) as conn:
                     conn.execute(f'CREATE DATABASE "{self.database}"')
                 return
             except psycopg.OperationalError:
@@ -123,7 +160,7 @@ class TemporaryPostgres:
             shutil.rmtree(self.root, ignore_errors=True)
             self.root = None
 
-    def __enter__(self) -> "TemporaryPostgres":
+    def __enter__(self) -> TemporaryPostgres:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

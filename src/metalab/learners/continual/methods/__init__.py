@@ -14,13 +14,38 @@ module              config                      what differs from plain sequenti
 ==================  ==========================  ==========================================================
 """
 
-from metalab.learners.continual.methods.base import (Batch, ContinualLearnerView, ContinualMethod, Finetune, Joint,
-                                                     Replay, StreamInfo, check_method, check_method_fits)
+from metalab.learners.continual.methods.base import (
+    Batch,
+    ContinualLearnerView,
+    ContinualMethod,
+    Finetune,
+    Joint,
+    Replay,
+    StreamInfo,
+    check_method,
+    check_method_fits,
+)
 from metalab.learners.continual.methods.ewc import EWC, QuadraticAnchor
 from metalab.learners.continual.methods.lwf import LwF, distillation_loss
 from metalab.learners.continual.methods.progressive import Progressive, ProgressiveNetwork
 from metalab.learners.continual.methods.replay import DERPlusPlus, ExperienceReplay
 
-__all__ = ["Batch", "ContinualLearnerView", "ContinualMethod", "DERPlusPlus", "EWC", "ExperienceReplay", "Finetune",
-           "Joint", "LwF", "Progressive", "ProgressiveNetwork", "QuadraticAnchor", "Replay", "StreamInfo",
-           "check_method", "check_method_fits", "distillation_loss"]
+__all__ = [
+    "Batch",
+    "ContinualLearnerView",
+    "ContinualMethod",
+    "DERPlusPlus",
+    "EWC",
+    "ExperienceReplay",
+    "Finetune",
+    "Joint",
+    "LwF",
+    "Progressive",
+    "ProgressiveNetwork",
+    "QuadraticAnchor",
+    "Replay",
+    "StreamInfo",
+    "check_method",
+    "check_method_fits",
+    "distillation_loss",
+]

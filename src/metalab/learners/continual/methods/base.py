@@ -30,8 +30,8 @@ class StreamInfo:
 
     n_tasks: int
     classes_per_task: int
-    train_examples: int          # over all tasks (what a buffer could ever hold)
-    example_x: torch.Tensor      # one input ``[1, c, h, w]``, for shape inference
+    train_examples: int  # over all tasks (what a buffer could ever hold)
+    example_x: torch.Tensor  # one input ``[1, c, h, w]``, for shape inference
     n_classes: int | None = None  # outputs of the single head (None: n_tasks * classes_per_task, a class split)
     scenarios: tuple[str, ...] = ("class_il", "task_il")  # how the stream is evaluated
 
@@ -87,15 +87,17 @@ class Replay:
     the logits stored with them (DER++), the rest against their labels. ER has no stored logits.
     """
 
-    x: torch.Tensor                     # "m ..."
-    labels: torch.Tensor                # "m_labels"
+    x: torch.Tensor  # "m ..."
+    labels: torch.Tensor  # "m_labels"
     logits: torch.Tensor | None = None  # "m_logits classes"
 
     def __post_init__(self) -> None:
         stored = 0 if self.logits is None else len(self.logits)
         if stored + len(self.labels) != len(self.x):
-            raise ValueError(f"replay of {len(self.x)} examples with {stored} stored logits and "
-                             f"{len(self.labels)} labels: the two parts must cover the examples exactly")
+            raise ValueError(
+                f"replay of {len(self.x)} examples with {stored} stored logits and "
+                f"{len(self.labels)} labels: the two parts must cover the examples exactly"
+            )
 
     @property
     def n_logit_rows(self) -> int:
@@ -107,9 +109,9 @@ class ContinualMethod:
     """Fine-tuning, and the hooks every method may override (all are no-ops here)."""
 
     name = "finetune"
-    trains_on_all_seen_tasks = False       # joint training: the loader of task t serves tasks 0..t
+    trains_on_all_seen_tasks = False  # joint training: the loader of task t serves tasks 0..t
     masks_training_logits_to_task = False  # loss only over the current task's classes (task-specific heads)
-    needs_task_ids_at_test = False         # predicts through the test example's task (task heads, columns)
+    needs_task_ids_at_test = False  # predicts through the test example's task (task heads, columns)
 
     # -- set-up (before the learner exists as a view) --------------------------------------------------------
     def build_network(self, backbone: nn.Module, stream: StreamInfo) -> nn.Module:
@@ -175,14 +177,18 @@ def frozen_copy(net: nn.Module) -> nn.Module:
 def check_method_fits(method: ContinualMethod, stream: StreamInfo) -> None:
     """Refuse a method that needs the task id at test time on a stream that does not give it (domain-IL)."""
     if (method.needs_task_ids_at_test or method.masks_training_logits_to_task) and not stream.task_ids_at_test:
-        raise ConfigError(f"learner.method={method.name} needs the task id of each test example (task-specific "
-                          f"heads or columns), but this stream is evaluated as {' / '.join(stream.scenarios)}, "
-                          "where the task is not given; choose a method with a single head (finetune, joint, ewc, "
-                          "online_ewc, er, derpp, lwf) or a class-split stream")
+        raise ConfigError(
+            f"learner.method={method.name} needs the task id of each test example (task-specific "
+            f"heads or columns), but this stream is evaluated as {' / '.join(stream.scenarios)}, "
+            "where the task is not given; choose a method with a single head (one whose "
+            "needs_task_ids_at_test and masks_training_logits_to_task are False) or a class-split stream"
+        )
 
 
 def check_method(method: object) -> ContinualMethod:
     if not isinstance(method, ContinualMethod):
-        raise ConfigError(f"learner.method must instantiate a metalab.learners.continual.methods.ContinualMethod; "
-                          f"got {type(method).__name__}")
+        raise ConfigError(
+            f"learner.method must instantiate a metalab.learners.continual.methods.ContinualMethod; "
+            f"got {type(method).__name__}"
+        )
     return method

@@ -32,8 +32,8 @@ class QuadraticAnchor:
     """
 
     importance: Tensors = field(default_factory=dict)  # A, {name: [*shape]}
-    anchor: Tensors = field(default_factory=dict)      # m
-    constant: float = 0.0                              # c
+    anchor: Tensors = field(default_factory=dict)  # m
+    constant: float = 0.0  # c
 
     @property
     def empty(self) -> bool:
@@ -52,7 +52,7 @@ class QuadraticAnchor:
             a_old, m_old, th = self.importance[n].double(), self.anchor[n].double(), theta[n].double()
             a_new = a_old + f.double()
             m_new = torch.where(a_new > 0, (a_old * m_old + f.double() * th) / a_new.clamp_min(1e-300), th)
-            constant += float((a_old * m_old ** 2 + f.double() * th ** 2 - a_new * m_new ** 2).sum())
+            constant += float((a_old * m_old**2 + f.double() * th**2 - a_new * m_new**2).sum())
             self.importance[n], self.anchor[n] = a_new.to(f.dtype), m_new.to(f.dtype)
         self.constant = constant
 
@@ -60,8 +60,10 @@ class QuadraticAnchor:
         """``q`` at ``params`` (differentiable); the fused Triton kernel where Triton runs."""
         if kernels.triton_runs(params[0].device):
             # value and gradient of sum A (theta - m)^2 in one pass per tensor
-            quad = sum(kernels.ewc_penalty(self.importance[n].contiguous(), p.contiguous(),
-                                           self.anchor[n].contiguous()) for n, p in zip(names, params))
+            quad = sum(
+                kernels.ewc_penalty(self.importance[n].contiguous(), p.contiguous(), self.anchor[n].contiguous())
+                for n, p in zip(names, params)
+            )
         else:
             diffs = torch._foreach_sub(params, [self.anchor[n] for n in names])
             weighted = torch._foreach_mul(diffs, [self.importance[n] for n in names])
@@ -104,20 +106,40 @@ class EWC(ContinualMethod):
 
     name = "ewc"
 
-    def __init__(self, ewc_lambda: float = 100.0, online: bool = False, gamma: float = 1.0,
-                 sampled_labels: bool = False, fisher_examples: int | None = None, fisher_batch_size: int = 128,
-                 seed: int = 0, update: str = "gradient") -> None:
-        require(math.isfinite(ewc_lambda) and ewc_lambda >= 0, "learner.method.ewc_lambda", "a finite number >= 0",
-                ewc_lambda)
+    def __init__(
+        self,
+        ewc_lambda: float = 100.0,
+        online: bool = False,
+        gamma: float = 1.0,
+        sampled_labels: bool = False,
+        fisher_examples: int | None = None,
+        fisher_batch_size: int = 128,
+        seed: int = 0,
+        update: str = "gradient",
+    ) -> None:
+        require(
+            math.isfinite(ewc_lambda) and ewc_lambda >= 0,
+            "learner.method.ewc_lambda",
+            "a finite number >= 0",
+            ewc_lambda,
+        )
         require(0.0 <= gamma <= 1.0, "learner.method.gamma", "in [0, 1]", gamma)
-        require(fisher_examples is None or fisher_examples >= 1, "learner.method.fisher_examples",
-                "null (all) or at least 1", fisher_examples)
+        require(
+            fisher_examples is None or fisher_examples >= 1,
+            "learner.method.fisher_examples",
+            "null (all) or at least 1",
+            fisher_examples,
+        )
         require(fisher_batch_size >= 1, "learner.method.fisher_batch_size", "at least 1", fisher_batch_size)
         require(update in ("gradient", "proximal"), "learner.method.update", "'gradient' or 'proximal'", update)
         self.name = "online_ewc" if online else "ewc"
         self.proximal = update == "proximal"
         self.ewc_lambda, self.online, self.gamma = ewc_lambda, online, gamma
-        self.sampled_labels, self.fisher_examples, self.fisher_batch_size = sampled_labels, fisher_examples, fisher_batch_size
+        self.sampled_labels, self.fisher_examples, self.fisher_batch_size = (
+            sampled_labels,
+            fisher_examples,
+            fisher_batch_size,
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.quadratic = QuadraticAnchor()
 
@@ -148,8 +170,10 @@ class EWC(ContinualMethod):
         if self.fisher_examples is not None and self.fisher_examples < len(y):
             keep = torch.randperm(len(y), generator=self.generator)[: self.fisher_examples]
             x, y = x[keep], y[keep]
-        chunks = [(learner.prepare(x[i:i + self.fisher_batch_size]), y[i:i + self.fisher_batch_size])
-                  for i in range(0, len(y), self.fisher_batch_size)]
+        chunks = [
+            (learner.prepare(x[i : i + self.fisher_batch_size]), y[i : i + self.fisher_batch_size])
+            for i in range(0, len(y), self.fisher_batch_size)
+        ]
         with torch.autocast("cpu", enabled=False):
             return diagonal_fisher(learner.net, chunks, sampled=self.sampled_labels, generator=self.generator)
 
@@ -166,8 +190,11 @@ def plain_sgd_step_size(optimizer: Any) -> float:
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Lightning's wrapper
     groups = optimizer.param_groups
     plain = isinstance(optimizer, torch.optim.SGD) and all(
-        g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in groups)
+        g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in groups
+    )
     if not plain or len({g["lr"] for g in groups}) != 1:
-        raise ConfigError("learner.method.update='proximal' needs plain SGD with one learning rate (no momentum, "
-                          f"no weight decay); got {type(optimizer).__name__}. Use update='gradient' otherwise")
+        raise ConfigError(
+            "learner.method.update='proximal' needs plain SGD with one learning rate (no momentum, "
+            f"no weight decay); got {type(optimizer).__name__}. Use update='gradient' otherwise"
+        )
     return float(groups[0]["lr"])

@@ -12,8 +12,9 @@ from metalab.errors import require
 from metalab.learners.continual.methods.base import Batch, ContinualLearnerView, ContinualMethod, frozen_copy
 
 
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, old_classes: int,
-                      temperature: float, weight: float = 1.0) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, old_classes: int, temperature: float, weight: float = 1.0
+) -> torch.Tensor:
     """``weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over the first ``old_classes``
     outputs, averaged over the batch (``logits``, ``teacher_logits``: ``[n, classes]``). The ``T^2``
     keeps the gradient's scale independent of ``T`` (Hinton et al. 2015)."""
@@ -67,8 +68,10 @@ class LwF(ContinualMethod):
         return distillation_loss(logits, teacher_logits, self.old_classes, self.temperature, weight=self.alpha)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"old_classes": self.old_classes,
-                "previous": None if self.previous is None else self.previous.state_dict()}
+        return {
+            "old_classes": self.old_classes,
+            "previous": None if self.previous is None else self.previous.state_dict(),
+        }
 
     def load_state_dict(self, learner: ContinualLearnerView, state: dict[str, Any]) -> None:
         self.old_classes = state["old_classes"]

@@ -38,7 +38,9 @@ def _adapter(source: torch.Tensor, target: torch.Tensor) -> nn.Module | None:
     if source.dim() == 4 and target.dim() == 4:  # "n c h w"
         stride = source.shape[-1] // target.shape[-1]
         if stride < 1 or source.shape[-1] != target.shape[-1] * stride:
-            raise ConfigError(f"progressive: cannot map a {tuple(source.shape[1:])} feature map to {tuple(target.shape[1:])}")
+            raise ConfigError(
+                f"progressive: cannot map a {tuple(source.shape[1:])} feature map to {tuple(target.shape[1:])}"
+            )
         return nn.Conv2d(source.shape[1], target.shape[1], kernel_size=1, stride=stride, bias=False)
     if source.dim() == 2 and target.dim() == 2:  # "n d"
         return nn.Linear(source.shape[1], target.shape[1], bias=False)
@@ -48,12 +50,20 @@ def _adapter(source: torch.Tensor, target: torch.Tensor) -> nn.Module | None:
 class ProgressiveNetwork(nn.Module):
     """``n_tasks`` columns built from ``backbone`` (which must expose ``stages`` and ``head``)."""
 
-    def __init__(self, backbone: nn.Module, n_tasks: int, classes_per_task: int, example_x: torch.Tensor,
-                 lateral_scale: float = 0.1) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        n_tasks: int,
+        classes_per_task: int,
+        example_x: torch.Tensor,
+        lateral_scale: float = 0.1,
+    ) -> None:
         super().__init__()
         if not (hasattr(backbone, "stages") and hasattr(backbone, "head")):
-            raise ConfigError(f"progressive networks need a backbone with `stages` and `head` "
-                              f"(ResNet18, MLP); got {type(backbone).__name__}")
+            raise ConfigError(
+                f"progressive networks need a backbone with `stages` and `head` "
+                f"(ResNet18, MLP); got {type(backbone).__name__}"
+            )
         self.n_tasks, self.classes_per_task = n_tasks, classes_per_task
         columns = [backbone]
         for _ in range(1, n_tasks):
@@ -97,7 +107,7 @@ class ProgressiveNetwork(nn.Module):
             scale.requires_grad_(int(key.split("_")[0]) == task)
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "ProgressiveNetwork":
+    def train(self, mode: bool = True) -> ProgressiveNetwork:
         super().train(mode)
         for k in range(self.active):  # frozen columns keep their batch-norm statistics
             self.columns[k].eval()
@@ -116,11 +126,13 @@ class ProgressiveNetwork(nn.Module):
         live = self.active + 1
         h = [x] * live
         for level, _ in enumerate(self.columns[0].stages):
-            h = [self.columns[k].stages[level](h[k]) + (self._lateral(k, level, h) if level > 0 else 0)
-                 for k in range(live)]
+            h = [
+                self.columns[k].stages[level](h[k]) + (self._lateral(k, level, h) if level > 0 else 0)
+                for k in range(live)
+            ]
         logits = [self.columns[k].head(h[k]) + self._lateral(k, self.n_stages, h) for k in range(live)]
         c = self.classes_per_task
-        return torch.cat([logits[min(t, self.active)][:, t * c:(t + 1) * c] for t in range(self.n_tasks)], dim=1)
+        return torch.cat([logits[min(t, self.active)][:, t * c : (t + 1) * c] for t in range(self.n_tasks)], dim=1)
 
 
 class Progressive(ContinualMethod):
@@ -128,15 +140,16 @@ class Progressive(ContinualMethod):
 
     name = "progressive"
     masks_training_logits_to_task = True  # each column's head is trained on its own task's classes
-    needs_task_ids_at_test = True         # a test example's logits come from its own task's column
+    needs_task_ids_at_test = True  # a test example's logits come from its own task's column
 
     def __init__(self, lateral_scale: float = 0.1) -> None:
         self.lateral_scale = lateral_scale
         self.network: ProgressiveNetwork | None = None
 
     def build_network(self, backbone: nn.Module, stream: StreamInfo) -> nn.Module:
-        self.network = ProgressiveNetwork(backbone, stream.n_tasks, stream.classes_per_task, stream.example_x,
-                                          self.lateral_scale)
+        self.network = ProgressiveNetwork(
+            backbone, stream.n_tasks, stream.classes_per_task, stream.example_x, self.lateral_scale
+        )
         return self.network
 
     def before_task(self, learner: ContinualLearnerView, task: int) -> None:

@@ -26,18 +26,25 @@ class ExperienceReplay(ContinualMethod):
 
     name = "er"
 
-    def __init__(self, buffer_size: int = 500, replay_batch_size: int = 32, seed: int = 0,
-                 fill: str = "reservoir") -> None:
+    def __init__(
+        self, buffer_size: int = 500, replay_batch_size: int = 32, seed: int = 0, fill: str = "reservoir"
+    ) -> None:
         require(buffer_size >= 1, "learner.method.buffer_size", "at least 1", buffer_size)
         require(replay_batch_size >= 1, "learner.method.replay_batch_size", "at least 1", replay_batch_size)
         require(fill in ("reservoir", "task_end"), "learner.method.fill", "'reservoir' or 'task_end'", fill)
         self.fill_at_task_end = fill == "task_end"
-        self.buffer = TaskBalancedBuffer(buffer_size, seed) if self.fill_at_task_end else ReservoirBuffer(buffer_size, seed)
+        self.buffer = (
+            TaskBalancedBuffer(buffer_size, seed) if self.fill_at_task_end else ReservoirBuffer(buffer_size, seed)
+        )
         self.replay_batch_size = replay_batch_size
 
     def setup(self, stream: StreamInfo) -> None:
-        require(self.buffer.size <= stream.train_examples, "learner.method.buffer_size",
-                f"at most {stream.train_examples}, the training examples of the whole stream", self.buffer.size)
+        require(
+            self.buffer.size <= stream.train_examples,
+            "learner.method.buffer_size",
+            f"at most {stream.train_examples}, the training examples of the whole stream",
+            self.buffer.size,
+        )
 
     def replay_batch(self, learner: ContinualLearnerView, n: int) -> Replay | None:
         if not len(self.buffer):
@@ -73,8 +80,9 @@ class DERPlusPlus(ExperienceReplay):
 
     name = "derpp"
 
-    def __init__(self, buffer_size: int = 500, replay_batch_size: int = 32, alpha: float = 0.1, beta: float = 0.5,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, buffer_size: int = 500, replay_batch_size: int = 32, alpha: float = 0.1, beta: float = 0.5, seed: int = 0
+    ) -> None:
         super().__init__(buffer_size, replay_batch_size, seed)
         require(alpha >= 0, "learner.method.alpha", ">= 0", alpha)
         require(beta >= 0, "learner.method.beta", ">= 0", beta)
@@ -84,8 +92,9 @@ class DERPlusPlus(ExperienceReplay):
         if not len(self.buffer):
             return None
         for_logits, for_labels = self.buffer.sample(self.replay_batch_size), self.buffer.sample(self.replay_batch_size)
-        return Replay(x=torch.cat([for_logits["x"], for_labels["x"]]), labels=for_labels["y"],
-                      logits=for_logits["logits"])
+        return Replay(
+            x=torch.cat([for_logits["x"], for_labels["x"]]), labels=for_labels["y"], logits=for_logits["logits"]
+        )
 
     def replay_loss(self, learner: ContinualLearnerView, logits: torch.Tensor, replay: Replay) -> torch.Tensor:
         k = replay.n_logit_rows

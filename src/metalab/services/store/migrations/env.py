@@ -8,8 +8,9 @@ config = context.config
 engine = config.attributes["engine"]
 
 with engine.connect() as connection:
-    context.configure(connection=connection, target_metadata=Base.metadata,
-                      render_as_batch=connection.dialect.name == "sqlite")  # SQLite cannot ALTER most things
+    context.configure(
+        connection=connection, target_metadata=Base.metadata, render_as_batch=connection.dialect.name == "sqlite"
+    )  # SQLite cannot ALTER most things
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()

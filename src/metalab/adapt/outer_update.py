@@ -5,8 +5,9 @@ algorithms", Algorithm 2): move the initialisation toward the (weighted) mean of
 
 It works on anything with numpy-style arithmetic (torch tensors, numpy arrays), with the task axis first.
 The Reptile learner (:mod:`metalab.learners.meta.reptile`) and the hyperparameter governor's cross-domain
-priors (:mod:`metalab.services.governor`) both call it, so the interpolation exists once. Importing this
-module imports no torch.
+priors (:mod:`metalab.services.governor`) both call it, so the interpolation exists once, in the core beside
+the inner loop. Importing this module imports no torch (``metalab.adapt`` loads its torch modules lazily), so
+the services stay torch-free.
 """
 
 from __future__ import annotations

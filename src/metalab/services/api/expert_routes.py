@@ -1,0 +1,236 @@
+"""Routes of the expert registry and learned consensus (issue 35.3), under ``/v1/workspaces/{workspace}``.
+
+Same workspace auth, idempotency keys and error handling as ``app.py``; each route validates its body,
+calls one :class:`~metalab.services.experts.ExpertService` method and shapes the answer. The schemas live
+here, beside the only routes that use them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from metalab import consensus as core
+from metalab.services.api.app import (
+    ERRORS,
+    Cursor,
+    IdempotencyKey,
+    Limit,
+    Workspace_,
+    _page,
+    _sessions,
+    idempotent_write,
+)
+from metalab.services.api.schemas import MAX_ID, NO_NUL, Page, Probability, ShortName, Strict, Text
+from metalab.services.errors import Unprocessable
+from metalab.services.experts import ExpertService, record_of
+from metalab.services.store.models import Expert
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {q.alias for q in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_query_only(request: Request) -> None:
+    """A query parameter the route does not declare is a mistake to report, not to ignore (422)."""
+    route = request.scope.get("route")
+    allowed = _query_names(route.dependant) if route is not None else set()
+    if unknown := sorted(set(request.query_params) - allowed):
+        raise Unprocessable(
+            "unknown query parameters: "
+            + ", ".join(repr(u) for u in unknown)
+            + (f"; this route takes {', '.join(sorted(allowed))}" if allowed else "; this route takes none")
+        )
+
+
+router = APIRouter(tags=["experts and consensus"], dependencies=[Depends(known_query_only)])
+RoundId = Annotated[int, Path(ge=1, le=MAX_ID)]
+ExpertName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[^\x00/]+$", description="expert name")]
+Skill = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
+Level = Annotated[int, Field(ge=1, le=core.MAX_LEVEL)]
+Answer = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+
+
+class StrictIn(Strict):
+    """Request bodies: unknown keys refused, and no coercion (``false`` is not a number, ``"2"`` not an int)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+
+
+class ExpertCreate(StrictIn):
+    name: ShortName
+    kind: Literal["agent", "model", "human"] = "agent"
+    skills: dict[Skill, Level] = Field(max_length=100, description="skill -> level, 1 (novice) .. 5 (expert)")
+
+
+class ExpertOut(BaseModel):
+    name: str
+    kind: str
+    skills: dict[str, int]
+    weight: float = Field(description="weighted-majority weight, rescaled so the workspace's largest is 1")
+    vote_weight: float = Field(description="logistic vote weight (method=learned), learned by online gradient")
+    correct: int
+    resolved: int
+    record: float = Field(description="(correct + 1) / (resolved + 2): posterior mean accuracy")
+    created_at: datetime
+
+
+class TeamRequest(StrictIn):
+    required_skills: dict[Skill, Level] = Field(min_length=1, max_length=100)
+    max_size: int | None = Field(None, ge=1, le=1000)
+
+
+class TeamOut(BaseModel):
+    members: list[ExpertOut]
+    covered_by: dict[str, str] = Field(description="skill -> the member chosen to cover it")
+    cost: float = Field(description="sum of (2 - record) over the members")
+    approximation_bound: float = Field(description="H(d): greedy cost <= this x the optimal cost (Chvátal 1979)")
+
+
+class ProposalIn(StrictIn):
+    expert: ShortName
+    answer: Answer
+    confidence: Probability = 1.0
+    rationale: Text = ""
+
+
+class CritiqueIn(StrictIn):
+    expert: ShortName
+    proposal: int = Field(ge=0, le=999, description="index of the proposal in this round")
+    agreement: float = Field(ge=-1.0, le=1.0, description="-1 disagrees entirely .. 1 agrees entirely")
+    comment: Text = ""
+
+
+class RoundCreate(StrictIn):
+    question: Text
+    method: Literal["majority", "weighted", "learned", "accuracy", "moderator"] = "weighted"
+    proposals: list[ProposalIn] = Field(min_length=1, max_length=200)
+    critiques: list[CritiqueIn] = Field(default_factory=list, max_length=1000)
+    moderator: ShortName | None = Field(
+        None, description="method=moderator: whose call decides (default: the highest-weighted participant)"
+    )
+    beta: float = Field(0.5, ge=0.0, lt=1.0, description="weighted majority: a wrong expert's weight x beta")
+    answers: int | None = Field(
+        None,
+        ge=2,
+        le=1000,
+        description="how many answers the question has (accuracy, learned; default: those proposed, >= 2)",
+    )
+
+
+class RoundOut(BaseModel):
+    id: int
+    question: str
+    method: str
+    decision: str
+    confidence: float
+    positions: dict[str, str]
+    transcript: list[dict[str, Any]]
+    outcome: str | None
+    correct: bool | None
+    created_at: datetime
+    resolved_at: datetime | None
+    experts: list[ExpertOut] = Field(default_factory=list, description="after an outcome: the updated experts")
+
+
+class OutcomeIn(StrictIn):
+    answer: Answer
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """Stored in UTC; SQLite hands it back without its offset, so put the offset back."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
+def expert_out(e: Expert) -> ExpertOut:
+    return ExpertOut(
+        name=e.name,
+        kind=e.kind,
+        skills=e.skills,
+        weight=e.weight,
+        vote_weight=e.vote_weight,
+        correct=e.correct,
+        resolved=e.resolved,
+        record=record_of(e),
+        created_at=utc(e.created_at),
+    )
+
+
+def round_out(row, experts: list[Expert] | None = None) -> RoundOut:
+    summary = ExpertService.round_summary(row)
+    summary["created_at"], summary["resolved_at"] = utc(row.created_at), utc(row.resolved_at)
+    return RoundOut(**summary, experts=[expert_out(e) for e in experts or []])
+
+
+@router.post("/experts", status_code=201, response_model=ExpertOut, responses=ERRORS)
+def register_expert(request: Request, workspace: Workspace_, body: ExpertCreate, key: IdempotencyKey = None):
+    def write(session):
+        return 201, expert_out(ExpertService(session, workspace).register(body.name, body.skills, body.kind))
+
+    return idempotent_write(request, workspace, key, body, write)
+
+
+@router.get("/experts", response_model=Page[ExpertOut], responses=ERRORS)
+def list_experts(request: Request, workspace: Workspace_, limit: Limit = 50, cursor: Cursor = 0):
+    with _sessions(request)() as session:
+        found = ExpertService(session, workspace).list(limit, cursor)
+        return _page([expert_out(e) for e in found], [e.id for e in found], limit)
+
+
+@router.get("/experts/{name}", response_model=ExpertOut, responses=ERRORS)
+def get_expert(request: Request, workspace: Workspace_, name: ExpertName):
+    with _sessions(request)() as session:
+        return expert_out(ExpertService(session, workspace).get(name))
+
+
+@router.post("/teams", response_model=TeamOut, responses=ERRORS)
+def assemble_team(request: Request, workspace: Workspace_, body: TeamRequest):
+    """The team that covers the required skills (greedy weighted set cover, preferring better records)."""
+    with _sessions(request)() as session:
+        team, experts = ExpertService(session, workspace).team(body.required_skills, body.max_size)
+        return TeamOut(
+            members=[expert_out(experts[n]) for n in team.members],
+            covered_by=team.covered,
+            cost=team.cost,
+            approximation_bound=team.bound,
+        )
+
+
+@router.post("/consensus/rounds", status_code=201, response_model=RoundOut, responses=ERRORS)
+def run_round(request: Request, workspace: Workspace_, body: RoundCreate, key: IdempotencyKey = None):
+    """Decide a question from the experts' proposals and critiques; the transcript says who stood for what."""
+
+    def write(session):
+        proposals = [core.Proposal(p.expert, p.answer, p.confidence, p.rationale) for p in body.proposals]
+        critiques = [core.Critique(c.expert, c.proposal, c.agreement, c.comment) for c in body.critiques]
+        row, _ = ExpertService(session, workspace).run_round(
+            body.question, proposals, critiques, body.method, body.moderator, body.beta, body.answers
+        )
+        return 201, round_out(row)
+
+    return idempotent_write(request, workspace, key, body, write)
+
+
+@router.get("/consensus/rounds/{round_id}", response_model=RoundOut, responses=ERRORS)
+def get_round(request: Request, workspace: Workspace_, round_id: RoundId):
+    with _sessions(request)() as session:
+        return round_out(ExpertService(session, workspace).get_round(round_id))
+
+
+@router.post("/consensus/rounds/{round_id}/outcome", response_model=RoundOut, responses=ERRORS)
+def resolve_round(
+    request: Request, workspace: Workspace_, round_id: RoundId, body: OutcomeIn, key: IdempotencyKey = None
+):
+    """The right answer: each participant's weight is multiplied by beta if it was wrong; records updated."""
+
+    def write(session):
+        row, experts = ExpertService(session, workspace).resolve(round_id, body.answer)
+        return 200, round_out(row, list(experts.values()))
+
+    return idempotent_write(request, workspace, key, body, write)
