@@ -47,22 +47,38 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "omniglot_protonet": {
         "experiment": "omniglot/protonet_5w1s",
         "metric": "test/5w1s/acc",
-        "overrides": ["trainer.precision=32-true", "data.train.way=10", "data.train.query=5",
-                      "data.train_episodes=75", "trainer.max_epochs=2", "+trainer.limit_val_batches=0",
-                      "data.test=[5w1s]", "data.test_episodes=150", "callbacks.progress_bar=null"],
+        "overrides": [
+            "trainer.precision=32-true",
+            "data.train.way=10",
+            "data.train.query=5",
+            "data.train_episodes=75",
+            "trainer.max_epochs=2",
+            "+trainer.limit_val_batches=0",
+            "data.test=[5w1s]",
+            "data.test_episodes=150",
+            "callbacks.progress_bar=null",
+        ],
         "fault_step": 90,
     },
     "split_mnist_er": {
         "experiment": "split_mnist/er_200",
         "metric": "test/class_il/acc",
-        "overrides": ["trainer.precision=32-true", "data.train_examples_per_task=2000",
-                      "data.test_examples_per_task=500", "learner.batches_per_step=10", "learner.plot=false",
-                      "callbacks.progress_bar=null"],
+        "overrides": [
+            "trainer.precision=32-true",
+            "data.train_examples_per_task=2000",
+            "data.test_examples_per_task=500",
+            "learner.batches_per_step=10",
+            "learner.plot=false",
+            "callbacks.progress_bar=null",
+        ],
         "fault_step": 500,  # the middle of task 2 (200 mini-batches of 10 per task, 20 Lightning batches of 10)
     },
 }
-FAULTS = {"nan_loss": "nan_loss_at_step", "lr_x100": "lr_multiplier_at_step",
-          "corrupt_inputs": "corrupt_inputs_at_step"}
+FAULTS = {
+    "nan_loss": "nan_loss_at_step",
+    "lr_x100": "lr_multiplier_at_step",
+    "corrupt_inputs": "corrupt_inputs_at_step",
+}
 
 
 class StepClock(L.Callback):
@@ -75,8 +91,9 @@ class StepClock(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         now = time.process_time()
         if self._last is not None:
             self.seconds += now - self._last
@@ -93,8 +110,13 @@ def run_one(setting: str, variant: str, seed: int, fault_step: int, warmup: bool
     (allocator, caches, lazy imports) before anything is timed."""
     spec = SETTINGS[setting]
     out = RUNS / setting / (f"warmup_seed{seed}" if warmup else f"{variant}_seed{seed}")
-    overrides = [f"+experiment={spec['experiment']}", f"seed={seed}", f"paths.output_dir={out}",
-                 *spec["overrides"], *(["test=false", "optimized_metric=null"] if warmup else [])]
+    overrides = [
+        f"+experiment={spec['experiment']}",
+        f"seed={seed}",
+        f"paths.output_dir={out}",
+        *spec["overrides"],
+        *(["test=false", "optimized_metric=null"] if warmup else []),
+    ]
     if variant == "clean_off":
         overrides.append("diagnosis=off")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -108,10 +130,19 @@ def run_one(setting: str, variant: str, seed: int, fault_step: int, warmup: bool
     if warmup:
         return None
     record = json.loads((out / "metrics.json").read_text())
-    return {"setting": setting, "variant": variant, "seed": seed, "acc": record["metrics"][spec["metric"]],
-            "alerts": record.get("alerts"), "steps": record["global_step"],
-            "stopped": record["stopped"]["reason"], "cpu_per_batch": clock.per_batch, "batches": clock.batches,
-            "wall_seconds": time.perf_counter() - wall, "own": record.get("diagnosis")}
+    return {
+        "setting": setting,
+        "variant": variant,
+        "seed": seed,
+        "acc": record["metrics"][spec["metric"]],
+        "alerts": record.get("alerts"),
+        "steps": record["global_step"],
+        "stopped": record["stopped"]["reason"],
+        "cpu_per_batch": clock.per_batch,
+        "batches": clock.batches,
+        "wall_seconds": time.perf_counter() - wall,
+        "own": record.get("diagnosis"),
+    }
 
 
 def collect_one(setting: str, variant: str, seed: int) -> dict[str, Any] | None:
@@ -122,10 +153,20 @@ def collect_one(setting: str, variant: str, seed: int) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    return {"setting": setting, "variant": variant, "seed": seed, "acc": record["metrics"][spec["metric"]],
-            "acc_ci95_episodes": record["metrics"].get(spec["metric"] + "_ci95"), "alerts": record.get("alerts"),
-            "steps": record["global_step"], "stopped": record["stopped"]["reason"], "cpu_per_batch": float("nan"),
-            "batches": 0, "wall_seconds": float("nan"), "own": record.get("diagnosis")}
+    return {
+        "setting": setting,
+        "variant": variant,
+        "seed": seed,
+        "acc": record["metrics"][spec["metric"]],
+        "acc_ci95_episodes": record["metrics"].get(spec["metric"] + "_ci95"),
+        "alerts": record.get("alerts"),
+        "steps": record["global_step"],
+        "stopped": record["stopped"]["reason"],
+        "cpu_per_batch": float("nan"),
+        "batches": 0,
+        "wall_seconds": float("nan"),
+        "own": record.get("diagnosis"),
+    }
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
@@ -141,6 +182,7 @@ def summarise(setting: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_variant.setdefault(run["variant"], []).append(run)
+
     def interval(group: list[dict[str, Any]]) -> tuple[float, float]:
         """Over seeds; with one seed, over that run's test episodes (the run's own 95% CI)."""
         if len(group) == 1 and group[0].get("acc_ci95_episodes") is not None:
@@ -152,17 +194,25 @@ def summarise(setting: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for variant, group in by_variant.items():
         mean, ci = interval(group)
         alerts = [a for r in group for a in (r["alerts"] or [])]
-        kinds = sorted({f"{a['kind']} -> {a['action'].split(';')[0].split(' of step')[0].split(' to the')[0]}"
-                        for a in alerts})
-        row = {"setting": setting, "variant": variant, "seeds": len(group),
-               "ci_over": "seeds" if len(group) > 1 else "test episodes", "acc_mean": round(mean, 2),
-               "acc_ci95": round(ci, 2), "clean_ci_low": round(clean_mean - clean_ci, 2),
-               "clean_ci_high": round(clean_mean + clean_ci, 2),
-               "inside_clean_ci": bool(clean_mean - clean_ci <= mean <= clean_mean + clean_ci),
-               "all_finished": all(r["steps"] > 0 and math.isfinite(r["acc"]) for r in group),
-               "alerts": len(alerts), "runs_with_alerts": sum(bool(r["alerts"]) for r in group),
-               "diagnosis": "; ".join(kinds) or "none",
-               "cpu_ms_per_batch": round(1000 * statistics.fmean(r["cpu_per_batch"] for r in group), 3)}
+        kinds = sorted(
+            {f"{a['kind']} -> {a['action'].split(';')[0].split(' of step')[0].split(' to the')[0]}" for a in alerts}
+        )
+        row = {
+            "setting": setting,
+            "variant": variant,
+            "seeds": len(group),
+            "ci_over": "seeds" if len(group) > 1 else "test episodes",
+            "acc_mean": round(mean, 2),
+            "acc_ci95": round(ci, 2),
+            "clean_ci_low": round(clean_mean - clean_ci, 2),
+            "clean_ci_high": round(clean_mean + clean_ci, 2),
+            "inside_clean_ci": bool(clean_mean - clean_ci <= mean <= clean_mean + clean_ci),
+            "all_finished": all(r["steps"] > 0 and math.isfinite(r["acc"]) for r in group),
+            "alerts": len(alerts),
+            "runs_with_alerts": sum(bool(r["alerts"]) for r in group),
+            "diagnosis": "; ".join(kinds) or "none",
+            "cpu_ms_per_batch": round(1000 * statistics.fmean(r["cpu_per_batch"] for r in group), 3),
+        }
         own = [r["own"] for r in group if r["own"] and r["own"]["batches"]]
         if own:  # the callback's own CPU time in its per-batch hook
             per_batch = statistics.fmean(o["hook_seconds"] / o["batches"] for o in own)
@@ -183,11 +233,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--variants", nargs="+", default=["clean", "clean_off", *FAULTS],
-                        choices=["clean", "clean_off", *FAULTS])
+    parser.add_argument(
+        "--variants", nargs="+", default=["clean", "clean_off", *FAULTS], choices=["clean", "clean_off", *FAULTS]
+    )
     parser.add_argument("--no-record", action="store_true", help="print, do not append to the records file")
-    parser.add_argument("--collect", action="store_true",
-                        help="train nothing: summarise the finished runs of logs/diagnosis (no per-batch CPU times)")
+    parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="train nothing: summarise the finished runs of logs/diagnosis (no per-batch CPU times)",
+    )
     args = parser.parse_args()
     load_before = os.getloadavg()
     for setting in args.settings:
@@ -197,11 +251,19 @@ def main() -> None:
             for row in rows:
                 print(json.dumps(row))
             if not args.no_record:
-                append_record(RECORDS, rows, benchmark="diagnosis",
-                              settings={"setting": setting, "seeds": args.seeds, "collected": True,
-                                        "fault_step": SETTINGS[setting]["fault_step"],
-                                        "overrides": SETTINGS[setting]["overrides"],
-                                        "experiment": SETTINGS[setting]["experiment"]})
+                append_record(
+                    RECORDS,
+                    rows,
+                    benchmark="diagnosis",
+                    settings={
+                        "setting": setting,
+                        "seeds": args.seeds,
+                        "collected": True,
+                        "fault_step": SETTINGS[setting]["fault_step"],
+                        "overrides": SETTINGS[setting]["overrides"],
+                        "experiment": SETTINGS[setting]["experiment"],
+                    },
+                )
             continue
         run_one(setting, "clean_off", args.seeds[0], 0, warmup=True)
         runs = []
@@ -212,19 +274,28 @@ def main() -> None:
                 order[i], order[j] = order[j], order[i]
             for variant in order:
                 result = run_one(setting, variant, seed, SETTINGS[setting]["fault_step"])
-                print(f"[diagnosis] {setting} {variant} seed {seed}: acc {result['acc']:.2f}, "
-                      f"{len(result['alerts'] or [])} alert(s), {1000 * result['cpu_per_batch']:.2f} CPU-ms/batch")
+                print(
+                    f"[diagnosis] {setting} {variant} seed {seed}: acc {result['acc']:.2f}, "
+                    f"{len(result['alerts'] or [])} alert(s), {1000 * result['cpu_per_batch']:.2f} CPU-ms/batch"
+                )
                 runs.append(result)
         rows = summarise(setting, runs)
         for row in rows:
             print(json.dumps(row))
         if not args.no_record:
-            append_record(RECORDS, rows, benchmark="diagnosis",
-                          settings={"setting": setting, "seeds": args.seeds,
-                                    "fault_step": SETTINGS[setting]["fault_step"],
-                                    "overrides": SETTINGS[setting]["overrides"],
-                                    "experiment": SETTINGS[setting]["experiment"],
-                                    "load_average_at_start": [round(x, 2) for x in load_before]})
+            append_record(
+                RECORDS,
+                rows,
+                benchmark="diagnosis",
+                settings={
+                    "setting": setting,
+                    "seeds": args.seeds,
+                    "fault_step": SETTINGS[setting]["fault_step"],
+                    "overrides": SETTINGS[setting]["overrides"],
+                    "experiment": SETTINGS[setting]["experiment"],
+                    "load_average_at_start": [round(x, 2) for x in load_before],
+                },
+            )
 
 
 if __name__ == "__main__":

@@ -12,16 +12,14 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from continual.helpers import run_stream, synthetic_tensors
 
 from metalab.callbacks.detectors import ForgettingJump, PlateauDetector, RiseDetector, SpikeDetector
 from metalab.callbacks.diagnosis import DEFAULTS, SelfHealing, build_diagnosis
 from metalab.callbacks.faults import FaultInjection
+from metalab.data.streams import SplitStreamDataModule
 from metalab.errors import ConfigError, NumericalError
 from metalab.learners.continual import ExperienceReplay, Finetune
-
-from metalab.data.streams import SplitStreamDataModule
-
-from continual.helpers import run_stream, synthetic_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +63,7 @@ def test_spike_detector_is_quiet_on_noise_and_during_warmup():
 def rise_reference(values: np.ndarray, factor: float, window: int) -> list[int]:
     best, flagged = math.inf, []
     for i in range(window - 1, len(values)):
-        median = float(np.median(values[i - window + 1:i + 1]))
+        median = float(np.median(values[i - window + 1 : i + 1]))
         if median < best:
             best = median
         elif median > factor * best:
@@ -92,7 +90,7 @@ def test_plateau_fires_after_patience_without_improvement_and_not_while_improvin
     # the first full window sets the best (index 4); then every 30 observations without 1% progress
     assert fired == [34, 64, 94, 124, 154, 184]
     improving = PlateauDetector(patience=30, min_improvement=0.01, window=5)
-    assert not any(improving.observe(0.98 ** i) for i in range(200))
+    assert not any(improving.observe(0.98**i) for i in range(200))
 
 
 def test_forgetting_jump_compares_earlier_tasks_of_consecutive_rows():
@@ -107,8 +105,9 @@ def test_forgetting_jump_compares_earlier_tasks_of_consecutive_rows():
 def fake_trainer(optimizer: torch.optim.Optimizer, step: int) -> SimpleNamespace:
     """The trainer attributes the callback reads (declared here rather than a full Trainer: the rollback is
     the unit under test; the Trainer runs below exercise it end to end)."""
-    return SimpleNamespace(optimizers=[optimizer], global_step=step, loggers=[], lr_scheduler_configs=[],
-                           should_stop=False)
+    return SimpleNamespace(
+        optimizers=[optimizer], global_step=step, loggers=[], lr_scheduler_configs=[], should_stop=False
+    )
 
 
 def test_rollback_restores_weights_buffers_and_optimizer_state_and_lowers_the_rate_when_trouble_recurs():
@@ -155,8 +154,10 @@ def test_rollbacks_run_out_and_training_stops_with_the_reason():
     healer._act(trainer, module, "divergence", "rising", "rollback")
     healer._act(trainer, module, "divergence", "rising again", "rollback")
     assert trainer.should_stop and healer.stop_reason == "diagnosis: divergence at step 5"
-    assert [a.action.split(";")[0] for a in healer.alerts] == ["rolled back to the state of step 0 (learning rate 0.1)",
-                                                                "stopped training early"]
+    assert [a.action.split(";")[0] for a in healer.alerts] == [
+        "rolled back to the state of step 0 (learning rate 0.1)",
+        "stopped training early",
+    ]
 
 
 # -- tiny real Trainer runs --------------------------------------------------------------------------------------
@@ -177,8 +178,9 @@ def test_without_diagnosis_the_same_nan_stops_the_run(tmp_path):
 
 def longer_stream() -> SplitStreamDataModule:
     """5 tasks of 30 mini-batches: long enough for the detectors' warm-up within a task."""
-    return SplitStreamDataModule.from_tensors(*synthetic_tensors(n_train=1500), dataset="mnist", epochs_per_task=1,
-                                              batch_size=10, eval_batch_size=50, seed=0)
+    return SplitStreamDataModule.from_tensors(
+        *synthetic_tensors(n_train=1500), dataset="mnist", epochs_per_task=1, batch_size=10, eval_batch_size=50, seed=0
+    )
 
 
 def test_a_hundredfold_learning_rate_is_rolled_back_to_the_rate_before_it(tmp_path):
@@ -211,7 +213,8 @@ def test_corrupted_inputs_are_caught_before_the_step_and_the_batch_is_skipped_ex
     _, clean = run_stream(Finetune(), tmp_path / "clean", stream=longer_stream())
     learner, metrics = run_stream(Finetune(), tmp_path / "fault", stream=longer_stream(), callbacks=[fault, healer])
     assert [(a.kind, a.action) for a in healer.alerts] == [
-        ("corrupted inputs", "skipped the batch (restored the state from before it)")]
+        ("corrupted inputs", "skipped the batch (restored the state from before it)")
+    ]
     assert metrics["test/task_il/acc"] > 0.9 * clean["test/task_il/acc"]
 
 
@@ -222,15 +225,24 @@ def test_a_clean_run_raises_no_alert(tmp_path):
 
 
 # -- settings ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("settings, message", [
-    ({"divergence": {"windw": 3}}, "diagnosis.divergence.windw is not allowed: unknown key; allowed: factor, window"),
-    ({"bogus": {}}, "diagnosis.bogus is not allowed: unknown diagnosis setting; allowed: non_finite, "),
-    ({"divergence": {"factor": 0.5}}, "diagnosis.divergence.factor=0.5 is not allowed: must be a number > 1"),
-    ({"plateau": {"lr_factor": 1.5}}, "diagnosis.plateau.lr_factor=1.5 is not allowed: must be a number in (0, 1)"),
-    ({"forgetting": {"threshold": 150}}, "diagnosis.forgetting.threshold=150 is not allowed: must be a number of "),
-    ({"non_finite": {"action": "pray"}}, "diagnosis.non_finite.action='pray' is not allowed: must be one of skip, "),
-    ({"rollback": {"snapshot_every": 0}}, "diagnosis.rollback.snapshot_every=0 is not allowed: must be an integer"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            {"divergence": {"windw": 3}},
+            "diagnosis.divergence.windw is not allowed: unknown key; allowed: factor, window",
+        ),
+        ({"bogus": {}}, "diagnosis.bogus is not allowed: unknown diagnosis setting; allowed: non_finite, "),
+        ({"divergence": {"factor": 0.5}}, "diagnosis.divergence.factor=0.5 is not allowed: must be a number > 1"),
+        ({"plateau": {"lr_factor": 1.5}}, "diagnosis.plateau.lr_factor=1.5 is not allowed: must be a number in (0, 1)"),
+        ({"forgetting": {"threshold": 150}}, "diagnosis.forgetting.threshold=150 is not allowed: must be a number of "),
+        (
+            {"non_finite": {"action": "pray"}},
+            "diagnosis.non_finite.action='pray' is not allowed: must be one of skip, ",
+        ),
+        ({"rollback": {"snapshot_every": 0}}, "diagnosis.rollback.snapshot_every=0 is not allowed: must be an integer"),
+    ],
+)
 def test_bad_settings_name_the_key(settings, message):
     with pytest.raises(ConfigError) as error:
         build_diagnosis(**settings)
@@ -246,14 +258,24 @@ def test_defaults_match_the_config_file_and_a_section_can_be_turned_off():
     assert build_diagnosis(plateau=None).plateau is None
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("+diagnosis.divergence.windw=3", "error: diagnosis.divergence.windw is not allowed: unknown key"),
-    ("diagnosis.gradient_explosion.factor=0.5",
-     "error: diagnosis.gradient_explosion.factor=0.5 is not allowed: must be a number > 1"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("+diagnosis.divergence.windw=3", "error: diagnosis.divergence.windw is not allowed: unknown key"),
+        (
+            "diagnosis.gradient_explosion.factor=0.5",
+            "error: diagnosis.gradient_explosion.factor=0.5 is not allowed: must be a number > 1",
+        ),
+    ],
+)
 def test_train_py_gives_one_error_line(override, expected, tmp_path):
-    result = subprocess.run([sys.executable, "train.py", override, f"hydra.run.dir={tmp_path}"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "train.py", override, f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith(expected), result.stderr[-2000:]
     assert "Traceback" not in result.stderr

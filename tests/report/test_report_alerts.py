@@ -12,8 +12,12 @@ from metalab.report.study import load_study
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_helpers import write_study  # noqa: E402
 
-ALERT = {"step": 31, "kind": "non-finite loss", "detail": "loss nan on 1 mini-batch(es) from step 30",
-         "action": "skipped the step"}
+ALERT = {
+    "step": 31,
+    "kind": "non-finite loss",
+    "detail": "loss nan on 1 mini-batch(es) from step 30",
+    "action": "skipped the step",
+}
 
 
 def study_with_alerts(tmp_path: Path, alerts_by_seed: dict[int, list]) -> object:
@@ -21,8 +25,9 @@ def study_with_alerts(tmp_path: Path, alerts_by_seed: dict[int, list]) -> object
     for run in study.runs:
         folder = study.records_dir(run)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "metrics.json").write_text(json.dumps({"metrics": {"test/5w1s/acc": 90.0}, "global_step": 10,
-                                                         "alerts": alerts_by_seed[run.seed]}))
+        (folder / "metrics.json").write_text(
+            json.dumps({"metrics": {"test/5w1s/acc": 90.0}, "global_step": 10, "alerts": alerts_by_seed[run.seed]})
+        )
     return study
 
 

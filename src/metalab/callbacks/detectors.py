@@ -16,7 +16,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class RunningMedian:
@@ -62,11 +62,15 @@ class SpikeDetector:
         if len(self.history) >= max(1, self.warmup):
             median = self.history.median()
             if value > self.factor * max(median, self.floor):
-                return (f"{value:.3g} is {value / max(median, 1e-300):.3g}x the running median {median:.3g} "
-                        f"(limit {self.factor:g}x)")
+                return (
+                    f"{value:.3g} is {value / max(median, 1e-300):.3g}x the running median {median:.3g} "
+                    f"(limit {self.factor:g}x)"
+                )
             if self.two_sided and value * self.factor < median:
-                return f"{value:.3g} is 1/{median / max(value, 1e-300):.3g} of the running median {median:.3g} " \
-                       f"(limit 1/{self.factor:g})"
+                return (
+                    f"{value:.3g} is 1/{median / max(value, 1e-300):.3g} of the running median {median:.3g} "
+                    f"(limit 1/{self.factor:g})"
+                )
         self.history.append(value)
         return None
 
@@ -98,8 +102,10 @@ class RiseDetector:
             self.best = median
             return None
         if median > self.factor * self.best and self.best > 0:
-            return (f"median of the last {self.window} is {median:.3g}, {median / self.best:.3g}x its best "
-                    f"{self.best:.3g} (limit {self.factor:g}x)")
+            return (
+                f"median of the last {self.window} is {median:.3g}, {median / self.best:.3g}x its best "
+                f"{self.best:.3g} (limit {self.factor:g}x)"
+            )
         return None
 
     def reset(self, forget_best: bool = False) -> None:
@@ -132,8 +138,10 @@ class PlateauDetector:
         self.since_best += 1
         if self.since_best >= self.patience:
             self.since_best = 0
-            return (f"loss median {median:.3g} has not improved by {self.min_improvement:.0%} on its best "
-                    f"{self.best:.3g} for {self.patience} batches")
+            return (
+                f"loss median {median:.3g} has not improved by {self.min_improvement:.0%} on its best "
+                f"{self.best:.3g} for {self.patience} batches"
+            )
         return None
 
     def reset(self) -> None:
@@ -153,8 +161,9 @@ class JumpAboveMax:
         if not math.isfinite(value):
             return None
         if self.peak is not None and self.peak > 0 and value > self.factor * self.peak:
-            return (f"{value:.3g} is {value / self.peak:.3g}x the largest so far {self.peak:.3g} "
-                    f"(limit {self.factor:g}x)")
+            return (
+                f"{value:.3g} is {value / self.peak:.3g}x the largest so far {self.peak:.3g} (limit {self.factor:g}x)"
+            )
         self.peak = value if self.peak is None else max(self.peak, value)
         return None
 
@@ -171,12 +180,17 @@ class ForgettingJump:
         self.threshold = threshold
 
     def observe(self, previous: Sequence[float], current: Sequence[float], earlier: int) -> str | None:
-        drops = [(previous[j] - current[j], j) for j in range(earlier)
-                 if math.isfinite(previous[j]) and math.isfinite(current[j])]
+        drops = [
+            (previous[j] - current[j], j)
+            for j in range(earlier)
+            if math.isfinite(previous[j]) and math.isfinite(current[j])
+        ]
         if not drops:
             return None
         drop, task = max(drops)
         if drop > self.threshold:
-            return (f"accuracy on task {task} fell {drop:.1f} points ({previous[task]:.1f} -> {current[task]:.1f} %) "
-                    f"at one task end (limit {self.threshold:g})")
+            return (
+                f"accuracy on task {task} fell {drop:.1f} points ({previous[task]:.1f} -> {current[task]:.1f} %) "
+                f"at one task end (limit {self.threshold:g})"
+            )
         return None

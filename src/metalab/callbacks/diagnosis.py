@@ -39,7 +39,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import lightning as L
@@ -69,14 +69,15 @@ class Rule:
 
 POSITIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
 NONNEGATIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
-ABOVE_ONE = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v < math.inf,
-                 "a number > 1")
-FRACTION = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
-                "a number in (0, 1)")
-NONNEGATIVE = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf,
-                   "a number >= 0")
-POINTS = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100,
-              "a number of accuracy points in (0, 100]")
+ABOVE_ONE = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v < math.inf, "a number > 1")
+FRACTION = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, "a number in (0, 1)")
+NONNEGATIVE = Rule(
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf, "a number >= 0"
+)
+POINTS = Rule(
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 100,
+    "a number of accuracy points in (0, 100]",
+)
 
 
 def action_rule(*actions: str) -> Rule:
@@ -86,23 +87,58 @@ def action_rule(*actions: str) -> Rule:
 # Each detector's settings and their rules. A section set to null (or false) turns that detector off.
 SECTIONS: dict[str, dict[str, Rule]] = {
     "non_finite": {"action": action_rule("skip", "rollback", "stop", "alert"), "rollback_after": POSITIVE_INT},
-    "input_scale": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT,
-                    "action": action_rule("skip", "stop", "alert")},
+    "input_scale": {
+        "factor": ABOVE_ONE,
+        "window": POSITIVE_INT,
+        "warmup": POSITIVE_INT,
+        "action": action_rule("skip", "stop", "alert"),
+    },
     "lr_jump": {"factor": ABOVE_ONE, "action": action_rule("rollback", "stop", "alert")},
-    "gradient_explosion": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT, "floor": NONNEGATIVE,
-                           "every": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
-    "loss_spike": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": POSITIVE_INT, "floor": NONNEGATIVE,
-                   "action": action_rule("rollback", "stop", "alert")},
+    "gradient_explosion": {
+        "factor": ABOVE_ONE,
+        "window": POSITIVE_INT,
+        "warmup": POSITIVE_INT,
+        "floor": NONNEGATIVE,
+        "every": POSITIVE_INT,
+        "action": action_rule("rollback", "stop", "alert"),
+    },
+    "loss_spike": {
+        "factor": ABOVE_ONE,
+        "window": POSITIVE_INT,
+        "warmup": POSITIVE_INT,
+        "floor": NONNEGATIVE,
+        "action": action_rule("rollback", "stop", "alert"),
+    },
     "divergence": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
-    "plateau": {"patience": POSITIVE_INT, "min_improvement": FRACTION, "window": POSITIVE_INT,
-                "lr_factor": FRACTION, "min_lr": NONNEGATIVE, "action": action_rule("reduce_lr", "stop", "alert")},
-    "throughput": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "warmup": NONNEGATIVE_INT,
-                   "clock": action_rule("cpu", "wall"), "action": action_rule("alert", "stop")},
-    "forgetting": {"threshold": POINTS, "scenario": Rule(lambda v: isinstance(v, str) and bool(v),
-                                                         "auto or a scenario name (task_il, class_il, domain_il)"),
-                   "action": action_rule("alert", "stop")},
-    "rollback": {"snapshot_every": POSITIVE_INT, "keep": POSITIVE_INT, "lr_factor": FRACTION,
-                 "recur_window": NONNEGATIVE_INT, "max_rollbacks": NONNEGATIVE_INT},
+    "plateau": {
+        "patience": POSITIVE_INT,
+        "min_improvement": FRACTION,
+        "window": POSITIVE_INT,
+        "lr_factor": FRACTION,
+        "min_lr": NONNEGATIVE,
+        "action": action_rule("reduce_lr", "stop", "alert"),
+    },
+    "throughput": {
+        "factor": ABOVE_ONE,
+        "window": POSITIVE_INT,
+        "warmup": NONNEGATIVE_INT,
+        "clock": action_rule("cpu", "wall"),
+        "action": action_rule("alert", "stop"),
+    },
+    "forgetting": {
+        "threshold": POINTS,
+        "scenario": Rule(
+            lambda v: isinstance(v, str) and bool(v), "auto or a scenario name (task_il, class_il, domain_il)"
+        ),
+        "action": action_rule("alert", "stop"),
+    },
+    "rollback": {
+        "snapshot_every": POSITIVE_INT,
+        "keep": POSITIVE_INT,
+        "lr_factor": FRACTION,
+        "recur_window": NONNEGATIVE_INT,
+        "max_rollbacks": NONNEGATIVE_INT,
+    },
 }
 
 
@@ -112,19 +148,23 @@ def check_settings(settings: dict[str, Any], prefix: str = "diagnosis") -> dict[
     checked: dict[str, dict[str, Any] | None] = {}
     for section, values in settings.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{prefix}.{section} is not allowed: unknown diagnosis setting; allowed: "
-                              f"{', '.join(SECTIONS)}")
+            raise ConfigError(
+                f"{prefix}.{section} is not allowed: unknown diagnosis setting; allowed: {', '.join(SECTIONS)}"
+            )
         if values is None or values is False:
             checked[section] = None
             continue
         if not hasattr(values, "items"):
-            raise ConfigError(f"{prefix}.{section}={values!r} is not allowed: must be a mapping of "
-                              f"{', '.join(SECTIONS[section])}, or null to turn it off")
+            raise ConfigError(
+                f"{prefix}.{section}={values!r} is not allowed: must be a mapping of "
+                f"{', '.join(SECTIONS[section])}, or null to turn it off"
+            )
         for key, value in values.items():
             rule = SECTIONS[section].get(key)
             if rule is None:
-                raise ConfigError(f"{prefix}.{section}.{key} is not allowed: unknown key; allowed: "
-                                  f"{', '.join(SECTIONS[section])}")
+                raise ConfigError(
+                    f"{prefix}.{section}.{key} is not allowed: unknown key; allowed: {', '.join(SECTIONS[section])}"
+                )
             if not rule.check(value):
                 raise ConfigError(f"{prefix}.{section}.{key}={value!r} is not allowed: must be {rule.allowed}")
         checked[section] = dict(values)
@@ -151,7 +191,7 @@ class Snapshot:
     method's replay buffer or Fisher), and the optimisers' state."""
 
     step: int
-    batch: int                       # the callback's batch count when taken (margins are in batches)
+    batch: int  # the callback's batch count when taken (margins are in batches)
     tensors: dict[str, torch.Tensor]
     extra: dict[str, Any]
     optimizers: list[dict[str, Any]]
@@ -164,15 +204,21 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "floor": 1.0, "every": 4, "action": "rollback"},
     "loss_spike": {"factor": 20.0, "window": 50, "warmup": 10, "floor": 1.0, "action": "rollback"},
     "divergence": {"factor": 3.0, "window": 25, "action": "rollback"},
-    "plateau": {"patience": 5000, "min_improvement": 0.01, "window": 50, "lr_factor": 0.5, "min_lr": 1e-6,
-                "action": "reduce_lr"},
+    "plateau": {
+        "patience": 5000,
+        "min_improvement": 0.01,
+        "window": 50,
+        "lr_factor": 0.5,
+        "min_lr": 1e-6,
+        "action": "reduce_lr",
+    },
     "throughput": {"factor": 10.0, "window": 20, "warmup": 10, "clock": "cpu", "action": "alert"},
     "forgetting": {"threshold": 50.0, "scenario": "auto", "action": "alert"},
     "rollback": {"snapshot_every": 10, "keep": 3, "lr_factor": 0.1, "recur_window": 100, "max_rollbacks": 6},
 }
 
 
-def build_diagnosis(**settings: Any) -> "SelfHealing":
+def build_diagnosis(**settings: Any) -> SelfHealing:
     """``_target_`` of ``conf/diagnosis/default.yaml``: check the settings (one :class:`ConfigError` naming the
     key), fill in the defaults, build the callback."""
     checked = check_settings(settings)
@@ -193,15 +239,28 @@ class SelfHealing(L.Callback):
     def __init__(self, settings: dict[str, dict[str, Any] | None] | None = None) -> None:
         self.settings = settings if settings is not None else {k: dict(v) for k, v in DEFAULTS.items()}
         s = self.settings
-        self.input_check = SpikeDetector(s["input_scale"]["factor"], s["input_scale"]["window"],
-                                         s["input_scale"]["warmup"], two_sided=True) if s["input_scale"] else None
+        self.input_check = (
+            SpikeDetector(
+                s["input_scale"]["factor"], s["input_scale"]["window"], s["input_scale"]["warmup"], two_sided=True
+            )
+            if s["input_scale"]
+            else None
+        )
         self.lr_jump = JumpAboveMax(s["lr_jump"]["factor"]) if s["lr_jump"] else None
-        self.grad_spike = SpikeDetector(s["gradient_explosion"]["factor"], s["gradient_explosion"]["window"],
-                                        s["gradient_explosion"]["warmup"], s["gradient_explosion"]["floor"]
-                                        ) if s["gradient_explosion"] else None
+        self.grad_spike = (
+            SpikeDetector(
+                s["gradient_explosion"]["factor"],
+                s["gradient_explosion"]["window"],
+                s["gradient_explosion"]["warmup"],
+                s["gradient_explosion"]["floor"],
+            )
+            if s["gradient_explosion"]
+            else None
+        )
         spike, rise, flat = s["loss_spike"], s["divergence"], s["plateau"]
-        self.loss_spike = (SpikeDetector(spike["factor"], spike["window"], spike["warmup"], spike["floor"])
-                           if spike else None)
+        self.loss_spike = (
+            SpikeDetector(spike["factor"], spike["window"], spike["warmup"], spike["floor"]) if spike else None
+        )
         self.divergence = RiseDetector(rise["factor"], rise["window"]) if rise else None
         self.plateau = PlateauDetector(flat["patience"], flat["min_improvement"], flat["window"]) if flat else None
         self.slowdown = RiseDetector(s["throughput"]["factor"], s["throughput"]["window"]) if s["throughput"] else None
@@ -210,9 +269,9 @@ class SelfHealing(L.Callback):
         self.stop_reason: str | None = None
         self.snapshots: list[Snapshot] = []
         self.rollbacks = 0
-        self.hook_seconds = 0.0      # CPU time spent in this callback's per-batch hook (its cost, measured)
+        self.hook_seconds = 0.0  # CPU time spent in this callback's per-batch hook (its cost, measured)
         self.batches_seen = 0
-        self._batches = 0            # observations since the start (or the current task's start)
+        self._batches = 0  # observations since the start (or the current task's start)
         self._last_rollback: int | None = None
         self._restored_batch = 0
         self._consecutive_skips = 0
@@ -244,8 +303,9 @@ class SelfHealing(L.Callback):
                 self._new_task(trainer, pl_module)
             self._task = task
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         """Corrupted inputs (their RMS far from its running median, either way) are caught before the step:
         the state is saved now and restored after the batch, so the batch is skipped exactly."""
         if self.input_check is None:
@@ -257,8 +317,9 @@ class SelfHealing(L.Callback):
             self._suspect_batch = (f"input RMS {found}", self._capture(trainer, pl_module))
         self.hook_seconds += time.process_time() - started
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         started = time.process_time()
         self._check_batch(trainer, pl_module, outputs, batch_idx)
         self.hook_seconds += time.process_time() - started
@@ -273,15 +334,21 @@ class SelfHealing(L.Callback):
         self.batches_seen += 1
         if self._suspect_batch is not None:
             (detail, before), self._suspect_batch = self._suspect_batch, None
-            self._act(trainer, pl_module, "corrupted inputs", detail, self.settings["input_scale"]["action"],
-                      before=before)
+            self._act(
+                trainer, pl_module, "corrupted inputs", detail, self.settings["input_scale"]["action"], before=before
+            )
             return
         healthy = self._diagnose(trainer, pl_module, _loss_of(outputs), steps)
         if steps > 0 and self.slowdown is not None and self._batches > self.settings["throughput"]["warmup"]:
             found = self.slowdown.observe(seconds / steps)
             if found:
-                self._act(trainer, pl_module, "throughput collapse", f"seconds per step: {found}",
-                          self.settings["throughput"]["action"])
+                self._act(
+                    trainer,
+                    pl_module,
+                    "throughput collapse",
+                    f"seconds per step: {found}",
+                    self.settings["throughput"]["action"],
+                )
         if healthy and self._batches % self.settings["rollback"]["snapshot_every"] == 0:
             self._take_snapshot(trainer, pl_module)
 
@@ -304,36 +371,50 @@ class SelfHealing(L.Callback):
         s = self.settings
         skipped = getattr(module, "skipped_steps", None)
         if skipped is not None and len(skipped) > self._skips_seen:
-            new, self._skips_seen = skipped[self._skips_seen:], len(skipped)
+            new, self._skips_seen = skipped[self._skips_seen :], len(skipped)
             self._consecutive_skips += 1
             detail = f"loss {new[0]['loss']} on {len(new)} mini-batch(es) from step {new[0]['step']}"
             persistent = len(new) > 1 or self._consecutive_skips >= s["non_finite"]["rollback_after"]
             if persistent:  # not one poisoned batch: the weights themselves give non-finite losses
-                self._act(trainer, module, "non-finite loss", f"{detail}, {self._consecutive_skips} batch(es) in a "
-                          "row; the learner skipped the steps", "rollback")
+                self._act(
+                    trainer,
+                    module,
+                    "non-finite loss",
+                    f"{detail}, {self._consecutive_skips} batch(es) in a row; the learner skipped the steps",
+                    "rollback",
+                )
             else:
-                self._act(trainer, module, "non-finite loss", f"{detail}; the learner skipped it", "skip",
-                          step=new[0]["step"])
+                self._act(
+                    trainer, module, "non-finite loss", f"{detail}; the learner skipped it", "skip", step=new[0]["step"]
+                )
             return False
         self._consecutive_skips = 0
         every = s["gradient_explosion"]["every"] if s["gradient_explosion"] else 1
         wanted = steps > 0 and self._batches % every == 0 and (self.grad_spike is not None or s["non_finite"])
         grad_norm = self._grad_norm() if wanted else None  # sampled: the loss and rate checks run every batch
-        if s["non_finite"] and ((loss is not None and not math.isfinite(loss))
-                                or (grad_norm is not None and not math.isfinite(grad_norm))):
+        if s["non_finite"] and (
+            (loss is not None and not math.isfinite(loss)) or (grad_norm is not None and not math.isfinite(grad_norm))
+        ):
             what = f"loss {loss}" if loss is not None and not math.isfinite(loss) else f"gradient norm {grad_norm}"
             action = s["non_finite"]["action"]
-            self._act(trainer, module, "non-finite loss or gradient", f"{what} (the update was applied)",
-                      "rollback" if action == "skip" else action)
+            self._act(
+                trainer,
+                module,
+                "non-finite loss or gradient",
+                f"{what} (the update was applied)",
+                "rollback" if action == "skip" else action,
+            )
             return False
         if self.lr_jump is not None and trainer.optimizers:
             found = self.lr_jump.observe(_first_lr(trainer))
             if found:
                 self._act(trainer, module, "learning-rate jump", f"learning rate {found}", s["lr_jump"]["action"])
                 return False
-        checks = ((self.grad_spike, grad_norm, "gradient explosion", "gradient norm"),
-                  (self.loss_spike, loss, "loss spike", "loss"),
-                  (self.divergence, loss, "divergence", "loss"))
+        checks = (
+            (self.grad_spike, grad_norm, "gradient explosion", "gradient norm"),
+            (self.loss_spike, loss, "loss spike", "loss"),
+            (self.divergence, loss, "divergence", "loss"),
+        )
         for detector, value, kind, name in checks:
             if detector is None or value is None:
                 continue
@@ -366,8 +447,9 @@ class SelfHealing(L.Callback):
         for row in range(max(self._rows_seen, first_row + 2), rows):  # row r: after task r-1 (row 0: untrained)
             found = self.forgetting.observe(values[row - 1], values[row], earlier=row - 1)
             if found:
-                self._act(trainer, module, "forgetting jump", f"{scenario}: {found}",
-                          self.settings["forgetting"]["action"])
+                self._act(
+                    trainer, module, "forgetting jump", f"{scenario}: {found}", self.settings["forgetting"]["action"]
+                )
         self._rows_seen = rows
 
     def _grad_norm(self) -> float | None:
@@ -378,8 +460,16 @@ class SelfHealing(L.Callback):
             return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
 
     # -- remedies ------------------------------------------------------------------------------------------------
-    def _act(self, trainer: L.Trainer, module: L.LightningModule, kind: str, detail: str, action: str,
-             step: int | None = None, before: Snapshot | None = None) -> None:
+    def _act(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        kind: str,
+        detail: str,
+        action: str,
+        step: int | None = None,
+        before: Snapshot | None = None,
+    ) -> None:
         step = trainer.global_step if step is None else step
         if action == "stop":
             self._stop(trainer, module, kind, detail)
@@ -389,8 +479,9 @@ class SelfHealing(L.Callback):
             done = "skipped the batch (restored the state from before it)"
         elif action == "skip":
             restored = self._restore_buffers(module)
-            done = "skipped the step" + (f"; restored buffers (batch-norm statistics) of step {restored}"
-                                         if restored is not None else "")
+            done = "skipped the step" + (
+                f"; restored buffers (batch-norm statistics) of step {restored}" if restored is not None else ""
+            )
         elif action == "rollback":
             done = self._rollback(trainer, module, kind, detail)
             if done is None:
@@ -409,7 +500,6 @@ class SelfHealing(L.Callback):
             why = "no snapshot to roll back to" if not self.snapshots else f"{self.rollbacks} rollbacks already"
             self._stop(trainer, module, kind, f"{detail} ({why})")
             return None
-        step = trainer.global_step
         recurred = self._last_rollback is not None and self._batches - self._last_rollback <= settings["recur_window"]
         if recurred and len(self.snapshots) > 1:  # trouble came back from the state restored last: distrust it
             self.snapshots = [s for s in self.snapshots if s.batch < self._restored_batch] or self.snapshots[:1]
@@ -432,8 +522,9 @@ class SelfHealing(L.Callback):
             self.divergence.reset()
         done = f"rolled back to the state of step {snapshot.step} (learning rate {_first_lr(trainer):.3g})"
         if recurred:
-            done += "; " + self._scale_lr(trainer, settings["lr_factor"], reason="recurred within "
-                                          f"{settings['recur_window']} batches")
+            done += "; " + self._scale_lr(
+                trainer, settings["lr_factor"], reason=f"recurred within {settings['recur_window']} batches"
+            )
         return done
 
     def _restore_buffers(self, module: L.LightningModule) -> int | None:
@@ -492,7 +583,7 @@ class SelfHealing(L.Callback):
 
     def _take_snapshot(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.snapshots.append(self._capture(trainer, module))
-        del self.snapshots[:-self.settings["rollback"]["keep"]]
+        del self.snapshots[: -self.settings["rollback"]["keep"]]
 
     def _new_task(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         for detector in (self.grad_spike, self.loss_spike, self.plateau):
@@ -516,8 +607,9 @@ def _input_rms(batch: Any) -> float | None:
     """Root mean square of a batch's inputs (episodic ``support``/``query``, continual ``x``); None if none."""
     if not isinstance(batch, dict):
         return None
-    inputs = [batch[k] for k in ("support", "query", "x") if torch.is_tensor(batch.get(k))
-              and batch[k].is_floating_point()]
+    inputs = [
+        batch[k] for k in ("support", "query", "x") if torch.is_tensor(batch.get(k)) and batch[k].is_floating_point()
+    ]
     if not inputs:
         return None
     with torch.no_grad():

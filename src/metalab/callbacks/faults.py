@@ -29,21 +29,38 @@ INPUT_KEYS = ("support", "query", "x")  # episodic batches, continual batches
 class FaultInjection(L.Callback):
     """Inject the faults named by the arguments (``None``: that fault is off); :attr:`fired` says what happened."""
 
-    def __init__(self, nan_loss_at_step: int | None = None, lr_multiplier_at_step: int | None = None,
-                 lr_multiplier: float = 100.0, corrupt_inputs_at_step: int | None = None,
-                 corruption_scale: float = 1000.0, seed: int = 0) -> None:
-        for key, value in (("nan_loss_at_step", nan_loss_at_step), ("lr_multiplier_at_step", lr_multiplier_at_step),
-                           ("corrupt_inputs_at_step", corrupt_inputs_at_step)):
-            require(value is None or (isinstance(value, int) and value >= 0), f"callbacks.fault.{key}",
-                    "null or an integer >= 0", value)
-        self.due = {"nan_loss": nan_loss_at_step, "lr_multiplier": lr_multiplier_at_step,
-                    "corrupt_inputs": corrupt_inputs_at_step}
+    def __init__(
+        self,
+        nan_loss_at_step: int | None = None,
+        lr_multiplier_at_step: int | None = None,
+        lr_multiplier: float = 100.0,
+        corrupt_inputs_at_step: int | None = None,
+        corruption_scale: float = 1000.0,
+        seed: int = 0,
+    ) -> None:
+        for key, value in (
+            ("nan_loss_at_step", nan_loss_at_step),
+            ("lr_multiplier_at_step", lr_multiplier_at_step),
+            ("corrupt_inputs_at_step", corrupt_inputs_at_step),
+        ):
+            require(
+                value is None or (isinstance(value, int) and value >= 0),
+                f"callbacks.fault.{key}",
+                "null or an integer >= 0",
+                value,
+            )
+        self.due = {
+            "nan_loss": nan_loss_at_step,
+            "lr_multiplier": lr_multiplier_at_step,
+            "corrupt_inputs": corrupt_inputs_at_step,
+        }
         self.lr_multiplier, self.corruption_scale = lr_multiplier, corruption_scale
         self.generator = torch.Generator().manual_seed(seed)
         self.fired: list[dict[str, Any]] = []
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         for fault, at in self.due.items():
             if at is None or step < at or any(f["fault"] == fault for f in self.fired):
@@ -52,8 +69,11 @@ class FaultInjection(L.Callback):
             if fault == "nan_loss":
                 _edit_inputs(batch, rows, _with_one_nan)
             elif fault == "corrupt_inputs":
-                _edit_inputs(batch, rows, lambda x: self.corruption_scale * (
-                    x + torch.randn(x.shape, generator=self.generator).to(x)))
+                _edit_inputs(
+                    batch,
+                    rows,
+                    lambda x: self.corruption_scale * (x + torch.randn(x.shape, generator=self.generator).to(x)),
+                )
             else:
                 _multiply_lr(trainer, self.lr_multiplier)
             self.fired.append({"fault": fault, "step": step})

@@ -138,9 +138,15 @@ def _alerts(collected: Collected) -> list[str]:
             found += [(label, record.run.seed, alert) for alert in alerts if isinstance(alert, dict)]
     if not found:
         return []
-    lines = ["## Diagnosis alerts", "", "What the self-diagnosis (`conf/diagnosis/`) found during training and "
-             "what it did, from each run's `metrics.json`.", "",
-             "| run | seed | step | diagnosis | detail | action |", "|---|---|---|---|---|---|"]
+    lines = [
+        "## Diagnosis alerts",
+        "",
+        "What the self-diagnosis (`conf/diagnosis/`) found during training and "
+        "what it did, from each run's `metrics.json`.",
+        "",
+        "| run | seed | step | diagnosis | detail | action |",
+        "|---|---|---|---|---|---|",
+    ]
     for label, seed, alert in found:
         cells = [str(alert.get(k, "")).replace("|", "/") for k in ("step", "kind", "detail", "action")]
         lines.append(f"| {label} | {seed} | " + " | ".join(cells) + " |")
