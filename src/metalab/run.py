@@ -219,8 +219,8 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), measu
         precision = measure_precision(precision, learner, datamodule)  # auto on a CPU with native bf16: the faster
     _announce(precision)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
-    if cfg.get("diagnosis"):  # conf/diagnosis/: self-diagnosis and self-healing (empty with diagnosis=off)
-        callbacks.append(instantiate(cfg.diagnosis, "diagnosis"))
+    if cfg.get("diagnosis") and isinstance(learner, L.LightningModule):  # conf/diagnosis/ (empty: diagnosis=off);
+        callbacks.append(instantiate(cfg.diagnosis, "diagnosis"))  # the plain loop (a search) takes no step to heal
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]

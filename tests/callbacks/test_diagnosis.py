@@ -230,17 +230,29 @@ def test_a_clean_run_raises_no_alert(tmp_path):
     [
         (
             {"divergence": {"windw": 3}},
-            "diagnosis.divergence.windw is not allowed: unknown key; allowed: factor, window",
+            "diagnosis.divergence.windw is not allowed: unknown key; diagnosis.divergence takes factor, window",
         ),
-        ({"bogus": {}}, "diagnosis.bogus is not allowed: unknown diagnosis setting; allowed: non_finite, "),
-        ({"divergence": {"factor": 0.5}}, "diagnosis.divergence.factor=0.5 is not allowed: must be a number > 1"),
-        ({"plateau": {"lr_factor": 1.5}}, "diagnosis.plateau.lr_factor=1.5 is not allowed: must be a number in (0, 1)"),
-        ({"forgetting": {"threshold": 150}}, "diagnosis.forgetting.threshold=150 is not allowed: must be a number of "),
+        ({"bogus": {}}, "diagnosis.bogus is not allowed: unknown diagnosis section; diagnosis takes non_finite, "),
+        (
+            {"divergence": {"factor": 0.5}},
+            "diagnosis.divergence.factor=0.5 is not allowed: diagnosis.divergence.factor must be a number > 1",
+        ),
+        (
+            {"plateau": {"lr_factor": 1.5}},
+            "diagnosis.plateau.lr_factor=1.5 is not allowed: diagnosis.plateau.lr_factor must be a number in (0, 1)",
+        ),
+        (
+            {"forgetting": {"threshold": 150}},
+            "diagnosis.forgetting.threshold=150 is not allowed: diagnosis.forgetting.threshold must be a number of ",
+        ),
         (
             {"non_finite": {"action": "pray"}},
-            "diagnosis.non_finite.action='pray' is not allowed: must be one of skip, ",
+            "diagnosis.non_finite.action='pray' is not allowed: diagnosis.non_finite.action must be one of skip, ",
         ),
-        ({"rollback": {"snapshot_every": 0}}, "diagnosis.rollback.snapshot_every=0 is not allowed: must be an integer"),
+        (
+            {"rollback": {"snapshot_every": 0}},
+            "diagnosis.rollback.snapshot_every=0 is not allowed: diagnosis.rollback.snapshot_every must be an integer",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(settings, message):
@@ -264,7 +276,8 @@ def test_defaults_match_the_config_file_and_a_section_can_be_turned_off():
         ("+diagnosis.divergence.windw=3", "error: diagnosis.divergence.windw is not allowed: unknown key"),
         (
             "diagnosis.gradient_explosion.factor=0.5",
-            "error: diagnosis.gradient_explosion.factor=0.5 is not allowed: must be a number > 1",
+            "error: diagnosis.gradient_explosion.factor=0.5 is not allowed: diagnosis.gradient_explosion.factor "
+            "must be a number > 1",
         ),
     ],
 )

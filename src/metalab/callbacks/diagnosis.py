@@ -30,8 +30,14 @@ continual learner), and what it does (``conf/diagnosis/default.yaml``):
 Every diagnosis and action is one console line, a metric to the loggers (``diagnosis/<kind>`` at that
 step), and an entry of :attr:`SelfHealing.alerts`, which ``metalab.run.train`` writes to ``metrics.json``.
 Public Lightning API only (batch hooks, ``trainer.optimizers``, ``trainer.lr_scheduler_configs``,
-``trainer.should_stop``, ``trainer.loggers``); no step hook is overridden, so the continual learner keeps
-its direct optimiser steps (``learners.continual.learner.direct_steps_allowed``).
+``trainer.should_stop``, ``trainer.loggers``); no step hook is overridden.
+
+Until it acts, the callback only observes: it reads losses, gradient norms, inputs and learning rates,
+copies state into its snapshots, draws no random number and changes no value, so a run in which it raised
+no alert that changed training is bit for bit the run with ``diagnosis=off``
+(``tests/callbacks/test_diagnosis_identity.py``). That is why the run fingerprint leaves the diagnosis
+settings out (``metalab.report.identity``), and why every action must be an alert (the report marks the
+run healed).
 """
 
 from __future__ import annotations
@@ -149,36 +155,41 @@ def check_settings(settings: dict[str, Any], prefix: str = "diagnosis") -> dict[
     for section, values in settings.items():
         if section not in SECTIONS:
             raise ConfigError(
-                f"{prefix}.{section} is not allowed: unknown diagnosis setting; allowed: {', '.join(SECTIONS)}"
+                f"{prefix}.{section} is not allowed: unknown diagnosis section; {prefix} takes {', '.join(SECTIONS)}"
             )
         if values is None or values is False:
             checked[section] = None
             continue
         if not hasattr(values, "items"):
             raise ConfigError(
-                f"{prefix}.{section}={values!r} is not allowed: must be a mapping of "
+                f"{prefix}.{section}={values!r} is not allowed: {prefix}.{section} must be a mapping of "
                 f"{', '.join(SECTIONS[section])}, or null to turn it off"
             )
         for key, value in values.items():
             rule = SECTIONS[section].get(key)
             if rule is None:
                 raise ConfigError(
-                    f"{prefix}.{section}.{key} is not allowed: unknown key; allowed: {', '.join(SECTIONS[section])}"
+                    f"{prefix}.{section}.{key} is not allowed: unknown key; {prefix}.{section} takes "
+                    f"{', '.join(SECTIONS[section])}"
                 )
             if not rule.check(value):
-                raise ConfigError(f"{prefix}.{section}.{key}={value!r} is not allowed: must be {rule.allowed}")
+                name = f"{prefix}.{section}.{key}"
+                raise ConfigError(f"{name}={value!r} is not allowed: {name} must be {rule.allowed}")
         checked[section] = dict(values)
     return checked
 
 
 @dataclass
 class Alert:
-    """One diagnosis and what was done about it, as written to ``metrics.json``."""
+    """One diagnosis and what was done about it, as written to ``metrics.json``. ``changed_training``: the action
+    changed what was trained (a skip, a rollback, a lowered rate, an early stop), so the run is not the run
+    without diagnosis and the report marks it healed; false for a report alone (no remedy known)."""
 
     step: int
     kind: str
     detail: str
     action: str
+    changed_training: bool = True
 
     def line(self) -> str:
         return f"[metalab] diagnosis: step {self.step}: {self.kind}: {self.detail} -> {self.action}"
@@ -268,8 +279,9 @@ class SelfHealing(L.Callback):
         self.alerts: list[Alert] = []
         self.stop_reason: str | None = None
         self.snapshots: list[Snapshot] = []
+        self._spare: list[Snapshot] = []  # snapshots no longer kept, whose memory the next ones reuse
         self.rollbacks = 0
-        self.hook_seconds = 0.0  # CPU time spent in this callback's per-batch hook (its cost, measured)
+        self.hook_seconds = 0.0  # CPU time spent in its training hooks (its cost, measured)
         self.batches_seen = 0
         self._batches = 0  # observations since the start (or the current task's start)
         self._last_rollback: int | None = None
@@ -291,17 +303,21 @@ class SelfHealing(L.Callback):
             pl_module.skip_nonfinite_steps = self.settings["non_finite"]["action"] == "skip"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        started = time.process_time()
         self._params = [p for p in pl_module.parameters() if p.requires_grad]
         self._skips_seen = len(getattr(pl_module, "skipped_steps", []))
         self._take_snapshot(trainer, pl_module)
+        self.hook_seconds += time.process_time() - started
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        started = time.process_time()
         self._check_forgetting(trainer, pl_module)
         task = getattr(pl_module, "current_task", None) if hasattr(pl_module, "stream_info") else None
         if task != self._task:  # a new task: new loss scale, and no rollback into the previous task
             if self._task is not None:
                 self._new_task(trainer, pl_module)
             self._task = task
+        self.hook_seconds += time.process_time() - started
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -356,7 +372,7 @@ class SelfHealing(L.Callback):
         self._check_forgetting(trainer, pl_module)
         if isinstance(pl_module, SkipsNonFiniteSteps):
             pl_module.skip_nonfinite_steps = False
-        self.snapshots.clear()  # free the memory; a later fit starts its own
+        self.snapshots, self._spare = [], []  # free the memory; a later fit starts its own
 
     def state_dict(self) -> dict[str, Any]:
         return {"alerts": [asdict(a) for a in self.alerts], "rollbacks": self.rollbacks}
@@ -490,7 +506,7 @@ class SelfHealing(L.Callback):
             done = self._reduce_lr(trainer, self.settings["plateau"]["lr_factor"], self.settings["plateau"]["min_lr"])
         else:
             done = "reported (no automatic remedy)"
-        self._record(trainer, Alert(step, kind, detail, done))
+        self._record(trainer, Alert(step, kind, detail, done, changed_training=action != "alert"))
 
     def _rollback(self, trainer: L.Trainer, module: L.LightningModule, kind: str, detail: str) -> str | None:
         """Restore the newest snapshot old enough to predate the trouble; when trouble recurs within
@@ -502,7 +518,7 @@ class SelfHealing(L.Callback):
             return None
         recurred = self._last_rollback is not None and self._batches - self._last_rollback <= settings["recur_window"]
         if recurred and len(self.snapshots) > 1:  # trouble came back from the state restored last: distrust it
-            self.snapshots = [s for s in self.snapshots if s.batch < self._restored_batch] or self.snapshots[:1]
+            self._keep([s for s in self.snapshots if s.batch < self._restored_batch] or self.snapshots[:1])
         # Detection lags the cause by a few batches (a too-large step shows in the next batches' loss): take
         # a snapshot at least half a snapshot interval old, a divergence window old for a divergence.
         if kind == "divergence" and self.divergence:
@@ -517,7 +533,7 @@ class SelfHealing(L.Callback):
         self.rollbacks += 1
         self._restored_batch = snapshot.batch
         self._last_rollback = self._batches
-        self.snapshots = [s for s in self.snapshots if s.step <= snapshot.step]
+        self._keep([s for s in self.snapshots if s.step <= snapshot.step])
         if self.divergence is not None:
             self.divergence.reset()
         done = f"rolled back to the state of step {snapshot.step} (learning rate {_first_lr(trainer):.3g})"
@@ -565,12 +581,25 @@ class SelfHealing(L.Callback):
         trainer.should_stop = True
         self._record(trainer, Alert(trainer.global_step, kind, detail, "stopped training early"))
 
-    def _capture(self, trainer: L.Trainer, module: L.LightningModule) -> Snapshot:
-        tensors = {name: t.detach().clone() for name, t in _tensors(module)}
+    def _capture(self, trainer: L.Trainer, module: L.LightningModule, reuse: Snapshot | None = None) -> Snapshot:
+        """A copy of the state a rollback restores. With ``reuse`` (a snapshot no longer kept), its tensors of
+        matching shape are overwritten instead of allocated: a snapshot then costs one copy of the state
+        (one ``torch._foreach_copy_``), not fresh memory each time (page faults and zeroing cost about as
+        much again as the copy, and on a continual step of a few milliseconds they were most of its cost)."""
         extra: dict[str, Any] = {}
         module.on_save_checkpoint(extra)
-        optimizers = [copy.deepcopy(opt.state_dict()) for opt in trainer.optimizers]
-        return Snapshot(trainer.global_step, self._batches, tensors, copy.deepcopy(extra), optimizers)
+        live = {
+            "tensors": dict(_tensors(module)),
+            "extra": extra,
+            "optimizers": [o.state_dict() for o in trainer.optimizers],
+        }
+        old = (
+            None if reuse is None else {"tensors": reuse.tensors, "extra": reuse.extra, "optimizers": reuse.optimizers}
+        )
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        copied = _copied(live, old, pairs, {})
+        _copy_pairs(pairs)
+        return Snapshot(trainer.global_step, self._batches, copied["tensors"], copied["extra"], copied["optimizers"])
 
     def _restore(self, trainer: L.Trainer, module: L.LightningModule, snapshot: Snapshot) -> None:
         with torch.no_grad():
@@ -582,8 +611,17 @@ class SelfHealing(L.Callback):
             optimizer.load_state_dict(copy.deepcopy(state))
 
     def _take_snapshot(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        self.snapshots.append(self._capture(trainer, module))
-        del self.snapshots[: -self.settings["rollback"]["keep"]]
+        keep = self.settings["rollback"]["keep"]
+        if len(self.snapshots) >= keep:  # the oldest goes; its memory takes the new copy
+            self._keep(self.snapshots[len(self.snapshots) - keep + 1 :])
+        self.snapshots.append(self._capture(trainer, module, self._spare.pop() if self._spare else None))
+
+    def _keep(self, kept: list[Snapshot]) -> None:
+        """Keep ``kept`` as the snapshots; the others' memory is kept for the next ones (up to ``keep``)."""
+        kept_ids = {id(s) for s in kept}
+        dropped = [s for s in self.snapshots if id(s) not in kept_ids]
+        self._spare = (self._spare + dropped)[: self.settings["rollback"]["keep"]]
+        self.snapshots = list(kept)
 
     def _new_task(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         for detector in (self.grad_spike, self.loss_spike, self.plateau):
@@ -592,7 +630,7 @@ class SelfHealing(L.Callback):
         if self.divergence is not None:
             self.divergence.reset(forget_best=True)
         self._batches, self._last_rollback = 0, None
-        self.snapshots.clear()
+        self._keep([])
         self._take_snapshot(trainer, module)
 
     def _record(self, trainer: L.Trainer, alert: Alert) -> None:
@@ -615,6 +653,41 @@ def _input_rms(batch: Any) -> float | None:
     with torch.no_grad():
         squares = sum(float(torch.linalg.vector_norm(x)) ** 2 for x in inputs)
     return math.sqrt(squares / sum(x.numel() for x in inputs))
+
+
+def _copied(value: Any, into: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]], memo: dict[int, Any]) -> Any:
+    """A copy of ``value`` (nested dicts, lists and tuples of tensors and plain values), like ``copy.deepcopy``,
+    but a tensor of ``into`` (an earlier copy of the same structure) with the same shape, dtype and device
+    is reused: the pair (its tensor, the live tensor) goes to ``pairs`` for one batched copy. A tensor met
+    twice is copied once (``memo``), as deepcopy keeps shared tensors shared."""
+    if torch.is_tensor(value):
+        if id(value) in memo:
+            return memo[id(value)]
+        same = torch.is_tensor(into) and (into.shape, into.dtype, into.device) == (
+            value.shape,
+            value.dtype,
+            value.device,
+        )
+        if same and into.data_ptr() != value.data_ptr():
+            pairs.append((into, value.detach()))
+            memo[id(value)] = into
+        else:
+            memo[id(value)] = value.detach().clone()
+        return memo[id(value)]
+    if isinstance(value, dict):
+        base = into if isinstance(into, dict) else {}
+        return {key: _copied(item, base.get(key), pairs, memo) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        base = into if isinstance(into, (list, tuple)) and len(into) == len(value) else [None] * len(value)
+        return type(value)(_copied(item, old, pairs, memo) for item, old in zip(value, base))
+    return copy.deepcopy(value)
+
+
+def _copy_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    if not pairs:
+        return
+    with torch.no_grad():
+        torch._foreach_copy_([target for target, _ in pairs], [source for _, source in pairs])
 
 
 def _first_lr(trainer: L.Trainer) -> float:

@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from metalab.report.collect import Collected, Estimate, accuracy_matrix, checks, read_curves, rows
+from metalab.report.collect import Collected, Estimate, accuracy_matrix, checks, healed_actions, read_curves, rows
 from metalab.report.study import Study
 
 CURVE_PANELS = (
@@ -142,14 +142,16 @@ def _alerts(collected: Collected) -> list[str]:
         "## Diagnosis alerts",
         "",
         "What the self-diagnosis (`conf/diagnosis/`) found during training and "
-        "what it did, from each run's `metrics.json`.",
+        "what it did, from each run's `metrics.json`. A run whose training an action changed is marked HEALED in "
+        "the tables above: its result is not that of a clean run.",
         "",
-        "| run | seed | step | diagnosis | detail | action |",
-        "|---|---|---|---|---|---|",
+        "| run | seed | step | diagnosis | detail | action | changed training |",
+        "|---|---|---|---|---|---|---|",
     ]
     for label, seed, alert in found:
         cells = [str(alert.get(k, "")).replace("|", "/") for k in ("step", "kind", "detail", "action")]
-        lines.append(f"| {label} | {seed} | " + " | ".join(cells) + " |")
+        changed = "yes" if healed_actions([alert]) else "no"
+        lines.append(f"| {label} | {seed} | " + " | ".join(cells) + f" | {changed} |")
     return lines + [""]
 
 
