@@ -144,6 +144,44 @@ def test_rollback_restores_weights_buffers_and_optimizer_state_and_lowers_the_ra
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.001)
 
 
+def test_snapshots_that_reuse_dropped_memory_restore_exactly_the_state_they_copied():
+    """Snapshots overwrite the tensors of dropped ones (``keep=2`` here, so from the third on): each must still
+    hold the state of its own step (weights, batch-norm statistics, Adam moments, what the module adds to a
+    checkpoint), independent of the live tensors and of the other snapshots."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.01)
+    memory = {"x": torch.zeros(5, 4)}  # a replay buffer's storage, written in place as training goes
+    module.on_save_checkpoint = lambda checkpoint: checkpoint.update(memory=memory)
+    module.on_load_checkpoint = lambda checkpoint: memory.update(checkpoint["memory"])
+    healer = build_diagnosis(rollback={"keep": 2, "snapshot_every": 1})
+    states, first = {}, None
+    for step in range(1, 6):
+        optimizer.zero_grad()
+        module(torch.randn(8, 4)).pow(2).sum().backward()
+        optimizer.step()
+        memory["x"][step - 1] = float(step)
+        healer._batches = step
+        healer._take_snapshot(fake_trainer(optimizer, step), module)
+        first = healer.snapshots[0].tensors["0.weight"] if first is None else first
+        states[step] = (
+            {k: v.clone() for k, v in module.state_dict().items()},
+            [s["exp_avg_sq"].clone() for s in optimizer.state.values()],
+            memory["x"].clone(),
+        )
+    assert [s.step for s in healer.snapshots] == [4, 5]
+    assert any(s.tensors["0.weight"] is first for s in healer.snapshots)  # step 1's memory holds a later step
+    for snapshot in reversed(healer.snapshots):
+        for p in module.parameters():
+            p.data.add_(1.0)  # move away from the snapshot
+        memory["x"].fill_(-1.0)
+        healer._restore(fake_trainer(optimizer, 9), module, snapshot)
+        weights, moments, stored = states[snapshot.step]
+        assert all(torch.equal(v, weights[k]) for k, v in module.state_dict().items())
+        assert all(torch.equal(s["exp_avg_sq"], m) for s, m in zip(optimizer.state.values(), moments))
+        assert torch.equal(memory["x"], stored) and memory["x"] is not snapshot.extra["memory"]["x"]
+
+
 def test_rollbacks_run_out_and_training_stops_with_the_reason():
     module = torch.nn.Linear(2, 1)
     module.on_save_checkpoint = lambda checkpoint: None

@@ -311,9 +311,9 @@ class SelfHealing(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         started = time.process_time()
-        self._check_forgetting(trainer, pl_module)
         task = getattr(pl_module, "current_task", None) if hasattr(pl_module, "stream_info") else None
         if task != self._task:  # a new task: new loss scale, and no rollback into the previous task
+            self._check_forgetting(trainer, pl_module)  # a row is added when a task ends, so only then
             if self._task is not None:
                 self._new_task(trainer, pl_module)
             self._task = task
@@ -650,9 +650,22 @@ def _input_rms(batch: Any) -> float | None:
     ]
     if not inputs:
         return None
+    samples = [_strided_sample(x) for x in inputs]
     with torch.no_grad():
-        squares = sum(float(torch.linalg.vector_norm(x)) ** 2 for x in inputs)
-    return math.sqrt(squares / sum(x.numel() for x in inputs))
+        squares = sum(float(torch.linalg.vector_norm(x)) ** 2 for x in samples)
+    return math.sqrt(squares / sum(x.numel() for x in samples))
+
+
+RMS_SAMPLE = 16384  # values per input tensor the RMS is estimated from
+
+
+def _strided_sample(x: torch.Tensor) -> torch.Tensor:
+    """Every k-th value of ``x`` (a view, no copy), at most about ``RMS_SAMPLE`` of them: the input check is
+    about scale, which a regular sample spread over every example estimates to about 1% (a corrupted
+    example among 300 still moves it by its share), at a tenth of the cost of reading a 300-example chunk."""
+    flat = x.reshape(-1)
+    stride = max(1, flat.numel() // RMS_SAMPLE)
+    return flat[::stride] if stride > 1 else flat
 
 
 def _copied(value: Any, into: Any, pairs: list[tuple[torch.Tensor, torch.Tensor]], memo: dict[int, Any]) -> Any:
