@@ -110,6 +110,30 @@ CASES: list[Case] = [
         train=("trainer.max_time=abc",),
     ),
     Case(
+        "unknown diagnosis key",
+        "error: diagnosis.divergence.windw is not allowed: unknown key; diagnosis.divergence takes factor, window, "
+        "action",
+        train=("+diagnosis.divergence.windw=3",),
+    ),
+    Case(
+        "unknown diagnosis section",
+        "error: diagnosis.nan_guard is not allowed: unknown diagnosis section; diagnosis takes non_finite, "
+        "input_scale,",
+        train=("+diagnosis.nan_guard.action=skip",),
+    ),
+    Case(
+        "diagnosis threshold out of range",
+        "error: diagnosis.gradient_explosion.factor=0.5 is not allowed: diagnosis.gradient_explosion.factor must "
+        "be a number > 1",
+        train=("diagnosis.gradient_explosion.factor=0.5",),
+    ),
+    Case(
+        "diagnosis forgetting threshold out of range",
+        "error: diagnosis.forgetting.threshold=150 is not allowed: diagnosis.forgetting.threshold must be a number of "
+        "accuracy points in (0, 100]",
+        train=("diagnosis.forgetting.threshold=150",),
+    ),
+    Case(
         "misspelt transform _target_",
         "error: data.transform._target_='metalab.data.domain_streams.Rotaton' is "
         "not allowed: module metalab.data.domain_streams has no 'Rotaton'; did you mean "

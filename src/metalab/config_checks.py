@@ -46,6 +46,21 @@ def check_run_config(cfg: DictConfig) -> None:
     check_max_time(trainer.get("max_time") if isinstance(trainer, DictConfig) else None)
     if cfg.get("learner") is not None:
         check_optimizers(cfg.learner, "learner")
+    check_diagnosis(cfg.get("diagnosis"))
+
+
+def check_diagnosis(node: Any) -> None:
+    """``diagnosis`` (``conf/diagnosis/``): every section and key known and in range, checked by the rules the
+    callback itself uses (:func:`metalab.callbacks.diagnosis.check_settings`), before the run writes anything."""
+    if not node:  # diagnosis=off
+        return
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"diagnosis={node!r} is not allowed: diagnosis must be a config group (default or off)")
+    from metalab.callbacks.diagnosis import check_settings  # Lightning: imported only when a run has diagnosis
+
+    settings = OmegaConf.to_container(node, resolve=True)
+    settings.pop("_target_", None)
+    check_settings(settings)
 
 
 def check_seed(seed: Any) -> None:

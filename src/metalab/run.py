@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from metalab import kernels
 from metalab.budget import FitHorizonToTimeBudget
 from metalab.callbacks import FinalStateCheckpoint, StopOnSignal, TrainThroughput
+from metalab.callbacks.diagnosis import alerts_of, diagnosis_summary_of, stop_reason_of
 from metalab.config_checks import check_run_config, instantiation_message
 from metalab.environment import environment_report
 from metalab.errors import ConfigError, MetalabError
@@ -102,6 +103,10 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> float 
             "environment": environment_report(),
         }
     )
+    alerts = alerts_of(callbacks)
+    if alerts is not None:  # what the diagnosis found and did (metalab.callbacks.diagnosis)
+        record["alerts"] = alerts
+        record["diagnosis"] = diagnosis_summary_of(callbacks)
     run_record = getattr(learner, "run_record", None)  # what a learner adds beyond scalars (e.g. a NAS genotype)
     if callable(run_record):
         record.update(run_record())
@@ -214,6 +219,8 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = (), measu
         precision = measure_precision(precision, learner, datamodule)  # auto on a CPU with native bf16: the faster
     _announce(precision)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c] + list(extra_callbacks)
+    if cfg.get("diagnosis") and isinstance(learner, L.LightningModule):  # conf/diagnosis/ (empty: diagnosis=off);
+        callbacks.append(instantiate(cfg.diagnosis, "diagnosis"))  # the plain loop (a search) takes no step to heal
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if not loggers:  # Lightning's LearningRateMonitor refuses to run without a logger
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
@@ -377,6 +384,8 @@ def _why_training_stopped(trainer: L.Trainer, callbacks: list[Any]) -> dict[str,
         reason = f"signal {signal_stop}"
     elif trainer.fast_dev_run:
         reason = f"trainer.fast_dev_run={int(trainer.fast_dev_run)} (debug: that many batches per stage)"
+    elif stop_reason_of(callbacks):
+        reason = stop_reason_of(callbacks)
     elif timer is not None and (timer.time_remaining() or 0) <= 0:
         reason = "max_time"
     elif budget is not None and budget.reached(trainer):

@@ -88,7 +88,17 @@ def test_killed_run_resumed_from_last_ends_like_uninterrupted(tmp_path, monkeypa
 def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setattr(ProtoNet, "query_logits", lambda self, batch: torch.full((1, 10, 5), float("nan")))
     with pytest.raises(NumericalError, match=r"training loss became nan at step 0"):
-        train(compose_run(tmp_path, TINY_PROTONET))
+        train(compose_run(tmp_path, [*TINY_PROTONET, "diagnosis=off"]))
+
+
+def test_with_diagnosis_a_loss_that_is_always_nan_stops_training_with_the_reason(tmp_path, monkeypatch):
+    """Skipped steps that keep coming are rolled back, and when no snapshot is older, training stops early."""
+    monkeypatch.setattr(ProtoNet, "query_logits", lambda self, batch: torch.full((1, 10, 5), float("nan")))
+    train(compose_run(tmp_path, [*TINY_PROTONET, "test=false"]))
+    record = json.loads((tmp_path / "metrics.json").read_text())
+    assert record["stopped"]["reason"].startswith("diagnosis: non-finite loss at step")
+    assert record["alerts"][0]["action"].startswith("skipped the step")
+    assert record["alerts"][-1]["action"] == "stopped training early"
 
 
 def test_bf16_autocast_keeps_distances_in_fp32():

@@ -144,6 +144,12 @@ def run_report(args: argparse.Namespace) -> int:
             f"{'; kept and marked' if args.keep_stale else '; left out'}): "
             + ", ".join(f"{run.label} seed {run.seed}" for run in collected.stale)
         )
+    healed = [r for records in collected.records.values() for r in records if r.healed]
+    if healed:
+        print(
+            f"[{plan.name}] healed (the self-diagnosis changed their training; marked in the report): "
+            + ", ".join(f"{r.run.label} seed {r.run.seed}" for r in healed)
+        )
     for message in collected.errors:
         print(f"error: {message}", file=sys.stderr)
     if collected.errors:

@@ -63,6 +63,22 @@ class RunRecord:
     info: dict[str, Any]
     steps: int | None
     stale: bool = False  # made by a config other than the study's now (shown only when kept on purpose)
+    healed: list[str] = field(default_factory=list)  # what the self-diagnosis did to its training (healed_actions)
+
+
+def healed_actions(alerts: Any) -> list[str]:
+    """The alerts of a record (``metrics.json``'s ``alerts``) whose action changed training: a skipped batch, a
+    rollback, a lowered rate, an early stop. A report alone (``changed_training: false``: a throughput collapse
+    or a forgetting jump, for which no remedy is known) does not count. The fingerprint leaves the diagnosis
+    settings out (:mod:`metalab.report.identity`) because a run without any such action is the run without
+    diagnosis; a run with one is marked healed wherever its results are shown."""
+    if not isinstance(alerts, list):
+        return []
+    return [
+        f"step {a.get('step')}: {a.get('kind')} -> {a.get('action')}"
+        for a in alerts
+        if isinstance(a, dict) and a.get("changed_training", True) is not False
+    ]
 
 
 @dataclass
@@ -87,10 +103,15 @@ class Row:
     met: str  # "met", "not met" or "no goal"
     extras: dict[str, Estimate] = field(default_factory=dict)
     stale: bool = False  # some of its records were made by another config (kept on request)
+    healed: list[int] = field(default_factory=list)  # seeds whose training the self-diagnosis changed
 
     @property
     def shown_label(self) -> str:
-        return f"{self.label} (STALE: made by another config)" if self.stale else self.label
+        label = f"{self.label} (STALE: made by another config)" if self.stale else self.label
+        if self.healed:
+            seeds = ", ".join(str(s) for s in self.healed)
+            label += f" (HEALED: the diagnosis acted in training, seed {seeds}; see Diagnosis alerts)"
+        return label
 
 
 @dataclass
@@ -130,8 +151,11 @@ def collect(study: Study, keep_stale: bool = False) -> Collected:
             )
             continue
         metrics = {k: float(v) for k, v in data["metrics"].items() if isinstance(v, (int, float))}
+        healed = healed_actions(data.get("alerts"))
         records[run.label].append(
-            RunRecord(run, folder, metrics, data.get("targets") or {}, info, data.get("global_step"), run_is_stale)
+            RunRecord(
+                run, folder, metrics, data.get("targets") or {}, info, data.get("global_step"), run_is_stale, healed
+            )
         )
     return Collected(records, missing, errors, stale)
 
@@ -191,6 +215,7 @@ def rows(collected: Collected) -> list[Row]:
                         verdict(found.mean, target.get("goal"), score),
                         extras,
                         any(r.stale for r in runs),
+                        [r.run.seed for r in runs if r.healed],
                     )
                 )
     return out

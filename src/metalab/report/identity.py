@@ -11,6 +11,17 @@ config that spells out ``trainer.max_steps: -1`` computes what an older one that
 ``trainer.precision: auto`` counts as the precision it resolved to (the run's ``metrics.json`` says which).
 A key a newer config adds with any other value makes every record made before it stale.
 
+The self-diagnosis settings (``diagnosis``, :mod:`metalab.callbacks.diagnosis`) are left out too, on a
+condition that is checked rather than assumed: the callback only observes (it reads losses, gradient norms
+and inputs, copies state for its snapshots, and uses no random numbers) until it acts, so a run in which it
+took no action is bit for bit the run without it (``tests/callbacks/test_diagnosis_identity.py`` trains the
+same tiny runs with diagnosis on and off and compares every weight and metric), and every action it takes
+(a skipped batch, a rollback, a lowered rate, an early stop) is an alert in that run's ``metrics.json``,
+which the report shows: a row with such a run is marked healed (``metalab.report.collect.healed_actions``),
+never shown as a clean result. A record made with diagnosis off therefore stands for the run with diagnosis
+on exactly when the detectors would not have fired; that they stay quiet on clean runs is what
+``experiments/diagnosis`` measures.
+
 The digest is taken from the YAML text of the resolved config, the same text ``train.py`` writes to
 ``config_resolved.yaml``, so the fingerprint of a committed record can be recomputed from its file and
 compared with the fingerprint of the run a study would make now (:func:`planned_fingerprint`). The code
@@ -44,6 +55,7 @@ IGNORED_KEYS = (
     "trainer.enable_progress_bar",
     "trainer.enable_model_summary",
     "trainer.log_every_n_steps",  # how often metrics are logged, not what is trained
+    "diagnosis",  # observes until it acts, and its actions are in the record's alerts (see the docstring)
     # callbacks that save, time, display or restore state, but never change what is computed
     "callbacks.model_checkpoint",
     "callbacks.stop_on_signal",

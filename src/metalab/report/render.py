@@ -6,10 +6,11 @@ report and generating it again reproduces it, and a test holds the committed rep
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
-from metalab.report.collect import Collected, Estimate, accuracy_matrix, checks, read_curves, rows
+from metalab.report.collect import Collected, Estimate, accuracy_matrix, checks, healed_actions, read_curves, rows
 from metalab.report.study import Study
 
 CURVE_PANELS = (
@@ -53,6 +54,7 @@ def render_report(study: Study, collected: Collected, command: str) -> str:
     if verdicts:
         lines += ["## Checks on the means", ""]
         lines += [f"- {state}: {name} ({detail})" for name, detail, state in verdicts] + [""]
+    lines += _alerts(collected)
     figures = [p.name for p in _figure_names(study, collected)]
     if figures:
         lines += ["## Figures", ""]
@@ -121,6 +123,36 @@ def _not_shown(collected: Collected) -> list[str]:
             "runs them again): " + ", ".join(f"{run.label} seed {run.seed}" for run in left_out) + ".",
         ]
     return lines
+
+
+def _alerts(collected: Collected) -> list[str]:
+    """What the self-diagnosis found and did in each run (``alerts`` of ``metrics.json``, issue 35); nothing
+    when no run raised an alert."""
+    found = []
+    for label, records in collected.records.items():
+        for record in records:
+            try:
+                alerts = json.loads((record.folder / "metrics.json").read_text()).get("alerts") or []
+            except (OSError, ValueError):
+                continue
+            found += [(label, record.run.seed, alert) for alert in alerts if isinstance(alert, dict)]
+    if not found:
+        return []
+    lines = [
+        "## Diagnosis alerts",
+        "",
+        "What the self-diagnosis (`conf/diagnosis/`) found during training and "
+        "what it did, from each run's `metrics.json`. A run whose training an action changed is marked HEALED in "
+        "the tables above: its result is not that of a clean run.",
+        "",
+        "| run | seed | step | diagnosis | detail | action | changed training |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, seed, alert in found:
+        cells = [str(alert.get(k, "")).replace("|", "/") for k in ("step", "kind", "detail", "action")]
+        changed = "yes" if healed_actions([alert]) else "no"
+        lines.append(f"| {label} | {seed} | " + " | ".join(cells) + f" | {changed} |")
+    return lines + [""]
 
 
 def summary_table(study: Study, collected: Collected, root: Path) -> str:

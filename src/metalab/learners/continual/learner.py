@@ -81,6 +81,9 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         self.accuracy: nn.ModuleDict | None = None  # R during training: row 0 initial, row i+1 after task i
         self.final: nn.ModuleDict | None = None  # the test pass (one row)
         self._param_index: dict[str, nn.Parameter] = {}
+        # Set by the diagnosis callback (metalab.callbacks.diagnosis.SkipsNonFiniteSteps): skip, not raise.
+        self.skip_nonfinite_steps = False
+        self.skipped_steps: list[dict[str, Any]] = []
 
     # -- set-up ------------------------------------------------------------------------------------------------
     @property
@@ -174,8 +177,17 @@ class ContinualLearner(NetworkMembers, L.LightningModule):
         task, optimizer = self.current_task, self.optimizers()
         for mini_batch in mini_batches(batch, self.stream.batch_size):
             result = continual_step(
-                self, self.method, mini_batch, task, optimizer, backward=self.manual_backward, step=self.global_step
+                self,
+                self.method,
+                mini_batch,
+                task,
+                optimizer,
+                backward=self.manual_backward,
+                step=self.global_step,
+                skip_nonfinite=self.skip_nonfinite_steps,
             )
+            if result.skipped:
+                self.skipped_steps.append({"step": self.global_step, "loss": result.loss.item()})
         self._log_step(result)
         self.batches_trained += 1
         return result.loss

@@ -30,6 +30,7 @@ class StepResult:
     loss: torch.Tensor  # the minimised loss, detached
     penalty: torch.Tensor | None  # the method's regulariser, detached (None: the method has none)
     logits: torch.Tensor  # "n classes": the current batch's logits before the update, detached
+    skipped: bool = False  # the loss was not finite and the step was skipped (skip_nonfinite)
 
 
 def current_task_loss(
@@ -50,6 +51,7 @@ def continual_step(
     optimizer: Any,
     backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
     step: int = 0,
+    skip_nonfinite: bool = False,
 ) -> StepResult:
     """One training step of ``method`` on ``batch`` of ``task``, the optimiser's step included.
 
@@ -57,6 +59,8 @@ def continual_step(
     cross-entropy on the batch + the method's replay loss + its penalty; then ``backward`` (Lightning's
     ``manual_backward`` or plain ``Tensor.backward``), the optimiser's step, and the method's
     ``after_optimizer_step`` and ``after_step`` hooks in that order. ``step`` only names the step in errors.
+    ``skip_nonfinite``: a non-finite loss (or penalty) skips the step (no update, no method hook) and is
+    returned with ``skipped=True`` instead of raising (the diagnosis callback, ``metalab.callbacks.diagnosis``).
     """
     x, y = batch["x"], batch["y"]
     n = len(y)
@@ -71,13 +75,15 @@ def continual_step(
         loss = loss + method.replay_loss(learner, logits_all[n:], replay)
     penalty = method.penalty(learner, batch, logits)
     if penalty is not None:
-        if not torch.isfinite(penalty):
+        if not skip_nonfinite and not torch.isfinite(penalty):
             raise NumericalError(
                 f"the {method.name} penalty became {penalty.item()} at step {step} (task {task}); "
                 "check learner.method settings (e.g. ewc_lambda) and lower learner.optimizer.lr"
             )
         loss = loss + penalty
     if not torch.isfinite(loss):
+        if skip_nonfinite:
+            return StepResult(loss.detach(), None if penalty is None else penalty.detach(), logits.detach(), True)
         raise NumericalError(
             f"training loss became {loss.item()} at step {step} (task {task}); lower learner.optimizer.lr"
         )

@@ -38,6 +38,9 @@ class EpisodicLearner(L.LightningModule):
         self.channels_last = channels_last
         self.val_acc = MeanWithCI()
         self.test_acc = nn.ModuleList()
+        # Set by the diagnosis callback (metalab.callbacks.diagnosis.SkipsNonFiniteSteps): skip, not raise.
+        self.skip_nonfinite_steps = False
+        self.skipped_steps: list[dict[str, Any]] = []
 
     # -- what a learner defines ------------------------------------------------------------------
     def query_logits(self, batch: Batch) -> torch.Tensor:
@@ -64,8 +67,10 @@ class EpisodicLearner(L.LightningModule):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
-    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor | None:
         loss, acc = self.training_loss(batch)
+        if self.skips_nonfinite(loss):
+            return None  # Lightning's automatic optimisation takes no step for this batch
         self.check_finite(loss)
         self.log("train/loss", loss, prog_bar=True)
         self.log(f"train/{self.score_name}", acc.mean() * self.score_scale, prog_bar=True)
@@ -78,6 +83,14 @@ class EpisodicLearner(L.LightningModule):
                 f"training loss became {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); "
                 "lower learner.optimizer.lr or check the data"
             )
+
+    def skips_nonfinite(self, loss: torch.Tensor) -> bool:
+        """True if ``loss`` is not finite and the step is to be skipped (``skip_nonfinite_steps``): recorded
+        in ``skipped_steps`` for the diagnosis callback, which restores what the forward pass changed."""
+        if not self.skip_nonfinite_steps or bool(torch.isfinite(loss)):
+            return False
+        self.skipped_steps.append({"step": self.global_step, "loss": loss.item()})
+        return True
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self.val_acc.update(self._eval_accuracy(batch))

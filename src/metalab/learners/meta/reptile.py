@@ -40,6 +40,8 @@ class Reptile(MAML):
                 p.grad = -reptile_direction(p, fast[name])
             logits = self.model(fast, batch["query"])
             loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["query_labels"].flatten())
+        if self.skips_nonfinite(loss):
+            return loss  # no outer update (nor schedule step) from a poisoned batch
         self.check_finite(loss)
         optimizer.step()
         scheduler = self.lr_schedulers()
