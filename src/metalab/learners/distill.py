@@ -180,17 +180,18 @@ class DistillationLearner(L.LightningModule):
         if not self.cache_teacher_logits or index is None:
             self.teacher_images += len(batch["y"])
             return teacher(self.prepare(batch["x"])).float()
+        index = index.cpu()  # the cache lives in host memory, whatever device the networks are on
         if self.cached is None or len(self.cached) <= int(index.max()):
             self._grow_cache(int(index.max()) + 1)
         new = ~self.cached[index]
         if bool(new.any()):
-            fresh = teacher(self.prepare(batch["x"][new])).float()
+            fresh = teacher(self.prepare(batch["x"][new.to(batch["x"].device)])).float().cpu()
             if self.cached_logits is None:
                 self.cached_logits = torch.zeros(len(self.cached), fresh.shape[1])
             self.cached_logits[index[new]] = fresh
             self.cached[index[new]] = True
             self.teacher_images += int(new.sum())
-        return self.cached_logits[index]
+        return self.cached_logits[index].to(batch["x"].device)
 
     def _grow_cache(self, size: int) -> None:
         """Room for training indices ``< size`` (at least doubled, so growth costs amortised O(1))."""
@@ -218,6 +219,10 @@ class DistillationLearner(L.LightningModule):
         logits = self.network(self.prepare(batch["x"]))
         acc = (logits.argmax(-1) == batch["y"]).float().mean() * 100
         self.log("test/cifar10/acc", acc, on_epoch=True, batch_size=len(batch["y"]))
+
+    def on_fit_start(self) -> None:
+        for net in self._teacher:  # outside the module tree, so Lightning does not move it
+            net.to(self.device)
 
     def on_train_start(self) -> None:
         self.clock.start()
