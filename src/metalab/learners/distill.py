@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from metalab.distillation import distillation_objective
-from metalab.errors import ConfigError, DataError, require
+from metalab.errors import ConfigError, DataError, NumericalError, require
 from metalab.learners.nas import ProcessClock
 
 EXPORT_FORMAT = "metalab-teacher-v1"
@@ -210,6 +210,11 @@ class DistillationLearner(L.LightningModule):
         teacher_logits = self.teacher_logits(batch)
         logits = self.network(self.prepare(batch["x"]))
         loss, parts = distillation_objective(logits, batch["y"], teacher_logits, self.alpha, self.temperature)
+        if not torch.isfinite(loss):  # a diverged run would otherwise train on NaN to the end and test at chance
+            raise NumericalError(
+                f"training loss became {loss.item()} at step {self.global_step}; lower learner.optimizer.lr "
+                "or clip the gradient (trainer.gradient_clip_val)"
+            )
         logged = {"train/loss": loss.detach(), "train/acc": (logits.argmax(-1) == batch["y"]).float().mean()}
         logged.update({f"train/{name}_loss": value for name, value in parts.items()})
         self.log_dict(logged, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["y"]))
