@@ -118,3 +118,13 @@ def test_a_temperature_at_or_below_zero_names_the_key(tmp_path, temperature):
 def test_a_teacher_needs_both_its_architecture_and_its_weights(tmp_path):
     with pytest.raises(ConfigError, match=r"learner\.teacher_checkpoint=None is not allowed"):
         DistillationLearner(_mlp(0), lambda params: torch.optim.SGD(params, lr=0.1), teacher=_mlp(1))
+
+
+def test_a_non_finite_loss_stops_training_with_one_error(tmp_path):
+    from metalab.errors import NumericalError
+
+    learner, _ = _learner(tmp_path)
+    learner.log_dict = lambda *args, **kwargs: None
+    batch = {"x": torch.full((2, 12), float("nan")), "y": torch.tensor([0, 1]), "index": torch.tensor([0, 1])}
+    with pytest.raises(NumericalError, match="training loss became nan"):
+        learner.training_step(batch, 0)
