@@ -62,6 +62,7 @@ def _ga(**kwargs: Any) -> Any:
 
 
 PERMUTED = "+experiment=permuted_mnist/ewc"
+DISTILL = "+experiment=distill_cifar10/student_narrow_kd"
 CASES: list[Case] = [
     Case("seed=-1", "error: seed=-1 is not allowed: seed must be an integer in [0, 4294967295]", train=("seed=-1",)),
     Case(
@@ -154,6 +155,32 @@ CASES: list[Case] = [
             "hparams_search=protonet_optuna",
             "hydra.sweeper.params.learner.optimizer.lr=tag(log,interval(0.0001,0.01))",
         ),
+    ),
+    Case(
+        "missing teacher checkpoint (distillation)",
+        "error: learner.teacher_checkpoint='no/such/teacher.pt' is not allowed: no such file",
+        train=(DISTILL, "learner.teacher_checkpoint=no/such/teacher.pt"),
+    ),
+    Case(
+        "mismatched teacher checkpoint (distillation)",
+        "error: learner.teacher_checkpoint='tests/fixtures/distill/teacher_nf2.pt' is not allowed: it does not fit "
+        "learner.teacher",
+        train=(DISTILL, "learner.teacher_checkpoint=tests/fixtures/distill/teacher_nf2.pt"),
+    ),
+    Case(
+        "learner.temperature=0 (distillation)",
+        "error: learner.temperature=0 is not allowed: learner.temperature must be > 0",
+        train=(DISTILL, "learner.temperature=0"),
+    ),
+    Case(
+        "learner.temperature=-2 (distillation, no teacher)",
+        "error: learner.temperature=-2 is not allowed: learner.temperature must be > 0",
+        train=("+experiment=distill_cifar10/student_narrow", "learner.temperature=-2"),
+    ),
+    Case(
+        "learner.method.temperature=0 (replay distillation)",
+        "error: learner.method.temperature=0 is not allowed: learner.method.temperature must be > 0",
+        train=("+experiment=split_cifar10/finetune", "learner/method=distill_replay", "learner.method.temperature=0"),
     ),
     Case("metalab tables nope.md", "error: tables: file 'nope.md' not found", metalab=("tables", "nope.md")),
     Case(

@@ -145,7 +145,8 @@ class Cifar10SearchData(L.LightningDataModule):
 
 
 class TensorBatches(Dataset):
-    """``{"x", "y"}`` batches by whole-batch indexing of in-memory tensors."""
+    """``{"x", "y", "index"}`` batches by whole-batch indexing of in-memory tensors; ``index`` (positions in
+    the set) lets a learner keep per-image values across epochs (a teacher's logits, metalab.learners.distill)."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x, self.y = x, y
@@ -155,7 +156,7 @@ class TensorBatches(Dataset):
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return {"x": self.x[index], "y": self.y[index]}
+        return {"x": self.x[index], "y": self.y[index], "index": index}
 
 
 class Cifar10Classification(L.LightningDataModule):

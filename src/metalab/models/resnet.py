@@ -11,9 +11,13 @@ architecture. Activations are never in place: the exact Fisher reads layer outpu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metalab.errors import require
 
 
 class BasicBlock(nn.Module):
@@ -59,13 +63,19 @@ class Stem(nn.Module):
 class ResNet18(nn.Module):
     """ResNet-18 on ``[n, in_channels, 32, 32]`` -> ``[n, n_classes]`` logits (see module docstring)."""
 
-    def __init__(self, n_classes: int = 10, nf: int = 20, in_channels: int = 3) -> None:
+    def __init__(
+        self, n_classes: int = 10, nf: int = 20, in_channels: int = 3, blocks: Sequence[int] = (2, 2, 2, 2)
+    ) -> None:
         super().__init__()
+        blocks = list(blocks)
+        require(len(blocks) == 4 and all(b >= 1 for b in blocks), "model.blocks", "4 counts >= 1", blocks)
+        require(nf >= 1, "model.nf", ">= 1", nf)
         widths, strides = [nf, 2 * nf, 4 * nf, 8 * nf], [1, 2, 2, 2]
         stages: list[nn.Module] = [Stem(in_channels, nf)]
         in_planes = nf
-        for width, stride in zip(widths, strides):
-            stages.append(nn.Sequential(BasicBlock(in_planes, width, stride), BasicBlock(width, width, 1)))
+        for width, stride, count in zip(widths, strides, blocks):
+            layers = [BasicBlock(in_planes, width, stride)] + [BasicBlock(width, width, 1) for _ in range(count - 1)]
+            stages.append(nn.Sequential(*layers))
             in_planes = width
         stages.append(GlobalAvgPool())
         self.stages = nn.ModuleList(stages)

@@ -10,6 +10,7 @@ module              config                      what differs from plain sequenti
 ``ewc``             ewc, online_ewc             quadratic penalty weighted by the exact diagonal Fisher
 ``replay``          er, derpp                   a buffer replayed in the same forward (ER; DER++ with logits)
 ``lwf``             lwf                         distillation of the previous model's old-class outputs
+``distill``         distill_replay              ER plus the previous model's tempered outputs on replayed examples
 ``progressive``     progressive                 a new column per task with lateral adapters
 ==================  ==========================  ==========================================================
 """

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from metalab.distillation import tempered_kl
 from metalab.errors import require
 from metalab.learners.continual.methods.base import Batch, ContinualLearnerView, ContinualMethod, frozen_copy
 
@@ -18,10 +18,7 @@ def distillation_loss(
     """``weight * T^2 * KL(softmax(teacher/T) || softmax(student/T))`` over the first ``old_classes``
     outputs, averaged over the batch (``logits``, ``teacher_logits``: ``[n, classes]``). The ``T^2``
     keeps the gradient's scale independent of ``T`` (Hinton et al. 2015)."""
-    k, t = old_classes, temperature
-    targets = torch.softmax(teacher_logits[:, :k].float() / t, dim=-1)
-    log_probs = torch.log_softmax(logits[:, :k].float() / t, dim=-1)
-    return weight * t * t * F.kl_div(log_probs, targets, reduction="batchmean")
+    return weight * tempered_kl(logits[:, :old_classes], teacher_logits[:, :old_classes], temperature)
 
 
 class LwF(ContinualMethod):
