@@ -517,7 +517,6 @@ class Advance:
     total_squares: NDArray
     min_p_values: dict[str, Any]
     decision: Decision | None  # set when a look in the batch decided (auto-completion)
-    decided_after: int | None  # how many of the batch's outcomes were in when it decided
 
 
 def advance(
@@ -551,7 +550,7 @@ def advance(
     squares = np.cumsum(added, axis=0)
     final = (count[-1], total[-1], squares[-1])
     if not running or n == 0:
-        return Advance(*final, stored, None, None)
+        return Advance(*final, stored, None)
     binary = spec.outcome_type == "binary"
     arms = oriented(spec.variants, count[1:], total[1:], squares[1:], spec.maximize, binary)
     first, second = rule_pairs(k, spec.adaptive)
@@ -571,8 +570,8 @@ def advance(
             last = int(np.argmax(decisive))
             at = Arms(spec.variants, arms.count[last], arms.total[last], arms.total_squares[last])
             look = take_look(at, spec, min_p_json(keys, min_p[last]))[0]
-            return Advance(*final, min_p_json(keys, min_p[last]), decide(at, look, spec), last + 1)
-    return Advance(*final, min_p_json(keys, min_p[last]), None, None)
+            return Advance(*final, min_p_json(keys, min_p[last]), decide(at, look, spec))
+    return Advance(*final, min_p_json(keys, min_p[last]), None)
 
 
 def catch_up(session: Session, experiment_id: int) -> int:
