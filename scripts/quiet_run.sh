@@ -7,8 +7,7 @@
 export METALAB_QUIET_RUN=1
 "$@" &
 MAIN=$!
-STOPPED=/tmp/quiet_stopped.$$
-: > $STOPPED
+STOPPED=$(mktemp)  # the processes this run stopped, to resume at the end
 ancestors() { local p=$$; while [ "$p" -gt 1 ]; do echo $p; p=$(ps -o ppid= -p $p | tr -d ' '); done; }
 ANCESTORS=" $(ancestors | tr '\n' ' ') "
 descendants() { local p=$1; echo $p; for c in $(pgrep -P $p); do descendants $c; done; }
@@ -24,4 +23,7 @@ while kill -0 $MAIN 2>/dev/null; do
   sleep 0.5
 done
 for pid in $(sort -u $STOPPED); do kill -CONT $pid 2>/dev/null; done
-wait $MAIN; echo "exit $? (resumed $(sort -u $STOPPED | wc -l) processes)"
+wait $MAIN; status=$?
+echo "exit $status (resumed $(sort -u $STOPPED | wc -l) processes)"
+rm -f $STOPPED
+exit $status

@@ -574,6 +574,20 @@ def advance(
     return Advance(*final, min_p_json(keys, min_p[last]), None)
 
 
+def _advance_pending(spec: ExperimentSpec, variants: Any, stored: Any, status: str, pending: Any) -> Advance:
+    """:func:`advance` over pending outcome rows, from variant rows (stored or loaded) in the spec's order."""
+    position = {v.id: i for i, v in enumerate(variants)}
+    sums = tuple(np.array([getattr(v, c) for v in variants], dtype=float) for c in ("count", "total", "total_squares"))
+    return advance(
+        spec,
+        sums,
+        stored or {},
+        np.array([position[o.variant_id] for o in pending]),
+        np.array([o.value for o in pending], dtype=float),
+        running=status == "running",
+    )
+
+
 def catch_up(session: Session, experiment_id: int) -> int:
     """Take the looks of the outcomes recorded since the last catch-up, under the experiment's row lock.
 
@@ -587,18 +601,9 @@ def catch_up(session: Session, experiment_id: int) -> int:
     if not pending:
         return 0
     rows = connection.execute(_ARMS, {"eid": experiment_id}).all()
-    position = {r.id: i for i, r in enumerate(rows)}
     spec = ExperimentSpec(**{key: state._mapping[key] for key in _SPEC_COLUMNS}, variants=[r.name for r in rows])
-    sums = tuple(np.array([getattr(r, c) for r in rows], dtype=float) for c in ("count", "total", "total_squares"))
-    step = advance(
-        spec,
-        sums,
-        state.min_p_values or {},
-        np.array([position[o.variant_id] for o in pending]),
-        np.array([o.value for o in pending], dtype=float),
-        running=state.status == "running",
-    )
-    first_look = int(sums[0].sum())
+    step = _advance_pending(spec, rows, state.min_p_values, state.status, pending)
+    first_look = sum(r.count for r in rows)
     connection.execute(_SET_LOOK, [{"oid": o.id, "look": first_look + i} for i, o in enumerate(pending, 1)])
     connection.execute(
         _SET_SUMS,
@@ -699,16 +704,7 @@ class ExperimentService:
         if not pending:
             return
         variants = experiment.variants
-        position = {v.id: i for i, v in enumerate(variants)}
-        sums = tuple(np.array([getattr(v, c) for v in variants], float) for c in ("count", "total", "total_squares"))
-        step = advance(
-            spec_of(experiment),
-            sums,
-            experiment.min_p_values or {},
-            np.array([position[o.variant_id] for o in pending]),
-            np.array([o.value for o in pending], dtype=float),
-            running=experiment.status == "running",
-        )
+        step = _advance_pending(spec_of(experiment), variants, experiment.min_p_values, experiment.status, pending)
         for i, v in enumerate(variants):
             set_committed_value(v, "count", int(step.count[i]))
             set_committed_value(v, "total", float(step.total[i]))
