@@ -176,7 +176,10 @@ def test_pagination_visits_every_item_once(api):
         ("POST", "/experiments", {"name": "x", "variants": ["a", "b"], "max_outcomes": 10**12}),
         ("GET", "/experiments?limit=0", None),
         ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 1.5}),
-        ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": 0.5, "content": {"k": "\u0000"}}),
+        ("POST", "/recommendations", {"agent": "x\u0000", "type": "t", "confidence": 0.5}),  # NUL in a text column
+        ("POST", "/recommendations", {"agent": "x", "type": "t", "confidence": "0.5"}),  # a string is not a number
+        ("POST", "/completed-jobs", {"features": {"a": 1.0}, "duration_s": 1.0, "error_rate": False, "resources": 1}),
+        ("POST", "/predictions", {"features": {"a": 1.0}, "k": 2.5}),
         ("POST", "/jobs/nope", None),
         ("GET", "/experiments/12345", None),
     ],
@@ -185,6 +188,21 @@ def test_bad_requests_get_a_4xx_with_a_message(api, method, path, body):
     response = api.request(method, "/v1/workspaces/alpha" + path, json=body, headers=auth())
     assert 400 <= response.status_code < 500, response.text
     assert isinstance(response.json()["detail"], str) and response.json()["detail"]
+
+
+def test_nul_in_free_form_json_is_stored_and_returned(api):
+    """Free-form JSON is stored as JSON text on both backends, where a NUL is an escape, not a refusal."""
+    content = {"k\u0000": ["a\u0000b", {"c": "\u0000"}]}
+    body = {"agent": "x", "type": "t", "confidence": 0.5, "content": content}
+    created = api.post("/v1/workspaces/alpha/recommendations", json=body, headers=auth())
+    assert created.status_code == 201, created.text
+    stored = api.get(f"/v1/workspaces/alpha/recommendations/{created.json()['id']}", headers=auth())
+    assert stored.json()["content"] == content
+
+
+def test_an_int_field_takes_an_integral_float_as_json_schema_does(api):
+    ok = api.post("/v1/workspaces/alpha/predictions", json={"features": {"a": 1.0}, "k": 2.0}, headers=auth())
+    assert ok.status_code != 422, ok.text  # 2.0 is JSON Schema's integer 2 (409: no jobs recorded yet is fine)
 
 
 def test_non_json_body_and_nan_are_refused(api):

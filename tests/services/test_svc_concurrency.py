@@ -21,7 +21,7 @@ def test_concurrent_clients_with_resent_requests_lose_and_duplicate_nothing(api)
         with TestClient(api.app) as client:
             for i in range(12):
                 unit = f"c{index}-{i}"
-                body = {"variant": "ab"[i % 2], "value": i % 3 == 0, "unit": unit}
+                body = {"variant": "ab"[i % 2], "value": int(i % 3 == 0), "unit": unit}
                 for _ in range(2 if i % 4 == 0 else 1):  # every fourth request is sent twice
                     response = client.post(url, json=body, headers={**auth(), "Idempotency-Key": unit})
                     if response.status_code != 201:

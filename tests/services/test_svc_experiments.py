@@ -103,10 +103,10 @@ def test_bad_requests_and_other_workspaces(sessions):
         with pytest.raises(Conflict):
             service.create(ExperimentSpec(name="e", variants=["a", "b"]))
         session.rollback()
-        with pytest.raises(Unprocessable, match="0 or 1"):
+        with pytest.raises(Conflict, match="0 or 1"):
             service.record_outcome(experiment_id, "a", 0.5)
         session.rollback()
-        with pytest.raises(Unprocessable, match="unknown variant"):
+        with pytest.raises(NotFound, match="unknown variant"):
             service.record_outcome(experiment_id, "zzz", 1)
         session.rollback()
         with pytest.raises(Unprocessable):

@@ -30,7 +30,7 @@ def test_registry_and_team(api):
     team = api.post(f"{BASE}/teams", json={"required_skills": {"nlp": 4, "vision": 5, "stats": 1}}, headers=auth())
     assert sorted(m["name"] for m in team.json()["members"]) == ["ana", "bo"]
     nobody = api.post(f"{BASE}/teams", json={"required_skills": {"rl": 1}}, headers=auth())
-    assert nobody.status_code == 422 and "no registered expert covers rl" in nobody.json()["detail"]
+    assert nobody.status_code == 409 and "no registered expert covers rl" in nobody.json()["detail"]
     page = api.get(f"{BASE}/experts?limit=2", headers=auth()).json()
     assert [e["name"] for e in page["items"]] == ["ana", "bo"] and page["next_cursor"] is not None
 

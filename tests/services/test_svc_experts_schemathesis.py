@@ -2,10 +2,12 @@
 
 Every status a generated request gets must be documented, every response must match its schema, invalid
 requests must be refused and valid ones accepted (``call_and_validate`` runs all of schemathesis's checks,
-not only "no server error"). Two settings say what the API means: a 422 for a request the schema allows is
-accepted when it is a semantic refusal (a team nobody can cover, an unregistered expert in a round), and the
-Allow header of a 405 is not checked, because Starlette answers a method missing on a path from the first
-route that matches the path (a framework-wide behaviour of every route with GET and POST on one path).
+not only "no server error"). Two settings say what the API means. A 422 for a request the schema allows is
+accepted: a round's body has rules between fields that JSON Schema cannot state (``x-cross-field-rule``: one
+proposal per expert, no critique of one's own proposal); a team nobody can cover is a 409 and an unregistered
+expert a 404, which schemathesis accepts anyway. And the Allow header of a 405 is not checked, because
+Starlette answers a method missing on a path from the first route that matches the path (a framework-wide
+behaviour of every route with GET and POST on one path).
 """
 
 import tempfile

@@ -8,7 +8,7 @@ import torch
 from svc_helpers import auth
 
 from metalab.adapt.outer_update import reptile_update
-from metalab.services.errors import Conflict, Unprocessable
+from metalab.services.errors import Conflict
 from metalab.services.governor import (
     GovernorService,
     GovernorSettings,
@@ -53,7 +53,7 @@ def test_values_are_clamped_into_bounds():
     state = fresh()
     values, clamped = propose(state, {"lr": 5.0, "batch": 3.4, "cache": 1})
     assert values == {"lr": 0.1, "batch": 8, "cache": True} and sorted(clamped) == ["batch", "lr"]
-    with pytest.raises(Unprocessable, match="unknown knobs momentum"):
+    with pytest.raises(Conflict, match="unknown knobs momentum"):
         propose(fresh(), {"momentum": 0.9})
 
 

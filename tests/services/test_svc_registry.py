@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from svc_helpers import auth
 
-from metalab.services.errors import Conflict, Unprocessable
+from metalab.services.errors import Conflict
 from metalab.services.registry import DriftConfig, ModelRegistryService, drift_report, population_stability_index
 
 
@@ -93,7 +93,7 @@ def test_rollback_restores_the_named_version_and_is_recorded(sessions):
         )
         with pytest.raises(Conflict, match="already active"):
             registry.rollback("ranker", "v1")
-        with pytest.raises(Unprocessable, match="lacks the features x"):
+        with pytest.raises(Conflict, match="lacks the features x"):
             registry.check_drift("ranker", {"z": [0.0] * 50})
 
 

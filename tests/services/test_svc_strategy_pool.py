@@ -85,7 +85,7 @@ def test_evolve_refuses_untested_strategies_and_bad_outcomes(sessions):
         first = pool.evolve(profile.id).pending
         with pytest.raises(Conflict, match="no outcome yet"):
             pool.evolve(profile.id)
-        with pytest.raises(Unprocessable, match="missing: speed"):
+        with pytest.raises(Conflict, match="missing: speed"):
             pool.record_outcome(first[0].id, {"sped": 1.0})
         with pytest.raises(Unprocessable, match="genes"):
             pool.create_profile(ProfileSpec("q", {"x": {"type": "float", "low": 2, "high": 1}}))

@@ -779,8 +779,8 @@ class ExperimentService:
             )
         if target.variant_id is None:
             names = connection.execute(_ARMS, {"eid": experiment_id}).scalars(1).all()
-            raise Unprocessable(f"unknown variant {variant_name!r}; the variants are " + ", ".join(map(repr, names)))
-        raise Unprocessable(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
+            raise NotFound(f"unknown variant {variant_name!r}; the variants are " + ", ".join(map(repr, names)))
+        raise Conflict(f"experiment {experiment_id} has binary outcomes: value must be 0 or 1, got {value}")
 
     def _look(self, experiment: Experiment) -> tuple[Arms, ExperimentSpec, Look]:
         spec = spec_of(experiment)

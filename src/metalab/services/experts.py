@@ -86,8 +86,8 @@ class ExpertService:
         candidates = [core.Candidate(e.name, e.skills, record_of(e)) for e in experts.values()]
         try:
             return core.assemble_team(candidates, required, max_size), experts
-        except core.ConsensusInputError as error:
-            raise Unprocessable(str(error)) from None
+        except core.ConsensusInputError as error:  # the schema holds the body's own rules: the registry's fault
+            raise Conflict(str(error)) from None
 
     # ---- rounds ------------------------------------------------------------------------------------------
     def run_round(
@@ -103,7 +103,7 @@ class ExpertService:
         names = {p.expert for p in proposals} | {c.expert for c in critiques} | ({moderator} if moderator else set())
         experts = self._by_name(names)
         if unknown := sorted(names - set(experts)):
-            raise Unprocessable(
+            raise NotFound(
                 "unregistered experts: "
                 + ", ".join(repr(n) for n in unknown)
                 + "; register them with POST .../experts first"

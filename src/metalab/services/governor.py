@@ -134,7 +134,7 @@ def propose(state: GovernorState, changes: dict[str, Any]) -> tuple[dict[str, An
     knobs = {k.name: k for k in state.knobs}
     unknown = sorted(set(changes) - set(knobs))
     if unknown:
-        raise Unprocessable(f"unknown knobs {', '.join(unknown)}; the knobs are {', '.join(knobs)}")
+        raise Conflict(f"unknown knobs {', '.join(unknown)}; the knobs are {', '.join(knobs)}")
     if state.updates < state.cooldown_until:
         raise Conflict(f"cooling down: no change for {state.cooldown_until - state.updates} more telemetry updates")
     values = dict(state.values)

@@ -103,7 +103,7 @@ def drift_report(reference: dict[str, list[float]], recent: dict[str, list[float
     """Compare every reference feature with its recent values (see the module docstring for the rule)."""
     missing = sorted(set(reference) - set(recent))
     if missing:
-        raise Unprocessable(f"recent data lacks the features {', '.join(missing)} of the reference sample")
+        raise Conflict(f"recent data lacks the features {', '.join(missing)} of the reference sample")
     short = [f for f in reference if len(recent[f]) < config.min_samples]
     if short:
         raise Unprocessable(f"at least {config.min_samples} recent values per feature are needed ({', '.join(short)})")

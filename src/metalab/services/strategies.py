@@ -165,7 +165,7 @@ class StrategyPoolService:
         names = [o["name"] for o in profile.objectives]
         missing, extra = set(names) - set(values), set(values) - set(names)
         if missing or extra:
-            raise Unprocessable(
+            raise Conflict(
                 f"an outcome of profile {profile.name!r} needs exactly the objectives "
                 f"{', '.join(names)} (missing: {', '.join(sorted(missing)) or '-'}; "
                 f"unknown: {', '.join(sorted(extra)) or '-'})"

@@ -2,7 +2,7 @@
 
 Inputs are bounded so that no value the schema allows can fail in the database: strings have a length
 limit and no NUL character (PostgreSQL rejects it), numbers are finite, ids fit a 32-bit SQL INTEGER, and
-free-form JSON (content, evidence, scores) is size-limited and checked for the same. What the core already
+free-form JSON (content, evidence, scores) is size-limited and finite. What the core already
 declares is not copied: an experiment's body is :class:`~metalab.services.experiments.ExperimentSpec`, and
 trust, patterns, analyses, predictions, drift features and prior combinations are answered as the core's
 dataclasses; response models of stored rows are read from the row (``from_attributes``), not field by field.
@@ -18,7 +18,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar, Union
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from metalab.services.experiments import Comparison, Decision, ExperimentSpec, VariantEstimate
-from metalab.services.fields import MAX_ID, NO_NUL, Finite, Name, ShortName
+from metalab.services.fields import MAX_ID, NO_NUL, Finite, JsonInt, Name, ShortName
 from metalab.services.governor import Combination
 from metalab.services.graph import RELATIONS
 from metalab.services.patterns import FoundPattern
@@ -32,11 +32,10 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def _check_json(value: Any) -> Any:
-    """Free-form JSON must be small, finite and free of NUL characters (they cannot be stored everywhere)."""
+    """Free-form JSON must be small and finite. NUL characters are fine in it, unlike in text columns: it is
+    stored as JSON text (PostgreSQL's ``json``, not ``jsonb``), where a NUL is the escape ``\\u0000``."""
 
     def walk(item: Any) -> None:
-        if isinstance(item, str) and "\x00" in item:
-            raise ValueError("strings must not contain NUL characters")
         if isinstance(item, float) and not math.isfinite(item):
             raise ValueError("numbers must be finite")
         if isinstance(item, int) and not isinstance(item, bool) and abs(item) > 2**63 - 1:
@@ -60,7 +59,10 @@ JsonList = Annotated[list[Any], AfterValidator(_check_json)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    """Request bodies: unknown keys refused, no infinities or NaN, and no coercion (``false`` is not a number,
+    ``"2"`` not a number; an int field takes ``2.0``, as JSON Schema's ``integer`` does: ``JsonInt``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Row(BaseModel):
@@ -279,8 +281,8 @@ class FloatGeneSpec(_Gene):
 
 class IntGeneSpec(_Gene):
     type: Literal["int"]
-    low: int = Field(ge=-MAX_ID, le=MAX_ID, description="<= high")
-    high: int = Field(ge=-MAX_ID, le=MAX_ID)
+    low: JsonInt = Field(ge=-MAX_ID, le=MAX_ID, description="<= high")
+    high: JsonInt = Field(ge=-MAX_ID, le=MAX_ID)
 
 
 class CategoricalGeneSpec(_Gene):
@@ -304,9 +306,9 @@ class ProfileCreate(Strict):
     objectives: list[ObjectiveSpec] = Field(
         default_factory=lambda: [ObjectiveSpec(name="speed")], min_length=1, max_length=8
     )
-    population_size: int = Field(20, ge=5, le=1000)
+    population_size: JsonInt = Field(20, ge=5, le=1000)
     survival_fraction: float = Field(0.2, gt=0.0, le=1.0, description="share of the population that survives")
-    seed: int = Field(0, ge=0, le=2**31 - 1)
+    seed: JsonInt = Field(0, ge=0, le=2**31 - 1)
 
 
 class StrategyOut(Row):
@@ -413,7 +415,7 @@ class CompletedJobOut(Row):
 
 class PredictionRequest(Strict):
     features: FeatureVector = Field(min_length=1, max_length=64)
-    k: int = Field(10, ge=1, le=1000, description="neighbours")
+    k: JsonInt = Field(10, ge=1, le=1000, description="neighbours")
     confidence: float = Field(0.9, ge=0.5, le=0.99, description="coverage of the split-conformal intervals")
 
 
@@ -554,9 +556,9 @@ class GovernorCreate(Strict):
     values: dict[GeneName, KnobValue] = Field(default_factory=dict, description="start here instead of the priors")
     weights: RewardWeights = Field(default_factory=RewardWeights)
     ema_alpha: float = Field(0.3, gt=0.0, le=1.0)
-    cooldown: int = Field(5, ge=0, le=10_000)
-    rollback_cooldown: int = Field(20, ge=0, le=10_000)
-    evaluation_window: int = Field(10, ge=1, le=10_000)
+    cooldown: JsonInt = Field(5, ge=0, le=10_000)
+    rollback_cooldown: JsonInt = Field(20, ge=0, le=10_000)
+    evaluation_window: JsonInt = Field(10, ge=1, le=10_000)
     drop_z: float = Field(3.0, ge=0.0, le=100.0)
     min_drop: float = Field(0.05, ge=0.0, le=1e6)
 

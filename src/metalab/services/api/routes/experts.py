@@ -22,6 +22,7 @@ from metalab.services.api.common import (
     IdempotencyKey,
     Limit,
     Workspace_,
+    cross_field,
     idempotent_write,
     page,
 )
@@ -29,6 +30,7 @@ from metalab.services.api.common import sessions_for as _sessions
 from metalab.services.api.schemas import NO_NUL, Page, Probability, ShortName, Strict, Text, columns
 from metalab.services.errors import Unprocessable
 from metalab.services.experts import ExpertService, record_of
+from metalab.services.fields import JsonInt, json_int
 from metalab.services.store.models import Expert
 
 
@@ -56,12 +58,13 @@ router = APIRouter(
 )
 ExpertName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[^\x00/]+$", description="expert name")]
 Skill = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NO_NUL)]
-Level = Annotated[int, Field(ge=1, le=core.MAX_LEVEL)]
+Level = json_int(ge=1, le=core.MAX_LEVEL)
 Answer = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
 class StrictIn(Strict):
-    """Request bodies: unknown keys refused, and no coercion (``false`` is not a number, ``"2"`` not an int)."""
+    """Request bodies: unknown keys refused, and no coercion (``false`` is not a number, ``"2"`` not an int;
+    ``2.0`` is an int, as JSON Schema's ``integer`` says: :data:`~metalab.services.fields.JsonInt`)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
@@ -86,7 +89,7 @@ class ExpertOut(BaseModel):
 
 class TeamRequest(StrictIn):
     required_skills: dict[Skill, Level] = Field(min_length=1, max_length=100)
-    max_size: int | None = Field(None, ge=1, le=1000)
+    max_size: json_int(ge=1, le=1000) | None = None
 
 
 class TeamOut(BaseModel):
@@ -105,7 +108,7 @@ class ProposalIn(StrictIn):
 
 class CritiqueIn(StrictIn):
     expert: ShortName
-    proposal: int = Field(ge=0, le=999, description="index of the proposal in this round")
+    proposal: JsonInt = Field(ge=0, le=999, description="index of the proposal in this round")
     agreement: float = Field(ge=-1.0, le=1.0, description="-1 disagrees entirely .. 1 agrees entirely")
     comment: Text = ""
 
@@ -119,10 +122,8 @@ class RoundCreate(StrictIn):
         None, description="method=moderator: whose call decides (default: the highest-weighted participant)"
     )
     beta: float = Field(0.5, ge=0.0, lt=1.0, description="weighted majority: a wrong expert's weight x beta")
-    answers: int | None = Field(
+    answers: json_int(ge=2, le=1000) | None = Field(
         None,
-        ge=2,
-        le=1000,
         description="how many answers the question has (accuracy, learned; default: those proposed, >= 2)",
     )
 
@@ -188,7 +189,13 @@ def assemble_team(request: Request, workspace: Workspace_, body: TeamRequest):
         )
 
 
-@router.post("/consensus/rounds", status_code=201, response_model=RoundOut)
+ROUND_RULES = cross_field(
+    "one proposal per expert; a critique names a proposal 0..len(proposals)-1 and not its own; a moderator "
+    "proposes or endorses a proposal; 422 otherwise"
+)
+
+
+@router.post("/consensus/rounds", status_code=201, response_model=RoundOut, openapi_extra=ROUND_RULES)
 def run_round(request: Request, workspace: Workspace_, body: RoundCreate, key: IdempotencyKey = None):
     """Decide a question from the experts' proposals and critiques; the transcript says who stood for what."""
 
