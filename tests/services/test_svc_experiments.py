@@ -109,6 +109,9 @@ def test_bad_requests_and_other_workspaces(sessions):
         with pytest.raises(NotFound, match="unknown variant"):
             service.record_outcome(experiment_id, "zzz", 1)
         session.rollback()
+        with pytest.raises(NotFound, match="unknown winner"):
+            service.complete(experiment_id, "zzz", None)
+        session.rollback()
         with pytest.raises(Unprocessable):
             service.create(ExperimentSpec(name="one", variants=["a"]))
         with pytest.raises(NotFound):

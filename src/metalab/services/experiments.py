@@ -808,7 +808,7 @@ class ExperimentService:
         if experiment.status != "running":
             raise Conflict(f"experiment {experiment_id} is already {experiment.status}")
         if winner is not None and winner not in [v.name for v in experiment.variants]:
-            raise Unprocessable(
+            raise NotFound(
                 f"unknown winner {winner!r}; the variants are " + ", ".join(repr(v.name) for v in experiment.variants)
             )
         self._complete(experiment, Decision("manual", winner, reason or "completed by request"))
