@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints
 
 from metalab import consensus as core
 from metalab.services.api.common import (
@@ -62,14 +62,7 @@ Level = json_int(ge=1, le=core.MAX_LEVEL)
 Answer = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
 
 
-class StrictIn(Strict):
-    """Request bodies: unknown keys refused, and no coercion (``false`` is not a number, ``"2"`` not an int;
-    ``2.0`` is an int, as JSON Schema's ``integer`` says: :data:`~metalab.services.fields.JsonInt`)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
-
-
-class ExpertCreate(StrictIn):
+class ExpertCreate(Strict):
     name: ShortName
     kind: Literal["agent", "model", "human"] = "agent"
     skills: dict[Skill, Level] = Field(max_length=100, description="skill -> level, 1 (novice) .. 5 (expert)")
@@ -87,7 +80,7 @@ class ExpertOut(BaseModel):
     created_at: datetime
 
 
-class TeamRequest(StrictIn):
+class TeamRequest(Strict):
     required_skills: dict[Skill, Level] = Field(min_length=1, max_length=100)
     max_size: json_int(ge=1, le=1000) | None = None
 
@@ -99,21 +92,21 @@ class TeamOut(BaseModel):
     approximation_bound: float = Field(description="H(d): greedy cost <= this x the optimal cost (Chvátal 1979)")
 
 
-class ProposalIn(StrictIn):
+class ProposalIn(Strict):
     expert: ShortName
     answer: Answer
     confidence: Probability = 1.0
     rationale: Text = ""
 
 
-class CritiqueIn(StrictIn):
+class CritiqueIn(Strict):
     expert: ShortName
     proposal: JsonInt = Field(ge=0, le=999, description="index of the proposal in this round")
     agreement: float = Field(ge=-1.0, le=1.0, description="-1 disagrees entirely .. 1 agrees entirely")
     comment: Text = ""
 
 
-class RoundCreate(StrictIn):
+class RoundCreate(Strict):
     question: Text
     method: Literal["majority", "weighted", "learned", "accuracy", "moderator"] = "weighted"
     proposals: list[ProposalIn] = Field(min_length=1, max_length=200)
@@ -143,7 +136,7 @@ class RoundOut(BaseModel):
     experts: list[ExpertOut] = Field(default_factory=list, description="after an outcome: the updated experts")
 
 
-class OutcomeIn(StrictIn):
+class OutcomeIn(Strict):
     answer: Answer
 
 
