@@ -14,6 +14,7 @@ from pathlib import Path
 from metalab.report.records import read_records
 
 RECORDS = Path("benchmarks/meta/records/maml_budget_vs_learn2learn.jsonl")
+PAPER = {"second": 98.7, "first": 98.3}  # Finn et al. 2017, Table 1: MAML and first-order MAML, Omniglot 5w1s
 
 
 def newest_curves(records: list[dict], order: str) -> dict[str, list[dict]]:
@@ -28,7 +29,9 @@ def newest_curves(records: list[dict], order: str) -> dict[str, list[dict]]:
         # a run's marks come in increasing CPU time; another command or a smaller time starts a newer run
         if commands.get(side) != record["command"] or figure["train_cpu_min"] <= points[-1]["train_cpu_min"]:
             commands[side], curves[side] = record["command"], []
-        curves[side].append({**figure, "cpu": record["cpu"], "date": record["date"]})
+        curves[side].append(
+            {**figure, "cpu": record["cpu"], "date": record["date"], "marks": record["settings"]["marks"]}
+        )
     return curves
 
 
@@ -42,6 +45,18 @@ def plot(curves: dict[str, list[dict]], order: str, path: Path) -> Path:
         y = [p["test_acc"] for p in points]
         axes.errorbar(x, y, yerr=[p["test_ci95"] for p in points], marker="o", capsize=3, label=side)
     axes.set_xscale("log", base=2)
+    marks = sorted({m for points in curves.values() for p in points for m in p["marks"]})  # the planned marks
+    axes.set_xticks(marks, [f"{m:g}" for m in marks])
+    axes.minorticks_off()
+    axes.axhline(PAPER[order], color="grey", linestyle="--", linewidth=1)
+    axes.annotate(
+        f"paper {PAPER[order]} (Finn et al. 2017, 60k steps on a GPU)",
+        (marks[0], PAPER[order]),
+        textcoords="offset points",
+        xytext=(0, -12),
+        fontsize=8,
+        color="grey",
+    )
     axes.set_xlabel("training CPU-minutes (one core)")
     axes.set_ylabel("test accuracy % (1000 episodes, 95% CI)")
     cpu = next(iter(curves.values()))[0]["cpu"]
