@@ -60,13 +60,14 @@ def test_spike_detector_is_quiet_on_noise_and_during_warmup():
     assert [fresh.observe(v) is not None for v in (1.0, 100.0, 1.0, 50.0)] == [False, False, False, True]
 
 
-def rise_reference(values: np.ndarray, factor: float, window: int) -> list[int]:
-    best, flagged = math.inf, []
+def rise_reference(values: np.ndarray, factor: float, window: int, floor: float = 0.0) -> list[int]:
+    best, start, flagged = math.inf, None, []
     for i in range(window - 1, len(values)):
         median = float(np.median(values[i - window + 1 : i + 1]))
+        start = median if start is None else start
         if median < best:
             best = median
-        elif median > factor * best:
+        elif median > factor * max(best, floor * start):
             flagged.append(i)
     return flagged
 
@@ -82,6 +83,24 @@ def test_divergence_fires_where_the_windowed_median_rises_past_factor_times_its_
     assert flagged == expected and expected and expected[0] > 200
     quiet = RiseDetector(factor=3.0, window=25)
     assert not any(quiet.observe(float(v)) for v in falling * np.exp(rng.normal(0, 0.3, 200)))
+
+
+def test_divergence_floor_ignores_a_converged_loss_wandering_near_zero_but_not_a_real_rise():
+    # a 5-way loss from ln 5 down to about 0.01, whose windowed median then wanders between about 0.005
+    # and 0.04 (the shape of the Reptile 5w5s and Matching Networks runs the floor was added for)
+    rng = np.random.default_rng(3)
+    steps = np.arange(3000)
+    converged = (1.6 * np.exp(-steps / 150) + 0.01) * np.exp(0.7 * np.sin(steps / 97) + rng.normal(0, 0.5, 3000))
+    unfloored = RiseDetector(factor=3.0, window=25)
+    assert any(unfloored.observe(float(v)) for v in converged)  # the false alarm the floor removes
+    floored = RiseDetector(factor=3.0, window=25, floor=0.1)
+    assert not any(floored.observe(float(v)) for v in converged)
+    diverging = np.concatenate([converged, 0.02 * np.exp(np.arange(200) / 30)])  # back up to 16 and beyond
+    detector = RiseDetector(factor=3.0, window=25, floor=0.1)
+    flagged = [i for i, v in enumerate(diverging) if detector.observe(float(v))]
+    expected = rise_reference(diverging, 3.0, 25, floor=0.1)
+    assert flagged == expected and expected and expected[0] > 3000
+    assert detector.observe(float("nan")) is None
 
 
 def test_plateau_fires_after_patience_without_improvement_and_not_while_improving():

@@ -82,14 +82,19 @@ class RiseDetector:
     """The median of the last ``window`` values exceeds ``factor`` times the lowest such median seen so far.
 
     Divergence (a loss that rises over a window, not one noisy batch) and a throughput collapse
-    (seconds per step that stay many times above their best) are both this rule. ``forget_best`` in
-    :meth:`reset` starts over (a new task has a new loss scale); without it the best survives a rollback,
-    which returns the model to a state that had about that loss."""
+    (seconds per step that stay many times above their best) are both this rule. ``floor`` is a fraction
+    of the first full window's median (the start of the run, or of a task): a best below it counts as that
+    floor, because a loss that has fallen near zero wanders by large ratios and stays small (a converged
+    Reptile or Matching Networks run moves between 0.006 and 0.04 against 1.6 at its start; with no floor
+    that ratio read as divergence and stopped clean runs). ``forget_best`` in :meth:`reset` starts over (a
+    new task has a new loss scale); without it the best survives a rollback, which returns the model to a
+    state that had about that loss."""
 
-    def __init__(self, factor: float, window: int) -> None:
-        self.factor, self.window = factor, window
+    def __init__(self, factor: float, window: int, floor: float = 0.0) -> None:
+        self.factor, self.window, self.floor = factor, window, floor
         self.values = RunningMedian(window)
         self.best: float | None = None
+        self.start: float | None = None
 
     def observe(self, value: float) -> str | None:
         if not math.isfinite(value):
@@ -98,13 +103,17 @@ class RiseDetector:
         if len(self.values) < self.window:
             return None
         median = self.values.median()
+        if self.start is None:
+            self.start = median
         if self.best is None or median < self.best:
             self.best = median
             return None
-        if median > self.factor * self.best and self.best > 0:
+        bar = max(self.best, self.floor * self.start)
+        if median > self.factor * bar and bar > 0:
+            floor_note = f", floor {self.floor:g} x the start {self.start:.3g}" if bar > self.best else ""
             return (
                 f"median of the last {self.window} is {median:.3g}, {median / self.best:.3g}x its best "
-                f"{self.best:.3g} (limit {self.factor:g}x)"
+                f"{self.best:.3g} (limit {self.factor:g}x{floor_note})"
             )
         return None
 
@@ -112,6 +121,7 @@ class RiseDetector:
         self.values.clear()
         if forget_best:
             self.best = None
+            self.start = None
 
 
 class PlateauDetector:

@@ -77,6 +77,9 @@ POSITIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and
 NONNEGATIVE_INT = Rule(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0")
 ABOVE_ONE = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 1 < v < math.inf, "a number > 1")
 FRACTION = Rule(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, "a number in (0, 1)")
+PROPER_FRACTION = Rule(
+    lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, "a number in [0, 1)"
+)
 NONNEGATIVE = Rule(
     lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf, "a number >= 0"
 )
@@ -115,7 +118,12 @@ SECTIONS: dict[str, dict[str, Rule]] = {
         "floor": NONNEGATIVE,
         "action": action_rule("rollback", "stop", "alert"),
     },
-    "divergence": {"factor": ABOVE_ONE, "window": POSITIVE_INT, "action": action_rule("rollback", "stop", "alert")},
+    "divergence": {
+        "factor": ABOVE_ONE,
+        "window": POSITIVE_INT,
+        "floor": PROPER_FRACTION,
+        "action": action_rule("rollback", "stop", "alert"),
+    },
     "plateau": {
         "patience": POSITIVE_INT,
         "min_improvement": FRACTION,
@@ -214,7 +222,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "lr_jump": {"factor": 10.0, "action": "rollback"},
     "gradient_explosion": {"factor": 50.0, "window": 50, "warmup": 10, "floor": 1.0, "every": 4, "action": "rollback"},
     "loss_spike": {"factor": 20.0, "window": 50, "warmup": 10, "floor": 1.0, "action": "rollback"},
-    "divergence": {"factor": 3.0, "window": 25, "action": "rollback"},
+    "divergence": {"factor": 3.0, "window": 25, "floor": 0.1, "action": "rollback"},
     "plateau": {
         "patience": 5000,
         "min_improvement": 0.01,
@@ -272,7 +280,7 @@ class SelfHealing(L.Callback):
         self.loss_spike = (
             SpikeDetector(spike["factor"], spike["window"], spike["warmup"], spike["floor"]) if spike else None
         )
-        self.divergence = RiseDetector(rise["factor"], rise["window"]) if rise else None
+        self.divergence = RiseDetector(rise["factor"], rise["window"], rise["floor"]) if rise else None
         self.plateau = PlateauDetector(flat["patience"], flat["min_improvement"], flat["window"]) if flat else None
         self.slowdown = RiseDetector(s["throughput"]["factor"], s["throughput"]["window"]) if s["throughput"] else None
         self.forgetting = ForgettingJump(s["forgetting"]["threshold"]) if s["forgetting"] else None
