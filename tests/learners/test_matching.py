@@ -119,6 +119,61 @@ def test_fce_shapes_and_context_dependence():
     assert not torch.allclose(fce.embed_queries(queries, fce.embed_support(changed)), f)
 
 
+def _lstm_step(x, h, c, w_ih, w_hh, b):
+    """One LSTM step written out from its equations (gates in the order input, forget, cell, output)."""
+    z = w_ih @ x + w_hh @ h + b
+    i, f, g, o = (z[k * len(c) : (k + 1) * len(c)] for k in range(4))  # the cell's size, not the recurrent input's
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def fce_reference(fce, support, queries):
+    """Vinyals et al. 2016, appendix A, one vector at a time for a single task: A.2's
+    ``g(x_i, S) = h_fwd_i + h_bwd_i + g'(x_i)`` with the two directions run as explicit loops over the
+    support order, then A.1's K steps ``h^_k, c_k = LSTM(f'(x), [h_{k-1}, r_{k-1}], c_{k-1})``,
+    ``h_k = h^_k + f'(x)``, ``r_{k-1} = sum_i softmax_i(h_{k-1} . g(x_i)) g(x_i)``, from ``h_0 = f'(x)``,
+    ``c_0 = 0``."""
+    lstm, d = fce.support_lstm, support.shape[-1]
+    zeros = torch.zeros(d)
+
+    def run(order, suffix):
+        w_ih, w_hh = getattr(lstm, "weight_ih_l0" + suffix), getattr(lstm, "weight_hh_l0" + suffix)
+        b = getattr(lstm, "bias_ih_l0" + suffix) + getattr(lstm, "bias_hh_l0" + suffix)
+        h, c, out = zeros, zeros, {}
+        for i in order:
+            h, c = _lstm_step(support[i], h, c, w_ih, w_hh, b)
+            out[i] = h
+        return out
+
+    n = len(support)
+    fwd, bwd = run(range(n), ""), run(reversed(range(n)), "_reverse")
+    g = torch.stack([fwd[i] + bwd[i] + support[i] for i in range(n)])
+    w, b = fce.query_cell.gates.weight, fce.query_cell.gates.bias
+    embedded = []
+    for x in queries:
+        h, c = x, zeros
+        for _ in range(fce.steps):
+            weights = torch.softmax(torch.stack([h @ g_i for g_i in g]), 0)
+            read = sum(a * g_i for a, g_i in zip(weights, g, strict=True))
+            out, c = _lstm_step(x, torch.cat([h, read]), c, w[:, :d], w[:, d:], b)
+            h = out + x
+        embedded.append(h)
+    return g, torch.stack(embedded)
+
+
+def test_fce_matches_the_papers_equations_computed_one_vector_at_a_time():
+    torch.manual_seed(1)
+    fce = FullContextEmbedding(dim=5, steps=3)
+    support, queries = torch.randn(2, 4, 5), torch.randn(2, 3, 5)
+    with torch.no_grad():
+        g = fce.embed_support(support)
+        f = fce.embed_queries(queries, g)
+        for task in range(2):
+            g_ref, f_ref = fce_reference(fce, support[task], queries[task])
+            assert torch.allclose(g[task], g_ref, atol=1e-5)
+            assert torch.allclose(f[task], f_ref, atol=1e-5)
+
+
 def test_fce_changes_the_output_of_the_same_backbone():
     torch.manual_seed(0)
     backbone = Conv4(hidden=8)

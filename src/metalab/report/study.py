@@ -276,9 +276,4 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-# Avalanche's side of benchmarks/continual/avalanche_side_by_side.py: our method -> the strategy it is paired with
-AVALANCHE_BASE = {"finetune": "finetune", "ewc": "ewc", "er_500": "er_500", "lwf": "lwf"}
-AVALANCHE_NAMES = {"finetune": "Naive", "ewc": "EWC", "er_500": "Replay", "lwf": "LwF"}
-
-
 __all__ = ["Run", "Study", "load_study", "check_runs", "compose_run", "is_stale", "record_fingerprint", "MetalabError"]
