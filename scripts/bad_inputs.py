@@ -113,7 +113,7 @@ CASES: list[Case] = [
     Case(
         "unknown diagnosis key",
         "error: diagnosis.divergence.windw is not allowed: unknown key; diagnosis.divergence takes factor, window, "
-        "action",
+        "floor, action",
         train=("+diagnosis.divergence.windw=3",),
     ),
     Case(
