@@ -115,6 +115,7 @@ def test_sigterm_stops_mid_epoch_and_resuming_ends_like_an_uninterrupted_run(tmp
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@needs_omniglot
 def test_train_false_needs_a_checkpoint(tmp_path):
     from metalab.errors import ConfigError
 

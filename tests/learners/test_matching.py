@@ -239,6 +239,7 @@ def test_tiny_run_writes_its_metrics(tmp_path, fce):
     assert metrics["test/5w1s/episodes"] == 6 and 0.0 <= metrics["test/5w1s/acc"] <= 100.0
 
 
+@needs_omniglot
 @pytest.mark.parametrize("shape", ["5w1s", "5w5s", "20w1s", "20w5s"])
 def test_experiment_builds_its_optimizer_and_budget_schedule(shape, tmp_path):
     """The experiment's learner, optimiser and learning-rate schedule are built as the run builds them

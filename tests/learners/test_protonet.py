@@ -91,6 +91,7 @@ def test_nan_loss_stops_with_a_message(tmp_path, monkeypatch):
         train(compose_run(tmp_path, [*TINY_PROTONET, "diagnosis=off"]))
 
 
+@needs_omniglot
 def test_with_diagnosis_a_loss_that_is_always_nan_stops_training_with_the_reason(tmp_path, monkeypatch):
     """Skipped steps that keep coming are rolled back, and when no snapshot is older, training stops early."""
     monkeypatch.setattr(ProtoNet, "query_logits", lambda self, batch: torch.full((1, 10, 5), float("nan")))
