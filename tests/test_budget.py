@@ -74,14 +74,19 @@ class OneSecondSteps(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-@pytest.mark.parametrize("max_steps, expected", [(-1, 5 + int((100 - 5) * 0.9)), (40, 40)])
-def test_probe_fits_the_schedule_and_max_steps_into_max_time(monkeypatch, tmp_path, max_steps, expected):
+@pytest.mark.parametrize(
+    "warmup_steps, max_steps, expected",
+    [(1, -1, 5 + int((100 - 5) * 0.9)), (0, -1, 4 + int((100 - 4) * 0.9)), (1, 40, 40)],
+)
+def test_probe_fits_the_schedule_and_max_steps_into_max_time(monkeypatch, tmp_path, warmup_steps, max_steps, expected):
+    """Also without a warm-up: the probe's clock then starts before the first step (batch-end hooks never see
+    step 0), which a probe started at batch ends got wrong."""
     import lightning.pytorch.callbacks.timer as timer_module
 
     clock = FakeClock()
     monkeypatch.setattr(budget, "time", clock)
     monkeypatch.setattr(timer_module, "time", clock)
-    probe = FitHorizonToTimeBudget(probe_steps=4, warmup_steps=1, margin=0.9)
+    probe = FitHorizonToTimeBudget(probe_steps=4, warmup_steps=warmup_steps, margin=0.9)
     trainer = L.Trainer(
         accelerator="cpu",
         max_time={"seconds": 100},

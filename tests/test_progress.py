@@ -8,6 +8,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+import metalab.budget
+from metalab.budget import FitHorizonToTimeBudget
 from metalab.callbacks import progress
 from metalab.callbacks.progress import BudgetProgress
 
@@ -35,14 +37,16 @@ class OneSecondSteps(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(tmp_path, monkeypatch, every_seconds: float, bar: bool = False, **budget) -> BudgetProgress:
+def fit(tmp_path, monkeypatch, every_seconds: float, bar: bool = False, others: tuple = (), **budget) -> BudgetProgress:
     import lightning.pytorch.callbacks.timer as timer_module
 
     clock = FakeClock()
     monkeypatch.setattr(progress, "time", clock)
     monkeypatch.setattr(timer_module, "time", clock)
+    monkeypatch.setattr(metalab.budget, "time", clock)
     callback = BudgetProgress(every_seconds=every_seconds)
     extra = [L.pytorch.callbacks.TQDMProgressBar(refresh_rate=1)] if bar else []
+    extra += list(others)
     trainer = L.Trainer(
         accelerator="cpu",
         callbacks=[callback, *extra],
@@ -76,6 +80,23 @@ def test_time_budget_left_comes_from_lightnings_timer(tmp_path, monkeypatch):
 def test_the_nearer_of_the_two_budgets_is_the_time_left(tmp_path, monkeypatch):
     callback = fit(tmp_path, monkeypatch, every_seconds=3, max_steps=100, max_time={"seconds": 9}, max_epochs=-1)
     assert callback.lines[0] == "[progress] step 3/100 (3%), 1 steps/s, 6.0s left (by max_time), 3.0s elapsed"
+
+
+def test_a_fitted_time_budget_horizon_is_the_end_shown(tmp_path, monkeypatch):
+    """A 2-hour budget stops at the steps its probe fitted, not at max_steps (the paper's 60,000): the lines
+    count toward that horizon. Here the probe (steps 1-3, one second each) fits int((20 - 3) * 0.5) = 8 more
+    steps into the 20-second budget: the horizon is step 11."""
+    probe = FitHorizonToTimeBudget(probe_steps=2, warmup_steps=1, margin=0.5)
+    callback = fit(
+        tmp_path, monkeypatch, every_seconds=4, others=(probe,), max_steps=100, max_time={"seconds": 20}, max_epochs=-1
+    )
+    fitted = "horizon fitted to the time budget"
+    assert probe.horizon == 11
+    assert callback.lines == [
+        f"[progress] step 4/11 (36%, {fitted}), 1 steps/s, 7.0s left (by steps), 4.0s elapsed",
+        f"[progress] step 8/11 (73%, {fitted}), 1 steps/s, 3.0s left (by steps), 8.0s elapsed",
+        f"[progress] training ended: step 11/11 (100%, {fitted}), 1 steps/s, 11.0s elapsed",
+    ]
 
 
 def test_an_epoch_budget_prints_nothing(tmp_path, monkeypatch):

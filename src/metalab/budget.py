@@ -86,16 +86,23 @@ class FitHorizonToTimeBudget(L.Callback):
         self.probe_steps, self.warmup_steps, self.margin = probe_steps, warmup_steps, margin
         self.horizon: int | None = None
         self.seconds_per_step: float | None = None
+        self._probe_from = warmup_steps  # the step the probe's clock starts at
         self._probe_start = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.horizon is not None:  # resumed: keep the horizon the run chose
             self._apply(trainer)
-        elif self._timer(trainer) is None and trainer.max_steps in (None, -1):
+            return
+        if self._timer(trainer) is None and trainer.max_steps in (None, -1):
             raise ConfigError(
                 "callbacks.time_budget needs trainer.max_time (or trainer.max_steps) to fit a "
                 "schedule to; set one or remove callbacks.time_budget"
             )
+        # Batch-end hooks see steps 1, 2, ...: a probe from step 0 (no warm-up), or from a run resumed before
+        # its probe ended, starts its clock here.
+        self._probe_from = max(self.warmup_steps, trainer.global_step)
+        if trainer.global_step == self._probe_from:
+            self._probe_start = time.perf_counter()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -104,9 +111,9 @@ class FitHorizonToTimeBudget(L.Callback):
             self._stop_at_horizon(trainer)
             return
         step = trainer.global_step
-        if step == self.warmup_steps:
+        if step == self._probe_from:
             self._probe_start = time.perf_counter()
-        elif step == self.warmup_steps + self.probe_steps:
+        elif step == self._probe_from + self.probe_steps:
             self.seconds_per_step = (time.perf_counter() - self._probe_start) / self.probe_steps
             self.horizon = self._horizon(trainer, step)
             print(

@@ -2,7 +2,8 @@
 
 Lightning's bar counts batches per epoch; a run bounded by ``trainer.max_steps`` or ``trainer.max_time``
 (Reptile's 100,000 meta-steps, a 2-hour CPU budget) then shows only epoch after epoch, never how far it
-is from the end. This callback prints, every ``every_seconds``, the steps done of ``max_steps``, the
+is from the end. This callback prints, every ``every_seconds``, the steps done of ``max_steps`` (or of the
+horizon a time budget's probe fitted, :class:`metalab.budget.FitHorizonToTimeBudget`, where training ends), the
 rate and the time left: by the step rate for a step budget and by Lightning's own Timer for a time
 budget, whichever ends first. Lines, not a bar, so they read the same in a terminal and in a study's
 ``console.log``; with an active tqdm bar they go through the bar's ``print`` so the bar stays intact.
@@ -18,6 +19,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Timer, TQDMProgressBar
 from lightning.pytorch.trainer.states import RunningStage
 
+from metalab.budget import FitHorizonToTimeBudget
 from metalab.errors import ConfigError
 from metalab.report.console import duration
 
@@ -53,14 +55,14 @@ class BudgetProgress(L.Callback):
 
     def describe(self, trainer: L.Trainer, now: float, final: bool = False) -> str | None:
         """The progress line at ``now`` (``None`` without a step or time budget)."""
-        max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+        max_steps, fitted = _step_target(trainer)
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
         if max_steps is None and timer is None:
             return None
         step, elapsed = trainer.global_step, max(now - self._start, 1e-9)
         rate = (step - self._start_step) / elapsed
         parts = [
-            f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%)" if max_steps else f"step {step}",
+            f"step {step}/{max_steps} ({100 * step / max_steps:.0f}%{fitted})" if max_steps else f"step {step}",
             f"{rate:.3g} steps/s",
         ]
         if not final:
@@ -87,6 +89,17 @@ class BudgetProgress(L.Callback):
             bar.print(line)  # tqdm.write: above the bar, which is redrawn below
         else:
             print(line, flush=True)
+
+
+def _step_target(trainer: L.Trainer) -> tuple[int | None, str]:
+    """The step training ends at, and a note when it is not ``max_steps``: a time budget's horizon
+    (:class:`metalab.budget.FitHorizonToTimeBudget`, fitted after its probe) ends training there, so
+    ``max_steps`` (the paper's 60,000, say) would make a 2-hour run look as if it stopped at 9 %."""
+    max_steps = trainer.max_steps if trainer.max_steps not in (None, -1) else None
+    fitted = [c.horizon for c in trainer.callbacks if isinstance(c, FitHorizonToTimeBudget) and c.horizon]
+    if fitted and (max_steps is None or min(fitted) < max_steps):
+        return min(fitted), ", horizon fitted to the time budget"
+    return max_steps, ""
 
 
 def _drawing(bar: Any) -> bool:
