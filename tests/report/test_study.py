@@ -116,6 +116,19 @@ def test_mean_and_t_interval_over_seeds_and_goal_verdicts(tmp_path):
     assert collect.verdict(50.0, None, "acc") == "no goal"
 
 
+def test_goals_are_the_experiment_files_now_not_the_ones_recorded(tmp_path):
+    """Targets are left out of a run's identity, so an edited goal applies to the records already made: the
+    row compares with the experiment file's `targets:` now (protonet_5w1s: paper 98.8, goal 98.5)."""
+    study = fake_records(tmp_path, {0: 98.0, 1: 98.2})
+    for run in study.runs:
+        record = study.records_dir(run) / "metrics.json"
+        data = json.loads(record.read_text())
+        data["targets"] = {"5w1s": {"paper": 1.0, "goal": 90.0, "source": "an older experiment file"}}
+        record.write_text(json.dumps(data))
+    [row] = collect.rows(collect.collect(study))
+    assert (row.paper, row.goal, row.met) == (98.8, 98.5, "not met")
+
+
 def test_t_quantiles_match_scipy():
     stats = pytest.importorskip("scipy.stats")
     for df in (1, 2, 5, 10, 29):

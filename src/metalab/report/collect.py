@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metalab.report.study import Run, Study, is_stale
+from metalab.report.study import Run, Study, current_targets, is_stale
 
 SCORES = ("acc", "mse")  # the headline score of a test: higher-better accuracy, lower-better MSE
 EXTRA_SCORES = ("forgetting", "bwt", "fwt")
@@ -154,7 +154,14 @@ def collect(study: Study, keep_stale: bool = False) -> Collected:
         healed = healed_actions(data.get("alerts"))
         records[run.label].append(
             RunRecord(
-                run, folder, metrics, data.get("targets") or {}, info, data.get("global_step"), run_is_stale, healed
+                run,
+                folder,
+                metrics,
+                current_targets(study, run, data.get("targets") or {}),
+                info,
+                data.get("global_step"),
+                run_is_stale,
+                healed,
             )
         )
     return Collected(records, missing, errors, stale)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
 
 from metalab.errors import ConfigError, MetalabError
 from metalab.report.identity import fingerprint_record, planned_fingerprint
@@ -103,6 +104,7 @@ class Study:
     compare: list[dict[str, Any]] = field(default_factory=list)
     notes: str = ""
     fingerprints: dict[Run, str] = field(default_factory=dict)  # what each run computes now (check_runs)
+    targets: dict[Run, dict[str, Any]] = field(default_factory=dict)  # its experiment's `targets:` now (check_runs)
 
     @property
     def folder(self) -> Path:
@@ -218,7 +220,18 @@ def check_runs(study: Study) -> dict[Run, str]:
         cfg = composed[(run.experiment, run.overrides)]
         cfg.seed = run.seed
         study.fingerprints[run] = ("avalanche:" if run.is_avalanche else "") + planned_fingerprint(cfg)
+        if not run.is_avalanche:  # a peer's run is composed from our paired experiment, whose targets are ours
+            study.targets[run] = OmegaConf.to_container(cfg.get("targets") or OmegaConf.create({}), resolve=True)
     return study.fingerprints
+
+
+def current_targets(study: Study, run: Run, recorded: dict[str, Any]) -> dict[str, Any]:
+    """The paper figures and goals a run's row compares with: its experiment file's `targets:` as they are now
+    (they are left out of the run's identity, so a goal edited later applies to the runs already recorded);
+    the record's own for an Avalanche run, which has none."""
+    if run not in study.fingerprints:
+        check_runs(study)
+    return study.targets.get(run, recorded)
 
 
 def compose_run(study: Study, run: Run) -> Any:
