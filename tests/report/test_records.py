@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from metalab.errors import MetalabError
-from metalab.report.records import append_record, read_records, relative_command, repo_root
+from metalab.report.records import append_record, git_commit, read_records, relative_command, repo_root
 from metalab.report.tables import TableSpec, marked_files, refresh, render_markdown, render_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,3 +136,34 @@ def test_records_keep_what_ran_without_machine_folders():
 
     text = "45.6 0 /srv/x/.venv/bin/python train.py; journal:/home/u/repo/logs/a.journal http://127.0.0.1:80/v1/e"
     assert without_machine_paths(text) == "45.6 0 python train.py; journal:a.journal http://127.0.0.1:80/v1/e"
+
+
+def test_dirty_means_changed_code_not_regenerated_reports_figures_or_records(tmp_path):
+    """A study rewrites its report and figure when one of its runs ends; a run finishing beside it must not be
+    recorded as made by uncommitted code for that."""
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    files = {
+        "src/pkg/model.py": "x = 1\n",
+        "conf/train.yaml": "seed: 0\n",
+        "experiments/study/report.md": "old\n",
+        "experiments/study/figures/curves.png": "png",
+        "experiments/study/runs/full/a/seed0/metrics.json": "{}",
+        "benchmarks/meta/records/speed.jsonl": "{}\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "start")
+    assert git_commit(tmp_path)["dirty"] is False
+    for name in files:
+        if not name.startswith(("src/", "conf/")):
+            (tmp_path / name).write_text("regenerated")
+    (tmp_path / "new_untracked.py").write_text("y = 2\n")
+    assert git_commit(tmp_path)["dirty"] is False
+    (tmp_path / "conf/train.yaml").write_text("seed: 1\n")
+    assert git_commit(tmp_path)["dirty"] is True

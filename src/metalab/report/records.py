@@ -52,8 +52,19 @@ def repo_root(start: Path | None = None) -> Path:
     return Path.cwd().resolve()
 
 
+# What a run writes or regenerates and never reads: changes here do not make the code that ran differ from the
+# commit (a study's report, rewritten when its other runs finish, made a run beside them look "dirty").
+OUTPUTS_NOT_CODE = (
+    ":(exclude,glob)**/*.md",
+    ":(exclude,glob)**/*.png",
+    ":(exclude,glob)experiments/*/runs/**",
+    ":(exclude,glob)benchmarks/**/records/**",
+)
+
+
 def git_commit(root: Path | None = None) -> dict[str, Any]:
-    """``{"commit": short hash or None, "dirty": bool}`` of the repository at ``root``."""
+    """``{"commit": short hash or None, "dirty": bool}`` of the repository at ``root``; dirty: tracked files
+    that differ from the commit, other than reports, figures and records (:data:`OUTPUTS_NOT_CODE`)."""
     root = root or repo_root()
     try:
         commit = (
@@ -63,7 +74,7 @@ def git_commit(root: Path | None = None) -> dict[str, Any]:
             or None
         )
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUTS_NOT_CODE],
             cwd=root,
             capture_output=True,
             text=True,
