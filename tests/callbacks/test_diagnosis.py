@@ -129,6 +129,26 @@ def fake_trainer(optimizer: torch.optim.Optimizer, step: int) -> SimpleNamespace
     )
 
 
+def test_a_plateau_lowers_the_rate_only_where_no_schedule_sets_it():
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    healer = SelfHealing()
+    unscheduled = fake_trainer(optimizer, 10)
+    assert healer._plateau_remedy(unscheduled, "flat") == ("flat", "reduce_lr")
+    healer._act(unscheduled, torch.nn.Linear(2, 1), "plateau", "flat", "reduce_lr")
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05) and healer.alerts[-1].changed_training
+    scheduled = fake_trainer(optimizer, 20)
+    scheduled.lr_scheduler_configs = [
+        SimpleNamespace(scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1))
+    ]
+    detail, action = healer._plateau_remedy(scheduled, "flat")
+    assert action == "alert" and "schedule sets the rate" in detail
+    healer._act(scheduled, torch.nn.Linear(2, 1), "plateau", detail, action)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05) and not healer.alerts[-1].changed_training
+    assert SelfHealing({**DEFAULTS, "plateau": {**DEFAULTS["plateau"], "action": "stop"}})._plateau_remedy(
+        scheduled, "flat"
+    ) == ("flat", "stop")  # an explicit stop is the user's choice, schedule or not
+
+
 def test_rollback_restores_weights_buffers_and_optimizer_state_and_lowers_the_rate_when_trouble_recurs():
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))

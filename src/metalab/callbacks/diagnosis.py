@@ -19,7 +19,8 @@ continual learner), and what it does (``conf/diagnosis/default.yaml``):
   median): checked before the step; the state is saved then and restored after the batch (the batch is skipped);
 - a learning-rate jump (``lr_jump.factor`` times the largest rate of the run so far; warm-up and restarts
   never exceed their own peak): roll back, which restores the snapshot's rate;
-- a plateau of the training loss: lower the learning rate by ``plateau.lr_factor``;
+- a plateau of the training loss: lower the learning rate by ``plateau.lr_factor`` (report only, where a
+  learning-rate schedule sets the rate);
 - a throughput collapse (seconds per step stuck far above their best; this process's CPU seconds by
   default, so other jobs on a shared core are not taken for a fault of the run) and, in continual runs, a jump of
   forgetting on earlier tasks at a task end: report (no automatic remedy is known);
@@ -449,8 +450,18 @@ class SelfHealing(L.Callback):
         if self.plateau is not None and loss is not None:
             found = self.plateau.observe(loss)
             if found:
-                self._act(trainer, module, "plateau", found, s["plateau"]["action"])
+                self._act(trainer, module, "plateau", *self._plateau_remedy(trainer, found))
         return True
+
+    def _plateau_remedy(self, trainer: L.Trainer, found: str) -> tuple[str, str]:
+        """(detail, action) for a plateau. Lowering the rate is the remedy only where nothing else sets it: under a
+        learning-rate schedule (a cosine or linear anneal to the budget's end) the schedule owns the rate, and
+        halving it as well would end the run on a shorter schedule than the one it was configured with (Reptile
+        5w5s, issue 32, was halved at step 37,023 of its linear anneal). There the plateau is reported only."""
+        action = self.settings["plateau"]["action"]
+        if action == "reduce_lr" and trainer.lr_scheduler_configs:
+            return f"{found}; a learning-rate schedule sets the rate, so only reported", "alert"
+        return found, action
 
     def _check_forgetting(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         """New rows of a continual learner's accuracy matrix (``module.accuracy[scenario]``): a jump of forgetting."""
