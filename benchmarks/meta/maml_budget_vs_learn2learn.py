@@ -8,7 +8,7 @@ only), so that one run gives accuracy against CPU time; each test appends a reco
 is not counted in the training clock.
 
 Both sides: learn2learn's ``OmniglotCNN`` layout (Finn et al. 2017; ours is ``model=conv4_strided``),
-each side with its own default initialisation, meta-batch 32 tasks of 5-way 1-shot with 1 query per
+each side with its own default initialisation, meta-batch 32 tasks (``--tasks``) of 5-way 1-shot with 1 query per
 class (as ``omniglot/fomaml_5w1s``), 1 inner step, first order unless ``--second-order``. Each side's
 learning rates default to its own recipe: ours inner lr 0.4 and Adam 1e-3 annealed by a cosine over the
 fraction of the CPU budget used (to 1e-5), as ``omniglot/maml_5w1s``; learn2learn's those of its
@@ -47,7 +47,7 @@ RECIPES = {"metalab": (0.4, 1e-3, "cosine"), "learn2learn": (0.5, 3e-3, "constan
 TEST_EPISODES, TEST_QUERY, EVAL_STEPS = 1000, 15, 3
 
 
-def datamodule(seed: int, test_episodes: int = TEST_EPISODES):
+def datamodule(seed: int, test_episodes: int = TEST_EPISODES, tasks: int = TASKS):
     from metalab.data.fewshot import FewShotDataModule
     from metalab.data.omniglot import load_omniglot_splits
 
@@ -59,7 +59,7 @@ def datamodule(seed: int, test_episodes: int = TEST_EPISODES):
         test_query=TEST_QUERY,
         train_episodes=50_000,
         test_episodes=test_episodes,
-        tasks_per_batch=TASKS,
+        tasks_per_batch=tasks,
         eval_tasks_per_batch=50,
         seed=seed,
     )
@@ -217,6 +217,9 @@ def main() -> None:
     parser.add_argument("--meta-lr", type=float, default=None, help="Adam's rate; default: the side's own recipe")
     parser.add_argument("--schedule", choices=["cosine", "constant"], default=None, help="default: the side's own")
     parser.add_argument(
+        "--tasks", type=int, default=TASKS, help=f"meta-batch: tasks per meta-step (default {TASKS}, both sides)"
+    )
+    parser.add_argument(
         "--layout", choices=["nchw", "channels_last"], default="nchw", help="learn2learn's memory layout"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -228,6 +231,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.cpu_minutes <= 0:
         parser.error(f"--cpu-minutes {args.cpu_minutes}: must be > 0")
+    if args.tasks < 1:
+        parser.error(f"--tasks {args.tasks}: must be >= 1")
     args.marks = args.marks or [args.cpu_minutes]
     if args.marks[-1] > args.cpu_minutes:
         parser.error(f"--marks {args.marks}: the last mark must be <= --cpu-minutes {args.cpu_minutes}")
@@ -250,7 +255,7 @@ def main() -> None:
     side = (Ours if args.side == "metalab" else Learn2Learn)(
         first_order=not args.second_order, inner_lr=args.inner_lr, layout=args.layout
     )
-    dm = datamodule(args.seed, args.test_episodes)
+    dm = datamodule(args.seed, args.test_episodes, args.tasks)
     settings = {
         "cpu_minutes": args.cpu_minutes,
         "marks": args.marks,
@@ -260,6 +265,7 @@ def main() -> None:
         "inner_lr": args.inner_lr,
         "meta_lr": args.meta_lr,
         "schedule": args.schedule,
+        "tasks": args.tasks,
         "layout": "channels_last" if args.side == "metalab" else args.layout,
     }
 
