@@ -76,6 +76,15 @@ def test_table_selects_filters_and_formats(tmp_path):
     assert render_table(records, spec) == "| order | speed-up |\n|---|---|\n| first | 2.5 |\n| second | 5 |"
     spec = TableSpec.parse("records=r.jsonl where=settings.rounds:3 columns=speedup format=.2f context=none", "t")
     assert render_table(records, spec).splitlines()[2:] == ["| 1.23 |", "| 2.47 |"]
+    spec = TableSpec.parse(
+        "records=r.jsonl where=benchmark:maml columns=settings.rounds:rounds,order context=none", "t"
+    )
+    assert render_table(records, spec).splitlines()[2:] == [
+        "| 3 | first |",
+        "| 3 | second |",
+        "| 5 | first |",
+        "| 5 | second |",
+    ]
 
 
 def test_marked_blocks_are_regenerated_and_prose_kept(tmp_path):

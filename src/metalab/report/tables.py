@@ -12,8 +12,9 @@ Options of the opening marker (``key=value``, no spaces inside a value):
 - ``where``: keep records whose field equals a value, ``benchmark:maml_vs_learn2learn`` or a setting,
   ``settings.rounds:3``; several conditions separated by ``,``;
 - ``last``: only the newest N records that pass ``where``;
-- ``columns``: figure keys to show, in order, each optionally renamed, ``speedup:speed-up``; default
-  every key in order of first appearance;
+- ``columns``: figure keys to show, in order, each optionally renamed, ``speedup:speed-up``; a key
+  ``settings.<name>`` shows the record's setting, so a table of runs that differ in one setting names it
+  on each row; default every figure key in order of first appearance;
 - ``context``: record fields shown before the figures (default ``date,commit,cpu,threads,load``; ``none``;
   ``load`` is the 1/5/15-minute load average when the record was written);
 - ``format``: a Python format spec for floats (default ``.4g``).
@@ -121,6 +122,11 @@ def _field(record: dict[str, Any], dotted: str) -> Any:
     return value
 
 
+def _cell(record: dict[str, Any], row: dict[str, Any], key: str) -> Any:
+    """A figure of the row, or for ``settings.<name>`` the record's setting (the same on all its rows)."""
+    return _field(record, key) if key.startswith("settings.") else row.get(key)
+
+
 def select(records: list[dict[str, Any]], spec: TableSpec) -> list[dict[str, Any]]:
     kept = [r for r in records if all(str(_field(r, k)) == v for k, v in spec.where)]
     return kept[-spec.last :] if spec.last else kept
@@ -150,7 +156,7 @@ def render_table(records: list[dict[str, Any]], spec: TableSpec) -> str:
     for record in chosen:
         context = [format_value(CONTEXT_FIELDS[c](record)) for c in spec.context]
         for row in record["figures"]:
-            cells = [format_value(row.get(key), spec.number_format) for key, _ in columns]
+            cells = [format_value(_cell(record, row, key), spec.number_format) for key, _ in columns]
             lines.append("| " + " | ".join(context + cells) + " |")
     if not chosen:
         lines.append("| " + " | ".join(["(no record yet)"] + [""] * (len(header) - 1)) + " |")
