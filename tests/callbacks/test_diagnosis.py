@@ -3,6 +3,7 @@ numpy reference, rollback on a real module and optimiser, faults in tiny real Tr
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -101,6 +102,29 @@ def test_divergence_floor_ignores_a_converged_loss_wandering_near_zero_but_not_a
     expected = rise_reference(diverging, 3.0, 25, floor=0.1)
     assert flagged == expected and expected and expected[0] > 3000
     assert detector.observe(float("nan")) is None
+
+
+def test_a_resumed_run_diagnoses_as_the_uninterrupted_run_would():
+    # the converged 5-way loss of the floor test, interrupted half-way: the divergence floor is a fraction of
+    # the loss the run started from, which a resumed process only knows from the checkpoint
+    rng = np.random.default_rng(3)
+    steps = np.arange(3000)
+    losses = (1.6 * np.exp(-steps / 150) + 0.01) * np.exp(0.7 * np.sin(steps / 97) + rng.normal(0, 0.5, 3000))
+    before, after = [float(v) for v in losses[:1500]], [float(v) for v in losses[1500:]]
+
+    def verdicts(healer: SelfHealing, values: list[float]) -> list[tuple[str | None, str | None]]:
+        return [(healer.divergence.observe(v), healer.plateau.observe(v)) for v in values]
+
+    uninterrupted = SelfHealing()
+    verdicts(uninterrupted, before)
+    saved = io.BytesIO()
+    torch.save(uninterrupted.state_dict(), saved)  # as Lightning checkpoints it
+    resumed = SelfHealing()
+    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=True))
+    continued = verdicts(resumed, after)
+    assert continued == verdicts(uninterrupted, after) and not any(d for d, _ in continued)
+    forgetful = SelfHealing()  # what a resume did before the detectors were saved
+    assert any(d for d, _ in verdicts(forgetful, after))
 
 
 def test_plateau_fires_after_patience_without_improvement_and_not_while_improving():

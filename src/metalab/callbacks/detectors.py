@@ -45,7 +45,31 @@ class RunningMedian:
         self.sorted.clear()
 
 
-class SpikeDetector:
+class Detector:
+    """What a detector has learnt of its run (recent values, bests, counts), as plain numbers, so a run
+    resumed from a checkpoint diagnoses as the uninterrupted run would. Without it a resumed run measured
+    its divergence floor on the converged loss it resumed at, not on the loss it started from, and took a
+    converged loss's wandering for divergence (the Reptile 5w5s study run of 2026-12-07: six rollbacks and
+    an early stop after resuming at step 20,000). Settings (factors, windows) are the config's, not saved."""
+
+    STATE: tuple[str, ...] = ()  # the fields besides running medians that carry the run's history
+
+    def state_dict(self) -> dict[str, object]:
+        medians = {k: list(v.values) for k, v in vars(self).items() if isinstance(v, RunningMedian)}
+        return {**medians, **{k: getattr(self, k) for k in self.STATE}}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for key, value in state.items():
+            current = getattr(self, key, None)
+            if isinstance(current, RunningMedian):
+                current.clear()
+                for item in value:  # type: ignore[attr-defined]
+                    current.append(float(item))
+            elif key in self.STATE:
+                setattr(self, key, value)
+
+
+class SpikeDetector(Detector):
     """One value far above the running median of the last ``window`` healthy values: ``value > factor *
     max(median, floor)``, once ``warmup`` values were seen; ``two_sided`` also flags ``value < median / factor``.
     Used for gradient explosion (the global gradient norm), a poisoned batch (its loss) and corrupted inputs
@@ -78,7 +102,7 @@ class SpikeDetector:
         self.history.clear()
 
 
-class RiseDetector:
+class RiseDetector(Detector):
     """The median of the last ``window`` values exceeds ``factor`` times the lowest such median seen so far.
 
     Divergence (a loss that rises over a window, not one noisy batch) and a throughput collapse
@@ -89,6 +113,8 @@ class RiseDetector:
     that ratio read as divergence and stopped clean runs). ``forget_best`` in :meth:`reset` starts over (a
     new task has a new loss scale); without it the best survives a rollback, which returns the model to a
     state that had about that loss."""
+
+    STATE = ("best", "start")
 
     def __init__(self, factor: float, window: int, floor: float = 0.0) -> None:
         self.factor, self.window, self.floor = factor, window, floor
@@ -124,10 +150,12 @@ class RiseDetector:
             self.start = None
 
 
-class PlateauDetector:
+class PlateauDetector(Detector):
     """No relative improvement of at least ``min_improvement`` in the windowed median for ``patience``
     observations. Fires once per ``patience`` observations without progress (after each LR reduction
     the count starts again)."""
+
+    STATE = ("best", "since_best")
 
     def __init__(self, patience: int, min_improvement: float, window: int) -> None:
         self.patience, self.min_improvement, self.window = patience, min_improvement, window
@@ -159,9 +187,11 @@ class PlateauDetector:
         self.best, self.since_best = None, 0
 
 
-class JumpAboveMax:
+class JumpAboveMax(Detector):
     """A value more than ``factor`` times the largest healthy value seen so far (a learning rate that jumps:
     warm-up and restarts never exceed the peak rate they have already reached, a misconfigured rate does)."""
+
+    STATE = ("peak",)
 
     def __init__(self, factor: float) -> None:
         self.factor = factor

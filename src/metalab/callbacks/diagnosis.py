@@ -28,8 +28,9 @@ continual learner), and what it does (``conf/diagnosis/default.yaml``):
 - more than ``rollback.max_rollbacks`` rollbacks, or nothing to roll back to: stop early, saying why
   (``trainer.should_stop``).
 
-Every diagnosis and action is one console line, a metric to the loggers (``diagnosis/<kind>`` at that
-step), and an entry of :attr:`SelfHealing.alerts`, which ``metalab.run.train`` writes to ``metrics.json``.
+What the detectors learnt of the run (recent values, bests, the starting loss) goes into the checkpoint with
+the alerts, so a resumed run diagnoses as the uninterrupted run would. Every diagnosis and action is one
+console line, a metric to the loggers (``diagnosis/<kind>`` at that step), and an entry of :attr:`SelfHealing.alerts`, which ``metalab.run.train`` writes to ``metrics.json``.
 Public Lightning API only (batch hooks, ``trainer.optimizers``, ``trainer.lr_scheduler_configs``,
 ``trainer.should_stop``, ``trainer.loggers``); no step hook is overridden.
 
@@ -52,7 +53,14 @@ from typing import Any, Protocol, runtime_checkable
 import lightning as L
 import torch
 
-from metalab.callbacks.detectors import ForgettingJump, JumpAboveMax, PlateauDetector, RiseDetector, SpikeDetector
+from metalab.callbacks.detectors import (
+    Detector,
+    ForgettingJump,
+    JumpAboveMax,
+    PlateauDetector,
+    RiseDetector,
+    SpikeDetector,
+)
 from metalab.errors import ConfigError
 
 
@@ -384,11 +392,35 @@ class SelfHealing(L.Callback):
         self.snapshots, self._spare = [], []  # free the memory; a later fit starts its own
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alerts": [asdict(a) for a in self.alerts], "rollbacks": self.rollbacks}
+        detectors = {name: d.state_dict() for name, d in self._detectors().items()}
+        return {
+            "alerts": [asdict(a) for a in self.alerts],
+            "rollbacks": self.rollbacks,
+            "batches_seen": self.batches_seen,
+            "detectors": detectors,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.alerts = [Alert(**a) for a in state_dict.get("alerts", [])]
         self.rollbacks = int(state_dict.get("rollbacks", 0))
+        self.batches_seen = int(state_dict.get("batches_seen", 0))
+        saved = state_dict.get("detectors", {})
+        for name, detector in self._detectors().items():
+            if name in saved:
+                detector.load_state_dict(saved[name])
+
+    def _detectors(self) -> dict[str, Detector]:
+        """The detectors this run's settings switched on, by name (the checkpoint's keys). Not the throughput
+        rule's: a resumed process, maybe on another machine, measures its own speed afresh."""
+        named = {
+            "input_scale": self.input_check,
+            "lr_jump": self.lr_jump,
+            "gradient_explosion": self.grad_spike,
+            "loss_spike": self.loss_spike,
+            "divergence": self.divergence,
+            "plateau": self.plateau,
+        }
+        return {name: d for name, d in named.items() if d is not None}
 
     # -- diagnosis -----------------------------------------------------------------------------------------------
     def _diagnose(self, trainer: L.Trainer, module: L.LightningModule, loss: float | None, steps: int) -> bool:
