@@ -1,7 +1,8 @@
 """Accuracy against CPU-minutes of training, ours and learn2learn's, from ``maml_budget_vs_learn2learn.py``'s records.
 
-Takes the newest run of each side with test marks (``--marks``) for the order asked, one line per side with
-its 95% intervals, and writes the figure beside the records::
+Takes the newest run with two or more test marks (``--marks``) of each side and recipe (Adam's rate, schedule,
+meta-batch) for the order asked, one line per side and recipe with its 95% intervals, and writes the figure
+beside the records::
 
     python benchmarks/meta/plot_budget_curve.py --order second
 """
@@ -17,15 +18,22 @@ RECORDS = Path("benchmarks/meta/records/maml_budget_vs_learn2learn.jsonl")
 PAPER = {"second": 98.7, "first": 98.3}  # Finn et al. 2017, Table 1: MAML and first-order MAML, Omniglot 5w1s
 
 
+def curve_label(side: str, settings: dict) -> str:
+    """``metalab, Adam 0.001 cosine, 32 tasks``: what tells two runs of one side apart."""
+    recipe = f"Adam {settings.get('meta_lr')} {settings.get('schedule')}, {settings.get('tasks') or 32} tasks"
+    return f"{side}, {recipe}"
+
+
 def newest_curves(records: list[dict], order: str) -> dict[str, list[dict]]:
-    """side -> the figures of that side's newest marked run (one record per mark, in the order written)."""
+    """side and recipe -> the figures of its newest marked run (one record per mark, in the order written)."""
     curves: dict[str, list[dict]] = {}
     commands: dict[str, str] = {}
     for record in records:
         figure = record["figures"][0]
-        if "marks" not in record["settings"] or figure["order"] != order:
-            continue
-        side, points = figure["side"], curves.get(figure["side"], [])
+        if len(record["settings"].get("marks") or []) < 2 or figure["order"] != order:
+            continue  # a run tested once (a recipe probe) is a point of a table, not a curve
+        side = curve_label(figure["side"], record["settings"])
+        points = curves.get(side, [])
         # a run's marks come in increasing CPU time; another command or a smaller time starts a newer run
         if commands.get(side) != record["command"] or figure["train_cpu_min"] <= points[-1]["train_cpu_min"]:
             commands[side], curves[side] = record["command"], []
@@ -62,7 +70,7 @@ def plot(curves: dict[str, list[dict]], order: str, path: Path) -> Path:
     cpu = next(iter(curves.values()))[0]["cpu"]
     axes.set_title(f"{order}-order MAML, Omniglot 5-way 1-shot ({cpu})", fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     return path
