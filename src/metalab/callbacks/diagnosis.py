@@ -30,7 +30,8 @@ continual learner), and what it does (``conf/diagnosis/default.yaml``):
 
 What the detectors learnt of the run (recent values, bests, the starting loss) goes into the checkpoint with
 the alerts, so a resumed run diagnoses as the uninterrupted run would. Every diagnosis and action is one
-console line, a metric to the loggers (``diagnosis/<kind>`` at that step), and an entry of :attr:`SelfHealing.alerts`, which ``metalab.run.train`` writes to ``metrics.json``.
+console line, a metric to the loggers (``diagnosis/<kind>`` at that step), and an entry of
+:attr:`SelfHealing.alerts`, which ``metalab.run.train`` writes to ``metrics.json``.
 Public Lightning API only (batch hooks, ``trainer.optimizers``, ``trainer.lr_scheduler_configs``,
 ``trainer.should_stop``, ``trainer.loggers``); no step hook is overridden.
 
