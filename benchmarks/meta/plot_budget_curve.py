@@ -15,13 +15,14 @@ from pathlib import Path
 from metalab.report.records import read_records
 
 RECORDS = Path("benchmarks/meta/records/maml_budget_vs_learn2learn.jsonl")
+OLD_RECORDS_TASKS = 32  # the meta-batch of the records written before --tasks existed (and its default)
 PAPER = {"second": 98.7, "first": 98.3}  # Finn et al. 2017, Table 1: MAML and first-order MAML, Omniglot 5w1s
 
 
 def curve_label(side: str, settings: dict) -> str:
     """``metalab, Adam 0.001 cosine, 32 tasks``: what tells two runs of one side apart."""
-    recipe = f"Adam {settings.get('meta_lr')} {settings.get('schedule')}, {settings.get('tasks') or 32} tasks"
-    return f"{side}, {recipe}"
+    tasks = settings.get("tasks") or OLD_RECORDS_TASKS
+    return f"{side}, Adam {settings.get('meta_lr')} {settings.get('schedule')}, {tasks} tasks"
 
 
 def newest_curves(records: list[dict], order: str) -> dict[str, list[dict]]:
